@@ -1,0 +1,106 @@
+"""TCP, the bottom of most stacks: ``tcp.connect(host, port)`` and ``tcp.listen(host, port)``.
+
+Both are *source* specs: a :class:`~stack.Stack` opens them. Direct use::
+
+    stream = await tcp.connect("127.0.0.1", 9000).connect(deadline=after(5))
+    listener = await tcp.listen("127.0.0.1", 0).listen()
+
+Streams are :class:`layers._socket.SocketStream`: ``TCP_NODELAY`` is on (layers above coalesce
+their own writes), ``done()`` sends FIN, ``aclose()`` closes, a reset is :class:`~stack.Broken`.
+``info``: ``transport="tcp"``, ``peer`` and ``local`` as ``(host, port)``.
+"""
+
+from __future__ import annotations
+
+import socket as _stdlib_socket
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from stack.deadlines import FOREVER
+from stack.errors import Broken, Timeout
+
+from ._socket import SocketListener, SocketStream
+
+__all__ = ["TCPListener", "connect", "listen"]
+
+
+def _stream(sock: trio.socket.SocketType) -> SocketStream:
+    if sock.family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
+        sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
+    info = {"transport": "tcp", "peer": tuple(sock.getpeername()[:2]), "local": tuple(sock.getsockname()[:2])}
+    return SocketStream(sock, "tcp", info)
+
+
+@dataclass(frozen=True)
+class connect:
+    """Spec: connect to ``host:port``, trying every resolved address with happy eyeballs
+    (RFC 8305, as :func:`trio.open_tcp_stream`: a new attempt every
+    ``happy_eyeballs_delay`` seconds until one succeeds).
+
+    Failure to connect (refused, unreachable, every address failed) raises
+    :class:`~stack.Broken` naming the host and port; the deadline raises :class:`~stack.Timeout`.
+    """
+
+    host: str
+    port: int
+    happy_eyeballs_delay: float = 0.25
+    local_address: str | None = None
+
+    async def connect(self, *, deadline: float = FOREVER) -> SocketStream:
+        with trio.move_on_at(deadline) as scope:
+            try:
+                trio_stream = await trio.open_tcp_stream(
+                    self.host,
+                    self.port,
+                    happy_eyeballs_delay=self.happy_eyeballs_delay,
+                    local_address=self.local_address,
+                )
+            except OSError as exc:
+                raise Broken(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+            return _stream(trio_stream.socket)
+        assert scope.cancelled_caught
+        raise Timeout(f"connecting to {self.host}:{self.port} timed out")
+
+
+class TCPListener(SocketListener):
+    """A listening TCP socket; ``accept()`` returns TCP :class:`SocketStream`s."""
+
+    def _wrap(self, sock: trio.socket.SocketType) -> SocketStream:
+        return _stream(sock)
+
+
+@dataclass(frozen=True)
+class listen:
+    """Spec: listen on ``host:port`` (port 0 picks a free port; ``listener.address`` tells).
+
+    ``host`` is resolved and the first address is bound (one socket per spec: to listen on
+    both IPv4 and IPv6, run two stacks). ``SO_REUSEADDR`` is on; ``reuse_port=True`` sets
+    ``SO_REUSEPORT`` so several processes can share the port.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    backlog: int = 1024
+    reuse_port: bool = False
+
+    async def listen(self) -> TCPListener:
+        infos = await trio.socket.getaddrinfo(
+            self.host, self.port, type=_stdlib_socket.SOCK_STREAM, flags=_stdlib_socket.AI_PASSIVE
+        )
+        family, type_, proto, _, sockaddr = infos[0]
+        sock = trio.socket.socket(family, type_, proto)
+        try:
+            sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEPORT, 1)
+            if family == _stdlib_socket.AF_INET6:
+                sock.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 1)
+            await sock.bind(sockaddr)
+            sock.listen(self.backlog)
+        except OSError as exc:
+            sock.close()
+            raise Broken(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from exc
+        address: Any = tuple(sock.getsockname()[:2])
+        return TCPListener(sock, "tcp", address)

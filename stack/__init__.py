@@ -1,0 +1,33 @@
+"""trio-stack: composable protocol stacks on trio, with deadlines that lose nothing.
+
+Everything a user of the core needs is importable from here; protocol layers live in the
+``layers`` package (``layers.tcp``, ``layers.tls``, ``layers.framing``, ``layers.http`` ...).
+"""
+
+from .compose import Stack, StackListener
+from .deadlines import FOREVER, after, remaining
+from .errors import Broken, Busy, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
+from .streams import ByteStream, Info, Listener, MessageStream, Stream
+
+__all__ = [
+    "FOREVER",
+    "Broken",
+    "Busy",
+    "ByteStream",
+    "Closed",
+    "EndOfStream",
+    "Info",
+    "Listener",
+    "MessageStream",
+    "MessageTooLarge",
+    "ProtocolError",
+    "Stack",
+    "StackError",
+    "StackListener",
+    "Stream",
+    "Timeout",
+    "after",
+    "remaining",
+]
+
+__version__ = "0.1.0"
