@@ -98,8 +98,9 @@ class Proc:
 
     def __init__(self, cmd: Sequence[str], *, stdin: bool = False) -> None:
         self.cmd = list(cmd)
-        self._out = tempfile.TemporaryFile()
-        self._err = tempfile.TemporaryFile()
+        # Files, not pipes: a chatty child can never block on a full pipe.  Closed by close_files().
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115
         try:
             self.popen = subprocess.Popen(
                 self.cmd,
@@ -252,7 +253,8 @@ class Contender:
     requires: modules that must import for the contender to run, as "pkg.mod" or "pkg.mod:attr,attr"
         (a name ending in "__main__" is only looked up, not run).  Checked once, in a subprocess.
     probe: a command that must exit 0 (e.g. ``python -m stack serve --help``).
-    Missing either → "not available" in the table, not a failure.
+    tools: programs that must be on PATH (wrk, h2load).
+    Missing any of these → "not available" in the table, not a failure.
     baseline: name of the contender this one's ratio is against (default: the group's baseline).
     target: the ratio this contender should reach (>= for higher-is-better groups, <= otherwise).
     """
@@ -263,11 +265,13 @@ class Contender:
         *,
         requires: Sequence[str] = (),
         probe: Sequence[str] | None = None,
+        tools: Sequence[str] = (),
         baseline: str | None = None,
         target: float | None = None,
     ) -> None:
         self.name = name
         self.requires = tuple(requires)
+        self.tools = tuple(tools)
         self.probe = list(probe) if probe else None
         self.baseline = baseline
         self.target = target
@@ -280,6 +284,9 @@ class Contender:
         return self._availability[0]
 
     def _check(self) -> str | None:
+        missing = [t for t in self.tools if not shutil.which(t)]
+        if missing:
+            return f"not available: {', '.join(missing)} not installed"
         if self.requires:
             script = (
                 "import importlib, importlib.util, sys\n"
@@ -667,7 +674,8 @@ def render_markdown(results: list[Result], *, facts: bool = True) -> str:
     for group, rows, settings in results:
         header, body = table(group, rows, settings)
         better = "higher" if group.higher_is_better else "lower"
-        out += ["", f"### `{group.name}`: {group.title}", "", f"{group.unit}, {better} is better; {_rounds(settings)}.", ""]
+        out += ["", f"### `{group.name}`: {group.title}", ""]
+        out += [f"{group.unit}, {better} is better; {_rounds(settings)}.", ""]
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "|".join("---:" if 0 < i < 7 else "---" for i in range(len(header))) + "|")
         out.extend("| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in body)

@@ -88,9 +88,7 @@ def _general_name(name: str) -> x509.GeneralName:
     if not name:
         raise ValueError("certificate name is empty: give a DNS host name or an IP address literal")
     if any(ch.isspace() for ch in name):
-        raise ValueError(
-            f"certificate name {name!r} contains whitespace: give a DNS host name or an IP address"
-        )
+        raise ValueError(f"certificate name {name!r} contains whitespace: give a DNS host name or an IP address")
     literal = name[1:-1] if name.startswith("[") and name.endswith("]") else name
     try:
         address = ipaddress.ip_address(literal)
@@ -98,14 +96,10 @@ def _general_name(name: str) -> x509.GeneralName:
         pass
     else:
         if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
-            raise ValueError(
-                f"certificate name {name!r}: an IP address in a certificate cannot carry a scope id"
-            )
+            raise ValueError(f"certificate name {name!r}: an IP address in a certificate cannot carry a scope id")
         return x509.IPAddress(address)
     if literal is not name:
-        raise ValueError(
-            f"certificate name {name!r}: only an IPv6 address literal may be written in brackets"
-        )
+        raise ValueError(f"certificate name {name!r}: only an IPv6 address literal may be written in brackets")
     return x509.DNSName(_dns_name(name))
 
 
@@ -121,16 +115,13 @@ def _dns_name(name: str) -> str:
             continue
         if "*" in label:
             raise ValueError(
-                f"certificate name {name!r}: a wildcard must be the whole leftmost label,"
-                " as in *.example.test"
+                f"certificate name {name!r}: a wildcard must be the whole leftmost label, as in *.example.test"
             )
         if not label.isascii():
             try:
                 label = label.encode("idna").decode("ascii")
             except UnicodeError as exc:
-                raise ValueError(
-                    f"certificate name {name!r}: label {label!r} is not a valid IDNA label"
-                ) from exc
+                raise ValueError(f"certificate name {name!r}: label {label!r} is not a valid IDNA label") from exc
         if not _LABEL.fullmatch(label):
             raise ValueError(
                 f"certificate name {name!r}: label {label!r} must be 1 to 63 letters, digits, '-' or '_',"
@@ -295,9 +286,7 @@ class CA:
                 critical=True,
             )
             .add_extension(ski, critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
             .sign(key, hashes.SHA256())
         )
         return cls(cert, key)
@@ -458,9 +447,7 @@ def _cached_pair_ok(certfile: str, keyfile: str, cafile: str, names: tuple[str, 
     except (OSError, ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm, x509.ExtensionNotFound):
         return False  # any doubt means mint again
     now = _now()
-    return all(
-        c.not_valid_before_utc <= now and c.not_valid_after_utc - now > _RENEW_WITHIN for c in (ca, leaf)
-    )
+    return all(c.not_valid_before_utc <= now and c.not_valid_after_utc - now > _RENEW_WITHIN for c in (ca, leaf))
 
 
 def localhost_pair(cache_dir: str | os.PathLike[str], *, days: int = 365) -> tuple[str, str, str]:
@@ -476,6 +463,9 @@ def localhost_pair(cache_dir: str | os.PathLike[str], *, days: int = 365) -> tup
     temporary file, then :func:`os.replace`). A ``days`` of 7 or less therefore mints on every call.
     ``cache_dir`` is created (mode 0700) if needed; concurrent callers are serialised by a lock file
     there on POSIX. The returned paths are absolute.
+
+    This does blocking file I/O (and may mint keys): call it before ``trio.run``, or through
+    ``trio.to_thread.run_sync``.
     """
     _check_days(days)
     directory = os.path.abspath(os.fspath(cache_dir))

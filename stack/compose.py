@@ -106,9 +106,11 @@ class Stack:
         handler: Handler | None = None,
         *,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        shutdown: trio.Event | None = None,
+        drain_timeout: float = 10.0,
         task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept connections forever, one task per connection, in a nursery this call owns.
+        """Accept connections, one task per connection, in a nursery this call owns.
 
         Use it as ``await nursery.start(stack.serve, handler)``: ``start`` returns the list of
         bound addresses (so port 0 works). Each accepted connection's layers are attached under
@@ -117,8 +119,12 @@ class Stack:
         have ``handle(stream)`` (for example ``http.server(app)``). The stream is closed when
         the handler returns or raises (a handler's exception is logged, never kills the server).
 
-        Cancelling ``serve`` stops listening, cancels the connection tasks and closes each
-        stream (its graceful close bounded by a short grace period), then returns.
+        Graceful stop: once ``shutdown`` is set, the listener closes and the connections already
+        accepted get ``drain_timeout`` seconds to end on their own (a layer given the same
+        event, such as ``http.server(app, shutdown=event)``, finishes what is in flight and
+        closes); then they are cancelled and ``serve`` returns. Cancelling ``serve`` stops at
+        once: listener closed, connection tasks cancelled, each stream closed (its graceful
+        close bounded by a short grace period).
         """
         if handler is None:
             top = self.layers[-1] if self.layers else None
@@ -128,6 +134,8 @@ class Stack:
             handler = handle
         listener = await self.listen(handshake_timeout=handshake_timeout)
         async with listener, trio.open_nursery() as nursery:
+            if shutdown is not None:
+                nursery.start_soon(self._stop_on, shutdown, listener, nursery.cancel_scope, drain_timeout)
             task_status.started([listener.address])
             log.info("listening on %s", listener.address)
             while True:
@@ -136,6 +144,15 @@ class Stack:
                 except Closed:
                     return
                 nursery.start_soon(self._serve_one, raw, handler, handshake_timeout)
+
+    @staticmethod
+    async def _stop_on(
+        shutdown: trio.Event, listener: StackListener, scope: trio.CancelScope, drain_timeout: float
+    ) -> None:
+        await shutdown.wait()
+        log.info("shutting down: no new connections, draining for up to %.1fs", drain_timeout)
+        await listener.aclose()
+        scope.deadline = min(scope.deadline, trio.current_time() + drain_timeout)
 
     async def _serve_one(self, raw: ByteStream, handler: Handler, handshake_timeout: float) -> None:
         stream: Stream = raw

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import resource
 import sys
 
@@ -27,7 +28,7 @@ RECV = 65536
 def _response(conn: h11.Connection) -> bytes:
     return b"".join(
         (
-            conn.send(h11.Response(status_code=200, headers=HEADERS)) or b"",
+            conn.send(h11.Response(status_code=200, headers=HEADERS, reason=b"OK")) or b"",
             conn.send(h11.Data(data=BODY)) or b"",
             conn.send(h11.EndOfMessage()) or b"",
         )
@@ -65,7 +66,7 @@ async def handle(stream: trio.SocketStream) -> None:
 
 async def serve(host: str, port: int) -> None:
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(trio.serve_tcp, handle, port, host)
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, port, host=host))
         bound = listeners[0].socket.getsockname()
         print(f"serving on http://{bound[0]}:{bound[1]}/", flush=True)
 
