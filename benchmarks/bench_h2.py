@@ -1,6 +1,6 @@
 """Group `h2`: HTTP/2 requests per second under h2load, cleartext with prior knowledge (h2c).
 
-    h2load -c10 -m10 -n N http://127.0.0.1:P/     (N = 30000; 5000 with --quick)
+    h2load -c10 -m10 -n N http://127.0.0.1:P/     (N = 20000; 5000 with --quick)
 
 10 connections with up to 10 concurrent streams each.  The server runs pinned to CPU 0, h2load pinned
 to CPU 1.  Baseline: the hand-written h2-on-trio server.  h2load's failed / errored / timed-out
@@ -17,7 +17,7 @@ from benchmarks.harness import Failed, Group, Measurement, Running, ServerConten
 
 
 def h2load(server: Running, settings: Settings) -> Measurement:
-    n = 5000 if settings.quick else 30000
+    n = 5000 if settings.quick else 20000
     out = run_load(["h2load", "-c10", "-m10", f"-n{n}", server.url], timeout=120)
     return parse_h2load(out)
 
@@ -48,7 +48,7 @@ def parse_h2load(out: str) -> Measurement:
 register(
     Group(
         name="h2",
-        title="HTTP/2 hello world under h2load -c10 -m10 (h2c prior knowledge; 30000 requests, 5000 with --quick)",
+        title="HTTP/2 hello world under h2load -c10 -m10 (h2c prior knowledge; 20000 requests, 5000 with --quick)",
         unit="req/s",
         baseline=servers.H2_SERVERS[0][0].name,
         contenders=[

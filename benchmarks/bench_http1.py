@@ -61,7 +61,7 @@ def contenders() -> list[ServerContender]:
                     name,
                     server,
                     wrk(headers),
-                    baseline=None if name == base else base,
+                    baseline=base,
                     target=target,
                     tools=["wrk"],
                 )

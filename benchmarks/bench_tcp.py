@@ -135,9 +135,11 @@ async def recv_ours(total: int) -> None:
     async with trio.open_nursery() as nursery:
 
         async def handler(stream: Any) -> None:
-            while data := await stream.recv(CHUNK):
-                meter.add(len(data))
-            nursery.cancel_scope.cancel()
+            try:
+                while data := await stream.recv(CHUNK):
+                    meter.add(len(data))
+            finally:
+                nursery.cancel_scope.cancel()  # one connection: done (report() checks the count)
 
         addresses = await nursery.start(Stack(tcp.listen("127.0.0.1", 0)).serve, handler)
         worker.ready(addresses[0][1])

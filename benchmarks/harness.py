@@ -580,6 +580,7 @@ def machine_facts() -> list[tuple[str, str]]:
         ("libraries", ", ".join(versions)),
         ("tools", ", ".join(tools) or "-"),
         ("pinning", pin),
+        ("load average", " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min, at the start)"),
     ]
 
 
@@ -594,34 +595,42 @@ def _fmt(v: float | None) -> str:
 
 
 def table(group: Group, rows: list[Row], settings: Settings) -> tuple[list[str], list[list[str]]]:
+    """Header and cells; the baseline column appears only when a group has several baselines."""
     by_name = {r.contender.name: r for r in rows}
-    header = ["contender", f"median ({group.unit})", "ratio", "baseline", "target", "spread", "runs", "notes"]
+    several = len({r.contender.baseline or group.baseline for r in rows}) > 1
+    header = ["contender", f"median ({group.unit})", "ratio" if several else f"ratio vs {group.baseline}"]
+    header += ["baseline"] if several else []
+    header += ["target", "spread", "runs", "notes"]
     body = []
     for row in rows:
         c = row.contender
         base_name = c.baseline or group.baseline
         base = by_name[base_name]
         med = row.median
-        if row.unavailable:
-            body.append([c.name, "-", "-", base_name, _target(group, c, None), "-", "-", row.unavailable])
-            continue
         ratio = med / base.median if med is not None and base.median else None
-        ratio_s = "base" if c.name == base_name and med is not None else (f"{ratio:.2f}" if ratio else "-")
+        if row.unavailable:
+            ratio_s = "-"
+        elif c.name == base_name and med is not None:
+            ratio_s = "base"
+        else:
+            ratio_s = f"{ratio:.2f}" if ratio is not None else "-"
         spread = "-"
         if med and len(row.values) > 1:
             spread = f"±{(max(row.values) - min(row.values)) / 2 / med * 100:.0f}%"
         notes = []
-        if not row.values:
+        if row.unavailable:
+            notes.append(row.unavailable)
+        elif not row.values:
             notes.append("FAILED: " + (row.failures[-1] if row.failures else "?"))
         elif row.failures:
             notes.append(f"{len(row.failures)} failed run(s): {row.failures[-1]}")
         if row.errors:
             notes.append(f"{row.errors} errors")
         notes.extend(row.notes)
-        body.append([
-            c.name, _fmt(med), ratio_s, base_name, _target(group, c, ratio), spread,
-            f"{len(row.values)}/{settings.rounds}", "; ".join(notes)[:300],
-        ])
+        runs = "-" if row.unavailable else f"{len(row.values)}/{settings.rounds}"
+        cells = [c.name, _fmt(med), ratio_s] + ([base_name] if several else [])
+        cells += [_target(group, c, None if row.unavailable else ratio), spread, runs, "; ".join(notes)[:300]]
+        body.append(cells)
     return header, body
 
 
@@ -677,7 +686,7 @@ def render_markdown(results: list[Result], *, facts: bool = True) -> str:
         out += ["", f"### `{group.name}`: {group.title}", ""]
         out += [f"{group.unit}, {better} is better; {_rounds(settings)}.", ""]
         out.append("| " + " | ".join(header) + " |")
-        out.append("|" + "|".join("---:" if 0 < i < 7 else "---" for i in range(len(header))) + "|")
+        out.append("|" + "|".join("---:" if 0 < i < len(header) - 1 else "---" for i in range(len(header))) + "|")
         out.extend("| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in body)
         if group.notes:
             out += ["", group.notes]

@@ -8,6 +8,7 @@ when done; see :class:`benchmarks.harness.PairContender`.  Every worker runs und
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +29,7 @@ def run(fn: Callable[..., Awaitable[Any]], *args: Any, timeout: float) -> None:
         with trio.fail_after(timeout):
             await fn(*args)
 
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # a server-side handler error shows
     try:
         trio.run(bounded)
     except trio.TooSlowError:

@@ -1,0 +1,1369 @@
+"""HTTP/1.1 on h11: server and client connections whose bodies are ByteStreams.
+
+::
+
+    conn = await http1.server(app).attach(stream)        # a ServerConnection
+    await conn.serve(app)                                # or: async for request in conn: ...
+
+    conn = await http1.client(authority="example.org").attach(stream)
+    response = await conn.request("GET", "/")            # a Response; response.body is a ByteStream
+    body = await response.read()
+
+Most code uses the version-agnostic :mod:`layers.http` specs, which pick this module for HTTP/1.x.
+
+h11 is the state machine: it parses heads and bodies and says what may be sent when. This module
+keeps the I/O in a few small methods (``_read_head``, ``_receive``, ``_flush``) and adds what a
+server facing the Internet needs and h11 leaves out:
+
+* **Limits** (:class:`layers.http.Limits`). A request head over ``max_header_bytes`` gets 431. A
+  request head must be complete ``header_timeout`` seconds after its first byte arrived (for the first
+  request: after the connection was attached), else 408 and the connection closes (slowloris). An idle
+  keep-alive connection is closed after ``keepalive_timeout`` seconds. ``request.read()`` stops at
+  ``max_body`` (:class:`~stack.MessageTooLarge`; an app that lets it escape gets 413).
+* **Request smuggling shapes are refused** with 400 and the connection closed, where h11 is lenient:
+  Content-Length together with Transfer-Encoding, more than one Content-Length (h11 merges equal
+  ones) or a list value (``5, 5``), obs-fold (h11 unfolds it), bare LF line endings (h11 accepts
+  them), Transfer-Encoding in an HTTP/1.0 request, a major version other than 1 (505), and chunk-size
+  lines that are not strict ``1*16HEXDIG [chunk-ext] CRLF`` (h11 takes 20 digits and trailing
+  whitespace; it also takes bare LF in trailers). What h11 already refuses (bad Content-Length, an
+  unknown transfer coding: 501, a missing Host, malformed lines) is refused the same way.
+* **An app that raises** gets a 500 and a log line (``stack.http1`` logger). The connection goes on
+  when that is safe (the response had not started and the request body was read, or a small rest of
+  it could be drained); otherwise it closes.
+* **Expect: 100-continue**: the ``100 Continue`` goes out when the app first reads the body; an app
+  that answers without reading never gets the body sent (the connection then closes).
+* **Pipelining**: requests are answered one at a time, in order; bytes read ahead wait in this
+  layer's buffer for the next request.
+* **Upgrade and CONNECT**: ``request.start_response(101, ...)`` (or a 2xx to CONNECT) returns the
+  raw connection as a ByteStream: every byte h11 had read ahead is pushed back into the stream below
+  (``lower.unread``) first, so TLS, WebSocket or anything else attaches on top with nothing lost.
+  ``detach()`` on that stream returns the stream below. The client does the same: the response body
+  of a 101, or of a 2xx to CONNECT, is the tunnel.
+
+Bodies are :class:`~stack.ByteStream`\\ s with the usual guarantees: a ``recv`` that times out or is
+cancelled consumes nothing (h11 and this layer keep every byte that arrived); ``b""`` marks the end
+of the body. A response body's ``send`` commits at most 64 KiB per step (one chunk), so a timed-out
+send's ``Timeout.sent`` is exact. h11 exceptions never escape: bad input from the peer is a
+:class:`~stack.ProtocolError` (client) or a 4xx (server); bad input from the caller (an invalid
+header, a body longer than its Content-Length) is a :class:`ValueError` or :class:`~stack.StackError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import weakref
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import h11
+import trio
+
+from stack.deadlines import FOREVER
+from stack.errors import Broken, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
+from stack.streams import ByteStream, Info
+
+from . import http
+from .http import DEFAULT_LIMITS, App, Body, HeaderInput, Headers, Limits, Response, date_header
+
+__all__ = ["ClientConnection", "Request", "ServerConnection", "client", "server"]
+
+log = logging.getLogger("stack.http1")
+
+RECV = 65536
+"""Bytes asked of the stream below per receive."""
+
+SEND_CHUNK = 65536
+"""Most body bytes committed per step of a body ``send`` (one chunk in chunked encoding)."""
+
+MAX_DRAIN = 65536
+"""Most bytes of an unread request body the server reads and discards to keep the connection."""
+
+DRAIN_TIME = 1.0
+"""Seconds the server (or the client closing a response early) spends draining an unread body."""
+
+LINGER = 2.0
+"""Seconds the server keeps reading (and discarding) after an error response, before closing, so
+the client reads the response instead of a reset."""
+
+CONTINUE_TIMEOUT = 1.0
+"""Seconds the client waits for ``100 Continue`` before sending the body anyway (as curl does)."""
+
+_REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+_CL_LINE = re.compile(rb"\ncontent-length:[ \t]*([^\r\n]*?)[ \t]*\r\n")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?\r\n")
+_BODYLESS_STATUS = frozenset({204, 304})
+
+
+def _reason(status: int) -> bytes:
+    return _REASONS.get(status, b"")
+
+
+def _raw_response(status: int, detail: str) -> bytes:
+    """A complete ``Connection: close`` response with a short text body, built without h11 (whose
+    state may be ERROR when we refuse a request)."""
+    body = f"{status} {_reason(status).decode()}: {detail}\n".encode("latin-1", "replace")
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+        b"connection: close\r\ndate: %s\r\n\r\n%s" % (status, _reason(status), len(body), date_header(), body)
+    )
+
+
+def _local_error(exc: h11.LocalProtocolError) -> ValueError:
+    return ValueError(f"HTTP/1.1: {exc}")
+
+
+class _Refused(StackError):
+    """Internal: a request the server refuses with ``status`` and closes."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------------------------------
+# Strict chunked framing: h11 parses chunked bodies; this checks, ahead of it, the rules it relaxes.
+
+
+class _ChunkedCheck:
+    """Validates chunked framing (RFC 9112 section 7.1) over the bytes about to be given to h11.
+
+    Chunk-size lines must be ``1*16HEXDIG [BWS ";" chunk-ext] CRLF``; chunk data must be followed by
+    CRLF; trailer lines must end in CRLF, with no obs-fold, and fit in ``limit`` bytes in all. Stops
+    checking at the end of the body (what follows is the next request, checked as a head).
+    """
+
+    __slots__ = ("_left", "_limit", "_line", "_state", "_trailer_bytes")
+
+    SIZE, DATA, CRLF, TRAILER, END = range(5)
+
+    def __init__(self, limit: int) -> None:
+        self._state = self.SIZE
+        self._left = 0
+        self._line = b""
+        self._limit = limit
+        self._trailer_bytes = 0
+
+    def feed(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        while i < n and self._state != self.END:
+            if self._state == self.DATA:
+                take = min(self._left, n - i)
+                i += take
+                self._left -= take
+                if not self._left:
+                    self._state = self.CRLF
+                continue
+            j = data.find(b"\n", i)
+            if j < 0:
+                self._line += data[i:]
+                if len(self._line) > self._limit:
+                    raise ProtocolError("chunked body: a chunk-size or trailer line is too long")
+                return
+            line = self._line + data[i : j + 1]
+            self._line = b""
+            i = j + 1
+            self._take_line(line)
+
+    def _take_line(self, line: bytes) -> None:
+        if not line.endswith(b"\r\n"):
+            raise ProtocolError("chunked body: a line ends in a bare LF")
+        if self._state == self.CRLF:
+            if line != b"\r\n":
+                raise ProtocolError("chunked body: chunk data is not followed by CRLF")
+            self._state = self.SIZE
+        elif self._state == self.SIZE:
+            m = _CHUNK_SIZE.fullmatch(line)
+            if m is None:
+                raise ProtocolError(f"chunked body: bad chunk-size line {line[:40]!r}")
+            self._left = int(m.group(1), 16)
+            self._state = self.DATA if self._left else self.TRAILER
+        else:  # TRAILER
+            if line == b"\r\n":
+                self._state = self.END
+                return
+            if line[:1] in (b" ", b"\t"):
+                raise ProtocolError("chunked body: obs-fold in the trailer section")
+            self._trailer_bytes += len(line)
+            if self._trailer_bytes > self._limit:
+                raise ProtocolError("chunked body: trailer section too large")
+
+
+# --------------------------------------------------------------------------------------------------
+# What server and client connections share: h11, the lower stream, the outgoing buffer.
+
+
+class _H11Conn:
+    """An h11 connection over a lower ByteStream, with one outgoing buffer of committed bytes.
+
+    Every byte h11 produced is appended to ``_out`` at once (committed) and pushed down by
+    :meth:`_flush`, which consumes the buffer exactly as the stream below commits it: a flush that
+    times out or is cancelled leaves the rest for the next one. Two tasks may flush (the server's
+    ``100 Continue`` from a body reader while another task starts the response): the second waits
+    for the first, whose ``send_from`` takes the bytes it appended too.
+    """
+
+    _role: Any = h11.SERVER
+
+    def __init__(self, lower: ByteStream, limits: Limits) -> None:
+        self._lower = lower
+        self._limits = limits
+        self._h11 = h11.Connection(self._role, max_incomplete_event_size=limits.max_header_bytes)
+        self._out = bytearray()
+        self._flushing = False
+        self._flush_lot: trio.lowlevel.ParkingLot | None = None
+        self.info = Info({"http_version": "1.1"}, lower.info)
+
+    async def _flush(self, deadline: float) -> None:
+        out = self._out
+        while out:
+            if self._flushing:
+                if self._flush_lot is None:
+                    self._flush_lot = trio.lowlevel.ParkingLot()
+                with trio.move_on_at(deadline) as scope:
+                    await self._flush_lot.park()
+                if scope.cancelled_caught:
+                    raise Timeout("HTTP/1.1: waiting to send timed out")
+                continue
+            self._flushing = True
+            try:
+                await self._lower.send_from(out, deadline=deadline)
+            finally:
+                self._flushing = False
+                if self._flush_lot is not None:
+                    self._flush_lot.unpark_all()
+
+    def _feed(self, data: bytes) -> None:
+        """Give received bytes (``b""``: the end of the stream) to h11."""
+        self._h11.receive_data(data)
+
+    async def _receive(self, deadline: float) -> bytes:
+        """Receive once from below and give it to h11; return what arrived (``b""`` at EOF)."""
+        data = await self._lower.recv(RECV, deadline=deadline)
+        self._feed(data)
+        return data
+
+
+# --------------------------------------------------------------------------------------------------
+# Server
+
+
+class _Drainer:
+    """One per shutdown event: when it is set, wakes every connection idling between requests.
+
+    It runs as a trio *system* task (started the first time a connection with that event waits),
+    so no connection needs a task of its own to notice a shutdown.
+    """
+
+    __slots__ = ("scopes",)
+
+    def __init__(self) -> None:
+        self.scopes: set[trio.CancelScope] = set()
+
+    async def run(self, event: trio.Event) -> None:
+        await event.wait()
+        for scope in list(self.scopes):
+            scope.cancel()
+
+
+_drainers: weakref.WeakKeyDictionary[trio.Event, _Drainer] = weakref.WeakKeyDictionary()
+
+
+def _drainer(event: trio.Event) -> _Drainer:
+    d = _drainers.get(event)
+    if d is None:
+        d = _drainers[event] = _Drainer()
+        trio.lowlevel.spawn_system_task(d.run, event, name="stack.http1 shutdown watcher")
+    return d
+
+
+class Request(http.Request):
+    """A request on an HTTP/1.1 server connection (see :class:`layers.http.Request`).
+
+    ``trailers`` holds the request's trailer fields once its body has ended.
+    """
+
+    _conn: ServerConnection
+
+    def __init__(self, conn: ServerConnection, event: h11.Request, headers: Headers, body: _RequestBody) -> None:
+        super().__init__(
+            event.method.decode("ascii"),
+            event.target.decode("ascii"),
+            headers,
+            event.http_version.decode("ascii"),
+            body,
+            conn.info,
+            scheme=conn._scheme,
+            limits=conn._limits,
+        )
+        self._conn = conn
+        self.trailers = Headers()
+        self._response: _ResponseStream | None = None
+        self._committed = False  # response bytes went into the outgoing buffer
+
+    async def _respond(self, status: int, headers: Headers, body: bytes, deadline: float) -> None:
+        await self._conn._respond(self, status, headers, body, deadline)
+
+    async def _start_response(self, status: int, headers: Headers, deadline: float) -> ByteStream:
+        return await self._conn._start_response(self, status, headers, deadline)
+
+
+class _RequestBody(ByteStream):
+    """The body of a request, as the server app reads it. ``b""`` at its end.
+
+    The first receive that has to wait for the network sends ``100 Continue`` if the client asked
+    for it. A malformed body raises :class:`~stack.ProtocolError` (the connection then closes). On
+    deadline or cancellation nothing is consumed. ``aclose()`` only stops this stream (the server
+    drains or closes when the request is over); ``detach()`` is not possible.
+    """
+
+    kind = "http1-request-body"
+
+    def __init__(self, conn: ServerConnection, complete: bool) -> None:
+        super().__init__(conn._lower, conn.info)
+        self._conn = conn
+        self._pending = b""
+        self._complete = complete
+        self._request: Request | None = None
+
+    async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
+        if not self._pending:
+            if self._complete:
+                return b""
+            self._pending = await self._conn._body_data(self, deadline)
+        out = self._pending
+        if len(out) > max_bytes:
+            self._pending = out[max_bytes:]
+            return out[:max_bytes]
+        self._pending = b""
+        return out
+
+    async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
+        raise Closed("a request body cannot be sent on; use the response stream")
+
+    async def _done(self, deadline: float) -> None:
+        pass
+
+    async def aclose(self, *, deadline: float | None = None) -> None:
+        """Stop using this body (the rest is drained or the connection closed after the response)."""
+        self._closed = self._closed or "closed"
+        await trio.lowlevel.checkpoint()
+
+    async def _detach(self, deadline: float) -> ByteStream:
+        raise StackError("an HTTP/1.1 request body cannot be detached")
+
+
+class _ResponseStream(ByteStream):
+    """The body of a streamed response (:meth:`Request.start_response`).
+
+    ``send`` writes body bytes: chunked unless the response has a Content-Length (then h11 checks
+    the count; too many bytes raise :class:`~stack.StackError` and the connection closes). Each send
+    step commits at most :data:`SEND_CHUNK` bytes. For HEAD, 204 and 304 the bytes are discarded.
+    ``done(trailers=...)`` ends the response (trailers only in chunked encoding). ``recv`` reads
+    what is left of the request body. ``aclose()`` before ``done()`` abandons the response: the
+    connection closes once the app returns. If the app returns without either, the server calls
+    ``done()`` for it.
+    """
+
+    kind = "http1-response-body"
+
+    def __init__(self, conn: ServerConnection, request: Request, discard: bool) -> None:
+        super().__init__(conn._lower, conn.info)
+        self._conn = conn
+        self._request = request
+        self._discard = discard
+        self._trailers: Headers | None = None
+        self._outbuf = conn._out  # one buffer for the connection: bytes stay in order
+
+    async def _flush(self, deadline: float) -> None:
+        await self._conn._flush(deadline)
+
+    async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
+        if self._discard:
+            return len(data)
+        n = min(len(data), SEND_CHUNK)
+        self._conn._send_event(h11.Data(data=data[:n] if n < len(data) else data))
+        return n
+
+    async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
+        return await self._request.body.recv(max_bytes, deadline=deadline)
+
+    async def done(self, *, trailers: HeaderInput | None = None, deadline: float = FOREVER) -> None:
+        """End the response, with ``trailers`` (chunked encoding only). See :meth:`ByteStream.done`."""
+        if trailers is not None:
+            self._trailers = Headers(trailers)
+        await super().done(deadline=deadline)
+
+    async def _done(self, deadline: float) -> None:
+        trailers = self._trailers.raw if self._trailers else []
+        self._conn._send_event(h11.EndOfMessage(headers=trailers))
+        await self._conn._flush(deadline)
+
+    async def aclose(self, *, deadline: float | None = None) -> None:
+        """Abandon the response if it was not ended (the connection closes); never raises."""
+        if self._closed is None:
+            self._closed = "closed"
+            if not self._send_closed:
+                self._conn._close_after("the app abandoned a streamed response")
+        await trio.lowlevel.checkpoint()
+
+    async def _detach(self, deadline: float) -> ByteStream:
+        raise StackError("an HTTP/1.1 response body cannot be detached (only an Upgrade/CONNECT tunnel can)")
+
+
+class _Tunnel(ByteStream):
+    """The raw connection after a protocol switch (101 Switching Protocols, or a 2xx to CONNECT).
+
+    Bytes go straight to and from the stream below (h11's read-ahead was pushed back into it
+    first). ``done()`` is the lower stream's ``done()`` (a TCP FIN), ``aclose()`` closes it, and
+    ``detach()`` returns it. Sends commit at most :data:`SEND_CHUNK` bytes per step.
+    """
+
+    kind = "http1-tunnel"
+
+    def __init__(self, lower: ByteStream) -> None:
+        super().__init__(lower, {"http_version": "1.1"})
+        self._raw = lower
+
+    async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
+        return await self._raw.recv(max_bytes, deadline=deadline)
+
+    async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
+        n = min(len(data), SEND_CHUNK)
+        self._outbuf += data[:n]
+        return n
+
+    async def _detach(self, deadline: float) -> ByteStream:
+        return self._raw
+
+
+class ServerConnection(_H11Conn, http.ServerConnection):
+    """The server side of one HTTP/1.1 connection: a stream of :class:`Request`\\ s.
+
+    ``await conn.recv(deadline=)`` returns the next request once its head has arrived. Respond to
+    each request (and finish a streamed response) before receiving the next; an unread rest of the
+    previous request body is drained (up to :data:`MAX_DRAIN` bytes) or the connection closes.
+    ``recv`` raises :class:`~stack.EndOfStream` when the connection ends cleanly (the client closed
+    it, it idled past ``keepalive_timeout``, the last response said ``Connection: close``, or the
+    shutdown event was set), :class:`~stack.ProtocolError` or :class:`~stack.Broken` after the
+    server refused a request (400, 408, 413, 431, 501, 505: already sent), and
+    :class:`~stack.Timeout` when the caller's own ``deadline`` passes (nothing is consumed; the
+    connection stays usable). ``serve(app)`` runs the app on every request, one at a time.
+
+    ``detach()`` returns the stream below when no request is in progress (every byte read ahead is
+    pushed back into it) or after a protocol switch.
+    """
+
+    http_version = "1.1"
+
+    def __init__(self, lower: ByteStream, limits: Limits, shutdown: trio.Event | None) -> None:
+        super().__init__(lower, limits)
+        self._shutdown = shutdown
+        self._scheme = "https" if "tls_version" in self.info else "http"
+        self._inbuf = bytearray()  # read ahead, not yet given to h11
+        self._scan = 0  # how far _inbuf was searched for the end of a head
+        self._head_started: float | None = None  # when the first byte of the awaited head came
+        self._current: Request | None = None
+        self._requests = 0
+        self._attached_at = trio.current_time()
+        self._idle_since = self._attached_at
+        self._expect_100 = False
+        self._sent_100 = False
+        self._chunked: _ChunkedCheck | None = None
+        self._closing: str | None = None  # why the connection closes after this request
+        self._linger = False  # read what the client still sends before closing
+        self._ended: StackError | None = None
+        self._switched = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<http1.ServerConnection {self.info.get('peer')} requests={self._requests}>"
+
+    # ---- receiving requests ------------------------------------------------------------------
+
+    async def recv(self, *, deadline: float = FOREVER) -> Request:
+        """The next request, once its head has arrived (see the class docstring for the ends)."""
+        if self._closed:
+            raise Closed("HTTP/1.1 server connection was closed")
+        if self._current is not None:
+            await self._end_cycle()
+        if self._ended is not None:
+            raise type(self._ended)(str(self._ended))
+        try:
+            event = await self._read_head(deadline)
+            return self._start_request(event)
+        except _Refused as exc:
+            await self._refuse(exc.status, exc.detail)
+            raise self._end(ProtocolError(f"request refused with {exc.status}: {exc.detail}")) from None
+        except h11.RemoteProtocolError as exc:  # pragma: no cover - checked paths raise _Refused
+            await self._refuse(exc.error_status_hint, str(exc))
+            raise self._end(ProtocolError(str(exc))) from None
+
+    def _end(self, exc: StackError) -> StackError:
+        self._ended = exc
+        return exc
+
+    async def _read_head(self, deadline: float) -> h11.Request:
+        """Read a request head into ``_inbuf`` (bytes after it stay there) and parse it."""
+        buf = self._inbuf
+        limit = self._limits.max_header_bytes
+        while True:
+            while buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request-line
+                del buf[:2]
+                self._scan = 0
+            if buf:
+                m = _BLANK_LINE.search(buf, self._scan)
+                if m is not None:
+                    if m.end() - m.start() == 2:
+                        raise _Refused(400, "bare LF line ending in the request head")
+                    end = m.end()
+                    if end > limit:
+                        raise _Refused(431, f"request head is over {limit} bytes")
+                    head = bytes(buf[:end])
+                    del buf[:end]
+                    self._scan = 0
+                    self._head_started = None
+                    return self._parse_head(head)
+                if len(buf) > limit:
+                    raise _Refused(431, f"request head is over {limit} bytes")
+                self._scan = max(0, len(buf) - 2)
+                if self._head_started is None:
+                    self._head_started = trio.current_time()
+            await self._wait_head_bytes(deadline)
+
+    async def _wait_head_bytes(self, deadline: float) -> None:
+        """Wait for more bytes of a request head, under the caller's deadline and the limits:
+        the first head must be complete ``header_timeout`` after attach, a later one
+        ``header_timeout`` after its first byte, which must come within ``keepalive_timeout``."""
+        limits = self._limits
+        if self._requests == 0:
+            policy = self._attached_at + limits.header_timeout
+        elif self._head_started is not None:
+            policy = self._head_started + limits.header_timeout
+        else:
+            policy = self._idle_since + limits.keepalive_timeout
+        shutdown = self._shutdown
+        idle = not self._inbuf
+        if idle and shutdown is not None and shutdown.is_set():
+            raise EndOfStream("HTTP/1.1: the server is shutting down")
+        data = None
+        with trio.move_on_at(min(policy, deadline)) as scope:
+            if idle and shutdown is not None:
+                drainer = _drainer(shutdown)
+                drainer.scopes.add(scope)
+                try:
+                    data = await self._lower.recv(RECV)
+                finally:
+                    drainer.scopes.discard(scope)
+            else:
+                data = await self._lower.recv(RECV)
+        if data is None:  # cancelled by the scope: the caller's deadline, a limit, or shutdown
+            if idle and shutdown is not None and shutdown.is_set():
+                raise self._end(EndOfStream("HTTP/1.1: the server is shutting down"))
+            if trio.current_time() >= deadline and deadline < policy:
+                raise Timeout("HTTP/1.1 recv timed out waiting for a request")
+            if idle:
+                what = "before a first request" if self._requests == 0 else "idle"
+                log.debug("closing connection from %s: %s too long", self.info.get("peer"), what)
+                raise self._end(EndOfStream(f"HTTP/1.1: connection {what} for too long"))
+            raise _Refused(408, f"request head not complete within {limits.header_timeout:g}s")
+        if not data:
+            if self._inbuf:
+                raise self._end(ProtocolError("the client closed the connection in the middle of a request head"))
+            raise self._end(EndOfStream("the client closed the connection"))
+        self._inbuf += data
+
+    def _parse_head(self, head: bytes) -> h11.Request:
+        if head.count(b"\n") != head.count(b"\r\n"):
+            raise _Refused(400, "bare LF line ending in the request head")
+        if b"\n " in head or b"\n\t" in head:
+            raise _Refused(400, "obs-fold (a header line continued on the next line)")
+        h = self._h11
+        h.receive_data(head)
+        try:
+            event = h.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise _Refused(exc.error_status_hint, str(exc)) from None
+        if not isinstance(event, h11.Request):  # pragma: no cover - a whole head always parses
+            raise _Refused(400, "incomplete request head")
+        if event.http_version not in (b"1.1", b"1.0"):
+            raise _Refused(505, f"HTTP/{event.http_version.decode()} is not supported")
+        cl = te = False
+        for name, _ in event.headers:
+            if name == b"content-length":
+                cl = True
+            elif name == b"transfer-encoding":
+                te = True
+        if te and cl:
+            raise _Refused(400, "both Content-Length and Transfer-Encoding")
+        if te and event.http_version == b"1.0":
+            raise _Refused(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if cl:
+            values = _CL_LINE.findall(head.lower())
+            if len(values) != 1:
+                raise _Refused(400, "more than one Content-Length")
+            if not values[0].isdigit():
+                raise _Refused(400, f"bad Content-Length {values[0][:20]!r}")
+        self._chunked = _ChunkedCheck(self._limits.max_header_bytes) if te else None
+        return event
+
+    def _start_request(self, event: h11.Request) -> Request:
+        h = self._h11
+        self._expect_100 = h.they_are_waiting_for_100_continue
+        self._sent_100 = False
+        nxt = h.next_event()  # a request without a body ends here, with nothing more to read
+        complete = type(nxt) is h11.EndOfMessage
+        body = _RequestBody(self, complete)
+        request = Request(self, event, Headers(event.headers), body)
+        body._request = request
+        self._current = request
+        self._requests += 1
+        return request
+
+    async def _body_data(self, body: _RequestBody, deadline: float) -> bytes:
+        """The next bytes of the request body (``b""`` at its end), sending 100 Continue first if
+        the client waits for it. h11 keeps what arrived, so cancelling this loses nothing."""
+        h = self._h11
+        while True:
+            try:
+                event = h.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._close_after("malformed request body", linger=False)
+                raise ProtocolError(f"HTTP/1.1 request body: {exc}") from None
+            if type(event) is h11.Data:
+                return bytes(event.data)
+            if type(event) is h11.EndOfMessage:
+                body._complete = True
+                if body._request is not None and event.headers:
+                    body._request.trailers = Headers(event.headers)
+                return b""
+            if event is not h11.NEED_DATA:  # pragma: no cover - h11 ends a body with EndOfMessage
+                raise ProtocolError(f"HTTP/1.1: unexpected {event!r} in a request body")
+            if h.they_are_waiting_for_100_continue and h.our_state is h11.SEND_RESPONSE:
+                self._send_event(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
+                self._sent_100 = True
+                await self._flush(deadline)
+            await self._receive_body(deadline)
+
+    async def _receive_body(self, deadline: float) -> None:
+        if self._inbuf:
+            data = bytes(self._inbuf)
+            self._inbuf.clear()
+        else:
+            data = await self._lower.recv(RECV, deadline=deadline)
+        if data and self._chunked is not None:
+            try:
+                self._chunked.feed(data)
+            except ProtocolError:
+                self._close_after("malformed chunked body", linger=False)
+                self._feed(b"")
+                raise
+        self._feed(data)
+
+    # ---- responding ------------------------------------------------------------------------
+
+    def _send_event(self, event: h11.Event) -> None:
+        """Commit ``event``: h11 turns it into bytes, appended to the outgoing buffer at once."""
+        try:
+            parts = self._h11.send_with_data_passthrough(event)
+        except h11.LocalProtocolError as exc:
+            self._close_after(f"response refused by h11: {exc}")
+            raise StackError(f"HTTP/1.1 response: {exc}") from None
+        if parts:
+            out = self._out
+            for part in parts:
+                out += part
+
+    def _head(self, request: Request, status: int, headers: Headers, length: int | None) -> h11.Response:
+        raw = headers.raw
+        has_length = has_date = False
+        for name, _ in raw:
+            if name == b"content-length" or name == b"transfer-encoding":
+                has_length = True
+            elif name == b"date":
+                has_date = True
+        extra: list[tuple[bytes, bytes]] = []
+        if length is not None and not has_length and status not in _BODYLESS_STATUS:
+            extra.append((b"content-length", b"%d" % length))
+        if not has_date:
+            extra.append((b"date", date_header()))
+        if self._closing is None and self._shutdown is not None and self._shutdown.is_set():
+            self._closing = "the server is shutting down"
+        if self._closing is not None:
+            extra.append((b"connection", b"close"))
+        try:
+            return h11.Response(status_code=status, headers=raw + extra if extra else raw, reason=_reason(status))
+        except h11.LocalProtocolError as exc:
+            raise _local_error(exc) from None
+
+    async def _respond(self, request: Request, status: int, headers: Headers, body: bytes, deadline: float) -> None:
+        if status == 101 or (request.method == "CONNECT" and 200 <= status < 300):
+            if body:
+                raise ValueError("a protocol switch response has no body")
+            await self._switch(request, status, headers, deadline)
+            return
+        self._check_current(request)
+        head = self._head(request, status, headers, len(body))
+        out = self._out
+        mark = len(out)
+        try:  # head, body and end are committed together, or not at all
+            self._send_event(head)
+            if body and request.method != "HEAD" and status not in _BODYLESS_STATUS:
+                self._send_event(h11.Data(data=body))
+            self._send_event(h11.EndOfMessage())
+        except BaseException:
+            del out[mark:]
+            raise
+        request._committed = True
+        await self._flush(deadline)
+
+    async def _start_response(self, request: Request, status: int, headers: Headers, deadline: float) -> ByteStream:
+        if status == 101 or (request.method == "CONNECT" and 200 <= status < 300):
+            return await self._switch(request, status, headers, deadline)
+        self._check_current(request)
+        self._send_event(self._head(request, status, headers, None))
+        request._committed = True
+        stream = _ResponseStream(self, request, request.method == "HEAD" or status in _BODYLESS_STATUS)
+        request._response = stream
+        await self._flush(deadline)
+        return stream
+
+    async def _switch(self, request: Request, status: int, headers: Headers, deadline: float) -> ByteStream:
+        """Answer an Upgrade (101) or CONNECT (2xx) and hand the raw connection over."""
+        self._check_current(request)
+        h = self._h11
+        if h.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
+            what = "an Upgrade" if status == 101 else "a CONNECT"
+            raise StackError(f"cannot switch protocols: the request is not {what} request whose body was read")
+        raw = headers.raw + [(b"date", date_header())] if status != 101 else headers.raw
+        try:
+            event: h11.Event = (
+                h11.InformationalResponse(status_code=101, headers=raw, reason=_reason(101))
+                if status == 101
+                else h11.Response(status_code=status, headers=raw, reason=_reason(status))
+            )
+        except h11.LocalProtocolError as exc:
+            raise _local_error(exc) from None
+        self._send_event(event)
+        request._committed = True
+        self._switched = True
+        trailing, _ = h.trailing_data
+        self._lower.unread(trailing + bytes(self._inbuf))
+        self._inbuf.clear()
+        await self._flush(deadline)
+        return _Tunnel(self._lower)
+
+    def _check_current(self, request: Request) -> None:
+        if request is not self._current:
+            raise StackError(f"{request!r} is not the request in progress on this connection")
+
+    def _close_after(self, why: str, *, linger: bool = True) -> None:
+        """Decide that the connection closes once the current request is over."""
+        if self._closing is None:
+            self._closing = why
+        self._linger = self._linger or linger
+
+    # ---- the end of a request --------------------------------------------------------------
+
+    async def _end_cycle(self) -> None:
+        """After a response: drain the rest of the request body if small, then start the next
+        cycle, or close the connection. Never raises a StackError (it records why it ended)."""
+        request, self._current = self._current, None
+        assert request is not None
+        h = self._h11
+        deadline = trio.current_time() + self._limits.send_timeout
+        try:
+            await self._flush(deadline)
+            if self._switched:
+                raise EndOfStream("HTTP/1.1: the connection switched protocols")
+            if h.our_state is not h11.DONE and h.our_state is not h11.MUST_CLOSE:
+                self._close_after("the response was not completed", linger=False)
+            if h.their_state is h11.SEND_BODY and self._closing is None:
+                if self._expect_100 and not self._sent_100:
+                    self._close_after("the app answered without reading a 100-continue body")
+                else:
+                    await self._drain(request)
+            if self._closing is not None:
+                raise EndOfStream(f"HTTP/1.1: closing the connection: {self._closing}")
+            if h.our_state is not h11.DONE or h.their_state is not h11.DONE:
+                raise EndOfStream("HTTP/1.1: the connection closes after this response")
+            trailing, _ = h.trailing_data
+            if trailing:  # pipelined bytes h11 read past the body: they are ours to check again
+                self._inbuf[:0] = trailing
+                self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.max_header_bytes)
+            else:
+                h.start_next_cycle()
+            self._idle_since = trio.current_time()
+            if self._shutdown is not None and self._shutdown.is_set() and not self._inbuf:
+                raise EndOfStream("HTTP/1.1: the server is shutting down")
+        except StackError as exc:
+            self._ended = exc if isinstance(exc, EndOfStream) else EndOfStream(str(exc))
+            await self._shutdown_connection()
+
+    async def _drain(self, request: Request) -> None:
+        """Read and discard a small unread rest of the request body, or decide to close."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_DRAIN:
+            self._close_after("a large request body was not read", linger=True)
+            return
+        total = 0
+        body = request.body
+        try:
+            deadline = trio.current_time() + DRAIN_TIME
+            while total <= MAX_DRAIN:
+                chunk = body._pending or await self._body_data(body, deadline)
+                body._pending = b""
+                if not chunk:
+                    return
+                total += len(chunk)
+        except (Timeout, ProtocolError, Broken):
+            pass
+        self._close_after("the request body was not read", linger=True)
+
+    async def _shutdown_connection(self) -> None:
+        """Flush, then close: after an error, half-close first and read what the client still
+        sends for up to :data:`LINGER` seconds, so it reads our response rather than a reset."""
+        lower = self._lower
+        try:
+            await self._flush(trio.current_time() + self._limits.send_timeout)
+            if self._linger:
+                await lower.done(deadline=trio.current_time() + 1.0)
+                deadline = trio.current_time() + LINGER
+                total = 0
+                while total < 16 * MAX_DRAIN and await lower.recv(RECV, deadline=deadline):
+                    total += 1
+        except StackError:
+            pass
+        await self.aclose()
+
+    async def _refuse(self, status: int, detail: str) -> None:
+        """Send a raw error response (whatever h11's state) and close the connection."""
+        log.info("refusing a request from %s with %d: %s", self.info.get("peer"), status, detail)
+        self._out += _raw_response(status, detail)
+        self._linger = True
+        await self._shutdown_connection()
+
+    # ---- running an app --------------------------------------------------------------------
+
+    async def serve(self, app: App) -> None:
+        """Run ``app`` on every request, one at a time, until the connection ends.
+
+        An app that raises gets a 500 (413 for :class:`~stack.MessageTooLarge`, 400 for a
+        malformed request body) if its response had not started, and a log line; the connection
+        goes on when the request body was read (or a small rest of it could be drained), and closes
+        otherwise. An app that returns without responding gets a 500 too; one that returns
+        without ending a streamed response has it ended for it. Returns when the connection ended;
+        the connection is closed by then. Cancellation closes the connection.
+        """
+        try:
+            while True:
+                try:
+                    request = await self.recv()
+                except (EndOfStream, Closed):
+                    return
+                except StackError as exc:
+                    log.debug("connection from %s: %s", self.info.get("peer"), exc)
+                    return
+                await self._run(app, request)
+        finally:
+            with trio.CancelScope(shield=True):
+                if self._current is not None and not self._closed:
+                    self._close_after("the connection was cancelled", linger=False)
+                await self.aclose(deadline=trio.current_time() + 1.0)
+
+    async def _run(self, app: App, request: Request) -> None:
+        try:
+            await app(request)
+        except Exception as exc:
+            await self._app_failed(request, exc)
+        else:
+            if not request._committed:
+                log.error("app returned without responding to %r from %s", request, self.info.get("peer"))
+                await self._error_response(request, 500, "the application did not respond")
+            elif request._response is not None and not request._response._send_closed:
+                stream = request._response
+                if stream._closed is None and stream._broken is None:
+                    try:
+                        await stream.done(deadline=trio.current_time() + self._limits.send_timeout)
+                    except StackError as exc:
+                        self._close_after(f"ending the response failed: {exc}")
+                else:
+                    self._close_after("the response was not ended")
+        await self._end_cycle()
+
+    async def _app_failed(self, request: Request, exc: Exception) -> None:
+        peer = self.info.get("peer")
+        if isinstance(exc, MessageTooLarge):
+            log.info("request %r from %s: %s (413)", request, peer, exc)
+            status, detail = 413, "request body too large"
+        elif isinstance(exc, ProtocolError) and self._closing is not None:
+            log.info("request %r from %s: %s (400)", request, peer, exc)
+            status, detail = 400, "malformed request body"
+        elif isinstance(exc, StackError) and self._lower._broken is not None:
+            log.debug("request %r from %s: the connection failed: %s", request, peer, exc)
+            self._close_after("the connection failed", linger=False)
+            return
+        else:
+            log.error("app failed on %r from %s", request, peer, exc_info=exc)
+            status, detail = 500, "internal server error"
+        if not request._committed:
+            request.responded, request.status = True, status
+            await self._error_response(request, status, detail)
+        else:
+            self._close_after("the app failed after its response started", linger=False)
+
+    async def _error_response(self, request: Request, status: int, detail: str) -> None:
+        """Respond ``status`` through h11 when it can (keeping the connection if the request
+        body is read), else raw with ``Connection: close``."""
+        h = self._h11
+        if status != 500 or h.their_state is not h11.DONE:
+            self._close_after(detail)
+        body = f"{status} {_reason(status).decode()}: {detail}\n".encode()
+        headers = Headers([("content-type", "text/plain; charset=utf-8")])
+        if h.our_state is h11.SEND_RESPONSE:
+            try:
+                head = self._head(request, status, headers, len(body))
+                self._send_event(head)
+                if request.method != "HEAD":
+                    self._send_event(h11.Data(data=body))
+                self._send_event(h11.EndOfMessage())
+                return
+            except (StackError, ValueError):
+                pass
+        self._close_after(detail)
+        self._out += _raw_response(status, detail)
+
+    # ---- closing, detaching ------------------------------------------------------------------
+
+    async def aclose(self, *, deadline: float | None = None) -> None:
+        """Flush what was committed (until ``deadline``, default 2 s) and close the connection
+        and the stream below. Idempotent; never raises a StackError."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._ended is None:
+            self._ended = EndOfStream("HTTP/1.1 server connection closed")
+        if deadline is None:
+            deadline = trio.current_time() + 2.0
+        try:
+            if self._out and not self._flushing:
+                with trio.move_on_at(deadline):
+                    await self._lower.send_from(self._out, deadline=deadline)
+        except StackError:
+            pass
+        finally:
+            await self._lower.aclose(deadline=deadline)
+
+    async def detach(self, *, deadline: float = FOREVER) -> ByteStream:
+        """Give the stream below back, read-ahead bytes pushed back into it.
+
+        Possible between requests (nothing in progress) and after a protocol switch; otherwise a
+        :class:`~stack.StackError` and nothing changes.
+        """
+        h = self._h11
+        if self._closed:
+            raise Closed("HTTP/1.1 server connection was closed")
+        if self._switched:
+            pass
+        elif self._current is None and h.our_state is h11.IDLE and h.their_state is h11.IDLE:
+            trailing, _ = h.trailing_data
+            self._lower.unread(trailing + bytes(self._inbuf))
+            self._inbuf.clear()
+        else:
+            raise StackError("cannot detach HTTP/1.1 in the middle of a request")
+        await self._flush(deadline)
+        self._closed = True
+        self._ended = EndOfStream("HTTP/1.1 server connection was detached")
+        return self._lower
+
+
+@dataclass(frozen=True)
+class server:
+    """Spec: an HTTP/1.1 server connection running ``app`` (see :class:`ServerConnection`).
+
+    ``limits``: :class:`layers.http.Limits`. ``shutdown``: once set, idle connections close at
+    once and a request in flight finishes with ``Connection: close``; pass the same event to
+    :meth:`stack.Stack.serve`.
+    """
+
+    app: App
+    limits: Limits = DEFAULT_LIMITS
+    shutdown: trio.Event | None = field(default=None, compare=False)
+
+    async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> ServerConnection:
+        """Wrap ``lower``. No handshake: returns at once; ``header_timeout`` starts now."""
+        if not isinstance(lower, ByteStream):
+            raise TypeError(f"http1.server attaches to a ByteStream, not {type(lower).__name__}")
+        return ServerConnection(lower, self.limits, self.shutdown)
+
+    async def handle(self, conn: ServerConnection) -> None:
+        """Run the app on every request of ``conn`` (what :meth:`stack.Stack.serve` calls)."""
+        await conn.serve(self.app)
+
+
+# --------------------------------------------------------------------------------------------------
+# Client
+
+
+class _ResponseBody(ByteStream):
+    """The body of a response, as the client reads it. ``b""`` at its end.
+
+    When the body ends the connection is ready for the next request (or closes, if the server
+    said ``Connection: close``). A malformed body, or the server closing in the middle of it,
+    raises :class:`~stack.ProtocolError`. On deadline or cancellation nothing is consumed.
+    ``aclose()`` before the end drains a small rest (up to :data:`MAX_DRAIN` bytes, for
+    :data:`DRAIN_TIME` seconds) to keep the connection, or closes the connection.
+    """
+
+    kind = "http1-response-body"
+
+    def __init__(self, conn: ClientConnection, response: Response) -> None:
+        super().__init__(conn._lower, conn.info)
+        self._conn = conn
+        self._response = response
+        self._pending = b""
+        self._complete = False
+
+    async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
+        if not self._pending:
+            if self._complete:
+                return b""
+            self._pending = await self._conn._body_data(self, deadline)
+        out = self._pending
+        if len(out) > max_bytes:
+            self._pending = out[max_bytes:]
+            return out[:max_bytes]
+        self._pending = b""
+        return out
+
+    async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
+        raise Closed("a response body cannot be sent on (only an Upgrade/CONNECT tunnel can)")
+
+    async def _done(self, deadline: float) -> None:
+        pass
+
+    async def aclose(self, *, deadline: float | None = None) -> None:
+        """Release the response: drain a small rest or close the connection. Never raises."""
+        if self._closed is not None:
+            return
+        self._closed = "closed"
+        if self._complete:
+            return
+        conn = self._conn
+        try:
+            with trio.CancelScope(shield=True):
+                drain_deadline = trio.current_time() + DRAIN_TIME
+                total = 0
+                while not self._complete and total <= MAX_DRAIN:
+                    total += len(self._pending) + len(await conn._body_data(self, drain_deadline))
+                    self._pending = b""
+        except StackError:
+            pass
+        if not self._complete:
+            await conn._poison(Closed("HTTP/1.1: a response was closed before its end, closing the connection"))
+
+
+class ClientConnection(_H11Conn, http.ClientConnection):
+    """The client side of one HTTP/1.1 connection (see :class:`layers.http.ClientConnection`).
+
+    Requests queue on the one connection: a request waits until the previous response's body was
+    read to its end or closed. ``request()`` returns once the response head arrived; its deadline
+    covers waiting for the connection, sending the request and receiving the head. If it passes
+    (or the call is cancelled) in the middle of the exchange, the connection cannot be used again
+    (:class:`~stack.Broken` on later requests). When the server closed the connection, later
+    requests raise :class:`~stack.EndOfStream`. A 101 response, or a 2xx to CONNECT, makes the
+    response body the tunnel (a ByteStream straight on the stream below; ``detach()`` on it returns
+    that stream) and the connection takes no more requests.
+    """
+
+    _role = h11.CLIENT
+    http_version = "1.1"
+
+    def __init__(self, lower: ByteStream, limits: Limits, authority: str, scheme: str) -> None:
+        super().__init__(lower, limits)
+        self.authority = authority
+        self.scheme = scheme
+        self._slot = trio.Semaphore(1)
+        self._error: StackError | None = None
+        self._closed = False
+        self._exchange = 0  # the exchange holding the slot (0: none)
+        self._exchanges = 0
+
+    def __repr__(self) -> str:
+        return f"<http1.ClientConnection {self.authority}>"
+
+    def _check(self) -> None:
+        if self._closed:
+            raise Closed("HTTP/1.1 client connection was closed")
+        if self._error is not None:
+            raise type(self._error)(str(self._error))
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        *,
+        headers: HeaderInput = (),
+        body: Body = None,
+        deadline: float = FOREVER,
+    ) -> Response:
+        """Send a request and return the response once its head arrived (see the class docstring).
+
+        ``body``: bytes (sent with a Content-Length), an async iterable of bytes (chunked unless
+        ``headers`` has a Content-Length), or None (no body). With ``Expect: 100-continue`` in
+        ``headers`` a streamed body waits for ``100 Continue`` (at most :data:`CONTINUE_TIMEOUT`
+        seconds); a final response arriving first means the body is not sent, and the connection
+        closes after it. A Host header is added from ``authority`` unless given.
+        """
+        self._check()
+        with trio.move_on_at(deadline) as scope:
+            await self._slot.acquire()
+        if scope.cancelled_caught:
+            raise Timeout("HTTP/1.1: waiting for the connection timed out (is a previous response unread?)")
+        self._exchanges += 1
+        self._exchange = exchange = self._exchanges
+        ok = False
+        try:
+            self._check()
+            response = await self._exchange_head(method, target, Headers(headers), body, deadline)
+            ok = True
+            return response
+        except Timeout:
+            await self._poison(Broken("HTTP/1.1: an earlier request timed out in the middle of its exchange"))
+            raise
+        except StackError as exc:
+            if self._error is None:
+                await self._poison(exc if isinstance(exc, (EndOfStream, Broken)) else Broken(str(exc)))
+            raise
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._poison(Broken("HTTP/1.1: an earlier request was cancelled in the middle of its exchange"))
+            raise
+        finally:
+            if not ok:
+                self._release(exchange)
+
+    async def _exchange_head(
+        self, method: str, target: str, headers: Headers, body: Body, deadline: float
+    ) -> Response:
+        h = self._h11
+        raw = headers.raw
+        names = {name for name, _ in raw}
+        extra: list[tuple[bytes, bytes]] = []
+        if b"host" not in names:
+            extra.append((b"host", self.authority.encode("idna" if not self.authority.isascii() else "ascii")))
+        streaming = body is not None and not isinstance(body, (bytes, bytearray, memoryview))
+        if body is not None and not streaming and b"content-length" not in names:
+            if len(body) or method not in ("GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"):  # type: ignore[arg-type]
+                extra.append((b"content-length", b"%d" % len(body)))  # type: ignore[arg-type]
+        elif streaming and b"content-length" not in names and b"transfer-encoding" not in names:
+            extra.append((b"transfer-encoding", b"chunked"))
+        try:
+            event = h11.Request(method=method, target=target, headers=extra + raw)
+        except h11.LocalProtocolError as exc:
+            raise _local_error(exc) from None
+        expect_100 = streaming and any(
+            n == b"expect" and v.lower() == b"100-continue" for n, v in raw
+        )
+        self._send_event(event)
+        if not streaming:
+            if body:
+                self._send_event(h11.Data(data=body))
+            self._send_event(h11.EndOfMessage())
+        send_error: StackError | None = None
+        early: h11.Response | h11.InformationalResponse | None = None
+        try:
+            await self._flush(deadline)
+            if streaming:
+                assert isinstance(body, AsyncIterable)
+                early = await self._send_body(body, expect_100, deadline)
+        except Broken as exc:  # the server may have answered early (413...) and closed: read it
+            send_error = exc
+        try:
+            event_in = early or await self._read_head(deadline)
+        except StackError:
+            if send_error is not None:
+                raise send_error from None
+            raise
+        return self._response(method, event_in)
+
+    async def _send_body(
+        self, body: AsyncIterable[bytes], expect_100: bool, deadline: float
+    ) -> h11.Response | h11.InformationalResponse | None:
+        if expect_100:
+            early = None
+            with trio.move_on_at(min(deadline, trio.current_time() + CONTINUE_TIMEOUT)):
+                early = await self._read_head(deadline, stop_at_100=True)
+            if early is not None and early.status_code != 100:
+                return early  # a final answer (or a switch) before the body: do not send it
+        async for chunk in body:
+            if chunk:
+                self._send_event(h11.Data(data=chunk))
+                await self._flush(deadline)
+        self._send_event(h11.EndOfMessage())
+        await self._flush(deadline)
+        return None
+
+    def _send_event(self, event: h11.Event) -> None:
+        try:
+            parts = self._h11.send_with_data_passthrough(event)
+        except h11.LocalProtocolError as exc:
+            raise _local_error(exc) from None
+        if parts:
+            out = self._out
+            for part in parts:
+                out += part
+
+    def _next_event(self) -> Any:
+        try:
+            return self._h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint == 431:
+                raise MessageTooLarge(
+                    f"response head over max_header_bytes={self._limits.max_header_bytes}",
+                    limit=self._limits.max_header_bytes,
+                ) from None
+            raise ProtocolError(f"HTTP/1.1 response: {exc}") from None
+
+    async def _read_head(
+        self, deadline: float, *, stop_at_100: bool = False
+    ) -> h11.Response | h11.InformationalResponse:
+        """The response head (a 101 counts as one); other 1xx responses are skipped."""
+        h = self._h11
+        while True:
+            event = self._next_event()
+            if event is h11.NEED_DATA:
+                data = await self._lower.recv(RECV, deadline=deadline)
+                if not data and h.their_state is h11.SEND_RESPONSE and not h.trailing_data[0]:
+                    raise EndOfStream("HTTP/1.1: the server closed the connection without responding")
+                self._feed(data)
+                continue
+            if type(event) is h11.Response:
+                return event
+            if type(event) is h11.InformationalResponse:
+                if event.status_code == 101 or stop_at_100:
+                    return event
+                continue
+            raise ProtocolError(f"HTTP/1.1: unexpected {event!r} instead of a response")
+
+    def _response(self, method: str, event: h11.Response | h11.InformationalResponse) -> Response:
+        status = event.status_code
+        headers = Headers(event.headers)
+        reason = event.reason.decode("latin-1")
+        version = event.http_version.decode("ascii")
+        h = self._h11
+        if h.our_state is h11.SWITCHED_PROTOCOL:
+            trailing, _ = h.trailing_data
+            self._lower.unread(trailing)
+            self._error = StackError("HTTP/1.1: the connection switched protocols; it takes no more requests")
+            return Response(status, headers, version, _Tunnel(self._lower), reason)
+        response = Response(status, headers, version, ByteStream(), reason)  # body set below
+        body = _ResponseBody(self, response)
+        response.body = body
+        if h.our_state is not h11.DONE and h.our_state is not h11.MUST_CLOSE:
+            self._close_after_exchange = True  # our body was not sent (early answer)
+        return response
+
+    _close_after_exchange = False
+
+    async def _body_data(self, body: _ResponseBody, deadline: float) -> bytes:
+        h = self._h11
+        while True:
+            event = self._next_event()
+            if type(event) is h11.Data:
+                return bytes(event.data)
+            if type(event) is h11.EndOfMessage:
+                body._complete = True
+                if event.headers:
+                    body._response.trailers = Headers(event.headers)
+                await self._end_exchange()
+                return b""
+            if event is h11.NEED_DATA:
+                data = await self._lower.recv(RECV, deadline=deadline)
+                self._feed(data)
+                continue
+            if event is h11.PAUSED and h.our_state is not h11.DONE:  # we never sent our body
+                body._complete = True
+                await self._end_exchange()
+                return b""
+            raise ProtocolError(f"HTTP/1.1: unexpected {event!r} in a response body")
+
+    async def _end_exchange(self) -> None:
+        h = self._h11
+        exchange = self._exchange
+        if h.our_state is h11.DONE and h.their_state is h11.DONE and not self._close_after_exchange:
+            h.start_next_cycle()
+        else:
+            await self._poison(EndOfStream("HTTP/1.1: the server closed the connection"))
+        self._release(exchange)
+
+    def _release(self, exchange: int) -> None:
+        if exchange and self._exchange == exchange:
+            self._exchange = 0
+            self._slot.release()
+
+    async def _poison(self, exc: StackError) -> None:
+        """No more requests on this connection: record why and close the stream below."""
+        if self._error is None:
+            self._error = exc
+        with trio.CancelScope(shield=True):
+            await self._lower.aclose(deadline=trio.current_time() + 1.0)
+
+    async def aclose(self, *, deadline: float | None = None) -> None:
+        """Close the connection and the stream below. Idempotent; never raises a StackError.
+        Requests waiting for the connection get :class:`~stack.Closed`."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._out and not self._flushing:
+                d = trio.current_time() + 1.0 if deadline is None else deadline
+                with trio.move_on_at(d):
+                    await self._lower.send_from(self._out, deadline=d)
+        except StackError:
+            pass
+        finally:
+            await self._lower.aclose(deadline=deadline)
+            if self._exchange:
+                self._release(self._exchange)
+            elif self._slot.value == 0:  # pragma: no cover - defensive
+                self._slot.release()
+
+    async def detach(self, *, deadline: float = FOREVER) -> ByteStream:
+        """Give the stream below back (read-ahead pushed back into it): between requests, or after
+        a protocol switch (the tunnel's own ``detach()`` does the same). Else a StackError."""
+        h = self._h11
+        if self._closed:
+            raise Closed("HTTP/1.1 client connection was closed")
+        switched = h.our_state is h11.SWITCHED_PROTOCOL
+        if not switched and (self._exchange or h.our_state is not h11.IDLE or self._error is not None):
+            raise StackError("cannot detach HTTP/1.1 in the middle of a request")
+        if not switched:
+            trailing, _ = h.trailing_data
+            self._lower.unread(trailing)
+        await self._flush(deadline)
+        self._closed = True
+        return self._lower
+
+
+@dataclass(frozen=True)
+class client:
+    """Spec: an HTTP/1.1 client connection (see :class:`ClientConnection`).
+
+    ``authority`` is the Host header sent (default: ``localhost``); ``scheme`` is informational.
+    """
+
+    limits: Limits = DEFAULT_LIMITS
+    authority: str | None = None
+    scheme: str | None = None
+
+    async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> ClientConnection:
+        """Wrap ``lower``. No handshake: returns at once."""
+        if not isinstance(lower, ByteStream):
+            raise TypeError(f"http1.client attaches to a ByteStream, not {type(lower).__name__}")
+        scheme = self.scheme or ("https" if "tls_version" in lower.info else "http")
+        return ClientConnection(lower, self.limits, self.authority or http._authority_of(lower.info), scheme)
