@@ -48,8 +48,16 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: trio-stack-bench\r\
 
 def idle_connection_cost(server: Running, connections: int) -> Measurement:
     """KiB of server RSS per idle keep-alive connection (one request each), measured as above."""
-    cmd = [PY, "-m", "benchmarks.bench_http1_mem", "client", "--port", str(server.port),
-           "--connections", str(connections)]
+    cmd = [
+        PY,
+        "-m",
+        "benchmarks.bench_http1_mem",
+        "client",
+        "--port",
+        str(server.port),
+        "--connections",
+        str(connections),
+    ]
     client = Proc(pinned(cmd, LOAD_CPU), stdin=True)
     try:
         client.wait_for_output(r"^WARM$", 30, stderr_too=False)

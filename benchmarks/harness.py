@@ -302,15 +302,25 @@ class Contender:
             )
             r = subprocess.run(
                 [PY, "-c", script, *self.requires],
-                cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=30, check=False,
+                cwd=REPO,
+                env=child_env(),
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
             )
             if r.returncode != 0:
                 return "not available: " + (tail(r.stderr, 1) or f"needs {', '.join(self.requires)}")
         if self.probe:
             try:
                 r = subprocess.run(
-                    self.probe, cwd=REPO, env=child_env(), capture_output=True, text=True,
-                    timeout=30, check=False,
+                    self.probe,
+                    cwd=REPO,
+                    env=child_env(),
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=False,
                 )
             except (OSError, subprocess.TimeoutExpired) as exc:
                 return f"not available: {exc}"
@@ -536,7 +546,8 @@ def run_group(group: Group, settings: Settings) -> list[Row]:
                 row.notes.append(m.note)
             log(
                 f"[{group.name}] round {rnd}/{settings.rounds} {row.contender.name}: "
-                f"{m.value:,.1f} {group.unit}" + (f" ({m.errors} errors)" if m.errors else "")
+                f"{m.value:,.1f} {group.unit}"
+                + (f" ({m.errors} errors)" if m.errors else "")
                 + f" [{time.monotonic() - t0:.1f}s]"
             )
     return rows

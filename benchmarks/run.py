@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM unwinds like Ctrl-C, stopping every child
+    # Started in the background by a shell, SIGINT may be ignored, and children would inherit that:
+    # a handler (unlike SIG_IGN) resets to the default in them, so servers stop on SIGINT as meant.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     results: list[harness.Result] = []
     try:
         for g in selected:

@@ -24,28 +24,25 @@ H2 = Server(
     ready=r"serving on",
 )
 
+# --workers 0: serve in the hypercorn process itself (no fork), so the pid's RSS is the server's.
+# --keep-alive 600: the default 5 s would drop http1-mem's idle connections mid-measurement.
+# --backlog 4096: as deep as the hand-written servers' (trio's default, SOMAXCONN).
+HYPERCORN_ARGS = ["--worker-class", "trio", "--workers", "0", "--keep-alive", "600", "--backlog", "4096"]
 HYPERCORN = Server(
     "hypercorn-trio",
-    [
-        PY, "-m", "hypercorn",
-        "--worker-class", "trio",
-        "--workers", "0",  # serve in this process: no fork, so the pid's RSS is the server's
-        "--bind", "127.0.0.1:{port}",
-        "--backlog", "4096",
-        "--keep-alive", "600",  # default 5 s would drop http1-mem's idle connections mid-measurement
-        "benchmarks.peers.hypercorn_app:app",
-    ],
+    [PY, "-m", "hypercorn", *HYPERCORN_ARGS, "--bind", "127.0.0.1:{port}", "benchmarks.peers.hypercorn_app:app"],
     requires=["hypercorn.trio"],
     ready=r"Running on",
 )
 
 # ---------------------------------------------------------------------------------------------------
-# OUR servers.  `python -m stack serve --no-tls --port P` serves the same 13-byte "Hello, world!"
-# over HTTP/1.1 and HTTP/2 prior knowledge and prints "serving on URL" when ready.  Until stack/cli.py
-# exists (and `serve --help` exits 0) the contender is reported as "not available".
+# OUR servers.  `python -m stack serve --no-tls --port P --hello --quiet` serves the same 13-byte
+# "Hello, world!" (the hidden --hello flag) over HTTP/1.1 and HTTP/2 prior knowledge, with no access
+# log (as the peers), and prints "serving on URL" when ready.  Until stack/cli.py exists (and
+# `serve --help` exits 0) the contender is reported as "not available".
 OURS = Server(
     "ours (stack serve)",
-    [PY, "-m", "stack", "serve", "--no-tls", "--port", "{port}"],
+    [PY, "-m", "stack", "serve", "--no-tls", "--port", "{port}", "--hello", "--quiet"],
     requires=["stack.__main__", "stack.cli"],
     probe=[PY, "-m", "stack", "serve", "--help"],
     ready=r"serving on",

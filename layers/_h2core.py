@@ -31,10 +31,12 @@ from typing import Any
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.frame_buffer
 import h2.settings
+import h2.stream
 from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
 from h2.stream import StreamClosedBy
 from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame, PushPromiseFrame
@@ -101,7 +103,7 @@ class H2Core(h2.connection.H2Connection):
         self,
         *,
         client_side: bool,
-        settings: dict[int, int],
+        settings: dict[h2.settings.SettingCodes, int],
         max_continuation_frames: int,
         max_header_list_size: int,
     ) -> None:
@@ -121,10 +123,9 @@ class H2Core(h2.connection.H2Connection):
             max_bytes=2 * max_header_list_size + 1024,
         )
         self.advertised = dict(settings)
-        self.local_settings = h2.settings.Settings(client=client_side, initial_values=dict(settings))  # type: ignore[arg-type]
+        self.local_settings = h2.settings.Settings(client=client_side, initial_values=dict(settings))
         self.decoder.max_header_list_size = settings.get(h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE, 65536)
         self.max_inbound_frame_size = self.local_settings.max_frame_size
-        self._inbound_flow_control_window_manager.max_window_size = self.local_settings.initial_window_size
 
     def initiate_connection(self) -> None:
         """Queue the preface and our SETTINGS; then stop h2 enforcing the stream limit itself."""
@@ -132,7 +133,7 @@ class H2Core(h2.connection.H2Connection):
         unlimited = dict(self.advertised)
         unlimited[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = _UNLIMITED_STREAMS
         self.local_settings = h2.settings.Settings(
-            client=self.config.client_side, initial_values=unlimited  # type: ignore[arg-type]
+            client=self.config.client_side, initial_values=unlimited
         )
 
     # ---- small additions ----------------------------------------------------------------

@@ -61,12 +61,11 @@ from typing import Any
 import h11
 import trio
 
+from layers import http
+from layers.http import DEFAULT_LIMITS, App, Body, HeaderInput, Headers, Limits, Response, date_header
 from stack.deadlines import FOREVER
 from stack.errors import Broken, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
 from stack.streams import ByteStream, Info
-
-from . import http
-from .http import DEFAULT_LIMITS, App, Body, HeaderInput, Headers, Limits, Response, date_header
 
 __all__ = ["ClientConnection", "Request", "ServerConnection", "client", "server"]
 
@@ -253,20 +252,20 @@ class _H11Conn:
 
 
 class _Drainer:
-    """One per shutdown event: when it is set, wakes every connection idling between requests.
+    """One per shutdown event: once it is set, wakes every connection idling between requests.
 
-    It runs as a trio *system* task (started the first time a connection with that event waits),
+    It runs as a trio *system* task (started the first time a connection with that event serves),
     so no connection needs a task of its own to notice a shutdown.
     """
 
-    __slots__ = ("scopes",)
+    __slots__ = ("idle",)
 
     def __init__(self) -> None:
-        self.scopes: set[trio.CancelScope] = set()
+        self.idle: set[trio.CancelScope] = set()
 
     async def run(self, event: trio.Event) -> None:
         await event.wait()
-        for scope in list(self.scopes):
+        for scope in list(self.idle):
             scope.cancel()
 
 
@@ -281,29 +280,51 @@ def _drainer(event: trio.Event) -> _Drainer:
     return d
 
 
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _field_lines(fields: list[tuple[bytes, bytes]], out: list[bytes]) -> None:
+    """Append ``name: value`` lines for trailer fields, refusing what would break the framing."""
+    for name, value in fields:
+        if _TOKEN.fullmatch(name) is None or _BAD_VALUE.search(value) is not None:
+            raise ValueError(f"invalid header field {name!r}: {value[:40]!r}")
+        out.append(b"%s: %s\r\n" % (name, value))
+
+
+# Response states (Request._state)
+_NOT_STARTED, _STREAMING, _COMPLETE, _SWITCHED = range(4)
+
+
 class Request(http.Request):
     """A request on an HTTP/1.1 server connection (see :class:`layers.http.Request`).
 
     ``trailers`` holds the request's trailer fields once its body has ended.
     """
 
-    _conn: ServerConnection
-
-    def __init__(self, conn: ServerConnection, event: h11.Request, headers: Headers, body: _RequestBody) -> None:
+    def __init__(
+        self, conn: ServerConnection, event: h11.Request, headers: Headers, body: _RequestBody, keep_alive: bool
+    ) -> None:
         super().__init__(
             event.method.decode("ascii"),
             event.target.decode("ascii"),
             headers,
-            event.http_version.decode("ascii"),
+            "1.1" if event.http_version == b"1.1" else "1.0",
             body,
             conn.info,
             scheme=conn._scheme,
             limits=conn._limits,
         )
         self._conn = conn
+        self._body = body
         self.trailers = Headers()
+        self._keep_alive = keep_alive
         self._response: _ResponseStream | None = None
-        self._committed = False  # response bytes went into the outgoing buffer
+        # the response writer's state for this request
+        self._state = _NOT_STARTED
+        self._left: int | None = None  # body bytes still due under a Content-Length
+        self._chunked = False
+        self._discard = False  # HEAD, 204, 304: body bytes are not sent
 
     async def _respond(self, status: int, headers: Headers, body: bytes, deadline: float) -> None:
         await self._conn._respond(self, status, headers, body, deadline)
@@ -324,7 +345,7 @@ class _RequestBody(ByteStream):
     kind = "http1-request-body"
 
     def __init__(self, conn: ServerConnection, complete: bool) -> None:
-        super().__init__(conn._lower, conn.info)
+        super().__init__(conn._lower, _BODY_INFO)
         self._conn = conn
         self._pending = b""
         self._complete = complete
@@ -357,25 +378,29 @@ class _RequestBody(ByteStream):
         raise StackError("an HTTP/1.1 request body cannot be detached")
 
 
+_BODY_INFO = {"http_version": "1.1"}
+
+
 class _ResponseStream(ByteStream):
     """The body of a streamed response (:meth:`Request.start_response`).
 
-    ``send`` writes body bytes: chunked unless the response has a Content-Length (then h11 checks
-    the count; too many bytes raise :class:`~stack.StackError` and the connection closes). Each send
-    step commits at most :data:`SEND_CHUNK` bytes. For HEAD, 204 and 304 the bytes are discarded.
-    ``done(trailers=...)`` ends the response (trailers only in chunked encoding). ``recv`` reads
-    what is left of the request body. ``aclose()`` before ``done()`` abandons the response: the
-    connection closes once the app returns. If the app returns without either, the server calls
-    ``done()`` for it.
+    ``send`` writes body bytes: chunked, unless the response has a Content-Length (then more bytes
+    than announced raise :class:`~stack.StackError` and the connection closes) or the client
+    speaks HTTP/1.0 (then the body ends when the connection closes). Each send step commits at
+    most :data:`SEND_CHUNK` bytes. For HEAD, 204 and 304 the bytes are discarded.
+    ``done(trailers=...)`` ends the response (trailers only in chunked encoding; fewer bytes than
+    a Content-Length announced raise :class:`~stack.StackError` and close the connection).
+    ``recv`` reads what is left of the request body. ``aclose()`` before ``done()`` abandons the
+    response: the connection closes once the app returns. If the app returns without either, the
+    server calls ``done()`` for it.
     """
 
     kind = "http1-response-body"
 
-    def __init__(self, conn: ServerConnection, request: Request, discard: bool) -> None:
-        super().__init__(conn._lower, conn.info)
+    def __init__(self, conn: ServerConnection, request: Request) -> None:
+        super().__init__(conn._lower, _BODY_INFO)
         self._conn = conn
         self._request = request
-        self._discard = discard
         self._trailers: Headers | None = None
         self._outbuf = conn._out  # one buffer for the connection: bytes stay in order
 
@@ -383,10 +408,8 @@ class _ResponseStream(ByteStream):
         await self._conn._flush(deadline)
 
     async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
-        if self._discard:
-            return len(data)
         n = min(len(data), SEND_CHUNK)
-        self._conn._send_event(h11.Data(data=data[:n] if n < len(data) else data))
+        self._conn._write_body(self._request, data[:n] if n < len(data) else data)
         return n
 
     async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
@@ -399,8 +422,8 @@ class _ResponseStream(ByteStream):
         await super().done(deadline=deadline)
 
     async def _done(self, deadline: float) -> None:
-        trailers = self._trailers.raw if self._trailers else []
-        self._conn._send_event(h11.EndOfMessage(headers=trailers))
+        if self._request._state == _STREAMING:
+            self._conn._end_body(self._request, self._trailers)
         await self._conn._flush(deadline)
 
     async def aclose(self, *, deadline: float | None = None) -> None:
@@ -408,7 +431,7 @@ class _ResponseStream(ByteStream):
         if self._closed is None:
             self._closed = "closed"
             if not self._send_closed:
-                self._conn._close_after("the app abandoned a streamed response")
+                self._conn._close_after("the app abandoned a streamed response", linger=False)
         await trio.lowlevel.checkpoint()
 
     async def _detach(self, deadline: float) -> ByteStream:
@@ -426,7 +449,7 @@ class _Tunnel(ByteStream):
     kind = "http1-tunnel"
 
     def __init__(self, lower: ByteStream) -> None:
-        super().__init__(lower, {"http_version": "1.1"})
+        super().__init__(lower, _BODY_INFO)
         self._raw = lower
 
     async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
@@ -449,10 +472,18 @@ class ServerConnection(_H11Conn, http.ServerConnection):
     previous request body is drained (up to :data:`MAX_DRAIN` bytes) or the connection closes.
     ``recv`` raises :class:`~stack.EndOfStream` when the connection ends cleanly (the client closed
     it, it idled past ``keepalive_timeout``, the last response said ``Connection: close``, or the
-    shutdown event was set), :class:`~stack.ProtocolError` or :class:`~stack.Broken` after the
-    server refused a request (400, 408, 413, 431, 501, 505: already sent), and
+    shutdown event was set), :class:`~stack.ProtocolError` after the server refused a request
+    (400, 408, 413, 431, 501, 505: already sent, and the connection closed), and
     :class:`~stack.Timeout` when the caller's own ``deadline`` passes (nothing is consumed; the
     connection stays usable). ``serve(app)`` runs the app on every request, one at a time.
+
+    h11 parses every request and keeps the state of the client's side; responses are written by
+    this class (h11's writer validates each header twice and runs its state machine three times
+    per response, which made it the most expensive step of a request): status line and fields
+    checked (a field name must be a token, a value must hold no control character but tab),
+    ``Content-Length`` set for a whole body, chunked encoding for a streamed one (close-delimited
+    for an HTTP/1.0 client), no body for HEAD, 204 and 304, ``Connection: close`` whenever the
+    connection will close after the response.
 
     ``detach()`` returns the stream below when no request is in progress (every byte read ahead is
     pushed back into it) or after a protocol switch.
@@ -473,11 +504,10 @@ class ServerConnection(_H11Conn, http.ServerConnection):
         self._idle_since = self._attached_at
         self._expect_100 = False
         self._sent_100 = False
-        self._chunked: _ChunkedCheck | None = None
+        self._chunked_check: _ChunkedCheck | None = None
         self._closing: str | None = None  # why the connection closes after this request
         self._linger = False  # read what the client still sends before closing
         self._ended: StackError | None = None
-        self._switched = False
         self._closed = False
 
     def __repr__(self) -> str:
@@ -494,20 +524,16 @@ class ServerConnection(_H11Conn, http.ServerConnection):
         if self._ended is not None:
             raise type(self._ended)(str(self._ended))
         try:
-            event = await self._read_head(deadline)
-            return self._start_request(event)
+            return self._start_request(await self._read_head(deadline))
         except _Refused as exc:
             await self._refuse(exc.status, exc.detail)
             raise self._end(ProtocolError(f"request refused with {exc.status}: {exc.detail}")) from None
-        except h11.RemoteProtocolError as exc:  # pragma: no cover - checked paths raise _Refused
-            await self._refuse(exc.error_status_hint, str(exc))
-            raise self._end(ProtocolError(str(exc))) from None
 
     def _end(self, exc: StackError) -> StackError:
         self._ended = exc
         return exc
 
-    async def _read_head(self, deadline: float) -> h11.Request:
+    async def _read_head(self, deadline: float) -> tuple[h11.Request, bool, bool]:
         """Read a request head into ``_inbuf`` (bytes after it stay there) and parse it."""
         buf = self._inbuf
         limit = self._limits.max_header_bytes
@@ -549,26 +575,26 @@ class ServerConnection(_H11Conn, http.ServerConnection):
         shutdown = self._shutdown
         idle = not self._inbuf
         if idle and shutdown is not None and shutdown.is_set():
-            raise EndOfStream("HTTP/1.1: the server is shutting down")
+            raise self._end(EndOfStream("HTTP/1.1: the server is shutting down"))
         data = None
         with trio.move_on_at(min(policy, deadline)) as scope:
             if idle and shutdown is not None:
-                drainer = _drainer(shutdown)
-                drainer.scopes.add(scope)
+                waiting = _drainer(shutdown).idle
+                waiting.add(scope)
                 try:
                     data = await self._lower.recv(RECV)
                 finally:
-                    drainer.scopes.discard(scope)
+                    waiting.discard(scope)
             else:
                 data = await self._lower.recv(RECV)
         if data is None:  # cancelled by the scope: the caller's deadline, a limit, or shutdown
             if idle and shutdown is not None and shutdown.is_set():
                 raise self._end(EndOfStream("HTTP/1.1: the server is shutting down"))
-            if trio.current_time() >= deadline and deadline < policy:
+            if deadline < policy:
                 raise Timeout("HTTP/1.1 recv timed out waiting for a request")
             if idle:
                 what = "before a first request" if self._requests == 0 else "idle"
-                log.debug("closing connection from %s: %s too long", self.info.get("peer"), what)
+                log.debug("closing the connection from %s: %s for too long", self.info.get("peer"), what)
                 raise self._end(EndOfStream(f"HTTP/1.1: connection {what} for too long"))
             raise _Refused(408, f"request head not complete within {limits.header_timeout:g}s")
         if not data:
@@ -577,7 +603,9 @@ class ServerConnection(_H11Conn, http.ServerConnection):
             raise self._end(EndOfStream("the client closed the connection"))
         self._inbuf += data
 
-    def _parse_head(self, head: bytes) -> h11.Request:
+    def _parse_head(self, head: bytes) -> tuple[h11.Request, bool, bool]:
+        """Parse a whole head with h11, refusing the smuggling shapes h11 lets through. Returns
+        the request event, whether the client keeps the connection, whether the body is chunked."""
         if head.count(b"\n") != head.count(b"\r\n"):
             raise _Refused(400, "bare LF line ending in the request head")
         if b"\n " in head or b"\n\t" in head:
@@ -588,37 +616,40 @@ class ServerConnection(_H11Conn, http.ServerConnection):
             event = h.next_event()
         except h11.RemoteProtocolError as exc:
             raise _Refused(exc.error_status_hint, str(exc)) from None
-        if not isinstance(event, h11.Request):  # pragma: no cover - a whole head always parses
+        if type(event) is not h11.Request:  # pragma: no cover - a whole head always parses
             raise _Refused(400, "incomplete request head")
         if event.http_version not in (b"1.1", b"1.0"):
             raise _Refused(505, f"HTTP/{event.http_version.decode()} is not supported")
         cl = te = False
-        for name, _ in event.headers:
+        keep_alive = event.http_version == b"1.1"
+        for name, value in event.headers:  # names lower-cased by h11
             if name == b"content-length":
                 cl = True
             elif name == b"transfer-encoding":
                 te = True
-        if te and cl:
-            raise _Refused(400, "both Content-Length and Transfer-Encoding")
-        if te and event.http_version == b"1.0":
-            raise _Refused(400, "Transfer-Encoding in an HTTP/1.0 request")
+            elif name == b"connection" and b"close" in value.lower():
+                keep_alive = False
         if cl:
-            values = _CL_LINE.findall(head.lower())
+            if te:
+                raise _Refused(400, "both Content-Length and Transfer-Encoding")
+            values = _CL_LINE.findall(head.lower())  # h11 merged repeated equal values: look at the bytes
             if len(values) != 1:
                 raise _Refused(400, "more than one Content-Length")
             if not values[0].isdigit():
                 raise _Refused(400, f"bad Content-Length {values[0][:20]!r}")
-        self._chunked = _ChunkedCheck(self._limits.max_header_bytes) if te else None
-        return event
+        if te and event.http_version == b"1.0":
+            raise _Refused(400, "Transfer-Encoding in an HTTP/1.0 request")
+        return event, keep_alive, te
 
-    def _start_request(self, event: h11.Request) -> Request:
+    def _start_request(self, parsed: tuple[h11.Request, bool, bool]) -> Request:
+        event, keep_alive, te = parsed
         h = self._h11
         self._expect_100 = h.they_are_waiting_for_100_continue
         self._sent_100 = False
+        self._chunked_check = _ChunkedCheck(self._limits.max_header_bytes) if te else None
         nxt = h.next_event()  # a request without a body ends here, with nothing more to read
-        complete = type(nxt) is h11.EndOfMessage
-        body = _RequestBody(self, complete)
-        request = Request(self, event, Headers(event.headers), body)
+        body = _RequestBody(self, type(nxt) is h11.EndOfMessage)
+        request = Request(self, event, Headers(event.headers.raw_items()), body, keep_alive)
         body._request = request
         self._current = request
         self._requests += 1
@@ -639,12 +670,19 @@ class ServerConnection(_H11Conn, http.ServerConnection):
             if type(event) is h11.EndOfMessage:
                 body._complete = True
                 if body._request is not None and event.headers:
-                    body._request.trailers = Headers(event.headers)
+                    body._request.trailers = Headers(event.headers.raw_items())
                 return b""
             if event is not h11.NEED_DATA:  # pragma: no cover - h11 ends a body with EndOfMessage
                 raise ProtocolError(f"HTTP/1.1: unexpected {event!r} in a request body")
-            if h.they_are_waiting_for_100_continue and h.our_state is h11.SEND_RESPONSE:
-                self._send_event(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
+            request = self._current
+            if (
+                self._expect_100
+                and not self._sent_100
+                and request is not None
+                and request._state == _NOT_STARTED
+                and h.they_are_waiting_for_100_continue
+            ):
+                self._out += b"HTTP/1.1 100 Continue\r\n\r\n"
                 self._sent_100 = True
                 await self._flush(deadline)
             await self._receive_body(deadline)
@@ -655,50 +693,107 @@ class ServerConnection(_H11Conn, http.ServerConnection):
             self._inbuf.clear()
         else:
             data = await self._lower.recv(RECV, deadline=deadline)
-        if data and self._chunked is not None:
+        if data and self._chunked_check is not None:
             try:
-                self._chunked.feed(data)
+                self._chunked_check.feed(data)
             except ProtocolError:
                 self._close_after("malformed chunked body", linger=False)
                 self._feed(b"")
                 raise
         self._feed(data)
 
-    # ---- responding ------------------------------------------------------------------------
+    # ---- writing responses -----------------------------------------------------------------
 
-    def _send_event(self, event: h11.Event) -> None:
-        """Commit ``event``: h11 turns it into bytes, appended to the outgoing buffer at once."""
-        try:
-            parts = self._h11.send_with_data_passthrough(event)
-        except h11.LocalProtocolError as exc:
-            self._close_after(f"response refused by h11: {exc}")
-            raise StackError(f"HTTP/1.1 response: {exc}") from None
-        if parts:
-            out = self._out
-            for part in parts:
-                out += part
-
-    def _head(self, request: Request, status: int, headers: Headers, length: int | None) -> h11.Response:
-        raw = headers.raw
-        has_length = has_date = False
-        for name, _ in raw:
-            if name == b"content-length" or name == b"transfer-encoding":
-                has_length = True
+    def _head(self, request: Request, status: int, headers: Headers, whole: int | None) -> bytes:
+        """Serialize a response head and set the request's framing. ``whole``: the length of the
+        body given to ``respond()``; None for a streamed response. Raises ValueError for invalid
+        fields or framing headers that contradict the body; then nothing changed."""
+        bodyless = request.method == "HEAD" or status in _BODYLESS_STATUS
+        length: int | None = None
+        chunked = has_date = False
+        close = self._closing is not None or not request._keep_alive
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))]
+        for name, value in headers.raw:
+            if _TOKEN.fullmatch(name) is None or _BAD_VALUE.search(value) is not None:
+                raise ValueError(f"invalid header field {name!r}: {value[:40]!r}")
+            if name == b"content-length":
+                if length is not None or not value.isdigit():
+                    raise ValueError(f"invalid or repeated Content-Length {value!r}")
+                length = int(value)
+            elif name == b"transfer-encoding":
+                if value.lower() != b"chunked" or whole is not None:
+                    raise ValueError("Transfer-Encoding: only chunked, and only for start_response()")
+                chunked = True
+            elif name == b"connection":
+                close = close or b"close" in value.lower()
+                continue  # written below, from what will actually happen
             elif name == b"date":
                 has_date = True
-        extra: list[tuple[bytes, bytes]] = []
-        if length is not None and not has_length and status not in _BODYLESS_STATUS:
-            extra.append((b"content-length", b"%d" % length))
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if chunked and length is not None:
+            raise ValueError("both Content-Length and Transfer-Encoding")
+        if whole is not None:
+            if length is None:
+                if status not in _BODYLESS_STATUS:
+                    lines.append(b"content-length: %d\r\n" % whole)
+            elif length != whole and not bodyless:
+                raise ValueError(f"Content-Length is {length} but the body has {whole} bytes")
+            length = whole
+        elif length is None and not chunked and not bodyless:
+            if request.http_version == "1.1":
+                chunked = True
+                lines.append(b"transfer-encoding: chunked\r\n")
+            else:
+                close = True  # an HTTP/1.0 client: the body ends with the connection
         if not has_date:
-            extra.append((b"date", date_header()))
-        if self._closing is None and self._shutdown is not None and self._shutdown.is_set():
-            self._closing = "the server is shutting down"
-        if self._closing is not None:
-            extra.append((b"connection", b"close"))
-        try:
-            return h11.Response(status_code=status, headers=raw + extra if extra else raw, reason=_reason(status))
-        except h11.LocalProtocolError as exc:
-            raise _local_error(exc) from None
+            lines.append(b"date: %s\r\n" % date_header())
+        shutdown = self._shutdown
+        if not close and shutdown is not None and shutdown.is_set():
+            close = True
+        if close:
+            lines.append(b"connection: close\r\n")
+            self._close_after(self._closing or "this response closes the connection", linger=False)
+        lines.append(b"\r\n")
+        request._discard = bodyless
+        request._left = None if bodyless or chunked else length
+        request._chunked = chunked and not bodyless
+        return b"".join(lines)
+
+    def _write_body(self, request: Request, data: bytes | bytearray | memoryview) -> None:
+        """Commit body bytes of a streamed response, framed."""
+        if request._state != _STREAMING:
+            raise StackError("the response is already complete")
+        if request._discard or not data:
+            return
+        out = self._out
+        left = request._left
+        if left is not None:
+            if len(data) > left:
+                self._close_after("the response body overran its Content-Length", linger=False)
+                raise StackError(f"response body longer than its Content-Length ({len(data)} bytes, {left} due)")
+            request._left = left - len(data)
+            out += data
+        elif request._chunked:
+            out += b"%x\r\n" % len(data)
+            out += data
+            out += b"\r\n"
+        else:
+            out += data
+
+    def _end_body(self, request: Request, trailers: Headers | None) -> None:
+        """Commit the end of a streamed response (the last chunk and trailers)."""
+        if request._chunked:
+            lines = [b"0\r\n"]
+            if trailers:
+                _field_lines(trailers.raw, lines)
+            lines.append(b"\r\n")
+            self._out += b"".join(lines)
+        elif trailers and not request._discard:
+            raise ValueError("trailers need chunked encoding: this response has a Content-Length")
+        request._state = _COMPLETE
+        if request._left:
+            self._close_after("the response body fell short of its Content-Length", linger=False)
+            raise StackError(f"response body shorter than its Content-Length: {request._left} bytes missing")
 
     async def _respond(self, request: Request, status: int, headers: Headers, body: bytes, deadline: float) -> None:
         if status == 101 or (request.method == "CONNECT" and 200 <= status < 300):
@@ -709,49 +804,36 @@ class ServerConnection(_H11Conn, http.ServerConnection):
         self._check_current(request)
         head = self._head(request, status, headers, len(body))
         out = self._out
-        mark = len(out)
-        try:  # head, body and end are committed together, or not at all
-            self._send_event(head)
-            if body and request.method != "HEAD" and status not in _BODYLESS_STATUS:
-                self._send_event(h11.Data(data=body))
-            self._send_event(h11.EndOfMessage())
-        except BaseException:
-            del out[mark:]
-            raise
-        request._committed = True
+        out += head
+        if body and not request._discard:
+            out += body
+        request._state = _COMPLETE
         await self._flush(deadline)
 
     async def _start_response(self, request: Request, status: int, headers: Headers, deadline: float) -> ByteStream:
         if status == 101 or (request.method == "CONNECT" and 200 <= status < 300):
             return await self._switch(request, status, headers, deadline)
         self._check_current(request)
-        self._send_event(self._head(request, status, headers, None))
-        request._committed = True
-        stream = _ResponseStream(self, request, request.method == "HEAD" or status in _BODYLESS_STATUS)
-        request._response = stream
+        self._out += self._head(request, status, headers, None)
+        request._state = _STREAMING
+        stream = request._response = _ResponseStream(self, request)
         await self._flush(deadline)
         return stream
 
     async def _switch(self, request: Request, status: int, headers: Headers, deadline: float) -> ByteStream:
         """Answer an Upgrade (101) or CONNECT (2xx) and hand the raw connection over."""
         self._check_current(request)
-        h = self._h11
-        if h.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
+        proposed = "upgrade" in request.headers if status == 101 else request.method == "CONNECT"
+        if not proposed or not request._body._complete:
             what = "an Upgrade" if status == 101 else "a CONNECT"
             raise StackError(f"cannot switch protocols: the request is not {what} request whose body was read")
-        raw = headers.raw + [(b"date", date_header())] if status != 101 else headers.raw
-        try:
-            event: h11.Event = (
-                h11.InformationalResponse(status_code=101, headers=raw, reason=_reason(101))
-                if status == 101
-                else h11.Response(status_code=status, headers=raw, reason=_reason(status))
-            )
-        except h11.LocalProtocolError as exc:
-            raise _local_error(exc) from None
-        self._send_event(event)
-        request._committed = True
-        self._switched = True
-        trailing, _ = h.trailing_data
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))]
+        fields = headers.raw if status == 101 else [*headers.raw, (b"date", date_header())]
+        _field_lines(fields, lines)
+        lines.append(b"\r\n")
+        self._out += b"".join(lines)
+        request._state = _SWITCHED
+        trailing, _ = self._h11.trailing_data
         self._lower.unread(trailing + bytes(self._inbuf))
         self._inbuf.clear()
         await self._flush(deadline)
@@ -760,6 +842,8 @@ class ServerConnection(_H11Conn, http.ServerConnection):
     def _check_current(self, request: Request) -> None:
         if request is not self._current:
             raise StackError(f"{request!r} is not the request in progress on this connection")
+        if request._state != _NOT_STARTED:  # pragma: no cover - Request._claim stops this first
+            raise StackError(f"{request!r}: a response was already sent")
 
     def _close_after(self, why: str, *, linger: bool = True) -> None:
         """Decide that the connection closes once the current request is over."""
@@ -770,36 +854,32 @@ class ServerConnection(_H11Conn, http.ServerConnection):
     # ---- the end of a request --------------------------------------------------------------
 
     async def _end_cycle(self) -> None:
-        """After a response: drain the rest of the request body if small, then start the next
-        cycle, or close the connection. Never raises a StackError (it records why it ended)."""
+        """After a response: drain the rest of the request body if small, then get ready for the
+        next request, or close the connection. Never raises a StackError (it records why it ended)."""
         request, self._current = self._current, None
         assert request is not None
         h = self._h11
-        deadline = trio.current_time() + self._limits.send_timeout
         try:
-            await self._flush(deadline)
-            if self._switched:
+            if self._out:
+                await self._flush(trio.current_time() + self._limits.send_timeout)
+            if request._state == _SWITCHED:
                 raise EndOfStream("HTTP/1.1: the connection switched protocols")
-            if h.our_state is not h11.DONE and h.our_state is not h11.MUST_CLOSE:
+            if request._state != _COMPLETE:
                 self._close_after("the response was not completed", linger=False)
-            if h.their_state is h11.SEND_BODY and self._closing is None:
+            if self._closing is None and h.their_state is h11.SEND_BODY:
                 if self._expect_100 and not self._sent_100:
                     self._close_after("the app answered without reading a 100-continue body")
                 else:
                     await self._drain(request)
             if self._closing is not None:
                 raise EndOfStream(f"HTTP/1.1: closing the connection: {self._closing}")
-            if h.our_state is not h11.DONE or h.their_state is not h11.DONE:
-                raise EndOfStream("HTTP/1.1: the connection closes after this response")
+            if h.their_state is not h11.DONE:  # pragma: no cover - a drained body ends in DONE
+                raise EndOfStream("HTTP/1.1: the request did not end cleanly")
             trailing, _ = h.trailing_data
-            if trailing:  # pipelined bytes h11 read past the body: they are ours to check again
+            if trailing:  # pipelined bytes h11 read past the body: they are checked as a head again
                 self._inbuf[:0] = trailing
-                self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.max_header_bytes)
-            else:
-                h.start_next_cycle()
+            self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.max_header_bytes)
             self._idle_since = trio.current_time()
-            if self._shutdown is not None and self._shutdown.is_set() and not self._inbuf:
-                raise EndOfStream("HTTP/1.1: the server is shutting down")
         except StackError as exc:
             self._ended = exc if isinstance(exc, EndOfStream) else EndOfStream(str(exc))
             await self._shutdown_connection()
@@ -808,10 +888,10 @@ class ServerConnection(_H11Conn, http.ServerConnection):
         """Read and discard a small unread rest of the request body, or decide to close."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_DRAIN:
-            self._close_after("a large request body was not read", linger=True)
+            self._close_after("a large request body was not read")
             return
         total = 0
-        body = request.body
+        body = request._body
         try:
             deadline = trio.current_time() + DRAIN_TIME
             while total <= MAX_DRAIN:
@@ -822,7 +902,7 @@ class ServerConnection(_H11Conn, http.ServerConnection):
                 total += len(chunk)
         except (Timeout, ProtocolError, Broken):
             pass
-        self._close_after("the request body was not read", linger=True)
+        self._close_after("the request body was not read")
 
     async def _shutdown_connection(self) -> None:
         """Flush, then close: after an error, half-close first and read what the client still
@@ -834,14 +914,17 @@ class ServerConnection(_H11Conn, http.ServerConnection):
                 await lower.done(deadline=trio.current_time() + 1.0)
                 deadline = trio.current_time() + LINGER
                 total = 0
-                while total < 16 * MAX_DRAIN and await lower.recv(RECV, deadline=deadline):
-                    total += 1
+                while total < 16 * MAX_DRAIN:
+                    chunk = await lower.recv(RECV, deadline=deadline)
+                    if not chunk:
+                        break
+                    total += len(chunk)
         except StackError:
             pass
         await self.aclose()
 
     async def _refuse(self, status: int, detail: str) -> None:
-        """Send a raw error response (whatever h11's state) and close the connection."""
+        """Send a complete error response (whatever state h11 is in) and close the connection."""
         log.info("refusing a request from %s with %d: %s", self.info.get("peer"), status, detail)
         self._out += _raw_response(status, detail)
         self._linger = True
@@ -871,8 +954,6 @@ class ServerConnection(_H11Conn, http.ServerConnection):
                 await self._run(app, request)
         finally:
             with trio.CancelScope(shield=True):
-                if self._current is not None and not self._closed:
-                    self._close_after("the connection was cancelled", linger=False)
                 await self.aclose(deadline=trio.current_time() + 1.0)
 
     async def _run(self, app: App, request: Request) -> None:
@@ -881,18 +962,18 @@ class ServerConnection(_H11Conn, http.ServerConnection):
         except Exception as exc:
             await self._app_failed(request, exc)
         else:
-            if not request._committed:
+            if request._state == _NOT_STARTED:
                 log.error("app returned without responding to %r from %s", request, self.info.get("peer"))
                 await self._error_response(request, 500, "the application did not respond")
-            elif request._response is not None and not request._response._send_closed:
+            elif request._state == _STREAMING:
                 stream = request._response
-                if stream._closed is None and stream._broken is None:
+                if stream is not None and stream._closed is None and stream._broken is None:
                     try:
                         await stream.done(deadline=trio.current_time() + self._limits.send_timeout)
-                    except StackError as exc:
-                        self._close_after(f"ending the response failed: {exc}")
+                    except (StackError, ValueError) as exc:
+                        self._close_after(f"ending the response failed: {exc}", linger=False)
                 else:
-                    self._close_after("the response was not ended")
+                    self._close_after("the response was not ended", linger=False)
         await self._end_cycle()
 
     async def _app_failed(self, request: Request, exc: Exception) -> None:
@@ -910,32 +991,24 @@ class ServerConnection(_H11Conn, http.ServerConnection):
         else:
             log.error("app failed on %r from %s", request, peer, exc_info=exc)
             status, detail = 500, "internal server error"
-        if not request._committed:
+        if request._state == _NOT_STARTED:
             request.responded, request.status = True, status
             await self._error_response(request, status, detail)
         else:
             self._close_after("the app failed after its response started", linger=False)
 
     async def _error_response(self, request: Request, status: int, detail: str) -> None:
-        """Respond ``status`` through h11 when it can (keeping the connection if the request
-        body is read), else raw with ``Connection: close``."""
-        h = self._h11
-        if status != 500 or h.their_state is not h11.DONE:
+        """Answer ``status``; the connection goes on only for a 500 to a request whose body was
+        read. Bounded by ``limits.send_timeout``."""
+        if status != 500 or self._h11.their_state is not h11.DONE:
             self._close_after(detail)
+        request.responded, request.status = True, status
         body = f"{status} {_reason(status).decode()}: {detail}\n".encode()
-        headers = Headers([("content-type", "text/plain; charset=utf-8")])
-        if h.our_state is h11.SEND_RESPONSE:
-            try:
-                head = self._head(request, status, headers, len(body))
-                self._send_event(head)
-                if request.method != "HEAD":
-                    self._send_event(h11.Data(data=body))
-                self._send_event(h11.EndOfMessage())
-                return
-            except (StackError, ValueError):
-                pass
-        self._close_after(detail)
-        self._out += _raw_response(status, detail)
+        headers = Headers([(b"content-type", b"text/plain; charset=utf-8")])
+        self._out += self._head(request, status, headers, len(body))
+        if not request._discard:
+            self._out += body
+        request._state = _COMPLETE
 
     # ---- closing, detaching ------------------------------------------------------------------
 
@@ -964,13 +1037,13 @@ class ServerConnection(_H11Conn, http.ServerConnection):
         Possible between requests (nothing in progress) and after a protocol switch; otherwise a
         :class:`~stack.StackError` and nothing changes.
         """
-        h = self._h11
         if self._closed:
             raise Closed("HTTP/1.1 server connection was closed")
-        if self._switched:
+        current = self._current
+        if current is not None and current._state == _SWITCHED:
             pass
-        elif self._current is None and h.our_state is h11.IDLE and h.their_state is h11.IDLE:
-            trailing, _ = h.trailing_data
+        elif current is None and self._h11.their_state is h11.IDLE and self._ended is None:
+            trailing, _ = self._h11.trailing_data
             self._lower.unread(trailing + bytes(self._inbuf))
             self._inbuf.clear()
         else:
@@ -1021,10 +1094,10 @@ class _ResponseBody(ByteStream):
 
     kind = "http1-response-body"
 
-    def __init__(self, conn: ClientConnection, response: Response) -> None:
+    def __init__(self, conn: ClientConnection) -> None:
         super().__init__(conn._lower, conn.info)
         self._conn = conn
-        self._response = response
+        self._response: Response | None = None
         self._pending = b""
         self._complete = False
 
@@ -1071,13 +1144,13 @@ class ClientConnection(_H11Conn, http.ClientConnection):
     """The client side of one HTTP/1.1 connection (see :class:`layers.http.ClientConnection`).
 
     Requests queue on the one connection: a request waits until the previous response's body was
-    read to its end or closed. ``request()`` returns once the response head arrived; its deadline
-    covers waiting for the connection, sending the request and receiving the head. If it passes
-    (or the call is cancelled) in the middle of the exchange, the connection cannot be used again
-    (:class:`~stack.Broken` on later requests). When the server closed the connection, later
-    requests raise :class:`~stack.EndOfStream`. A 101 response, or a 2xx to CONNECT, makes the
-    response body the tunnel (a ByteStream straight on the stream below; ``detach()`` on it returns
-    that stream) and the connection takes no more requests.
+    read to its end or closed (read or close every response). ``request()`` returns once the
+    response head arrived; its deadline covers waiting for the connection, sending the request and
+    receiving the head. If it passes (or the call is cancelled) in the middle of the exchange, the
+    connection cannot be used again (:class:`~stack.Broken` on later requests). When the server
+    closed the connection, later requests raise :class:`~stack.EndOfStream`. A 101 response, or a
+    2xx to CONNECT, makes the response body the tunnel (a ByteStream straight on the stream below;
+    ``detach()`` on it returns that stream) and the connection takes no more requests.
     """
 
     _role = h11.CLIENT
@@ -1087,11 +1160,13 @@ class ClientConnection(_H11Conn, http.ClientConnection):
         super().__init__(lower, limits)
         self.authority = authority
         self.scheme = scheme
+        self._host = authority.encode("ascii") if authority.isascii() else authority.encode("idna")
         self._slot = trio.Semaphore(1)
         self._error: StackError | None = None
         self._closed = False
         self._exchange = 0  # the exchange holding the slot (0: none)
         self._exchanges = 0
+        self._body_unsent = False  # the server answered before our body went out
 
     def __repr__(self) -> str:
         return f"<http1.ClientConnection {self.authority}>"
@@ -1117,79 +1192,86 @@ class ClientConnection(_H11Conn, http.ClientConnection):
         ``headers`` has a Content-Length), or None (no body). With ``Expect: 100-continue`` in
         ``headers`` a streamed body waits for ``100 Continue`` (at most :data:`CONTINUE_TIMEOUT`
         seconds); a final response arriving first means the body is not sent, and the connection
-        closes after it. A Host header is added from ``authority`` unless given.
+        closes after that response. A Host header is added from ``authority`` unless given. An
+        invalid method, target or header raises :class:`ValueError` and sends nothing.
         """
         self._check()
+        event, _, expect_100 = self._build(method, target, Headers(headers), body)
         with trio.move_on_at(deadline) as scope:
             await self._slot.acquire()
         if scope.cancelled_caught:
             raise Timeout("HTTP/1.1: waiting for the connection timed out (is a previous response unread?)")
         self._exchanges += 1
         self._exchange = exchange = self._exchanges
+        self._body_unsent = False
         ok = False
         try:
             self._check()
-            response = await self._exchange_head(method, target, Headers(headers), body, deadline)
+            head = await self._exchange_head(event, body, expect_100, deadline)
+            response = await self._response(head)
             ok = True
             return response
         except Timeout:
             await self._poison(Broken("HTTP/1.1: an earlier request timed out in the middle of its exchange"))
             raise
         except StackError as exc:
-            if self._error is None:
-                await self._poison(exc if isinstance(exc, (EndOfStream, Broken)) else Broken(str(exc)))
+            await self._poison(exc if isinstance(exc, (EndOfStream, Broken, Closed)) else Broken(str(exc)))
             raise
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._poison(Broken("HTTP/1.1: an earlier request was cancelled in the middle of its exchange"))
+            await self._poison(Broken("HTTP/1.1: an earlier request failed in the middle of its exchange"))
             raise
         finally:
             if not ok:
                 self._release(exchange)
 
-    async def _exchange_head(
-        self, method: str, target: str, headers: Headers, body: Body, deadline: float
-    ) -> Response:
-        h = self._h11
+    def _build(self, method: str, target: str, headers: Headers, body: Body) -> tuple[h11.Request, bool, bool]:
+        """The h11 request event (framing headers and Host added); whether the body streams;
+        whether it waits for 100 Continue."""
         raw = headers.raw
-        names = {name for name, _ in raw}
-        extra: list[tuple[bytes, bytes]] = []
-        if b"host" not in names:
-            extra.append((b"host", self.authority.encode("idna" if not self.authority.isascii() else "ascii")))
+        has_host = has_length = expect_100 = False
+        for name, value in raw:
+            if name == b"host":
+                has_host = True
+            elif name == b"content-length" or name == b"transfer-encoding":
+                has_length = True
+            elif name == b"expect" and value.lower() == b"100-continue":
+                expect_100 = True
+        extra: list[tuple[bytes, bytes]] = [] if has_host else [(b"host", self._host)]
         streaming = body is not None and not isinstance(body, (bytes, bytearray, memoryview))
-        if body is not None and not streaming and b"content-length" not in names:
-            if len(body) or method not in ("GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"):  # type: ignore[arg-type]
-                extra.append((b"content-length", b"%d" % len(body)))  # type: ignore[arg-type]
-        elif streaming and b"content-length" not in names and b"transfer-encoding" not in names:
+        if isinstance(body, (bytes, bytearray, memoryview)) and not has_length:
+            if len(body) or method not in ("GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"):
+                extra.append((b"content-length", b"%d" % len(body)))
+        elif streaming and not has_length:
             extra.append((b"transfer-encoding", b"chunked"))
         try:
-            event = h11.Request(method=method, target=target, headers=extra + raw)
+            return h11.Request(method=method, target=target, headers=extra + raw), streaming, expect_100
         except h11.LocalProtocolError as exc:
             raise _local_error(exc) from None
-        expect_100 = streaming and any(
-            n == b"expect" and v.lower() == b"100-continue" for n, v in raw
-        )
+
+    async def _exchange_head(
+        self, event: h11.Request, body: Body, expect_100: bool, deadline: float
+    ) -> h11.Response | h11.InformationalResponse:
+        """Send the request (head and a bytes body in one write) and receive the response head."""
         self._send_event(event)
-        if not streaming:
-            if body:
-                self._send_event(h11.Data(data=body))
-            self._send_event(h11.EndOfMessage())
         send_error: StackError | None = None
         early: h11.Response | h11.InformationalResponse | None = None
         try:
-            await self._flush(deadline)
-            if streaming:
-                assert isinstance(body, AsyncIterable)
+            if isinstance(body, AsyncIterable):
+                await self._flush(deadline)
                 early = await self._send_body(body, expect_100, deadline)
+            else:
+                if body:
+                    self._send_event(h11.Data(data=body))  # type: ignore[arg-type]
+                self._send_event(h11.EndOfMessage())
+                await self._flush(deadline)
         except Broken as exc:  # the server may have answered early (413...) and closed: read it
             send_error = exc
         try:
-            event_in = early or await self._read_head(deadline)
+            return early or await self._read_head(deadline)
         except StackError:
             if send_error is not None:
                 raise send_error from None
             raise
-        return self._response(method, event_in)
 
     async def _send_body(
         self, body: AsyncIterable[bytes], expect_100: bool, deadline: float
@@ -1199,6 +1281,7 @@ class ClientConnection(_H11Conn, http.ClientConnection):
             with trio.move_on_at(min(deadline, trio.current_time() + CONTINUE_TIMEOUT)):
                 early = await self._read_head(deadline, stop_at_100=True)
             if early is not None and early.status_code != 100:
+                self._body_unsent = True
                 return early  # a final answer (or a switch) before the body: do not send it
         async for chunk in body:
             if chunk:
@@ -1212,7 +1295,7 @@ class ClientConnection(_H11Conn, http.ClientConnection):
         try:
             parts = self._h11.send_with_data_passthrough(event)
         except h11.LocalProtocolError as exc:
-            raise _local_error(exc) from None
+            raise StackError(f"HTTP/1.1 request: {exc}") from None
         if parts:
             out = self._out
             for part in parts:
@@ -1238,7 +1321,7 @@ class ClientConnection(_H11Conn, http.ClientConnection):
             event = self._next_event()
             if event is h11.NEED_DATA:
                 data = await self._lower.recv(RECV, deadline=deadline)
-                if not data and h.their_state is h11.SEND_RESPONSE and not h.trailing_data[0]:
+                if not data and h.their_state is h11.IDLE and not h.trailing_data[0]:
                     raise EndOfStream("HTTP/1.1: the server closed the connection without responding")
                 self._feed(data)
                 continue
@@ -1250,7 +1333,7 @@ class ClientConnection(_H11Conn, http.ClientConnection):
                 continue
             raise ProtocolError(f"HTTP/1.1: unexpected {event!r} instead of a response")
 
-    def _response(self, method: str, event: h11.Response | h11.InformationalResponse) -> Response:
+    async def _response(self, event: h11.Response | h11.InformationalResponse) -> Response:
         status = event.status_code
         headers = Headers(event.headers)
         reason = event.reason.decode("latin-1")
@@ -1260,46 +1343,42 @@ class ClientConnection(_H11Conn, http.ClientConnection):
             trailing, _ = h.trailing_data
             self._lower.unread(trailing)
             self._error = StackError("HTTP/1.1: the connection switched protocols; it takes no more requests")
+            self._release(self._exchange)
             return Response(status, headers, version, _Tunnel(self._lower), reason)
-        response = Response(status, headers, version, ByteStream(), reason)  # body set below
-        body = _ResponseBody(self, response)
-        response.body = body
-        if h.our_state is not h11.DONE and h.our_state is not h11.MUST_CLOSE:
-            self._close_after_exchange = True  # our body was not sent (early answer)
+        body = _ResponseBody(self)
+        response = Response(status, headers, version, body, reason)
+        body._response = response
+        nxt = self._next_event()  # a bodiless response (HEAD, 204, 304, length 0) ends at once
+        if type(nxt) is h11.EndOfMessage:
+            body._complete = True
+            await self._end_exchange()
+        elif type(nxt) is h11.Data:
+            body._pending = bytes(nxt.data)
         return response
 
-    _close_after_exchange = False
-
     async def _body_data(self, body: _ResponseBody, deadline: float) -> bytes:
-        h = self._h11
         while True:
             event = self._next_event()
             if type(event) is h11.Data:
                 return bytes(event.data)
             if type(event) is h11.EndOfMessage:
                 body._complete = True
-                if event.headers:
+                if event.headers and body._response is not None:
                     body._response.trailers = Headers(event.headers)
                 await self._end_exchange()
                 return b""
             if event is h11.NEED_DATA:
-                data = await self._lower.recv(RECV, deadline=deadline)
-                self._feed(data)
+                await self._receive(deadline)
                 continue
-            if event is h11.PAUSED and h.our_state is not h11.DONE:  # we never sent our body
-                body._complete = True
-                await self._end_exchange()
-                return b""
             raise ProtocolError(f"HTTP/1.1: unexpected {event!r} in a response body")
 
     async def _end_exchange(self) -> None:
         h = self._h11
-        exchange = self._exchange
-        if h.our_state is h11.DONE and h.their_state is h11.DONE and not self._close_after_exchange:
+        if h.our_state is h11.DONE and h.their_state is h11.DONE and not self._body_unsent:
             h.start_next_cycle()
+            self._release(self._exchange)
         else:
             await self._poison(EndOfStream("HTTP/1.1: the server closed the connection"))
-        self._release(exchange)
 
     def _release(self, exchange: int) -> None:
         if exchange and self._exchange == exchange:
@@ -1307,9 +1386,11 @@ class ClientConnection(_H11Conn, http.ClientConnection):
             self._slot.release()
 
     async def _poison(self, exc: StackError) -> None:
-        """No more requests on this connection: record why and close the stream below."""
+        """No more requests on this connection: record why, close the stream below, let the next
+        waiting request go (it raises)."""
         if self._error is None:
             self._error = exc
+        self._release(self._exchange)
         with trio.CancelScope(shield=True):
             await self._lower.aclose(deadline=trio.current_time() + 1.0)
 
@@ -1327,11 +1408,8 @@ class ClientConnection(_H11Conn, http.ClientConnection):
         except StackError:
             pass
         finally:
+            self._release(self._exchange)
             await self._lower.aclose(deadline=deadline)
-            if self._exchange:
-                self._release(self._exchange)
-            elif self._slot.value == 0:  # pragma: no cover - defensive
-                self._slot.release()
 
     async def detach(self, *, deadline: float = FOREVER) -> ByteStream:
         """Give the stream below back (read-ahead pushed back into it): between requests, or after
@@ -1340,9 +1418,9 @@ class ClientConnection(_H11Conn, http.ClientConnection):
         if self._closed:
             raise Closed("HTTP/1.1 client connection was closed")
         switched = h.our_state is h11.SWITCHED_PROTOCOL
-        if not switched and (self._exchange or h.our_state is not h11.IDLE or self._error is not None):
-            raise StackError("cannot detach HTTP/1.1 in the middle of a request")
         if not switched:
+            if self._exchange or self._error is not None or h.our_state is not h11.IDLE:
+                raise StackError("cannot detach HTTP/1.1 in the middle of a request")
             trailing, _ = h.trailing_data
             self._lower.unread(trailing)
         await self._flush(deadline)

@@ -363,10 +363,7 @@ class TLSStream(ByteStream):
         # From here on no await: what is encrypted is committed and lands in the outgoing buffer.
         n = len(data)
         try:
-            if n > SEND_CHUNK:
-                n = self._ssl.write(memoryview(data)[:SEND_CHUNK])
-            else:
-                n = self._ssl.write(data)
+            n = self._ssl.write(memoryview(data)[:SEND_CHUNK] if n > SEND_CHUNK else data)
         except ssl.SSLWantReadError as exc:  # only a renegotiation could want to read; we refuse those
             raise ProtocolError("the peer tried to renegotiate TLS, which is not supported") from exc
         except ssl.SSLError as exc:
@@ -525,9 +522,7 @@ class _Check:
                 reason="protocol_version",
             )
         if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "PACKET_LENGTH_TOO_LONG"):
-            return HandshakeError(
-                f"the {peer} does not speak TLS ({text}): is it a plain-text port?", reason="not_tls"
-            )
+            return HandshakeError(f"the {peer} does not speak TLS ({text}): is it a plain-text port?", reason="not_tls")
         if reason in ("NO_SHARED_CIPHER", "SSLV3_ALERT_HANDSHAKE_FAILURE") or "handshake failure" in lowered:
             return HandshakeError(
                 f"the TLS handshake failed: no cipher suite or key exchange in common with the {peer} ({text}); "
@@ -836,10 +831,10 @@ class client:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         conn = self._ctx.wrap_bio(incoming, outgoing, server_side=False, server_hostname=host)
         stream = TLSStream(lower, conn, incoming, outgoing, ragged_eofs=self.ragged_eofs)
-        check = _Check(role="client", host=host, alpn=self.alpn, check_name=ours and self.verify)
+        check = _Check(role="client", host=host, alpn=tuple(self.alpn), check_name=ours and self.verify)
         await _run_handshake(stream, check, deadline, f"with {host or lower.info.get('peer')!r}")
         stream._fill_info(host)
-        log.debug("tls client: %s %s alpn=%r with %s", conn.version(), conn.cipher(), conn.selected_alpn_protocol(), host)
+        log.debug("tls client: %s %s alpn=%r with %s", conn.version(), conn.cipher(), stream.info["alpn"], host)
         return stream
 
 
@@ -899,7 +894,9 @@ class server:
             elif name.startswith("*."):
                 wild[_normalize_name(name[2:])] = ctx
             elif "*" in name:
-                raise ValueError(f"certificate name {name!r}: a wildcard must be the whole leftmost label (*.example.test)")
+                raise ValueError(
+                    f"certificate name {name!r}: a wildcard must be the whole leftmost label: *.example.test"
+                )
             else:
                 exact[_normalize_name(name)] = ctx
         base = default or next(iter(contexts.values()))
@@ -919,9 +916,9 @@ class server:
         if isinstance(conn, _Conn):
             conn._hello = bytearray()
         stream = TLSStream(lower, conn, incoming, outgoing, ragged_eofs=self.ragged_eofs)
-        check = _Check(role="server", host=None, alpn=self.alpn, check_name=False)
+        check = _Check(role="server", host=None, alpn=tuple(self.alpn), check_name=False)
         await _run_handshake(stream, check, deadline, f"with {lower.info.get('peer')!r}")
         sni = conn._sni if isinstance(conn, _Conn) else None
         stream._fill_info(sni)
-        log.debug("tls server: %s %s alpn=%r sni=%r", conn.version(), conn.cipher(), conn.selected_alpn_protocol(), sni)
+        log.debug("tls server: %s %s alpn=%r sni=%r", conn.version(), conn.cipher(), stream.info["alpn"], sni)
         return stream

@@ -123,9 +123,7 @@ async def serve(host: str, port: int, ctx: ssl.SSLContext | None) -> None:
         if ctx is None:
             listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, port, host=host))
         else:
-            listeners = await nursery.start(
-                functools.partial(trio.serve_ssl_over_tcp, handle, port, ctx, host=host)
-            )
+            listeners = await nursery.start(functools.partial(trio.serve_ssl_over_tcp, handle, port, ctx, host=host))
         sock = listeners[0].socket if ctx is None else listeners[0].transport_listener.socket
         bound = sock.getsockname()
         scheme = "http" if ctx is None else "https"

@@ -1,0 +1,1769 @@
+"""HTTP/2 on h2: multiplexed streams, each one a :class:`~stack.ByteStream`.
+
+Usually reached through :mod:`layers.http` (``http.server(app)`` picks HTTP/2 by ALPN ``h2`` or
+by the cleartext preface; ``http.client()`` by ALPN or ``prior_knowledge=True``). Direct use::
+
+    conn = await http2.server(app, limits, shutdown).attach(lower, deadline=after(10))
+    await conn.serve(app)                      # one task per stream, in a nursery serve() owns
+
+    async with await http2.client(limits, "example.org", "https").attach(lower) as conn:
+        response = await conn.request("GET", "/")         # many at once: they multiplex
+        tunnel = await conn.connect_tunnel("db.internal:5432")      # a ByteStream (RFC 9113 8.5)
+        ws = await conn.connect_tunnel("example.org", protocol="websocket", path="/chat")  # RFC 8441
+        rtt = await conn.ping()
+
+**Tasks.** A connection has one reader task (it feeds h2 and wakes the streams) and one writer
+task (the one place bytes go down: every stream's frames are queued in h2 and the writer sends
+everything queued in one ``send``, so frames of many streams written in the same scheduling
+round leave in one write). They live in a nursery the caller owns: the server's is opened by
+:meth:`H2ServerConnection.serve` (which also runs ``app(request)`` per stream, concurrently),
+the client's by ``async with conn:`` (or ``await nursery.start(conn.run)``). No task outlives
+the block that started it; a client connection used outside its block raises
+:class:`~stack.StackError` saying so.
+
+**Streams.** On the server, ``request.body`` is the stream: ``recv`` reads the request body
+(``b""`` at END_STREAM), ``send`` writes the response body once :meth:`~layers.http.Request.start_response`
+sent the head (it returns the same stream), ``done(trailers=...)`` ends the response. On the
+client, ``response.body`` is the stream: ``recv`` reads the response body and, for a CONNECT
+tunnel or :meth:`H2ClientConnection.start_request`, ``send``/``done`` write the request body.
+
+**Flow control is backpressure.** Received DATA is acknowledged (WINDOW_UPDATE) only as the
+application consumes it from the stream, so a slow reader stalls only its own stream and the
+bytes buffered per stream never exceed its receive window (``Limits.stream_window``; the
+connection's ``Limits.connection_window``). A ``send`` waits for the peer's window under its
+deadline; on deadline it raises :class:`~stack.Timeout` whose ``sent`` counts the bytes handed
+to h2 (committed: they will be delivered). A peer that keeps a window shut for
+``Limits.send_timeout`` seconds loses the stream (RST_STREAM CANCEL, the sender gets
+:class:`~stack.Broken`). Outgoing bytes queued for the writer are bounded (about
+:data:`HIGH_WATER` plus one chunk per sending stream); senders wait while it is full.
+
+**Abandoning a stream** (``aclose`` before the end, cancellation, a deadline inside
+:meth:`H2ClientConnection.request`) resets it with RST_STREAM (CANCEL; NO_ERROR when a server
+already finished its response and only stops the upload, RFC 9113 8.1) and never harms the
+connection. A peer's RST_STREAM makes the stream :class:`~stack.Broken` (sticky);
+REFUSED_STREAM and streams a GOAWAY left unprocessed raise :class:`StreamRefused`, which is safe
+to retry.
+
+**Shutdown.** Given an event (``http.server(app, shutdown=event)``), the server sends GOAWAY
+with the largest stream id, waits one PING round trip, sends GOAWAY with the last stream it
+accepted, lets the streams in flight finish within ``Limits.drain_timeout`` and closes.
+
+**Defences** (each a :class:`~layers.http.Limits` knob with a safe default): streams over
+``max_concurrent_streams`` (counting streams whose handler still runs) get REFUSED_STREAM;
+header lists over ``max_header_list_size`` and CONTINUATION floods over
+``max_continuation_frames``, more than ``rapid_reset_limit`` client resets, ``ping_flood_limit``
+PINGs or ``settings_flood_limit`` SETTINGS per ``flood_period`` seconds end the connection with
+GOAWAY ENHANCE_YOUR_CALM; a connection with no stream for ``idle_timeout`` seconds is closed with
+GOAWAY NO_ERROR; a peer that does not read what we send for ``send_timeout`` seconds is dropped.
+A protocol error gets GOAWAY with the RFC 9113 error code and ends the connection; the streams
+then raise :class:`~stack.ProtocolError`.
+
+**h2c upgrade.** :func:`h2c_settings` tells an HTTP/1.1 server whether a request asks for
+``Upgrade: h2c`` properly; :func:`serve_h2c_upgrade` answers 101 and serves HTTP/2 on the same
+connection, the upgrading request being stream 1.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import math
+import os
+import re
+from collections import deque
+from collections.abc import AsyncIterable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import trio
+
+from stack.deadlines import FOREVER
+from stack.errors import Broken, Busy, Closed, EndOfStream, ProtocolError, StackError, Timeout
+from stack.streams import ByteStream, Info
+
+from ._h2core import H2Core, ProtocolViolation, error_name
+from .http import (
+    DEFAULT_LIMITS,
+    App,
+    Body,
+    ClientConnection,
+    HeaderInput,
+    Headers,
+    Limits,
+    Request,
+    Response,
+    ServerConnection,
+    date_header,
+)
+
+__all__ = [
+    "H2ClientConnection",
+    "H2Request",
+    "H2Response",
+    "H2ServerConnection",
+    "H2Stream",
+    "StreamRefused",
+    "TunnelRefused",
+    "client",
+    "h2c_settings",
+    "serve_h2c_upgrade",
+    "server",
+]
+
+log = logging.getLogger("stack.http2")
+
+HIGH_WATER = 256 * 1024
+"""Outgoing bytes queued for the writer before stream senders wait for it to drain."""
+
+READER_HIGH_WATER = 1024 * 1024
+"""Outgoing bytes queued before the reader stops reading (a peer that sends but never reads)."""
+
+RECV_SIZE = 65536
+"""Bytes asked of the lower stream per read."""
+
+SEND_CHUNK = 64 * 1024
+"""Most bytes one stream commits to h2 per step of a ``send`` (then others get a turn)."""
+
+FLUSH_GRACE = 2.0
+"""Seconds a closing connection spends flushing what it queued (GOAWAY, last frames)."""
+
+PING_WAIT = 5.0
+"""Longest wait for the PING round trip between the two GOAWAYs of a graceful shutdown."""
+
+_NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
+_PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
+_INTERNAL_ERROR = h2.errors.ErrorCodes.INTERNAL_ERROR
+_REFUSED_STREAM = h2.errors.ErrorCodes.REFUSED_STREAM
+_CANCEL = h2.errors.ErrorCodes.CANCEL
+_ENHANCE_YOUR_CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+_MAX_STREAM_ID = 2**31 - 1
+_SC = h2.settings.SettingCodes
+
+# Connection-specific fields may not appear in HTTP/2 (RFC 9113 8.2.2): dropped from what we send.
+_CONNECTION_FIELDS = frozenset(
+    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"]
+)
+_BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")
+_BAD_VALUE = re.compile(rb"[\r\n\x00]|^[ \t]|[ \t]$")
+_STATUS = {code: str(code).encode() for code in range(100, 600)}
+_NO_BODY_STATUS = frozenset([204, 304])
+
+
+class StreamRefused(Broken):
+    """The peer did not process this stream (REFUSED_STREAM, or beyond a GOAWAY's last stream
+    id): nothing of the request was acted on, so it is safe to retry on another connection."""
+
+
+class TunnelRefused(StackError):
+    """A CONNECT got a non-2xx answer. ``response`` is it (its body may explain why)."""
+
+    def __init__(self, message: str, response: H2Response) -> None:
+        super().__init__(message)
+        self.response = response
+
+
+class _Rate:
+    """Counts events in fixed windows of ``period`` seconds; ``hit()`` is True past ``limit``."""
+
+    __slots__ = ("count", "limit", "period", "start")
+
+    def __init__(self, limit: int, period: float) -> None:
+        self.limit = limit
+        self.period = period
+        self.start = -math.inf
+        self.count = 0
+
+    def hit(self) -> bool:
+        now = trio.current_time()
+        if now - self.start > self.period:
+            self.start = now
+            self.count = 0
+        self.count += 1
+        return self.count > self.limit
+
+
+class _Calm(Exception):
+    """Internal: the peer abused the connection; end it with GOAWAY ENHANCE_YOUR_CALM."""
+
+
+def _fields(headers: Headers, *, trailers: bool = False) -> list[tuple[bytes, bytes]]:
+    """The header list to send: checked, connection-specific fields dropped."""
+    out = []
+    for name, value in headers.raw:
+        if name in _CONNECTION_FIELDS:
+            continue
+        if name == b"te" and value.strip().lower() != b"trailers":
+            continue
+        if not name or _BAD_NAME.search(name):
+            raise ValueError(f"invalid header name {name!r} for HTTP/2")
+        if _BAD_VALUE.search(value):
+            raise ValueError(f"invalid value for header {name.decode('latin-1')!r}: {value!r}")
+        if trailers and name in (b"content-length",):
+            raise ValueError("content-length is not allowed in trailers")
+        out.append((name, value))
+    return out
+
+
+def _h2_fail(exc: Exception, what: str) -> Broken:
+    if isinstance(exc, h2.exceptions.StreamClosedError):
+        return Broken(f"HTTP/2 {what}: the stream is closed")
+    return Broken(f"HTTP/2 {what}: {exc}")
+
+
+# =============================================================================================
+# streams
+
+
+class H2Stream(ByteStream):
+    """One HTTP/2 stream as a :class:`~stack.ByteStream`.
+
+    ``recv``: the peer's DATA (request body on the server, response body on the client),
+    ``b""`` at its END_STREAM; received bytes are acknowledged to the peer's flow control as
+    they are returned here. ``send``: our DATA, split into frames within the peer's windows
+    (waits for window under the deadline; see the module docstring). ``done(trailers=...)``:
+    END_STREAM, with trailers if given. ``aclose``: abandons what is not finished (RST_STREAM),
+    never the connection. ``trailers``: the peer's trailers once its side ended. ``detach``:
+    not possible (a stream has nothing below it of its own). ``info``: ``stream_id``,
+    ``http_version`` and the connection's keys.
+    """
+
+    kind = "h2-stream"
+
+    def __init__(self, conn: _Connection, stream_id: int, *, can_send: bool) -> None:
+        super().__init__(None, None)
+        self._conn = conn
+        self.stream_id = stream_id
+        self._in = bytearray()
+        self._ack_exempt = 0  # bytes in _in that never counted against a window (h2c upgrade)
+        self._in_ended = False
+        self._reset: Broken | None = None  # why the stream ended abnormally
+        self._released = False
+        self._readable = trio.lowlevel.ParkingLot()
+        self._writable = trio.lowlevel.ParkingLot()
+        self._can_send = can_send
+        self._local_ended = False
+        self._discard_body = False  # HEAD / 204 / 304: body bytes are dropped
+        self._trailers_out: Headers | None = None
+        self.trailers = Headers()
+        # client side only
+        self._head: trio.Event | None = None
+        self._response: H2Response | None = None
+        self._on_trailers: Callable[[Headers], None] | None = None
+
+    @property
+    def info(self) -> Info:
+        return Info({"stream_id": self.stream_id}, self._conn.info)
+
+    def __repr__(self) -> str:
+        return f"<H2Stream {self.stream_id} {self._closed or ('broken' if self._broken else 'open')}>"
+
+    # ---- state ---------------------------------------------------------------------------
+
+    def _error(self) -> StackError | None:
+        if self._reset is not None:
+            return self._reset
+        failure = self._conn._failure
+        if failure is not None:
+            return failure
+        if self._closed is not None:
+            return Closed(f"{self.kind} {self.stream_id} was closed on this side")
+        return None
+
+    def _check_send(self) -> None:
+        err = self._error()
+        if err is not None:
+            raise err
+        if not self._can_send:
+            raise StackError("start the response (start_response) before sending its body")
+        if self._local_ended:
+            raise Closed(f"{self.kind} {self.stream_id}: this side already ended the stream")
+
+    def _wake(self) -> None:
+        self._readable.unpark_all()
+        self._writable.unpark_all()
+        if self._head is not None:
+            self._head.set()
+
+    def _on_reset(self, exc: Broken) -> None:
+        """The stream ended abnormally (peer reset, our reset, connection gone)."""
+        if self._reset is None:
+            self._reset = exc
+        self._wake()
+
+    # ---- receiving -----------------------------------------------------------------------
+
+    async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            buf = self._in
+            if buf:
+                if len(buf) <= max_bytes:
+                    out = bytes(buf)
+                    buf.clear()
+                else:
+                    out = bytes(buf[:max_bytes])
+                    del buf[:max_bytes]
+                self._conn._consumed(self, len(out))
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return out
+            if self._in_ended:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return b""
+            err = self._error()
+            if err is not None:
+                raise err
+            await self._readable.park()
+
+    # ---- sending -------------------------------------------------------------------------
+
+    async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        conn = self._conn
+        core = conn._core
+        sid = self.stream_id
+        while True:
+            self._check_send()
+            if self._discard_body:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return len(data)
+            if conn._queued() >= HIGH_WATER:
+                await conn._drain_lot.park()
+                continue
+            try:
+                window = core.local_flow_control_window(sid)
+            except h2.exceptions.ProtocolError as exc:
+                raise _h2_fail(exc, "send") from None
+            if window <= 0:
+                await self._wait_window()
+                continue
+            n = min(len(data), window, SEND_CHUNK)
+            frame = core.max_outbound_frame_size
+            try:
+                if n <= frame:
+                    core.send_data(sid, bytes(data[:n]))
+                else:
+                    for i in range(0, n, frame):
+                        core.send_data(sid, bytes(data[i : min(n, i + frame)]))
+            except h2.exceptions.ProtocolError as exc:  # pragma: no cover - checked above
+                raise _h2_fail(exc, "send") from None
+            conn._wake_writer()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return n
+
+    async def _wait_window(self) -> None:
+        """Wait for the peer to open a window; reset the stream after ``send_timeout``."""
+        conn = self._conn
+        conn._window_waiters.add(self)
+        try:
+            with trio.move_on_after(conn._limits.send_timeout) as scope:
+                await self._writable.park()
+        finally:
+            conn._window_waiters.discard(self)
+        if scope.cancelled_caught:
+            exc = Broken(
+                f"HTTP/2 stream {self.stream_id}: the peer kept its flow-control window closed for "
+                f"{conn._limits.send_timeout:g}s (send_timeout); the stream was reset"
+            )
+            conn._reset_stream(self, _CANCEL, exc)
+            raise exc
+
+    async def done(self, *, trailers: HeaderInput | None = None, deadline: float = FOREVER) -> None:
+        """End our side of the stream (END_STREAM), sending ``trailers`` first if given.
+
+        Committed body bytes go first; calling it again does nothing. On deadline:
+        :class:`~stack.Timeout`, and it may be repeated.
+        """
+        if trailers is not None:
+            self._trailers_out = Headers(trailers)
+        await super().done(deadline=deadline)
+
+    async def _done(self, deadline: float) -> None:
+        if self._local_ended or self._discard_body:
+            await trio.lowlevel.checkpoint()
+            return
+        self._check_send()
+        conn = self._conn
+        while conn._queued() >= HIGH_WATER:
+            await conn._drain_lot.park()
+            self._check_send()
+        core = conn._core
+        try:
+            if self._trailers_out is not None:
+                core.send_headers(self.stream_id, _fields(self._trailers_out, trailers=True), end_stream=True)
+            else:
+                core.end_stream(self.stream_id)
+        except h2.exceptions.ProtocolError as exc:
+            raise _h2_fail(exc, "done") from None
+        self._local_ended = True
+        conn._wake_writer()
+        conn._stream_maybe_finished(self)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _abort(self) -> None:
+        """aclose(): reset what is unfinished, release the stream, wake blocked tasks."""
+        conn = self._conn
+        if not self._released:
+            core = conn._core
+            if conn._failure is None and self._reset is None and core.stream_is_open(self.stream_id):
+                # A server that finished its response only stops the upload (RFC 9113 8.1).
+                finished = self._local_ended and conn._server
+                conn._reset_stream(self, _NO_ERROR if finished else _CANCEL, None)
+            conn._release(self)
+        self._wake()
+
+    # ---- client side ---------------------------------------------------------------------
+
+    async def response(self, *, deadline: float = FOREVER) -> H2Response:
+        """Client streams: wait for the response head (after any 1xx) and return it.
+
+        On deadline: :class:`~stack.Timeout` (the stream stays as it was). If the stream was
+        reset or the connection failed first: :class:`~stack.Broken` (or
+        :class:`StreamRefused`).
+        """
+        head = self._head
+        if head is None:
+            raise StackError("response() is for client streams")
+        if not head.is_set():
+            with trio.move_on_at(deadline) as scope:
+                await head.wait()
+            if scope.cancelled_caught:
+                raise Timeout(f"HTTP/2 stream {self.stream_id}: no response head before the deadline")
+        if self._response is None:
+            err = self._error()
+            raise err if err is not None else Broken("HTTP/2 stream ended without a response")
+        return self._response
+
+
+class H2Request(Request):
+    """A request received over HTTP/2 (see :class:`layers.http.Request`).
+
+    Extra: ``stream_id``; ``protocol`` (the ``:protocol`` of an extended CONNECT, RFC 8441,
+    else ``None``); ``trailers`` (the request's trailers, filled once its body ended).
+    For CONNECT, ``start_response(2xx)`` returns the tunnel: a ByteStream in both directions.
+    """
+
+    def __init__(self, stream: H2Stream, method: str, target: str, headers: Headers, **kw: Any) -> None:
+        super().__init__(method, target, headers, "2", stream, stream.info, **kw)
+        self._stream = stream
+        self.stream_id = stream.stream_id
+        self.protocol: str | None = None
+        self.trailers = Headers()
+
+    def _head(self, status: int, headers: Headers, body_length: int | None) -> list[tuple[bytes, bytes]]:
+        fields = [(b":status", _STATUS[status])]
+        fields += _fields(headers)
+        names = {name for name, _ in fields}
+        if b"date" not in names:
+            fields.append((b"date", date_header()))
+        if body_length is not None and b"content-length" not in names and status not in _NO_BODY_STATUS:
+            fields.append((b"content-length", b"%d" % body_length))
+        return fields
+
+    def _send_head(self, fields: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+        stream = self._stream
+        err = stream._error()
+        if err is not None:
+            raise err
+        try:
+            stream._conn._core.send_headers(stream.stream_id, fields, end_stream=end_stream)
+        except h2.exceptions.ProtocolError as exc:
+            raise _h2_fail(exc, "response head") from None
+        stream._can_send = True
+        if end_stream:
+            stream._local_ended = True
+            stream._conn._stream_maybe_finished(stream)
+        stream._conn._wake_writer()
+
+    async def _respond(self, status: int, headers: Headers, body: bytes, deadline: float) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        stream = self._stream
+        conn = stream._conn
+        core = conn._core
+        no_body = self.method == "HEAD" or status in _NO_BODY_STATUS
+        fields = self._head(status, headers, len(body))
+        n = len(body)
+        if no_body or not n:
+            self._send_head(fields, end_stream=True)
+            stream._discard_body = no_body
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        sid = stream.stream_id
+        if (
+            conn._queued() < HIGH_WATER
+            and stream._error() is None
+            and n <= core.max_outbound_frame_size
+            and n <= core.local_flow_control_window(sid)
+        ):
+            self._send_head(fields, end_stream=False)
+            try:
+                core.send_data(sid, body, end_stream=True)
+            except h2.exceptions.ProtocolError as exc:  # pragma: no cover - checked above
+                raise _h2_fail(exc, "respond") from None
+            stream._local_ended = True
+            conn._stream_maybe_finished(stream)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        self._send_head(fields, end_stream=False)
+        await stream.send(body, deadline=deadline)
+        await stream.done(deadline=deadline)
+
+    async def _start_response(self, status: int, headers: Headers, deadline: float) -> ByteStream:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        stream = self._stream
+        conn = stream._conn
+        if conn._queued() >= HIGH_WATER:
+            with trio.move_on_at(deadline) as scope:
+                while conn._queued() >= HIGH_WATER and stream._error() is None:
+                    await conn._drain_lot.park()
+            if scope.cancelled_caught:
+                self.responded = False
+                raise Timeout("HTTP/2 start_response timed out waiting for the connection to drain")
+        no_body = self.method == "HEAD" or status in _NO_BODY_STATUS
+        if self.method == "CONNECT" and 200 <= status < 300:
+            fields = [(b":status", _STATUS[status]), *_fields(headers)]
+        else:
+            fields = self._head(status, headers, None)
+        self._send_head(fields, end_stream=no_body)
+        stream._discard_body = no_body
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return stream
+
+
+class H2Response(Response):
+    """A response received over HTTP/2 (see :class:`layers.http.Response`); ``stream_id``."""
+
+    body: H2Stream
+
+    def __init__(self, status: int, headers: Headers, body: H2Stream) -> None:
+        super().__init__(status, headers, "2", body)
+        self.stream_id = body.stream_id
+
+
+# =============================================================================================
+# connections
+
+
+class _Connection:
+    """What both sides share: h2, the reader and writer loops, flow control, PING, closing."""
+
+    _server = False
+
+    def __init__(self, lower: ByteStream, limits: Limits, settings: dict[_SC, int]) -> None:
+        self._lower = lower
+        self._limits = limits
+        self._core = H2Core(
+            client_side=not self._server,
+            settings=settings,
+            max_continuation_frames=limits.max_continuation_frames,
+            max_header_list_size=limits.max_header_list_size,
+        )
+        self.info = Info({"http_version": "2"}, lower.info)
+        self._streams: dict[int, H2Stream] = {}
+        self._out = bytearray()  # taken from h2, being sent by the writer
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._drain_lot = trio.lowlevel.ParkingLot()
+        self._window_waiters: set[H2Stream] = set()
+        self._failure: Broken | None = None
+        self._finished = trio.Event()
+        self._writer_stop = False
+        self._writer_done = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._closed = False
+        self._goaway_sent = False
+        self._goaway_received: int | None = None
+        self._pings: dict[bytes, list[Any]] = {}
+        self._ping_rate = _Rate(limits.ping_flood_limit, limits.flood_period)
+        self._settings_rate = _Rate(limits.settings_flood_limit, limits.flood_period)
+        self._remote_settings = trio.Event()
+        self._pending_events: list[h2.events.Event] = []
+        self._dispatch: dict[type, Callable[[Any], None]] = {
+            h2.events.DataReceived: self._on_data,
+            h2.events.StreamEnded: self._on_stream_ended,
+            h2.events.StreamReset: self._on_stream_reset,
+            h2.events.WindowUpdated: self._on_window,
+            h2.events.RemoteSettingsChanged: self._on_settings,
+            h2.events.PingReceived: self._on_ping,
+            h2.events.PingAckReceived: self._on_ping_ack,
+            h2.events.ConnectionTerminated: self._on_goaway,
+            h2.events.TrailersReceived: self._on_trailers,
+        }
+
+    # ---- small helpers -------------------------------------------------------------------
+
+    def _queued(self) -> int:
+        return self._core.pending_output + len(self._out)
+
+    def _wake_writer(self) -> None:
+        self._writer_lot.unpark_all()
+
+    def _consumed(self, stream: H2Stream, n: int) -> None:
+        """The application took ``n`` bytes from ``stream``: give the window back."""
+        if stream._ack_exempt:
+            exempt = min(n, stream._ack_exempt)
+            stream._ack_exempt -= exempt
+            n -= exempt
+        if n and self._failure is None:
+            self._core.acknowledge_received_data(n, stream.stream_id)
+            if self._core.pending_output:
+                self._wake_writer()
+
+    def _reset_stream(self, stream: H2Stream, code: int, exc: Broken | None) -> None:
+        """Reset ``stream`` (RST_STREAM ``code``) and release it; ``exc`` is what its users get."""
+        if self._failure is None and self._core.stream_is_open(stream.stream_id):
+            try:
+                self._core.reset_stream(stream.stream_id, code)
+            except h2.exceptions.ProtocolError:  # pragma: no cover - already closed
+                pass
+            self._wake_writer()
+        stream._on_reset(exc or Broken(f"HTTP/2 stream {stream.stream_id} was reset on this side"))
+        self._release(stream)
+
+    def _release(self, stream: H2Stream, *, drop: bool = True) -> None:
+        """Forget ``stream``. With ``drop``, also discard the bytes nobody read and hand their
+        connection window back; without it (the stream ended normally), they stay readable and
+        are acknowledged as they are read."""
+        if drop and stream._in:
+            unread = len(stream._in) - stream._ack_exempt
+            stream._in.clear()
+            stream._ack_exempt = 0
+            if unread > 0 and self._failure is None:
+                self._core.acknowledge_received_data(unread, stream.stream_id)
+                self._wake_writer()
+        if stream._released:
+            return
+        stream._released = True
+        self._streams.pop(stream.stream_id, None)
+        self._window_waiters.discard(stream)
+        self._stream_released(stream)
+
+    def _stream_released(self, stream: H2Stream) -> None:
+        """Hook: a stream left the table."""
+
+    def _stream_maybe_finished(self, stream: H2Stream) -> None:
+        """Release the stream once h2 says both directions are over."""
+        if not stream._released and not self._core.stream_is_open(stream.stream_id):
+            self._release(stream, drop=False)
+
+    def _fail(self, exc: Broken) -> None:
+        """The connection is gone (or given up): every stream and waiter learns it now."""
+        if self._failure is None:
+            self._failure = exc
+            log.debug("HTTP/2 connection %s: %s", self.info.get("peer"), exc)
+        for stream in list(self._streams.values()):
+            stream._on_reset(exc)
+        self._drain_lot.unpark_all()
+        self._writer_lot.unpark_all()
+        for waiter in self._pings.values():
+            waiter[0].set()
+        self._remote_settings.set()
+        self._finish()
+
+    def _finish(self) -> None:
+        """Ask the run loop to wind the connection up (flush, then stop the tasks)."""
+        self._finished.set()
+
+    # ---- the writer ----------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        core = self._core
+        out = self._out
+        lower = self._lower
+        send_timeout = self._limits.send_timeout
+        try:
+            while True:
+                core.take_output(out)
+                if not out:
+                    if self._writer_stop or self._failure is not None:
+                        return
+                    await self._writer_lot.park()
+                    continue
+                try:
+                    await lower.send_from(out, deadline=trio.current_time() + send_timeout)
+                except Timeout:
+                    self._fail(Broken(f"HTTP/2 connection: the peer read nothing for {send_timeout:g}s"))
+                    return
+                except StackError as exc:
+                    self._fail(Broken(f"HTTP/2 connection: sending failed: {exc}"))
+                    return
+                self._drain_lot.unpark_all()
+        finally:
+            self._writer_done.set()
+            self._drain_lot.unpark_all()
+
+    async def _stop_writer(self, deadline: float) -> None:
+        """Let the writer send what is queued (until ``deadline``), then stop it."""
+        self._writer_stop = True
+        self._writer_lot.unpark_all()
+        with trio.move_on_at(deadline):
+            await self._writer_done.wait()
+
+    async def _flush_direct(self, deadline: float) -> None:
+        """Send what is queued without the writer (it is not running)."""
+        self._core.take_output(self._out)
+        if self._out and self._failure is None:
+            try:
+                await self._lower.send_from(self._out, deadline=deadline)
+            except StackError as exc:
+                log.debug("HTTP/2: final flush failed: %s", exc)
+
+    # ---- the reader ----------------------------------------------------------------------
+
+    def _recv_deadline(self) -> float:
+        return FOREVER
+
+    def _on_idle(self) -> None:  # pragma: no cover - servers override
+        pass
+
+    async def _reader(self) -> None:
+        core = self._core
+        lower = self._lower
+        dispatch = self._dispatch
+        try:
+            if self._pending_events:
+                events, self._pending_events = self._pending_events, []
+                self._handle(events, dispatch)
+            while self._failure is None:
+                deadline = self._recv_deadline()
+                try:
+                    if deadline == FOREVER:
+                        data = await lower.recv(RECV_SIZE)
+                    else:
+                        data = await lower.recv(RECV_SIZE, deadline=deadline)
+                except Timeout:
+                    self._on_idle()
+                    return
+                except StackError as exc:
+                    self._fail(Broken(f"HTTP/2 connection lost: {exc}"))
+                    return
+                if not data:
+                    self._on_eof()
+                    return
+                try:
+                    events = core.receive_data(data)
+                except ProtocolViolation as exc:
+                    self._protocol_error(exc)
+                    return
+                self._handle(events, dispatch)
+                if core.pending_output:
+                    self._wake_writer()
+                    while self._queued() > READER_HIGH_WATER and self._failure is None:
+                        await self._drain_lot.park()
+        except _Calm as exc:
+            self._calm(str(exc))
+
+    def _handle(self, events: list[h2.events.Event], dispatch: dict[type, Callable[[Any], None]]) -> None:
+        for ev in events:
+            handler = dispatch.get(type(ev))
+            if handler is not None:
+                handler(ev)
+
+    def _protocol_error(self, exc: Exception) -> None:
+        code = getattr(exc, "error_code", _PROTOCOL_ERROR)
+        detail = f"HTTP/2 protocol error from the peer ({error_name(code)}): {exc}"
+        log.info("%s: %s", self.info.get("peer"), detail)
+        self._goaway_sent = True  # h2 queued the GOAWAY
+        self._wake_writer()
+        self._end_with(ProtocolError(detail))
+
+    def _calm(self, reason: str) -> None:
+        log.warning("%s: %s; GOAWAY ENHANCE_YOUR_CALM", self.info.get("peer"), reason)
+        if self._failure is None:
+            self._core.close_connection(_ENHANCE_YOUR_CALM, additional_data=reason.encode()[:256],
+                                        last_stream_id=self._last_stream_id())
+            self._goaway_sent = True
+            self._wake_writer()
+        self._end_with(ProtocolError(f"HTTP/2 connection ended: {reason}"))
+
+    def _end_with(self, exc: Broken) -> None:
+        """End the connection after the queued frames (GOAWAY) went out."""
+        for stream in list(self._streams.values()):
+            stream._on_reset(exc)
+        if self._failure is None:
+            self._failure = exc
+        self._remote_settings.set()
+        for waiter in self._pings.values():
+            waiter[0].set()
+        self._finish()
+
+    def _last_stream_id(self) -> int:
+        return self._core.highest_inbound_stream_id
+
+    def _on_eof(self) -> None:
+        self._fail(Broken("HTTP/2 connection closed by the peer"))
+
+    # ---- events both sides handle ---------------------------------------------------------
+
+    def _on_data(self, ev: h2.events.DataReceived) -> None:
+        sid = ev.stream_id
+        data = ev.data
+        n = ev.flow_controlled_length
+        stream = self._streams.get(sid)
+        if stream is None or stream._released:
+            if n:
+                self._core.acknowledge_received_data(n, sid)
+            return
+        if n > len(data):
+            self._core.acknowledge_received_data(n - len(data), sid)  # padding
+        if data:
+            stream._in += data
+            stream._readable.unpark_all()
+
+    def _on_stream_ended(self, ev: h2.events.StreamEnded) -> None:
+        stream = self._streams.get(ev.stream_id)
+        if stream is not None:
+            stream._in_ended = True
+            stream._readable.unpark_all()
+            self._stream_maybe_finished(stream)
+
+    def _on_stream_reset(self, ev: h2.events.StreamReset) -> None:
+        stream = self._streams.get(ev.stream_id)
+        code = ev.error_code
+        if stream is not None:
+            cls = StreamRefused if code == _REFUSED_STREAM else Broken
+            who = "the peer" if ev.remote_reset else "this side (the peer broke the stream's rules)"
+            stream._on_reset(cls(f"HTTP/2 stream {ev.stream_id} was reset by {who} ({error_name(code)})"))
+            self._release(stream)
+
+    def _on_trailers(self, ev: h2.events.TrailersReceived) -> None:
+        stream = self._streams.get(ev.stream_id)
+        if stream is not None:
+            trailers = Headers()
+            trailers.raw = [(bytes(k), bytes(v)) for k, v in ev.headers]
+            stream.trailers = trailers
+            if stream._on_trailers is not None:
+                stream._on_trailers(trailers)
+
+    def _on_window(self, ev: h2.events.WindowUpdated) -> None:
+        if ev.stream_id == 0:
+            for waiting in list(self._window_waiters):
+                waiting._writable.unpark_all()
+        else:
+            stream = self._streams.get(ev.stream_id)
+            if stream is not None:
+                stream._writable.unpark_all()
+
+    def _on_settings(self, ev: h2.events.RemoteSettingsChanged) -> None:
+        if self._settings_rate.hit():
+            raise _Calm(f"SETTINGS flood: more than {self._limits.settings_flood_limit} in "
+                        f"{self._limits.flood_period:g}s")
+        if _SC.INITIAL_WINDOW_SIZE in ev.changed_settings:
+            for stream in list(self._window_waiters):
+                stream._writable.unpark_all()
+        self._remote_settings.set()
+        self._settings_changed(ev)
+
+    def _settings_changed(self, ev: h2.events.RemoteSettingsChanged) -> None:
+        """Hook for the client (stream slots)."""
+
+    def _on_ping(self, ev: h2.events.PingReceived) -> None:
+        if self._ping_rate.hit():
+            raise _Calm(f"PING flood: more than {self._limits.ping_flood_limit} in {self._limits.flood_period:g}s")
+
+    def _on_ping_ack(self, ev: h2.events.PingAckReceived) -> None:
+        waiter = self._pings.get(bytes(ev.ping_data))
+        if waiter is not None:
+            waiter[2] = trio.current_time()
+            waiter[0].set()
+
+    def _on_goaway(self, ev: h2.events.ConnectionTerminated) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    # ---- public --------------------------------------------------------------------------
+
+    async def ping(self, *, deadline: float = FOREVER) -> float:
+        """Send a PING and return the round-trip time in seconds (liveness and RTT).
+
+        On deadline: :class:`~stack.Timeout`. If the connection fails first: :class:`~stack.Broken`.
+        """
+        self._check_running()
+        payload = os.urandom(8)
+        waiter: list[Any] = [trio.Event(), trio.current_time(), None]
+        self._pings[payload] = waiter
+        try:
+            self._core.ping(payload)
+            self._wake_writer()
+            with trio.move_on_at(deadline) as scope:
+                await waiter[0].wait()
+            if scope.cancelled_caught:
+                raise Timeout("HTTP/2 PING: no answer before the deadline")
+            if waiter[2] is None:
+                raise self._failure or Broken("HTTP/2 connection closed before the PING answer")
+            return float(waiter[2] - waiter[1])
+        finally:
+            self._pings.pop(payload, None)
+
+    def _check_running(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._closed:
+            raise Closed("HTTP/2 connection was closed on this side")
+        if self._nursery is None:
+            raise StackError(
+                "this HTTP/2 connection is not running: use `async with conn:` (client), "
+                "`await conn.serve(app)` or `async with conn:` (server), or `await nursery.start(conn.run)`"
+            )
+
+    async def _close_lower(self, deadline: float) -> None:
+        await self._lower.aclose(deadline=deadline)
+
+
+# ---------------------------------------------------------------------------------------------
+# server
+
+
+class H2ServerConnection(_Connection, ServerConnection):
+    """The server side of an HTTP/2 connection (see the module docstring).
+
+    ``await conn.serve(app)`` runs until the connection ends (the peer closes, a protocol error,
+    an idle timeout, a graceful shutdown), with ``app(request)`` running concurrently for each
+    stream; an app that raises gets its stream reset (500 if it had not responded yet), an app
+    that returns without responding gets 500, one that returns mid-body gets its body ended.
+    When the connection is lost, apps still running are cancelled (after ``drain_timeout`` if
+    the peer only closed its side). ``recv()`` / ``async for request in conn`` work inside
+    ``async with conn:`` (or ``nursery.start(conn.run)``) instead. ``graceful_shutdown()``
+    starts the two-step GOAWAY by hand.
+    """
+
+    _server = True
+    http_version = "2"
+
+    def __init__(
+        self,
+        lower: ByteStream,
+        limits: Limits = DEFAULT_LIMITS,
+        shutdown: trio.Event | None = None,
+        *,
+        enable_connect_protocol: bool = True,
+    ) -> None:
+        settings = {
+            _SC.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+            _SC.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+            _SC.INITIAL_WINDOW_SIZE: limits.stream_window,
+            _SC.MAX_FRAME_SIZE: limits.max_frame_size,
+            _SC.ENABLE_CONNECT_PROTOCOL: int(enable_connect_protocol),
+        }
+        super().__init__(lower, limits, settings)
+        self._shutdown = shutdown
+        self._app: App | None = None
+        self._queue: deque[H2Request] = deque()
+        self._queue_lot = trio.lowlevel.ParkingLot()
+        self._active = 0
+        self._accepted = 0  # highest stream id handed to the application
+        self._closing = False  # GOAWAY (final) sent or received: no new streams
+        self._eof = False
+        self._idle_since = trio.current_time()
+        self._recv_scope: trio.CancelScope | None = None
+        self._reset_rate = _Rate(limits.rapid_reset_limit, limits.flood_period)
+        self._exit_stack: AsyncExitStack | None = None
+        self._upgrade_request: H2Request | None = None
+        self._dispatch[h2.events.RequestReceived] = self._on_request
+
+    # ---- handshake -------------------------------------------------------------------------
+
+    async def _handshake(self, deadline: float, *, upgrade_settings: bytes | None = None,
+                         prefix: bytes = b"") -> None:
+        """Send our SETTINGS (and connection window), then read until the client's SETTINGS."""
+        core = self._core
+        if upgrade_settings is None:
+            core.initiate_connection()
+        else:
+            core.initiate_upgrade_connection(upgrade_settings)
+        extra = self._limits.connection_window - 65535
+        if extra > 0:
+            core.increment_flow_control_window(extra)
+        out = bytearray(prefix)
+        core.take_output(out)
+        await self._lower.send_from(out, deadline=deadline)
+        events: list[h2.events.Event] = []
+        while not events:
+            data = await self._lower.recv(RECV_SIZE, deadline=deadline)
+            if not data:
+                raise Broken("HTTP/2: the client closed the connection before its preface")
+            try:
+                events = core.receive_data(data)
+            except ProtocolViolation as exc:
+                await self._flush_direct(trio.current_time() + 1.0)
+                raise ProtocolError(f"HTTP/2: bad client preface: {exc}") from None
+        if not isinstance(events[0], h2.events.RemoteSettingsChanged):
+            core.close_connection(_PROTOCOL_ERROR, additional_data=b"the preface must be followed by SETTINGS")
+            await self._flush_direct(trio.current_time() + 1.0)
+            raise ProtocolError("HTTP/2: the client preface was not followed by a SETTINGS frame")
+        self._pending_events = events
+
+    # ---- running ---------------------------------------------------------------------------
+
+    async def serve(self, app: App) -> None:
+        """Run ``app(request)`` for every stream, concurrently, until the connection ends."""
+        await self._run(app)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the connection for :meth:`recv` users (``await nursery.start(conn.run)``)."""
+        await self._run(None, task_status)
+
+    async def _run(self, app: App | None, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self._nursery is not None or self._finished.is_set():
+            raise Busy("this HTTP/2 connection is already running (or has ended)")
+        self._app = app
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._reader)
+                if self._shutdown is not None:
+                    nursery.start_soon(self._watch_shutdown, self._shutdown)
+                if self._upgrade_request is not None:
+                    self._admit(self._upgrade_request)
+                    self._upgrade_request = None
+                self._update_idle()
+                task_status.started()
+                await self._finished.wait()
+                if self._failure is None and not self._goaway_sent:
+                    self._core.close_connection(_NO_ERROR, last_stream_id=self._accepted)
+                    self._goaway_sent = True
+                await self._stop_writer(trio.current_time() + FLUSH_GRACE)
+                nursery.cancel_scope.cancel()
+        finally:
+            if self._failure is None:
+                self._fail(Broken("HTTP/2 connection closed"))
+            self._queue_lot.unpark_all()
+
+    async def __aenter__(self) -> H2ServerConnection:
+        stack = AsyncExitStack()
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        await nursery.start(self.run)
+        self._exit_stack = stack
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        stack, self._exit_stack = self._exit_stack, None
+        try:
+            await self.aclose()
+        finally:
+            if stack is not None:
+                await stack.aclose()
+
+    async def recv(self, *, deadline: float = FOREVER) -> Request:
+        """The next request (inside ``async with conn:`` / ``run``); EndOfStream once the
+        connection is over and every received request was taken. On deadline: Timeout."""
+        if self._app is not None:
+            raise Busy("serve(app) is handling this connection's requests")
+        if self._nursery is None and not self._finished.is_set():
+            self._check_running()
+        with trio.move_on_at(deadline) as scope:
+            while not self._queue:
+                if self._finished.is_set() or self._closing or self._failure is not None:
+                    raise EndOfStream("HTTP/2 connection: no more requests")
+                await self._queue_lot.park()
+            return self._queue.popleft()
+        assert scope.cancelled_caught
+        raise Timeout("HTTP/2 recv: no request before the deadline")
+
+    async def aclose(self, *, deadline: float | None = None) -> None:
+        """Close: GOAWAY (NO_ERROR) if the connection is healthy, then close the stream below.
+        Idempotent; never raises a StackError. Streams still open get :class:`~stack.Broken`."""
+        if self._closed:
+            return
+        self._closed = True
+        if deadline is None:
+            deadline = trio.current_time() + FLUSH_GRACE
+        if self._nursery is not None:
+            self._finish()
+        else:
+            if self._failure is None and not self._goaway_sent:
+                self._core.close_connection(_NO_ERROR, last_stream_id=self._accepted)
+                self._goaway_sent = True
+            with trio.move_on_at(deadline):
+                await self._flush_direct(deadline)
+            if self._failure is None:
+                self._fail(Broken("HTTP/2 connection closed"))
+        await self._close_lower(deadline)
+
+    # ---- idle and shutdown -----------------------------------------------------------------
+
+    def _recv_deadline(self) -> float:
+        if self._active or self._streams:
+            return FOREVER
+        return self._idle_since + self._limits.idle_timeout
+
+    def _update_idle(self) -> None:
+        if not self._active and not self._streams:
+            self._idle_since = trio.current_time()
+
+    def _on_idle(self) -> None:
+        if self._active or self._streams:  # pragma: no cover - the deadline is FOREVER then
+            return
+        log.info("%s: HTTP/2 connection idle for %gs: closing", self.info.get("peer"), self._limits.idle_timeout)
+        self._closing = True
+        self._finish()
+
+    async def _watch_shutdown(self, event: trio.Event) -> None:
+        await event.wait()
+        await self.graceful_shutdown()
+
+    async def graceful_shutdown(self) -> None:
+        """The two-step GOAWAY (RFC 9113 6.8): GOAWAY(2^31-1), a PING round trip, GOAWAY(last
+        accepted stream); streams in flight get ``Limits.drain_timeout`` seconds, then the
+        connection closes. Returns when it is over (or at once if it already is)."""
+        if self._goaway_sent or self._failure is not None or self._nursery is None:
+            return
+        drain_end = trio.current_time() + self._limits.drain_timeout
+        core = self._core
+        core.close_connection(_NO_ERROR, last_stream_id=_MAX_STREAM_ID)
+        self._goaway_sent = True
+        self._wake_writer()
+        try:
+            await self.ping(deadline=min(drain_end, trio.current_time() + PING_WAIT))
+        except StackError as exc:
+            log.debug("graceful shutdown: PING: %s", exc)
+        if self._failure is not None:
+            return
+        self._closing = True
+        core.close_connection(_NO_ERROR, last_stream_id=self._accepted)
+        self._wake_writer()
+        self._queue_lot.unpark_all()
+        log.debug("%s: GOAWAY sent (last stream %d); draining %d stream(s)",
+                  self.info.get("peer"), self._accepted, self._active)
+        self._maybe_done()
+        with trio.move_on_at(drain_end):
+            await self._finished.wait()
+        if not self._finished.is_set():
+            log.info("%s: drain_timeout passed with %d stream(s) in flight: closing", self.info.get("peer"),
+                     self._active)
+        self._finish()
+
+    def _maybe_done(self) -> None:
+        if (self._closing or self._eof) and not self._active and not self._queue:
+            self._finish()
+
+    def _on_eof(self) -> None:
+        self._eof = True
+        for stream in list(self._streams.values()):
+            if not stream._in_ended:
+                stream._on_reset(Broken("HTTP/2 connection: the client closed its side mid-request"))
+        if not self._active:
+            self._finish()
+        elif self._nursery is not None:
+            self._nursery.start_soon(self._drain_timer)
+
+    async def _drain_timer(self) -> None:
+        await trio.sleep(self._limits.drain_timeout)
+        self._finish()
+
+    def _on_goaway(self, ev: h2.events.ConnectionTerminated) -> None:
+        if ev.error_code:
+            log.info("%s: client sent GOAWAY %s: %r", self.info.get("peer"), error_name(ev.error_code),
+                     ev.additional_data)
+        self._goaway_received = ev.last_stream_id or 0
+        self._closing = True
+        self._queue_lot.unpark_all()
+        self._maybe_done()
+
+    def _last_stream_id(self) -> int:
+        return self._accepted
+
+    # ---- requests --------------------------------------------------------------------------
+
+    def _on_stream_reset(self, ev: h2.events.StreamReset) -> None:
+        if ev.remote_reset and self._reset_rate.hit():
+            raise _Calm(f"rapid reset: more than {self._limits.rapid_reset_limit} streams reset by the "
+                        f"client in {self._limits.flood_period:g}s")
+        super()._on_stream_reset(ev)
+
+    def _stream_released(self, stream: H2Stream) -> None:
+        if self._app is None:
+            self._active -= 1
+            self._update_idle()
+            self._maybe_done()
+
+    def _on_request(self, ev: h2.events.RequestReceived) -> None:
+        sid = ev.stream_id
+        core = self._core
+        if self._closing or self._failure is not None:
+            core.reset_stream(sid, _REFUSED_STREAM)
+            return
+        if self._active >= self._limits.max_concurrent_streams:
+            log.debug("%s: stream %d refused: %d streams active", self.info.get("peer"), sid, self._active)
+            core.reset_stream(sid, _REFUSED_STREAM)
+            return
+        request = self._make_request(sid, ev.headers)
+        if request is None:
+            core.reset_stream(sid, _PROTOCOL_ERROR)
+            return
+        self._admit(request)
+
+    def _make_request(self, sid: int, raw: Any) -> H2Request | None:
+        method = path = scheme = authority = protocol = None
+        regular: list[tuple[bytes, bytes]] = []
+        for name, value in raw:
+            if name[:1] == b":":
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":scheme":
+                    scheme = value
+                elif name == b":authority":
+                    authority = value
+                elif name == b":protocol":
+                    protocol = value
+            else:
+                regular.append((name, value))
+        if method is None:  # pragma: no cover - h2 validates pseudo-headers
+            return None
+        m = method.decode("latin-1")
+        if m == "CONNECT" and protocol is None:
+            target = (authority or b"").decode("latin-1")
+        elif path is None:  # pragma: no cover - h2 validates
+            return None
+        else:
+            target = path.decode("latin-1")
+        if protocol is not None and not self._core.advertised.get(_SC.ENABLE_CONNECT_PROTOCOL):
+            return None
+        headers = Headers()
+        headers.raw = regular
+        stream = H2Stream(self, sid, can_send=False)
+        request = H2Request(
+            stream, m, target, headers,
+            scheme=(scheme or b"http").decode("latin-1"),
+            authority=(authority or b"").decode("latin-1"),
+            limits=self._limits,
+        )
+        if protocol is not None:
+            request.protocol = protocol.decode("latin-1")
+        stream._on_trailers = _trailer_setter(request)
+        return request
+
+    def _admit(self, request: H2Request) -> None:
+        stream = request._stream
+        sid = stream.stream_id
+        self._streams[sid] = stream
+        self._accepted = max(self._accepted, sid)
+        self._active += 1
+        app = self._app
+        nursery = self._nursery
+        if app is not None and nursery is not None:
+            nursery.start_soon(self._handle_request, app, request, name=f"h2 stream {sid}")
+        else:
+            self._queue.append(request)
+            self._queue_lot.unpark_all()
+        if self._core.stream_is_open(sid) is False:  # pragma: no cover - reset in the same batch
+            self._stream_maybe_finished(stream)
+
+    async def _handle_request(self, app: App, request: H2Request) -> None:
+        failed: BaseException | None = None
+        try:
+            await app(request)
+        except StackError as exc:
+            failed = exc
+            log.debug("%r: %s", request, exc)
+        except Exception as exc:
+            failed = exc
+            log.exception("the app failed on %r", request)
+        except BaseException as exc:  # Cancelled
+            failed = exc
+            raise
+        finally:
+            self._after_app(request, failed)
+
+    def _after_app(self, request: H2Request, failed: BaseException | None) -> None:
+        """Finish what the app left (synchronously: it may run during cancellation)."""
+        stream = request._stream
+        try:
+            if not stream._released and stream._error() is None and self._failure is None:
+                core = self._core
+                sid = stream.stream_id
+                if not request.responded:
+                    if failed is None:
+                        log.error("the app returned without responding to %r: 500", request)
+                    request.responded = True
+                    request.status = 500
+                    fields = request._head(500, Headers(), 0)
+                    core.send_headers(sid, fields, end_stream=True)
+                    stream._local_ended = True
+                elif not stream._local_ended and not stream._discard_body:
+                    if failed is None:
+                        core.end_stream(sid)
+                        stream._local_ended = True
+                    else:
+                        self._reset_stream(stream, _INTERNAL_ERROR, None)
+                if not stream._released and core.stream_is_open(sid):
+                    # the response is complete; the client is still sending: stop the upload
+                    self._reset_stream(stream, _NO_ERROR, None)
+                self._wake_writer()
+        except h2.exceptions.ProtocolError as exc:  # pragma: no cover - defensive
+            log.debug("finishing %r: %s", request, exc)
+        finally:
+            stream._closed = stream._closed or "closed"
+            self._release(stream)
+            stream._wake()
+            self._active -= 1
+            self._update_idle()
+            self._maybe_done()
+            log.debug("%s %s HTTP/2 stream %d -> %s", request.method, request.target, stream.stream_id,
+                      request.status)
+
+
+def _trailer_setter(target: H2Request | H2Response) -> Callable[[Headers], None]:
+    def setter(trailers: Headers) -> None:
+        target.trailers = trailers
+
+    return setter
+
+
+# ---------------------------------------------------------------------------------------------
+# client
+
+
+class H2ClientConnection(_Connection, ClientConnection):
+    """The client side of an HTTP/2 connection (see the module docstring).
+
+    Its reader and writer run inside ``async with conn:`` (or ``await nursery.start(conn.run)``);
+    requests made outside raise :class:`~stack.StackError`. Requests multiplex: run many at once
+    from several tasks. At the peer's SETTINGS_MAX_CONCURRENT_STREAMS, new requests wait (under
+    their deadline) for a stream to end. After the server's GOAWAY, new requests raise
+    :class:`StreamRefused` and streams beyond its last stream id fail with it.
+    """
+
+    http_version = "2"
+
+    def __init__(self, lower: ByteStream, limits: Limits, authority: str, scheme: str) -> None:
+        settings = {
+            _SC.ENABLE_PUSH: 0,
+            _SC.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+            _SC.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+            _SC.INITIAL_WINDOW_SIZE: limits.stream_window,
+            _SC.MAX_FRAME_SIZE: limits.max_frame_size,
+        }
+        super().__init__(lower, limits, settings)
+        self.authority = authority
+        self.scheme = scheme
+        self._slot_lot = trio.lowlevel.ParkingLot()
+        self._exit_stack: AsyncExitStack | None = None
+        self._dispatch[h2.events.ResponseReceived] = self._on_response
+        self._dispatch[h2.events.InformationalResponseReceived] = lambda ev: None
+
+    async def _handshake(self, deadline: float) -> None:
+        core = self._core
+        core.initiate_connection()
+        extra = self._limits.connection_window - 65535
+        if extra > 0:
+            core.increment_flow_control_window(extra)
+        await self._flush_direct(deadline)
+
+    # ---- running ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the reader and writer until the connection ends or is closed."""
+        if self._nursery is not None or self._finished.is_set():
+            raise Busy("this HTTP/2 connection is already running (or has ended)")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._reader)
+                task_status.started()
+                await self._finished.wait()
+                if self._failure is None and not self._goaway_sent:
+                    self._core.close_connection(_NO_ERROR)
+                    self._goaway_sent = True
+                await self._stop_writer(trio.current_time() + FLUSH_GRACE)
+                nursery.cancel_scope.cancel()
+        finally:
+            if self._failure is None:
+                self._fail(Broken("HTTP/2 connection closed"))
+            self._slot_lot.unpark_all()
+
+    async def __aenter__(self) -> H2ClientConnection:
+        stack = AsyncExitStack()
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        await nursery.start(self.run)
+        self._exit_stack = stack
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        stack, self._exit_stack = self._exit_stack, None
+        try:
+            await self.aclose()
+        finally:
+            if stack is not None:
+                await stack.aclose()
+
+    async def aclose(self, *, deadline: float | None = None) -> None:
+        """GOAWAY (NO_ERROR), flush, close the stream below. Open streams get Broken.
+        Idempotent; never raises a StackError."""
+        if self._closed:
+            return
+        self._closed = True
+        if deadline is None:
+            deadline = trio.current_time() + FLUSH_GRACE
+        if self._nursery is not None:
+            self._finish()
+            with trio.move_on_at(deadline):
+                await self._writer_done.wait()
+        else:
+            if self._failure is None and not self._goaway_sent:
+                self._core.close_connection(_NO_ERROR)
+                self._goaway_sent = True
+            with trio.move_on_at(deadline):
+                await self._flush_direct(deadline)
+            if self._failure is None:
+                self._fail(Broken("HTTP/2 connection closed"))
+        await self._close_lower(deadline)
+
+    # ---- streams ---------------------------------------------------------------------------
+
+    def _stream_released(self, stream: H2Stream) -> None:
+        self._slot_lot.unpark_all()
+        if self._goaway_received is not None and not self._streams:
+            self._finish()
+
+    def _settings_changed(self, ev: h2.events.RemoteSettingsChanged) -> None:
+        if _SC.MAX_CONCURRENT_STREAMS in ev.changed_settings:
+            self._slot_lot.unpark_all()
+
+    def _on_goaway(self, ev: h2.events.ConnectionTerminated) -> None:
+        last = ev.last_stream_id or 0
+        self._goaway_received = last
+        if ev.error_code:
+            log.info("server sent GOAWAY %s: %r", error_name(ev.error_code), ev.additional_data)
+        for sid, stream in list(self._streams.items()):
+            if sid > last:
+                stream._on_reset(StreamRefused(
+                    f"HTTP/2 stream {sid} was not processed by the server (GOAWAY, last stream {last}); "
+                    "safe to retry"))
+                self._release(stream)
+        self._slot_lot.unpark_all()
+        if not self._streams:
+            self._finish()
+
+    def _on_response(self, ev: h2.events.ResponseReceived) -> None:
+        stream = self._streams.get(ev.stream_id)
+        if stream is None:
+            return
+        status = 0
+        regular: list[tuple[bytes, bytes]] = []
+        for name, value in ev.headers:
+            if name == b":status":
+                status = int(value)
+            elif name[:1] != b":":
+                regular.append((name, value))
+        headers = Headers()
+        headers.raw = regular
+        response = H2Response(status, headers, stream)
+        stream._response = response
+        stream._on_trailers = _trailer_setter(response)
+        if stream._head is not None:
+            stream._head.set()
+
+    def _check_can_open(self) -> None:
+        self._check_running()
+        if self._goaway_received is not None:
+            raise StreamRefused("HTTP/2 connection is closing (the server sent GOAWAY): open a new one")
+
+    async def _open(self, fields: list[tuple[bytes, bytes]], end_stream: bool, deadline: float) -> H2Stream:
+        self._check_can_open()
+        core = self._core
+        if len(self._streams) >= core.peer_max_concurrent_streams() or self._queued() >= HIGH_WATER:
+            with trio.move_on_at(deadline) as scope:
+                while len(self._streams) >= core.peer_max_concurrent_streams() or self._queued() >= HIGH_WATER:
+                    if len(self._streams) >= core.peer_max_concurrent_streams():
+                        await self._slot_lot.park()
+                    else:
+                        await self._drain_lot.park()
+                    self._check_can_open()
+            if scope.cancelled_caught:
+                raise Timeout("HTTP/2: no stream slot before the deadline (the server's concurrency limit)")
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        sid = core.get_next_available_stream_id()
+        stream = H2Stream(self, sid, can_send=not end_stream)
+        stream._head = trio.Event()
+        self._streams[sid] = stream
+        try:
+            core.send_headers(sid, fields, end_stream=end_stream)
+        except h2.exceptions.ProtocolError as exc:
+            self._streams.pop(sid, None)
+            raise _h2_fail(exc, "request") from None
+        if end_stream:
+            stream._local_ended = True
+        self._wake_writer()
+        return stream
+
+    def _request_fields(self, method: str, target: str, headers: HeaderInput) -> list[tuple[bytes, bytes]]:
+        hdrs = Headers(headers)
+        authority = hdrs.get("host") or self.authority
+        fields = [
+            (b":method", method.encode("ascii")),
+            (b":scheme", self.scheme.encode("ascii")),
+            (b":authority", authority.encode("latin-1")),
+            (b":path", target.encode("latin-1")),
+        ]
+        fields += _fields(hdrs)
+        return fields
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        *,
+        headers: HeaderInput = (),
+        body: Body = None,
+        deadline: float = FOREVER,
+    ) -> H2Response:
+        """Send a request and return the response once its head arrived (the body streams).
+
+        ``body``: bytes (sent with a content-length) or an async iterable of bytes. The
+        deadline covers sending the request and receiving the head; on deadline (or
+        cancellation) the stream is reset and :class:`~stack.Timeout` raised.
+        """
+        fields = self._request_fields(method, target, headers)
+        data: bytes | None = None
+        if isinstance(body, (bytes, bytearray, memoryview)):
+            data = bytes(body)
+            if data and not any(name == b"content-length" for name, _ in fields):
+                fields.append((b"content-length", b"%d" % len(data)))
+        elif body is not None and not isinstance(body, AsyncIterable):
+            raise TypeError(f"body must be bytes or an async iterable of bytes, not {type(body).__name__}")
+        empty = body is None or (data is not None and not data)
+        stream = await self._open(fields, end_stream=empty, deadline=deadline)
+        ok = False
+        try:
+            if not empty:
+                try:
+                    if data is not None:
+                        await stream.send(data, deadline=deadline)
+                    else:
+                        assert isinstance(body, AsyncIterable)
+                        async for chunk in body:
+                            await stream.send(chunk, deadline=deadline)
+                    await stream.done(deadline=deadline)
+                except Broken:
+                    # a server may answer before the upload ended and then reset it (NO_ERROR)
+                    if stream._response is None:
+                        raise
+            response = await stream.response(deadline=deadline)
+            ok = True
+            return response
+        finally:
+            if not ok:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+
+    async def start_request(
+        self, method: str, target: str, *, headers: HeaderInput = (), deadline: float = FOREVER
+    ) -> H2Stream:
+        """Open a request whose body the caller streams: returns the stream at once.
+
+        ``send``/``done(trailers=)`` write the request body; ``await stream.response()`` waits
+        for the head; ``recv`` reads the response body (the two directions are independent,
+        so this is also the full-duplex, gRPC-style exchange).
+        """
+        return await self._open(self._request_fields(method, target, headers), False, deadline)
+
+    async def connect_tunnel(
+        self,
+        authority: str,
+        *,
+        protocol: str | None = None,
+        path: str = "/",
+        headers: HeaderInput = (),
+        deadline: float = FOREVER,
+    ) -> H2Stream:
+        """Open a CONNECT tunnel (RFC 9113 8.5) to ``authority`` and return it as a ByteStream.
+
+        With ``protocol`` it is an extended CONNECT (RFC 8441, e.g. ``"websocket"``) to ``path``
+        on this connection's authority; the server must have sent
+        SETTINGS_ENABLE_CONNECT_PROTOCOL=1 (this waits for its SETTINGS). A non-2xx answer
+        raises :class:`TunnelRefused`. The deadline covers the whole exchange.
+        """
+        if protocol is not None:
+            self._check_running()
+            if not self._remote_settings.is_set():
+                with trio.move_on_at(deadline) as scope:
+                    await self._remote_settings.wait()
+                if scope.cancelled_caught:
+                    raise Timeout("HTTP/2 extended CONNECT: no SETTINGS from the server before the deadline")
+            self._check_running()
+            if not self._core.remote_settings.enable_connect_protocol:
+                raise StackError("the server does not support extended CONNECT (RFC 8441)")
+            fields = [
+                (b":method", b"CONNECT"),
+                (b":protocol", protocol.encode("ascii")),
+                (b":scheme", self.scheme.encode("ascii")),
+                (b":authority", authority.encode("latin-1")),
+                (b":path", path.encode("latin-1")),
+            ]
+        else:
+            fields = [(b":method", b"CONNECT"), (b":authority", authority.encode("latin-1"))]
+        fields += _fields(Headers(headers))
+        stream = await self._open(fields, end_stream=False, deadline=deadline)
+        ok = False
+        try:
+            response = await stream.response(deadline=deadline)
+            if not 200 <= response.status < 300:
+                raise TunnelRefused(f"CONNECT {authority} refused: {response.status}", response)
+            ok = True
+            return stream
+        finally:
+            if not ok:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+
+
+# =============================================================================================
+# specs and h2c
+
+
+class server:
+    """Spec: the server side of HTTP/2 on ``lower`` (after ALPN ``h2`` or the sniffed preface).
+
+    ``attach`` sends our SETTINGS and reads the client's preface and SETTINGS under the
+    deadline (a silent or non-HTTP/2 peer fails the attach). ``handle(conn)`` (what
+    :meth:`stack.Stack.serve` calls) runs ``conn.serve(app)``.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        limits: Limits = DEFAULT_LIMITS,
+        shutdown: trio.Event | None = None,
+        *,
+        enable_connect_protocol: bool = True,
+    ) -> None:
+        self.app = app
+        self.limits = limits
+        self.shutdown = shutdown
+        self.enable_connect_protocol = enable_connect_protocol
+
+    def __repr__(self) -> str:
+        return f"http2.server({self.app!r})"
+
+    async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> H2ServerConnection:
+        if not isinstance(lower, ByteStream):
+            raise TypeError(f"http2.server attaches to a ByteStream, not {type(lower).__name__}")
+        conn = H2ServerConnection(lower, self.limits, self.shutdown,
+                                  enable_connect_protocol=self.enable_connect_protocol)
+        await conn._handshake(deadline)
+        return conn
+
+    async def handle(self, conn: H2ServerConnection) -> None:
+        await conn.serve(self.app)
+
+
+class client:
+    """Spec: the client side of HTTP/2 on ``lower`` (after ALPN ``h2``, or prior knowledge).
+
+    ``attach`` sends the preface and our SETTINGS; the returned connection runs inside
+    ``async with conn:``. ``authority`` is the default ``:authority``; ``scheme`` the ``:scheme``.
+    """
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, authority: str = "localhost", scheme: str = "http") -> None:
+        self.limits = limits
+        self.authority = authority
+        self.scheme = scheme
+
+    def __repr__(self) -> str:
+        return f"http2.client(authority={self.authority!r}, scheme={self.scheme!r})"
+
+    async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> H2ClientConnection:
+        if not isinstance(lower, ByteStream):
+            raise TypeError(f"http2.client attaches to a ByteStream, not {type(lower).__name__}")
+        conn = H2ClientConnection(lower, self.limits, self.authority, self.scheme)
+        await conn._handshake(deadline)
+        return conn
+
+
+def h2c_settings(headers: Headers) -> bytes | None:
+    """For an HTTP/1.1 server: the decoded HTTP2-Settings payload if ``headers`` ask for a valid
+    ``Upgrade: h2c`` (RFC 7540 3.2: an ``h2c`` token in Upgrade, ``Connection`` naming
+    ``Upgrade`` and ``HTTP2-Settings``, exactly one well-formed HTTP2-Settings), else ``None``
+    (then serve the request over HTTP/1.1 and ignore the Upgrade)."""
+    upgrade = [t.strip().lower() for v in headers.get_all("upgrade") for t in v.split(",")]
+    if "h2c" not in upgrade:
+        return None
+    connection = {t.strip().lower() for v in headers.get_all("connection") for t in v.split(",")}
+    if not {"upgrade", "http2-settings"} <= connection:
+        return None
+    values = headers.get_all("http2-settings")
+    if len(values) != 1:
+        return None
+    value = values[0].strip()
+    try:
+        payload = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    if len(payload) % 6:
+        return None
+    return payload
+
+
+_SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+
+
+async def accept_h2c_upgrade(
+    lower: ByteStream,
+    *,
+    method: str,
+    target: str,
+    headers: Headers,
+    settings: bytes,
+    body: bytes = b"",
+    limits: Limits = DEFAULT_LIMITS,
+    shutdown: trio.Event | None = None,
+    deadline: float = FOREVER,
+) -> H2ServerConnection:
+    """Answer ``101 Switching Protocols`` on ``lower`` and attach HTTP/2 (server side).
+
+    The HTTP/1.1 request (``method``, ``target``, ``headers``, its whole ``body``) becomes
+    stream 1, handed to the app first. ``settings`` is :func:`h2c_settings`' result. Bytes the
+    HTTP/1.1 parser read past the request must have been pushed back into ``lower``
+    (``lower.unread``). The deadline covers the 101 and the client's preface.
+    """
+    conn = H2ServerConnection(lower, limits, shutdown)
+    encoded = base64.urlsafe_b64encode(settings)
+    await conn._handshake(deadline, upgrade_settings=encoded, prefix=_SWITCHING)
+    hdrs = Headers()
+    hdrs.raw = [
+        (k, v) for k, v in headers.raw
+        if k not in (b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"transfer-encoding")
+    ]
+    stream = H2Stream(conn, 1, can_send=False)
+    stream._in += body
+    stream._ack_exempt = len(body)
+    stream._in_ended = True
+    request = H2Request(stream, method, target, hdrs, scheme="http", authority=hdrs.get("host") or "",
+                        limits=limits)
+    stream._on_trailers = _trailer_setter(request)
+    conn._upgrade_request = request  # admitted once the connection runs (the app needs the nursery)
+    return conn
+
+
+async def serve_h2c_upgrade(
+    lower: ByteStream,
+    *,
+    method: str,
+    target: str,
+    headers: Headers,
+    settings: bytes,
+    app: App,
+    body: bytes = b"",
+    limits: Limits = DEFAULT_LIMITS,
+    shutdown: trio.Event | None = None,
+    deadline: float = FOREVER,
+) -> None:
+    """:func:`accept_h2c_upgrade`, then serve ``app`` on the connection until it ends, then close
+    it. What an HTTP/1.1 server calls for a request :func:`h2c_settings` accepted."""
+    conn = await accept_h2c_upgrade(
+        lower, method=method, target=target, headers=headers, settings=settings, body=body,
+        limits=limits, shutdown=shutdown, deadline=deadline,
+    )
+    try:
+        await conn.serve(app)
+    finally:
+        with trio.CancelScope(shield=True):
+            await conn.aclose()

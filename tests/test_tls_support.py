@@ -1,0 +1,104 @@
+"""Shared helpers for the TLS tests (imported by test_tls*.py; holds no tests itself).
+
+Certificates are minted once per process with :mod:`layers.certs` into a temporary directory.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import trio
+
+from layers import tls
+from layers.certs import CA
+from stack import ByteStream, after
+
+
+@dataclass(frozen=True)
+class Certs:
+    dir: str
+    ca: CA
+    ca_file: str
+    other_ca: CA  # trusted by nobody here
+    localhost: tuple[str, str]  # localhost, 127.0.0.1, ::1
+    a: tuple[str, str]  # a.test
+    wild: tuple[str, str]  # *.example.test
+    default: tuple[str, str]  # default.test
+    untrusted: tuple[str, str]  # localhost, issued by other_ca
+    no_ip: tuple[str, str]  # localhost only, no IP address entries
+
+
+@functools.cache
+def certs() -> Certs:
+    d = tempfile.mkdtemp(prefix="trio-stack-tls-tests-")
+    atexit.register(shutil.rmtree, d, True)
+    ca, other = CA.new("trio-stack tls test CA"), CA.new("untrusted test CA")
+    return Certs(
+        dir=d,
+        ca=ca,
+        ca_file=ca.write(os.path.join(d, "ca.pem")),
+        other_ca=other,
+        localhost=ca.issue("localhost", "127.0.0.1", "::1").write(d, "localhost"),
+        a=ca.issue("a.test").write(d, "a"),
+        wild=ca.issue("*.example.test").write(d, "wild"),
+        default=ca.issue("default.test").write(d, "default"),
+        untrusted=other.issue("localhost", "127.0.0.1").write(d, "untrusted"),
+        no_ip=ca.issue("localhost").write(d, "no-ip"),
+    )
+
+
+def client(**kw: Any) -> tls.client:
+    kw.setdefault("server_hostname", "localhost")
+    kw.setdefault("ca", certs().ca)
+    return tls.client(**kw)
+
+
+def server(**kw: Any) -> tls.server:
+    return tls.server(kw.pop("certs", certs().localhost), **kw)
+
+
+async def attach_both(
+    cspec: Any, sspec: Any, a: ByteStream, b: ByteStream, *, seconds: float = 10.0
+) -> tuple[Any, Any]:
+    """Attach ``cspec`` on ``a`` and ``sspec`` on ``b`` at once. Each result is the stream or the
+    exception its attach raised; a side that fails closes its lower stream so the other ends too."""
+    results: dict[str, Any] = {}
+    deadline = after(seconds)
+
+    async def run(name: str, spec: Any, lower: ByteStream) -> None:
+        try:
+            results[name] = await spec.attach(lower, deadline=deadline)
+        except Exception as exc:
+            results[name] = exc
+            await lower.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, "c", cspec, a)
+        nursery.start_soon(run, "s", sspec, b)
+    return results["c"], results["s"]
+
+
+async def connected(cspec: Any, sspec: Any, a: ByteStream, b: ByteStream) -> tuple[tls.TLSStream, tls.TLSStream]:
+    """Both attached, or the first failure raised."""
+    c, s = await attach_both(cspec, sspec, a, b)
+    for r in (c, s):
+        if isinstance(r, BaseException):
+            raise r
+    return c, s
+
+
+def need(program: str) -> str:
+    """The path of ``program``; skip when it is missing, unless CI is set (then fail)."""
+    path = shutil.which(program)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{program} is not installed, and CI is set: interop tests must run in CI")
+        pytest.skip(f"{program} is not installed (set CI=1 to make this a failure)")
+    return path
