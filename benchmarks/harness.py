@@ -119,6 +119,14 @@ class Proc:
     def pid(self) -> int:
         return self.popen.pid
 
+    @property
+    def label(self) -> str:
+        """A short name for messages: the program, or the module for ``python -m``."""
+        cmd = self.cmd[3:] if self.cmd[:1] == ["taskset"] else self.cmd
+        if len(cmd) > 2 and cmd[1] == "-m":
+            return cmd[2]
+        return Path(cmd[0]).name if cmd else "?"
+
     def _read(self, f: Any) -> str:
         f.seek(0)
         return f.read().decode("utf-8", "replace")
@@ -145,7 +153,7 @@ class Proc:
             if m:
                 return m
             if self.exited():
-                raise Failed(f"{Path(self.cmd[-1]).name}: {self.describe_exit()}")
+                raise Failed(f"{self.label} {self.describe_exit()}")
             if time.monotonic() > end:
                 raise Failed(f"no {pattern!r} within {timeout:.0f}s: {tail(text)}")
             time.sleep(0.02)
@@ -177,7 +185,7 @@ class Proc:
             return self.popen.wait(timeout)
         except subprocess.TimeoutExpired as exc:
             self.stop()
-            raise Failed(f"{Path(self.cmd[-1]).name} still running after {timeout:.0f}s") from exc
+            raise Failed(f"{self.label} still running after {timeout:.0f}s") from exc
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGINT to the child's process group, SIGKILL after `grace` seconds."""
@@ -215,7 +223,7 @@ def run_load(cmd: Sequence[str], timeout: float) -> str:
     try:
         code = proc.wait(timeout)
         if code != 0:
-            raise Failed(f"{Path(cmd[0]).name} {proc.describe_exit()}")
+            raise Failed(f"{proc.label} {proc.describe_exit()}")
         return proc.stdout()
     finally:
         proc.stop()
@@ -503,11 +511,15 @@ def discover() -> dict[str, Group]:
 @dataclasses.dataclass
 class Row:
     contender: Contender
-    values: list[float] = dataclasses.field(default_factory=list)
+    by_round: list[float | None] = dataclasses.field(default_factory=list)  # None: that run failed
     errors: int = 0
     failures: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     unavailable: str | None = None
+
+    @property
+    def values(self) -> list[float]:
+        return [v for v in self.by_round if v is not None]
 
     @property
     def median(self) -> float | None:
@@ -531,16 +543,18 @@ def run_group(group: Group, settings: Settings) -> list[Row]:
             try:
                 m = row.contender.measure(settings)
             except Failed as exc:
+                row.by_round.append(None)
                 row.failures.append(str(exc))
                 log(f"[{group.name}] round {rnd}/{settings.rounds} {row.contender.name}: FAILED {exc}")
                 continue
             except Exception as exc:  # a contender must never crash the runner
+                row.by_round.append(None)
                 row.failures.append(f"{type(exc).__name__}: {exc}")
                 log(f"[{group.name}] round {rnd}/{settings.rounds} {row.contender.name}: ERROR {exc!r}")
                 continue
             finally:
                 stop_all()
-            row.values.append(m.value)
+            row.by_round.append(m.value)
             row.errors += m.errors
             if m.note and m.note not in row.notes:
                 row.notes.append(m.note)
@@ -610,7 +624,7 @@ def table(group: Group, rows: list[Row], settings: Settings) -> tuple[list[str],
     by_name = {r.contender.name: r for r in rows}
     several = len({r.contender.baseline or group.baseline for r in rows}) > 1
     header = ["contender", f"median ({group.unit})", "ratio" if several else f"ratio vs {group.baseline}"]
-    header += ["baseline"] if several else []
+    header += ["paired"] + (["baseline"] if several else [])
     header += ["target", "spread", "runs", "notes"]
     body = []
     for row in rows:
@@ -625,6 +639,8 @@ def table(group: Group, rows: list[Row], settings: Settings) -> tuple[list[str],
             ratio_s = "base"
         else:
             ratio_s = f"{ratio:.2f}" if ratio is not None else "-"
+        paired = paired_ratio(row, base)
+        paired_s = "-" if paired is None or c.name == base_name else f"{paired:.2f}"
         spread = "-"
         if med and len(row.values) > 1:
             spread = f"±{(max(row.values) - min(row.values)) / 2 / med * 100:.0f}%"
@@ -639,10 +655,16 @@ def table(group: Group, rows: list[Row], settings: Settings) -> tuple[list[str],
             notes.append(f"{row.errors} errors")
         notes.extend(row.notes)
         runs = "-" if row.unavailable else f"{len(row.values)}/{settings.rounds}"
-        cells = [c.name, _fmt(med), ratio_s] + ([base_name] if several else [])
+        cells = [c.name, _fmt(med), ratio_s, paired_s] + ([base_name] if several else [])
         cells += [_target(group, c, None if row.unavailable else ratio), spread, runs, "; ".join(notes)[:300]]
         body.append(cells)
     return header, body
+
+
+def paired_ratio(row: Row, base: Row) -> float | None:
+    """Median over rounds of (this run / the baseline's run in the same round): cancels slow drift."""
+    pairs = [a / b for a, b in zip(row.by_round, base.by_round, strict=False) if a is not None and b]
+    return statistics.median(pairs) if pairs else None
 
 
 def _target(group: Group, c: Contender, ratio: float | None) -> str:
@@ -715,13 +737,16 @@ def to_json(results: list[Result]) -> dict[str, Any]:
                 "quick": s.quick,
                 "contenders": {
                     r.contender.name: {
-                        "values": r.values,
+                        "by_round": r.by_round,
                         "median": r.median,
                         "errors": r.errors,
                         "failures": r.failures,
                         "unavailable": r.unavailable,
                         "baseline": r.contender.baseline or g.baseline,
                         "target": r.contender.target,
+                        "paired_ratio": paired_ratio(
+                            r, next(b for b in rows if b.contender.name == (r.contender.baseline or g.baseline))
+                        ),
                     }
                     for r in rows
                 },

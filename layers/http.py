@@ -429,8 +429,7 @@ async def _sniff(lower: ByteStream, deadline: float) -> str:
     seen = b""
     try:
         while True:
-            chunk = await lower.recv(len(H2_PREFACE) - len(seen) if H2_PREFACE.startswith(seen) else 64,
-                                     deadline=deadline)
+            chunk = await lower.recv(65536, deadline=deadline)  # all of it goes back: one read suffices
             if not chunk:
                 raise ProtocolError("connection closed before a request")
             seen += chunk

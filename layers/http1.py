@@ -92,8 +92,8 @@ CONTINUE_TIMEOUT = 1.0
 
 _REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 _BLANK_LINE = re.compile(rb"\n\r?\n")
-_CL_LINE = re.compile(rb"\ncontent-length:[ \t]*([^\r\n]*?)[ \t]*\r\n")
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?\r\n")
+_CL_LINE = re.compile(rb"\ncontent-length:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t\x20-\x7e\x80-\xff]*)?\r\n")
 _BODYLESS_STATUS = frozenset({204, 304})
 
 
@@ -131,7 +131,8 @@ class _Refused(StackError):
 class _ChunkedCheck:
     """Validates chunked framing (RFC 9112 section 7.1) over the bytes about to be given to h11.
 
-    Chunk-size lines must be ``1*16HEXDIG [BWS ";" chunk-ext] CRLF``; chunk data must be followed by
+    Chunk-size lines must be ``1*16HEXDIG [";" chunk-ext] CRLF`` (h11 refuses whitespace before
+    the ";" too); chunk data must be followed by
     CRLF; trailer lines must end in CRLF, with no obs-fold, and fit in ``limit`` bytes in all. Stops
     checking at the end of the body (what follows is the next request, checked as a head).
     """
@@ -460,6 +461,13 @@ class _Tunnel(ByteStream):
         self._outbuf += data[:n]
         return n
 
+    async def detach(self, *, deadline: float = FOREVER) -> ByteStream:
+        """Return the stream below; bytes received here and not read yet go back into it."""
+        if self._unread and self._closed is None and self._broken is None:
+            self._raw.unread(self._unread)  # the same bytes at both levels: nothing to undo
+            self._unread.clear()
+        return await super().detach(deadline=deadline)
+
     async def _detach(self, deadline: float) -> ByteStream:
         return self._raw
 
@@ -516,15 +524,64 @@ class ServerConnection(_H11Conn, http.ServerConnection):
     # ---- receiving requests ------------------------------------------------------------------
 
     async def recv(self, *, deadline: float = FOREVER) -> Request:
-        """The next request, once its head has arrived (see the class docstring for the ends)."""
+        """The next request, once its head has arrived (see the class docstring for the ends).
+
+        Waiting is bounded by the limits as well as ``deadline``: the first head must be complete
+        ``header_timeout`` after attach, a later one ``header_timeout`` after its first byte,
+        which must come within ``keepalive_timeout`` of the previous response.
+        """
         if self._closed:
             raise Closed("HTTP/1.1 server connection was closed")
         if self._current is not None:
             await self._end_cycle()
         if self._ended is not None:
             raise type(self._ended)(str(self._ended))
+        lower = self._lower
+        limits = self._limits
+        shutdown = self._shutdown
         try:
-            return self._start_request(await self._read_head(deadline))
+            while True:  # one frame for the whole wait: an idle connection holds little
+                parsed = self._find_head()
+                if parsed is not None:
+                    return self._start_request(parsed)
+                idle = not self._inbuf
+                if idle and shutdown is not None and shutdown.is_set():
+                    raise self._end(EndOfStream("HTTP/1.1: the server is shutting down"))
+                if lower._unread:  # bytes pushed back below (a sniffed preface): no need to wait
+                    self._inbuf += await lower.recv(RECV)
+                    continue
+                if self._requests == 0:
+                    policy = self._attached_at + limits.header_timeout
+                elif self._head_started is not None:
+                    policy = self._head_started + limits.header_timeout
+                else:
+                    policy = self._idle_since + limits.keepalive_timeout
+                data = None
+                with trio.move_on_at(min(policy, deadline)) as scope:
+                    if idle and shutdown is not None:
+                        waiting = _drainer(shutdown).idle
+                        waiting.add(scope)
+                        try:
+                            data = await lower.recv(RECV)
+                        finally:
+                            waiting.discard(scope)
+                    else:
+                        data = await lower.recv(RECV)
+                if data is None:  # cancelled by the scope: the caller's deadline, a limit, or shutdown
+                    if idle and shutdown is not None and shutdown.is_set():
+                        raise self._end(EndOfStream("HTTP/1.1: the server is shutting down"))
+                    if deadline < policy:
+                        raise Timeout("HTTP/1.1 recv timed out waiting for a request")
+                    if idle:
+                        what = "before a first request" if self._requests == 0 else "idle"
+                        log.debug("closing the connection from %s: %s for too long", self.info.get("peer"), what)
+                        raise self._end(EndOfStream(f"HTTP/1.1: connection {what} for too long"))
+                    raise _Refused(408, f"request head not complete within {limits.header_timeout:g}s")
+                if not data:
+                    if self._inbuf:
+                        raise self._end(ProtocolError("the client closed the connection in a request head"))
+                    raise self._end(EndOfStream("the client closed the connection"))
+                self._inbuf += data
         except _Refused as exc:
             await self._refuse(exc.status, exc.detail)
             raise self._end(ProtocolError(f"request refused with {exc.status}: {exc.detail}")) from None
@@ -533,75 +590,34 @@ class ServerConnection(_H11Conn, http.ServerConnection):
         self._ended = exc
         return exc
 
-    async def _read_head(self, deadline: float) -> tuple[h11.Request, bool, bool]:
-        """Read a request head into ``_inbuf`` (bytes after it stay there) and parse it."""
+    def _find_head(self) -> tuple[h11.Request, bool, bool] | None:
+        """Take a whole request head from ``_inbuf`` (bytes after it stay there) and parse it;
+        None if it is not all there yet."""
         buf = self._inbuf
+        while buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request-line
+            del buf[:2]
+            self._scan = 0
+        if not buf:
+            return None
         limit = self._limits.max_header_bytes
-        while True:
-            while buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request-line
-                del buf[:2]
-                self._scan = 0
-            if buf:
-                m = _BLANK_LINE.search(buf, self._scan)
-                if m is not None:
-                    if m.end() - m.start() == 2:
-                        raise _Refused(400, "bare LF line ending in the request head")
-                    end = m.end()
-                    if end > limit:
-                        raise _Refused(431, f"request head is over {limit} bytes")
-                    head = bytes(buf[:end])
-                    del buf[:end]
-                    self._scan = 0
-                    self._head_started = None
-                    return self._parse_head(head)
-                if len(buf) > limit:
-                    raise _Refused(431, f"request head is over {limit} bytes")
-                self._scan = max(0, len(buf) - 2)
-                if self._head_started is None:
-                    self._head_started = trio.current_time()
-            await self._wait_head_bytes(deadline)
-
-    async def _wait_head_bytes(self, deadline: float) -> None:
-        """Wait for more bytes of a request head, under the caller's deadline and the limits:
-        the first head must be complete ``header_timeout`` after attach, a later one
-        ``header_timeout`` after its first byte, which must come within ``keepalive_timeout``."""
-        limits = self._limits
-        if self._requests == 0:
-            policy = self._attached_at + limits.header_timeout
-        elif self._head_started is not None:
-            policy = self._head_started + limits.header_timeout
-        else:
-            policy = self._idle_since + limits.keepalive_timeout
-        shutdown = self._shutdown
-        idle = not self._inbuf
-        if idle and shutdown is not None and shutdown.is_set():
-            raise self._end(EndOfStream("HTTP/1.1: the server is shutting down"))
-        data = None
-        with trio.move_on_at(min(policy, deadline)) as scope:
-            if idle and shutdown is not None:
-                waiting = _drainer(shutdown).idle
-                waiting.add(scope)
-                try:
-                    data = await self._lower.recv(RECV)
-                finally:
-                    waiting.discard(scope)
-            else:
-                data = await self._lower.recv(RECV)
-        if data is None:  # cancelled by the scope: the caller's deadline, a limit, or shutdown
-            if idle and shutdown is not None and shutdown.is_set():
-                raise self._end(EndOfStream("HTTP/1.1: the server is shutting down"))
-            if deadline < policy:
-                raise Timeout("HTTP/1.1 recv timed out waiting for a request")
-            if idle:
-                what = "before a first request" if self._requests == 0 else "idle"
-                log.debug("closing the connection from %s: %s for too long", self.info.get("peer"), what)
-                raise self._end(EndOfStream(f"HTTP/1.1: connection {what} for too long"))
-            raise _Refused(408, f"request head not complete within {limits.header_timeout:g}s")
-        if not data:
-            if self._inbuf:
-                raise self._end(ProtocolError("the client closed the connection in the middle of a request head"))
-            raise self._end(EndOfStream("the client closed the connection"))
-        self._inbuf += data
+        m = _BLANK_LINE.search(buf, self._scan)
+        if m is not None:
+            if m.end() - m.start() == 2:
+                raise _Refused(400, "bare LF line ending in the request head")
+            end = m.end()
+            if end > limit:
+                raise _Refused(431, f"request head is over {limit} bytes")
+            head = bytes(buf[:end])
+            del buf[:end]
+            self._scan = 0
+            self._head_started = None
+            return self._parse_head(head)
+        if len(buf) > limit:
+            raise _Refused(431, f"request head is over {limit} bytes")
+        self._scan = max(0, len(buf) - 2)
+        if self._head_started is None:
+            self._head_started = trio.current_time()
+        return None
 
     def _parse_head(self, head: bytes) -> tuple[h11.Request, bool, bool]:
         """Parse a whole head with h11, refusing the smuggling shapes h11 lets through. Returns
@@ -732,6 +748,15 @@ class ServerConnection(_H11Conn, http.ServerConnection):
             lines.append(b"%s: %s\r\n" % (name, value))
         if chunked and length is not None:
             raise ValueError("both Content-Length and Transfer-Encoding")
+        if not close and not request._body._complete:  # say now if the unread body means closing
+            if self._expect_100 and not self._sent_100:
+                close = True
+                self._close_after("the app answered without reading a 100-continue body")
+            else:
+                declared = request.headers.get("content-length")
+                if declared is not None and int(declared) > MAX_DRAIN:
+                    close = True
+                    self._close_after("a large request body was not read")
         if whole is not None:
             if length is None:
                 if status not in _BODYLESS_STATUS:
@@ -952,9 +977,11 @@ class ServerConnection(_H11Conn, http.ServerConnection):
                     log.debug("connection from %s: %s", self.info.get("peer"), exc)
                     return
                 await self._run(app, request)
+                del request  # an idle connection keeps nothing of the last request
         finally:
-            with trio.CancelScope(shield=True):
-                await self.aclose(deadline=trio.current_time() + 1.0)
+            if not self._closed:
+                with trio.CancelScope(shield=True):
+                    await self.aclose(deadline=trio.current_time() + 1.0)
 
     async def _run(self, app: App, request: Request) -> None:
         try:
@@ -1315,8 +1342,10 @@ class ClientConnection(_H11Conn, http.ClientConnection):
     async def _read_head(
         self, deadline: float, *, stop_at_100: bool = False
     ) -> h11.Response | h11.InformationalResponse:
-        """The response head (a 101 counts as one); other 1xx responses are skipped."""
+        """The response head (a 101 counts as one); other 1xx responses are skipped. A head over
+        ``max_header_bytes`` raises MessageTooLarge (h11 only limits heads still incomplete)."""
         h = self._h11
+        fed = len(h.trailing_data[0])
         while True:
             event = self._next_event()
             if event is h11.NEED_DATA:
@@ -1324,7 +1353,15 @@ class ClientConnection(_H11Conn, http.ClientConnection):
                 if not data and h.their_state is h11.IDLE and not h.trailing_data[0]:
                     raise EndOfStream("HTTP/1.1: the server closed the connection without responding")
                 self._feed(data)
+                fed += len(data)
                 continue
+            if type(event) is h11.Response or type(event) is h11.InformationalResponse:
+                size = fed - len(h.trailing_data[0])
+                fed -= size
+                limit = self._limits.max_header_bytes
+                if size > limit:
+                    raise MessageTooLarge(f"response head of {size} bytes is over max_header_bytes={limit}",
+                                          limit=limit, size=size)
             if type(event) is h11.Response:
                 return event
             if type(event) is h11.InformationalResponse:

@@ -191,16 +191,31 @@ class _Calm(Exception):
     """Internal: the peer abused the connection; end it with GOAWAY ENHANCE_YOUR_CALM."""
 
 
+def _headers(raw: list[tuple[bytes, bytes]]) -> Headers:
+    """A Headers around pairs already lower-cased and checked (no copy, no conversion)."""
+    h = Headers.__new__(Headers)
+    h.raw = raw
+    return h
+
+
+_EMPTY = _headers([])
+_GOOD_NAMES: set[bytes] = set()
+
+
 def _fields(headers: Headers, *, trailers: bool = False) -> list[tuple[bytes, bytes]]:
     """The header list to send: checked, connection-specific fields dropped."""
     out = []
     for name, value in headers.raw:
-        if name in _CONNECTION_FIELDS:
-            continue
-        if name == b"te" and value.strip().lower() != b"trailers":
-            continue
-        if not name or _BAD_NAME.search(name):
-            raise ValueError(f"invalid header name {name!r} for HTTP/2")
+        if name not in _GOOD_NAMES:
+            if name in _CONNECTION_FIELDS:
+                continue
+            if name == b"te":
+                if value.strip().lower() != b"trailers":
+                    continue
+            elif not name or _BAD_NAME.search(name):
+                raise ValueError(f"invalid header name {name!r} for HTTP/2")
+            elif len(_GOOD_NAMES) < 1024:
+                _GOOD_NAMES.add(name)
         if _BAD_VALUE.search(value):
             raise ValueError(f"invalid value for header {name.decode('latin-1')!r}: {value!r}")
         if trailers and name in (b"content-length",):
@@ -243,13 +258,13 @@ class H2Stream(ByteStream):
         self._in_ended = False
         self._reset: Broken | None = None  # why the stream ended abnormally
         self._released = False
-        self._readable = trio.lowlevel.ParkingLot()
-        self._writable = trio.lowlevel.ParkingLot()
+        self._rd: trio.Event | None = None  # set when bytes, the end or an error arrive
+        self._wr: trio.Event | None = None  # set when the window opens or an error arrives
         self._can_send = can_send
         self._local_ended = False
         self._discard_body = False  # HEAD / 204 / 304: body bytes are dropped
         self._trailers_out: Headers | None = None
-        self.trailers = Headers()
+        self.trailers = _EMPTY
         # client side only
         self._head: trio.Event | None = None
         self._response: H2Response | None = None
@@ -284,10 +299,22 @@ class H2Stream(ByteStream):
             raise Closed(f"{self.kind} {self.stream_id}: this side already ended the stream")
 
     def _wake(self) -> None:
-        self._readable.unpark_all()
-        self._writable.unpark_all()
+        self._wake_reader()
+        self._wake_sender()
         if self._head is not None:
             self._head.set()
+
+    def _wake_reader(self) -> None:
+        ev = self._rd
+        if ev is not None:
+            self._rd = None
+            ev.set()
+
+    def _wake_sender(self) -> None:
+        ev = self._wr
+        if ev is not None:
+            self._wr = None
+            ev.set()
 
     def _on_reset(self, exc: Broken) -> None:
         """The stream ended abnormally (peer reset, our reset, connection gone)."""
@@ -309,15 +336,16 @@ class H2Stream(ByteStream):
                     out = bytes(buf[:max_bytes])
                     del buf[:max_bytes]
                 self._conn._consumed(self, len(out))
-                await trio.lowlevel.cancel_shielded_checkpoint()
                 return out
             if self._in_ended:
-                await trio.lowlevel.cancel_shielded_checkpoint()
                 return b""
             err = self._error()
             if err is not None:
                 raise err
-            await self._readable.park()
+            ev = self._rd
+            if ev is None:
+                ev = self._rd = trio.Event()
+            await ev.wait()
 
     # ---- sending -------------------------------------------------------------------------
 
@@ -361,7 +389,10 @@ class H2Stream(ByteStream):
         conn._window_waiters.add(self)
         try:
             with trio.move_on_after(conn._limits.send_timeout) as scope:
-                await self._writable.park()
+                ev = self._wr
+                if ev is None:
+                    ev = self._wr = trio.Event()
+                await ev.wait()
         finally:
             conn._window_waiters.discard(self)
         if scope.cancelled_caught:
@@ -448,19 +479,25 @@ class H2Request(Request):
     """
 
     def __init__(self, stream: H2Stream, method: str, target: str, headers: Headers, **kw: Any) -> None:
-        super().__init__(method, target, headers, "2", stream, stream.info, **kw)
+        super().__init__(method, target, headers, "2", stream, stream._conn.info, **kw)
         self._stream = stream
         self.stream_id = stream.stream_id
         self.protocol: str | None = None
-        self.trailers = Headers()
+        self.trailers = _EMPTY
 
     def _head(self, status: int, headers: Headers, body_length: int | None) -> list[tuple[bytes, bytes]]:
         fields = [(b":status", _STATUS[status])]
-        fields += _fields(headers)
-        names = {name for name, _ in fields}
-        if b"date" not in names:
+        has_date = has_length = False
+        if headers.raw:
+            fields += _fields(headers)
+            for name, _ in fields:
+                if name == b"date":
+                    has_date = True
+                elif name == b"content-length":
+                    has_length = True
+        if not has_date:
             fields.append((b"date", date_header()))
-        if body_length is not None and b"content-length" not in names and status not in _NO_BODY_STATUS:
+        if body_length is not None and not has_length and status not in _NO_BODY_STATUS:
             fields.append((b"content-length", b"%d" % body_length))
         return fields
 
@@ -490,7 +527,6 @@ class H2Request(Request):
         if no_body or not n:
             self._send_head(fields, end_stream=True)
             stream._discard_body = no_body
-            await trio.lowlevel.cancel_shielded_checkpoint()
             return
         sid = stream.stream_id
         if (
@@ -506,7 +542,6 @@ class H2Request(Request):
                 raise _h2_fail(exc, "respond") from None
             stream._local_ended = True
             conn._stream_maybe_finished(stream)
-            await trio.lowlevel.cancel_shielded_checkpoint()
             return
         self._send_head(fields, end_stream=False)
         await stream.send(body, deadline=deadline)
@@ -565,7 +600,7 @@ class _Connection:
         self.info = Info({"http_version": "2"}, lower.info)
         self._streams: dict[int, H2Stream] = {}
         self._out = bytearray()  # taken from h2, being sent by the writer
-        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._writer_ev: trio.Event | None = None
         self._drain_lot = trio.lowlevel.ParkingLot()
         self._window_waiters: set[H2Stream] = set()
         self._failure: Broken | None = None
@@ -599,7 +634,10 @@ class _Connection:
         return self._core.pending_output + len(self._out)
 
     def _wake_writer(self) -> None:
-        self._writer_lot.unpark_all()
+        ev = self._writer_ev
+        if ev is not None:
+            self._writer_ev = None
+            ev.set()
 
     def _consumed(self, stream: H2Stream, n: int) -> None:
         """The application took ``n`` bytes from ``stream``: give the window back."""
@@ -657,7 +695,7 @@ class _Connection:
         for stream in list(self._streams.values()):
             stream._on_reset(exc)
         self._drain_lot.unpark_all()
-        self._writer_lot.unpark_all()
+        self._wake_writer()
         for waiter in self._pings.values():
             waiter[0].set()
         self._remote_settings.set()
@@ -680,7 +718,8 @@ class _Connection:
                 if not out:
                     if self._writer_stop or self._failure is not None:
                         return
-                    await self._writer_lot.park()
+                    ev = self._writer_ev = trio.Event()
+                    await ev.wait()
                     continue
                 try:
                     await lower.send_from(out, deadline=trio.current_time() + send_timeout)
@@ -698,7 +737,7 @@ class _Connection:
     async def _stop_writer(self, deadline: float) -> None:
         """Let the writer send what is queued (until ``deadline``), then stop it."""
         self._writer_stop = True
-        self._writer_lot.unpark_all()
+        self._wake_writer()
         with trio.move_on_at(deadline):
             await self._writer_done.wait()
 
@@ -811,13 +850,13 @@ class _Connection:
             self._core.acknowledge_received_data(n - len(data), sid)  # padding
         if data:
             stream._in += data
-            stream._readable.unpark_all()
+            stream._wake_reader()
 
     def _on_stream_ended(self, ev: h2.events.StreamEnded) -> None:
         stream = self._streams.get(ev.stream_id)
         if stream is not None:
             stream._in_ended = True
-            stream._readable.unpark_all()
+            stream._wake_reader()
             self._stream_maybe_finished(stream)
 
     def _on_stream_reset(self, ev: h2.events.StreamReset) -> None:
@@ -832,8 +871,7 @@ class _Connection:
     def _on_trailers(self, ev: h2.events.TrailersReceived) -> None:
         stream = self._streams.get(ev.stream_id)
         if stream is not None:
-            trailers = Headers()
-            trailers.raw = [(bytes(k), bytes(v)) for k, v in ev.headers]
+            trailers = _headers([(bytes(k), bytes(v)) for k, v in ev.headers])
             stream.trailers = trailers
             if stream._on_trailers is not None:
                 stream._on_trailers(trailers)
@@ -841,11 +879,11 @@ class _Connection:
     def _on_window(self, ev: h2.events.WindowUpdated) -> None:
         if ev.stream_id == 0:
             for waiting in list(self._window_waiters):
-                waiting._writable.unpark_all()
+                waiting._wake_sender()
         else:
             stream = self._streams.get(ev.stream_id)
             if stream is not None:
-                stream._writable.unpark_all()
+                stream._wake_sender()
 
     def _on_settings(self, ev: h2.events.RemoteSettingsChanged) -> None:
         if self._settings_rate.hit():
@@ -853,7 +891,7 @@ class _Connection:
                         f"{self._limits.flood_period:g}s")
         if _SC.INITIAL_WINDOW_SIZE in ev.changed_settings:
             for stream in list(self._window_waiters):
-                stream._writable.unpark_all()
+                stream._wake_sender()
         self._remote_settings.set()
         self._settings_changed(ev)
 
@@ -1224,8 +1262,7 @@ class H2ServerConnection(_Connection, ServerConnection):
             target = path.decode("latin-1")
         if protocol is not None and not self._core.advertised.get(_SC.ENABLE_CONNECT_PROTOCOL):
             return None
-        headers = Headers()
-        headers.raw = regular
+        headers = _headers(regular)
         stream = H2Stream(self, sid, can_send=False)
         request = H2Request(
             stream, m, target, headers,
@@ -1282,7 +1319,7 @@ class H2ServerConnection(_Connection, ServerConnection):
                         log.error("the app returned without responding to %r: 500", request)
                     request.responded = True
                     request.status = 500
-                    fields = request._head(500, Headers(), 0)
+                    fields = request._head(500, _EMPTY, 0)
                     core.send_headers(sid, fields, end_stream=True)
                     stream._local_ended = True
                 elif not stream._local_ended and not stream._discard_body:
@@ -1452,8 +1489,7 @@ class H2ClientConnection(_Connection, ClientConnection):
                 status = int(value)
             elif name[:1] != b":":
                 regular.append((name, value))
-        headers = Headers()
-        headers.raw = regular
+        headers = _headers(regular)
         response = H2Response(status, headers, stream)
         stream._response = response
         stream._on_trailers = _trailer_setter(response)
@@ -1727,11 +1763,10 @@ async def accept_h2c_upgrade(
     conn = H2ServerConnection(lower, limits, shutdown)
     encoded = base64.urlsafe_b64encode(settings)
     await conn._handshake(deadline, upgrade_settings=encoded, prefix=_SWITCHING)
-    hdrs = Headers()
-    hdrs.raw = [
+    hdrs = _headers([
         (k, v) for k, v in headers.raw
         if k not in (b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"transfer-encoding")
-    ]
+    ])
     stream = H2Stream(conn, 1, can_send=False)
     stream._in += body
     stream._ack_exempt = len(body)
