@@ -6,16 +6,19 @@ of them breaks one small file (``tests/test_http2_conformance.py`` pins each beh
 What :class:`H2Core` changes, and why:
 
 * **GOAWAY does not end the connection state.** h2 moves its connection state machine to
-  CLOSED on the first GOAWAY sent or received, after which every frame raises. RFC 9113 6.8
-  wants the opposite: streams up to the last stream id go on to completion (that is what the
-  two-step graceful shutdown is for). Here GOAWAY leaves the state as it was; the layer refuses
-  new streams itself.
+  CLOSED on the first GOAWAY sent or received, after which every frame raises, and it drops
+  the frames queued for sending when a GOAWAY arrives. RFC 9113 6.8 wants the opposite:
+  streams up to the last stream id go on to completion (that is what the two-step graceful
+  shutdown is for). Here GOAWAY leaves the state and the queue as they were; the layer
+  refuses new streams itself.
 * **Frames on a stream we reset are ignored** (RFC 9113 5.1, "closed": "An endpoint MUST ignore
   frames that it receives on closed streams after it has sent a RST_STREAM frame"). h2 answers
   every such DATA frame with another RST_STREAM; the connection flow-control window is still
   credited, so the connection never stalls.
 * **RST_STREAM on an idle stream is a connection error** of type PROTOCOL_ERROR (RFC 9113 6.4);
   h2 ignores it.
+* **Frame size errors** get FRAME_SIZE_ERROR where h2 says PROTOCOL_ERROR (RFC 9113 6.5: a
+  SETTINGS ACK with a payload; fixed-size frames of another size).
 * **CONTINUATION floods** are cut at ``max_continuation_frames`` frames or a compressed header
   block over twice ``max_header_list_size`` (h2's own cap is 64 frames of any size), with
   ENHANCE_YOUR_CALM.
@@ -69,8 +72,29 @@ class _StateMachine(H2ConnectionStateMachine):
     del _state, _input
 
 
+# Frame types whose payload has a fixed size (RFC 9113 6.3, 6.4, 6.7, 6.9): another size is a
+# FRAME_SIZE_ERROR. h2 reports some of them as PROTOCOL_ERROR.
+_FIXED_SIZE = {0x2: 5, 0x3: 4, 0x6: 8, 0x8: 4}
+
+
 class _FrameBuffer(h2.frame_buffer.FrameBuffer):
-    """h2's frame buffer with a tighter, configurable CONTINUATION limit."""
+    """h2's frame buffer with a tighter, configurable CONTINUATION limit and the frame size
+    errors RFC 9113 names (SETTINGS ACK with a payload, a SETTINGS length not a multiple of 6,
+    fixed-size frames of another size: FRAME_SIZE_ERROR)."""
+
+    def __next__(self) -> Frame:
+        data = self._data
+        if len(data) >= 9:
+            length = (data[0] << 16) | (data[1] << 8) | data[2]
+            ftype = data[3]
+            if ftype == 0x4:
+                if (data[4] & 0x1 and length) or length % 6:
+                    raise h2.exceptions.FrameDataMissingError(f"SETTINGS frame of bad length {length}")
+            else:
+                want = _FIXED_SIZE.get(ftype)
+                if want is not None and length != want:
+                    raise h2.exceptions.FrameDataMissingError(f"frame type {ftype} of bad length {length}")
+        return super().__next__()
 
     def __init__(self, server: bool, max_frames: int, max_bytes: int) -> None:
         super().__init__(server=server)
@@ -185,6 +209,13 @@ class H2Core(h2.connection.H2Connection):
         if not exc._events and self._stream_closed_by(frame.stream_id) == StreamClosedBy.SEND_RST_STREAM:
             frames = [f for f in frames if f.type != 0x3]
         return frames, out
+
+    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Frame], list[Any]]:
+        # h2 drops everything queued for sending on GOAWAY; the streams it lets finish need it.
+        queued = self._data_to_send
+        frames, events = super()._receive_goaway_frame(frame)
+        self._data_to_send = queued + self._data_to_send
+        return frames, events
 
     def _receive_rst_stream_frame(self, frame: Any) -> tuple[list[Frame], list[Any]]:
         sid = frame.stream_id

@@ -422,8 +422,9 @@ def date_header() -> bytes:
 async def _sniff(lower: ByteStream, deadline: float) -> str:
     """Decide the cleartext protocol from the first bytes, pushing them back afterwards.
 
-    ``"2"`` for the HTTP/2 connection preface, ``"1.1"`` for anything that starts like an
-    HTTP/1.x request line (a method token then a space). Anything else is refused with
+    ``"2"`` for the HTTP/2 connection preface, ``"1.1"`` as soon as the bytes stop matching it and
+    start like an HTTP/1.x request line (a method token, or its beginning: the HTTP/1.1 parser
+    judges the rest, under its own header deadline). Anything else is refused with
     :class:`~stack.ProtocolError` (the connection then ends without an HTTP answer).
     """
     seen = b""
@@ -438,10 +439,10 @@ async def _sniff(lower: ByteStream, deadline: float) -> str:
             if H2_PREFACE.startswith(seen):
                 continue  # could still be the preface
             method, sp, _ = seen.partition(b" ")
-            if sp and method and all(c in _TCHAR for c in method) and len(method) <= 32:
-                return "1.1"
-            if not sp and len(seen) <= 32 and all(c in _TCHAR for c in seen):
-                continue  # still reading the method
+            if sp and method == b"PRI":  # reserved for the HTTP/2 preface (RFC 9113 3.4): a broken one
+                raise ProtocolError("a damaged HTTP/2 connection preface")
+            if method and len(method) <= 32 and all(c in _TCHAR for c in method):
+                return "1.1"  # not waiting for the whole method: a slow client must not stall here
             raise ProtocolError("the first bytes are neither an HTTP/1.x request line nor the HTTP/2 preface")
     finally:
         lower.unread(seen)
@@ -473,8 +474,8 @@ class server:
             version = "2"
         elif alpn in ("http/1.1", "http/1.0"):
             version = "1.1"
-        else:
-            version = await _sniff(lower, deadline)
+        else:  # the first bytes count against the first request's header_timeout too
+            version = await _sniff(lower, min(deadline, trio.current_time() + self.limits.header_timeout))
         if version == "2":
             from . import http2
 

@@ -1194,6 +1194,7 @@ class ClientConnection(_H11Conn, http.ClientConnection):
         self._exchange = 0  # the exchange holding the slot (0: none)
         self._exchanges = 0
         self._body_unsent = False  # the server answered before our body went out
+        self._method = b""
 
     def __repr__(self) -> str:
         return f"<http1.ClientConnection {self.authority}>"
@@ -1231,6 +1232,7 @@ class ClientConnection(_H11Conn, http.ClientConnection):
         self._exchanges += 1
         self._exchange = exchange = self._exchanges
         self._body_unsent = False
+        self._method = event.method
         ok = False
         try:
             self._check()
@@ -1350,7 +1352,7 @@ class ClientConnection(_H11Conn, http.ClientConnection):
             event = self._next_event()
             if event is h11.NEED_DATA:
                 data = await self._lower.recv(RECV, deadline=deadline)
-                if not data and h.their_state is h11.IDLE and not h.trailing_data[0]:
+                if not data and h.their_state is h11.SEND_RESPONSE and not h.trailing_data[0]:
                     raise EndOfStream("HTTP/1.1: the server closed the connection without responding")
                 self._feed(data)
                 fed += len(data)
@@ -1385,12 +1387,11 @@ class ClientConnection(_H11Conn, http.ClientConnection):
         body = _ResponseBody(self)
         response = Response(status, headers, version, body, reason)
         body._response = response
-        nxt = self._next_event()  # a bodiless response (HEAD, 204, 304, length 0) ends at once
-        if type(nxt) is h11.EndOfMessage:
-            body._complete = True
-            await self._end_exchange()
-        elif type(nxt) is h11.Data:
-            body._pending = bytes(nxt.data)
+        if self._method == b"HEAD" or status in _BODYLESS_STATUS or headers.get("content-length") == "0":
+            nxt = self._next_event()  # a bodiless response ends at once: the next request need not wait
+            if type(nxt) is h11.EndOfMessage:
+                body._complete = True
+                await self._end_exchange()
         return response
 
     async def _body_data(self, body: _ResponseBody, deadline: float) -> bytes:

@@ -132,6 +132,12 @@ SEND_CHUNK = 64 * 1024
 FLUSH_GRACE = 2.0
 """Seconds a closing connection spends flushing what it queued (GOAWAY, last frames)."""
 
+LINGER = 1.0
+"""Seconds a connection that sent GOAWAY keeps reading (and dropping) before it closes."""
+
+RETRIES = 3
+"""Times a client request refused unprocessed (REFUSED_STREAM, GOAWAY) is sent again."""
+
 PING_WAIT = 5.0
 """Longest wait for the PING round trip between the two GOAWAYs of a graceful shutdown."""
 
@@ -274,6 +280,12 @@ class H2Stream(ByteStream):
     def info(self) -> Info:
         return Info({"stream_id": self.stream_id}, self._conn.info)
 
+    @property
+    def lower(self) -> ByteStream:
+        """The stream below the HTTP/2 connection, shared by all its streams (``aclose`` of
+        this stream does not touch it)."""
+        return self._conn._lower
+
     def __repr__(self) -> str:
         return f"<H2Stream {self.stream_id} {self._closed or ('broken' if self._broken else 'open')}>"
 
@@ -364,8 +376,8 @@ class H2Stream(ByteStream):
                 continue
             try:
                 window = core.local_flow_control_window(sid)
-            except h2.exceptions.ProtocolError as exc:
-                raise _h2_fail(exc, "send") from None
+            except h2.exceptions.ProtocolError:
+                raise Broken(f"HTTP/2 stream {sid} was closed by the peer") from None
             if window <= 0:
                 await self._wait_window()
                 continue
@@ -403,6 +415,14 @@ class H2Stream(ByteStream):
             conn._reset_stream(self, _CANCEL, exc)
             raise exc
 
+    async def send(self, data: bytes | bytearray | memoryview, *, deadline: float = FOREVER) -> None:
+        """Send ``data`` as DATA frames (see the class docstring and :meth:`ByteStream.send`)."""
+        try:
+            await super().send(data, deadline=deadline)
+        except Broken:
+            self._keep_reading()
+            raise
+
     async def done(self, *, trailers: HeaderInput | None = None, deadline: float = FOREVER) -> None:
         """End our side of the stream (END_STREAM), sending ``trailers`` first if given.
 
@@ -411,7 +431,18 @@ class H2Stream(ByteStream):
         """
         if trailers is not None:
             self._trailers_out = Headers(trailers)
-        await super().done(deadline=deadline)
+        try:
+            await super().done(deadline=deadline)
+        except Broken:
+            self._keep_reading()
+            raise
+
+    def _keep_reading(self) -> None:
+        """A send failed because the peer reset the stream after ending its own side: sends
+        stay Broken, but the complete body it sent stays readable (RFC 9113 8.1: a client must
+        not discard a response because the server then reset the upload)."""
+        if self._in_ended and self._reset is not None and self._conn._failure is None:
+            self._broken = None
 
     async def _done(self, deadline: float) -> None:
         if self._local_ended or self._discard_body:
@@ -683,8 +714,8 @@ class _Connection:
         """Hook: a stream left the table."""
 
     def _stream_maybe_finished(self, stream: H2Stream) -> None:
-        """Release the stream once h2 says both directions are over."""
-        if not stream._released and not self._core.stream_is_open(stream.stream_id):
+        """Release the stream once both directions ended cleanly (its unread bytes stay)."""
+        if stream._in_ended and stream._local_ended and not stream._released:
             self._release(stream, drop=False)
 
     def _fail(self, exc: Broken) -> None:
@@ -787,7 +818,15 @@ class _Connection:
                 except ProtocolViolation as exc:
                     self._protocol_error(exc)
                     return
-                self._handle(events, dispatch)
+                try:
+                    self._handle(events, dispatch)
+                except h2.exceptions.H2Error:  # a bug of ours: say so, end this connection only
+                    log.exception("HTTP/2 connection %s: internal error", self.info.get("peer"))
+                    self._core.close_connection(_INTERNAL_ERROR, last_stream_id=self._last_stream_id())
+                    self._goaway_sent = True
+                    self._wake_writer()
+                    self._end_with(Broken("HTTP/2 connection ended: internal error"))
+                    return
                 if core.pending_output:
                     self._wake_writer()
                     while self._queued() > READER_HIGH_WATER and self._failure is None:
@@ -866,7 +905,9 @@ class _Connection:
             cls = StreamRefused if code == _REFUSED_STREAM else Broken
             who = "the peer" if ev.remote_reset else "this side (the peer broke the stream's rules)"
             stream._on_reset(cls(f"HTTP/2 stream {ev.stream_id} was reset by {who} ({error_name(code)})"))
-            self._release(stream)
+            # A body that had ended stays readable: a server may reset (NO_ERROR) after a
+            # complete response only to stop the upload (RFC 9113 8.1).
+            self._release(stream, drop=not stream._in_ended)
 
     def _on_trailers(self, ev: h2.events.TrailersReceived) -> None:
         stream = self._streams.get(ev.stream_id)
@@ -947,7 +988,19 @@ class _Connection:
             )
 
     async def _close_lower(self, deadline: float) -> None:
-        await self._lower.aclose(deadline=deadline)
+        """Close the stream below. After a GOAWAY, first a lingering close: FIN, then read and
+        drop what the peer still sends for up to :data:`LINGER` seconds, so that closing with
+        unread bytes (a TCP reset) does not destroy the GOAWAY before the peer read it."""
+        lower = self._lower
+        if self._goaway_sent:
+            with trio.move_on_at(min(deadline, trio.current_time() + LINGER)):
+                try:
+                    await lower.done(deadline=deadline)
+                    while await lower.recv(65536, deadline=deadline):
+                        pass
+                except StackError:
+                    pass
+        await lower.aclose(deadline=deadline)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1111,6 +1164,8 @@ class H2ServerConnection(_Connection, ServerConnection):
             deadline = trio.current_time() + FLUSH_GRACE
         if self._nursery is not None:
             self._finish()
+            with trio.move_on_at(deadline):
+                await self._writer_done.wait()
         else:
             if self._failure is None and not self._goaway_sent:
                 self._core.close_connection(_NO_ERROR, last_stream_id=self._accepted)
@@ -1221,6 +1276,8 @@ class H2ServerConnection(_Connection, ServerConnection):
     def _on_request(self, ev: h2.events.RequestReceived) -> None:
         sid = ev.stream_id
         core = self._core
+        if not core.stream_is_open(sid):
+            return  # the client reset it in the same read: nothing to do (rapid reset counts it)
         if self._closing or self._failure is not None:
             core.reset_stream(sid, _REFUSED_STREAM)
             return
@@ -1314,7 +1371,7 @@ class H2ServerConnection(_Connection, ServerConnection):
             if not stream._released and stream._error() is None and self._failure is None:
                 core = self._core
                 sid = stream.stream_id
-                if not request.responded:
+                if not request.responded or not stream._can_send:  # no head went out
                     if failed is None:
                         log.error("the app returned without responding to %r: 500", request)
                     request.responded = True
@@ -1504,6 +1561,13 @@ class H2ClientConnection(_Connection, ClientConnection):
     async def _open(self, fields: list[tuple[bytes, bytes]], end_stream: bool, deadline: float) -> H2Stream:
         self._check_can_open()
         core = self._core
+        if self._streams and not self._remote_settings.is_set():
+            # the first request goes at once; more wait for the server's SETTINGS (its stream limit)
+            with trio.move_on_at(deadline) as scope:
+                await self._remote_settings.wait()
+            if scope.cancelled_caught:
+                raise Timeout("HTTP/2: no SETTINGS from the server before the deadline")
+            self._check_can_open()
         if len(self._streams) >= core.peer_max_concurrent_streams() or self._queued() >= HIGH_WATER:
             with trio.move_on_at(deadline) as scope:
                 while len(self._streams) >= core.peer_max_concurrent_streams() or self._queued() >= HIGH_WATER:
@@ -1555,7 +1619,10 @@ class H2ClientConnection(_Connection, ClientConnection):
 
         ``body``: bytes (sent with a content-length) or an async iterable of bytes. The
         deadline covers sending the request and receiving the head; on deadline (or
-        cancellation) the stream is reset and :class:`~stack.Timeout` raised.
+        cancellation) the stream is reset and :class:`~stack.Timeout` raised. A request the
+        server refused unprocessed (REFUSED_STREAM, e.g. opened before its SETTINGS arrived)
+        is sent again, up to :data:`RETRIES` times, when its body is bytes (replayable).
+        Read or close every response: unread body bytes hold part of the connection window.
         """
         fields = self._request_fields(method, target, headers)
         data: bytes | None = None
@@ -1565,6 +1632,18 @@ class H2ClientConnection(_Connection, ClientConnection):
                 fields.append((b"content-length", b"%d" % len(data)))
         elif body is not None and not isinstance(body, AsyncIterable):
             raise TypeError(f"body must be bytes or an async iterable of bytes, not {type(body).__name__}")
+        attempt = 0
+        while True:
+            try:
+                return await self._request_once(fields, body, data, deadline)
+            except StreamRefused:
+                attempt += 1
+                if attempt > RETRIES or (body is not None and data is None) or self._goaway_received is not None:
+                    raise
+
+    async def _request_once(
+        self, fields: list[tuple[bytes, bytes]], body: Body, data: bytes | None, deadline: float
+    ) -> H2Response:
         empty = body is None or (data is not None and not data)
         stream = await self._open(fields, end_stream=empty, deadline=deadline)
         ok = False
@@ -1728,7 +1807,9 @@ def h2c_settings(headers: Headers) -> bytes | None:
     values = headers.get_all("http2-settings")
     if len(values) != 1:
         return None
-    value = values[0].strip()
+    value = values[0].strip().rstrip("=")
+    if not _BASE64URL.fullmatch(value):
+        return None
     try:
         payload = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
     except (binascii.Error, ValueError):
@@ -1738,6 +1819,7 @@ def h2c_settings(headers: Headers) -> bytes | None:
     return payload
 
 
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
 
 

@@ -7,7 +7,8 @@ Both are *source* specs: a :class:`~stack.Stack` opens them. Direct use::
 
 Streams are :class:`layers._socket.SocketStream`: ``TCP_NODELAY`` is on (layers above coalesce
 their own writes), ``done()`` sends FIN, ``aclose()`` closes, a reset is :class:`~stack.Broken`.
-``info``: ``transport="tcp"``, ``peer`` and ``local`` as ``(host, port)``.
+``info``: ``transport="tcp"``, ``peer`` and ``local`` as ``(host, port)``, and on a connected
+stream ``host``: the host name (or address) given to ``tcp.connect``.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from ._socket import SocketListener, SocketStream
 __all__ = ["TCPListener", "connect", "listen"]
 
 
-def _stream(sock: trio.socket.SocketType) -> SocketStream:
+def _stream(sock: trio.socket.SocketType, host: str | None = None) -> SocketStream:
     if sock.family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
         sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
     info = {"transport": "tcp", "peer": tuple(sock.getpeername()[:2]), "local": tuple(sock.getsockname()[:2])}
+    if host is not None:
+        info["host"] = host  # the name asked for (tls.client checks the certificate against it)
     return SocketStream(sock, "tcp", info)
 
 
@@ -59,7 +62,7 @@ class connect:
                 )
             except OSError as exc:
                 raise Broken(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
-            return _stream(trio_stream.socket)
+            return _stream(trio_stream.socket, self.host)
         assert scope.cancelled_caught
         raise Timeout(f"connecting to {self.host}:{self.port} timed out")
 

@@ -98,6 +98,9 @@ log = logging.getLogger("stack.tls")
 RECV_SIZE = 256 * 1024
 """Ciphertext asked of the lower stream per receive (OpenSSL's buffer takes it all at once)."""
 
+_RECORD = 16384
+"""The most plaintext one TLS record carries, so the most one ``SSLObject.read`` returns."""
+
 SEND_CHUNK = 64 * 1024
 """Plaintext encrypted per send step: four full records, handed to the lower stream in one send."""
 
@@ -133,7 +136,7 @@ CertPair: TypeAlias = "tuple[PathLike, PathLike]"
 """``(certfile, keyfile)``: PEM files, the certificate file holding the chain, leaf first."""
 
 Cert: TypeAlias = "CertPair | CertSource"
-Certs: TypeAlias = "Cert | Mapping[str | None, Cert]"
+Certs: TypeAlias = "Cert | Mapping[str, Cert] | Mapping[str | None, Cert]"
 CA: TypeAlias = "PathLike | bytes | TrustSource"
 
 
@@ -256,7 +259,7 @@ class TLSStream(ByteStream):
         if self._read_error is not None:
             raise self._read_error
         try:
-            data = self._ssl.read(max_bytes)
+            data = self._ssl.read(max_bytes if max_bytes < _RECORD else _RECORD)
         except ssl.SSLWantReadError:
             return None
         except ssl.SSLZeroReturnError:
@@ -779,9 +782,9 @@ class client:
     """Spec: the client side of TLS.
 
     ``server_hostname``: the name (or IP address) the server's certificate must be valid for, and
-    the SNI sent (never for an IP address). Default: the lower stream's ``host`` info, else the
-    host of its ``peer`` address (over TCP: the IP address connected to, checked against the
-    certificate's IP entries). ``alpn``: protocols offered, in preference order (the server
+    the SNI sent (never for an IP address). Default: the lower stream's ``host`` info (what
+    ``tcp.connect(host, port)`` was given), else the host of its ``peer`` address (an IP
+    address: checked against the certificate's IP entries, no SNI). ``alpn``: protocols offered, in preference order (the server
     chooses). ``verify=False`` checks nothing (tests only). ``ca``: what to trust instead of the
     system's CAs: a PEM file or directory, PEM text, or an object with ``configure_trust(ctx)``
     such as :class:`layers.certs.CA`. ``ragged_eofs``: see the module docstring. ``context``: your
@@ -849,6 +852,8 @@ class server:
     The certificate is chosen by the client's SNI: exact name first, then wildcard, then the
     default; with no default, a client asking for another name (or none) is refused with an
     ``unrecognized_name`` alert.
+
+    ``ragged_eofs``: as for :class:`client` (a client that vanishes without close_notify).
 
     ``alpn``: the protocols this server speaks, in *its* order of preference: the first one in
     this list that the client also offers is chosen, whatever the client's order (OpenSSL's

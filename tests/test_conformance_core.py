@@ -73,7 +73,6 @@ async def attach_chaos(a: ByteStream, b: ByteStream) -> tuple[Stream, Stream]:
 
 FRAMINGS: dict[str, tuple[framing.prefix | framing.delimiter, SearchStrategy[list[bytes]]]] = {
     "prefix": (framing.prefix(4), messages()),
-    "prefix1": (framing.prefix(1, max_message=255), messages(max_size=255)),
     "delimiter": (framing.delimiter(b"\r\n"), messages(avoid=b"\r\n")),
 }
 
@@ -121,7 +120,3 @@ async def test_framing_messages(bottom: PairMaker, name: str) -> None:
 @pytest.mark.parametrize("name", ["prefix", "delimiter"])
 async def test_framing_detach(bottom: PairMaker, name: str) -> None:
     await check_detach(bottom, framing_attach(name), messages=FRAMINGS[name][1])
-
-
-async def test_framing_one_byte_prefix() -> None:
-    await check_message_stream(framed(chaos_maker, "prefix1"), messages=FRAMINGS["prefix1"][1])

@@ -41,10 +41,10 @@ async def serving(nursery: trio.Nursery, app: App = echo_app, limits: Limits = h
     return client
 
 
-async def read_all(stream: ByteStream, timeout: float = 5.0) -> bytes:
-    """Everything until the server closes (fails the test after ``timeout`` seconds)."""
+async def read_all(stream: ByteStream, seconds: float = 5.0) -> bytes:
+    """Everything until the server closes (fails the test after ``seconds``)."""
     out = bytearray()
-    with trio.fail_after(timeout):
+    with trio.fail_after(seconds):
         while chunk := await stream.recv():
             out += chunk
     return bytes(out)
@@ -174,11 +174,11 @@ async def test_request_bodies_content_length_and_chunked(nursery: trio.Nursery) 
     await c.send(b"PUT /cl HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(big))
     async with trio.open_nursery() as n:
         n.start_soon(c.send, big)
-        response, body = await read_response(c)
+        _, body = await read_response(c)
     assert body == b"PUT /cl %d 1.1|" % len(big) + big
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (b"a", b"bc" * 1000, b"d"))
     await c.send(b"POST /ch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
-    response, body = await read_response(c)
+    _response, body = await read_response(c)
     assert body == b"POST /ch 2002 1.1|a" + b"bc" * 1000 + b"d"
 
 
@@ -192,7 +192,7 @@ async def test_request_trailers(nursery: trio.Nursery) -> None:
         await request.respond(200)
 
     c = await serving(nursery, app)
-    await c.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nz\r\n0\r\nX-Sum: 42\r\n\r\n")
+    await c.send(CHUNKED + b"1\r\nz\r\n0\r\nX-Sum: 42\r\n\r\n")
     await read_response(c)
     assert seen == ["42"]
 
@@ -212,7 +212,7 @@ async def test_streamed_response_chunked_with_trailers(nursery: trio.Nursery) ->
             raw += await c.recv()
     assert b"transfer-encoding: chunked" in raw
     await c.send(GET)  # the connection goes on
-    response, body = await read_response(c)
+    _response, body = await read_response(c)
     assert body.startswith(b"one,two,threethree")
 
 
@@ -263,7 +263,7 @@ async def test_app_that_forgets_done_gets_it_done(nursery: trio.Nursery) -> None
 
     c = await serving(nursery, app)
     await c.send(GET)
-    response, body = await read_response(c)
+    _response, body = await read_response(c)
     assert body == b"partial"
     await c.send(GET)
     assert (await read_response(c))[1] == b"partial"
@@ -290,7 +290,7 @@ async def test_100_continue_sent_when_the_app_reads(nursery: trio.Nursery) -> No
     with trio.fail_after(5):
         assert await c.recv_until(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
     await c.send(b"hello")
-    response, body = await read_response(c)
+    _response, body = await read_response(c)
     assert body == b"POST / 5 1.1|hello"
     await c.send(GET)  # still alive
     assert (await read_response(c))[0].status_code == 200
@@ -407,12 +407,14 @@ async def test_header_bytes_limit_431(nursery: trio.Nursery) -> None:
     assert (await read_response(c2))[0].status_code == 200
 
 
-async def test_header_timeout_408_for_a_slow_head(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+async def test_header_timeout_408_for_a_slow_head(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     c = await serving(nursery, limits=Limits(header_timeout=5))
     await c.send(b"GET / HTTP/1.1\r\n")
     await trio.sleep(3)
     await c.send(b"Host: x\r\n")  # still not complete at 5 s
-    data = await read_all(c, timeout=30)
+    data = await read_all(c, seconds=30)
     assert data.startswith(b"HTTP/1.1 408 ")
 
 
@@ -428,7 +430,7 @@ async def test_header_timeout_counts_from_the_first_byte_of_later_heads(
     await c.send(b"Host: x\r\n\r\n")
     assert (await read_response(c))[0].status_code == 200
     await c.send(b"GET / HTTP/1.1\r\n")
-    data = await read_all(c, timeout=30)
+    data = await read_all(c, seconds=30)
     assert data.startswith(b"HTTP/1.1 408 ")
 
 
@@ -439,10 +441,10 @@ async def test_idle_keepalive_timeout_closes_silently(
     await c.send(GET)
     await read_response(c)
     t0 = trio.current_time()
-    assert await read_all(c, timeout=30) == b""
+    assert await read_all(c, seconds=30) == b""
     assert 7 <= trio.current_time() - t0 < 8
     c2 = await serving(nursery, limits=Limits(header_timeout=3))
-    assert await read_all(c2, timeout=30) == b""  # no first request at all: closed, no 408
+    assert await read_all(c2, seconds=30) == b""  # no first request at all: closed, no 408
 
 
 async def test_max_body_413(nursery: trio.Nursery) -> None:
@@ -451,7 +453,7 @@ async def test_max_body_413(nursery: trio.Nursery) -> None:
     data = await read_all(c)
     assert data.startswith(b"HTTP/1.1 413 ") and b"connection: close" in data
     c2 = await serving(nursery, limits=Limits(max_body=10))
-    await c2.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n01234567\r\n8\r\n01234567\r\n0\r\n\r\n")
+    await c2.send(CHUNKED + b"8\r\n01234567\r\n8\r\n01234567\r\n0\r\n\r\n")
     assert (await read_all(c2)).startswith(b"HTTP/1.1 413 ")
     c3 = await serving(nursery, limits=Limits(max_body=10))
     await c3.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789")
@@ -472,7 +474,7 @@ async def test_app_error_500_logged_and_connection_goes_on(
     c = await serving(nursery, app)
     with caplog.at_level(logging.ERROR, logger="stack.http1"):
         await c.send(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n")
-        response, body = await read_response(c)
+        response, _body = await read_response(c)
     assert response.status_code == 500 and header(response, "connection") is None
     assert any("kaboom" in (r.exc_text or "") or "kaboom" in str(r.exc_info) for r in caplog.records)
     await c.send(GET)  # the request body was read (none): the connection continues
@@ -551,6 +553,8 @@ async def test_respond_twice_and_bad_status() -> None:
 
 # ------------------------------------------------------------------------------------- smuggling
 
+CHUNKED = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
 SMUGGLING = {
     "cl-and-te": (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
                   b"0\r\n\r\n", 400),
@@ -579,27 +583,28 @@ SMUGGLING = {
     "two-hosts": (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
     "te-in-http10": (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
     "te-unknown": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
-    "te-twice": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+    "te-twice": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                 501),
     "version-2": (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
     "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
-    "chunk-size-0x": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n", 400),
-    "chunk-size-negative": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n",
+    "chunk-size-0x": (CHUNKED + b"0x5\r\nhello\r\n0\r\n\r\n", 400),
+    "chunk-size-negative": (CHUNKED + b"-5\r\nhello\r\n0\r\n\r\n",
                             400),
-    "chunk-size-17-digits": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    "chunk-size-17-digits": (CHUNKED + b""
                              b"00000000000000005\r\nhello\r\n0\r\n\r\n", 400),
-    "chunk-ext-bws": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    "chunk-ext-bws": (CHUNKED + b""
                       b"5 ;a=b\r\nhello\r\n0\r\n\r\n", 400),
-    "chunk-size-trailing-space": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    "chunk-size-trailing-space": (CHUNKED + b""
                                   b"5 \r\nhello\r\n0\r\n\r\n", 400),
-    "chunk-size-leading-space": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    "chunk-size-leading-space": (CHUNKED + b""
                                  b" 5\r\nhello\r\n0\r\n\r\n", 400),
-    "chunk-size-bare-lf": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n", 400),
-    "chunk-data-too-long": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n",
+    "chunk-size-bare-lf": (CHUNKED + b"5\nhello\r\n0\r\n\r\n", 400),
+    "chunk-data-too-long": (CHUNKED + b"3\r\nhello\r\n0\r\n\r\n",
                             400),
-    "chunk-data-bare-lf": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\n0\r\n\r\n", 400),
-    "chunk-missing-size": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\r\nhello\r\n0\r\n\r\n", 400),
-    "trailer-bare-lf": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-A: 1\n\r\n", 400),
-    "trailer-obs-fold": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-A: 1\r\n b\r\n\r\n",
+    "chunk-data-bare-lf": (CHUNKED + b"5\r\nhello\n0\r\n\r\n", 400),
+    "chunk-missing-size": (CHUNKED + b"\r\nhello\r\n0\r\n\r\n", 400),
+    "trailer-bare-lf": (CHUNKED + b"0\r\nX-A: 1\n\r\n", 400),
+    "trailer-obs-fold": (CHUNKED + b"0\r\nX-A: 1\r\n b\r\n\r\n",
                          400),
 }
 
@@ -625,7 +630,7 @@ async def test_smuggling_shapes_are_refused_and_closed(nursery: trio.Nursery, na
 
 async def test_allowed_chunk_extensions_and_zero_padding(nursery: trio.Nursery) -> None:
     c = await serving(nursery)
-    await c.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    await c.send(CHUNKED + b""
                  b"005;name=value\r\nhello\r\n5;q=\"x\"\r\nworld\r\n0\r\n\r\n")
     assert (await read_response(c))[1] == b"POST / 10 1.1|helloworld"
 
@@ -658,7 +663,7 @@ async def test_recv_deadline_consumes_nothing() -> None:
 async def test_request_body_recv_deadline_and_cancel_lose_nothing() -> None:
     client, server = memory_pair()
     conn = await http1.server(echo_app).attach(server)
-    await client.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\nde")
+    await client.send(CHUNKED + b"3\r\nabc\r\n4\r\nde")
     request = await conn.recv()
     assert await request.body.recv_exactly(3) == b"abc"
     with pytest.raises(Timeout):

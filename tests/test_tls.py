@@ -8,11 +8,13 @@ import pytest
 import trio
 import trio.testing
 from cryptography import x509
-from test_tls_support import attach_both, certs, client, connected, server
+from test_tls_support import attach_both, bounded, certs, client, connected, server
 
 from layers import framing, tcp, tls
 from stack import Broken, Busy, ByteStream, Closed, Stack, StackError, Timeout, after
 from stack.testing import memory_pair
+
+__all__ = ["bounded"]  # the autouse fixture that bounds every test's time
 
 # --------------------------------------------------------------------------- handshake and info
 
@@ -47,8 +49,9 @@ async def test_tls12_uses_ecdhe_aead() -> None:
     c, s = await connected(tls.client(server_hostname="localhost", context=ctx), server(), a, b)
     assert c.info["tls_version"] == s.info["tls_version"] == "TLSv1.2"
     assert s.info["cipher"].startswith("ECDHE-") and ("GCM" in s.info["cipher"] or "CHACHA20" in s.info["cipher"])
-    await c.send(b"x" * 100_000)
-    assert await s.recv_exactly(100_000) == b"x" * 100_000
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c.send, b"x" * 100_000)
+        assert await s.recv_exactly(100_000) == b"x" * 100_000
 
 
 async def test_server_refuses_cbc_and_old_versions() -> None:
@@ -89,12 +92,12 @@ async def test_ca_forms_and_cert_objects() -> None:
     leaf = cs.ca.issue("localhost")
     for ca in (cs.ca, cs.ca_file, cs.ca.cert_pem, cs.ca.cert_pem.decode()):
         a, b = memory_pair()
-        c, s = await connected(client(ca=ca), tls.server(leaf), a, b)  # a Leaf object as certs
+        c, _s = await connected(client(ca=ca), tls.server(leaf), a, b)  # a Leaf object as certs
         assert c.info["tls_version"] == "TLSv1.3"
 
 
 async def test_handshake_timeout_and_silent_peer() -> None:
-    a, b = memory_pair()
+    _a, b = memory_pair()
     start = trio.current_time()
     with pytest.raises(Timeout, match="handshake"):
         await server().attach(b, deadline=after(0.2))  # the client never says a word
@@ -132,7 +135,7 @@ async def test_unknown_ca() -> None:
 
 async def test_system_trust_by_default() -> None:
     a, b = memory_pair()
-    c, s = await attach_both(tls.client(server_hostname="localhost"), server(), a, b)
+    c, _s = await attach_both(tls.client(server_hostname="localhost"), server(), a, b)
     assert isinstance(c, tls.HandshakeError) and c.reason == "unknown_ca", c
 
 
@@ -156,7 +159,7 @@ async def test_ip_literal_checked_against_ip_entries() -> None:
     assert "IP" not in str(c).split("valid for", 2)[-1] and "DNS:localhost" in str(c)
 
 
-async def test_default_hostname_is_the_peer_address_over_tcp() -> None:
+async def test_default_hostname_ip_literal_over_tcp() -> None:
     async def handler(stream: tls.TLSStream) -> None:
         await stream.send(repr(stream.info["server_name"]).encode())
 
@@ -169,6 +172,19 @@ async def test_default_hostname_is_the_peer_address_over_tcp() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_default_hostname_is_the_name_tcp_connected_to() -> None:
+    async def handler(stream: tls.TLSStream) -> None:
+        await stream.send(repr(stream.info["server_name"]).encode())
+
+    async with trio.open_nursery() as nursery:
+        (addr,) = await nursery.start(Stack(tcp.listen("127.0.0.1", 0), server()).serve, handler)
+        stack = Stack(tcp.connect("localhost", addr[1]), tls.client(ca=certs().ca))
+        async with await stack.connect(deadline=after(5)) as stream:
+            assert stream.info["server_name"] == "localhost"
+            assert await stream.recv() == b"'localhost'"  # sent as SNI, checked against DNS:localhost
+        nursery.cancel_scope.cancel()
+
+
 async def test_no_hostname_over_memory_is_an_error() -> None:
     a, _ = memory_pair()
     with pytest.raises(ValueError, match="server_hostname"):
@@ -177,7 +193,7 @@ async def test_no_hostname_over_memory_is_an_error() -> None:
 
 async def test_verify_false() -> None:
     a, b = memory_pair()
-    c, s = await connected(tls.client(verify=False), server(certs=certs().untrusted), a, b)
+    c, _s = await connected(tls.client(verify=False), server(certs=certs().untrusted), a, b)
     assert c.info["server_name"] is None
 
 
@@ -293,9 +309,7 @@ async def test_protocol_version() -> None:
     a, b = memory_pair()
     cctx = ssl.create_default_context(cafile=certs().ca_file)
     cctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    c, s = await attach_both(
-        tls.client(server_hostname="localhost", context=cctx), tls.server(context=sctx), a, b
-    )
+    c, s = await attach_both(tls.client(server_hostname="localhost", context=cctx), tls.server(context=sctx), a, b)
     assert isinstance(s, tls.HandshakeError) and s.reason == "protocol_version", s
     assert isinstance(c, tls.HandshakeError) and c.reason == "protocol_version", c
 
@@ -355,7 +369,7 @@ async def test_ragged_eofs_knob() -> None:
 
 async def test_reset_is_broken() -> None:
     a, b = memory_pair()
-    c, s = await connected(client(), server(), a, b)
+    c, _s = await connected(client(), server(), a, b)
     b.reset()
     with pytest.raises(Broken):
         await c.recv()
@@ -365,7 +379,7 @@ async def test_reset_is_broken() -> None:
 
 async def test_garbage_after_handshake_is_a_protocol_error() -> None:
     a, b = memory_pair()
-    c, s = await connected(client(), server(), a, b)
+    c, _s = await connected(client(), server(), a, b)
     await b.send(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # an application record that fails to decrypt
     with pytest.raises(Broken, match="TLS"):
         await c.recv()
@@ -580,7 +594,7 @@ async def test_detach_refuses_while_peer_data_is_unread() -> None:
     await s.send(b"unread data")
     await s.done()
     await trio.testing.wait_all_tasks_blocked()
-    with pytest.raises(StackError, match="recv them first"):
+    with pytest.raises(StackError, match="recv them"):
         await c.detach(deadline=after(1))
     assert await c.recv() == b"unread data"  # nothing was lost
     assert await c.recv() == b""
@@ -615,9 +629,14 @@ async def test_detach_when_the_peer_sends_data_before_its_close_notify() -> None
 
 async def test_detach_after_vanishing_peer_is_broken() -> None:
     a, b = memory_pair()
-    c, s = await connected(client(), server(), a, b)
-    await b.aclose()
+    c, _s = await connected(client(), server(), a, b)
+    await b.done()  # a FIN under the server's TLS: no close_notify will ever come
     with pytest.raises(Broken, match="without close_notify"):
+        await c.detach(deadline=after(1))
+    a, b = memory_pair()
+    c, _s = await connected(client(), server(), a, b)
+    await b.aclose()  # gone altogether: our close_notify cannot even be sent
+    with pytest.raises(Broken):
         await c.detach(deadline=after(1))
 
 

@@ -6,10 +6,12 @@ Certificates are minted once per process with :mod:`layers.certs` into a tempora
 from __future__ import annotations
 
 import atexit
+import faulthandler
 import functools
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,17 @@ import trio
 from layers import tls
 from layers.certs import CA
 from stack import ByteStream, after
+
+TEST_SECONDS = 60.0
+
+
+@pytest.fixture(autouse=True)
+def bounded() -> Iterator[None]:
+    """No TLS test may hang the run: past TEST_SECONDS the process dumps every thread's stack
+    and exits (each test also bounds its own waits with deadlines)."""
+    faulthandler.dump_traceback_later(TEST_SECONDS, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 @dataclass(frozen=True)
