@@ -65,7 +65,7 @@ def error_name(code: int | None) -> str:
 class _StateMachine(H2ConnectionStateMachine):
     """h2's connection state machine, except that GOAWAY (sent or received) changes nothing."""
 
-    _transitions = dict(H2ConnectionStateMachine._transitions)
+    _transitions = dict(H2ConnectionStateMachine._transitions)  # noqa: RUF012 - as h2's own
     for _state in (ConnectionState.IDLE, ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN):
         for _input in (ConnectionInputs.SEND_GOAWAY, ConnectionInputs.RECV_GOAWAY):
             _transitions[(_state, _input)] = (None, _state)

@@ -11,9 +11,12 @@
 
 Most code uses the version-agnostic :mod:`layers.http` specs, which pick this module for HTTP/1.x.
 
-h11 is the state machine: it parses heads and bodies and says what may be sent when. This module
-keeps the I/O in a few small methods (``_read_head``, ``_receive``, ``_flush``) and adds what a
-server facing the Internet needs and h11 leaves out:
+h11 is the state machine: it parses every request and response, head and body, and keeps the state
+of the peer's side; the client writes its requests through h11 too. The server writes its responses
+itself, by the same rules, because h11's writer was the most expensive step of a request (see
+:class:`ServerConnection`). The I/O lives in a few small methods (the wait in ``recv``,
+``_receive_body``, ``_receive``, ``_flush``). On top of h11 this module adds what a server facing
+the Internet needs and h11 leaves out:
 
 * **Limits** (:class:`layers.http.Limits`). A request head over ``max_header_bytes`` gets 431. A
   request head must be complete ``header_timeout`` seconds after its first byte arrived (for the first
@@ -132,9 +135,9 @@ class _ChunkedCheck:
     """Validates chunked framing (RFC 9112 section 7.1) over the bytes about to be given to h11.
 
     Chunk-size lines must be ``1*16HEXDIG [";" chunk-ext] CRLF`` (h11 refuses whitespace before
-    the ";" too); chunk data must be followed by
-    CRLF; trailer lines must end in CRLF, with no obs-fold, and fit in ``limit`` bytes in all. Stops
-    checking at the end of the body (what follows is the next request, checked as a head).
+    the ";" too); chunk data must be followed by CRLF; trailer lines must end in CRLF, with no
+    obs-fold, and fit in ``limit`` bytes in all. Stops checking at the end of the body (what
+    follows is the next request, checked as a head).
     """
 
     __slots__ = ("_left", "_limit", "_line", "_state", "_trailer_bytes")
@@ -200,7 +203,8 @@ class _ChunkedCheck:
 class _H11Conn:
     """An h11 connection over a lower ByteStream, with one outgoing buffer of committed bytes.
 
-    Every byte h11 produced is appended to ``_out`` at once (committed) and pushed down by
+    Every byte of output (h11's, or the server's response writer's) is appended to ``_out`` at
+    once (committed) and pushed down by
     :meth:`_flush`, which consumes the buffer exactly as the stream below commits it: a flush that
     times out or is cancelled leaves the rest for the next one. Two tasks may flush (the server's
     ``100 Continue`` from a body reader while another task starts the response): the second waits

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import math
 import os
@@ -641,6 +642,7 @@ class _Connection:
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self._goaway_sent = False
+        self._peer_closed = False  # EOF or an error from the stream below: nothing to linger for
         self._goaway_received: int | None = None
         self._pings: dict[bytes, list[Any]] = {}
         self._ping_rate = _Rate(limits.ping_flood_limit, limits.flood_period)
@@ -684,10 +686,8 @@ class _Connection:
     def _reset_stream(self, stream: H2Stream, code: int, exc: Broken | None) -> None:
         """Reset ``stream`` (RST_STREAM ``code``) and release it; ``exc`` is what its users get."""
         if self._failure is None and self._core.stream_is_open(stream.stream_id):
-            try:
+            with contextlib.suppress(h2.exceptions.ProtocolError):  # already closed
                 self._core.reset_stream(stream.stream_id, code)
-            except h2.exceptions.ProtocolError:  # pragma: no cover - already closed
-                pass
             self._wake_writer()
         stream._on_reset(exc or Broken(f"HTTP/2 stream {stream.stream_id} was reset on this side"))
         self._release(stream)
@@ -797,6 +797,7 @@ class _Connection:
             if self._pending_events:
                 events, self._pending_events = self._pending_events, []
                 self._handle(events, dispatch)
+                self._wake_writer()
             while self._failure is None:
                 deadline = self._recv_deadline()
                 try:
@@ -808,9 +809,11 @@ class _Connection:
                     self._on_idle()
                     return
                 except StackError as exc:
+                    self._peer_closed = True
                     self._fail(Broken(f"HTTP/2 connection lost: {exc}"))
                     return
                 if not data:
+                    self._peer_closed = True
                     self._on_eof()
                     return
                 try:
@@ -992,7 +995,7 @@ class _Connection:
         drop what the peer still sends for up to :data:`LINGER` seconds, so that closing with
         unread bytes (a TCP reset) does not destroy the GOAWAY before the peer read it."""
         lower = self._lower
-        if self._goaway_sent:
+        if self._goaway_sent and not self._peer_closed:
             with trio.move_on_at(min(deadline, trio.current_time() + LINGER)):
                 try:
                     await lower.done(deadline=deadline)

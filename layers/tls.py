@@ -45,10 +45,12 @@ Sending
     ``send_all`` breaks it, trio issue 198.)
 
 Post-handshake messages
-    TLS 1.3 session tickets and KeyUpdate are handled while receiving. Output they cause (a
-    KeyUpdate answer) waits in OpenSSL's buffer and goes out with the next send, ``done`` or
-    ``aclose``, or is sent by the receiving task itself before it waits for more ciphertext when
-    no task is sending. Renegotiation is refused (``OP_NO_RENEGOTIATION``).
+    TLS 1.3 session tickets and KeyUpdate are handled while receiving (OpenSSL sends the answer
+    to a KeyUpdate with the next record it writes). Output produced while receiving (the
+    refusal of a TLS 1.2 renegotiation request: renegotiation is refused,
+    ``OP_NO_RENEGOTIATION``) waits in OpenSSL's buffer and goes out first with the next send,
+    ``done`` or ``aclose``, or is sent by the receiving task itself before it waits for more
+    ciphertext when no task is sending.
 
 Ending
     ``done()`` sends close_notify: a half-close (TLS 1.3 lets the peer go on sending, and this side
@@ -195,6 +197,7 @@ class TLSStream(ByteStream):
         self._lower_eof = False
         self._read_error: StackError | None = None  # found while reading ahead; raised by the next receive
         self._recv_flush: trio.Event | None = None  # set while the receiving task sends post-handshake output
+        self._reading = False  # a receiving task is inside _recv_some (it may be waiting for ciphertext)
 
     # ---- handshake ---------------------------------------------------------------------
 
@@ -303,7 +306,7 @@ class TLSStream(ByteStream):
         Only with no receive in progress (then the order of bytes is kept). A receiving task
         waits for ciphertext only when OpenSSL holds no whole record, so there is nothing to do.
         """
-        if self._receiving or self._peer_closed or self._read_error is not None:
+        if self._reading or self._peer_closed or self._read_error is not None:
             return
         while True:
             try:
@@ -342,13 +345,17 @@ class TLSStream(ByteStream):
             done.set()
 
     async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
-        while True:
-            data = self._decrypt(max_bytes)
-            if data is not None:
-                if data and len(data) < max_bytes:
-                    data = self._decrypt_more(data, max_bytes)
-                return data
-            await self._wait_for_ciphertext(deadline)
+        self._reading = True
+        try:
+            while True:
+                data = self._decrypt(max_bytes)
+                if data is not None:
+                    if data and len(data) < max_bytes:
+                        data = self._decrypt_more(data, max_bytes)
+                    return data
+                await self._wait_for_ciphertext(deadline)
+        finally:
+            self._reading = False
 
     # ---- sending -----------------------------------------------------------------------
 
@@ -781,18 +788,20 @@ async def _run_handshake(stream: TLSStream, check: _Check, deadline: float, who:
 class client:
     """Spec: the client side of TLS.
 
-    ``server_hostname``: the name (or IP address) the server's certificate must be valid for, and
-    the SNI sent (never for an IP address). Default: the lower stream's ``host`` info (what
+    ``server_hostname``: the name (or IP address) the server's certificate must be valid for,
+    and the SNI sent (never for an IP address). Default: the lower stream's ``host`` info (what
     ``tcp.connect(host, port)`` was given), else the host of its ``peer`` address (an IP
-    address: checked against the certificate's IP entries, no SNI). ``alpn``: protocols offered, in preference order (the server
-    chooses). ``verify=False`` checks nothing (tests only). ``ca``: what to trust instead of the
-    system's CAs: a PEM file or directory, PEM text, or an object with ``configure_trust(ctx)``
-    such as :class:`layers.certs.CA`. ``ragged_eofs``: see the module docstring. ``context``: your
-    own :class:`ssl.SSLContext`, used as it is (then ``alpn``, ``ca`` and ``verify`` must not be
-    given; its own host name checking applies).
+    address: checked against the certificate's IP entries, no SNI sent).
 
-    A server that does not do ALPN leaves ``info["alpn"]`` ``None``; a server that refuses every
-    protocol offered fails the handshake with ``HandshakeError(reason="no_alpn")``.
+    ``alpn``: protocols offered, in preference order (the server chooses). A server that does
+    not do ALPN leaves ``info["alpn"]`` ``None``; a server that refuses every protocol offered
+    fails the handshake with ``HandshakeError(reason="no_alpn")``.
+
+    ``verify=False`` checks nothing (tests only). ``ca``: what to trust instead of the system's
+    CAs: a PEM file or directory, PEM text, or an object with ``configure_trust(ctx)`` such as
+    :class:`layers.certs.CA`. ``ragged_eofs``: see the module docstring. ``context``: your own
+    :class:`ssl.SSLContext`, used as it is (then ``alpn``, ``ca`` and ``verify`` must not be
+    given; its own host name checking applies, whose errors cannot list the certificate's names).
     """
 
     server_hostname: str | None = None

@@ -262,3 +262,15 @@ async def test_timeout_of_a_recv_has_no_sent() -> None:
     with pytest.raises(Timeout) as info:
         await a.recv(deadline=trio.current_time() + 0.01)
     assert info.value.sent is None
+
+
+async def test_chaos_delay_budget_bounds_the_sleeping() -> None:
+    a, b = memory_pair()
+    upper = chaos(a, ChaosSchedule((1,), (0.01,), delay_budget=0.05))
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(upper.send, b"x" * 100)  # 100 pieces, but only 5 delays of 10 ms
+        assert await b.recv_exactly(100) == b"x" * 100
+    assert trio.current_time() - start < 0.5
+    with pytest.raises(ValueError):
+        ChaosSchedule((1,), (0.0,), delay_budget=-1)

@@ -232,18 +232,17 @@ async def test_requests_wait_for_a_stream_slot() -> None:
         active -= 1
         await request.respond(200, [], b"ok")
 
-    async with h2_pair(app, Limits(max_concurrent_streams=3)) as conn:
-        async with trio.open_nursery() as nursery:
-            for _ in range(8):
-                nursery.start_soon(conn.request, "GET", "/")
-            await trio.sleep(0.1)
-            assert peak == 3
-            gate.set()
+    async with h2_pair(app, Limits(max_concurrent_streams=3)) as conn, trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(conn.request, "GET", "/")
+        await trio.sleep(0.1)
+        assert peak == 3
+        gate.set()
     assert peak == 3
 
 
 async def test_request_outside_async_with_says_how() -> None:
-    a, b = memory_pair()
+    a, _b = memory_pair()
     conn = await http2.client().attach(a)
     with pytest.raises(StackError, match="async with"):
         await conn.request("GET", "/")
@@ -549,7 +548,7 @@ async def test_graceful_shutdown_finishes_in_flight_requests() -> None:
             await entered.wait()
             shutdown.set()
             with trio.fail_after(5):
-                while not results:
+                while not results:  # noqa: ASYNC110 - polling another task's state
                     await trio.sleep(0.01)
             assert results == [b"done /slow"]
             with pytest.raises((Broken, http2.StreamRefused)):
@@ -734,7 +733,7 @@ class _Pairs:
         assert isinstance(stream, http2.H2Stream)
         self.server_end = stream
         self.ready.set()
-        while not (stream._closed or stream._error()):
+        while not (stream._closed or stream._error()):  # noqa: ASYNC110 - until the kit closes it
             await trio.sleep(0.01)
 
     async def __call__(self) -> tuple[ByteStream, ByteStream]:
@@ -796,3 +795,44 @@ def test_settings_codes_used_exist() -> None:
 
 async def _unused() -> None:
     await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_http2_inside_tls_inside_an_http2_stream_inside_tls() -> None:
+    """Five attaches: TLS + HTTP/2 on a CONNECT tunnel of an HTTP/2 connection over TLS."""
+    from layers import tls
+    from layers.certs import CA
+
+    ca = CA.new("tunnel test CA")
+    outer_leaf, inner_leaf = ca.issue("proxy.test"), ca.issue("inner.test")
+
+    async def inner_app(request: http.Request) -> None:
+        await request.respond(200, [], f"{request.info['server_name']} {request.info['stream_id']}".encode())
+
+    async def proxy(request: http.Request) -> None:
+        tunnel = await request.start_response(200)
+        secure = await tls.server(inner_leaf, alpn=["h2"]).attach(tunnel)
+        conn = await http.server(inner_app).attach(secure)
+        try:
+            await conn.serve(inner_app)
+        finally:
+            await conn.aclose()
+
+    a, b = memory_pair(capacity=1 << 20)
+    async with trio.open_nursery() as nursery:
+
+        async def serve() -> None:
+            secure = await tls.server(outer_leaf, alpn=["h2"]).attach(b)
+            conn = await http.server(proxy).attach(secure)
+            await conn.serve(proxy)
+
+        nursery.start_soon(serve)
+        outer_tls = await tls.client(server_hostname="proxy.test", ca=ca, alpn=["h2"]).attach(a)
+        async with await http.client().attach(outer_tls) as conn:
+            tunnel = await conn.connect_tunnel("inner.test:443")
+            inner_tls = await tls.client(server_hostname="inner.test", ca=ca, alpn=["h2"]).attach(tunnel)
+            async with await http.client().attach(inner_tls) as inner:
+                assert isinstance(inner, http2.H2ClientConnection)
+                for _ in range(3):
+                    r = await inner.request("GET", "/")
+                    assert await r.read() == b"inner.test 1"
+        nursery.cancel_scope.cancel()

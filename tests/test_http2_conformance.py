@@ -113,9 +113,9 @@ class RawClient:
 
     # ---- receiving ---------------------------------------------------------------------
 
-    async def frame(self, timeout: float = TIMEOUT) -> Frame | None:
+    async def frame(self, within: float = TIMEOUT) -> Frame | None:
         """The next frame, or None at EOF (or reset). Fails the test on timeout."""
-        with trio.fail_after(timeout):
+        with trio.fail_after(within):
             while True:
                 if len(self.buf) >= 9:
                     f, length = Frame.parse_frame_header(memoryview(self.buf[:9]))
@@ -137,48 +137,48 @@ class RawClient:
                 else:
                     self.buf += data
 
-    async def until(self, pred: Callable[[Frame], bool], timeout: float = TIMEOUT) -> Frame:
+    async def until(self, pred: Callable[[Frame], bool], within: float = TIMEOUT) -> Frame:
         """The first frame matching ``pred``, earlier unconsumed ones first; fails at EOF.
         Frames read meanwhile that do not match stay for later calls."""
         for i, f in enumerate(self.pending):
             if pred(f):
                 del self.pending[i]
                 return f
-        with trio.fail_after(timeout):
+        with trio.fail_after(within):
             while True:
-                f = await self.frame(timeout)
+                f = await self.frame(within)
                 if f is None:
                     raise AssertionError(f"connection ended before the expected frame; saw {self.seen!r}")
                 if pred(f):
                     return f
                 self.pending.append(f)
 
-    async def goaway(self, timeout: float = TIMEOUT) -> GoAwayFrame:
-        f = await self.until(lambda f: isinstance(f, GoAwayFrame), timeout)
+    async def goaway(self, within: float = TIMEOUT) -> GoAwayFrame:
+        f = await self.until(lambda f: isinstance(f, GoAwayFrame), within)
         assert isinstance(f, GoAwayFrame)
         return f
 
-    async def rst(self, sid: int, timeout: float = TIMEOUT) -> RstStreamFrame:
-        f = await self.until(lambda f: isinstance(f, RstStreamFrame) and f.stream_id == sid, timeout)
+    async def rst(self, sid: int, within: float = TIMEOUT) -> RstStreamFrame:
+        f = await self.until(lambda f: isinstance(f, RstStreamFrame) and f.stream_id == sid, within)
         assert isinstance(f, RstStreamFrame)
         return f
 
-    async def closed(self, timeout: float = TIMEOUT) -> list[Frame]:
+    async def closed(self, within: float = TIMEOUT) -> list[Frame]:
         """Read to EOF; return the frames not consumed yet (pending ones first)."""
         out, self.pending = self.pending, []
         while True:
-            f = await self.frame(timeout)
+            f = await self.frame(within)
             if f is None:
                 return out
             out.append(f)
 
-    async def response(self, sid: int, timeout: float = TIMEOUT) -> tuple[int, bytes]:
+    async def response(self, sid: int, within: float = TIMEOUT) -> tuple[int, bytes]:
         """Status and body of the response on ``sid`` (frames of other streams stay pending)."""
         status = 0
         body = bytearray()
-        with trio.fail_after(timeout):
+        with trio.fail_after(within):
             while True:
-                f = await self.until(lambda f: f.stream_id == sid, timeout)
+                f = await self.until(lambda f: f.stream_id == sid, within)
                 if isinstance(f, HeadersFrame) and not status:
                     status = int(dict(f.decoded)[b":status"])  # type: ignore[attr-defined]
                 elif isinstance(f, DataFrame):
@@ -190,12 +190,12 @@ class RawClient:
                 if "END_STREAM" in f.flags:
                     return status, bytes(body)
 
-    async def error_code(self, sid: int | None = None, timeout: float = TIMEOUT) -> tuple[str, int]:
+    async def error_code(self, sid: int | None = None, within: float = TIMEOUT) -> tuple[str, int]:
         """The first GOAWAY (``("goaway", code)``) or RST_STREAM on ``sid`` (``("rst", code)``)."""
         f = await self.until(
             lambda f: isinstance(f, GoAwayFrame)
             or (isinstance(f, RstStreamFrame) and (sid is None or f.stream_id == sid)),
-            timeout,
+            within,
         )
         if isinstance(f, GoAwayFrame):
             return "goaway", f.error_code
@@ -243,6 +243,7 @@ async def raw_server(
         if handshake:
             await client.handshake(settings, window=(1 << 30))
         yield client
+        await a.aclose()  # the server's lingering close ends at our EOF
         nursery.cancel_scope.cancel()
 
 
@@ -324,7 +325,7 @@ async def test_frames_of_the_wrong_size(frame: bytes, code: int) -> None:
     async with raw_server() as c:
         await c.request(1, end_stream=False, method="POST")
         await c.send_raw(frame)
-        kind, got = await c.error_code()
+        _kind, got = await c.error_code()
         assert got == code
 
 
@@ -576,7 +577,7 @@ async def test_half_closed_local_stream_still_enforces_flow_control() -> None:
         assert await c.response(1) == (200, b"early")
         for _ in range(5):
             await c.send(DataFrame(1, data=b"x" * 16384))
-        kind, code = await c.error_code(1)
+        _kind, code = await c.error_code(1)
         assert code == FLOW_CONTROL_ERROR
         gate.set()
 
@@ -595,7 +596,7 @@ async def test_data_after_end_stream_when_our_response_finished_first() -> None:
         assert await c.response(1) == (200, b"early")
         await c.send(DataFrame(1, data=b"body", flags=["END_STREAM"]))
         await c.send(DataFrame(1, data=b"after the end"))
-        kind, code = await c.error_code(1)
+        _kind, code = await c.error_code(1)
         assert code == STREAM_CLOSED
         gate.set()
 
@@ -607,7 +608,7 @@ async def test_data_after_end_stream_on_closed_stream_is_stream_closed() -> None
         assert await c.response(1) == (200, b"abc")
         # the stream is closed (both sides sent END_STREAM); more DATA breaks 5.1/6.1
         await c.send(DataFrame(1, data=b"more"))
-        kind, code = await c.error_code(1)
+        _kind, code = await c.error_code(1)
         assert code == STREAM_CLOSED
 
 
@@ -616,7 +617,7 @@ async def test_headers_after_end_stream_on_closed_stream_is_stream_closed() -> N
         await c.request(1)
         assert await c.response(1) == (200, b"Hello, world!")
         await c.send(c.headers(1))
-        kind, code = await c.error_code()
+        _kind, code = await c.error_code()
         assert code == STREAM_CLOSED
 
 
@@ -632,7 +633,7 @@ async def test_data_over_the_stream_window_on_open_stream_is_flow_control_error(
         for _ in range(4):
             await c.send(DataFrame(1, data=b"x" * 16384))
         await c.send(DataFrame(1, data=b"x" * 16384))  # 81920 > 65535
-        kind, code = await c.error_code(1)
+        _kind, code = await c.error_code(1)
         assert code == FLOW_CONTROL_ERROR
         gate.set()
 
@@ -666,7 +667,7 @@ async def test_window_update_overflow_on_stream_is_flow_control_error() -> None:
     async with raw_server(waits) as c:
         await c.request(1)
         await c.send(WindowUpdateFrame(1, window_increment=2**31 - 1))
-        kind, code = await c.error_code(1)
+        _kind, code = await c.error_code(1)
         assert code == FLOW_CONTROL_ERROR
         gate.set()
 
@@ -680,7 +681,7 @@ async def test_window_update_overflow_on_connection_is_flow_control_error() -> N
 async def test_zero_window_increment_is_a_protocol_error() -> None:
     async with raw_server() as c:
         await c.send_raw(b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00")
-        kind, code = await c.error_code()
+        _kind, code = await c.error_code()
         assert code == PROTOCOL_ERROR
 
 
@@ -716,7 +717,7 @@ async def test_frame_over_max_frame_size_is_frame_size_error() -> None:
     async with raw_server() as c:
         await c.request(1, end_stream=False, method="POST", path="/echo")
         await c.send(DataFrame(1, data=b"x" * 16385))
-        kind, code = await c.error_code()
+        _kind, code = await c.error_code()
         assert code == FRAME_SIZE_ERROR
 
 
@@ -738,7 +739,7 @@ async def test_bad_padding_is_a_protocol_error() -> None:
         await c.request(1, end_stream=False, method="POST")
         # PADDED DATA frame whose pad length exceeds the payload
         await c.send_raw(b"\x00\x00\x02\x00\x08\x00\x00\x00\x01\x09x")
-        kind, code = await c.error_code()
+        _kind, code = await c.error_code()
         assert code == PROTOCOL_ERROR
 
 
@@ -811,7 +812,7 @@ async def test_push_promise_from_a_client_is_a_protocol_error() -> None:
 async def test_malformed_request_headers(headers: list[tuple[str, str]]) -> None:
     async with raw_server() as c:
         await c.send(c.headers(1, headers))
-        kind, code = await c.error_code(1)
+        _kind, code = await c.error_code(1)
         assert code == PROTOCOL_ERROR
         # whichever the error's scope, no handler saw the request and nothing crashed
         assert not any(isinstance(f, HeadersFrame) and f.stream_id == 1 for f in c.seen)
@@ -822,7 +823,7 @@ async def test_content_length_mismatch_is_a_protocol_error() -> None:
         hdrs = [(":method", "POST"), (":scheme", "http"), (":authority", "a"), (":path", "/echo"),
                 ("content-length", "10")]
         await c.send(c.headers(1, hdrs, end_stream=False), DataFrame(1, data=b"abc", flags=["END_STREAM"]))
-        kind, code = await c.error_code(1)
+        _kind, code = await c.error_code(1)
         assert code == PROTOCOL_ERROR
 
 
@@ -830,7 +831,7 @@ async def test_trailers_without_end_stream_are_a_protocol_error() -> None:
     async with raw_server() as c:
         await c.request(1, end_stream=False, method="POST")
         await c.send(HeadersFrame(1, data=c.block([("x-trailer", "1")]), flags=["END_HEADERS"]))
-        kind, code = await c.error_code(1)
+        _kind, code = await c.error_code(1)
         assert code == PROTOCOL_ERROR
 
 

@@ -16,7 +16,6 @@ import trio
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
-    GoAwayFrame,
     HeadersFrame,
     PingFrame,
     RstStreamFrame,
@@ -115,13 +114,12 @@ async def test_rapid_reset_ends_the_connection_and_bounds_work() -> None:
                 peak = max(peak, v.conns[0]._active)
                 if sid > 2000:
                     break
-                await trio.sleep(0)
                 await trio.sleep(0.001)
         goaway = await c.goaway()
         assert goaway.error_code == ENHANCE_YOUR_CALM
+        assert goaway.last_stream_id < 2 * 60, "the server went on processing"
         with trio.fail_after(5):
             await c.closed()
-        assert sid < 2000, "never cut off"
         assert peak <= limits.max_concurrent_streams
         await v.good_client_works()
 
@@ -215,7 +213,7 @@ async def test_window_never_opened_stream_is_reset_after_send_timeout() -> None:
         c = await v.attacker()
         await c.handshake({SettingsFrame.INITIAL_WINDOW_SIZE: 0})
         await c.request(1, path="/big")
-        rst = await c.rst(1, timeout=5)
+        rst = await c.rst(1, within=5)
         assert rst.error_code == 0x8  # CANCEL
         await c.request(3)  # the connection itself is fine
         headers = await c.until(lambda f: isinstance(f, HeadersFrame) and f.stream_id == 3)
@@ -234,7 +232,7 @@ async def test_client_that_never_reads_is_dropped_after_send_timeout() -> None:
         await c.send(*[c.headers(sid, path="/big") for sid in range(1, 40, 2)])
         # never read: the kernel buffers fill, our writer blocks, send_timeout drops us
         with trio.fail_after(10):
-            while v.conns[0]._failure is None:
+            while v.conns[0]._failure is None:  # noqa: ASYNC110 - polling another task's state
                 await trio.sleep(0.05)
         assert "read nothing" in str(v.conns[0]._failure)
         await v.good_client_works()

@@ -602,6 +602,25 @@ async def test_detach_refuses_while_peer_data_is_unread() -> None:
     assert lower is a
 
 
+async def test_done_and_detach_with_records_received_but_not_decrypted() -> None:
+    """Records already in OpenSSL's buffer when this side says goodbye are kept for recv
+    (SSL_shutdown would otherwise trip over them)."""
+    a, b = memory_pair(capacity=1 << 20)
+    c, s = await connected(client(), server(), a, b)
+    data = bytes(range(256)) * 400  # several records
+    await s.send(data)
+    await s.done()
+    await trio.testing.wait_all_tasks_blocked()
+    assert await c.recv(1) == data[:1]  # the rest waits inside OpenSSL, partly not decrypted yet
+    with pytest.raises(StackError, match="recv them first"):
+        await c.detach(deadline=after(1))
+    await c.done()  # close_notify goes out; the data stays readable
+    assert await c.recv_exactly(len(data) - 1, deadline=after(1)) == data[1:]
+    assert await c.recv() == b""
+    assert await s.recv() == b""
+    assert await c.detach(deadline=after(1)) is a
+
+
 async def test_detach_when_the_peer_sends_data_before_its_close_notify() -> None:
     a, b = memory_pair()
     c, s = await connected(client(), server(), a, b)

@@ -14,9 +14,18 @@ from test_tls_support import certs, client, server
 
 from layers import tcp, tls
 from stack import ByteStream, after
-from stack.testing import chaos_pair, check_bytestream, check_detach
+from stack.testing import chaos_pair, check_bytestream, check_detach, check_settings
 
 CAPACITY = 4096  # small pipes: send deadlines meet backpressure with small payloads
+
+# A TLS handshake is about 2.5 KB each way. Under the harshest chaos schedules (1-byte fragments
+# with a 2 ms pause before every I/O call) that is some 5 s for one handshake and 10 s for TLS
+# inside TLS, by construction: the examples over chaos get more time than the kit's default.
+CHAOS_TIMEOUT = 30.0
+NESTED_CHAOS_TIMEOUT = 60.0
+# TLS inside TLS over chaos is the slowest check (two handshakes per example): a quarter of the
+# profile's examples (50 in CI). TLS over chaos and everything over TCP run the full count.
+NESTED_SCALE = 0.25
 
 
 async def secure(a: ByteStream, b: ByteStream) -> tuple[tls.TLSStream, tls.TLSStream]:
@@ -75,7 +84,7 @@ async def tls_in_tls_over_tcp() -> tuple[ByteStream, ByteStream]:
 
 
 async def test_tls_over_memory_with_chaos() -> None:
-    await check_bytestream(tls_over_chaos)
+    await check_bytestream(tls_over_chaos, example_timeout=CHAOS_TIMEOUT)
 
 
 async def test_tls_over_tcp() -> None:
@@ -83,7 +92,8 @@ async def test_tls_over_tcp() -> None:
 
 
 async def test_tls_inside_tls_over_memory_with_chaos() -> None:
-    await check_bytestream(tls_in_tls_over_chaos)
+    settings = check_settings(scale=NESTED_SCALE)
+    await check_bytestream(tls_in_tls_over_chaos, settings=settings, example_timeout=NESTED_CHAOS_TIMEOUT)
 
 
 async def test_tls_inside_tls_over_tcp() -> None:
@@ -92,7 +102,7 @@ async def test_tls_inside_tls_over_tcp() -> None:
 
 async def test_tls_detach_over_memory_with_chaos() -> None:
     # TLS says goodbye on detach (close_notify), so each side's raw bytes follow its detach.
-    await check_detach(chaos_lower, secure, raw_after_detach=True)
+    await check_detach(chaos_lower, secure, raw_after_detach=True, example_timeout=CHAOS_TIMEOUT)
 
 
 async def test_tls_detach_over_tcp() -> None:
@@ -114,4 +124,4 @@ async def test_inner_tls_detach_leaves_the_outer_tls_working() -> None:
             nursery.start_soon(side, "s", tls.server(certs().a), b)
         return ends["c"], ends["s"]
 
-    await check_detach(outer_pair, inner, raw_after_detach=True)
+    await check_detach(outer_pair, inner, raw_after_detach=True, example_timeout=NESTED_CHAOS_TIMEOUT)

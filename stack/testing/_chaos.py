@@ -10,7 +10,8 @@ the same bytes in both directions, delivered in pieces:
   buffer goes down in pieces of the following sizes (so the stream below sees many small sends);
 * before each I/O call it sleeps the schedule's next delay (``0`` is just a checkpoint; small
   real delays such as 0.0005-0.002 s let the peer's task run in between, and let deadlines and
-  cancellations land in the middle of a transfer).
+  cancellations land in the middle of a transfer), until the schedule's ``delay_budget`` is
+  spent (then it only checkpoints).
 
 It keeps every rule of a layer (``stack/streams.py``): receives and sends are cancel-safe,
 ``Timeout.sent`` is exact, committed bytes are delivered, and ``detach()`` hands back any byte it
@@ -56,6 +57,9 @@ class ChaosSchedule:
 
     sizes: tuple[int, ...] = (1, 7, 512, 65536)
     delays: tuple[float, ...] = (0.0,)
+    delay_budget: float = 0.05
+    """Seconds of real delay each direction of a stream may sleep in all; past it, delays
+    become plain checkpoints (so a transfer cut into thousands of pieces stays fast)."""
 
     def __post_init__(self) -> None:
         sizes = tuple(int(s) for s in self.sizes)
@@ -64,6 +68,8 @@ class ChaosSchedule:
             raise ValueError(f"ChaosSchedule sizes must be a non-empty list of sizes >= 1, not {self.sizes!r}")
         if not delays or any(not (0 <= d < math.inf) for d in delays):
             raise ValueError(f"ChaosSchedule delays must be a non-empty list of seconds >= 0, not {self.delays!r}")
+        if not 0 <= self.delay_budget < math.inf:
+            raise ValueError(f"ChaosSchedule delay_budget must be seconds >= 0, not {self.delay_budget!r}")
         object.__setattr__(self, "sizes", sizes)
         object.__setattr__(self, "delays", delays)
 
@@ -83,7 +89,7 @@ class ChaosSchedule:
         """
         if size <= 1:
             return self
-        return ChaosSchedule(tuple(max(s, size) for s in self.sizes), self.delays)
+        return ChaosSchedule(tuple(max(s, size) for s in self.sizes), self.delays, self.delay_budget)
 
 
 current_schedule: ContextVar[ChaosSchedule | None] = ContextVar("stack_testing_chaos_schedule", default=None)
@@ -106,18 +112,20 @@ def _default_schedule() -> ChaosSchedule:
 class _Cursor:
     """One direction's position in a schedule."""
 
-    __slots__ = ("_delays", "_sizes")
+    __slots__ = ("_budget", "_delays", "_sizes")
 
     def __init__(self, schedule: ChaosSchedule) -> None:
         self._sizes: Iterator[int] = itertools.cycle(schedule.sizes)
         self._delays: Iterator[float] = itertools.cycle(schedule.delays)
+        self._budget = schedule.delay_budget
 
     def size(self) -> int:
         return next(self._sizes)
 
     async def pause(self) -> None:
         delay = next(self._delays)
-        if delay > 0:
+        if 0 < delay <= self._budget:
+            self._budget -= delay
             await trio.sleep(delay)
         else:
             await trio.lowlevel.checkpoint()

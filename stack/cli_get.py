@@ -1,0 +1,527 @@
+"""``python -m stack get URL``: a small curl, built as a :class:`~stack.Stack`.
+
+::
+
+    python -m stack get https://localhost:8443/ --cacert CA.pem -v     # the connection story on stderr
+    python -m stack get http://127.0.0.1:8080/big.iso -o big.iso        # a progress bar in a terminal
+    python -m stack get http://127.0.0.1:8080/ --http2                  # cleartext HTTP/2 (prior knowledge)
+    python -m stack get http://localhost/ --unix-socket /run/app.sock   # over a Unix socket
+    python -m stack get https://example.org/api -X PUT -d @body.json -H 'Content-Type: application/json'
+
+The stack is ``tcp.connect(host, port)`` (or ``unix.connect(path)``), then for ``https``
+``tls.client(alpn=[...])``, then ``http.client()``: HTTP/2 when ALPN chose ``h2`` (or with
+``--http2`` in cleartext, prior knowledge), else HTTP/1.1.
+
+The body goes to stdout (or ``-o FILE``). ``-v`` tells the connection's story on stderr: the
+address reached, the TLS version, cipher and ALPN protocol, the server certificate (subject,
+issuer, names, expiry), and the request and response heads. A download shows a progress bar with
+its rate and ETA on stderr when stderr is a terminal and the body does not go to that same terminal
+(it would garble it); with stderr going to a pipe or a file it stays quiet (``-s`` silences it
+everywhere).
+
+Exit codes follow curl's (see :data:`EXIT_CODES`); an HTTP status of 400 or more exits 22 after
+writing the body (curl needs ``-f`` for that; here it is the default, ``--no-fail`` turns it off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from layers import http, tcp, tls, unix
+from stack import __version__
+from stack.compose import Stack
+from stack.deadlines import FOREVER, after
+from stack.errors import Broken, EndOfStream, ProtocolError, StackError, Timeout
+
+__all__ = ["EXIT_CODES", "GetError", "ProgressBar", "add_parser", "cmd_get", "get", "parse_url"]
+
+OK = 0
+UNSUPPORTED_PROTOCOL = 1
+USAGE = 2
+BAD_URL = 3
+CANNOT_RESOLVE = 6
+CANNOT_CONNECT = 7
+WEIRD_REPLY = 8
+HTTP2_ERROR = 16
+PARTIAL_BODY = 18
+HTTP_ERROR = 22
+WRITE_ERROR = 23
+READ_ERROR = 26
+TIMEOUT = 28
+TLS_ERROR = 35
+EMPTY_REPLY = 52
+RECV_ERROR = 56
+CERT_ERROR = 60
+
+EXIT_CODES: dict[int, str] = {
+    OK: "success",
+    UNSUPPORTED_PROTOCOL: "the URL's scheme is not http or https",
+    USAGE: "bad command line",
+    BAD_URL: "the URL is malformed",
+    CANNOT_RESOLVE: "the host name could not be resolved",
+    CANNOT_CONNECT: "could not connect (refused, unreachable)",
+    WEIRD_REPLY: "the server broke HTTP/1.1",
+    HTTP2_ERROR: "the server broke HTTP/2 (or reset the stream)",
+    PARTIAL_BODY: "the body ended before its announced length",
+    HTTP_ERROR: "the server answered with a status of 400 or more",
+    WRITE_ERROR: "the body could not be written (-o FILE, or stdout closed)",
+    READ_ERROR: "the -d @FILE could not be read",
+    TIMEOUT: "--timeout or --connect-timeout passed",
+    TLS_ERROR: "the TLS handshake failed (no common version, cipher or ALPN; not TLS)",
+    EMPTY_REPLY: "the server closed the connection without answering",
+    RECV_ERROR: "the connection failed while receiving (reset)",
+    CERT_ERROR: "the server's certificate was refused (unknown CA, wrong name, expired); see -k, --cacert",
+}
+"""Exit status -> meaning; the numbers are curl's."""
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+CHUNK = 65536
+USER_AGENT = f"trio-stack/{__version__}"
+
+
+class GetError(Exception):
+    """A failure with the exit status it maps to (curl's numbering) and a message for people."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------------------------------
+# URL and options
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed URL: ``scheme``, ``host`` (no brackets), ``port``, ``authority`` (as sent in
+    Host / ``:authority``), ``path`` (path and query, at least ``/``)."""
+
+    scheme: str
+    host: str
+    port: int
+    authority: str
+    path: str
+
+
+def parse_url(url: str) -> Target:
+    """Split ``url``; :class:`GetError` (3 or 1) when it is malformed or not http(s)."""
+    if "://" not in url:
+        url = "http://" + url  # as curl: a bare host name means http
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise GetError(BAD_URL, f"malformed URL {url!r}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise GetError(UNSUPPORTED_PROTOCOL, f"unsupported scheme {scheme!r} (only http and https)")
+    host = parts.hostname
+    if not host:
+        raise GetError(BAD_URL, f"no host in URL {url!r}")
+    if any(c.isspace() for c in url):
+        raise GetError(BAD_URL, f"malformed URL {url!r}: it contains white space")
+    shown = f"[{host}]" if ":" in host else host
+    authority = shown if port is None or port == DEFAULT_PORTS[scheme] else f"{shown}:{port}"
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Target(scheme, host, port or DEFAULT_PORTS[scheme], authority, path)
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip() or name != name.strip():
+        raise argparse.ArgumentTypeError(f"a header is 'Name: value', not {text!r}")
+    return name, value.strip()
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``get`` subcommand to ``sub`` (the subparsers of ``python -m stack``)."""
+    codes = "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
+    p: argparse.ArgumentParser = sub.add_parser(
+        "get",
+        help="fetch a URL over HTTP/1.1 or HTTP/2, a small curl",
+        description="Fetch URL and write its body to stdout (or -o FILE): a small curl built from the "
+        "stack's layers (tcp or unix, tls, http).",
+        epilog=f"exit status (as curl's):\n{codes}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("url", metavar="URL", help="http:// or https:// URL")
+    trust = p.add_mutually_exclusive_group()
+    trust.add_argument("-k", "--insecure", action="store_true", help="do not check the server's certificate")
+    trust.add_argument("--cacert", metavar="FILE",
+                       help="trust the CA certificates in FILE (PEM) instead of the system's")
+    version = p.add_mutually_exclusive_group()
+    version.add_argument("--http1", "--http1.1", dest="http1", action="store_true", help="speak HTTP/1.1 only")
+    version.add_argument("--http2", action="store_true",
+                         help="HTTP/2: over TLS prefer it (the default), in cleartext use prior knowledge")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="tell the connection's story on stderr (-vv: also debug logging)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the body to FILE instead of stdout")
+    p.add_argument("-X", "--request", dest="method", metavar="METHOD",
+                   help="request method (default: GET, or POST with -d)")
+    p.add_argument("-d", "--data", action="append", metavar="DATA",
+                   help="request body (@FILE reads a file, @- stdin); repeated, joined with '&'")
+    p.add_argument("-H", "--header", dest="headers", action="append", type=_header, default=[], metavar="'NAME: VALUE'",
+                   help="extra request header (repeatable)")
+    p.add_argument("-i", "--include", action="store_true", help="write the response head before the body")
+    p.add_argument("--timeout", "-m", "--max-time", dest="timeout", type=float, metavar="SECONDS",
+                   help="deadline for the whole transfer (default: none)")
+    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="deadline to connect, TLS handshake included (default: 30)")
+    p.add_argument("--unix-socket", metavar="PATH", help="connect to this Unix socket instead of the URL's host")
+    p.add_argument("-s", "--silent", action="store_true", help="no progress bar and no error message")
+    p.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)  # tests: the bar without a terminal
+    p.add_argument("--no-fail", action="store_true", help="exit 0 for an HTTP status of 400 or more")
+    p.set_defaults(func=cmd_get)
+    return p
+
+
+# --------------------------------------------------------------------------------------------------
+# the progress bar
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover - the loop returns
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--:--"
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal: percentage, bar, bytes, rate and ETA (or, without a
+    known total, bytes, rate and elapsed time). Redrawn at most ten times a second."""
+
+    def __init__(self, out: Any, total: int | None, *, width: int | None = None) -> None:
+        self.out = out
+        self.total = total
+        self.done = 0
+        self.start = time.monotonic()
+        self._drawn = 0.0
+        self.width = width or shutil.get_terminal_size((80, 24)).columns
+
+    def update(self, n: int) -> None:
+        """Count ``n`` more bytes; redraw if the last drawing is older than 0.1 s."""
+        self.done += n
+        now = time.monotonic()
+        if now - self._drawn >= 0.1:
+            self._drawn = now
+            self._draw(now)
+
+    def finish(self) -> None:
+        """Draw the final state and end the line."""
+        self._draw(time.monotonic())
+        self.out.write("\n")
+        self.out.flush()
+
+    def line(self, now: float) -> str:
+        """The text of the bar at time ``now``."""
+        elapsed = max(now - self.start, 1e-6)
+        rate = self.done / elapsed
+        if self.total:
+            fraction = min(self.done / self.total, 1.0)
+            eta = (self.total - self.done) / rate if rate > 0 else math.inf
+            tail = f" {_size(self.done)}/{_size(self.total)} {_size(rate)}/s ETA {_clock(eta)}"
+            room = max(10, self.width - len(tail) - 8)
+            filled = int(room * fraction)
+            return f"{fraction * 100:3.0f}% [{'#' * filled}{' ' * (room - filled)}]{tail}"
+        return f"{_size(self.done)} {_size(rate)}/s {_clock(elapsed)} elapsed"
+
+    def _draw(self, now: float) -> None:
+        text = self.line(now)[: self.width - 1]
+        self.out.write("\r" + text.ljust(self.width - 1))
+        self.out.flush()
+
+
+# --------------------------------------------------------------------------------------------------
+# the story (-v)
+
+
+class Story:
+    """What ``-v`` prints on stderr: ``*`` lines about the connection, ``>`` the request head,
+    ``<`` the response head (as curl)."""
+
+    def __init__(self, enabled: bool, out: Any = None) -> None:
+        self.enabled = enabled
+        self.out = out if out is not None else sys.stderr
+
+    def say(self, prefix: str, text: str = "") -> None:
+        if self.enabled:
+            self.out.write(f"{prefix} {text}".rstrip() + "\n")
+            self.out.flush()
+
+    def connection(self, info: Any, verified: str) -> None:
+        if not self.enabled:
+            return
+        peer = info.get("peer")
+        if info.get("transport") == "unix":
+            self.say("*", f"Connected to unix:{peer}")
+        elif isinstance(peer, tuple):
+            self.say("*", f"Connected to {peer[0]} port {peer[1]} (from {info.get('local')})")
+        version = info.get("tls_version")
+        if version is None:
+            self.say("*", "No TLS (cleartext)")
+        else:
+            self.say("*", f"TLS: {version}, cipher {info.get('cipher')}")
+            self.say("*", f"ALPN: the server chose {info.get('alpn') or 'nothing (no ALPN)'}")
+            self.certificate(info.get("peer_certificate"), verified)
+
+    def certificate(self, der: bytes | None, verified: str) -> None:
+        if not der:
+            self.say("*", "Server certificate: none")
+            return
+        from cryptography import x509
+
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError as exc:
+            self.say("*", f"Server certificate: unreadable ({exc})")
+            return
+        self.say("*", "Server certificate:")
+        self.say("*", f"  subject: {cert.subject.rfc4514_string()}")
+        self.say("*", f"  issuer: {cert.issuer.rfc4514_string()}")
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names = [f"DNS:{n}" for n in san.get_values_for_type(x509.DNSName)]
+            names += [f"IP:{n}" for n in san.get_values_for_type(x509.IPAddress)]
+            self.say("*", f"  names: {', '.join(names)}")
+        except x509.ExtensionNotFound:
+            pass
+        until = cert.not_valid_after_utc
+        days = (until - datetime.datetime.now(datetime.UTC)).days
+        self.say("*", f"  valid until: {until:%Y-%m-%d %H:%M} UTC ({days} days left)")
+        self.say("*", f"  verified: {verified}")
+
+    def head(self, prefix: str, first: str, headers: Sequence[tuple[str, str]]) -> None:
+        self.say(prefix, first)
+        for name, value in headers:
+            self.say(prefix, f"{name}: {value}")
+        self.say(prefix)
+
+
+# --------------------------------------------------------------------------------------------------
+# the transfer
+
+
+def _failure(exc: BaseException, phase: str, target: Target, version: str = "1.1") -> GetError:
+    """Map an exception raised while ``phase`` ("connect", "head", "body") to curl's exit code."""
+    where = f"{target.host} port {target.port}"
+    if isinstance(exc, Timeout):
+        what = {"connect": f"connecting to {where}", "head": "waiting for the response", "body": "receiving the body"}
+        return GetError(TIMEOUT, f"timed out {what.get(phase, phase)}: {exc}")
+    if isinstance(exc, tls.HandshakeError):
+        if exc.reason in ("unknown_ca", "hostname_mismatch", "bad_certificate"):
+            return GetError(CERT_ERROR, f"the server's certificate was refused: {exc} (-k skips the check)")
+        return GetError(TLS_ERROR, f"TLS handshake with {where} failed: {exc}")
+    if phase == "connect":
+        cause = exc.__cause__
+        if isinstance(cause, socket.gaierror):
+            return GetError(CANNOT_RESOLVE, f"could not resolve host {target.host}: {cause.strerror}")
+        return GetError(CANNOT_CONNECT, f"could not connect: {exc}")
+    if phase == "head":
+        if isinstance(exc, EndOfStream):
+            return GetError(EMPTY_REPLY, f"empty reply from the server: {exc}")
+        if isinstance(exc, ProtocolError) or not isinstance(exc, Broken):
+            return GetError(HTTP2_ERROR if version == "2" else WEIRD_REPLY, f"bad reply from the server: {exc}")
+        return GetError(RECV_ERROR, f"failure receiving the response: {exc}")
+    if isinstance(exc, EndOfStream | ProtocolError) and version != "2":
+        return GetError(PARTIAL_BODY, f"the body ended early: {exc}")
+    if isinstance(exc, ProtocolError):
+        return GetError(HTTP2_ERROR, f"the body failed: {exc}")
+    return GetError(RECV_ERROR, f"failure receiving the body: {exc}")
+
+
+async def _read_data(values: list[str]) -> bytes:
+    parts: list[bytes] = []
+    for value in values:
+        if value.startswith("@"):
+            name = value[1:]
+            try:
+                if name == "-":
+                    parts.append(await trio.to_thread.run_sync(sys.stdin.buffer.read))
+                else:
+                    parts.append(await trio.Path(name).read_bytes())
+            except OSError as exc:
+                raise GetError(READ_ERROR, f"cannot read {name}: {exc.strerror or exc}") from None
+        else:
+            parts.append(value.encode())
+    return b"&".join(parts)
+
+
+def build_stack(args: argparse.Namespace, target: Target) -> Stack:
+    """The client stack for ``target`` as ``args`` ask: tcp or unix, tls for https, http."""
+    bottom: Any = unix.connect(args.unix_socket) if args.unix_socket else tcp.connect(target.host, target.port)
+    layers: list[Any] = []
+    if target.scheme == "https":
+        alpn = ["http/1.1"] if args.http1 else ["h2", "http/1.1"]
+        layers.append(tls.client(server_hostname=target.host, alpn=alpn, verify=not args.insecure,
+                                 ca=args.cacert, ragged_eofs=True))
+    prior = bool(args.http2) and target.scheme == "http"
+    layers.append(http.client(authority=target.authority, scheme=target.scheme, prior_knowledge=prior))
+    return Stack(bottom, *layers)
+
+
+def _wants_bar(args: argparse.Namespace) -> bool:
+    if args.silent:
+        return False
+    if args.progress:
+        return True
+    body_to_terminal = args.output in (None, "-") and sys.stdout.isatty()
+    return sys.stderr.isatty() and not body_to_terminal
+
+
+async def _open_output(args: argparse.Namespace) -> Any:
+    if args.output in (None, "-"):
+        return trio.wrap_file(sys.stdout.buffer)
+    try:
+        return await trio.open_file(args.output, "wb")
+    except OSError as exc:
+        raise GetError(WRITE_ERROR, f"cannot write {args.output}: {exc.strerror or exc}") from None
+
+
+async def _write(out: Any, data: bytes) -> None:
+    try:
+        await out.write(data)
+    except OSError as exc:
+        raise GetError(WRITE_ERROR, f"cannot write the body: {exc.strerror or exc}") from None
+
+
+async def get(args: argparse.Namespace) -> int:
+    """Run one transfer as ``args`` say; return the exit status (raise :class:`GetError`)."""
+    target = parse_url(args.url)
+    story = Story(args.verbose > 0)
+    data = await _read_data(args.data) if args.data else None
+    method = args.method or ("POST" if data is not None else "GET")
+    headers: list[tuple[str, str]] = [("user-agent", USER_AGENT), ("accept", "*/*")]
+    given = {name.lower() for name, _ in args.headers}
+    headers = [(n, v) for n, v in headers if n not in given] + list(args.headers)
+    if data is not None and "content-type" not in given:
+        headers.append(("content-type", "application/x-www-form-urlencoded"))
+    deadline = after(args.timeout) if args.timeout else FOREVER
+    connect_deadline = min(deadline, after(args.connect_timeout))
+    stack = build_stack(args, target)
+    where = f"unix:{args.unix_socket}" if args.unix_socket else f"{target.host} port {target.port}"
+    story.say("*", f"Connecting to {where}")
+    try:
+        conn = await stack.connect(deadline=connect_deadline)
+    except (StackError, OSError) as exc:
+        raise _failure(exc, "connect", target) from None
+    verified = "NO (-k)" if args.insecure else f"yes, by {args.cacert}" if args.cacert else "yes, by the system's CAs"
+    story.connection(conn.info, verified)
+    version = conn.http_version
+    async with conn:
+        shown = [("host" if version != "2" else ":authority", target.authority), *headers]
+        if data is not None:
+            shown.append(("content-length", str(len(data))))
+        story.head(">", f"{method} {target.path} HTTP/{version}", shown)
+        try:
+            response = await conn.request(method, target.path, headers=headers, body=data, deadline=deadline)
+        except (StackError, OSError) as exc:
+            raise _failure(exc, "head", target, version) from None
+        async with response:
+            status_line = f"HTTP/{response.http_version} {response.status} {response.reason}".rstrip()
+            story.head("<", status_line, list(response.headers))
+            out = await _open_output(args)
+            try:
+                if args.include:
+                    head = status_line + "\r\n" + "".join(f"{n}: {v}\r\n" for n, v in response.headers) + "\r\n"
+                    await _write(out, head.encode("latin-1"))
+                received = await _copy_body(args, response, out, deadline, target)
+            finally:
+                if args.output not in (None, "-"):
+                    with trio.CancelScope(shield=True):
+                        await out.aclose()
+                else:
+                    try:
+                        await out.flush()
+                    except OSError as exc:
+                        raise GetError(WRITE_ERROR, f"cannot write the body: {exc.strerror or exc}") from None
+            if response.trailers:
+                story.head("<", "(trailers)", list(response.trailers))
+            story.say("*", f"Received {received} body bytes")
+    if response.status >= 400 and not args.no_fail:
+        if not args.silent:
+            sys.stderr.write(f"get: the server answered {response.status} {response.reason}".rstrip() + "\n")
+        return HTTP_ERROR
+    return OK
+
+
+async def _copy_body(
+    args: argparse.Namespace, response: http.Response, out: Any, deadline: float, target: Target
+) -> int:
+    length = response.headers.get("content-length")
+    total = int(length) if length is not None and length.isdigit() else None
+    bar = ProgressBar(sys.stderr, total) if _wants_bar(args) else None
+    received = 0
+    try:
+        async for chunk in _chunks(response, deadline, target):
+            await _write(out, chunk)
+            received += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.finish()
+    return received
+
+
+async def _chunks(response: http.Response, deadline: float, target: Target) -> AsyncIterator[bytes]:
+    while True:
+        try:
+            chunk = await response.body.recv(CHUNK, deadline=deadline)
+        except (StackError, OSError) as exc:
+            raise _failure(exc, "body", target, response.http_version) from None
+        if not chunk:
+            return
+        yield chunk
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    """``python -m stack get``: run :func:`get`, print an error as curl does, return the status."""
+    try:
+        return trio.run(get, args)
+    except GetError as exc:
+        if exc.code == WRITE_ERROR:
+            _quiet_stdout()
+        if not args.silent:
+            print(f"get: ({exc.code}) {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+        return WRITE_ERROR
+
+
+def _quiet_stdout() -> None:
+    """stdout's reader went away: point stdout at /dev/null so the interpreter's final flush is quiet."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError):
+        pass
+

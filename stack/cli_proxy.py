@@ -1,0 +1,653 @@
+"""``python -m stack proxy``: an HTTP/2 and HTTP/1.1 front-end forwarding to an HTTP/1.1 backend.
+
+::
+
+    python -m stack proxy --listen 127.0.0.1:8443 --upstream http://127.0.0.1:8080
+    python -m stack proxy --listen 127.0.0.1:8080 --upstream unix:/run/app.sock --no-tls
+    python -m stack proxy --listen :8443 --upstream http://10.0.0.5:8000 --cert site.pem --key site.key
+
+The classic split: the proxy terminates TLS (ALPN ``h2``, ``http/1.1``; or cleartext with HTTP/2
+prior-knowledge sniffing with ``--no-tls``) and HTTP/2 or HTTP/1.1 from clients, and forwards each
+request as HTTP/1.1 to one backend, over TCP (``http://host:port``) or a Unix socket
+(``unix:/path``). Both sides are stacks built from our layers::
+
+    front = Stack(tcp.listen(host, port), tls.server(cert, alpn=["h2", "http/1.1"]), http.server(ProxyApp(...)))
+    back  = Stack(tcp.connect(host, port) | unix.connect(path), http.client())
+
+Forwarding rules (RFC 9110 section 7.6):
+
+* **Hop-by-hop fields are removed** both ways: Connection, Keep-Alive, Proxy-Connection,
+  Proxy-Authenticate, Proxy-Authorization (every ``Proxy-*``), TE, Trailer, Transfer-Encoding,
+  Upgrade, and every field the Connection header names. ``Expect`` is answered by the front-end
+  itself (``100 Continue`` when the body is first read), so it is not forwarded either.
+* **Via** (``1.1 trio-stack`` or ``2 trio-stack``, added to what is there) both ways, and
+  **Forwarded** (RFC 7239: ``for``, ``host``, ``proto``) on requests. ``Host`` is kept (from the
+  client's Host or ``:authority``).
+* **Bodies stream both ways with backpressure**: the request body goes from the client's stream to
+  the backend chunk by chunk (chunked when its length is unknown), the response body back the same
+  way; each chunk waits for the other side to take it, under a deadline (``--timeout`` without
+  progress). Small responses of known length (up to 64 KiB) are read whole and sent with the head
+  in one write.
+* **Backend connections are pooled** (:class:`BackendPool`): at most ``--pool-size``, kept alive
+  and reused only once their response body was read to its end (and the backend did not say
+  ``Connection: close``), closed after ``--pool-idle`` seconds unused. A request that fails on a
+  reused connection before any response arrived (the backend had closed it) is sent again on a
+  new connection when that is safe (no body, or a body not yet read).
+* **Failures**: a backend that cannot be reached or breaks HTTP gives ``502 Bad Gateway``; one
+  that does not answer in time (``--connect-timeout``, ``--timeout``) gives ``504 Gateway
+  Timeout``. A failure after the response head was forwarded aborts the response to the client
+  (HTTP/1.1: the connection closes; HTTP/2: the stream is reset), never a silent truncation.
+* **CONNECT** tunnels (HTTP/1.1 and HTTP/2, RFC 9113 8.5) to the ``HOST:PORT`` authorities given
+  with ``--allow-connect`` (none by default: 403), piped both ways with backpressure.
+
+When ready it prints ``serving on URL``; one access line per request goes to the ``stack.access``
+logger (stderr) unless ``--quiet``. SIGINT or SIGTERM stops it gracefully, as ``serve``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from layers import certs, http, tcp, unix
+from stack.compose import Stack
+from stack.deadlines import after
+from stack.errors import Broken, Closed, EndOfStream, StackError, Timeout
+
+__all__ = ["BackendPool", "ProxyApp", "Upstream", "add_parser", "cmd_proxy", "parse_listen", "run_proxy"]
+
+log = logging.getLogger("stack.proxy")
+access_log = logging.getLogger("stack.access")
+
+CHUNK = 65536
+"""Most body bytes forwarded per step."""
+
+SMALL_BODY = 65536
+"""Responses of a known length up to this are read whole and sent with their head in one write."""
+
+PSEUDONYM = "trio-stack"
+"""How this proxy names itself in Via."""
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "proxy-connection", "expect"}
+)
+"""Fields never forwarded (plus every ``proxy-*`` field and those the Connection header names)."""
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where the backend is: ``http://host:port`` (TCP) or ``unix:/path``."""
+
+    url: str
+    host: str | None = None
+    port: int = 80
+    path: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> Upstream:
+        """Parse ``http://host[:port]`` or ``unix:/path`` (also ``unix:///path``); ValueError if not."""
+        if url.startswith("unix:"):
+            path = url[len("unix:") :]
+            if path.startswith("//"):
+                path = path[2:]
+            if not path:
+                raise ValueError(f"{url!r}: a Unix socket path is missing (unix:/path/to/socket)")
+            return cls(url, path=path)
+        import urllib.parse
+
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"{url!r}: the upstream is http://host:port or unix:/path")
+        if parts.path not in ("", "/") or parts.query:
+            raise ValueError(f"{url!r}: the upstream URL takes no path (requests keep theirs)")
+        return cls(url, host=parts.hostname, port=parts.port or 80)
+
+    def stack(self) -> Stack:
+        """The client stack that reaches the backend: ``tcp`` or ``unix``, then ``http.client()``."""
+        if self.path is not None:
+            return Stack(unix.connect(self.path), http.client(authority="localhost"))
+        assert self.host is not None
+        return Stack(tcp.connect(self.host, self.port), http.client())
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (127.0.0.1) as ``(host, port)``; ValueError if not."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r}: expected HOST:PORT")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return host or "127.0.0.1", int(port)
+
+
+# --------------------------------------------------------------------------------------------------
+# the pool
+
+
+class BackendPool:
+    """Kept-alive HTTP/1.1 connections to the backend: at most ``size`` (idle and busy together).
+
+    ``acquire`` returns the most recently used idle connection that has not expired, else opens a
+    new one (under ``connect_timeout``), else waits for one to come back (under the caller's
+    deadline: :class:`~stack.Timeout`). ``release(conn, reusable=True)`` only once the
+    response body was read to its end; anything else closes the connection. Idle connections
+    older than ``idle_timeout`` seconds are closed (by :meth:`run`, and when met).
+    """
+
+    def __init__(
+        self, stack: Stack, *, size: int = 64, idle_timeout: float = 10.0, connect_timeout: float = 5.0
+    ) -> None:
+        if size < 1:
+            raise ValueError("the pool size must be at least 1")
+        self.stack = stack
+        self.size = size
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self._idle: list[tuple[float, http.ClientConnection]] = []  # oldest first
+        self._count = 0  # connections open or opening, idle or busy
+        self._lot = trio.lowlevel.ParkingLot()
+        self._closed = False
+
+    @property
+    def idle(self) -> int:
+        """Idle connections kept."""
+        return len(self._idle)
+
+    @property
+    def open(self) -> int:
+        """Connections open (or being opened), idle and busy."""
+        return self._count
+
+    async def acquire(self, *, deadline: float, fresh: bool = False) -> tuple[http.ClientConnection, bool]:
+        """A connection and whether it was reused. ``fresh=True`` skips the idle ones.
+
+        Raises what connecting raised (:class:`~stack.Broken`, :class:`~stack.Timeout`), or
+        :class:`~stack.Timeout` when every connection stays busy until ``deadline``.
+        """
+        while True:
+            if self._closed:
+                raise Closed("the backend pool is closed")
+            if not fresh:
+                conn = await self._pop_idle()
+                if conn is not None:
+                    return conn, True
+            elif self._idle and self._count >= self.size:
+                await self._close_one(self._idle.pop(0)[1])  # make room for the fresh one
+            if self._count < self.size:
+                self._count += 1
+                try:
+                    conn = await self.stack.connect(deadline=min(deadline, after(self.connect_timeout)))
+                except BaseException:
+                    self._count -= 1
+                    self._lot.unpark()
+                    raise
+                return conn, False
+            with trio.move_on_at(deadline) as scope:
+                await self._lot.park()
+            if scope.cancelled_caught:
+                raise Timeout(f"all {self.size} backend connections stayed busy (--pool-size)")
+
+    async def _pop_idle(self) -> http.ClientConnection | None:
+        now = trio.current_time()
+        while self._idle:
+            since, conn = self._idle.pop()
+            if now - since < self.idle_timeout:
+                return conn
+            await self._close_one(conn)
+        return None
+
+    async def release(self, conn: http.ClientConnection, *, reusable: bool) -> None:
+        """Give ``conn`` back: kept idle if ``reusable`` (its response was read to its end and
+        the backend keeps it alive), else closed."""
+        if reusable and not self._closed:
+            self._idle.append((trio.current_time(), conn))
+            self._lot.unpark()
+        else:
+            await self._close_one(conn)
+
+    async def _close_one(self, conn: http.ClientConnection) -> None:
+        self._count -= 1
+        self._lot.unpark()
+        with trio.CancelScope(shield=True):
+            await conn.aclose(deadline=trio.current_time() + 1.0)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Close expired idle connections, until cancelled (start it in the server's nursery)."""
+        task_status.started()
+        while True:
+            await trio.sleep(max(self.idle_timeout / 2, 0.05))
+            now = trio.current_time()
+            while self._idle and now - self._idle[0][0] >= self.idle_timeout:
+                await self._close_one(self._idle.pop(0)[1])
+
+    async def aclose(self) -> None:
+        """Close every idle connection; busy ones close when released."""
+        self._closed = True
+        while self._idle:
+            await self._close_one(self._idle.pop()[1])
+        self._lot.unpark_all()
+
+
+# --------------------------------------------------------------------------------------------------
+# headers
+
+
+def _connection_tokens(headers: http.Headers) -> set[str]:
+    return {t.strip().lower() for v in headers.get_all("connection") for t in v.split(",") if t.strip()}
+
+
+def _end_to_end(headers: http.Headers) -> list[tuple[bytes, bytes]]:
+    """The fields of ``headers`` without the hop-by-hop ones (and without Host)."""
+    named = {t.encode("latin-1") for t in _connection_tokens(headers)}
+    return [
+        (k, v)
+        for k, v in headers.raw
+        if k.decode("latin-1") not in HOP_BY_HOP and not k.startswith(b"proxy-") and k not in named and k != b"host"
+    ]
+
+
+def _node(info: Any) -> str:
+    """The client as an RFC 7239 node: ``for=1.2.3.4``, ``for="[::1]"``, or ``for=unknown``."""
+    peer = info.get("peer")
+    if isinstance(peer, tuple) and peer:
+        host = str(peer[0])
+        return f'"[{host}]"' if ":" in host else host
+    return "unknown"
+
+
+def _quoted(value: str) -> str:
+    if value and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def request_headers(request: http.Request) -> list[tuple[bytes, bytes]]:
+    """What goes to the backend: Host, the end-to-end fields, Via and Forwarded added."""
+    info = request.info
+    proto = "https" if "tls_version" in info else "http"
+    host = request.authority
+    forwarded = f"for={_node(info)};proto={proto}" + (f";host={_quoted(host)}" if host else "")
+    out = [(b"host", host.encode("latin-1"))] if host else []
+    out += _end_to_end(request.headers)
+    out.append((b"via", f"{request.http_version} {PSEUDONYM}".encode("latin-1")))
+    out.append((b"forwarded", forwarded.encode("latin-1")))
+    return out
+
+
+def response_headers(response: http.Response) -> list[tuple[bytes, bytes]]:
+    """What goes back to the client: the end-to-end fields, Via added."""
+    out = _end_to_end(response.headers)
+    out.append((b"via", f"{response.http_version} {PSEUDONYM}".encode("latin-1")))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the app
+
+
+class _ClientFailed(Exception):
+    """The client (not the backend) failed while its request body was being forwarded."""
+
+
+class _Upload:
+    """The request body as an async iterable for the backend client: chunk by chunk from the
+    client's stream, each read under the deadline; every chunk taken pushes ``scope``'s deadline
+    (the backend's) ``timeout`` seconds further, so a long upload that progresses is not cut."""
+
+    def __init__(self, body: Any, first: bytes, timeout: float, scope: trio.CancelScope) -> None:
+        self.body = body
+        self.first = first
+        self.timeout = timeout
+        self.scope = scope
+        self.started = False
+        self.failed: BaseException | None = None
+
+    def __aiter__(self) -> _Upload:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self.started = True
+        self.scope.deadline = trio.current_time() + self.timeout
+        if self.first:
+            chunk, self.first = self.first, b""
+            return chunk
+        try:
+            chunk = await self.body.recv(CHUNK, deadline=after(self.timeout))
+        except StackError as exc:
+            self.failed = exc
+            raise _ClientFailed(f"the client's request body failed: {exc}") from exc
+        if not chunk:
+            raise StopAsyncIteration
+        return bytes(chunk)
+
+
+class ProxyApp:
+    """The app the front-end runs: forwards each request to the backend through ``pool``.
+
+    ``timeout``: seconds the backend has to answer (and, after that, between two body chunks in
+    either direction). ``allow_connect``: ``HOST:PORT`` authorities CONNECT may tunnel to.
+    """
+
+    def __init__(
+        self,
+        pool: BackendPool,
+        *,
+        timeout: float = 60.0,
+        allow_connect: Iterable[str] = (),
+        access: bool = True,
+    ) -> None:
+        self.pool = pool
+        self.timeout = timeout
+        self.allow_connect = frozenset(allow_connect)
+        self.access = access
+
+    async def __call__(self, request: http.Request) -> None:
+        t0 = time.perf_counter()
+        sent = 0
+        try:
+            if request.method == "CONNECT":
+                sent = await self._tunnel(request)
+            else:
+                sent = await self._forward(request)
+        finally:
+            if self.access:
+                access_log.info(
+                    '%s "%s %s HTTP/%s" %s %s %.1fms',
+                    _peer(request.info), request.method, request.target, request.http_version,
+                    request.status if request.status is not None else "-", sent,
+                    (time.perf_counter() - t0) * 1000,
+                )  # fmt: skip
+
+    # ---- forwarding ------------------------------------------------------------------------
+
+    async def _forward(self, request: http.Request) -> int:
+        headers = request_headers(request)
+        length = request.headers.get("content-length")
+        first = b""
+        if length is None:  # unknown length (chunked, or HTTP/2): look at the first bytes
+            try:
+                first = await request.body.recv(CHUNK, deadline=after(self.timeout))
+            except StackError as exc:
+                log.info("%s: the request body failed: %s", _peer(request.info), exc)
+                return await _error(request, 400, "the request body could not be read")
+        has_body = bool(first) or (length is not None and length != "0")
+        fresh = False
+        while True:
+            try:
+                conn, reused = await self.pool.acquire(deadline=after(self.timeout), fresh=fresh)
+            except Timeout as exc:
+                log.warning("backend %s: %s", self.pool.stack, exc)
+                return await _error(request, 504, "the backend did not answer in time")
+            except (StackError, OSError) as exc:
+                log.warning("backend unreachable: %s", exc)
+                return await _error(request, 502, "the backend cannot be reached")
+            with trio.CancelScope(deadline=after(self.timeout)) as scope:
+                upload = _Upload(request.body, first, self.timeout, scope) if has_body else None
+                body: Any = upload
+                if upload is None and length is None and request.method not in ("GET", "HEAD", "OPTIONS", "DELETE"):
+                    body = b""  # an empty body the backend should see as Content-Length: 0
+                try:
+                    response = await conn.request(request.method, request.target, headers=headers, body=body)
+                except _ClientFailed as exc:
+                    await self.pool.release(conn, reusable=False)
+                    log.info("%s: %s", _peer(request.info), exc)
+                    return await _error(request, 400, "the request body could not be read")
+                except (StackError, OSError) as exc:
+                    await self.pool.release(conn, reusable=False)
+                    replayable = upload is None or not upload.started
+                    if reused and replayable and not isinstance(exc, Timeout) and (
+                        isinstance(exc, EndOfStream | Broken | Closed | OSError)
+                    ):
+                        log.debug("a kept-alive backend connection had closed (%s): retrying on a new one", exc)
+                        fresh = True
+                        continue
+                    if isinstance(exc, Timeout):
+                        return await _error(request, 504, "the backend did not answer in time")
+                    log.warning("backend failed: %s", exc)
+                    return await _error(request, 502, "the backend failed")
+            if scope.cancelled_caught:
+                await self.pool.release(conn, reusable=False)
+                log.warning("backend did not answer within %gs", self.timeout)
+                return await _error(request, 504, "the backend did not answer in time")
+            return await self._relay(request, conn, response)
+
+    async def _relay(self, request: http.Request, conn: http.ClientConnection, response: http.Response) -> int:
+        """Send the backend's response to the client; give the connection back to the pool
+        (reusable only if its body was read to the end and the backend keeps it alive)."""
+        headers = response_headers(response)
+        length = response.headers.get("content-length")
+        keep = response.http_version != "1.0" and "close" not in _connection_tokens(response.headers)
+        ended = [False]
+        try:
+            bodiless = request.method == "HEAD" or response.status in (204, 304)
+            if bodiless or (length is not None and length.isdigit() and int(length) <= SMALL_BODY):
+                try:
+                    data = await self._read_small(response, ended)
+                except (StackError, OSError) as exc:
+                    log.warning("backend failed while sending a response body: %s", exc)
+                    return await _error(request, 504 if isinstance(exc, Timeout) else 502, "the backend failed")
+                await request.respond(response.status, headers, data, deadline=after(self.timeout))
+                return len(data)
+            return await self._stream(request, response, headers, ended)
+        finally:
+            await self.pool.release(conn, reusable=keep and ended[0])
+
+    async def _read_small(self, response: http.Response, ended: list[bool]) -> bytes:
+        """The whole body of a response announced as small (or bodiless)."""
+        parts: list[bytes] = []
+        size = 0
+        while chunk := await response.body.recv(CHUNK, deadline=after(self.timeout)):
+            size += len(chunk)
+            if size > SMALL_BODY:
+                raise Broken(f"the backend sent more than the {SMALL_BODY} bytes it announced")
+            parts.append(chunk)
+        ended[0] = True
+        return b"".join(parts)
+
+    async def _stream(
+        self, request: http.Request, response: http.Response, headers: list[tuple[bytes, bytes]], ended: list[bool]
+    ) -> int:
+        """Stream the response body chunk by chunk; a backend failure aborts the client's response."""
+        out = await request.start_response(response.status, headers, deadline=after(self.timeout))
+        sent = 0
+        async with out:  # closing it before done() aborts the response: never a silent truncation
+            while True:
+                try:
+                    chunk = await response.body.recv(CHUNK, deadline=after(self.timeout))
+                except (StackError, OSError) as exc:
+                    log.warning("backend failed in a response body after %d bytes: %s; aborting it", sent, exc)
+                    return sent
+                if not chunk:
+                    ended[0] = True
+                    break
+                await out.send(chunk, deadline=after(self.timeout))
+                sent += len(chunk)
+            trailers = response.trailers
+            if len(trailers):
+                await out.done(trailers=list(trailers), deadline=after(self.timeout))  # type: ignore[call-arg]
+            else:
+                await out.done(deadline=after(self.timeout))
+        return sent
+
+    # ---- CONNECT -----------------------------------------------------------------------------
+
+    async def _tunnel(self, request: http.Request) -> int:
+        authority = request.target
+        if authority not in self.allow_connect:
+            return await _error(request, 403, f"CONNECT to {authority} is not allowed (--allow-connect)")
+        host, port = parse_listen(authority)
+        try:
+            upstream = await Stack(tcp.connect(host, port)).connect(deadline=after(self.pool.connect_timeout))
+        except Timeout:
+            return await _error(request, 504, f"{authority} did not answer in time")
+        except (StackError, OSError) as exc:
+            log.info("CONNECT %s: %s", authority, exc)
+            return await _error(request, 502, f"{authority} cannot be reached")
+        moved = [0]
+        async with upstream:
+            tunnel = await request.start_response(200, [], deadline=after(self.timeout))
+            async with tunnel, trio.open_nursery() as nursery:
+                nursery.start_soon(self._pipe, tunnel, upstream, moved, nursery.cancel_scope)
+                nursery.start_soon(self._pipe, upstream, tunnel, moved, nursery.cancel_scope)
+        return moved[0]
+
+    async def _pipe(self, src: Any, dst: Any, moved: list[int], scope: trio.CancelScope) -> None:
+        """Copy ``src`` to ``dst`` until its end (then ``dst.done()``); on failure end both ways."""
+        try:
+            while chunk := await src.recv(CHUNK):
+                await dst.send(chunk, deadline=after(self.timeout))
+                moved[0] += len(chunk)
+            await dst.done(deadline=after(self.timeout))
+        except StackError as exc:
+            log.debug("tunnel ended: %s", exc)
+            scope.cancel()
+
+
+def _peer(info: Any) -> str:
+    peer = info.get("peer")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(peer or "-")
+
+
+async def _error(request: http.Request, status: int, text: str) -> int:
+    """Answer ``status`` with a short text body (if no response started); return its size."""
+    if request.responded:
+        return 0
+    body = f"{status} {text}\n".encode()
+    headers = [("content-type", "text/plain; charset=utf-8"), ("via", f"{request.http_version} {PSEUDONYM}")]
+    try:
+        await request.respond(status, headers, body, deadline=after(5))
+    except StackError as exc:
+        log.debug("could not send the %d: %s", status, exc)
+    return len(body)
+
+
+# --------------------------------------------------------------------------------------------------
+# the command
+
+
+async def run_proxy(args: argparse.Namespace, tls_layer: Any) -> None:
+    """Run the proxy until a signal (or cancellation); see the module docstring."""
+    from stack.cli import _on_signals, _url
+
+    host, port = parse_listen(args.listen)
+    upstream = Upstream.parse(args.upstream)
+    pool = BackendPool(upstream.stack(), size=args.pool_size, idle_timeout=args.pool_idle,
+                       connect_timeout=args.connect_timeout)
+    app = ProxyApp(pool, timeout=args.timeout, allow_connect=args.allow_connect, access=not args.quiet)
+    shutdown = trio.Event()
+    limits = http.DEFAULT_LIMITS
+    layers: list[Any] = [tls_layer] if tls_layer is not None else []
+    front = Stack(tcp.listen(host, port, backlog=4096), *layers, http.server(app, limits, shutdown))
+    scheme = "https" if tls_layer is not None else "http"
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(_on_signals, signals, shutdown, outer.cancel_scope)
+            await outer.start(pool.run)
+            try:
+                async with trio.open_nursery() as nursery:
+                    addresses = await nursery.start(
+                        functools.partial(front.serve, shutdown=shutdown, drain_timeout=limits.drain_timeout)
+                    )
+                    print(f"serving on {_url(scheme, addresses[0])}", flush=True)
+                    log.info("forwarding to %s", upstream.url)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await pool.aclose()
+            outer.cancel_scope.cancel()
+    log.info("stopped")
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``proxy`` subcommand to ``sub`` (the subparsers of ``python -m stack``)."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "proxy",
+        help="HTTP/2 and HTTP/1.1 front-end (TLS by default) forwarding to an HTTP/1.1 backend",
+        description="Terminate TLS and HTTP/2 or HTTP/1.1 from clients and forward each request as HTTP/1.1 "
+        "to a backend over TCP or a Unix socket, with a pool of kept-alive backend connections. "
+        "502 when the backend fails, 504 when it is too slow.",
+    )
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to listen (port 0: any free port)")
+    p.add_argument("--upstream", required=True, metavar="URL", help="the backend: http://host:port or unix:/path")
+    p.add_argument("--no-tls", action="store_true", help="cleartext front-end (HTTP/1.1, or HTTP/2 prior knowledge)")
+    p.add_argument("--cert", metavar="FILE", help="certificate chain (PEM), instead of the localhost one")
+    p.add_argument("--key", metavar="FILE", help="private key (PEM) of --cert")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds the backend has to answer, and between body chunks (default: 60): else 504")
+    p.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="seconds to connect to the backend (default: 5): else 504")
+    p.add_argument("--pool-size", type=int, default=64, metavar="N",
+                   help="most backend connections open at once (default: 64)")
+    p.add_argument("--pool-idle", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds an unused backend connection is kept (default: 10)")
+    p.add_argument("--allow-connect", action="append", default=[], metavar="HOST:PORT",
+                   help="let CONNECT tunnel to HOST:PORT (repeatable; none by default)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no access log")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    p.set_defaults(func=cmd_proxy)
+    return p
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    """``python -m stack proxy``: check the arguments, set up TLS, run :func:`run_proxy`."""
+    from stack.cli import _raise_nofile
+
+    try:
+        parse_listen(args.listen)
+        Upstream.parse(args.upstream)
+        for authority in args.allow_connect:
+            parse_listen(authority)
+    except ValueError as exc:
+        print(f"proxy: {exc}", file=sys.stderr)
+        return 2
+    if bool(args.cert) != bool(args.key):
+        print("proxy: --cert and --key go together", file=sys.stderr)
+        return 2
+    if args.no_tls and args.cert:
+        print("proxy: --no-tls and --cert/--key contradict each other", file=sys.stderr)
+        return 2
+    if args.pool_size < 1:
+        print("proxy: --pool-size must be at least 1", file=sys.stderr)
+        return 2
+    logging.getLogger("stack.proxy").setLevel(logging.INFO)
+    _raise_nofile()
+    try:
+        tls_layer = None if args.no_tls else _tls_layer(args)
+    except (OSError, ValueError) as exc:
+        print(f"proxy: cannot set up TLS: {exc}", file=sys.stderr)
+        return 1
+    try:
+        trio.run(run_proxy, args, tls_layer)
+    except KeyboardInterrupt:  # pragma: no cover - the signal receiver normally takes it
+        pass
+    except (OSError, StackError) as exc:  # cannot listen (port in use...)
+        print(f"proxy: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tls_layer(args: argparse.Namespace) -> Any:
+    from layers import tls
+
+    if args.cert:
+        certfile, keyfile = args.cert, args.key
+    else:
+        certfile, keyfile, cafile = certs.localhost_pair(certs.default_cache_dir())
+        print(f"certificate: {certfile}\nCA (trust it with: curl --cacert {cafile} ...): {cafile}", file=sys.stderr)
+    return tls.server((certfile, keyfile), alpn=["h2", "http/1.1"], ragged_eofs=True)
