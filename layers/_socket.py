@@ -27,6 +27,7 @@ _CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}
 _IGNORABLE_ACCEPT_ERRNOS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _ACCEPT_BACKOFF = 0.1
+_MAX_RECV = 256 * 1024  # one recv never allocates more than this, whatever the caller asks for
 
 
 def _translate(exc: BaseException, kind: str, what: str) -> StackError:
@@ -60,7 +61,7 @@ class SocketStream(ByteStream):
 
     async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
         try:
-            return await self.socket.recv(max_bytes)
+            return await self.socket.recv(max_bytes if max_bytes <= _MAX_RECV else _MAX_RECV)
         except (OSError, trio.ClosedResourceError) as exc:
             raise _translate(exc, self.kind, "recv") from exc
 

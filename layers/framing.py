@@ -144,23 +144,33 @@ class DelimitedStream(_Framed):
 
 @dataclass(frozen=True)
 class prefix:
-    """Spec: length-prefixed messages. ``size`` bytes of unsigned length in ``byteorder``."""
+    """Spec: length-prefixed messages. ``size`` bytes of unsigned length in ``byteorder``.
+
+    ``max_message`` defaults to 16 MiB (or the largest length a 1- or 2-byte prefix can hold).
+    """
 
     size: int = 4
     byteorder: Literal["big", "little"] = "big"
-    max_message: int = MAX_MESSAGE
+    max_message: int | None = None
 
     def __post_init__(self) -> None:
         if self.size not in (1, 2, 4, 8):
             raise ValueError("prefix size must be 1, 2, 4 or 8 bytes")
         if self.byteorder not in ("big", "little"):
             raise ValueError("byteorder must be 'big' or 'little'")
-        if not 0 <= self.max_message < 256**self.size:
+        if self.max_message is not None and not 0 <= self.max_message < 256**self.size:
             raise ValueError(f"max_message must fit in a {self.size}-byte length")
+
+    @property
+    def limit(self) -> int:
+        """The effective ``max_message``: as given, else 16 MiB or what the prefix can express."""
+        if self.max_message is not None:
+            return self.max_message
+        return min(MAX_MESSAGE, int(256**self.size) - 1)
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> PrefixStream:
         """Wrap ``lower``. No handshake: returns at once."""
-        return PrefixStream(_need_bytestream(lower, "framing.prefix"), self.size, self.byteorder, self.max_message)
+        return PrefixStream(_need_bytestream(lower, "framing.prefix"), self.size, self.byteorder, self.limit)
 
 
 @dataclass(frozen=True)

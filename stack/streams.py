@@ -547,6 +547,7 @@ class ByteStream(Stream):
     async def detach(self, *, deadline: float = FOREVER) -> ByteStream:
         """Undo this layer; see :meth:`Stream.detach`. Bytes already decoded by this layer and
         not yet received cannot go back below it, so detaching then raises and changes nothing."""
+        self._check_usable()
         if self._unread:
             raise StackError(
                 f"cannot detach the {self.kind} layer: {len(self._unread)} bytes it received "

@@ -7,6 +7,7 @@ binds 127.0.0.1, bounds its time with ``trio.fail_after``, and kills what it sta
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 from collections.abc import AsyncIterator
@@ -301,3 +302,30 @@ async def test_curl_refuses_our_server_for_an_unknown_name() -> None:
     assert "unrecognized name" in result.stderr.decode().lower(), result.stderr.decode()
     (exc,) = seen
     assert exc.reason == "unrecognized_name" and "'other.test'" in str(exc)
+
+
+# Findings about the throwaway test certificate itself, not about the TLS layer: a certificate
+# from a private CA minted for the test carries no CRL or OCSP address.
+CERTIFICATE_ONLY = {"cert_revocation"}
+
+
+@pytest.mark.slow
+async def test_testssl_finds_nothing_to_report(tmp_path: Any) -> None:
+    """testssl.sh against a TLS server stack with the default configuration: protocols, cipher
+    categories, forward secrecy, server defaults and preferences, known vulnerabilities."""
+    testssl = need("testssl")
+    report = tmp_path / "testssl.json"
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            (addr,) = await nursery.start(Stack(tcp.listen("127.0.0.1", 0), server_spec(["http/1.1"])).serve, tiny_http)
+            cmd = [testssl, "--quiet", "--color", "0", "--warnings", "off", "--severity", "MEDIUM",
+                   "--add-ca", certs().ca_file, "--jsonfile", str(report),
+                   "-p", "-s", "-f", "-S", "-P", "-U", f"127.0.0.1:{addr[1]}"]  # fmt: skip
+            result = await trio.run_process(cmd, capture_stdout=True, stderr=subprocess.STDOUT, check=False)
+            nursery.cancel_scope.cancel()
+    text = result.stdout.decode("utf-8", "replace")
+    findings = json.loads(report.read_text())
+    bad = [f for f in findings if f["severity"] in ("MEDIUM", "HIGH", "CRITICAL") and f["id"] not in CERTIFICATE_ONLY]
+    assert not bad, "\n".join(f"{f['severity']} {f['id']}: {f['finding']}" for f in bad) + "\n" + text[-3000:]
+    assert "TLS 1.3    offered" in text and "TLS 1.1    not offered" in text, text
+    assert "Obsolete CBC ciphers (AES, ARIA etc.)         not offered" in text, text
