@@ -536,10 +536,19 @@ class ServerConnection(_H11Conn, http.ServerConnection):
         """
         if self._closed:
             raise Closed("HTTP/1.1 server connection was closed")
+        request = await self._next_request(deadline)
+        if request is None:
+            assert self._ended is not None
+            raise type(self._ended)(str(self._ended))
+        return request
+
+    async def _next_request(self, deadline: float = FOREVER) -> Request | None:
+        """:meth:`recv`, returning None where the connection ended cleanly (``self._ended`` says
+        why): the normal end of a connection raises nothing."""
         if self._current is not None:
             await self._end_cycle()
         if self._ended is not None:
-            raise type(self._ended)(str(self._ended))
+            return None
         lower = self._lower
         limits = self._limits
         shutdown = self._shutdown
@@ -550,7 +559,8 @@ class ServerConnection(_H11Conn, http.ServerConnection):
                     return self._start_request(parsed)
                 idle = not self._inbuf
                 if idle and shutdown is not None and shutdown.is_set():
-                    raise self._end(EndOfStream("HTTP/1.1: the server is shutting down"))
+                    self._ended = EndOfStream("HTTP/1.1: the server is shutting down")
+                    return None
                 if lower._unread:  # bytes pushed back below (a sniffed preface): no need to wait
                     self._inbuf += await lower.recv(RECV)
                     continue
@@ -573,18 +583,21 @@ class ServerConnection(_H11Conn, http.ServerConnection):
                         data = await lower.recv(RECV)
                 if data is None:  # cancelled by the scope: the caller's deadline, a limit, or shutdown
                     if idle and shutdown is not None and shutdown.is_set():
-                        raise self._end(EndOfStream("HTTP/1.1: the server is shutting down"))
+                        self._ended = EndOfStream("HTTP/1.1: the server is shutting down")
+                        return None
                     if deadline < policy:
                         raise Timeout("HTTP/1.1 recv timed out waiting for a request")
                     if idle:
                         what = "before a first request" if self._requests == 0 else "idle"
                         log.debug("closing the connection from %s: %s for too long", self.info.get("peer"), what)
-                        raise self._end(EndOfStream(f"HTTP/1.1: connection {what} for too long"))
+                        self._ended = EndOfStream(f"HTTP/1.1: connection {what} for too long")
+                        return None
                     raise _Refused(408, f"request head not complete within {limits.header_timeout:g}s")
                 if not data:
                     if self._inbuf:
                         raise self._end(ProtocolError("the client closed the connection in a request head"))
-                    raise self._end(EndOfStream("the client closed the connection"))
+                    self._ended = EndOfStream("the client closed the connection")
+                    return None
                 self._inbuf += data
         except _Refused as exc:
             await self._refuse(exc.status, exc.detail)
@@ -901,7 +914,9 @@ class ServerConnection(_H11Conn, http.ServerConnection):
                 else:
                     await self._drain(request)
             if self._closing is not None:
-                raise EndOfStream(f"HTTP/1.1: closing the connection: {self._closing}")
+                self._ended = EndOfStream(f"HTTP/1.1: closing the connection: {self._closing}")
+                await self._shutdown_connection()
+                return
             if h.their_state is not h11.DONE:  # pragma: no cover - a drained body ends in DONE
                 raise EndOfStream("HTTP/1.1: the request did not end cleanly")
             trailing, _ = h.trailing_data
@@ -974,11 +989,11 @@ class ServerConnection(_H11Conn, http.ServerConnection):
         try:
             while True:
                 try:
-                    request = await self.recv()
-                except (EndOfStream, Closed):
-                    return
+                    request = await self._next_request()
                 except StackError as exc:
                     log.debug("connection from %s: %s", self.info.get("peer"), exc)
+                    return
+                if request is None:
                     return
                 await self._run(app, request)
                 del request  # an idle connection keeps nothing of the last request

@@ -87,7 +87,15 @@ from stack.deadlines import FOREVER
 from stack.errors import Broken, Busy, Closed, EndOfStream, ProtocolError, StackError, Timeout
 from stack.streams import ByteStream, Info
 
-from ._h2core import H2Core, ProtocolViolation, error_name
+from ._h2core import (
+    H2Core,
+    Malformed,
+    ProtocolViolation,
+    check_fields,
+    check_request_pseudo,
+    check_response_pseudo,
+    error_name,
+)
 from .http import (
     DEFAULT_LIMITS,
     App,
@@ -159,6 +167,9 @@ _BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")
 _BAD_VALUE = re.compile(rb"[\r\n\x00]|^[ \t]|[ \t]$")
 _STATUS = {code: str(code).encode() for code in range(100, 600)}
 _NO_BODY_STATUS = frozenset([204, 304])
+_REQUEST_PSEUDO = frozenset([b":method", b":scheme", b":authority", b":path", b":protocol"])
+_RESPONSE_PSEUDO = frozenset([b":status"])
+_NO_PSEUDO: frozenset[bytes] = frozenset()
 
 
 class StreamRefused(Broken):
@@ -915,10 +926,20 @@ class _Connection:
     def _on_trailers(self, ev: h2.events.TrailersReceived) -> None:
         stream = self._streams.get(ev.stream_id)
         if stream is not None:
-            trailers = _headers([(bytes(k), bytes(v)) for k, v in ev.headers])
+            try:
+                _, regular = check_fields(ev.headers, _NO_PSEUDO)
+            except Malformed as exc:
+                self._malformed(stream, f"malformed trailers: {exc}")
+                return
+            trailers = _headers(regular)
             stream.trailers = trailers
             if stream._on_trailers is not None:
                 stream._on_trailers(trailers)
+
+    def _malformed(self, stream: H2Stream, detail: str) -> None:
+        """A malformed message on ``stream``: RST_STREAM PROTOCOL_ERROR (RFC 9113 8.1.1)."""
+        log.info("%s: stream %d: %s", self.info.get("peer"), stream.stream_id, detail)
+        self._reset_stream(stream, _PROTOCOL_ERROR, ProtocolError(f"HTTP/2 stream {stream.stream_id}: {detail}"))
 
     def _on_window(self, ev: h2.events.WindowUpdated) -> None:
         if ev.stream_id == 0:
@@ -1295,39 +1316,28 @@ class H2ServerConnection(_Connection, ServerConnection):
         self._admit(request)
 
     def _make_request(self, sid: int, raw: Any) -> H2Request | None:
-        method = path = scheme = authority = protocol = None
-        regular: list[tuple[bytes, bytes]] = []
-        for name, value in raw:
-            if name[:1] == b":":
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":scheme":
-                    scheme = value
-                elif name == b":authority":
-                    authority = value
-                elif name == b":protocol":
-                    protocol = value
-            else:
-                regular.append((name, value))
-        if method is None:  # pragma: no cover - h2 validates pseudo-headers
+        """The request of a HEADERS block, or None (after RST_STREAM PROTOCOL_ERROR) if it is
+        malformed (RFC 9113 8.1.1)."""
+        try:
+            pseudo, regular = check_fields(raw, _REQUEST_PSEUDO)
+            check_request_pseudo(pseudo, regular)
+            protocol = pseudo.get(b":protocol")
+            if protocol is not None and not self._core.advertised.get(_SC.ENABLE_CONNECT_PROTOCOL):
+                raise Malformed(":protocol without SETTINGS_ENABLE_CONNECT_PROTOCOL")
+        except Malformed as exc:
+            log.info("%s: malformed request on stream %d: %s", self.info.get("peer"), sid, exc)
             return None
-        m = method.decode("latin-1")
-        if m == "CONNECT" and protocol is None:
-            target = (authority or b"").decode("latin-1")
-        elif path is None:  # pragma: no cover - h2 validates
-            return None
+        method = pseudo[b":method"].decode("latin-1")
+        authority = pseudo.get(b":authority", b"")
+        if method == "CONNECT" and protocol is None:
+            target = authority.decode("latin-1")
         else:
-            target = path.decode("latin-1")
-        if protocol is not None and not self._core.advertised.get(_SC.ENABLE_CONNECT_PROTOCOL):
-            return None
-        headers = _headers(regular)
+            target = pseudo[b":path"].decode("latin-1")
         stream = H2Stream(self, sid, can_send=False)
         request = H2Request(
-            stream, m, target, headers,
-            scheme=(scheme or b"http").decode("latin-1"),
-            authority=(authority or b"").decode("latin-1"),
+            stream, method, target, _headers(regular),
+            scheme=pseudo.get(b":scheme", b"http").decode("latin-1"),
+            authority=authority.decode("latin-1"),
             limits=self._limits,
         )
         if protocol is not None:
@@ -1542,15 +1552,13 @@ class H2ClientConnection(_Connection, ClientConnection):
         stream = self._streams.get(ev.stream_id)
         if stream is None:
             return
-        status = 0
-        regular: list[tuple[bytes, bytes]] = []
-        for name, value in ev.headers:
-            if name == b":status":
-                status = int(value)
-            elif name[:1] != b":":
-                regular.append((name, value))
-        headers = _headers(regular)
-        response = H2Response(status, headers, stream)
+        try:
+            pseudo, regular = check_fields(ev.headers, _RESPONSE_PSEUDO)
+            status = check_response_pseudo(pseudo)
+        except Malformed as exc:
+            self._malformed(stream, f"malformed response head: {exc}")
+            return
+        response = H2Response(status, _headers(regular), stream)
         stream._response = response
         stream._on_trailers = _trailer_setter(response)
         if stream._head is not None:

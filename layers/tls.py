@@ -93,7 +93,7 @@ from stack.deadlines import FOREVER
 from stack.errors import Broken, ProtocolError, StackError, Timeout
 from stack.streams import ByteStream
 
-__all__ = ["CIPHERS", "HandshakeError", "TLSStream", "client", "server"]
+__all__ = ["CIPHERS", "CertSource", "HandshakeError", "TLSStream", "TrustSource", "client", "server"]
 
 log = logging.getLogger("stack.tls")
 

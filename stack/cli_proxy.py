@@ -82,7 +82,8 @@ HOP_BY_HOP = frozenset(
 )
 """Fields never forwarded (plus every ``proxy-*`` field and those the Connection header names)."""
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
+"""Methods sent without Content-Length when the request has no body."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,55 +376,73 @@ class ProxyApp:
     # ---- forwarding ------------------------------------------------------------------------
 
     async def _forward(self, request: http.Request) -> int:
+        """Forward one request: the backend's answer, or 400, 408, 502 or 504 of our own.
+
+        One cancel scope bounds reading the start of the request body and the backend exchange
+        up to the response head (``timeout`` seconds, pushed on by every upload chunk).
+        """
         headers = request_headers(request)
         length = request.headers.get("content-length")
-        first = b""
-        if length is None:  # unknown length (chunked, or HTTP/2): look at the first bytes
-            try:
-                first = await request.body.recv(CHUNK, deadline=after(self.timeout))
-            except StackError as exc:
-                log.info("%s: the request body failed: %s", _peer(request.info), exc)
-                return await _error(request, 400, "the request body could not be read")
-        has_body = bool(first) or (length is not None and length != "0")
-        fresh = False
-        while True:
-            try:
-                conn, reused = await self.pool.acquire(deadline=after(self.timeout), fresh=fresh)
-            except Timeout as exc:
-                log.warning("backend %s: %s", self.pool.stack, exc)
-                return await _error(request, 504, "the backend did not answer in time")
-            except (StackError, OSError) as exc:
-                log.warning("backend unreachable: %s", exc)
-                return await _error(request, 502, "the backend cannot be reached")
-            with trio.CancelScope(deadline=after(self.timeout)) as scope:
+        conn: http.ClientConnection | None = None
+        failure: tuple[int, str] | None = None
+        phase = "client"
+        with trio.CancelScope(deadline=trio.current_time() + self.timeout) as scope:
+            first = b""
+            if length is None and (request.http_version == "2" or "transfer-encoding" in request.headers):
+                try:  # a body of unknown length (chunked, or HTTP/2), maybe empty: look at its start
+                    first = await request.body.recv(CHUNK)
+                except StackError as exc:
+                    log.info("%s: the request body failed: %s", _peer(request.info), exc)
+                    return await _error(request, 400, "the request body could not be read")
+            has_body = bool(first) or (length is not None and length != "0")
+            phase = "backend"
+            fresh = False
+            while failure is None:
+                try:
+                    conn, reused = await self.pool.acquire(deadline=scope.deadline, fresh=fresh)
+                except Timeout as exc:
+                    log.warning("backend: %s", exc)
+                    failure = (504, "the backend did not answer in time")
+                    break
+                except (StackError, OSError) as exc:
+                    log.warning("backend unreachable: %s", exc)
+                    failure = (502, "the backend cannot be reached")
+                    break
                 upload = _Upload(request.body, first, self.timeout, scope) if has_body else None
                 body: Any = upload
-                if upload is None and length is None and request.method not in ("GET", "HEAD", "OPTIONS", "DELETE"):
+                if upload is None and length is None and request.method not in _NO_BODY_METHODS:
                     body = b""  # an empty body the backend should see as Content-Length: 0
                 try:
                     response = await conn.request(request.method, request.target, headers=headers, body=body)
+                    break
                 except _ClientFailed as exc:
-                    await self.pool.release(conn, reusable=False)
                     log.info("%s: %s", _peer(request.info), exc)
-                    return await _error(request, 400, "the request body could not be read")
+                    failure = (400, "the request body could not be read")
                 except (StackError, OSError) as exc:
-                    await self.pool.release(conn, reusable=False)
                     replayable = upload is None or not upload.started
-                    if reused and replayable and not isinstance(exc, Timeout) and (
-                        isinstance(exc, EndOfStream | Broken | Closed | OSError)
-                    ):
+                    stale = isinstance(exc, EndOfStream | Broken | Closed | OSError) and not isinstance(exc, Timeout)
+                    if reused and replayable and stale:
                         log.debug("a kept-alive backend connection had closed (%s): retrying on a new one", exc)
                         fresh = True
-                        continue
-                    if isinstance(exc, Timeout):
-                        return await _error(request, 504, "the backend did not answer in time")
-                    log.warning("backend failed: %s", exc)
-                    return await _error(request, 502, "the backend failed")
-            if scope.cancelled_caught:
+                    elif isinstance(exc, Timeout):
+                        failure = (504, "the backend did not answer in time")
+                    else:
+                        log.warning("backend failed: %s", exc)
+                        failure = (502, "the backend failed")
                 await self.pool.release(conn, reusable=False)
+                conn = None
+        if scope.cancelled_caught:
+            if phase == "client":
+                failure = (408, "the request body did not arrive in time")
+            else:
                 log.warning("backend did not answer within %gs", self.timeout)
-                return await _error(request, 504, "the backend did not answer in time")
-            return await self._relay(request, conn, response)
+                failure = (504, "the backend did not answer in time")
+            if conn is not None:
+                await self.pool.release(conn, reusable=False)
+        if failure is not None:
+            return await _error(request, *failure)
+        assert conn is not None
+        return await self._relay(request, conn, response)
 
     async def _relay(self, request: http.Request, conn: http.ClientConnection, response: http.Response) -> int:
         """Send the backend's response to the client; give the connection back to the pool
@@ -447,16 +466,18 @@ class ProxyApp:
             await self.pool.release(conn, reusable=keep and ended[0])
 
     async def _read_small(self, response: http.Response, ended: list[bool]) -> bytes:
-        """The whole body of a response announced as small (or bodiless)."""
+        """The whole body of a response announced as small (or bodiless), under one deadline."""
         parts: list[bytes] = []
         size = 0
-        while chunk := await response.body.recv(CHUNK, deadline=after(self.timeout)):
-            size += len(chunk)
-            if size > SMALL_BODY:
-                raise Broken(f"the backend sent more than the {SMALL_BODY} bytes it announced")
-            parts.append(chunk)
-        ended[0] = True
-        return b"".join(parts)
+        with trio.move_on_after(self.timeout):
+            while chunk := await response.body.recv(CHUNK):
+                size += len(chunk)
+                if size > SMALL_BODY:
+                    raise Broken(f"the backend sent more than the {SMALL_BODY} bytes it announced")
+                parts.append(chunk)
+            ended[0] = True
+            return b"".join(parts)
+        raise Timeout(f"the backend did not send its response body within {self.timeout:g}s")
 
     async def _stream(
         self, request: http.Request, response: http.Response, headers: list[tuple[bytes, bytes]], ended: list[bool]

@@ -32,6 +32,7 @@ which process served each request.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -122,10 +123,8 @@ class Supervisor:
     def _signal_all(self, signum: int) -> None:
         for w in self.workers:
             if w.process is not None and w.process.returncode is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):  # exited meanwhile
                     w.process.send_signal(signum)
-                except ProcessLookupError:  # pragma: no cover - exited meanwhile
-                    pass
 
     async def _stop_all(self, scope: trio.CancelScope) -> None:
         """Wait for the drained workers to exit; past the drain timeout, kill them."""
@@ -159,7 +158,9 @@ class Supervisor:
 
     async def _run_once(self, w: Worker) -> int:
         """Start one process for ``w``, mark it ready at its ``serving on`` line, return its exit
-        status. A process that never got ready during the first start raises :class:`_Startup`."""
+        status. A process that never got ready during the first start raises :class:`_Startup`.
+        If this task is cancelled (the drain timed out, startup failed elsewhere), the process
+        is killed."""
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "stack.cli_workers"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env, process_group=0,
@@ -167,29 +168,33 @@ class Supervisor:
         w.process = process
         log.info("worker %d started: pid %d", w.index, process.pid)
         first_start = not w.ready.is_set()
-        ready = False
         try:
             assert process.stdout is not None
+            ready = False
             with trio.move_on_after(START_TIMEOUT) as scope:
                 ready = await _wait_ready(process.stdout)
-            if scope.cancelled_caught:
-                log.warning("worker %d (pid %d) was not ready within %gs: killing it", w.index, process.pid,
-                            START_TIMEOUT)  # fmt: skip
-                process.kill()
-            if ready:
-                w.ready.set()
-                if not first_start:
-                    log.info("worker %d restarted: pid %d serves", w.index, process.pid)
-                await _drain(process.stdout)
+            if not ready:
+                if scope.cancelled_caught:
+                    log.warning("worker %d (pid %d) was not ready within %gs: killing it",
+                                w.index, process.pid, START_TIMEOUT)  # fmt: skip
+                    process.kill()
+                code = await process.wait()
+                if first_start and not self.stopping:
+                    raise _Startup(f"worker {w.index} failed to start ({_describe(code)})")
+                return code
+            w.ready.set()
+            if not first_start:
+                log.info("worker %d restarted: pid %d serves", w.index, process.pid)
+            await _drain(process.stdout)
             return await process.wait()
         finally:
-            if not ready and first_start and not self.stopping:
-                with trio.CancelScope(shield=True):
-                    code = await process.wait()
-                raise _Startup(f"worker {w.index} failed to start ({_describe(code)})")
-            if process.stdin is not None:
-                with trio.CancelScope(shield=True):
-                    await process.stdin.aclose()
+            with trio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+                for pipe in (process.stdin, process.stdout):
+                    if pipe is not None:
+                        await pipe.aclose()
 
 
 async def _wait_ready(stdout: trio.abc.ReceiveStream) -> bool:

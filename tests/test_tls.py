@@ -153,6 +153,10 @@ async def test_ip_literal_checked_against_ip_entries() -> None:
     c, s = await connected(client(server_hostname="127.0.0.1"), server(), a, b)
     assert c.info["server_name"] == "127.0.0.1"
     assert s.info["server_name"] is None  # no SNI for an IP address
+    for literal in ("::1", "[::1]", "0:0::1"):
+        a, b = memory_pair()
+        c, s = await connected(client(server_hostname=literal), server(), a, b)
+        assert c.info["server_name"] == "::1" and s.info["server_name"] is None
     a, b = memory_pair()
     c, s = await attach_both(client(server_hostname="127.0.0.1"), server(certs=certs().no_ip), a, b)
     assert isinstance(c, tls.HandshakeError) and c.reason == "hostname_mismatch"

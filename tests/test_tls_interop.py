@@ -317,7 +317,8 @@ async def test_testssl_finds_nothing_to_report(tmp_path: Any) -> None:
     report = tmp_path / "testssl.json"
     with trio.fail_after(300):
         async with trio.open_nursery() as nursery:
-            (addr,) = await nursery.start(Stack(tcp.listen("127.0.0.1", 0), server_spec(["http/1.1"])).serve, tiny_http)
+            spec = tls.server(certs().localhost, alpn=["http/1.1"])  # valid for 127.0.0.1
+            (addr,) = await nursery.start(Stack(tcp.listen("127.0.0.1", 0), spec).serve, tiny_http)
             cmd = [testssl, "--quiet", "--color", "0", "--warnings", "off", "--severity", "MEDIUM",
                    "--add-ca", certs().ca_file, "--jsonfile", str(report),
                    "-p", "-s", "-f", "-S", "-P", "-U", f"127.0.0.1:{addr[1]}"]  # fmt: skip

@@ -23,13 +23,16 @@ from layers.certs import CA
 from stack import ByteStream, after
 
 TEST_SECONDS = 60.0
+SLOW_TEST_SECONDS = 600.0  # tests marked slow (testssl.sh takes a minute or two)
 
 
 @pytest.fixture(autouse=True)
-def bounded() -> Iterator[None]:
-    """No TLS test may hang the run: past TEST_SECONDS the process dumps every thread's stack
-    and exits (each test also bounds its own waits with deadlines)."""
-    faulthandler.dump_traceback_later(TEST_SECONDS, exit=True)
+def bounded(request: pytest.FixtureRequest) -> Iterator[None]:
+    """No TLS test may hang the run: past TEST_SECONDS (SLOW_TEST_SECONDS for a test marked
+    ``slow``) the process dumps every thread's stack to stderr and exits. Each test also bounds
+    its own waits with deadlines and ``trio.fail_after``; this is the last resort."""
+    slow = request.node.get_closest_marker("slow") is not None
+    faulthandler.dump_traceback_later(SLOW_TEST_SECONDS if slow else TEST_SECONDS, exit=True)
     yield
     faulthandler.cancel_dump_traceback_later()
 
