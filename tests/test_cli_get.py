@@ -322,7 +322,7 @@ async def test_methods_data_and_headers(tmp_path: Path) -> None:
     payload = os.urandom(200_000)
     (tmp_path / "payload").write_bytes(payload)
     async with trio.open_nursery() as nursery:
-        (host, port), *_ = await nursery.start(Stack(tcp.listen("127.0.0.1", 0), http.server(echo_app)).serve)
+        (_, port), *_ = await nursery.start(Stack(tcp.listen("127.0.0.1", 0), http.server(echo_app)).serve)
         url = f"http://127.0.0.1:{port}/echo?x=1"
         with trio.fail_after(60):
             result = await stack("get", url, "-d", "a=1", "-d", "b=2", "-H", "X-Test: yes")
