@@ -147,9 +147,13 @@ LINGER = 1.0
 RETRIES = 3
 """Times a client request refused unprocessed (REFUSED_STREAM, GOAWAY) is sent again."""
 
+WORKER_LINGER = 1.0
+"""Seconds a server connection with no stream keeps its idle app workers."""
+
 PING_WAIT = 5.0
 """Longest wait for the PING round trip between the two GOAWAYs of a graceful shutdown."""
 
+_UNSET = object()
 _NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 _PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
 _INTERNAL_ERROR = h2.errors.ErrorCodes.INTERNAL_ERROR
@@ -660,6 +664,7 @@ class _Connection:
         self._settings_rate = _Rate(limits.settings_flood_limit, limits.flood_period)
         self._remote_settings = trio.Event()
         self._pending_events: list[h2.events.Event] = []
+        self._recv_scope: trio.CancelScope | None = None
         self._dispatch: dict[type, Callable[[Any], None]] = {
             h2.events.DataReceived: self._on_data,
             h2.events.StreamEnded: self._on_stream_ended,
@@ -797,8 +802,9 @@ class _Connection:
     def _recv_deadline(self) -> float:
         return FOREVER
 
-    def _on_idle(self) -> None:  # pragma: no cover - servers override
-        pass
+    def _on_idle(self) -> bool:  # pragma: no cover - servers override
+        """The reader's deadline passed: True ends the connection, False reads on."""
+        return True
 
     async def _reader(self) -> None:
         core = self._core
@@ -810,15 +816,16 @@ class _Connection:
                 self._handle(events, dispatch)
                 self._wake_writer()
             while self._failure is None:
-                deadline = self._recv_deadline()
                 try:
-                    if deadline == FOREVER:
+                    # the deadline moves while we wait (_update_idle): a scope we can adjust
+                    with trio.CancelScope(deadline=self._recv_deadline()) as scope:
+                        self._recv_scope = scope
                         data = await lower.recv(RECV_SIZE)
-                    else:
-                        data = await lower.recv(RECV_SIZE, deadline=deadline)
-                except Timeout:
-                    self._on_idle()
-                    return
+                    self._recv_scope = None
+                    if scope.cancelled_caught:
+                        if self._on_idle():
+                            return
+                        continue
                 except StackError as exc:
                     self._peer_closed = True
                     self._fail(Broken(f"HTTP/2 connection lost: {exc}"))
@@ -1072,10 +1079,12 @@ class H2ServerConnection(_Connection, ServerConnection):
         self._closing = False  # GOAWAY (final) sent or received: no new streams
         self._eof = False
         self._idle_since = trio.current_time()
-        self._recv_scope: trio.CancelScope | None = None
         self._reset_rate = _Rate(limits.rapid_reset_limit, limits.flood_period)
         self._exit_stack: AsyncExitStack | None = None
         self._upgrade_request: H2Request | None = None
+        self._work: deque[H2Request] = deque()
+        self._work_lot = trio.lowlevel.ParkingLot()
+        self._retired = 0
         self._dispatch[h2.events.RequestReceived] = self._on_request
 
     # ---- handshake -------------------------------------------------------------------------
@@ -1205,18 +1214,28 @@ class H2ServerConnection(_Connection, ServerConnection):
     def _recv_deadline(self) -> float:
         if self._active or self._streams:
             return FOREVER
+        if len(self._work_lot):  # idle workers go first, the connection later
+            return self._idle_since + WORKER_LINGER
         return self._idle_since + self._limits.idle_timeout
 
     def _update_idle(self) -> None:
         if not self._active and not self._streams:
             self._idle_since = trio.current_time()
+            scope = self._recv_scope
+            if scope is not None:
+                scope.deadline = self._recv_deadline()
 
-    def _on_idle(self) -> None:
+    def _on_idle(self) -> bool:
         if self._active or self._streams:  # pragma: no cover - the deadline is FOREVER then
-            return
+            return False
+        if len(self._work_lot):
+            self._retired += 1  # the parked workers wake, see this and exit
+            self._work_lot.unpark_all()
+            return False
         log.info("%s: HTTP/2 connection idle for %gs: closing", self.info.get("peer"), self._limits.idle_timeout)
         self._closing = True
         self._finish()
+        return True
 
     async def _watch_shutdown(self, event: trio.Event) -> None:
         await event.wait()
@@ -1354,12 +1373,38 @@ class H2ServerConnection(_Connection, ServerConnection):
         app = self._app
         nursery = self._nursery
         if app is not None and nursery is not None:
-            nursery.start_soon(self._handle_request, app, request, name=f"h2 stream {sid}")
+            self._work.append(request)
+            if len(self._work_lot):
+                self._work_lot.unpark()
+            else:
+                nursery.start_soon(self._worker, app, name="h2 worker")
         else:
             self._queue.append(request)
             self._queue_lot.unpark_all()
         if self._core.stream_is_open(sid) is False:  # pragma: no cover - reset in the same batch
             self._stream_maybe_finished(stream)
+
+    async def _worker(self, app: App) -> None:
+        """Run the app for queued requests, one at a time; park when there are none.
+
+        Workers are reused (a new task per request costs as much as a third of a small
+        request), but each request still starts in the context the connection gave its first
+        worker: a worker whose app set a context variable retires after that request. Idle
+        workers exit after :data:`WORKER_LINGER` seconds without requests.
+        """
+        work = self._work
+        context = trio.lowlevel.current_task().context
+        baseline = list(context.items())
+        while True:
+            while work:
+                await self._handle_request(app, work.popleft())
+                if len(context) != len(baseline) or any(context.get(var, _UNSET) is not value
+                                                        for var, value in baseline):
+                    return
+            generation = self._retired
+            await self._work_lot.park()
+            if generation != self._retired and not work:
+                return
 
     async def _handle_request(self, app: App, request: H2Request) -> None:
         failed: BaseException | None = None
