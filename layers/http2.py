@@ -147,13 +147,9 @@ LINGER = 1.0
 RETRIES = 3
 """Times a client request refused unprocessed (REFUSED_STREAM, GOAWAY) is sent again."""
 
-WORKER_LINGER = 1.0
-"""Seconds a server connection with no stream keeps its idle app workers."""
-
 PING_WAIT = 5.0
 """Longest wait for the PING round trip between the two GOAWAYs of a graceful shutdown."""
 
-_UNSET = object()
 _NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 _PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
 _INTERNAL_ERROR = h2.errors.ErrorCodes.INTERNAL_ERROR
@@ -1082,9 +1078,6 @@ class H2ServerConnection(_Connection, ServerConnection):
         self._reset_rate = _Rate(limits.rapid_reset_limit, limits.flood_period)
         self._exit_stack: AsyncExitStack | None = None
         self._upgrade_request: H2Request | None = None
-        self._work: deque[H2Request] = deque()
-        self._work_lot = trio.lowlevel.ParkingLot()
-        self._retired = 0
         self._dispatch[h2.events.RequestReceived] = self._on_request
 
     # ---- handshake -------------------------------------------------------------------------
@@ -1214,8 +1207,6 @@ class H2ServerConnection(_Connection, ServerConnection):
     def _recv_deadline(self) -> float:
         if self._active or self._streams:
             return FOREVER
-        if len(self._work_lot):  # idle workers go first, the connection later
-            return self._idle_since + WORKER_LINGER
         return self._idle_since + self._limits.idle_timeout
 
     def _update_idle(self) -> None:
@@ -1227,10 +1218,6 @@ class H2ServerConnection(_Connection, ServerConnection):
 
     def _on_idle(self) -> bool:
         if self._active or self._streams:  # pragma: no cover - the deadline is FOREVER then
-            return False
-        if len(self._work_lot):
-            self._retired += 1  # the parked workers wake, see this and exit
-            self._work_lot.unpark_all()
             return False
         log.info("%s: HTTP/2 connection idle for %gs: closing", self.info.get("peer"), self._limits.idle_timeout)
         self._closing = True
@@ -1373,38 +1360,12 @@ class H2ServerConnection(_Connection, ServerConnection):
         app = self._app
         nursery = self._nursery
         if app is not None and nursery is not None:
-            self._work.append(request)
-            if len(self._work_lot):
-                self._work_lot.unpark()
-            else:
-                nursery.start_soon(self._worker, app, name="h2 worker")
+            nursery.start_soon(self._handle_request, app, request, name=f"h2 stream {sid}")
         else:
             self._queue.append(request)
             self._queue_lot.unpark_all()
         if self._core.stream_is_open(sid) is False:  # pragma: no cover - reset in the same batch
             self._stream_maybe_finished(stream)
-
-    async def _worker(self, app: App) -> None:
-        """Run the app for queued requests, one at a time; park when there are none.
-
-        Workers are reused (a new task per request costs as much as a third of a small
-        request), but each request still starts in the context the connection gave its first
-        worker: a worker whose app set a context variable retires after that request. Idle
-        workers exit after :data:`WORKER_LINGER` seconds without requests.
-        """
-        work = self._work
-        context = trio.lowlevel.current_task().context
-        baseline = list(context.items())
-        while True:
-            while work:
-                await self._handle_request(app, work.popleft())
-                if len(context) != len(baseline) or any(context.get(var, _UNSET) is not value
-                                                        for var, value in baseline):
-                    return
-            generation = self._retired
-            await self._work_lot.park()
-            if generation != self._retired and not work:
-                return
 
     async def _handle_request(self, app: App, request: H2Request) -> None:
         failed: BaseException | None = None
