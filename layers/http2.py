@@ -286,7 +286,7 @@ class H2Stream(ByteStream):
         # client side only
         self._head: trio.Event | None = None
         self._response: H2Response | None = None
-        self._on_trailers: Callable[[Headers], None] | None = None
+        self._owner: H2Request | H2Response | None = None  # gets .trailers
 
     @property
     def info(self) -> Info:
@@ -513,6 +513,21 @@ class H2Stream(ByteStream):
         return self._response
 
 
+def _pairs(headers: HeaderInput) -> Headers:
+    """``headers`` as :class:`Headers`, quickly for the common list of ``str`` pairs."""
+    if headers.__class__ is Headers:
+        return headers  # type: ignore[return-value]
+    if isinstance(headers, (list, tuple)):
+        return _headers([
+            (
+                (k if k.__class__ is bytes else k.encode("latin-1")).lower(),  # type: ignore[union-attr]
+                v if v.__class__ is bytes else v.encode("latin-1"),  # type: ignore[union-attr]
+            )
+            for k, v in headers
+        ])
+    return Headers(headers)
+
+
 class H2Request(Request):
     """A request received over HTTP/2 (see :class:`layers.http.Request`).
 
@@ -527,6 +542,14 @@ class H2Request(Request):
         self.stream_id = stream.stream_id
         self.protocol: str | None = None
         self.trailers = _EMPTY
+
+    async def respond(
+        self, status: int, headers: HeaderInput = (), body: bytes = b"", *, deadline: float = FOREVER
+    ) -> None:
+        """Send a whole response (see :meth:`layers.http.Request.respond`): one HEADERS and,
+        when it fits the windows, one DATA frame, queued together."""
+        self._claim(status)
+        await self._respond(status, _pairs(headers), body if body.__class__ is bytes else bytes(body), deadline)
 
     def _head(self, status: int, headers: Headers, body_length: int | None) -> list[tuple[bytes, bytes]]:
         fields = [(b":status", _STATUS[status])]
@@ -803,53 +826,64 @@ class _Connection:
         return True
 
     async def _reader(self) -> None:
-        core = self._core
-        lower = self._lower
-        dispatch = self._dispatch
+        """Read, feed h2, dispatch the events, until the connection ends.
+
+        The loop runs inside one cancel scope whose deadline is the idle deadline while no
+        stream is active (``_update_idle`` moves it while we wait) and FOREVER otherwise; it
+        is replaced only when it fired. Both awaits in it (``recv`` and the wait for the
+        writer to drain) are cancel-safe.
+        """
         try:
             if self._pending_events:
                 events, self._pending_events = self._pending_events, []
-                self._handle(events, dispatch)
+                self._handle(events, self._dispatch)
                 self._wake_writer()
             while self._failure is None:
-                try:
-                    # the deadline moves while we wait (_update_idle): a scope we can adjust
-                    with trio.CancelScope(deadline=self._recv_deadline()) as scope:
-                        self._recv_scope = scope
-                        data = await lower.recv(RECV_SIZE)
-                    self._recv_scope = None
-                    if scope.cancelled_caught:
-                        if self._on_idle():
-                            return
-                        continue
-                except StackError as exc:
-                    self._peer_closed = True
-                    self._fail(Broken(f"HTTP/2 connection lost: {exc}"))
+                with trio.CancelScope(deadline=self._recv_deadline()) as scope:
+                    self._recv_scope = scope
+                    await self._read_loop(scope)
+                self._recv_scope = None
+                if not scope.cancelled_caught or self._on_idle():
                     return
-                if not data:
-                    self._peer_closed = True
-                    self._on_eof()
-                    return
-                try:
-                    events = core.receive_data(data)
-                except ProtocolViolation as exc:
-                    self._protocol_error(exc)
-                    return
-                try:
-                    self._handle(events, dispatch)
-                except h2.exceptions.H2Error:  # a bug of ours: say so, end this connection only
-                    log.exception("HTTP/2 connection %s: internal error", self.info.get("peer"))
-                    self._core.close_connection(_INTERNAL_ERROR, last_stream_id=self._last_stream_id())
-                    self._goaway_sent = True
-                    self._wake_writer()
-                    self._end_with(Broken("HTTP/2 connection ended: internal error"))
-                    return
-                if core.pending_output:
-                    self._wake_writer()
-                    while self._queued() > READER_HIGH_WATER and self._failure is None:
-                        await self._drain_lot.park()
         except _Calm as exc:
             self._calm(str(exc))
+
+    async def _read_loop(self, scope: trio.CancelScope) -> None:
+        core = self._core
+        lower = self._lower
+        dispatch = self._dispatch
+        while self._failure is None:
+            try:
+                data = await lower.recv(RECV_SIZE)
+            except StackError as exc:
+                self._peer_closed = True
+                self._fail(Broken(f"HTTP/2 connection lost: {exc}"))
+                return
+            if not data:
+                self._peer_closed = True
+                self._on_eof()
+                return
+            try:
+                events = core.receive_data(data)
+            except ProtocolViolation as exc:
+                self._protocol_error(exc)
+                return
+            try:
+                self._handle(events, dispatch)
+            except h2.exceptions.H2Error:  # a bug of ours: say so, end this connection only
+                log.exception("HTTP/2 connection %s: internal error", self.info.get("peer"))
+                self._core.close_connection(_INTERNAL_ERROR, last_stream_id=self._last_stream_id())
+                self._goaway_sent = True
+                self._wake_writer()
+                self._end_with(Broken("HTTP/2 connection ended: internal error"))
+                return
+            if core.pending_output:
+                self._wake_writer()
+                while self._queued() > READER_HIGH_WATER and self._failure is None:
+                    await self._drain_lot.park()
+            deadline = self._recv_deadline()
+            if deadline != scope.deadline:
+                scope.deadline = deadline
 
     def _handle(self, events: list[h2.events.Event], dispatch: dict[type, Callable[[Any], None]]) -> None:
         for ev in events:
@@ -936,8 +970,8 @@ class _Connection:
                 return
             trailers = _headers(regular)
             stream.trailers = trailers
-            if stream._on_trailers is not None:
-                stream._on_trailers(trailers)
+            if stream._owner is not None:
+                stream._owner.trailers = trailers
 
     def _malformed(self, stream: H2Stream, detail: str) -> None:
         """A malformed message on ``stream``: RST_STREAM PROTOCOL_ERROR (RFC 9113 8.1.1)."""
@@ -1348,7 +1382,7 @@ class H2ServerConnection(_Connection, ServerConnection):
         )
         if protocol is not None:
             request.protocol = protocol.decode("latin-1")
-        stream._on_trailers = _trailer_setter(request)
+        stream._owner = request
         return request
 
     def _admit(self, request: H2Request) -> None:
@@ -1419,13 +1453,6 @@ class H2ServerConnection(_Connection, ServerConnection):
             self._maybe_done()
             log.debug("%s %s HTTP/2 stream %d -> %s", request.method, request.target, stream.stream_id,
                       request.status)
-
-
-def _trailer_setter(target: H2Request | H2Response) -> Callable[[Headers], None]:
-    def setter(trailers: Headers) -> None:
-        target.trailers = trailers
-
-    return setter
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1566,7 +1593,7 @@ class H2ClientConnection(_Connection, ClientConnection):
             return
         response = H2Response(status, _headers(regular), stream)
         stream._response = response
-        stream._on_trailers = _trailer_setter(response)
+        stream._owner = response
         if stream._head is not None:
             stream._head.set()
 
@@ -1872,7 +1899,7 @@ async def accept_h2c_upgrade(
     stream._in_ended = True
     request = H2Request(stream, method, target, hdrs, scheme="http", authority=hdrs.get("host") or "",
                         limits=limits)
-    stream._on_trailers = _trailer_setter(request)
+    stream._owner = request
     conn._upgrade_request = request  # admitted once the connection runs (the app needs the nursery)
     return conn
 

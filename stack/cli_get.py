@@ -65,6 +65,7 @@ TLS_ERROR = 35
 EMPTY_REPLY = 52
 RECV_ERROR = 56
 CERT_ERROR = 60
+CA_FILE_ERROR = 77
 
 EXIT_CODES: dict[int, str] = {
     OK: "success",
@@ -84,6 +85,7 @@ EXIT_CODES: dict[int, str] = {
     EMPTY_REPLY: "the server closed the connection without answering",
     RECV_ERROR: "the connection failed while receiving (reset)",
     CERT_ERROR: "the server's certificate was refused (unknown CA, wrong name, expired); see -k, --cacert",
+    CA_FILE_ERROR: "the --cacert file could not be used",
 }
 """Exit status -> meaning; the numbers are curl's."""
 
@@ -280,7 +282,9 @@ class Story:
         if info.get("transport") == "unix":
             self.say("*", f"Connected to unix:{peer}")
         elif isinstance(peer, tuple):
-            self.say("*", f"Connected to {peer[0]} port {peer[1]} (from {info.get('local')})")
+            local = info.get("local")
+            mine = f" (from port {local[1]})" if isinstance(local, tuple) and len(local) > 1 else ""
+            self.say("*", f"Connected to {peer[0]} port {peer[1]}{mine}")
         version = info.get("tls_version")
         if version is None:
             self.say("*", "No TLS (cleartext)")
@@ -422,7 +426,10 @@ async def get(args: argparse.Namespace) -> int:
         headers.append(("content-type", "application/x-www-form-urlencoded"))
     deadline = after(args.timeout) if args.timeout else FOREVER
     connect_deadline = min(deadline, after(args.connect_timeout))
-    stack = build_stack(args, target)
+    try:
+        stack = build_stack(args, target)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise GetError(CA_FILE_ERROR, f"cannot use --cacert {args.cacert}: {exc}") from None
     where = f"unix:{args.unix_socket}" if args.unix_socket else f"{target.host} port {target.port}"
     story.say("*", f"Connecting to {where}")
     try:

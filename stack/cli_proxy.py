@@ -283,7 +283,13 @@ def request_headers(request: http.Request) -> list[tuple[bytes, bytes]]:
     host = request.authority
     forwarded = f"for={_node(info)};proto={proto}" + (f";host={_quoted(host)}" if host else "")
     out = [(b"host", host.encode("latin-1"))] if host else []
-    out += _end_to_end(request.headers)
+    fields = _end_to_end(request.headers)
+    cookies = [v for k, v in fields if k == b"cookie"]
+    if len(cookies) > 1:  # HTTP/2 splits Cookie; HTTP/1.1 wants one field (RFC 9113 8.2.3)
+        at = next(i for i, (k, _) in enumerate(fields) if k == b"cookie")
+        fields = [(k, v) for k, v in fields if k != b"cookie"]
+        fields.insert(at, (b"cookie", b"; ".join(cookies)))
+    out += fields
     out.append((b"via", f"{request.http_version} {PSEUDONYM}".encode("latin-1")))
     out.append((b"forwarded", forwarded.encode("latin-1")))
     return out
@@ -301,7 +307,12 @@ def response_headers(response: http.Response) -> list[tuple[bytes, bytes]]:
 
 
 class _ClientFailed(Exception):
-    """The client (not the backend) failed while its request body was being forwarded."""
+    """The client (not the backend) failed while its request body was being forwarded;
+    ``status`` is the answer it gets (408 when it was too slow, else 400)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _Upload:
@@ -315,7 +326,6 @@ class _Upload:
         self.timeout = timeout
         self.scope = scope
         self.started = False
-        self.failed: BaseException | None = None
 
     def __aiter__(self) -> _Upload:
         return self
@@ -329,8 +339,8 @@ class _Upload:
         try:
             chunk = await self.body.recv(CHUNK, deadline=after(self.timeout))
         except StackError as exc:
-            self.failed = exc
-            raise _ClientFailed(f"the client's request body failed: {exc}") from exc
+            status = 408 if isinstance(exc, Timeout) else 400
+            raise _ClientFailed(f"the client's request body failed: {exc}", status) from exc
         if not chunk:
             raise StopAsyncIteration
         return bytes(chunk)
@@ -417,7 +427,7 @@ class ProxyApp:
                     break
                 except _ClientFailed as exc:
                     log.info("%s: %s", _peer(request.info), exc)
-                    failure = (400, "the request body could not be read")
+                    failure = (exc.status, "the request body could not be read")
                 except (StackError, OSError) as exc:
                     replayable = upload is None or not upload.started
                     stale = isinstance(exc, EndOfStream | Broken | Closed | OSError) and not isinstance(exc, Timeout)
@@ -451,16 +461,18 @@ class ProxyApp:
         length = response.headers.get("content-length")
         keep = response.http_version != "1.0" and "close" not in _connection_tokens(response.headers)
         ended = [False]
+        bodiless = request.method == "HEAD" or response.status in (204, 304)
+        if bodiless or (length is not None and length.isdigit() and int(length) <= SMALL_BODY):
+            try:
+                data = await self._read_small(response, ended)
+            except (StackError, OSError) as exc:
+                log.warning("backend failed while sending a response body: %s", exc)
+                return await _error(request, 504 if isinstance(exc, Timeout) else 502, "the backend failed")
+            finally:  # the whole body is here (or never will be): the connection is free already
+                await self.pool.release(conn, reusable=keep and ended[0])
+            await request.respond(response.status, headers, data, deadline=after(self.timeout))
+            return len(data)
         try:
-            bodiless = request.method == "HEAD" or response.status in (204, 304)
-            if bodiless or (length is not None and length.isdigit() and int(length) <= SMALL_BODY):
-                try:
-                    data = await self._read_small(response, ended)
-                except (StackError, OSError) as exc:
-                    log.warning("backend failed while sending a response body: %s", exc)
-                    return await _error(request, 504 if isinstance(exc, Timeout) else 502, "the backend failed")
-                await request.respond(response.status, headers, data, deadline=after(self.timeout))
-                return len(data)
             return await self._stream(request, response, headers, ended)
         finally:
             await self.pool.release(conn, reusable=keep and ended[0])

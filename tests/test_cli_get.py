@@ -295,6 +295,8 @@ async def test_exit_codes_without_a_server(tmp_path: Path) -> None:
     assert (await stack("get", "http://127.0.0.1:99999/")).returncode == 3
     assert (await stack("get", "http://host.invalid/")).returncode == 6
     assert (await stack("get", "-d", f"@{tmp_path / 'missing'}", f"http://127.0.0.1:{port}/")).returncode == 26
+    missing_ca = str(tmp_path / "missing.pem")
+    assert (await stack("get", "--cacert", missing_ca, f"https://127.0.0.1:{port}/")).returncode == 77
     # a server that accepts (backlog) but never answers: --timeout gives 28
     with trio.socket.socket() as sock:
         await sock.bind(("127.0.0.1", 0))

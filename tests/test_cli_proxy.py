@@ -295,6 +295,8 @@ class Backend:
         elif request.path == "/slow":
             await trio.sleep(5)
             await request.respond(200, [], b"late")
+        elif request.path == "/cookie":
+            await request.respond(200, [], "|".join(request.headers.get_all("cookie")).encode())
         else:
             await request.respond(200, [("x-body", str(len(body)))], b"ok " + request.path.encode())
 
@@ -422,3 +424,11 @@ async def test_hop_by_hop_response_fields_are_removed() -> None:
                     assert response.headers["x-kept"] == "1"
                     assert response.headers.get_all("via") == ["1.0 upstream", "1.1 trio-stack"]
             nursery.cancel_scope.cancel()
+
+
+async def test_http2_cookies_are_joined_for_http1() -> None:
+    backend = Backend()
+    with trio.fail_after(30):
+        async with in_process_proxy(backend) as (port, _), await client(port, h2=True) as conn:
+            response = await conn.request("GET", "/cookie", headers=[("cookie", "a=1"), ("cookie", "b=2")])
+            assert await response.read() == b"a=1; b=2"
