@@ -17,6 +17,8 @@ What :class:`H2Core` changes, and why:
   credited, so the connection never stalls.
 * **RST_STREAM on an idle stream is a connection error** of type PROTOCOL_ERROR (RFC 9113 6.4);
   h2 ignores it.
+* **Our HPACK encoder's table is capped** at :data:`ENCODER_TABLE_SIZE` (an encoder may use
+  less than the peer allows; RFC 7541 4.2).
 * **A SETTINGS ACK with a payload** is FRAME_SIZE_ERROR (RFC 9113 6.5); h2 says PROTOCOL_ERROR.
 * **CONTINUATION floods** are cut at ``max_continuation_frames`` frames or a compressed header
   block over twice ``max_header_list_size`` (h2's own cap is 64 frames of any size), with
@@ -61,6 +63,11 @@ ProtocolViolation = h2.exceptions.ProtocolError
 """What :meth:`H2Core.receive_data` raises when the peer broke the protocol (GOAWAY is queued)."""
 
 _UNLIMITED_STREAMS = 2**31 - 1
+
+ENCODER_TABLE_SIZE = 1024
+"""Bytes of HPACK dynamic table our encoder uses (at most; the peer may allow more). hpack
+searches its table linearly for every field it encodes, and a server adds a new ``date``
+entry every second: a small table keeps that search short."""
 
 
 def error_name(code: int | None) -> str:
@@ -150,6 +157,7 @@ class H2Core(h2.connection.H2Connection):
         self.local_settings = h2.settings.Settings(client=client_side, initial_values=dict(settings))
         self.decoder.max_header_list_size = settings.get(h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE, 65536)
         self.max_inbound_frame_size = self.local_settings.max_frame_size
+        self.encoder.header_table_size = ENCODER_TABLE_SIZE
 
     def initiate_connection(self) -> None:
         """Queue the preface and our SETTINGS; then stop h2 enforcing the stream limit itself."""
@@ -236,6 +244,12 @@ class H2Core(h2.connection.H2Connection):
         if not exc._events and self._stream_closed_by(frame.stream_id) == StreamClosedBy.SEND_RST_STREAM:
             frames = [f for f in frames if f.type != 0x3]
         return frames, out
+
+    def _acknowledge_settings(self) -> list[Frame]:
+        frames = super()._acknowledge_settings()
+        if self.encoder.header_table_size > ENCODER_TABLE_SIZE:
+            self.encoder.header_table_size = ENCODER_TABLE_SIZE
+        return frames
 
     def _receive_goaway_frame(self, frame: Any) -> tuple[list[Frame], list[Any]]:
         # h2 drops everything queued for sending on GOAWAY; the streams it lets finish need it.

@@ -516,12 +516,12 @@ class H2Stream(ByteStream):
 def _pairs(headers: HeaderInput) -> Headers:
     """``headers`` as :class:`Headers`, quickly for the common list of ``str`` pairs."""
     if headers.__class__ is Headers:
-        return headers  # type: ignore[return-value]
+        return headers
     if isinstance(headers, (list, tuple)):
         return _headers([
             (
-                (k if k.__class__ is bytes else k.encode("latin-1")).lower(),  # type: ignore[union-attr]
-                v if v.__class__ is bytes else v.encode("latin-1"),  # type: ignore[union-attr]
+                (k if k.__class__ is bytes else k.encode("latin-1")).lower(),
+                v if v.__class__ is bytes else v.encode("latin-1"),
             )
             for k, v in headers
         ])

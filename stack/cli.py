@@ -349,7 +349,8 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
         limits = replace(limits, header_timeout=args.header_timeout)
     shutdown = trio.Event()
     layers: list[Any] = [tls_layer] if tls_layer is not None else []
-    stack = Stack(tcp.listen(args.host, args.port, backlog=4096), *layers, http.server(app, limits, shutdown))
+    listen = tcp.listen(args.host, args.port, backlog=4096, reuse_port=getattr(args, "workers", 1) > 1)
+    stack = Stack(listen, *layers, http.server(app, limits, shutdown))
     scheme = "https" if tls_layer is not None else "http"
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as outer:
@@ -401,6 +402,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"serve: cannot set up TLS: {exc}", file=sys.stderr)
         return 1
+    if args.workers != 1:  # N supervised processes sharing the port: stack/cli_workers.py
+        from stack.cli_workers import supervise
+
+        return supervise(args)
     try:
         trio.run(serve, args, tls_layer)
     except KeyboardInterrupt:  # pragma: no cover - the signal receiver normally takes it
@@ -453,7 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no access log")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     p.add_argument("--hello", action="store_true", help=argparse.SUPPRESS)  # the benchmarks' 13-byte body
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N processes sharing the port (SO_REUSEPORT), supervised (default: 1)")
     p.set_defaults(func=cmd_serve)
+
+    from stack import cli_get, cli_proxy  # the get and proxy commands live in their own modules
+
+    cli_get.add_parser(sub)
+    cli_proxy.add_parser(sub)
     return parser
 
 

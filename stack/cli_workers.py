@@ -256,6 +256,9 @@ def supervise(args: argparse.Namespace) -> int:
     from layers import certs
     from stack.cli import _url
 
+    if args.workers < 1:
+        print("serve: --workers needs a number of processes, at least 1", file=sys.stderr)
+        return 2
     if not hasattr(socket, "SO_REUSEPORT"):
         print("serve: --workers needs SO_REUSEPORT, which this system lacks", file=sys.stderr)
         return 1
@@ -329,17 +332,22 @@ def worker_main() -> int:
     try:
         tls_layer = None if args.no_tls else cli._tls_layer(args)
         trio.run(_worker, args, tls_layer, cli.serve)
-    except (OSError, ValueError) as exc:
-        print(f"serve worker {os.getpid()}: {exc}", file=sys.stderr)
-        return 1
     except Exception as exc:
         from stack.errors import Broken
 
-        if isinstance(exc, Broken):
-            print(f"serve worker {os.getpid()}: {exc}", file=sys.stderr)
+        cause = _single(exc)
+        if isinstance(cause, OSError | ValueError | Broken):  # cannot listen, a bad root or certificate
+            print(f"serve worker {os.getpid()}: {cause}", file=sys.stderr)
             return 1
         raise
     return 0
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) exception groups of one member, else ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ class Child:
         self.process = process
         self.out = bytearray()
         self.err = bytearray()
+        self.ended = 0  # how many of the two pipes reached their end
         self._changed = trio.Event()
 
     @property
@@ -78,6 +79,7 @@ class Child:
             into += chunk
             self._changed.set()
             self._changed = trio.Event()
+        self.ended += 1
         self._changed.set()
 
     async def wait_for(self, pattern: str, seconds: float = 30.0) -> re.Match[str]:
@@ -88,8 +90,8 @@ class Child:
                 m = rx.search(self.text)
                 if m:
                     return m
-                if self.process.returncode is not None:
-                    break
+                if self.process.returncode is not None and self.ended == 2:
+                    break  # it exited and all its output was read
                 changed = self._changed
                 with trio.move_on_after(0.2):
                     await changed.wait()

@@ -94,3 +94,22 @@ async def test_a_port_that_cannot_be_shared_fails_the_start() -> None:
         result = await stack("serve", "--no-tls", "--port", str(port), "--workers", "2", limit=60)
     assert result.returncode == 1
     assert b"cannot listen" in result.stderr
+
+
+async def test_a_worker_that_cannot_start_stops_everything(tmp_path: Path) -> None:
+    """(cmd_serve checks DIR first; calling supervise() directly lets the workers meet the error.)"""
+    script = (
+        "import sys\n"
+        "from stack.cli import build_parser, _setup_logging\n"
+        "from stack.cli_workers import supervise\n"
+        "args = build_parser().parse_args(['serve', sys.argv[1], '--no-tls', '--port', '0', '--workers', '2'])\n"
+        "_setup_logging(0)\n"
+        "sys.exit(supervise(args))\n"
+    )
+    with trio.fail_after(60):
+        async with spawn([PY, "-c", script, str(tmp_path / "missing")]) as child:
+            code = await child.process.wait()
+            await child.wait_for(r"serve: worker \d failed to start \(exit status 1\)")
+    assert code == 1
+    started = [int(p) for p in re.findall(r"worker \d started: pid (\d+)", child.err.decode())]
+    assert len(started) == 2 and not any(alive(pid) for pid in started)
