@@ -63,7 +63,8 @@ async def main() -> None:
         async with await outer.connect(deadline=after(5)) as conn:
             print(f"outer connection: TLS {conn.info['tls_version']}, ALPN {conn.info['alpn']}")
             tunnel = await conn.connect_tunnel("inner.test:443", deadline=after(5))
-            secure = await tls.client(server_hostname="inner.test", ca=ca, alpn=["h2"]).attach(tunnel, deadline=after(5))
+            inner_tls = tls.client(server_hostname="inner.test", ca=ca, alpn=["h2"])
+            secure = await inner_tls.attach(tunnel, deadline=after(5))
             async with await http.client().attach(secure, deadline=after(5)) as inner:
                 for path in ("/a", "/b"):
                     response = await inner.request("GET", path, deadline=after(5))

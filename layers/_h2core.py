@@ -247,8 +247,15 @@ class H2Core(h2.connection.H2Connection):
 
     def _acknowledge_settings(self) -> list[Frame]:
         frames = super()._acknowledge_settings()
-        if self.encoder.header_table_size > ENCODER_TABLE_SIZE:
-            self.encoder.header_table_size = ENCODER_TABLE_SIZE
+        encoder = self.encoder
+        if encoder.header_table_size > ENCODER_TABLE_SIZE:
+            encoder.header_table_size = ENCODER_TABLE_SIZE
+        # RFC 7541 4.2: between two header blocks, signal at most two size updates (the smallest,
+        # then the final one); h2's change and our cap may have queued three.
+        changes = encoder.table_size_changes
+        if len(changes) > 1:
+            low, final = min(changes), changes[-1]
+            encoder.table_size_changes = [low] if low == final else [low, final]
         return frames
 
     def _receive_goaway_frame(self, frame: Any) -> tuple[list[Frame], list[Any]]:

@@ -56,11 +56,22 @@ PINGs or ``settings_flood_limit`` SETTINGS per ``flood_period`` seconds end the 
 GOAWAY ENHANCE_YOUR_CALM; a connection with no stream for ``idle_timeout`` seconds is closed with
 GOAWAY NO_ERROR; a peer that does not read what we send for ``send_timeout`` seconds is dropped.
 A protocol error gets GOAWAY with the RFC 9113 error code and ends the connection; the streams
-then raise :class:`~stack.ProtocolError`.
+then raise :class:`~stack.ProtocolError`. A malformed message (bad header list, RFC 9113 8.1.1)
+is a stream error: RST_STREAM PROTOCOL_ERROR, the connection goes on. After a GOAWAY the
+connection closes lingering (FIN, then reading and dropping for up to :data:`LINGER` seconds),
+so the peer reads the GOAWAY before the close.
+
+**Client details.** The first request goes out with the preface; more wait for the server's
+SETTINGS (its stream limit), then for a free stream when at the limit. A request refused
+unprocessed is retried (bytes bodies only). Read or close every response: its unread body
+holds part of the connection window.
 
 **h2c upgrade.** :func:`h2c_settings` tells an HTTP/1.1 server whether a request asks for
-``Upgrade: h2c`` properly; :func:`serve_h2c_upgrade` answers 101 and serves HTTP/2 on the same
-connection, the upgrading request being stream 1.
+``Upgrade: h2c`` properly; :func:`serve_h2c_upgrade` (or :func:`accept_h2c_upgrade` then
+``serve``) answers 101 and serves HTTP/2 on the same connection, the upgrading request being
+stream 1.
+
+All HTTP/2 work is done by h2 (``layers/_h2core.py`` holds the few corrections RFC 9113 needs).
 """
 
 from __future__ import annotations
@@ -75,6 +86,7 @@ import re
 from collections import deque
 from collections.abc import AsyncIterable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from typing import Any
 
 import h2.errors
@@ -118,6 +130,7 @@ __all__ = [
     "H2Stream",
     "StreamRefused",
     "TunnelRefused",
+    "accept_h2c_upgrade",
     "client",
     "h2c_settings",
     "serve_h2c_upgrade",
@@ -1778,29 +1791,20 @@ class H2ClientConnection(_Connection, ClientConnection):
 # specs and h2c
 
 
+@dataclass(frozen=True)
 class server:
     """Spec: the server side of HTTP/2 on ``lower`` (after ALPN ``h2`` or the sniffed preface).
 
     ``attach`` sends our SETTINGS and reads the client's preface and SETTINGS under the
     deadline (a silent or non-HTTP/2 peer fails the attach). ``handle(conn)`` (what
-    :meth:`stack.Stack.serve` calls) runs ``conn.serve(app)``.
+    :meth:`stack.Stack.serve` calls) runs ``conn.serve(app)``. ``shutdown``: see the module
+    docstring. ``enable_connect_protocol``: advertise extended CONNECT (RFC 8441).
     """
 
-    def __init__(
-        self,
-        app: App,
-        limits: Limits = DEFAULT_LIMITS,
-        shutdown: trio.Event | None = None,
-        *,
-        enable_connect_protocol: bool = True,
-    ) -> None:
-        self.app = app
-        self.limits = limits
-        self.shutdown = shutdown
-        self.enable_connect_protocol = enable_connect_protocol
-
-    def __repr__(self) -> str:
-        return f"http2.server({self.app!r})"
+    app: App
+    limits: Limits = DEFAULT_LIMITS
+    shutdown: trio.Event | None = field(default=None, compare=False)
+    enable_connect_protocol: bool = True
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> H2ServerConnection:
         if not isinstance(lower, ByteStream):
@@ -1814,20 +1818,18 @@ class server:
         await conn.serve(self.app)
 
 
+@dataclass(frozen=True)
 class client:
     """Spec: the client side of HTTP/2 on ``lower`` (after ALPN ``h2``, or prior knowledge).
 
-    ``attach`` sends the preface and our SETTINGS; the returned connection runs inside
-    ``async with conn:``. ``authority`` is the default ``:authority``; ``scheme`` the ``:scheme``.
+    ``attach`` sends the preface and our SETTINGS (under the deadline) and returns at once; the
+    connection runs inside ``async with conn:``. ``authority`` is the default ``:authority``
+    (a request's ``host`` header overrides it); ``scheme`` the ``:scheme``.
     """
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS, authority: str = "localhost", scheme: str = "http") -> None:
-        self.limits = limits
-        self.authority = authority
-        self.scheme = scheme
-
-    def __repr__(self) -> str:
-        return f"http2.client(authority={self.authority!r}, scheme={self.scheme!r})"
+    limits: Limits = DEFAULT_LIMITS
+    authority: str = "localhost"
+    scheme: str = "http"
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> H2ClientConnection:
         if not isinstance(lower, ByteStream):

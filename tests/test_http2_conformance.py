@@ -385,6 +385,34 @@ async def test_initial_window_size_change_applies_to_open_streams() -> None:
         assert len(status_body) == 200_000
 
 
+@pytest.mark.parametrize("table_size", [0, 256, 4096, 65536])
+async def test_hpack_table_size_updates_follow_rfc7541(table_size: int) -> None:
+    """At most two dynamic table size updates start a header block (RFC 7541 4.2), none over
+    what the client allows; the responses decode."""
+    async with raw_server(settings={SettingsFrame.HEADER_TABLE_SIZE: table_size}) as c:
+        for sid in (1, 3, 5):
+            await c.request(sid)
+            assert await c.response(sid) == (200, b"Hello, world!")
+        blocks = [f.data for f in c.seen if isinstance(f, HeadersFrame)]
+        for block in blocks:
+            updates = []
+            i = 0
+            while i < len(block) and block[i] & 0xE0 == 0x20:  # 001xxxxx: a size update
+                value = block[i] & 0x1F
+                i += 1
+                if value == 0x1F:
+                    shift = 0
+                    while True:
+                        value += (block[i] & 0x7F) << shift
+                        shift += 7
+                        i += 1
+                        if not block[i - 1] & 0x80:
+                            break
+                updates.append(value)
+            assert len(updates) <= 2, updates
+            assert all(u <= table_size for u in updates), updates
+
+
 # =============================================================================================
 # PING and GOAWAY (6.7, 6.8)
 
@@ -807,6 +835,21 @@ async def test_push_promise_from_a_client_is_a_protocol_error() -> None:
         pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), ("x", "a\nb")], id="newline-value"),
         pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":protocol", "websocket")],
                      id="protocol-without-connect"),
+        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"), ("host", "b")],
+                     id="authority-host-mismatch"),
+        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), ("host", "a"), ("host", "a")],
+                     id="two-hosts"),
+        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/")], id="no-authority-no-host"),
+        pytest.param([(":method", "CONNECT"), (":authority", "a:1"), (":path", "/")], id="connect-with-path"),
+        pytest.param([(":method", "CONNECT"), (":scheme", "http")], id="connect-without-authority"),
+        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"), ("x:y", "1")],
+                     id="colon-in-name"),
+        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"), ("x", " v")],
+                     id="leading-space-value"),
+        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"), ("", "v")],
+                     id="empty-name"),
+        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"),
+                      ("keep-alive", "5")], id="keep-alive-header"),
     ],
 )
 async def test_malformed_request_headers(headers: list[tuple[str, str]]) -> None:
@@ -816,6 +859,31 @@ async def test_malformed_request_headers(headers: list[tuple[str, str]]) -> None
         assert code == PROTOCOL_ERROR
         # whichever the error's scope, no handler saw the request and nothing crashed
         assert not any(isinstance(f, HeadersFrame) and f.stream_id == 1 for f in c.seen)
+
+
+async def test_malformed_request_is_a_stream_error_and_the_connection_goes_on() -> None:
+    async with raw_server() as c:
+        await c.send(c.headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "http"), ("Bad", "x"),
+                                   (":authority", "a")]))
+        assert await c.error_code(1) == ("rst", PROTOCOL_ERROR)
+        await c.request(3)
+        assert await c.response(3) == (200, b"Hello, world!")
+
+
+async def test_cookies_are_joined_and_headers_reach_the_app() -> None:
+    seen: list[http.Headers] = []
+
+    async def app(request: http.Request) -> None:
+        seen.append(request.headers)
+        await request.respond(200, [], b"")
+
+    async with raw_server(app) as c:
+        hdrs = [(":method", "GET"), (":scheme", "https"), (":authority", "a.test"), (":path", "/p?q=1"),
+                ("cookie", "a=1"), ("x-multi", "1"), ("cookie", "b=2"), ("x-multi", "2")]
+        await c.send(c.headers(1, hdrs))
+        await c.response(1)
+    assert seen[0]["cookie"] == "a=1; b=2"
+    assert seen[0].get_all("x-multi") == ["1", "2"]
 
 
 async def test_content_length_mismatch_is_a_protocol_error() -> None:

@@ -250,6 +250,17 @@ async def test_idle_connection_is_closed() -> None:
         await v.good_client_works()
 
 
+async def test_idle_after_a_request_with_no_frame_after_it() -> None:
+    """The idle clock starts when the last stream ends, even if the client sends nothing more."""
+    async with victim(Limits(idle_timeout=0.3)) as v:
+        c = await v.attacker()
+        await c.handshake(window=1 << 20)
+        await c.request(1)
+        await c.until(lambda f: isinstance(f, DataFrame) and "END_STREAM" in f.flags)  # no WINDOW_UPDATE back
+        with trio.fail_after(3):
+            await cut_off(c, NO_ERROR)
+
+
 async def test_unfinished_header_block_does_not_hold_the_connection() -> None:
     async with victim(Limits(idle_timeout=0.3)) as v:
         c = await v.attacker()

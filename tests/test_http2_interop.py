@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import trio
@@ -40,8 +40,8 @@ def need(*programs: str) -> None:
             pytest.skip(f"{program} is not installed")
 
 
-async def run(cmd: list[str], timeout: float = 60.0, **kw: Any) -> subprocess.CompletedProcess[bytes]:
-    with trio.fail_after(timeout):
+async def run(cmd: list[str], within: float = 60.0, **kw: Any) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(within):
         return await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False, **kw)
 
 
@@ -54,7 +54,7 @@ class Recorder:
         b"<img src=/a.svg><img src=/b.svg><img src=/c.svg></body></html>"
     )
     SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"><rect width="4" height="4"/></svg>'
-    FILES = {
+    FILES: ClassVar[dict[str, tuple[str, bytes]]] = {
         "/": ("text/html", PAGE),
         "/style.css": ("text/css", b"p { color: green }"),
         "/script.js": (
@@ -214,13 +214,13 @@ async def test_httpx_http2_client() -> None:
 async def test_h2load_100000_requests_without_a_failure() -> None:
     need("h2load")
     async with stack_serve("--no-tls", "--hello", "--quiet") as (url, _):
-        r = await run(["h2load", "-n", "100000", "-c", "10", "-m", "10", url], timeout=600)
+        r = await run(["h2load", "-n", "100000", "-c", "10", "-m", "10", url], within=600)
     out = r.stdout.decode()
     assert r.returncode == 0, out + r.stderr.decode()
     m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
                   r"(\d+) errored, (\d+) timeout", out)
     assert m, out
-    total, started, done, succeeded, failed, errored, timeout = map(int, m.groups())
+    _total, _started, _done, succeeded, failed, errored, timeout = map(int, m.groups())
     assert (succeeded, failed, errored, timeout) == (100000, 0, 0, 0), out
     assert re.search(r"status codes: 100000 2xx", out), out
 
@@ -345,7 +345,7 @@ async def test_headless_chromium_loads_a_page_over_h2(ca: CA, tmp_path: Path) ->
                 "--disable-extensions", f"--user-data-dir={tmp_path / 'profile'}", "--ignore-certificate-errors",
                 "--virtual-time-budget=5000", "--dump-dom", f"https://localhost:{port}/",
             ],
-            timeout=120,
+            within=120,
         )
     dom = r.stdout.decode(errors="replace")
     assert "script ran over h2" in dom, (dom, r.stderr.decode(errors="replace")[-2000:])
