@@ -26,6 +26,8 @@ What :class:`H2Core` changes, and why:
 * **Received header lists are checked here** (:func:`check_fields`), in one pass instead of h2's
   chain of generators, and a malformed one is a stream error (RFC 9113 8.1.1) rather than
   h2's connection error.
+* **No eager ``repr`` of every received frame**: h2 formats each frame for its no-op trace
+  logger; our copy of ``_receive_frame`` (same dispatch and closed-stream handling) does not.
 * **The concurrent-stream limit is the layer's**: h2 treats one stream over
   SETTINGS_MAX_CONCURRENT_STREAMS as a connection error; the layer answers REFUSED_STREAM
   instead (RFC 9113 5.1.2 allows either), counting streams whose handler still runs too (a
@@ -47,7 +49,7 @@ import h2.settings
 import h2.stream
 from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
 from h2.stream import StreamClosedBy
-from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame, PushPromiseFrame, RstStreamFrame
+from hyperframe.frame import ContinuationFrame, Frame, RstStreamFrame
 
 __all__ = [
     "H2Core",
@@ -274,9 +276,6 @@ class H2Core(h2.connection.H2Connection):
                 raise h2.exceptions.ProtocolError(f"RST_STREAM on idle stream {sid}")
         return super()._receive_rst_stream_frame(frame)
 
-
-# Frame classes re-exported for the tests' raw-frame peers.
-__all__ += ["ContinuationFrame", "HeadersFrame", "PushPromiseFrame"]
 
 
 # ---- received header lists ------------------------------------------------------------------

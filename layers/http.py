@@ -73,9 +73,14 @@ class Headers:
 
     __slots__ = ("raw",)
 
+    raw: list[tuple[bytes, bytes]]
+
     def __init__(self, items: HeaderInput = ()) -> None:
+        if items == ():  # the common empty case, without the Mapping check below
+            self.raw = []
+            return
         if isinstance(items, Headers):
-            self.raw: list[tuple[bytes, bytes]] = list(items.raw)
+            self.raw = list(items.raw)
             return
         pairs = items.items() if isinstance(items, Mapping) else items
         self.raw = [(_b(k).lower(), _b(v)) for k, v in pairs]
@@ -184,7 +189,8 @@ class Request:
     (the target split at ``?``; not percent-decoded), ``headers`` (:class:`Headers`),
     ``http_version`` (``"1.0"``, ``"1.1"`` or ``"2"``), ``scheme`` and ``authority`` (from
     ``:scheme``/``:authority`` or the Host header), ``body`` (a :class:`~stack.ByteStream` of
-    the request body: ``b""`` at its end), ``info`` (the connection's :class:`~stack.Info`).
+    the request body: ``b""`` at its end), ``info`` (the connection's :class:`~stack.Info`),
+    ``trailers`` (a :class:`Headers`, filled once the body has ended; empty if none).
 
     Respond exactly once, with :meth:`respond` or :meth:`start_response`. If the app returns
     without responding, the server answers 500 (and logs it).
@@ -224,6 +230,7 @@ class Request:
         self.limits = limits
         self.responded = False
         self.status: int | None = None
+        self.trailers = Headers()
 
     @property
     def path(self) -> str:

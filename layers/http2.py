@@ -554,7 +554,6 @@ class H2Request(Request):
         self._stream = stream
         self.stream_id = stream.stream_id
         self.protocol: str | None = None
-        self.trailers = _EMPTY
 
     async def respond(
         self, status: int, headers: HeaderInput = (), body: bytes = b"", *, deadline: float = FOREVER
