@@ -19,6 +19,8 @@ What :class:`H2Core` changes, and why:
   h2 ignores it.
 * **Our HPACK encoder's table is capped** at :data:`ENCODER_TABLE_SIZE` (an encoder may use
   less than the peer allows; RFC 7541 4.2).
+* **Settings take less memory**: h2 keeps a ``deque`` (about 600 bytes) per setting, two sets per
+  connection; :class:`_Slot` is a small list with the same use.
 * **A SETTINGS ACK with a payload** is FRAME_SIZE_ERROR (RFC 9113 6.5); h2 says PROTOCOL_ERROR.
 * **CONTINUATION floods** are cut at ``max_continuation_frames`` frames or a compressed header
   block over twice ``max_header_list_size`` (h2's own cap is 64 frames of any size), with
@@ -124,6 +126,24 @@ class _FrameBuffer(h2.frame_buffer.FrameBuffer):
         return super()._update_header_buffer(f)
 
 
+class _Slot(list):  # type: ignore[type-arg]
+    """Stands in for the ``deque`` h2 keeps per setting (the current value, then values waiting
+    for an ACK): a deque allocates a 64-slot block, about 600 bytes, and a connection holds two
+    sets of about eight. Only what h2 uses: index, ``append``, ``len``, ``popleft``."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
+def _compact(settings: h2.settings.Settings) -> None:
+    table: dict[Any, Any] = settings._settings
+    for key, values in table.items():
+        if not isinstance(values, _Slot):
+            table[key] = _Slot(values)
+
+
 class H2Core(h2.connection.H2Connection):
     """An ``h2.connection.H2Connection`` with the corrections listed in the module docstring.
 
@@ -160,6 +180,7 @@ class H2Core(h2.connection.H2Connection):
         self.decoder.max_header_list_size = settings.get(h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE, 65536)
         self.max_inbound_frame_size = self.local_settings.max_frame_size
         self.encoder.header_table_size = ENCODER_TABLE_SIZE
+        _compact(self.remote_settings)
 
     def initiate_connection(self) -> None:
         """Queue the preface and our SETTINGS; then stop h2 enforcing the stream limit itself."""
@@ -169,6 +190,7 @@ class H2Core(h2.connection.H2Connection):
         self.local_settings = h2.settings.Settings(
             client=self.config.client_side, initial_values=unlimited
         )
+        _compact(self.local_settings)
 
     # ---- small additions ----------------------------------------------------------------
 
@@ -249,6 +271,7 @@ class H2Core(h2.connection.H2Connection):
 
     def _acknowledge_settings(self) -> list[Frame]:
         frames = super()._acknowledge_settings()
+        _compact(self.remote_settings)  # h2 made deques for settings it had not seen
         encoder = self.encoder
         if encoder.header_table_size > ENCODER_TABLE_SIZE:
             encoder.header_table_size = ENCODER_TABLE_SIZE

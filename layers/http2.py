@@ -87,7 +87,7 @@ from collections import deque
 from collections.abc import AsyncIterable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import h2.errors
 import h2.events
@@ -150,6 +150,10 @@ RECV_SIZE = 65536
 
 SEND_CHUNK = 64 * 1024
 """Most bytes one stream commits to h2 per step of a ``send`` (then others get a turn)."""
+
+YIELD_ROUNDS = 4
+"""Scheduling rounds the reader lets pass after a read that started or woke tasks, waiting for
+the writer to send their answers before it reads again."""
 
 FLUSH_GRACE = 2.0
 """Seconds a closing connection spends flushing what it queued (GOAWAY, last frames)."""
@@ -346,12 +350,14 @@ class H2Stream(ByteStream):
         if ev is not None:
             self._rd = None
             ev.set()
+            self._conn._kicked += 1
 
     def _wake_sender(self) -> None:
         ev = self._wr
         if ev is not None:
             self._wr = None
             ev.set()
+            self._conn._kicked += 1
 
     def _on_reset(self, exc: Broken) -> None:
         """The stream ended abnormally (peer reset, our reset, connection gone)."""
@@ -696,17 +702,26 @@ class _Connection:
         self._remote_settings = trio.Event()
         self._pending_events: list[h2.events.Event] = []
         self._recv_scope: trio.CancelScope | None = None
-        self._dispatch: dict[type, Callable[[Any], None]] = {
-            h2.events.DataReceived: self._on_data,
-            h2.events.StreamEnded: self._on_stream_ended,
-            h2.events.StreamReset: self._on_stream_reset,
-            h2.events.WindowUpdated: self._on_window,
-            h2.events.RemoteSettingsChanged: self._on_settings,
-            h2.events.PingReceived: self._on_ping,
-            h2.events.PingAckReceived: self._on_ping_ack,
-            h2.events.ConnectionTerminated: self._on_goaway,
-            h2.events.TrailersReceived: self._on_trailers,
-        }
+        self._kicked = 0  # tasks started or woken by the current read
+        self._sends = 0  # sends the writer completed
+
+    # event type -> handler method name; resolved once per class (see _handlers)
+    _EVENTS: ClassVar[dict[type, str]] = {
+        h2.events.DataReceived: "_on_data",
+        h2.events.StreamEnded: "_on_stream_ended",
+        h2.events.StreamReset: "_on_stream_reset",
+        h2.events.WindowUpdated: "_on_window",
+        h2.events.RemoteSettingsChanged: "_on_settings",
+        h2.events.PingReceived: "_on_ping",
+        h2.events.PingAckReceived: "_on_ping_ack",
+        h2.events.ConnectionTerminated: "_on_goaway",
+        h2.events.TrailersReceived: "_on_trailers",
+    }
+    _dispatch: ClassVar[dict[type, Callable[[Any, Any], None]]] = {}
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls._dispatch = {event: getattr(cls, name) for event, name in cls._EVENTS.items()}
 
     # ---- small helpers -------------------------------------------------------------------
 
@@ -791,23 +806,36 @@ class _Connection:
         lower = self._lower
         send_timeout = self._limits.send_timeout
         try:
+            # A deadline per send costs a cancel scope per send at every layer below. Instead one
+            # scope covers many sends; its deadline is pushed forward only when less than 90% of
+            # send_timeout is left (so a stuck send fails after 0.9-1x send_timeout), and when
+            # it fires while the writer was only waiting for work, a new scope is made.
+            sending = False
             while True:
-                core.take_output(out)
-                if not out:
-                    if self._writer_stop or self._failure is not None:
-                        return
-                    ev = self._writer_ev = trio.Event()
-                    await ev.wait()
-                    continue
-                try:
-                    await lower.send_from(out, deadline=trio.current_time() + send_timeout)
-                except Timeout:
+                with trio.CancelScope(deadline=trio.current_time() + send_timeout) as scope:
+                    while True:
+                        core.take_output(out)
+                        if not out:
+                            if self._writer_stop or self._failure is not None:
+                                return
+                            ev = self._writer_ev = trio.Event()
+                            await ev.wait()
+                            continue
+                        now = trio.current_time()
+                        if scope.deadline - now < 0.9 * send_timeout:
+                            scope.deadline = now + send_timeout
+                        sending = True
+                        try:
+                            await lower.send_from(out)
+                        except StackError as exc:
+                            self._fail(Broken(f"HTTP/2 connection: sending failed: {exc}"))
+                            return
+                        sending = False
+                        self._sends += 1
+                        self._drain_lot.unpark_all()
+                if sending:
                     self._fail(Broken(f"HTTP/2 connection: the peer read nothing for {send_timeout:g}s"))
                     return
-                except StackError as exc:
-                    self._fail(Broken(f"HTTP/2 connection: sending failed: {exc}"))
-                    return
-                self._drain_lot.unpark_all()
         finally:
             self._writer_done.set()
             self._drain_lot.unpark_all()
@@ -849,6 +877,7 @@ class _Connection:
             if self._pending_events:
                 events, self._pending_events = self._pending_events, []
                 self._handle(events, self._dispatch)
+                del events
                 self._wake_writer()
             while self._failure is None:
                 with trio.CancelScope(deadline=self._recv_deadline()) as scope:
@@ -889,19 +918,31 @@ class _Connection:
                 self._wake_writer()
                 self._end_with(Broken("HTTP/2 connection ended: internal error"))
                 return
+            del data, events  # an idle connection keeps nothing of its last read
             if core.pending_output:
                 self._wake_writer()
                 while self._queued() > READER_HIGH_WATER and self._failure is None:
                     await self._drain_lot.park()
+            if self._kicked:
+                # Tasks were started or woken by this read: let them answer and the writer send
+                # before reading again, so that the next read finds the peer's next frames
+                # there instead of waiting in epoll (a read that would block costs a failed
+                # recv, an epoll registration and a wake-up). A few scheduling rounds at most.
+                self._kicked = 0
+                sends = self._sends
+                for _ in range(YIELD_ROUNDS):
+                    await trio.lowlevel.checkpoint()
+                    if self._sends != sends:
+                        break
             deadline = self._recv_deadline()
             if deadline != scope.deadline:
                 scope.deadline = deadline
 
-    def _handle(self, events: list[h2.events.Event], dispatch: dict[type, Callable[[Any], None]]) -> None:
+    def _handle(self, events: list[h2.events.Event], dispatch: dict[type, Callable[[Any, Any], None]]) -> None:
         for ev in events:
             handler = dispatch.get(type(ev))
             if handler is not None:
-                handler(ev)
+                handler(self, ev)
 
     def _protocol_error(self, exc: Exception) -> None:
         code = getattr(exc, "error_code", _PROTOCOL_ERROR)
@@ -1080,6 +1121,9 @@ class _Connection:
 # server
 
 
+_NO_LOT = trio.lowlevel.ParkingLot()  # stands in until recv() mode makes a real one (nothing parks on it)
+
+
 class H2ServerConnection(_Connection, ServerConnection):
     """The server side of an HTTP/2 connection (see the module docstring).
 
@@ -1095,6 +1139,7 @@ class H2ServerConnection(_Connection, ServerConnection):
 
     _server = True
     http_version = "2"
+    _EVENTS: ClassVar[dict[type, str]] = {**_Connection._EVENTS, h2.events.RequestReceived: "_on_request"}
 
     def __init__(
         self,
@@ -1114,8 +1159,8 @@ class H2ServerConnection(_Connection, ServerConnection):
         super().__init__(lower, limits, settings)
         self._shutdown = shutdown
         self._app: App | None = None
-        self._queue: deque[H2Request] = deque()
-        self._queue_lot = trio.lowlevel.ParkingLot()
+        self._queue: deque[H2Request] | None = None  # recv() mode only
+        self._queue_lot = _NO_LOT
         self._active = 0
         self._accepted = 0  # highest stream id handed to the application
         self._closing = False  # GOAWAY (final) sent or received: no new streams
@@ -1124,7 +1169,6 @@ class H2ServerConnection(_Connection, ServerConnection):
         self._reset_rate = _Rate(limits.rapid_reset_limit, limits.flood_period)
         self._exit_stack: AsyncExitStack | None = None
         self._upgrade_request: H2Request | None = None
-        self._dispatch[h2.events.RequestReceived] = self._on_request
 
     # ---- handshake -------------------------------------------------------------------------
 
@@ -1166,6 +1210,8 @@ class H2ServerConnection(_Connection, ServerConnection):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the connection for :meth:`recv` users (``await nursery.start(conn.run)``)."""
+        self._queue = deque()
+        self._queue_lot = trio.lowlevel.ParkingLot()
         await self._run(None, task_status)
 
     async def _run(self, app: App | None, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -1407,7 +1453,9 @@ class H2ServerConnection(_Connection, ServerConnection):
         nursery = self._nursery
         if app is not None and nursery is not None:
             nursery.start_soon(self._handle_request, app, request, name=f"h2 stream {sid}")
+            self._kicked += 1
         else:
+            assert self._queue is not None  # recv() mode: run() made it
             self._queue.append(request)
             self._queue_lot.unpark_all()
         if self._core.stream_is_open(sid) is False:  # pragma: no cover - reset in the same batch
@@ -1482,6 +1530,11 @@ class H2ClientConnection(_Connection, ClientConnection):
     """
 
     http_version = "2"
+    _EVENTS: ClassVar[dict[type, str]] = {
+        **_Connection._EVENTS,
+        h2.events.ResponseReceived: "_on_response",
+        h2.events.InformationalResponseReceived: "_on_informational",
+    }
 
     def __init__(self, lower: ByteStream, limits: Limits, authority: str, scheme: str) -> None:
         settings = {
@@ -1496,8 +1549,6 @@ class H2ClientConnection(_Connection, ClientConnection):
         self.scheme = scheme
         self._slot_lot = trio.lowlevel.ParkingLot()
         self._exit_stack: AsyncExitStack | None = None
-        self._dispatch[h2.events.ResponseReceived] = self._on_response
-        self._dispatch[h2.events.InformationalResponseReceived] = lambda ev: None
 
     async def _handshake(self, deadline: float) -> None:
         core = self._core
@@ -1593,6 +1644,9 @@ class H2ClientConnection(_Connection, ClientConnection):
         if not self._streams:
             self._finish()
 
+    def _on_informational(self, ev: h2.events.InformationalResponseReceived) -> None:
+        """1xx heads (100 Continue, 103 Early Hints) are not passed on."""
+
     def _on_response(self, ev: h2.events.ResponseReceived) -> None:
         stream = self._streams.get(ev.stream_id)
         if stream is None:
@@ -1608,6 +1662,7 @@ class H2ClientConnection(_Connection, ClientConnection):
         stream._owner = response
         if stream._head is not None:
             stream._head.set()
+            self._kicked += 1
 
     def _check_can_open(self) -> None:
         self._check_running()
