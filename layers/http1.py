@@ -881,6 +881,41 @@ class ServerConnection(_H11Conn, http.ServerConnection):
         await self._flush(deadline)
         return _Tunnel(self._lower)
 
+    async def _h2c(self, app: App, request: Request) -> bool:
+        """Serve HTTP/2 on this connection if ``request`` asks for ``Upgrade: h2c`` (RFC 7540 3.2)
+        properly; True once that connection is over. False (serve the request over HTTP/1.1, the
+        Upgrade ignored) for a malformed ask or a body that is chunked or over
+        ``limits.stream_window``: the whole body is read first, as stream 1's."""
+        from layers import http2  # only connections that upgrade need h2
+
+        settings = http2.h2c_settings(request.headers)
+        length = int(request.headers.get("content-length") or 0)  # checked digits by _parse_head
+        if settings is None or "transfer-encoding" in request.headers or length > self._limits.stream_window:
+            return False
+        deadline = trio.current_time() + self._limits.header_timeout
+        try:
+            body = await request.read(deadline=deadline)
+            request._state = _SWITCHED
+            trailing, _ = self._h11.trailing_data
+            self._lower.unread(trailing + bytes(self._inbuf))
+            self._inbuf.clear()
+            self._ended = EndOfStream("HTTP/1.1: the connection switched to HTTP/2 (h2c)")
+            await http2.serve_h2c_upgrade(
+                self._lower,
+                method=request.method,
+                target=request.target,
+                headers=request.headers,
+                settings=settings,
+                app=app,
+                body=body,
+                limits=self._limits,
+                shutdown=self._shutdown,
+                deadline=deadline,
+            )
+        except StackError as exc:
+            log.debug("h2c upgrade from %s: %s", self.info.get("peer"), exc)
+        return True
+
     def _check_current(self, request: Request) -> None:
         if request is not self._current:
             raise StackError(f"{request!r} is not the request in progress on this connection")
@@ -994,6 +1029,8 @@ class ServerConnection(_H11Conn, http.ServerConnection):
                     log.debug("connection from %s: %s", self.info.get("peer"), exc)
                     return
                 if request is None:
+                    return
+                if self._scheme == "http" and "upgrade" in request.headers and await self._h2c(app, request):
                     return
                 await self._run(app, request)
                 del request  # an idle connection keeps nothing of the last request

@@ -9,6 +9,9 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
 import h2.settings
 import pytest
 import trio
@@ -85,12 +88,11 @@ async def h2_pair(
 
 
 @contextlib.asynccontextmanager
-async def tcp_stack(app: App = echo_app, limits: Limits = http.DEFAULT_LIMITS,
-                    shutdown: trio.Event | None = None) -> AsyncIterator[tuple[str, int]]:
+async def tcp_stack(
+    app: App = echo_app, limits: Limits = http.DEFAULT_LIMITS, shutdown: trio.Event | None = None
+) -> AsyncIterator[tuple[str, int]]:
     async with trio.open_nursery() as nursery:
-        addrs = await nursery.start(
-            Stack(tcp.listen("127.0.0.1", 0), http.server(app, limits, shutdown)).serve
-        )
+        addrs = await nursery.start(Stack(tcp.listen("127.0.0.1", 0), http.server(app, limits, shutdown)).serve)
         yield addrs[0]
         nursery.cancel_scope.cancel()
 
@@ -671,8 +673,15 @@ async def test_h2c_upgrade_serves_the_request_as_stream_1() -> None:
             headers = http.Headers([tuple(x.split(": ", 1)) for x in lines[1:] if x])  # type: ignore[misc]
             settings = http2.h2c_settings(headers)
             assert settings is not None
-            await http2.serve_h2c_upgrade(b, method=method, target=target, headers=headers, settings=settings,
-                                          app=echo_app, deadline=trio.current_time() + 5)
+            await http2.serve_h2c_upgrade(
+                b,
+                method=method,
+                target=target,
+                headers=headers,
+                settings=settings,
+                app=echo_app,
+                deadline=trio.current_time() + 5,
+            )
 
         nursery.start_soon(http1_side)
         await a.send(
@@ -702,8 +711,9 @@ async def test_h2c_upgrade_serves_the_request_as_stream_1() -> None:
                 break
         assert body == b"2 2 http up.example"
         # the upgraded connection goes on with more streams
-        client_core.send_headers(3, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
-                                     (":authority", "up.example")], end_stream=True)
+        client_core.send_headers(
+            3, [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "up.example")], end_stream=True
+        )
         await a.send(client_core.data_to_send())
         got = b""
         with trio.fail_after(5):
@@ -715,6 +725,113 @@ async def test_h2c_upgrade_serves_the_request_as_stream_1() -> None:
                         got += ev.data
         await a.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def _h2_response(lower: ByteStream, core: h2.connection.H2Connection, sid: int) -> tuple[list[Any], bytes]:
+    """Drive ``core`` over ``lower`` until stream ``sid`` ended: (its response head, its body)."""
+    head: list[Any] = []
+    body = b""
+    with trio.fail_after(TIMEOUT):
+        while True:
+            data = await lower.recv()
+            assert data, "the server closed the connection"
+            ended = False
+            for ev in core.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
+                    head = ev.headers
+                elif isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
+                    body += ev.data
+                    core.acknowledge_received_data(ev.flow_controlled_length, sid)
+                elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+                    ended = True
+            out = core.data_to_send()
+            if out:
+                await lower.send(out)
+            if ended:
+                return head, body
+
+
+@contextlib.asynccontextmanager
+async def http_server_on(lower: ByteStream, limits: Limits = http.DEFAULT_LIMITS) -> AsyncIterator[None]:
+    """``http.server(echo_app)`` (version sniffing, HTTP/1.1 with its h2c hand-off) on ``lower``."""
+    spec = http.server(echo_app, limits)
+    async with trio.open_nursery() as nursery:
+
+        async def serve() -> None:
+            conn = await spec.attach(lower, deadline=trio.current_time() + TIMEOUT)
+            await spec.handle(conn)
+
+        nursery.start_soon(serve)
+        yield
+        nursery.cancel_scope.cancel()
+
+
+async def test_http1_server_hands_an_h2c_upgrade_with_a_body_to_http2() -> None:
+    """RFC 7540 3.2 end to end through http.server: the HTTP/1.1 request, body and all, is
+    answered on stream 1 after the 101, and the connection goes on as HTTP/2."""
+    a, b = memory_pair()
+    core = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    settings_header = core.initiate_upgrade_connection()
+    assert settings_header is not None
+    async with http_server_on(b):
+        await a.send(
+            b"POST /echo HTTP/1.1\r\nHost: up.example\r\nContent-Length: 11\r\n"
+            b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: "
+            + settings_header
+            + b"\r\n\r\nhello"
+        )
+        await a.send(b" world")  # the body may come in pieces: it is read whole before the 101
+        with trio.fail_after(TIMEOUT):
+            status = await a.recv_until(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 101 ") and b"upgrade: h2c" in status.lower()
+        await a.send(core.data_to_send())  # the client preface, after the 101
+        head, body = await _h2_response(a, core, 1)
+        assert (b":status", b"200") in head
+        assert body == b"hello world"
+        core.send_headers(
+            3,
+            [(b":method", b"GET"), (b":path", b"/info"), (b":scheme", b"http"), (b":authority", b"up.example")],
+            end_stream=True,
+        )
+        await a.send(core.data_to_send())
+        _, body = await _h2_response(a, core, 3)
+        assert body == b"2 2 http up.example"
+        await a.aclose()
+
+
+@pytest.mark.parametrize("framing", ["too large", "chunked", "no HTTP2-Settings"])
+async def test_h2c_upgrade_is_ignored_when_it_cannot_be_taken(framing: str) -> None:
+    """A body over ``stream_window``, a chunked body (its size unknown until read) or a malformed
+    ask: the request is served over HTTP/1.1 and the Upgrade ignored (RFC 7540 3.2 lets a
+    server do that)."""
+    a, b = memory_pair()
+    settings = base64.urlsafe_b64encode(b"\x00\x03\x00\x00\x00\x64").rstrip(b"=")
+    limits = Limits(stream_window=65536)
+    body = b"b" * 70_000 if framing == "too large" else b"small body"
+    if framing == "chunked":
+        framed = b"Transfer-Encoding: chunked\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    else:
+        framed = b"Content-Length: %d\r\n" % len(body), body
+    ask = b"HTTP2-Settings: " + settings + b"\r\n" if framing != "no HTTP2-Settings" else b""
+    async with http_server_on(b, limits):
+        await a.send(
+            b"POST /echo HTTP/1.1\r\nHost: up.example\r\n"
+            + framed[0]
+            + b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            + ask
+            + b"\r\n"
+            + framed[1]
+        )
+        with trio.fail_after(TIMEOUT):
+            head = await a.recv_until(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            length = int(
+                http.Headers([tuple(line.split(b": ", 1)) for line in head.split(b"\r\n")[1:] if line])[
+                    "content-length"
+                ]
+            )
+            assert await a.recv_exactly(length) == body
+        await a.aclose()
 
 
 # =============================================================================================

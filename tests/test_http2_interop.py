@@ -113,7 +113,10 @@ async def stack_serve(*args: str, env: dict[str, str] | None = None) -> AsyncIte
     full_env.update(env or {})
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "stack", "serve", "--port", "0", *args],
-        cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None and proc.stderr is not None
     try:
@@ -163,13 +166,43 @@ async def test_nghttp_against_our_cleartext_server() -> None:
 async def test_curl_prior_knowledge_against_our_cleartext_server() -> None:
     need("curl")
     async with our_server(Recorder()) as port:
-        r = await run(["curl", "-sS", "--http2-prior-knowledge", "-w", "\n%{http_version}",
-                       f"http://127.0.0.1:{port}/style.css"])
+        r = await run(
+            ["curl", "-sS", "--http2-prior-knowledge", "-w", "\n%{http_version}", f"http://127.0.0.1:{port}/style.css"]
+        )
         assert r.returncode == 0, r.stderr
         assert r.stdout == b"p { color: green }\n2"
-        r = await run(["curl", "-sS", "--http2-prior-knowledge", "--data-binary", "@-",
-                       f"http://127.0.0.1:{port}/echo"], stdin=b"x" * 100_000)
+        r = await run(
+            ["curl", "-sS", "--http2-prior-knowledge", "--data-binary", "@-", f"http://127.0.0.1:{port}/echo"],
+            stdin=b"x" * 100_000,
+        )
         assert r.stdout == b"x" * 100_000
+
+
+async def test_curl_and_nghttp_upgrade_to_h2c_with_and_without_a_body() -> None:
+    """``Upgrade: h2c`` (RFC 7540 3.2) from curl ``--http2`` and ``nghttp -u``: the upgrading
+    request, body included, is answered on stream 1 over HTTP/2. A body over ``stream_window``
+    is served over HTTP/1.1, the Upgrade ignored."""
+    need("curl", "nghttp")
+    app = Recorder()
+    async with our_server(app) as port:
+        url = f"http://127.0.0.1:{port}"
+        r = await run(["curl", "-sS", "--http2", "-w", "\n%{http_version}", f"{url}/style.css"])
+        assert r.stdout == b"p { color: green }\n2", r.stderr
+        r = await run(
+            ["curl", "-sS", "--http2", "--data-binary", "@-", "-w", "\n%{http_version}", f"{url}/echo"],
+            stdin=b"u" * 100_000,
+        )
+        assert r.stdout == b"u" * 100_000 + b"\n2", r.stderr[-500:]
+        big = os.urandom(1_500_000)
+        r = await run(
+            ["curl", "-sS", "--http2", "--data-binary", "@-", "-w", "\n%{http_version}", f"{url}/echo"], stdin=big
+        )
+        assert r.stdout == big + b"\n1.1", r.stderr[-500:]
+        r = await run(["nghttp", "-u", f"{url}/style.css"])
+        assert (r.returncode, r.stdout) == (0, b"p { color: green }"), r.stderr
+        r = await run(["nghttp", "-u", "-d", "-", f"{url}/echo"], stdin=b"posted over h2c")
+        assert (r.returncode, r.stdout) == (0, b"posted over h2c"), r.stderr
+    assert [(m, p) for m, p, v in app.seen if v == "1.1"] == [("POST", "/echo")], app.seen
 
 
 async def test_curl_http2_over_tls_and_alpn_fallback(ca: CA, tmp_path: Path) -> None:
@@ -177,12 +210,32 @@ async def test_curl_http2_over_tls_and_alpn_fallback(ca: CA, tmp_path: Path) -> 
     cafile = ca.write(tmp_path / "ca.pem")
     app = Recorder()
     async with our_server(app, tls_leaf=ca.issue("localhost", "127.0.0.1")) as port:
-        r = await run(["curl", "-sS", "--http2", "--cacert", cafile, "-w", "\n%{http_version}",
-                       f"https://localhost:{port}/style.css"])
+        r = await run(
+            [
+                "curl",
+                "-sS",
+                "--http2",
+                "--cacert",
+                cafile,
+                "-w",
+                "\n%{http_version}",
+                f"https://localhost:{port}/style.css",
+            ]
+        )
         assert r.returncode == 0, r.stderr
         assert r.stdout == b"p { color: green }\n2"
-        r = await run(["curl", "-sS", "--http1.1", "--cacert", cafile, "-w", "\n%{http_version}",
-                       f"https://localhost:{port}/style.css"])
+        r = await run(
+            [
+                "curl",
+                "-sS",
+                "--http1.1",
+                "--cacert",
+                cafile,
+                "-w",
+                "\n%{http_version}",
+                f"https://localhost:{port}/style.css",
+            ]
+        )
         assert r.stdout == b"p { color: green }\n1.1"
 
 
@@ -217,8 +270,11 @@ async def test_h2load_100000_requests_without_a_failure() -> None:
         r = await run(["h2load", "-n", "100000", "-c", "10", "-m", "10", url], within=600)
     out = r.stdout.decode()
     assert r.returncode == 0, out + r.stderr.decode()
-    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
-                  r"(\d+) errored, (\d+) timeout", out)
+    m = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout",
+        out,
+    )
     assert m, out
     _total, _started, _done, succeeded, failed, errored, timeout = map(int, m.groups())
     assert (succeeded, failed, errored, timeout) == (100000, 0, 0, 0), out
@@ -232,8 +288,8 @@ async def test_nghttp_and_curl_against_stack_serve_cleartext() -> None:
         assert r.returncode == 0 and r.stdout == b"Hello, world!", r.stderr
         r = await run(["curl", "-sS", "--http2-prior-knowledge", "-w", " %{http_version}", url])
         assert r.stdout == b"Hello, world! 2", r.stderr
-        r = await run(["curl", "-sS", "--http2", "-w", " %{http_version}", url])  # h2c or HTTP/1.1
-        assert r.returncode == 0 and r.stdout.startswith(b"Hello, world! "), r.stderr
+        r = await run(["curl", "-sS", "--http2", "-w", " %{http_version}", url])  # Upgrade: h2c
+        assert r.stdout == b"Hello, world! 2", r.stderr
 
 
 async def test_curl_http2_over_tls_against_stack_serve(tmp_path: Path) -> None:
@@ -260,7 +316,8 @@ async def nghttpd(docroot: Path, key_cert: tuple[str, str] | None = None) -> Asy
     tail = [str(port), *key_cert] if key_cert else ["--no-tls", str(port)]
     proc = await trio.lowlevel.open_process(
         ["nghttpd", "-d", str(docroot), *tail],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         with trio.fail_after(10):
@@ -340,10 +397,21 @@ async def test_headless_chromium_loads_a_page_over_h2(ca: CA, tmp_path: Path) ->
     async with our_server(app, tls_leaf=ca.issue("localhost", "127.0.0.1")) as port:
         r = await run(
             [
-                "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-extensions", f"--user-data-dir={tmp_path / 'profile'}", "--ignore-certificate-errors",
-                "--virtual-time-budget=5000", "--dump-dom", f"https://localhost:{port}/",
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-extensions",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--ignore-certificate-errors",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                f"https://localhost:{port}/",
             ],
             within=120,
         )
