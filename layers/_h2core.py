@@ -187,9 +187,7 @@ class H2Core(h2.connection.H2Connection):
         super().initiate_connection()
         unlimited = dict(self.advertised)
         unlimited[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = _UNLIMITED_STREAMS
-        self.local_settings = h2.settings.Settings(
-            client=self.config.client_side, initial_values=unlimited
-        )
+        self.local_settings = h2.settings.Settings(client=self.config.client_side, initial_values=unlimited)
         _compact(self.local_settings)
 
     # ---- small additions ----------------------------------------------------------------
@@ -298,7 +296,6 @@ class H2Core(h2.connection.H2Connection):
             if sid > highest:
                 raise h2.exceptions.ProtocolError(f"RST_STREAM on idle stream {sid}")
         return super()._receive_rst_stream_frame(frame)
-
 
 
 # ---- received header lists ------------------------------------------------------------------

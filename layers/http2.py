@@ -537,13 +537,15 @@ def _pairs(headers: HeaderInput) -> Headers:
     if headers.__class__ is Headers:
         return headers
     if isinstance(headers, (list, tuple)):
-        return _headers([
-            (
-                (k if k.__class__ is bytes else k.encode("latin-1")).lower(),
-                v if v.__class__ is bytes else v.encode("latin-1"),
-            )
-            for k, v in headers
-        ])
+        return _headers(
+            [
+                (
+                    (k if k.__class__ is bytes else k.encode("latin-1")).lower(),
+                    v if v.__class__ is bytes else v.encode("latin-1"),
+                )
+                for k, v in headers
+            ]
+        )
     return Headers(headers)
 
 
@@ -955,8 +957,9 @@ class _Connection:
     def _calm(self, reason: str) -> None:
         log.warning("%s: %s; GOAWAY ENHANCE_YOUR_CALM", self.info.get("peer"), reason)
         if self._failure is None:
-            self._core.close_connection(_ENHANCE_YOUR_CALM, additional_data=reason.encode()[:256],
-                                        last_stream_id=self._last_stream_id())
+            self._core.close_connection(
+                _ENHANCE_YOUR_CALM, additional_data=reason.encode()[:256], last_stream_id=self._last_stream_id()
+            )
             self._goaway_sent = True
             self._wake_writer()
         self._end_with(ProtocolError(f"HTTP/2 connection ended: {reason}"))
@@ -1042,8 +1045,9 @@ class _Connection:
 
     def _on_settings(self, ev: h2.events.RemoteSettingsChanged) -> None:
         if self._settings_rate.hit():
-            raise _Calm(f"SETTINGS flood: more than {self._limits.settings_flood_limit} in "
-                        f"{self._limits.flood_period:g}s")
+            raise _Calm(
+                f"SETTINGS flood: more than {self._limits.settings_flood_limit} in {self._limits.flood_period:g}s"
+            )
         if _SC.INITIAL_WINDOW_SIZE in ev.changed_settings:
             for stream in list(self._window_waiters):
                 stream._wake_sender()
@@ -1172,8 +1176,7 @@ class H2ServerConnection(_Connection, ServerConnection):
 
     # ---- handshake -------------------------------------------------------------------------
 
-    async def _handshake(self, deadline: float, *, upgrade_settings: bytes | None = None,
-                         prefix: bytes = b"") -> None:
+    async def _handshake(self, deadline: float, *, upgrade_settings: bytes | None = None, prefix: bytes = b"") -> None:
         """Send our SETTINGS (and connection window), then read until the client's SETTINGS."""
         core = self._core
         if upgrade_settings is None:
@@ -1341,14 +1344,19 @@ class H2ServerConnection(_Connection, ServerConnection):
         core.close_connection(_NO_ERROR, last_stream_id=self._accepted)
         self._wake_writer()
         self._queue_lot.unpark_all()
-        log.debug("%s: GOAWAY sent (last stream %d); draining %d stream(s)",
-                  self.info.get("peer"), self._accepted, self._active)
+        log.debug(
+            "%s: GOAWAY sent (last stream %d); draining %d stream(s)",
+            self.info.get("peer"),
+            self._accepted,
+            self._active,
+        )
         self._maybe_done()
         with trio.move_on_at(drain_end):
             await self._finished.wait()
         if not self._finished.is_set():
-            log.info("%s: drain_timeout passed with %d stream(s) in flight: closing", self.info.get("peer"),
-                     self._active)
+            log.info(
+                "%s: drain_timeout passed with %d stream(s) in flight: closing", self.info.get("peer"), self._active
+            )
         self._finish()
 
     def _maybe_done(self) -> None:
@@ -1371,8 +1379,9 @@ class H2ServerConnection(_Connection, ServerConnection):
 
     def _on_goaway(self, ev: h2.events.ConnectionTerminated) -> None:
         if ev.error_code:
-            log.info("%s: client sent GOAWAY %s: %r", self.info.get("peer"), error_name(ev.error_code),
-                     ev.additional_data)
+            log.info(
+                "%s: client sent GOAWAY %s: %r", self.info.get("peer"), error_name(ev.error_code), ev.additional_data
+            )
         self._goaway_received = ev.last_stream_id or 0
         self._closing = True
         self._queue_lot.unpark_all()
@@ -1385,8 +1394,10 @@ class H2ServerConnection(_Connection, ServerConnection):
 
     def _on_stream_reset(self, ev: h2.events.StreamReset) -> None:
         if ev.remote_reset and self._reset_rate.hit():
-            raise _Calm(f"rapid reset: more than {self._limits.rapid_reset_limit} streams reset by the "
-                        f"client in {self._limits.flood_period:g}s")
+            raise _Calm(
+                f"rapid reset: more than {self._limits.rapid_reset_limit} streams reset by the "
+                f"client in {self._limits.flood_period:g}s"
+            )
         super()._on_stream_reset(ev)
 
     def _stream_released(self, stream: H2Stream) -> None:
@@ -1433,7 +1444,10 @@ class H2ServerConnection(_Connection, ServerConnection):
             target = pseudo[b":path"].decode("latin-1")
         stream = H2Stream(self, sid, can_send=False)
         request = H2Request(
-            stream, method, target, _headers(regular),
+            stream,
+            method,
+            target,
+            _headers(regular),
             scheme=pseudo.get(b":scheme", b"http").decode("latin-1"),
             authority=authority.decode("latin-1"),
             limits=self._limits,
@@ -1511,8 +1525,7 @@ class H2ServerConnection(_Connection, ServerConnection):
             self._active -= 1
             self._update_idle()
             self._maybe_done()
-            log.debug("%s %s HTTP/2 stream %d -> %s", request.method, request.target, stream.stream_id,
-                      request.status)
+            log.debug("%s %s HTTP/2 stream %d -> %s", request.method, request.target, stream.stream_id, request.status)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1636,9 +1649,12 @@ class H2ClientConnection(_Connection, ClientConnection):
             log.info("server sent GOAWAY %s: %r", error_name(ev.error_code), ev.additional_data)
         for sid, stream in list(self._streams.items()):
             if sid > last:
-                stream._on_reset(StreamRefused(
-                    f"HTTP/2 stream {sid} was not processed by the server (GOAWAY, last stream {last}); "
-                    "safe to retry"))
+                stream._on_reset(
+                    StreamRefused(
+                        f"HTTP/2 stream {sid} was not processed by the server (GOAWAY, last stream {last}); "
+                        "safe to retry"
+                    )
+                )
                 self._release(stream)
         self._slot_lot.unpark_all()
         if not self._streams:
@@ -1863,8 +1879,9 @@ class server:
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> H2ServerConnection:
         if not isinstance(lower, ByteStream):
             raise TypeError(f"http2.server attaches to a ByteStream, not {type(lower).__name__}")
-        conn = H2ServerConnection(lower, self.limits, self.shutdown,
-                                  enable_connect_protocol=self.enable_connect_protocol)
+        conn = H2ServerConnection(
+            lower, self.limits, self.shutdown, enable_connect_protocol=self.enable_connect_protocol
+        )
         await conn._handshake(deadline)
         return conn
 
@@ -1945,16 +1962,18 @@ async def accept_h2c_upgrade(
     conn = H2ServerConnection(lower, limits, shutdown)
     encoded = base64.urlsafe_b64encode(settings)
     await conn._handshake(deadline, upgrade_settings=encoded, prefix=_SWITCHING)
-    hdrs = _headers([
-        (k, v) for k, v in headers.raw
-        if k not in (b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"transfer-encoding")
-    ])
+    hdrs = _headers(
+        [
+            (k, v)
+            for k, v in headers.raw
+            if k not in (b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"transfer-encoding")
+        ]
+    )
     stream = H2Stream(conn, 1, can_send=False)
     stream._in += body
     stream._ack_exempt = len(body)
     stream._in_ended = True
-    request = H2Request(stream, method, target, hdrs, scheme="http", authority=hdrs.get("host") or "",
-                        limits=limits)
+    request = H2Request(stream, method, target, hdrs, scheme="http", authority=hdrs.get("host") or "", limits=limits)
     stream._owner = request
     conn._upgrade_request = request  # admitted once the connection runs (the app needs the nursery)
     return conn
@@ -1976,8 +1995,15 @@ async def serve_h2c_upgrade(
     """:func:`accept_h2c_upgrade`, then serve ``app`` on the connection until it ends, then close
     it. What an HTTP/1.1 server calls for a request :func:`h2c_settings` accepted."""
     conn = await accept_h2c_upgrade(
-        lower, method=method, target=target, headers=headers, settings=settings, body=body,
-        limits=limits, shutdown=shutdown, deadline=deadline,
+        lower,
+        method=method,
+        target=target,
+        headers=headers,
+        settings=settings,
+        body=body,
+        limits=limits,
+        shutdown=shutdown,
+        deadline=deadline,
     )
     try:
         await conn.serve(app)

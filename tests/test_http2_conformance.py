@@ -193,8 +193,9 @@ class RawClient:
     async def error_code(self, sid: int | None = None, within: float = TIMEOUT) -> tuple[str, int]:
         """The first GOAWAY (``("goaway", code)``) or RST_STREAM on ``sid`` (``("rst", code)``)."""
         f = await self.until(
-            lambda f: isinstance(f, GoAwayFrame)
-            or (isinstance(f, RstStreamFrame) and (sid is None or f.stream_id == sid)),
+            lambda f: (
+                isinstance(f, GoAwayFrame) or (isinstance(f, RstStreamFrame) and (sid is None or f.stream_id == sid))
+            ),
             within,
         )
         if isinstance(f, GoAwayFrame):
@@ -248,9 +249,11 @@ async def raw_server(
 
 
 @contextlib.asynccontextmanager
-async def tcp_server(app: Callable[[http.Request], Awaitable[None]] = hello,
-                     limits: Limits = http.DEFAULT_LIMITS,
-                     shutdown: trio.Event | None = None) -> AsyncIterator[tuple[str, int]]:
+async def tcp_server(
+    app: Callable[[http.Request], Awaitable[None]] = hello,
+    limits: Limits = http.DEFAULT_LIMITS,
+    shutdown: trio.Event | None = None,
+) -> AsyncIterator[tuple[str, int]]:
     """Stack(tcp.listen, http.server(app)) serving in the background; yields (host, port)."""
     async with trio.open_nursery() as nursery:
         addrs = await nursery.start(Stack(tcp.listen("127.0.0.1", 0), http.server(app, limits, shutdown)).serve)
@@ -316,8 +319,9 @@ async def test_settings_ack_with_payload_is_frame_size_error() -> None:
     [
         pytest.param(b"\x00\x00\x07\x04\x00\x00\x00\x00\x00" + b"\x00" * 7, FRAME_SIZE_ERROR, id="settings-len-7"),
         pytest.param(b"\x00\x00\x05\x03\x00\x00\x00\x00\x01" + b"\x00" * 5, FRAME_SIZE_ERROR, id="rst-len-5"),
-        pytest.param(b"\x00\x00\x03\x08\x00\x00\x00\x00\x00" + b"\x00\x00\x01", FRAME_SIZE_ERROR,
-                     id="window-update-len-3"),
+        pytest.param(
+            b"\x00\x00\x03\x08\x00\x00\x00\x00\x00" + b"\x00\x00\x01", FRAME_SIZE_ERROR, id="window-update-len-3"
+        ),
         pytest.param(b"\x00\x00\x04\x02\x00\x00\x00\x00\x01" + b"\x00" * 4, FRAME_SIZE_ERROR, id="priority-len-4"),
     ],
 )
@@ -786,8 +790,9 @@ async def test_other_frame_inside_a_header_block_is_a_protocol_error() -> None:
 
 async def test_headers_split_over_continuations_work() -> None:
     async with raw_server() as c:
-        block = c.block([(":method", "GET"), (":scheme", "http"), (":authority", "test"), (":path", "/"),
-                         ("x-long", "y" * 300)])
+        block = c.block(
+            [(":method", "GET"), (":scheme", "http"), (":authority", "test"), (":path", "/"), ("x-long", "y" * 300)]
+        )
         parts = [block[i : i + 50] for i in range(0, len(block), 50)]
         frames: list[Frame] = [HeadersFrame(1, data=parts[0], flags=["END_STREAM"])]
         frames += [ContinuationFrame(1, data=p) for p in parts[1:-1]]
@@ -818,38 +823,55 @@ async def test_push_promise_from_a_client_is_a_protocol_error() -> None:
 @pytest.mark.parametrize(
     "headers",
     [
-        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), ("Upper", "x"), (":authority", "a")],
-                     id="uppercase-name"),
+        pytest.param(
+            [(":method", "GET"), (":scheme", "http"), (":path", "/"), ("Upper", "x"), (":authority", "a")],
+            id="uppercase-name",
+        ),
         pytest.param([(":method", "GET"), (":scheme", "http"), (":authority", "a")], id="no-path"),
         pytest.param([(":scheme", "http"), (":path", "/"), (":authority", "a")], id="no-method"),
-        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":method", "GET")],
-                     id="duplicate-pseudo"),
+        pytest.param(
+            [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":method", "GET")], id="duplicate-pseudo"
+        ),
         pytest.param([(":method", "GET"), (":scheme", "http"), ("x", "1"), (":path", "/")], id="pseudo-after-regular"),
-        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":status", "200")],
-                     id="response-pseudo"),
+        pytest.param(
+            [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":status", "200")], id="response-pseudo"
+        ),
         pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":bogus", "1")], id="unknown-pseudo"),
-        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), ("connection", "close")],
-                     id="connection-header"),
+        pytest.param(
+            [(":method", "GET"), (":scheme", "http"), (":path", "/"), ("connection", "close")], id="connection-header"
+        ),
         pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), ("te", "gzip")], id="te-not-trailers"),
         pytest.param([(":method", "GET"), (":scheme", "http"), (":path", ""), (":authority", "a")], id="empty-path"),
         pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), ("x", "a\nb")], id="newline-value"),
-        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":protocol", "websocket")],
-                     id="protocol-without-connect"),
-        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"), ("host", "b")],
-                     id="authority-host-mismatch"),
-        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), ("host", "a"), ("host", "a")],
-                     id="two-hosts"),
+        pytest.param(
+            [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":protocol", "websocket")],
+            id="protocol-without-connect",
+        ),
+        pytest.param(
+            [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"), ("host", "b")],
+            id="authority-host-mismatch",
+        ),
+        pytest.param(
+            [(":method", "GET"), (":scheme", "http"), (":path", "/"), ("host", "a"), ("host", "a")], id="two-hosts"
+        ),
         pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/")], id="no-authority-no-host"),
         pytest.param([(":method", "CONNECT"), (":authority", "a:1"), (":path", "/")], id="connect-with-path"),
         pytest.param([(":method", "CONNECT"), (":scheme", "http")], id="connect-without-authority"),
-        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"), ("x:y", "1")],
-                     id="colon-in-name"),
-        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"), ("x", " v")],
-                     id="leading-space-value"),
-        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"), ("", "v")],
-                     id="empty-name"),
-        pytest.param([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"),
-                      ("keep-alive", "5")], id="keep-alive-header"),
+        pytest.param(
+            [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"), ("x:y", "1")],
+            id="colon-in-name",
+        ),
+        pytest.param(
+            [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"), ("x", " v")],
+            id="leading-space-value",
+        ),
+        pytest.param(
+            [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"), ("", "v")], id="empty-name"
+        ),
+        pytest.param(
+            [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"), ("keep-alive", "5")],
+            id="keep-alive-header",
+        ),
     ],
 )
 async def test_malformed_request_headers(headers: list[tuple[str, str]]) -> None:
@@ -863,8 +885,9 @@ async def test_malformed_request_headers(headers: list[tuple[str, str]]) -> None
 
 async def test_malformed_request_is_a_stream_error_and_the_connection_goes_on() -> None:
     async with raw_server() as c:
-        await c.send(c.headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "http"), ("Bad", "x"),
-                                   (":authority", "a")]))
+        await c.send(
+            c.headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "http"), ("Bad", "x"), (":authority", "a")])
+        )
         assert await c.error_code(1) == ("rst", PROTOCOL_ERROR)
         await c.request(3)
         assert await c.response(3) == (200, b"Hello, world!")
@@ -878,8 +901,16 @@ async def test_cookies_are_joined_and_headers_reach_the_app() -> None:
         await request.respond(200, [], b"")
 
     async with raw_server(app) as c:
-        hdrs = [(":method", "GET"), (":scheme", "https"), (":authority", "a.test"), (":path", "/p?q=1"),
-                ("cookie", "a=1"), ("x-multi", "1"), ("cookie", "b=2"), ("x-multi", "2")]
+        hdrs = [
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", "a.test"),
+            (":path", "/p?q=1"),
+            ("cookie", "a=1"),
+            ("x-multi", "1"),
+            ("cookie", "b=2"),
+            ("x-multi", "2"),
+        ]
         await c.send(c.headers(1, hdrs))
         await c.response(1)
     assert seen[0]["cookie"] == "a=1; b=2"
@@ -888,8 +919,13 @@ async def test_cookies_are_joined_and_headers_reach_the_app() -> None:
 
 async def test_content_length_mismatch_is_a_protocol_error() -> None:
     async with raw_server() as c:
-        hdrs = [(":method", "POST"), (":scheme", "http"), (":authority", "a"), (":path", "/echo"),
-                ("content-length", "10")]
+        hdrs = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "a"),
+            (":path", "/echo"),
+            ("content-length", "10"),
+        ]
         await c.send(c.headers(1, hdrs, end_stream=False), DataFrame(1, data=b"abc", flags=["END_STREAM"]))
         _kind, code = await c.error_code(1)
         assert code == PROTOCOL_ERROR
@@ -932,8 +968,14 @@ async def test_streams_over_the_limit_are_refused_not_the_connection() -> None:
 # cleartext sniffing (http.server): neither the preface nor HTTP/1.x ends the connection
 
 
-@pytest.mark.parametrize("garbage", [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"\x00\x00\x00\x00garbage\r\n",
-                                     b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        b"\x00\x00\x00\x00garbage\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+    ],
+)
 async def test_cleartext_garbage_ends_the_connection(garbage: bytes) -> None:
     async with tcp_server() as (host, port):
         c = await raw_tcp(host, port)
