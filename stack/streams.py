@@ -595,7 +595,8 @@ class MessageStream(Stream):
         A committed message is delivered; its bytes still waiting go first on the next call.
         """
         self._enter_send()
-        msg = bytes(msg)
+        if not isinstance(msg, bytes):  # a bytes subclass (udp.Datagram) passes through as it is
+            msg = bytes(msg)
         self._message_committed = False
         try:
             with _deadline(deadline):

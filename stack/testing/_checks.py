@@ -51,7 +51,10 @@ included; ``messages=`` supplies a strategy of valid message lists): a message i
 whole or not at all (``Timeout.committed``, ``sent`` 0 or ``len(msg)``), the receiver gets
 exactly the committed messages in order, ``recv`` raises ``EndOfStream`` after the peer's
 ``done()`` (again and again) and ``async for`` ends cleanly; there is no ``end_of_stream``
-property (it is part of ``round_trip``).
+property (it is part of ``round_trip``). ``eof=False`` is for layers with no end of stream
+(datagrams: UDP): ``done()`` there only has to make later sends raise ``Closed``; the receivers
+count the messages instead of waiting for ``EndOfStream`` (``send_deadlines`` ends with a marker
+message), and the peer of an ``aclose()`` is not expected to see anything.
 
 ``check_detach`` has one property, ``detach``: data is exchanged at the upper level both ways,
 each side also sends random raw bytes on its lower stream right behind its upper data (so the
@@ -851,18 +854,22 @@ async def _send_messages(stream: MessageStream, msgs: Sequence[bytes], finish: b
         await stream.done()
 
 
-async def _receive_messages(stream: MessageStream, expected: Sequence[bytes], who: str, iterate: bool = False) -> None:
-    """Receive exactly ``expected`` then the end (``EndOfStream``, twice)."""
+async def _receive_messages(
+    stream: MessageStream, expected: Sequence[bytes], who: str, iterate: bool = False, end: bool = True
+) -> None:
+    """Receive exactly ``expected`` then the end (``EndOfStream``, twice; not if ``end`` is false)."""
     got: list[bytes] = []
-    if iterate:
+    if iterate and (end or expected):
         async for msg in stream:
             got.append(msg)
             assert len(got) <= len(expected), f"{who}: more messages than were sent: {got!r}"
+            if not end and len(got) == len(expected):
+                break
     else:
         for _ in expected:
             got.append(await stream.recv())
     assert got == list(expected), f"{who}: received {_messages(got)}, sent {_messages(expected)}"
-    for _ in range(2):
+    for _ in range(2 if end else 0):
         await _expect_end(stream, who)
 
 
@@ -872,6 +879,14 @@ async def _expect_end(stream: MessageStream, who: str) -> None:
     except EndOfStream:
         return
     raise AssertionError(f"{who}: recv() after the peer's done() returned {_short(msg)}, expected EndOfStream")
+
+
+def _end_marker(msgs: Sequence[bytes]) -> bytes:
+    """A message none of ``msgs`` equals (it ends a check when the layer has no end of stream)."""
+    marker = b"stack.testing: end of the messages"
+    while marker in msgs:
+        marker += b"."
+    return marker
 
 
 def _messages(msgs: Sequence[bytes]) -> str:
@@ -885,10 +900,12 @@ async def check_message_stream(
     settings: Settings | None = None,
     skip: Collection[str] = (),
     example_timeout: float = EXAMPLE_TIMEOUT,
+    eof: bool = True,
 ) -> None:
     """Check that the MessageStreams ``make_pair`` returns keep the contract (see the module
     docstring). ``messages``: a strategy of lists of messages the layer can carry (default
-    :func:`~stack.testing.messages`; a delimiter layer passes ``messages(avoid=delim)``)."""
+    :func:`~stack.testing.messages`; a delimiter layer passes ``messages(avoid=delim)``).
+    ``eof=False``: the layer has no end of stream (datagrams); see the module docstring."""
     msgs_strategy = messages if messages is not None else message_lists()
 
     async def pair() -> tuple[MessageStream, MessageStream]:
@@ -904,8 +921,8 @@ async def check_message_stream(
             async with _closing(a, b), trio.open_nursery() as nursery:
                 nursery.start_soon(_send_messages, a, msgs_ab)
                 nursery.start_soon(_send_messages, b, msgs_ba)
-                nursery.start_soon(_receive_messages, b, msgs_ab, "b", iterate_b)
-                nursery.start_soon(_receive_messages, a, msgs_ba, "a", iterate_a)
+                nursery.start_soon(_receive_messages, b, msgs_ab, "b", iterate_b, eof)
+                nursery.start_soon(_receive_messages, a, msgs_ba, "a", iterate_a, eof)
 
     async def recv_deadlines(
         msgs: list[bytes], deadlines: list[float | None], cancels: list[CancelPoint | None], chaos: ChaosSchedule
@@ -936,7 +953,7 @@ async def check_message_stream(
                         if kind == "timeout":
                             assert value.sent is None, f"a receive's Timeout must have sent=None, not {value.sent!r}"
                         stalled += 1
-                    for _ in range(2):
+                    for _ in range(2 if eof else 0):
                         await _expect_end(b, "b")
 
                 async with trio.open_nursery() as nursery:
@@ -944,7 +961,7 @@ async def check_message_stream(
                     nursery.start_soon(receiver)
                 async with trio.open_nursery() as nursery:  # still usable the other way
                     nursery.start_soon(_send_messages, b, msgs[:3])
-                    nursery.start_soon(_receive_messages, a, msgs[:3], "a")
+                    nursery.start_soon(_receive_messages, a, msgs[:3], "a", False, eof)
 
     async def send_deadlines(
         msgs: list[bytes],
@@ -959,15 +976,19 @@ async def check_message_stream(
             async with _closing(a, b):
                 received: list[bytes] = []
                 segments: list[tuple[bytes, bool | None]] = []
+                marker = _end_marker(msgs)  # eof=False: the last message, in place of done()
 
                 async def reader() -> None:
                     await trio.sleep(reader_delay)
                     i = 0
                     while True:
                         try:
-                            received.append(await b.recv())
+                            msg = await b.recv()
                         except EndOfStream:
                             return
+                        if not eof and msg == marker:
+                            return
+                        received.append(msg)
                         pause = read_pauses[i % len(read_pauses)]
                         i += 1
                         if pause:
@@ -994,6 +1015,8 @@ async def check_message_stream(
                             segments.append((msg, c))
                         else:
                             segments.append((msg, None))
+                    if not eof:
+                        await a.send(marker)
                     await a.done()
                 if not _match_messages(received, segments):
                     raise AssertionError(
@@ -1007,17 +1030,18 @@ async def check_message_stream(
             async with _closing(a, b):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_send_messages, a, msgs_ab)
-                    nursery.start_soon(_receive_messages, b, msgs_ab, "b")
+                    nursery.start_soon(_receive_messages, b, msgs_ab, "b", False, eof)
                 await a.done()  # again: nothing happens
                 await _expect(Closed, lambda: a.send(b"x"), "send after done()")
                 async with trio.open_nursery() as nursery:  # half-close: the other way goes on
                     nursery.start_soon(_send_messages, b, msgs_ba)
-                    nursery.start_soon(_receive_messages, a, msgs_ba, "a", True)
+                    nursery.start_soon(_receive_messages, a, msgs_ba, "a", True, eof)
                 await _check_closed_after_aclose(a, "a")
             c, d = await pair()
             async with _closing(c, d):
                 await c.aclose()
-                await _expect_end(d, "the peer of a closed stream")
+                if eof:
+                    await _expect_end(d, "the peer of a closed stream")
                 await _check_closed_after_aclose(c, "c")
 
     async def busy(msgs: list[bytes], chaos: ChaosSchedule) -> None:
