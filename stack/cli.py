@@ -349,6 +349,10 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
         limits = replace(limits, header_timeout=args.header_timeout)
     shutdown = trio.Event()
     layers: list[Any] = [tls_layer] if tls_layer is not None else []
+    if getattr(args, "proxy_protocol", False):  # the PROXY header comes first, before TLS
+        from layers import proxy_protocol
+
+        layers.insert(0, proxy_protocol.server())
     listen = tcp.listen(args.host, args.port, backlog=4096, reuse_port=getattr(args, "workers", 1) > 1)
     stack = Stack(listen, *layers, http.server(app, limits, shutdown))
     scheme = "https" if tls_layer is not None else "http"
@@ -453,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tls", action="store_true", help="serve cleartext HTTP")
     p.add_argument("--cert", metavar="FILE", help="certificate chain (PEM), instead of the localhost one")
     p.add_argument("--key", metavar="FILE", help="private key (PEM) of --cert")
+    p.add_argument("--proxy-protocol", action="store_true",
+                   help="expect a PROXY protocol v1 or v2 header on every connection (behind HAProxy...)")
     p.add_argument("--header-timeout", type=float, metavar="SECONDS",
                    help="seconds a request head may take to arrive (default: 10)")
     p.add_argument("-q", "--quiet", action="store_true", help="no access log")

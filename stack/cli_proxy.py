@@ -173,8 +173,11 @@ class BackendPool:
         """Connections open (or being opened), idle and busy."""
         return self._count
 
-    async def acquire(self, *, deadline: float, fresh: bool = False) -> tuple[http.ClientConnection, bool]:
-        """A connection and whether it was reused. ``fresh=True`` skips the idle ones.
+    async def acquire(
+        self, *, deadline: float, fresh: bool = False, stack: Stack | None = None
+    ) -> tuple[http.ClientConnection, bool]:
+        """A connection and whether it was reused. ``fresh=True`` skips the idle ones; ``stack``
+        opens a new one with that stack instead of the pool's (``--send-proxy``: one per request).
 
         Raises what connecting raised (:class:`~stack.Broken`, :class:`~stack.Timeout`), or
         :class:`~stack.Timeout` when every connection stays busy until ``deadline``.
@@ -191,7 +194,7 @@ class BackendPool:
             if self._count < self.size:
                 self._count += 1
                 try:
-                    conn = await self.stack.connect(deadline=min(deadline, after(self.connect_timeout)))
+                    conn = await (stack or self.stack).connect(deadline=min(deadline, after(self.connect_timeout)))
                 except BaseException:
                     self._count -= 1
                     self._lot.unpark()
@@ -360,11 +363,13 @@ class ProxyApp:
         timeout: float = 60.0,
         allow_connect: Iterable[str] = (),
         access: bool = True,
+        send_proxy: int | None = None,
     ) -> None:
         self.pool = pool
         self.timeout = timeout
         self.allow_connect = frozenset(allow_connect)
         self.access = access
+        self.send_proxy = send_proxy  # PROXY protocol version toward the backend (None: no header)
 
     async def __call__(self, request: http.Request) -> None:
         t0 = time.perf_counter()
@@ -384,6 +389,16 @@ class ProxyApp:
                 )  # fmt: skip
 
     # ---- forwarding ------------------------------------------------------------------------
+
+    def _stack(self, request: http.Request) -> Stack | None:
+        """With ``send_proxy``: the pool's stack with a PROXY header for this request's client
+        (so the connection is this client's only: it is never kept for another)."""
+        if self.send_proxy is None:
+            return None
+        from layers import proxy_protocol
+
+        header = proxy_protocol.client.from_info(request.info, self.send_proxy)
+        return Stack(self.pool.stack.source, header, *self.pool.stack.layers)
 
     async def _forward(self, request: http.Request) -> int:
         """Forward one request: the backend's answer, or 400, 408, 502 or 504 of our own.
@@ -409,7 +424,9 @@ class ProxyApp:
             fresh = False
             while failure is None:
                 try:
-                    conn, reused = await self.pool.acquire(deadline=scope.deadline, fresh=fresh)
+                    conn, reused = await self.pool.acquire(
+                        deadline=scope.deadline, fresh=fresh or self.send_proxy is not None, stack=self._stack(request)
+                    )
                 except Timeout as exc:
                     log.warning("backend: %s", exc)
                     failure = (504, "the backend did not answer in time")
@@ -469,13 +486,13 @@ class ProxyApp:
                 log.warning("backend failed while sending a response body: %s", exc)
                 return await _error(request, 504 if isinstance(exc, Timeout) else 502, "the backend failed")
             finally:  # the whole body is here (or never will be): the connection is free already
-                await self.pool.release(conn, reusable=keep and ended[0])
+                await self.pool.release(conn, reusable=keep and ended[0] and self.send_proxy is None)
             await request.respond(response.status, headers, data, deadline=after(self.timeout))
             return len(data)
         try:
             return await self._stream(request, response, headers, ended)
         finally:
-            await self.pool.release(conn, reusable=keep and ended[0])
+            await self.pool.release(conn, reusable=keep and ended[0] and self.send_proxy is None)
 
     async def _read_small(self, response: http.Response, ended: list[bool]) -> bytes:
         """The whole body of a response announced as small (or bodiless), under one deadline."""
@@ -583,7 +600,8 @@ async def run_proxy(args: argparse.Namespace, tls_layer: Any) -> None:
     upstream = Upstream.parse(args.upstream)
     pool = BackendPool(upstream.stack(), size=args.pool_size, idle_timeout=args.pool_idle,
                        connect_timeout=args.connect_timeout)
-    app = ProxyApp(pool, timeout=args.timeout, allow_connect=args.allow_connect, access=not args.quiet)
+    app = ProxyApp(pool, timeout=args.timeout, allow_connect=args.allow_connect, access=not args.quiet,
+                   send_proxy=getattr(args, "send_proxy", None))
     shutdown = trio.Event()
     limits = http.DEFAULT_LIMITS
     layers: list[Any] = [tls_layer] if tls_layer is not None else []
@@ -629,6 +647,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="most backend connections open at once (default: 64)")
     p.add_argument("--pool-idle", type=float, default=10.0, metavar="SECONDS",
                    help="seconds an unused backend connection is kept (default: 10)")
+    p.add_argument("--send-proxy", dest="send_proxy", action="store_const", const=1,
+                   help="send a PROXY protocol v1 header with the client's address to the backend "
+                   "(one backend connection per request)")
+    p.add_argument("--send-proxy-v2", dest="send_proxy", action="store_const", const=2,
+                   help="the same with a PROXY protocol v2 header")
     p.add_argument("--allow-connect", action="append", default=[], metavar="HOST:PORT",
                    help="let CONNECT tunnel to HOST:PORT (repeatable; none by default)")
     p.add_argument("-q", "--quiet", action="store_true", help="no access log")
