@@ -18,7 +18,12 @@ What :class:`H2Core` changes, and why:
 * **RST_STREAM on an idle stream is a connection error** of type PROTOCOL_ERROR (RFC 9113 6.4);
   h2 ignores it.
 * **Our HPACK encoder's table is capped** at :data:`ENCODER_TABLE_SIZE` (an encoder may use
-  less than the peer allows; RFC 7541 4.2).
+  less than the peer allows; RFC 7541 4.2), and every SETTINGS_HEADER_TABLE_SIZE from the peer
+  is answered with a dynamic table size update at the start of our next header block
+  (:class:`_Encoder`). hpack forgets a pending update when the table is set to the size it
+  already has, so a peer that lowered its limit to exactly our cap (from the 4096 default) got
+  no update, and strict decoders (nghttp2, Chromium's) fail the connection with
+  COMPRESSION_ERROR when the update they require is missing.
 * **Settings take less memory**: h2 keeps a ``deque`` (about 600 bytes) per setting, two sets per
   connection; :class:`_Slot` is a small list with the same use.
 * **A SETTINGS ACK with a payload** is FRAME_SIZE_ERROR (RFC 9113 6.5); h2 says PROTOCOL_ERROR.
@@ -51,6 +56,7 @@ import h2.settings
 import h2.stream
 from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
 from h2.stream import StreamClosedBy
+from hpack.hpack import Encoder
 from hyperframe.frame import ContinuationFrame, Frame, RstStreamFrame
 
 __all__ = [
@@ -82,6 +88,31 @@ def error_name(code: int | None) -> str:
         return h2.errors.ErrorCodes(code).name
     except ValueError:
         return f"0x{code:x}"
+
+
+class _Encoder(Encoder):
+    """hpack's encoder with its table capped at :data:`ENCODER_TABLE_SIZE`, and a correct record
+    of the size updates to signal (RFC 7541 4.2, 6.3).
+
+    Setting ``header_table_size`` (h2 does, with the peer's SETTINGS_HEADER_TABLE_SIZE once it
+    acknowledged it) always queues an update for the next header block, even when our size does
+    not change (the peer's decoder may have lowered its own limit and then requires one). Since
+    the last block, at most two are queued: the smallest size set meanwhile (it must not exceed
+    the lowest limit the peer set meanwhile), then the current size.
+    """
+
+    @property
+    def header_table_size(self) -> int:
+        return int(self.header_table.maxsize)
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        table = self.header_table
+        size = min(value, ENCODER_TABLE_SIZE)
+        low = min([*self.table_size_changes, size]) if table.resized else size
+        table.maxsize = size  # evicts entries over the new size
+        table.resized = True
+        self.table_size_changes = [low, size] if low != size else [size]
 
 
 class _StateMachine(H2ConnectionStateMachine):
@@ -179,6 +210,7 @@ class H2Core(h2.connection.H2Connection):
         self.local_settings = h2.settings.Settings(client=client_side, initial_values=dict(settings))
         self.decoder.max_header_list_size = settings.get(h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE, 65536)
         self.max_inbound_frame_size = self.local_settings.max_frame_size
+        self.encoder = _Encoder()
         self.encoder.header_table_size = ENCODER_TABLE_SIZE
         _compact(self.remote_settings)
 
@@ -270,15 +302,6 @@ class H2Core(h2.connection.H2Connection):
     def _acknowledge_settings(self) -> list[Frame]:
         frames = super()._acknowledge_settings()
         _compact(self.remote_settings)  # h2 made deques for settings it had not seen
-        encoder = self.encoder
-        if encoder.header_table_size > ENCODER_TABLE_SIZE:
-            encoder.header_table_size = ENCODER_TABLE_SIZE
-        # RFC 7541 4.2: between two header blocks, signal at most two size updates (the smallest,
-        # then the final one); h2's change and our cap may have queued three.
-        changes = encoder.table_size_changes
-        if len(changes) > 1:
-            low, final = min(changes), changes[-1]
-            encoder.table_size_changes = [low] if low == final else [low, final]
         return frames
 
     def _receive_goaway_frame(self, frame: Any) -> tuple[list[Frame], list[Any]]:

@@ -389,32 +389,68 @@ async def test_initial_window_size_change_applies_to_open_streams() -> None:
         assert len(status_body) == 200_000
 
 
-@pytest.mark.parametrize("table_size", [0, 256, 4096, 65536])
-async def test_hpack_table_size_updates_follow_rfc7541(table_size: int) -> None:
-    """At most two dynamic table size updates start a header block (RFC 7541 4.2), none over
-    what the client allows; the responses decode."""
-    async with raw_server(settings={SettingsFrame.HEADER_TABLE_SIZE: table_size}) as c:
-        for sid in (1, 3, 5):
-            await c.request(sid)
-            assert await c.response(sid) == (200, b"Hello, world!")
-        blocks = [f.data for f in c.seen if isinstance(f, HeadersFrame)]
-        for block in blocks:
-            updates = []
-            i = 0
-            while i < len(block) and block[i] & 0xE0 == 0x20:  # 001xxxxx: a size update
-                value = block[i] & 0x1F
+def _size_updates(block: bytes) -> list[int]:
+    """The dynamic table size updates (RFC 7541 6.3) that start a header block."""
+    updates = []
+    i = 0
+    while i < len(block) and block[i] & 0xE0 == 0x20:  # 001xxxxx
+        value = block[i] & 0x1F
+        i += 1
+        if value == 0x1F:
+            shift = 0
+            while True:
+                value += (block[i] & 0x7F) << shift
+                shift += 7
                 i += 1
-                if value == 0x1F:
-                    shift = 0
-                    while True:
-                        value += (block[i] & 0x7F) << shift
-                        shift += 7
-                        i += 1
-                        if not block[i - 1] & 0x80:
-                            break
-                updates.append(value)
+                if not block[i - 1] & 0x80:
+                    break
+        updates.append(value)
+    return updates
+
+
+@pytest.mark.parametrize(
+    "sizes", [[0], [256], [1024], [1025], [4096], [65536], [256, 65536], [65536, 1024], [1024, 1024]], ids=str
+)
+async def test_hpack_table_size_updates_follow_rfc7541(sizes: list[int]) -> None:
+    """Every SETTINGS_HEADER_TABLE_SIZE the client sends gets what strict decoders (nghttp2,
+    Chromium's) demand of our next header block (RFC 7541 4.2, 6.3): at most two size updates at
+    its start, none over the client's last size; when a size set since the previous block is
+    below the decoder's current limit, an update must come and the first one may not exceed the
+    lowest such size. Regression: a client lowering its size to exactly our encoder's cap (1024,
+    ``h2load --header-table-size=1024``) got no update, and COMPRESSION_ERROR from its decoder."""
+    sent = [*sizes, 128, 65536]  # the last two mid-connection, below and above our cap
+    async with raw_server(settings={SettingsFrame.HEADER_TABLE_SIZE: sizes[0]}) as c:
+        c.decoder.max_allowed_table_size = max(sent)  # the strict checks are below
+        for size in sizes[1:]:
+            await c.send(SettingsFrame(0, settings={SettingsFrame.HEADER_TABLE_SIZE: size}))
+        await c.request(1)
+        assert await c.response(1) == (200, b"Hello, world!")
+        sid = 3
+        for size in (128, 65536):
+            await c.send(SettingsFrame(0, settings={SettingsFrame.HEADER_TABLE_SIZE: size}))
+            for _ in range(3):
+                await c.request(sid)
+                assert await c.response(sid) == (200, b"Hello, world!")
+                sid += 2
+    # replay the frames as a strict decoder sees them: a size applies once the server ACKed it
+    unacked = list(sent)
+    limit, final, lowest = 4096, 4096, math.inf
+    blocks = 0
+    for f in c.seen:
+        if isinstance(f, SettingsFrame) and "ACK" in f.flags:
+            final = unacked.pop(0)
+            lowest = min(lowest, final)
+        elif isinstance(f, HeadersFrame):
+            blocks += 1
+            updates = _size_updates(f.data)
             assert len(updates) <= 2, updates
-            assert all(u <= table_size for u in updates), updates
+            assert all(u <= final for u in updates), (updates, final)
+            if lowest < limit:
+                assert updates and updates[0] <= lowest, (updates, lowest, limit)
+            if updates:
+                limit = updates[-1]
+            lowest = math.inf
+    assert not unacked and blocks == 7
 
 
 # =============================================================================================

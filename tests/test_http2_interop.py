@@ -281,6 +281,19 @@ async def test_h2load_100000_requests_without_a_failure() -> None:
     assert re.search(r"status codes: 100000 2xx", out), out
 
 
+@pytest.mark.parametrize("size", [0, 512, 1024, 65536])
+async def test_h2load_and_nghttp_with_other_header_table_sizes(size: int) -> None:
+    """Our HPACK encoder answers the client's SETTINGS_HEADER_TABLE_SIZE as nghttp2's strict
+    decoder wants (1024, our encoder's own cap, once got COMPRESSION_ERROR)."""
+    need("h2load", "nghttp")
+    async with our_server(Recorder()) as port:
+        url = f"http://127.0.0.1:{port}/style.css"
+        r = await run(["h2load", "-n", "200", "-c", "2", "-m", "10", f"--header-table-size={size}", url])
+        assert re.search(r"requests: 200 total, 200 started, 200 done, 200 succeeded", r.stdout.decode()), r.stdout
+        r = await run(["nghttp", f"--header-table-size={size}", url, url.replace("style.css", "script.js")])
+        assert r.returncode == 0 and b"p { color: green }" in r.stdout and b"script ran" in r.stdout, r.stderr
+
+
 async def test_nghttp_and_curl_against_stack_serve_cleartext() -> None:
     need("nghttp", "curl")
     async with stack_serve("--no-tls", "--hello") as (url, _):
