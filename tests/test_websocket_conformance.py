@@ -112,8 +112,17 @@ async def test_detach_after_the_handshake() -> None:
 # ---- over HTTP/2 extended CONNECT ---------------------------------------------------------------
 
 
-def _finished(s: Stream) -> bool:
-    return s._closed is not None or s._broken is not None
+def _on_close(ws: websocket.WebSocket) -> trio.Event:
+    """An event set when ``ws`` is closed (its ``_abort`` hook runs on every aclose)."""
+    event = trio.Event()
+    abort = ws._abort
+
+    def wrapped() -> None:
+        abort()
+        event.set()
+
+    ws._abort = wrapped  # type: ignore[method-assign]
+    return event
 
 
 async def _h2_pair(make: PairMaker, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -135,9 +144,10 @@ async def _h2_pair(make: PairMaker, *, task_status: Any = trio.TASK_STATUS_IGNOR
             inner.start_soon(accept)
             out["c"] = await websocket.connect(client_conn, "/ws", deadline=after(5))
         assert out["c"].info["http_version"] == "2" and out["s"].info["http_version"] == "2"
+        closed = [_on_close(out["c"]), _on_close(out["s"])]
         task_status.started((out["c"], out["s"]))
-        while not (_finished(out["c"]) and _finished(out["s"])):
-            await trio.sleep(0.01)
+        for event in closed:
+            await event.wait()
         nursery.cancel_scope.cancel()
 
 
