@@ -324,6 +324,38 @@ def without_log(handler: Handler) -> http.App:
     return app
 
 
+WS_ECHO_PATH = "/ws/echo"
+"""Where ``serve`` answers a WebSocket (HTTP/1.1 Upgrade or HTTP/2 extended CONNECT) that echoes."""
+
+
+async def websocket_echo(request: http.Request) -> int:
+    """Accept the WebSocket (permessage-deflate if offered) and send every message back, text
+    as text and binary as binary, until the client closes. Returns the bytes echoed."""
+    from layers import websocket
+    from stack.errors import StackError
+
+    echoed = 0
+    try:
+        async with await websocket.accept(request, deflate=True, deadline=trio.current_time() + 10) as ws:
+            async for msg in ws:
+                await ws.send(msg)
+                echoed += len(msg)
+    except StackError as exc:  # a bad handshake (already answered 400) or a peer that vanished
+        log.info("websocket %s from %s: %s", request.path, _peer(request.info), exc)
+    return echoed
+
+
+def with_websocket_echo(handler: Handler) -> Handler:
+    """Answer :data:`WS_ECHO_PATH` with :func:`websocket_echo`, everything else with ``handler``."""
+
+    async def app(request: http.Request) -> int:
+        if request.path == WS_ECHO_PATH:
+            return await websocket_echo(request)
+        return await handler(request)
+
+    return app
+
+
 # --------------------------------------------------------------------------------------------------
 # serve
 
@@ -343,6 +375,7 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
         handler = FileApp(args.root)
     else:
         handler = info_app
+    handler = with_websocket_echo(handler)
     app = without_log(handler) if args.quiet else with_access_log(handler)
     limits = http.DEFAULT_LIMITS
     if args.header_timeout is not None:
