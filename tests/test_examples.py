@@ -18,7 +18,8 @@ import pytest
 import trio
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+WITH_PEER = {"socks5_get.py"}  # take a peer's address: run by their own tests below, which start the peer
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.py") if p.name not in WITH_PEER)
 TIMEOUT = 120.0
 NEEDS = re.compile(r"^#\s*needs:\s*(.+)$", re.MULTILINE)
 
@@ -54,3 +55,19 @@ def test_needs_comment_is_parsed(tmp_path: Path) -> None:
     example = tmp_path / "x.py"
     example.write_text('"""doc"""\n# needs: curl, openssl\n# needs: nghttp\nprint("hi")\n')
     assert needed_programs(example) == ["curl", "openssl", "nghttp"]
+
+
+async def test_socks5_get_through_dante(tmp_path: Path) -> None:
+    """``examples/socks5_get.py PROXY``: its own page fetched through a Dante started here."""
+    from test_socks5 import danted
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    with trio.fail_after(TIMEOUT):
+        async with danted(tmp_path) as (port, _):
+            result = await trio.run_process(
+                [sys.executable, str(ROOT / "examples" / "socks5_get.py"), f"127.0.0.1:{port}"],
+                cwd=ROOT, env=env, capture_stdout=True, capture_stderr=True, check=False,
+            )  # fmt: skip
+    output = (result.stdout + result.stderr).decode(errors="replace")
+    assert result.returncode == 0 and "every byte arrived" in output, output[-4000:]
