@@ -238,14 +238,14 @@ def _parse_v1(data: bytes | bytearray) -> tuple[Header, int] | None:
             raise ProtocolError(f"PROXY v1 header: no CRLF within {V1_MAX} bytes (the spec's maximum)")
         return None
     line = bytes(data[:end])
+    if line == b"PROXY UNKNOWN" or line.startswith(b"PROXY UNKNOWN "):  # the rest is ignored (spec)
+        return Header(1, "PROXY", "unspec", "unspec"), end + 2
     if any(b < 0x20 or b > 0x7E for b in line):
         raise ProtocolError(f"PROXY v1 header: a byte that is not printable US-ASCII in {line!r}")
     parts = line.decode("ascii").split(" ")
     if len(parts) < 2:
         raise ProtocolError(f"PROXY v1 header {line!r}: no protocol (TCP4, TCP6 or UNKNOWN)")
     proto = parts[1]
-    if proto == "UNKNOWN":  # the rest of the line is ignored, by the spec's rule
-        return Header(1, "PROXY", "unspec", "unspec"), end + 2
     if proto not in ("TCP4", "TCP6"):
         raise ProtocolError(f"PROXY v1 header {line!r}: protocol {proto!r} is not TCP4, TCP6 or UNKNOWN")
     if len(parts) != 6:

@@ -37,6 +37,9 @@ Forwarding rules (RFC 9110 section 7.6):
   that does not answer in time (``--connect-timeout``, ``--timeout``) gives ``504 Gateway
   Timeout``. A failure after the response head was forwarded aborts the response to the client
   (HTTP/1.1: the connection closes; HTTP/2: the stream is reset), never a silent truncation.
+* **PROXY protocol** toward the backend with ``--send-proxy`` (v1) or ``--send-proxy-v2``: each
+  backend connection starts with a header naming the client (:mod:`layers.proxy_protocol`), so
+  it belongs to that client: one new backend connection per request, never pooled.
 * **CONNECT** tunnels (HTTP/1.1 and HTTP/2, RFC 9113 8.5) to the ``HOST:PORT`` authorities given
   with ``--allow-connect`` (none by default: 403), piped both ways with backpressure.
 

@@ -68,7 +68,7 @@ def test_v1_tcp4_tcp6_unknown() -> None:
     assert header == Header(1, "PROXY", "inet", "stream", SRC4, DST4) and data[size:] == b"GET /"
     header, size = parse(b"PROXY TCP6 2001:db8::1 2001:db8::2 40000 8443\r\n") or (None, 0)
     assert header is not None and (header.source, header.destination, header.family) == (SRC6, DST6, "inet6")
-    for line in (b"PROXY UNKNOWN\r\n", b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n"):
+    for line in (b"PROXY UNKNOWN\r\n", b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n", b"PROXY UNKNOWN \x01?\r\n"):
         header, size = parse(line + b"x") or (None, 0)
         assert header == Header(1, "PROXY", "unspec", "unspec") and size == len(line)
         assert "peer" not in header.info()  # UNKNOWN: the real endpoints stay

@@ -466,5 +466,5 @@ async def test_ssh_dynamic_forwarding(tmp_path: Path) -> None:
             assert (await get_through(proxy, "localhost", port, "/peer"))[0] == 200
             # Nothing listens there: OpenSSH closes the client's connection without a failure reply
             # (dante answers one), so this is a ProtocolError that says so; either way, Broken.
-            with pytest.raises(Broken, match="closed the connection during the handshake|reply"):
+            with pytest.raises(Broken, match=r"closed the connection during the handshake|reply"):
                 await get_through(proxy, "127.0.0.1", free_port())
