@@ -20,7 +20,7 @@ import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
-from test_cli_get import Child, free_port, need, spawn, wait_port
+from test_cli_get import Child, free_port, need, spawn, wait_port, write_pki
 
 from layers import http, tcp
 from layers.proxy_protocol import (
@@ -454,19 +454,20 @@ async def haproxy(config: str, tmp_path: Path, ports: list[int]) -> AsyncIterato
 
 
 @asynccontextmanager
-async def serve_pp() -> AsyncIterator[tuple[int, Child]]:
-    """``python -m stack serve --no-tls --proxy-protocol`` with the access log on stderr."""
-    cmd = [PY, "-m", "stack", "serve", "--no-tls", "--proxy-protocol", "--port", "0"]
-    async with spawn(cmd, ready=r"serving on http://\S+/", stop=signal.SIGTERM) as child:
-        m = await child.wait_for(r"serving on http://127\.0\.0\.1:(\d+)/")
+async def serve_pp(*tls: str) -> AsyncIterator[tuple[int, Child]]:
+    """``python -m stack serve --proxy-protocol`` (``--no-tls`` unless ``tls`` gives ``--cert``
+    and ``--key``) with the access log on stderr."""
+    cmd = [PY, "-m", "stack", "serve", *(tls or ["--no-tls"]), "--proxy-protocol", "--port", "0"]
+    async with spawn(cmd, ready=r"serving on https?://\S+/", stop=signal.SIGTERM) as child:
+        m = await child.wait_for(r"serving on https?://127\.0\.0\.1:(\d+)/")
         yield int(m.group(1)), child
 
 
-async def curl_from(ip: str, url: str) -> tuple[str, int]:
+async def curl_from(ip: str, url: str, *extra: str) -> tuple[str, int]:
     """GET ``url`` with curl bound to ``ip``: the page and the local port curl used."""
     with trio.fail_after(60):
         result = await trio.run_process(
-            [need("curl"), "-sS", "--interface", ip, "-w", "\n%{local_port}", url],
+            [need("curl"), "-sS", "--interface", ip, "-w", "\n%{local_port}", *extra, url],
             capture_stdout=True, capture_stderr=True, check=False,
         )  # fmt: skip
     assert result.returncode == 0, result.stderr.decode(errors="replace")
@@ -502,6 +503,32 @@ backend be
                 if check:
                     hc = await backend.wait_for(r'stack\.access INFO (\S+) "GET /health-check HTTP/1\.\d" 404')
                     assert hc.group(1).startswith("127.0.0.1:")
+
+
+@pytest.mark.interop
+async def test_haproxy_in_front_of_tls_serve(tmp_path: Path) -> None:
+    """The PROXY header comes before the TLS handshake; HTTP/2 over it shows the client too."""
+    need("curl")
+    certfile, keyfile, cafile = write_pki(tmp_path)
+    front = free_port()
+    with trio.fail_after(90):
+        async with serve_pp("--cert", certfile, "--key", keyfile) as (port, backend):
+            config = f"""
+frontend fe
+    mode tcp
+    bind 127.0.0.1:{front}
+    default_backend be
+backend be
+    mode tcp
+    server app 127.0.0.1:{port} send-proxy-v2
+"""
+            async with haproxy(config, tmp_path, [front]):
+                url = f"https://localhost:{front}/"
+                page, local_port = await curl_from(
+                    "127.0.0.2", url, "--cacert", cafile, "--resolve", f"localhost:{front}:127.0.0.1", "--http2"
+                )
+                assert f"<th>Peer</th><td>127.0.0.2:{local_port}</td>" in page and "<td>h2</td>" in page
+                await backend.wait_for(rf'stack\.access INFO 127\.0\.0\.2:{local_port} "GET / HTTP/2" 200')
 
 
 @pytest.mark.interop

@@ -28,7 +28,7 @@ import pytest
 import trio
 from test_cli_get import Child, free_port, need, spawn, wait_port
 
-from layers import http, socks5, tcp
+from layers import certs, http, socks5, tcp, tls
 from layers._passthrough import PassThrough
 from layers.socks5 import AuthenticationFailed, ReplyError, SOCKSError
 from stack import Broken, ByteStream, ProtocolError, Stack, StackError, Stream, Timeout, after
@@ -393,6 +393,30 @@ async def test_dante_no_auth(tmp_path: Path) -> None:
             assert refused.value.code in (4, 5), refused.value  # nothing listens there
             # credentials offered to a proxy that needs none: it picks "no authentication"
             assert await get_through(proxy, "127.0.0.1", port, username="u", password="p") == (200, PAGE)
+
+
+@pytest.mark.interop
+async def test_dante_tls_checks_the_target_name(tmp_path: Path) -> None:
+    """TLS over SOCKS5 checks the *target's* certificate: ``info["host"]`` names it, not the proxy."""
+    ca = certs.CA.new("socks5 test CA")
+
+    async def app(request: http.Request) -> None:
+        await request.respond(200, [], PAGE)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery, danted(tmp_path) as (proxy, _):
+            target = Stack(tcp.listen("127.0.0.1", 0), tls.server(ca.issue("localhost")), http.server(app))
+            (_, port), *_ = await nursery.start(target.serve)
+            client = Stack(tcp.connect("127.0.0.1", proxy), socks5.connect("localhost", port), tls.client(ca=ca),
+                           http.client())  # fmt: skip
+            async with await client.connect(deadline=after(15)) as conn:
+                assert conn.info["server_name"] == "localhost" and conn.info["socks_proxy"] == ("127.0.0.1", proxy)
+                response = await conn.request("GET", "/", deadline=after(15))
+                assert response.status == 200 and await response.read() == PAGE
+            wrong = Stack(tcp.connect("127.0.0.1", proxy), socks5.connect("127.0.0.1", port), tls.client(ca=ca))
+            with pytest.raises(tls.HandshakeError):  # the certificate is for localhost, not 127.0.0.1
+                await wrong.connect(deadline=after(15))
+            nursery.cancel_scope.cancel()
 
 
 @pytest.mark.interop
