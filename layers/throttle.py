@@ -49,7 +49,7 @@ from typing import Any
 import trio
 
 from stack.deadlines import FOREVER
-from stack.errors import EndOfStream, StackError, Timeout
+from stack.errors import EndOfStream, Timeout
 from stack.streams import ByteStream, MessageStream
 
 __all__ = ["Rate", "ThrottledBytes", "ThrottledMessages", "TokenBucket", "limit"]
@@ -241,14 +241,13 @@ class ThrottledMessages(_Waiting, MessageStream):
             bucket.take(cost, now)
         try:
             await self._lower.send(msg, deadline=deadline)
-        except Timeout as exc:
-            if exc.committed:
+        except BaseException:
+            # Timed out or cancelled (our own scope for the same deadline may fire first, so the
+            # lower send sees a cancellation): the lower stream's own record says if it committed.
+            if self._lower._message_committed:
                 self._message_committed = True
             else:
                 self._refund(costs)
-            raise
-        except StackError:
-            self._refund(costs)
             raise
         self._message_committed = True
 
