@@ -481,6 +481,8 @@ class WebSocket(MessageStream):
                     big = MessageTooLarge(f"websocket message inflates past max_message={self._max}", limit=self._max)
                     await self._give_up(1009, big, deadline)
                 await self._give_up(int(exc.code), ProtocolError(detail), deadline)
+            if (self._pong is not None or self._pings_out) and not self._wlock.locked():
+                await self._write(deadline)  # answer Pings before anything else (cancel-safe: state)
             msg = self._ready
             if msg is not None:
                 self._ready = None
@@ -489,8 +491,6 @@ class WebSocket(MessageStream):
                 if self._parts or self._frame_left:
                     raise Broken(f"websocket: the peer closed ({self._peer_close[0]}) in the middle of a message")
                 return None
-            if (self._pong is not None or self._pings_out) and not self._wlock.locked():
-                await self._write(deadline)
             chunk = await self._lower.recv(RECV, deadline=deadline)
             if not chunk:
                 self._peer_close = None
