@@ -53,7 +53,6 @@ import h2.events
 import h2.exceptions
 import h2.frame_buffer
 import h2.settings
-import h2.stream
 from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
 from h2.stream import StreamClosedBy
 from hpack.hpack import Encoder
@@ -239,22 +238,6 @@ class H2Core(h2.connection.H2Connection):
         """True while h2 still considers the stream open in at least one direction."""
         stream = self.streams.get(stream_id)
         return stream is not None and not stream.closed
-
-    def stream_can_send(self, stream_id: int) -> bool:
-        """True while this side may still send DATA/HEADERS on the stream."""
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            return False
-        state = stream.state_machine.state
-        return state in (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
-
-    def stream_remote_open(self, stream_id: int) -> bool:
-        """True while the peer may still send DATA on the stream (it has not ended or reset it)."""
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            return False
-        state = stream.state_machine.state
-        return state in (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL)
 
     def peer_max_concurrent_streams(self) -> int:
         return int(self.remote_settings.max_concurrent_streams)

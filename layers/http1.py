@@ -900,17 +900,9 @@ class ServerConnection(_H11Conn, http.ServerConnection):
             self._lower.unread(trailing + bytes(self._inbuf))
             self._inbuf.clear()
             self._ended = EndOfStream("HTTP/1.1: the connection switched to HTTP/2 (h2c)")
+            limits, shutdown = self._limits, self._shutdown
             await http2.serve_h2c_upgrade(
-                self._lower,
-                method=request.method,
-                target=request.target,
-                headers=request.headers,
-                settings=settings,
-                app=app,
-                body=body,
-                limits=self._limits,
-                shutdown=self._shutdown,
-                deadline=deadline,
+                self._lower, request, settings, body, app, limits=limits, shutdown=shutdown, deadline=deadline
             )
         except StackError as exc:
             log.debug("h2c upgrade from %s: %s", self.info.get("peer"), exc)

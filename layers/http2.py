@@ -67,9 +67,8 @@ unprocessed is retried (bytes bodies only). Read or close every response: its un
 holds part of the connection window.
 
 **h2c upgrade.** :func:`h2c_settings` tells an HTTP/1.1 server whether a request asks for
-``Upgrade: h2c`` properly; :func:`serve_h2c_upgrade` (or :func:`accept_h2c_upgrade` then
-``serve``) answers 101 and serves HTTP/2 on the same connection, the upgrading request being
-stream 1.
+``Upgrade: h2c`` properly; :func:`serve_h2c_upgrade` answers 101 and serves HTTP/2 on the same
+connection, the upgrading request being stream 1 (``layers/http1.py`` does this in cleartext).
 
 All HTTP/2 work is done by h2 (``layers/_h2core.py`` holds the few corrections RFC 9113 needs).
 """
@@ -87,7 +86,7 @@ from collections import deque
 from collections.abc import AsyncIterable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import h2.errors
 import h2.events
@@ -130,7 +129,6 @@ __all__ = [
     "H2Stream",
     "StreamRefused",
     "TunnelRefused",
-    "accept_h2c_upgrade",
     "client",
     "h2c_settings",
     "serve_h2c_upgrade",
@@ -694,6 +692,7 @@ class _Connection:
         self._writer_stop = False
         self._writer_done = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._exit_stack: AsyncExitStack | None = None
         self._closed = False
         self._goaway_sent = False
         self._peer_closed = False  # EOF or an error from the stream below: nothing to linger for
@@ -783,7 +782,8 @@ class _Connection:
             self._release(stream, drop=False)
 
     def _fail(self, exc: Broken) -> None:
-        """The connection is gone (or given up): every stream and waiter learns it now."""
+        """The connection is over (gone, or given up after queueing a GOAWAY, which the writer
+        still sends): every stream and waiter learns it now, the run loop winds up."""
         if self._failure is None:
             self._failure = exc
             log.debug("HTTP/2 connection %s: %s", self.info.get("peer"), exc)
@@ -799,6 +799,14 @@ class _Connection:
     def _finish(self) -> None:
         """Ask the run loop to wind the connection up (flush, then stop the tasks)."""
         self._finished.set()
+
+    def _goaway(self, code: int = _NO_ERROR, additional_data: bytes = b"") -> None:
+        """Queue GOAWAY ``code`` naming the last stream we process, unless one was sent or the
+        connection already failed."""
+        if self._failure is None and not self._goaway_sent:
+            self._core.close_connection(code, additional_data=additional_data, last_stream_id=self._last_stream_id())
+            self._goaway_sent = True
+            self._wake_writer()
 
     # ---- the writer ----------------------------------------------------------------------
 
@@ -915,10 +923,8 @@ class _Connection:
                 self._handle(events, dispatch)
             except h2.exceptions.H2Error:  # a bug of ours: say so, end this connection only
                 log.exception("HTTP/2 connection %s: internal error", self.info.get("peer"))
-                self._core.close_connection(_INTERNAL_ERROR, last_stream_id=self._last_stream_id())
-                self._goaway_sent = True
-                self._wake_writer()
-                self._end_with(Broken("HTTP/2 connection ended: internal error"))
+                self._goaway(_INTERNAL_ERROR)
+                self._fail(Broken("HTTP/2 connection ended: internal error"))
                 return
             del data, events  # an idle connection keeps nothing of its last read
             if core.pending_output:
@@ -951,29 +957,12 @@ class _Connection:
         detail = f"HTTP/2 protocol error from the peer ({error_name(code)}): {exc}"
         log.info("%s: %s", self.info.get("peer"), detail)
         self._goaway_sent = True  # h2 queued the GOAWAY
-        self._wake_writer()
-        self._end_with(ProtocolError(detail))
+        self._fail(ProtocolError(detail))
 
     def _calm(self, reason: str) -> None:
         log.warning("%s: %s; GOAWAY ENHANCE_YOUR_CALM", self.info.get("peer"), reason)
-        if self._failure is None:
-            self._core.close_connection(
-                _ENHANCE_YOUR_CALM, additional_data=reason.encode()[:256], last_stream_id=self._last_stream_id()
-            )
-            self._goaway_sent = True
-            self._wake_writer()
-        self._end_with(ProtocolError(f"HTTP/2 connection ended: {reason}"))
-
-    def _end_with(self, exc: Broken) -> None:
-        """End the connection after the queued frames (GOAWAY) went out."""
-        for stream in list(self._streams.values()):
-            stream._on_reset(exc)
-        if self._failure is None:
-            self._failure = exc
-        self._remote_settings.set()
-        for waiter in self._pings.values():
-            waiter[0].set()
-        self._finish()
+        self._goaway(_ENHANCE_YOUR_CALM, reason.encode()[:256])
+        self._fail(ProtocolError(f"HTTP/2 connection ended: {reason}"))
 
     def _last_stream_id(self) -> int:
         return self._core.highest_inbound_stream_id
@@ -1069,6 +1058,84 @@ class _Connection:
 
     def _on_goaway(self, ev: h2.events.ConnectionTerminated) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    # ---- running and closing --------------------------------------------------------------
+
+    def _initiate(self, upgrade_settings: bytes | None = None) -> None:
+        """Queue our preface (SETTINGS, and the connection window beyond the default)."""
+        core = self._core
+        if upgrade_settings is None:
+            core.initiate_connection()
+        else:
+            core.initiate_upgrade_connection(upgrade_settings)
+        extra = self._limits.connection_window - 65535
+        if extra > 0:
+            core.increment_flow_control_window(extra)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the connection's tasks (reader, writer, and the server's streams) until the
+        connection ends or is closed: ``await nursery.start(conn.run)``. At the end, a healthy
+        connection sends GOAWAY (NO_ERROR) and gets :data:`FLUSH_GRACE` seconds to flush."""
+        if self._nursery is not None or self._finished.is_set():
+            raise Busy("this HTTP/2 connection is already running (or has ended)")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._reader)
+                self._started(nursery)
+                task_status.started()
+                await self._finished.wait()
+                self._goaway()
+                await self._stop_writer(trio.current_time() + FLUSH_GRACE)
+                nursery.cancel_scope.cancel()
+        finally:
+            if self._failure is None:
+                self._fail(Broken("HTTP/2 connection closed"))
+            self._stopped()
+
+    def _started(self, nursery: trio.Nursery) -> None:
+        """Hook: the reader and writer run; start what else the side needs."""
+
+    def _stopped(self) -> None:
+        """Hook: the connection's tasks are over; wake whoever waits on the side's own lots."""
+
+    async def __aenter__(self) -> Self:
+        """Run the connection (:meth:`run`) in a nursery this block owns."""
+        stack = AsyncExitStack()
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        await nursery.start(self.run)
+        self._exit_stack = stack
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        stack, self._exit_stack = self._exit_stack, None
+        try:
+            await self.aclose()
+        finally:
+            if stack is not None:
+                await stack.aclose()
+
+    async def aclose(self, *, deadline: float | None = None) -> None:
+        """Close: GOAWAY (NO_ERROR) if the connection is healthy, flush (until ``deadline``,
+        default :data:`FLUSH_GRACE` seconds), close the stream below. Streams still open get
+        :class:`~stack.Broken`. Idempotent; never raises a StackError."""
+        if self._closed:
+            return
+        self._closed = True
+        if deadline is None:
+            deadline = trio.current_time() + FLUSH_GRACE
+        if self._nursery is not None:
+            self._finish()
+            with trio.move_on_at(deadline):
+                await self._writer_done.wait()
+        else:
+            self._goaway()
+            with trio.move_on_at(deadline):
+                await self._flush_direct(deadline)
+            if self._failure is None:
+                self._fail(Broken("HTTP/2 connection closed"))
+        await self._close_lower(deadline)
 
     # ---- public --------------------------------------------------------------------------
 
@@ -1171,7 +1238,6 @@ class H2ServerConnection(_Connection, ServerConnection):
         self._eof = False
         self._idle_since = trio.current_time()
         self._reset_rate = _Rate(limits.rapid_reset_limit, limits.flood_period)
-        self._exit_stack: AsyncExitStack | None = None
         self._upgrade_request: H2Request | None = None
 
     # ---- handshake -------------------------------------------------------------------------
@@ -1179,13 +1245,7 @@ class H2ServerConnection(_Connection, ServerConnection):
     async def _handshake(self, deadline: float, *, upgrade_settings: bytes | None = None, prefix: bytes = b"") -> None:
         """Send our SETTINGS (and connection window), then read until the client's SETTINGS."""
         core = self._core
-        if upgrade_settings is None:
-            core.initiate_connection()
-        else:
-            core.initiate_upgrade_connection(upgrade_settings)
-        extra = self._limits.connection_window - 65535
-        if extra > 0:
-            core.increment_flow_control_window(extra)
+        self._initiate(upgrade_settings)
         out = bytearray(prefix)
         core.take_output(out)
         await self._lower.send_from(out, deadline=deadline)
@@ -1200,7 +1260,7 @@ class H2ServerConnection(_Connection, ServerConnection):
                 await self._flush_direct(trio.current_time() + 1.0)
                 raise ProtocolError(f"HTTP/2: bad client preface: {exc}") from None
         if not isinstance(events[0], h2.events.RemoteSettingsChanged):
-            core.close_connection(_PROTOCOL_ERROR, additional_data=b"the preface must be followed by SETTINGS")
+            self._goaway(_PROTOCOL_ERROR, b"the preface must be followed by SETTINGS")
             await self._flush_direct(trio.current_time() + 1.0)
             raise ProtocolError("HTTP/2: the client preface was not followed by a SETTINGS frame")
         self._pending_events = events
@@ -1208,56 +1268,25 @@ class H2ServerConnection(_Connection, ServerConnection):
     # ---- running ---------------------------------------------------------------------------
 
     async def serve(self, app: App) -> None:
-        """Run ``app(request)`` for every stream, concurrently, until the connection ends."""
-        await self._run(app)
+        """Run ``app(request)`` for every stream, concurrently, until the connection ends
+        (:meth:`run` with an app: without one, requests wait for :meth:`recv`)."""
+        if self._nursery is None:
+            self._app = app
+        await self.run()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the connection for :meth:`recv` users (``await nursery.start(conn.run)``)."""
-        self._queue = deque()
-        self._queue_lot = trio.lowlevel.ParkingLot()
-        await self._run(None, task_status)
+    def _started(self, nursery: trio.Nursery) -> None:
+        if self._app is None:  # recv() mode
+            self._queue = deque()
+            self._queue_lot = trio.lowlevel.ParkingLot()
+        if self._shutdown is not None:
+            nursery.start_soon(self._watch_shutdown, self._shutdown)
+        if self._upgrade_request is not None:
+            self._admit(self._upgrade_request)
+            self._upgrade_request = None
+        self._update_idle()
 
-    async def _run(self, app: App | None, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        if self._nursery is not None or self._finished.is_set():
-            raise Busy("this HTTP/2 connection is already running (or has ended)")
-        self._app = app
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._writer)
-                nursery.start_soon(self._reader)
-                if self._shutdown is not None:
-                    nursery.start_soon(self._watch_shutdown, self._shutdown)
-                if self._upgrade_request is not None:
-                    self._admit(self._upgrade_request)
-                    self._upgrade_request = None
-                self._update_idle()
-                task_status.started()
-                await self._finished.wait()
-                if self._failure is None and not self._goaway_sent:
-                    self._core.close_connection(_NO_ERROR, last_stream_id=self._accepted)
-                    self._goaway_sent = True
-                await self._stop_writer(trio.current_time() + FLUSH_GRACE)
-                nursery.cancel_scope.cancel()
-        finally:
-            if self._failure is None:
-                self._fail(Broken("HTTP/2 connection closed"))
-            self._queue_lot.unpark_all()
-
-    async def __aenter__(self) -> H2ServerConnection:
-        stack = AsyncExitStack()
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        await nursery.start(self.run)
-        self._exit_stack = stack
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        stack, self._exit_stack = self._exit_stack, None
-        try:
-            await self.aclose()
-        finally:
-            if stack is not None:
-                await stack.aclose()
+    def _stopped(self) -> None:
+        self._queue_lot.unpark_all()
 
     async def recv(self, *, deadline: float = FOREVER) -> Request:
         """The next request (inside ``async with conn:`` / ``run``); EndOfStream once the
@@ -1274,28 +1303,6 @@ class H2ServerConnection(_Connection, ServerConnection):
             return self._queue.popleft()
         assert scope.cancelled_caught
         raise Timeout("HTTP/2 recv: no request before the deadline")
-
-    async def aclose(self, *, deadline: float | None = None) -> None:
-        """Close: GOAWAY (NO_ERROR) if the connection is healthy, then close the stream below.
-        Idempotent; never raises a StackError. Streams still open get :class:`~stack.Broken`."""
-        if self._closed:
-            return
-        self._closed = True
-        if deadline is None:
-            deadline = trio.current_time() + FLUSH_GRACE
-        if self._nursery is not None:
-            self._finish()
-            with trio.move_on_at(deadline):
-                await self._writer_done.wait()
-        else:
-            if self._failure is None and not self._goaway_sent:
-                self._core.close_connection(_NO_ERROR, last_stream_id=self._accepted)
-                self._goaway_sent = True
-            with trio.move_on_at(deadline):
-                await self._flush_direct(deadline)
-            if self._failure is None:
-                self._fail(Broken("HTTP/2 connection closed"))
-        await self._close_lower(deadline)
 
     # ---- idle and shutdown -----------------------------------------------------------------
 
@@ -1561,75 +1568,13 @@ class H2ClientConnection(_Connection, ClientConnection):
         self.authority = authority
         self.scheme = scheme
         self._slot_lot = trio.lowlevel.ParkingLot()
-        self._exit_stack: AsyncExitStack | None = None
 
     async def _handshake(self, deadline: float) -> None:
-        core = self._core
-        core.initiate_connection()
-        extra = self._limits.connection_window - 65535
-        if extra > 0:
-            core.increment_flow_control_window(extra)
+        self._initiate()
         await self._flush_direct(deadline)
 
-    # ---- running ---------------------------------------------------------------------------
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the reader and writer until the connection ends or is closed."""
-        if self._nursery is not None or self._finished.is_set():
-            raise Busy("this HTTP/2 connection is already running (or has ended)")
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._writer)
-                nursery.start_soon(self._reader)
-                task_status.started()
-                await self._finished.wait()
-                if self._failure is None and not self._goaway_sent:
-                    self._core.close_connection(_NO_ERROR)
-                    self._goaway_sent = True
-                await self._stop_writer(trio.current_time() + FLUSH_GRACE)
-                nursery.cancel_scope.cancel()
-        finally:
-            if self._failure is None:
-                self._fail(Broken("HTTP/2 connection closed"))
-            self._slot_lot.unpark_all()
-
-    async def __aenter__(self) -> H2ClientConnection:
-        stack = AsyncExitStack()
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        await nursery.start(self.run)
-        self._exit_stack = stack
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        stack, self._exit_stack = self._exit_stack, None
-        try:
-            await self.aclose()
-        finally:
-            if stack is not None:
-                await stack.aclose()
-
-    async def aclose(self, *, deadline: float | None = None) -> None:
-        """GOAWAY (NO_ERROR), flush, close the stream below. Open streams get Broken.
-        Idempotent; never raises a StackError."""
-        if self._closed:
-            return
-        self._closed = True
-        if deadline is None:
-            deadline = trio.current_time() + FLUSH_GRACE
-        if self._nursery is not None:
-            self._finish()
-            with trio.move_on_at(deadline):
-                await self._writer_done.wait()
-        else:
-            if self._failure is None and not self._goaway_sent:
-                self._core.close_connection(_NO_ERROR)
-                self._goaway_sent = True
-            with trio.move_on_at(deadline):
-                await self._flush_direct(deadline)
-            if self._failure is None:
-                self._fail(Broken("HTTP/2 connection closed"))
-        await self._close_lower(deadline)
+    def _stopped(self) -> None:
+        self._slot_lot.unpark_all()
 
     # ---- streams ---------------------------------------------------------------------------
 
@@ -1940,71 +1885,39 @@ _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
 
 
-async def accept_h2c_upgrade(
-    lower: ByteStream,
-    *,
-    method: str,
-    target: str,
-    headers: Headers,
-    settings: bytes,
-    body: bytes = b"",
-    limits: Limits = DEFAULT_LIMITS,
-    shutdown: trio.Event | None = None,
-    deadline: float = FOREVER,
-) -> H2ServerConnection:
-    """Answer ``101 Switching Protocols`` on ``lower`` and attach HTTP/2 (server side).
-
-    The HTTP/1.1 request (``method``, ``target``, ``headers``, its whole ``body``) becomes
-    stream 1, handed to the app first. ``settings`` is :func:`h2c_settings`' result. Bytes the
-    HTTP/1.1 parser read past the request must have been pushed back into ``lower``
-    (``lower.unread``). The deadline covers the 101 and the client's preface.
-    """
-    conn = H2ServerConnection(lower, limits, shutdown)
-    encoded = base64.urlsafe_b64encode(settings)
-    await conn._handshake(deadline, upgrade_settings=encoded, prefix=_SWITCHING)
-    hdrs = _headers(
-        [
-            (k, v)
-            for k, v in headers.raw
-            if k not in (b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"transfer-encoding")
-        ]
-    )
-    stream = H2Stream(conn, 1, can_send=False)
-    stream._in += body
-    stream._ack_exempt = len(body)
-    stream._in_ended = True
-    request = H2Request(stream, method, target, hdrs, scheme="http", authority=hdrs.get("host") or "", limits=limits)
-    stream._owner = request
-    conn._upgrade_request = request  # admitted once the connection runs (the app needs the nursery)
-    return conn
-
-
 async def serve_h2c_upgrade(
     lower: ByteStream,
-    *,
-    method: str,
-    target: str,
-    headers: Headers,
+    request: Request,
     settings: bytes,
+    body: bytes,
     app: App,
-    body: bytes = b"",
+    *,
     limits: Limits = DEFAULT_LIMITS,
     shutdown: trio.Event | None = None,
     deadline: float = FOREVER,
 ) -> None:
-    """:func:`accept_h2c_upgrade`, then serve ``app`` on the connection until it ends, then close
-    it. What an HTTP/1.1 server calls for a request :func:`h2c_settings` accepted."""
-    conn = await accept_h2c_upgrade(
-        lower,
-        method=method,
-        target=target,
-        headers=headers,
-        settings=settings,
-        body=body,
-        limits=limits,
-        shutdown=shutdown,
-        deadline=deadline,
+    """Answer ``101 Switching Protocols`` on ``lower`` and serve ``app`` over HTTP/2 there until
+    the connection ends, then close it: what an HTTP/1.1 server calls for a request whose
+    headers :func:`h2c_settings` accepted (``settings`` is its result; RFC 7540 3.2).
+
+    ``request``, with its whole ``body`` (read by the caller), becomes stream 1, the app's first
+    request. Bytes the HTTP/1.1 parser read past the request must have been pushed back into
+    ``lower`` (``lower.unread``). ``deadline`` covers the 101 and the client's preface; a failure
+    there raises, and ``lower`` is the caller's to close.
+    """
+    conn = H2ServerConnection(lower, limits, shutdown)
+    await conn._handshake(deadline, upgrade_settings=base64.urlsafe_b64encode(settings), prefix=_SWITCHING)
+    hop_by_hop = (b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"transfer-encoding")
+    headers = _headers([(k, v) for k, v in request.headers.raw if k not in hop_by_hop])
+    stream = H2Stream(conn, 1, can_send=False)
+    stream._in += body
+    stream._ack_exempt = len(body)  # never counted against a window
+    stream._in_ended = True
+    upgraded = H2Request(
+        stream, request.method, request.target, headers, scheme="http", authority=request.authority, limits=limits
     )
+    stream._owner = upgraded
+    conn._upgrade_request = upgraded  # admitted once the connection runs (the app needs the nursery)
     try:
         await conn.serve(app)
     finally:

@@ -645,7 +645,7 @@ async def test_prefix_framing_over_one_stream_grpc_style() -> None:
 
 
 # =============================================================================================
-# h2c upgrade (the function HTTP/1.1 hands the connection to)
+# h2c upgrade (HTTP/1.1 hands the connection to http2.serve_h2c_upgrade)
 
 
 async def test_h2c_settings_parsing() -> None:
@@ -655,76 +655,6 @@ async def test_h2c_settings_parsing() -> None:
     assert http2.h2c_settings(http.Headers([("upgrade", "h2c")])) is None
     bad = http.Headers([("upgrade", "h2c"), ("connection", "Upgrade, HTTP2-Settings"), ("http2-settings", "!!")])
     assert http2.h2c_settings(bad) is None
-
-
-async def test_h2c_upgrade_serves_the_request_as_stream_1() -> None:
-    a, b = memory_pair()
-    client_core = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-    settings_header = client_core.initiate_upgrade_connection()
-    assert settings_header is not None
-
-    async with trio.open_nursery() as nursery:
-
-        async def http1_side() -> None:
-            # what layers/http1.py does: parse the head, see Upgrade: h2c, hand over
-            head = await b.recv_until(b"\r\n\r\n")
-            lines = head.decode().split("\r\n")
-            method, target, _ = lines[0].split(" ")
-            headers = http.Headers([tuple(x.split(": ", 1)) for x in lines[1:] if x])  # type: ignore[misc]
-            settings = http2.h2c_settings(headers)
-            assert settings is not None
-            await http2.serve_h2c_upgrade(
-                b,
-                method=method,
-                target=target,
-                headers=headers,
-                settings=settings,
-                app=echo_app,
-                deadline=trio.current_time() + 5,
-            )
-
-        nursery.start_soon(http1_side)
-        await a.send(
-            b"GET /info HTTP/1.1\r\nHost: up.example\r\nConnection: Upgrade, HTTP2-Settings\r\n"
-            b"Upgrade: h2c\r\nHTTP2-Settings: " + settings_header + b"\r\n\r\n"
-        )
-        status = await a.recv_until(b"\r\n\r\n")
-        assert status.startswith(b"HTTP/1.1 101")
-        out = bytearray()
-        await a.send(client_core.data_to_send())
-        body = b""
-        with trio.fail_after(5):
-            while True:
-                data = await a.recv()
-                assert data
-                for ev in client_core.receive_data(data):
-                    if isinstance(ev, h2.events.DataReceived):
-                        body += ev.data
-                    if isinstance(ev, h2.events.StreamEnded) and ev.stream_id == 1:
-                        break
-                else:
-                    out += client_core.data_to_send()
-                    if out:
-                        await a.send(bytes(out))
-                        out.clear()
-                    continue
-                break
-        assert body == b"2 2 http up.example"
-        # the upgraded connection goes on with more streams
-        client_core.send_headers(
-            3, [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "up.example")], end_stream=True
-        )
-        await a.send(client_core.data_to_send())
-        got = b""
-        with trio.fail_after(5):
-            while b"Hello" not in got:
-                data = await a.recv()
-                assert data
-                for ev in client_core.receive_data(data):
-                    if isinstance(ev, h2.events.DataReceived) and ev.stream_id == 3:
-                        got += ev.data
-        await a.aclose()
-        nursery.cancel_scope.cancel()
 
 
 async def _h2_response(lower: ByteStream, core: h2.connection.H2Connection, sid: int) -> tuple[list[Any], bytes]:
