@@ -120,6 +120,31 @@ async def test_several_fds_and_messages_in_order() -> None:
                     os.close(w)
 
 
+async def test_large_message_with_fds_goes_in_several_writes() -> None:
+    """A body far over the socket buffer: sendmsg takes a part (the fds ride on its first byte),
+    the rest follows through the Unix stream's own sends."""
+    with trio.fail_after(10):
+        a, b = await fd_pair()
+        async with a, b:
+            body = bytes(range(256)) * 8192  # 2 MiB
+            r, w = os.pipe()
+            got: list[tuple[bytes, list[int]]] = []
+            async with trio.open_nursery() as nursery:
+
+                async def receive() -> None:
+                    got.append(await b.recv_fds())
+                    got.append(await b.recv_fds())
+
+                nursery.start_soon(receive)
+                await a.send_fds(body, [r])
+                await a.send(b"after")
+            assert got[0][0] == body and len(got[0][1]) == 1 and got[1] == (b"after", [])
+            os.write(w, b"?")
+            assert os.read(got[0][1][0], 1) == b"?"
+            for fd in (r, w, got[0][1][0]):
+                os.close(fd)
+
+
 # ---- limits ---------------------------------------------------------------------------------------
 
 
