@@ -42,7 +42,16 @@ stream mean something narrower here:
 * ``aclose()`` closes the socket; a task blocked in ``recv`` gets :class:`~stack.Closed`.
   ``detach()``: not possible (this is the bottom).
 
-``info``: ``transport="udp"``, ``local`` (the bound address), and in connected mode ``peer``.
+``info``: ``transport="udp"``, ``local`` (the bound address), and in connected mode ``peer``
+(and ``host``, the name given to ``udp.connect``).
+
+Conformance: ``check_message_stream(make_pair, eof=False)`` (``udp.pair()`` makes the pairs)
+holds with every property: round trip, receive and send deadlines (nothing lost, a message
+committed whole or not at all), ``done()`` refusing later sends, ``Closed`` after ``aclose()``,
+``Busy``. What ``eof=False`` leaves out is what UDP does not have: the peer's end of stream
+after ``done()`` or ``aclose()``. ``broken`` finds no reset to simulate and checks nothing.
+``check_detach`` does not apply (a bottom layer). On loopback the checks need a receive buffer
+big enough for the datagrams they send before reading (``recv_buffer``).
 """
 
 from __future__ import annotations
