@@ -71,6 +71,8 @@ holds part of the connection window.
 connection, the upgrading request being stream 1 (``layers/http1.py`` does this in cleartext).
 
 All HTTP/2 work is done by h2 (``layers/_h2core.py`` holds the few corrections RFC 9113 needs).
+The stream class and the request and response objects are in ``layers/_h2stream.py``; this
+module holds the connections (the shared base, server, client), the specs and the h2c hand-off.
 """
 
 from __future__ import annotations
@@ -107,6 +109,16 @@ from ._h2core import (
     check_response_pseudo,
     error_name,
 )
+from ._h2stream import (
+    _EMPTY,
+    HIGH_WATER,
+    H2Request,
+    H2Response,
+    H2Stream,
+    _fields,
+    _h2_fail,
+    _headers,
+)
 from .http import (
     DEFAULT_LIMITS,
     App,
@@ -116,9 +128,7 @@ from .http import (
     Headers,
     Limits,
     Request,
-    Response,
     ServerConnection,
-    date_header,
 )
 
 __all__ = [
@@ -137,17 +147,11 @@ __all__ = [
 
 log = logging.getLogger("stack.http2")
 
-HIGH_WATER = 256 * 1024
-"""Outgoing bytes queued for the writer before stream senders wait for it to drain."""
-
 READER_HIGH_WATER = 1024 * 1024
 """Outgoing bytes queued before the reader stops reading (a peer that sends but never reads)."""
 
 RECV_SIZE = 65536
 """Bytes asked of the lower stream per read."""
-
-SEND_CHUNK = 64 * 1024
-"""Most bytes one stream commits to h2 per step of a ``send`` (then others get a turn)."""
 
 YIELD_ROUNDS = 4
 """Scheduling rounds the reader lets pass after a read that started or woke tasks, waiting for
@@ -174,14 +178,6 @@ _ENHANCE_YOUR_CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 _MAX_STREAM_ID = 2**31 - 1
 _SC = h2.settings.SettingCodes
 
-# Connection-specific fields may not appear in HTTP/2 (RFC 9113 8.2.2): dropped from what we send.
-_CONNECTION_FIELDS = frozenset(
-    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"]
-)
-_BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")
-_BAD_VALUE = re.compile(rb"[\r\n\x00]|^[ \t]|[ \t]$")
-_STATUS = {code: str(code).encode() for code in range(100, 600)}
-_NO_BODY_STATUS = frozenset([204, 304])
 _REQUEST_PSEUDO = frozenset([b":method", b":scheme", b":authority", b":path", b":protocol"])
 _RESPONSE_PSEUDO = frozenset([b":status"])
 _NO_PSEUDO: frozenset[bytes] = frozenset()
@@ -222,445 +218,6 @@ class _Rate:
 
 class _Calm(Exception):
     """Internal: the peer abused the connection; end it with GOAWAY ENHANCE_YOUR_CALM."""
-
-
-def _headers(raw: list[tuple[bytes, bytes]]) -> Headers:
-    """A Headers around pairs already lower-cased and checked (no copy, no conversion)."""
-    h = Headers.__new__(Headers)
-    h.raw = raw
-    return h
-
-
-_EMPTY = _headers([])
-_GOOD_NAMES: set[bytes] = set()
-
-
-def _fields(headers: Headers, *, trailers: bool = False) -> list[tuple[bytes, bytes]]:
-    """The header list to send: checked, connection-specific fields dropped."""
-    out = []
-    for name, value in headers.raw:
-        if name not in _GOOD_NAMES:
-            if name in _CONNECTION_FIELDS:
-                continue
-            if name == b"te":
-                if value.strip().lower() != b"trailers":
-                    continue
-            elif not name or _BAD_NAME.search(name):
-                raise ValueError(f"invalid header name {name!r} for HTTP/2")
-            elif len(_GOOD_NAMES) < 1024:
-                _GOOD_NAMES.add(name)
-        if _BAD_VALUE.search(value):
-            raise ValueError(f"invalid value for header {name.decode('latin-1')!r}: {value!r}")
-        if trailers and name in (b"content-length",):
-            raise ValueError("content-length is not allowed in trailers")
-        out.append((name, value))
-    return out
-
-
-def _h2_fail(exc: Exception, what: str) -> Broken:
-    if isinstance(exc, h2.exceptions.StreamClosedError):
-        return Broken(f"HTTP/2 {what}: the stream is closed")
-    return Broken(f"HTTP/2 {what}: {exc}")
-
-
-# =============================================================================================
-# streams
-
-
-class H2Stream(ByteStream):
-    """One HTTP/2 stream as a :class:`~stack.ByteStream`.
-
-    ``recv``: the peer's DATA (request body on the server, response body on the client),
-    ``b""`` at its END_STREAM; received bytes are acknowledged to the peer's flow control as
-    they are returned here. ``send``: our DATA, split into frames within the peer's windows
-    (waits for window under the deadline; see the module docstring). ``done(trailers=...)``:
-    END_STREAM, with trailers if given. ``aclose``: abandons what is not finished (RST_STREAM),
-    never the connection. ``trailers``: the peer's trailers once its side ended. ``detach``:
-    not possible (a stream has nothing below it of its own). ``info``: ``stream_id``,
-    ``http_version`` and the connection's keys.
-    """
-
-    kind = "h2-stream"
-
-    def __init__(self, conn: _Connection, stream_id: int, *, can_send: bool) -> None:
-        super().__init__(None, None)
-        self._conn = conn
-        self.stream_id = stream_id
-        self._in = bytearray()
-        self._ack_exempt = 0  # bytes in _in that never counted against a window (h2c upgrade)
-        self._in_ended = False
-        self._reset: Broken | None = None  # why the stream ended abnormally
-        self._released = False
-        self._rd: trio.Event | None = None  # set when bytes, the end or an error arrive
-        self._wr: trio.Event | None = None  # set when the window opens or an error arrives
-        self._can_send = can_send
-        self._local_ended = False
-        self._discard_body = False  # HEAD / 204 / 304: body bytes are dropped
-        self._trailers_out: Headers | None = None
-        self.trailers = _EMPTY
-        # client side only
-        self._head: trio.Event | None = None
-        self._response: H2Response | None = None
-        self._owner: H2Request | H2Response | None = None  # gets .trailers
-
-    @property
-    def info(self) -> Info:
-        return Info({"stream_id": self.stream_id}, self._conn.info)
-
-    @property
-    def lower(self) -> ByteStream:
-        """The stream below the HTTP/2 connection, shared by all its streams (``aclose`` of
-        this stream does not touch it)."""
-        return self._conn._lower
-
-    def __repr__(self) -> str:
-        return f"<H2Stream {self.stream_id} {self._closed or ('broken' if self._broken else 'open')}>"
-
-    # ---- state ---------------------------------------------------------------------------
-
-    def _error(self) -> StackError | None:
-        if self._reset is not None:
-            return self._reset
-        failure = self._conn._failure
-        if failure is not None:
-            return failure
-        if self._closed is not None:
-            return Closed(f"{self.kind} {self.stream_id} was closed on this side")
-        return None
-
-    def _check_send(self) -> None:
-        err = self._error()
-        if err is not None:
-            raise err
-        if not self._can_send:
-            raise StackError("start the response (start_response) before sending its body")
-        if self._local_ended:
-            raise Closed(f"{self.kind} {self.stream_id}: this side already ended the stream")
-
-    def _wake(self) -> None:
-        self._wake_reader()
-        self._wake_sender()
-        if self._head is not None:
-            self._head.set()
-
-    def _wake_reader(self) -> None:
-        ev = self._rd
-        if ev is not None:
-            self._rd = None
-            ev.set()
-            self._conn._kicked += 1
-
-    def _wake_sender(self) -> None:
-        ev = self._wr
-        if ev is not None:
-            self._wr = None
-            ev.set()
-            self._conn._kicked += 1
-
-    def _on_reset(self, exc: Broken) -> None:
-        """The stream ended abnormally (peer reset, our reset, connection gone)."""
-        if self._reset is None:
-            self._reset = exc
-        self._wake()
-
-    # ---- receiving -----------------------------------------------------------------------
-
-    async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            buf = self._in
-            if buf:
-                if len(buf) <= max_bytes:
-                    out = bytes(buf)
-                    buf.clear()
-                else:
-                    out = bytes(buf[:max_bytes])
-                    del buf[:max_bytes]
-                self._conn._consumed(self, len(out))
-                return out
-            if self._in_ended:
-                return b""
-            err = self._error()
-            if err is not None:
-                raise err
-            ev = self._rd
-            if ev is None:
-                ev = self._rd = trio.Event()
-            await ev.wait()
-
-    # ---- sending -------------------------------------------------------------------------
-
-    async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        conn = self._conn
-        core = conn._core
-        sid = self.stream_id
-        while True:
-            self._check_send()
-            if self._discard_body:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return len(data)
-            if conn._queued() >= HIGH_WATER:
-                await conn._drain_lot.park()
-                continue
-            try:
-                window = core.local_flow_control_window(sid)
-            except h2.exceptions.ProtocolError:
-                raise Broken(f"HTTP/2 stream {sid} was closed by the peer") from None
-            if window <= 0:
-                await self._wait_window()
-                continue
-            n = min(len(data), window, SEND_CHUNK)
-            frame = core.max_outbound_frame_size
-            try:
-                if n <= frame:
-                    core.send_data(sid, bytes(data[:n]))
-                else:
-                    for i in range(0, n, frame):
-                        core.send_data(sid, bytes(data[i : min(n, i + frame)]))
-            except h2.exceptions.ProtocolError as exc:  # pragma: no cover - checked above
-                raise _h2_fail(exc, "send") from None
-            conn._wake_writer()
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return n
-
-    async def _wait_window(self) -> None:
-        """Wait for the peer to open a window; reset the stream after ``send_timeout``."""
-        conn = self._conn
-        conn._window_waiters.add(self)
-        try:
-            with trio.move_on_after(conn._limits.send_timeout) as scope:
-                ev = self._wr
-                if ev is None:
-                    ev = self._wr = trio.Event()
-                await ev.wait()
-        finally:
-            conn._window_waiters.discard(self)
-        if scope.cancelled_caught:
-            exc = Broken(
-                f"HTTP/2 stream {self.stream_id}: the peer kept its flow-control window closed for "
-                f"{conn._limits.send_timeout:g}s (send_timeout); the stream was reset"
-            )
-            conn._reset_stream(self, _CANCEL, exc)
-            raise exc
-
-    async def send(self, data: bytes | bytearray | memoryview, *, deadline: float = FOREVER) -> None:
-        """Send ``data`` as DATA frames (see the class docstring and :meth:`ByteStream.send`)."""
-        try:
-            await super().send(data, deadline=deadline)
-        except Broken:
-            self._keep_reading()
-            raise
-
-    async def done(self, *, trailers: HeaderInput | None = None, deadline: float = FOREVER) -> None:
-        """End our side of the stream (END_STREAM), sending ``trailers`` first if given.
-
-        Committed body bytes go first; calling it again does nothing. On deadline:
-        :class:`~stack.Timeout`, and it may be repeated.
-        """
-        if trailers is not None:
-            self._trailers_out = Headers(trailers)
-        try:
-            await super().done(deadline=deadline)
-        except Broken:
-            self._keep_reading()
-            raise
-
-    def _keep_reading(self) -> None:
-        """A send failed because the peer reset the stream after ending its own side: sends
-        stay Broken, but the complete body it sent stays readable (RFC 9113 8.1: a client must
-        not discard a response because the server then reset the upload)."""
-        if self._in_ended and self._reset is not None and self._conn._failure is None:
-            self._broken = None
-
-    async def _done(self, deadline: float) -> None:
-        if self._local_ended or self._discard_body:
-            await trio.lowlevel.checkpoint()
-            return
-        self._check_send()
-        conn = self._conn
-        while conn._queued() >= HIGH_WATER:
-            await conn._drain_lot.park()
-            self._check_send()
-        core = conn._core
-        try:
-            if self._trailers_out is not None:
-                core.send_headers(self.stream_id, _fields(self._trailers_out, trailers=True), end_stream=True)
-            else:
-                core.end_stream(self.stream_id)
-        except h2.exceptions.ProtocolError as exc:
-            raise _h2_fail(exc, "done") from None
-        self._local_ended = True
-        conn._wake_writer()
-        conn._stream_maybe_finished(self)
-        await trio.lowlevel.cancel_shielded_checkpoint()
-
-    def _abort(self) -> None:
-        """aclose(): reset what is unfinished, release the stream, wake blocked tasks."""
-        conn = self._conn
-        if not self._released:
-            core = conn._core
-            if conn._failure is None and self._reset is None and core.stream_is_open(self.stream_id):
-                # A server that finished its response only stops the upload (RFC 9113 8.1).
-                finished = self._local_ended and conn._server
-                conn._reset_stream(self, _NO_ERROR if finished else _CANCEL, None)
-            conn._release(self)
-        self._wake()
-
-    # ---- client side ---------------------------------------------------------------------
-
-    async def response(self, *, deadline: float = FOREVER) -> H2Response:
-        """Client streams: wait for the response head (after any 1xx) and return it.
-
-        On deadline: :class:`~stack.Timeout` (the stream stays as it was). If the stream was
-        reset or the connection failed first: :class:`~stack.Broken` (or
-        :class:`StreamRefused`).
-        """
-        head = self._head
-        if head is None:
-            raise StackError("response() is for client streams")
-        if not head.is_set():
-            with trio.move_on_at(deadline) as scope:
-                await head.wait()
-            if scope.cancelled_caught:
-                raise Timeout(f"HTTP/2 stream {self.stream_id}: no response head before the deadline")
-        if self._response is None:
-            err = self._error()
-            raise err if err is not None else Broken("HTTP/2 stream ended without a response")
-        return self._response
-
-
-def _pairs(headers: HeaderInput) -> Headers:
-    """``headers`` as :class:`Headers`, quickly for the common list of ``str`` pairs."""
-    if headers.__class__ is Headers:
-        return headers
-    if isinstance(headers, (list, tuple)):
-        return _headers(
-            [
-                (
-                    (k if k.__class__ is bytes else k.encode("latin-1")).lower(),
-                    v if v.__class__ is bytes else v.encode("latin-1"),
-                )
-                for k, v in headers
-            ]
-        )
-    return Headers(headers)
-
-
-class H2Request(Request):
-    """A request received over HTTP/2 (see :class:`layers.http.Request`).
-
-    Extra: ``stream_id``; ``protocol`` (the ``:protocol`` of an extended CONNECT, RFC 8441,
-    else ``None``); ``trailers`` (the request's trailers, filled once its body ended).
-    For CONNECT, ``start_response(2xx)`` returns the tunnel: a ByteStream in both directions.
-    """
-
-    def __init__(self, stream: H2Stream, method: str, target: str, headers: Headers, **kw: Any) -> None:
-        super().__init__(method, target, headers, "2", stream, stream._conn.info, **kw)
-        self._stream = stream
-        self.stream_id = stream.stream_id
-        self.protocol: str | None = None
-
-    async def respond(
-        self, status: int, headers: HeaderInput = (), body: bytes = b"", *, deadline: float = FOREVER
-    ) -> None:
-        """Send a whole response (see :meth:`layers.http.Request.respond`): one HEADERS and,
-        when it fits the windows, one DATA frame, queued together."""
-        self._claim(status)
-        await self._respond(status, _pairs(headers), body if body.__class__ is bytes else bytes(body), deadline)
-
-    def _head(self, status: int, headers: Headers, body_length: int | None) -> list[tuple[bytes, bytes]]:
-        fields = [(b":status", _STATUS[status])]
-        has_date = has_length = False
-        if headers.raw:
-            fields += _fields(headers)
-            for name, _ in fields:
-                if name == b"date":
-                    has_date = True
-                elif name == b"content-length":
-                    has_length = True
-        if not has_date:
-            fields.append((b"date", date_header()))
-        if body_length is not None and not has_length and status not in _NO_BODY_STATUS:
-            fields.append((b"content-length", b"%d" % body_length))
-        return fields
-
-    def _send_head(self, fields: list[tuple[bytes, bytes]], end_stream: bool) -> None:
-        stream = self._stream
-        err = stream._error()
-        if err is not None:
-            raise err
-        try:
-            stream._conn._core.send_headers(stream.stream_id, fields, end_stream=end_stream)
-        except h2.exceptions.ProtocolError as exc:
-            raise _h2_fail(exc, "response head") from None
-        stream._can_send = True
-        if end_stream:
-            stream._local_ended = True
-            stream._conn._stream_maybe_finished(stream)
-        stream._conn._wake_writer()
-
-    async def _respond(self, status: int, headers: Headers, body: bytes, deadline: float) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        stream = self._stream
-        conn = stream._conn
-        core = conn._core
-        no_body = self.method == "HEAD" or status in _NO_BODY_STATUS
-        fields = self._head(status, headers, len(body))
-        n = len(body)
-        if no_body or not n:
-            self._send_head(fields, end_stream=True)
-            stream._discard_body = no_body
-            return
-        sid = stream.stream_id
-        if (
-            conn._queued() < HIGH_WATER
-            and stream._error() is None
-            and n <= core.max_outbound_frame_size
-            and n <= core.local_flow_control_window(sid)
-        ):
-            self._send_head(fields, end_stream=False)
-            try:
-                core.send_data(sid, body, end_stream=True)
-            except h2.exceptions.ProtocolError as exc:  # pragma: no cover - checked above
-                raise _h2_fail(exc, "respond") from None
-            stream._local_ended = True
-            conn._stream_maybe_finished(stream)
-            return
-        self._send_head(fields, end_stream=False)
-        await stream.send(body, deadline=deadline)
-        await stream.done(deadline=deadline)
-
-    async def _start_response(self, status: int, headers: Headers, deadline: float) -> ByteStream:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        stream = self._stream
-        conn = stream._conn
-        if conn._queued() >= HIGH_WATER:
-            with trio.move_on_at(deadline) as scope:
-                while conn._queued() >= HIGH_WATER and stream._error() is None:
-                    await conn._drain_lot.park()
-            if scope.cancelled_caught:
-                self.responded = False
-                raise Timeout("HTTP/2 start_response timed out waiting for the connection to drain")
-        no_body = self.method == "HEAD" or status in _NO_BODY_STATUS
-        if self.method == "CONNECT" and 200 <= status < 300:
-            fields = [(b":status", _STATUS[status]), *_fields(headers)]
-        else:
-            fields = self._head(status, headers, None)
-        self._send_head(fields, end_stream=no_body)
-        stream._discard_body = no_body
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return stream
-
-
-class H2Response(Response):
-    """A response received over HTTP/2 (see :class:`layers.http.Response`); ``stream_id``."""
-
-    body: H2Stream
-
-    def __init__(self, status: int, headers: Headers, body: H2Stream) -> None:
-        super().__init__(status, headers, "2", body)
-        self.stream_id = body.stream_id
 
 
 # =============================================================================================
