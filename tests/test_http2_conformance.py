@@ -631,6 +631,28 @@ async def test_frames_after_our_response_finished_first() -> None:
         assert not any(isinstance(f, GoAwayFrame) for f in c.seen)
 
 
+async def test_ignored_data_on_a_stream_we_reset_is_credited_to_the_connection() -> None:
+    """DATA the client sent before it saw our RST_STREAM is ignored (RFC 9113 5.1) but counts
+    against the connection window and is given back (6.9): a client that keeps sending on the
+    reset stream past the connection window's size gets WINDOW_UPDATEs, no error, and the
+    connection keeps working."""
+
+    async def early(request: http.Request) -> None:
+        await request.respond(200, [], b"early")
+
+    async with raw_server(early, Limits(stream_window=65535, connection_window=65535)) as c:
+        await c.request(1, end_stream=False, method="POST")
+        assert await c.response(1) == (200, b"early")
+        assert (await c.rst(1)).error_code == NO_ERROR
+        for _ in range(6):  # 96,000 bytes on a window of 65,535
+            await c.send(DataFrame(1, data=b"x" * 16000))
+        update = await c.until(lambda f: isinstance(f, WindowUpdateFrame) and f.stream_id == 0)
+        assert isinstance(update, WindowUpdateFrame) and update.window_increment > 0
+        await c.request(3)
+        assert await c.response(3) == (200, b"early")
+        assert not any(isinstance(f, (GoAwayFrame, RstStreamFrame)) and f.stream_id != 1 for f in c.seen)
+
+
 async def test_half_closed_local_stream_still_enforces_flow_control() -> None:
     """Our response is complete but the handler still runs and reads nothing: the client's DATA
     past the stream window is FLOW_CONTROL_ERROR (6.9.1), not silently dropped."""
