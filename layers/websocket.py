@@ -64,8 +64,12 @@ below is the raw connection; over HTTP/2 it is the stream of the extended CONNEC
 accepted when offered (server), with the size limit applied to the inflated bytes as they are
 inflated, so a small compressed frame cannot inflate past ``max_message`` in memory.
 
-``info`` adds ``websocket_path``, ``websocket_subprotocol`` (or ``None``), ``websocket_deflate``
-and ``http_version`` where the handshake was HTTP.
+``info`` adds ``websocket_subprotocol`` (or ``None``) and ``websocket_deflate``; after an HTTP
+handshake also ``websocket_path`` and ``http_version`` (``"1.1"`` or ``"2"``).
+
+Over an HTTP/1.1 Upgrade the WebSocket takes the whole connection (closing the HTTP connection
+closes it; the HTTP/1.1 client takes no more requests); over HTTP/2 it is one stream and the
+connection goes on carrying requests and other WebSockets.
 """
 
 from __future__ import annotations
@@ -754,6 +758,9 @@ async def accept(
     """
     opts = _Options(tuple(subprotocols), deflate, max_message)
     stream, extensions, info = await _accept_stream(request, opts, headers, deadline)
+    log.debug(
+        "websocket %s accepted from %s over HTTP/%s", request.path, request.info.get("peer"), request.http_version
+    )
     return WebSocket(stream, client=False, max_message=max_message, extensions=extensions, info=info)
 
 
