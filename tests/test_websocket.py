@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+import trio.testing
 
 from layers import http, http1, http2, websocket
 from stack import Broken, ByteStream, Closed, MessageTooLarge, ProtocolError, StackError, Timeout, after
@@ -383,6 +384,43 @@ async def test_a_timed_out_send_reports_whether_the_message_was_committed() -> N
         nursery.start_soon(read_all)
         await c.send("next", deadline=after(T))
     assert got == [b"fits", b"m" * 100_000, "next"]  # "late" was not sent, the rest arrived once
+
+
+async def test_with_deflate_a_timed_out_send_is_committed_once_compressed() -> None:
+    ext = "permessage-deflate"
+    a, b = memory_pair(capacity=64)
+    c = await websocket.raw("client", deflate=ext).attach(a)
+    s = await websocket.raw("server", deflate=ext).attach(b)
+    text = "squeeze " * 5000
+    with pytest.raises(Timeout) as info:
+        await c.send(text, deadline=after(0.02))  # compressed (so committed), then stuck
+    assert info.value.committed and info.value.sent == len(text)
+    async with trio.open_nursery() as nursery:
+        got: list[bytes | str] = []
+
+        async def read_two() -> None:
+            got.extend([await s.recv(deadline=after(T)), await s.recv(deadline=after(T))])
+
+        nursery.start_soon(read_two)
+        await c.send("after", deadline=after(T))  # the committed rest goes first
+    assert got == [text, "after"]  # the compressor's context stayed in step
+
+
+async def test_a_waiting_ping_is_woken_when_the_stream_closes() -> None:
+    c, _s = await ws_pair()
+    async with trio.open_nursery() as nursery:
+        outcome: list[BaseException] = []
+
+        async def pinger() -> None:
+            try:
+                await c.ping(deadline=after(T))
+            except (Closed, Broken) as exc:
+                outcome.append(exc)
+
+        nursery.start_soon(pinger)
+        await trio.testing.wait_all_tasks_blocked()
+        await c.aclose()
+    assert len(outcome) == 1 and isinstance(outcome[0], Closed)
 
 
 async def test_handshake_deadline() -> None:
