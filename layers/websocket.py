@@ -86,7 +86,7 @@ from typing import Any, Literal
 
 import trio
 from wsproto.extensions import Extension, PerMessageDeflate
-from wsproto.frame_protocol import CloseReason, Frame, FrameDecoder, FrameProtocol, Opcode, ParseFailed
+from wsproto.frame_protocol import CloseReason, Frame, FrameDecoder, FrameProtocol, Opcode, ParseFailed, RsvBits
 from wsproto.handshake import client_extensions_handshake, server_extensions_handshake
 from wsproto.utilities import RemoteProtocolError, generate_accept_token
 
@@ -209,6 +209,20 @@ class _BoundedDeflate(PerMessageDeflate):
             return CloseReason.MESSAGE_TOO_BIG
         return out
 
+    def frame_inbound_header(
+        self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits, payload_length: int
+    ) -> CloseReason | RsvBits:
+        # A control frame (a Ping between two messages, or inside a fragmented one) must not touch
+        # the state of the message being received: wsproto's version records its RSV1 as the next
+        # message's "compressed" bit (or forgets it mid-message), which delivers that message
+        # still compressed.
+        if opcode.iscontrol():
+            if rsv.rsv1:
+                return CloseReason.PROTOCOL_ERROR
+            self._inbound_is_compressible = False
+            return RsvBits(False, False, False)
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
     def frame_inbound_payload_data(self, proto: FrameDecoder | FrameProtocol, data: bytes) -> bytes | CloseReason:
         if not self._inbound_compressed or not self._inbound_is_compressible:
             return data
@@ -217,11 +231,11 @@ class _BoundedDeflate(PerMessageDeflate):
     def frame_inbound_complete(self, proto: FrameDecoder | FrameProtocol, fin: bool) -> bytes | CloseReason | None:
         if not fin:
             return None
-        compressed = self._inbound_compressed and self._inbound_is_compressible
-        if not compressed:
-            if self._inbound_is_compressible:
-                self._inbound_compressed = None
-                self._inflated = 0
+        if not self._inbound_is_compressible:
+            return None  # a control frame: the message state is not ours to reset
+        if not self._inbound_compressed:
+            self._inbound_compressed = None
+            self._inflated = 0
             return None
         out = self._inflate(b"\x00\x00\xff\xff")
         if isinstance(out, CloseReason):

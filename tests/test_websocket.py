@@ -253,6 +253,32 @@ async def test_deflate_limit_applies_to_the_inflated_size() -> None:
     assert (opcode, payload[:2]) == (0x8, struct.pack("!H", 1009))
 
 
+async def test_deflate_pings_between_and_inside_compressed_messages_leave_them_intact() -> None:
+    """Control frames never carry RSV1; they must not reset or set the compressed state of the
+    message around them (wsproto's own extension gets both wrong)."""
+    ws, peer = await server_ws(deflate="permessage-deflate")
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+
+    def deflate(data: bytes) -> bytes:
+        return (comp.compress(data) + comp.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+    one, two, three = deflate(b"first " * 100), deflate(b"second " * 100), deflate(b"third " * 100)
+    await peer.send(
+        frame(0x2, one, rsv1=True)
+        + frame(0x9, b"between")
+        + frame(0x2, two, rsv1=True)
+        + frame(0x2, three[:5], rsv1=True, fin=False)
+        + frame(0xA, b"inside")
+        + frame(0x0, three[5:])
+        + frame(0x1, b"plain")  # uncompressed text: RSV1 clear
+    )
+    assert await ws.recv(deadline=after(T)) == b"first " * 100
+    assert await ws.recv(deadline=after(T)) == b"second " * 100
+    assert await ws.recv(deadline=after(T)) == b"third " * 100
+    assert await ws.recv(deadline=after(T)) == "plain"
+    assert await read_frame(peer) == (0xA, True, b"between")
+
+
 async def test_deflate_round_trip_over_the_handshake() -> None:
     a, b = memory_pair()
     async with trio.open_nursery() as nursery:
