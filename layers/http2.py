@@ -263,7 +263,7 @@ class _Connection:
         self._kicked = 0  # tasks started or woken by the current read
         self._sends = 0  # sends the writer completed
 
-    # event type -> handler method name; resolved once per class (see _handlers)
+    # event type -> handler method name; resolved to functions once per subclass (__init_subclass__)
     _EVENTS: ClassVar[dict[type, str]] = {
         h2.events.DataReceived: "_on_data",
         h2.events.StreamEnded: "_on_stream_ended",
