@@ -1,8 +1,20 @@
 """The bottom ByteStream and Listener shared by ``tcp`` and ``unix``, built on ``trio.socket``.
 
-Sends go straight to ``sock.send`` (so a timed-out send knows exactly what the kernel took) and
-receives to ``sock.recv``; trio's socket methods are cancel-safe (an operation either completes
-or is cancelled having done nothing), which is what makes every deadline here lossless.
+Sends go straight to ``send(2)`` (so a timed-out send knows exactly what the kernel took) and
+receives to ``recv(2)`` / ``recv_into``, on the stdlib socket inside the trio socket, with trio's
+own recipe (:meth:`trio.socket.SocketType.send` does the same through four more Python calls):
+check for cancellation, try the call, and only if the kernel says "would block" wait for the
+socket with :func:`trio.lowlevel.wait_readable` / ``wait_writable``. Every operation either
+completes or is cancelled having done nothing, which is what makes every deadline here lossless.
+
+**Schedule points.** An operation that had to wait is a full checkpoint, as in trio. One that
+the kernel completed at once is always a cancel point but yields to the scheduler only if this
+thread last yielded here more than :data:`SCHEDULE_SLICE` seconds ago (trio issue #1757 proposes
+the same for trio itself; trio documents that the scheduler "has the option of ignoring" a
+schedule point "for increased efficiency"). A yield costs about as much as the system call it
+follows, so this halves the cost of small sends; a task looping on I/O that never blocks still
+lets the others run at least every :data:`SCHEDULE_SLICE` seconds, and a deadline that passes
+meanwhile is seen at the next yield.
 """
 
 from __future__ import annotations
@@ -10,15 +22,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import socket as _stdlib_socket
+import threading
+from collections.abc import Iterator, Mapping
+from time import perf_counter
 from typing import Any
 
 import trio
 
 from stack.deadlines import FOREVER
 from stack.errors import Broken, Closed, StackError, Timeout
-from stack.streams import ByteStream, Listener
+from stack.streams import ByteStream, Info, Listener
 
 log = logging.getLogger("stack.socket")
 
@@ -28,6 +44,73 @@ _IGNORABLE_ACCEPT_ERRNOS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _ACCEPT_BACKOFF = 0.1
 _MAX_RECV = 256 * 1024  # one recv never allocates more than this, whatever the caller asks for
+
+
+SCHEDULE_SLICE = 0.0005
+"""Seconds of I/O that completes at once a thread may run before it yields to trio's scheduler."""
+
+
+class _LastYield(threading.local):
+    at = 0.0
+
+
+_last_yield = _LastYield()
+_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+_cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
+_wait_readable = trio.lowlevel.wait_readable
+_wait_writable = trio.lowlevel.wait_writable
+
+
+async def schedule_point() -> None:
+    """The second half of a checkpoint after an operation that did not wait (see the module
+    docstring): yield to the scheduler, cancel-shielded, unless this thread did so less than
+    :data:`SCHEDULE_SLICE` seconds ago."""
+    if perf_counter() - _last_yield.at >= SCHEDULE_SLICE:
+        await _cancel_shielded_checkpoint()
+        _last_yield.at = perf_counter()
+
+
+def _unwrap(sock: trio.socket.SocketType) -> tuple[trio.socket.SocketType, _stdlib_socket.socket]:
+    """The trio socket and the stdlib socket it wraps.
+
+    trio keeps the stdlib socket as ``_sock`` (private but unchanged since trio's first release);
+    should that ever change, the descriptor moves into a new stdlib socket through public API.
+    """
+    inner = getattr(sock, "_sock", None)
+    if isinstance(inner, _stdlib_socket.socket):
+        return sock, inner
+    family, type_, proto = sock.family, sock.type, sock.proto  # pragma: no cover - other trio
+    std = _stdlib_socket.socket(family, type_, proto, fileno=sock.detach())  # pragma: no cover
+    return trio.socket.from_stdlib_socket(std), std  # pragma: no cover
+
+
+def _address(raw: Any) -> Any:
+    """An address as ``info`` shows it: ``(host, port)`` for IP, a ``str`` path for Unix."""
+    if isinstance(raw, tuple):
+        return tuple(raw[:2])
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", "backslashreplace")
+    return str(raw)
+
+
+class _LocalAddress(Mapping[str, Any]):
+    """The ``local`` key of a socket's ``info``, asked from the kernel when first read."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: SocketStream) -> None:
+        self._stream = stream
+
+    def __getitem__(self, key: str) -> Any:
+        if key != "local":
+            raise KeyError(key)
+        return self._stream._local()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("local",))
+
+    def __len__(self) -> int:
+        return 1
 
 
 def _translate(exc: BaseException, kind: str, what: str) -> StackError:
@@ -51,25 +134,91 @@ class SocketStream(ByteStream):
     * A reset or any socket error: :class:`~stack.Broken`, sticky.
     * ``detach()``: not possible (this is the bottom).
 
-    ``info``: ``transport``, ``peer``, ``local`` (and ``peer_pid``/``peer_uid`` on Unix).
+    ``info``: ``transport``, ``peer``, ``local`` (and ``peer_pid``/``peer_uid`` on Unix). Where
+    ``local`` is not given, it is asked from the kernel (``getsockname``) the first time someone
+    reads it, not for every accepted connection; ``None`` if the socket was closed before that.
     """
 
     def __init__(self, sock: trio.socket.SocketType, kind: str, info: dict[str, Any]) -> None:
         super().__init__(None, info)
         self.kind = kind
-        self.socket = sock
+        self.socket, self._sock = _unwrap(sock)
+        self._lazy = None if "local" in self._info else _LocalAddress(self)
+
+    @property
+    def info(self) -> Info:
+        """See the class docstring (``local`` is looked up on first use)."""
+        if self._lazy is None or "local" in self._info:
+            return Info(self._info)
+        return Info(self._info, self._lazy)
+
+    def _local(self) -> Any:
+        try:
+            local = _address(self._sock.getsockname())
+        except OSError:
+            return None
+        self._info["local"] = local
+        return local
 
     async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
+        sock = self._sock
+        await _checkpoint_if_cancelled()
         try:
-            return await self.socket.recv(max_bytes if max_bytes <= _MAX_RECV else _MAX_RECV)
+            try:
+                data = sock.recv(max_bytes if max_bytes <= _MAX_RECV else _MAX_RECV)
+            except BlockingIOError:
+                while True:
+                    await _wait_readable(sock)
+                    try:
+                        return sock.recv(max_bytes if max_bytes <= _MAX_RECV else _MAX_RECV)
+                    except BlockingIOError:
+                        pass
         except (OSError, trio.ClosedResourceError) as exc:
             raise _translate(exc, self.kind, "recv") from exc
+        if perf_counter() - _last_yield.at >= SCHEDULE_SLICE:  # schedule_point(), inlined
+            await _cancel_shielded_checkpoint()
+            _last_yield.at = perf_counter()
+        return data
+
+    async def _recv_into(self, buffer: memoryview, deadline: float) -> int:
+        sock = self._sock
+        await _checkpoint_if_cancelled()
+        try:
+            try:
+                n = sock.recv_into(buffer)
+            except BlockingIOError:
+                while True:
+                    await _wait_readable(sock)
+                    try:
+                        return sock.recv_into(buffer)
+                    except BlockingIOError:
+                        pass
+        except (OSError, trio.ClosedResourceError) as exc:
+            raise _translate(exc, self.kind, "recv") from exc
+        if perf_counter() - _last_yield.at >= SCHEDULE_SLICE:  # schedule_point(), inlined
+            await _cancel_shielded_checkpoint()
+            _last_yield.at = perf_counter()
+        return n
 
     async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
+        sock = self._sock
+        await _checkpoint_if_cancelled()
         try:
-            return await self.socket.send(data)
+            try:
+                n = sock.send(data)
+            except BlockingIOError:
+                while True:
+                    await _wait_writable(sock)
+                    try:
+                        return sock.send(data)
+                    except BlockingIOError:
+                        pass
         except (OSError, trio.ClosedResourceError) as exc:
             raise _translate(exc, self.kind, "send") from exc
+        if perf_counter() - _last_yield.at >= SCHEDULE_SLICE:  # schedule_point(), inlined
+            await _cancel_shielded_checkpoint()
+            _last_yield.at = perf_counter()
+        return n
 
     async def _done(self, deadline: float) -> None:
         await trio.lowlevel.checkpoint()
@@ -114,34 +263,56 @@ class SocketListener(Listener):
     """
 
     def __init__(self, sock: trio.socket.SocketType, kind: str, address: Any, cleanup: str | None = None) -> None:
-        self.socket = sock
+        self.socket, self._sock = _unwrap(sock)
         self.kind = kind
         self.address = address
         self._cleanup = cleanup
 
-    def _wrap(self, sock: trio.socket.SocketType) -> SocketStream:
+    def _wrap(self, sock: trio.socket.SocketType, peer: Any) -> SocketStream:
+        """Make the stream for an accepted socket; ``peer`` is the address ``accept`` returned."""
         raise NotImplementedError
 
     async def accept(self, *, deadline: float = FOREVER) -> SocketStream:
-        with trio.move_on_at(deadline) as scope:
-            while True:
+        if deadline == math.inf:
+            return await self._accept()
+        with trio.move_on_at(deadline):
+            return await self._accept()
+        raise Timeout(f"{self.kind} accept timed out")
+
+    async def _accept(self) -> SocketStream:
+        listening = self._sock
+        await _checkpoint_if_cancelled()
+        waited = False
+        while True:
+            try:
+                sock, peer = listening.accept()
+            except BlockingIOError:
                 try:
-                    sock, _ = await self.socket.accept()
+                    await _wait_readable(listening)
                 except trio.ClosedResourceError:
                     raise Closed(f"{self.kind} listener was closed") from None
-                except OSError as exc:
-                    if exc.errno in _CLOSED_ERRNOS:
-                        raise Closed(f"{self.kind} listener was closed") from None
-                    if exc.errno in _IGNORABLE_ACCEPT_ERRNOS:
-                        continue
-                    if exc.errno in _RESOURCE_ERRNOS:
-                        log.error("accept on %s: %s; retrying in %.1fs", self.address, exc, _ACCEPT_BACKOFF)
-                        await trio.sleep(_ACCEPT_BACKOFF)
-                        continue
-                    raise Broken(f"{self.kind} accept failed: {exc}") from exc
-                return self._wrap(sock)
-        assert scope.cancelled_caught
-        raise Timeout(f"{self.kind} accept timed out")
+                waited = True
+                continue
+            except OSError as exc:
+                if exc.errno in _CLOSED_ERRNOS:
+                    raise Closed(f"{self.kind} listener was closed") from None
+                if exc.errno in _IGNORABLE_ACCEPT_ERRNOS:
+                    continue
+                if exc.errno in _RESOURCE_ERRNOS:
+                    log.error("accept on %s: %s; retrying in %.1fs", self.address, exc, _ACCEPT_BACKOFF)
+                    await trio.sleep(_ACCEPT_BACKOFF)
+                    waited = True
+                    continue
+                raise Broken(f"{self.kind} accept failed: {exc}") from exc
+            try:
+                stream = self._wrap(trio.socket.from_stdlib_socket(sock), peer)
+            except OSError as exc:  # the peer is gone already (a setsockopt failed): skip it
+                sock.close()
+                log.debug("accept on %s: dropped a connection that failed at once: %s", self.address, exc)
+                continue
+            if not waited:
+                await schedule_point()
+            return stream
 
     async def aclose(self) -> None:
         if self.socket.fileno() != -1:

@@ -73,13 +73,51 @@ class PrefixStream(_Framed):
         self._max = max_message
 
     async def _send_message(self, msg: bytes, deadline: float) -> None:
-        if len(msg) > self._max:
-            raise MessageTooLarge(
-                f"message of {len(msg)} bytes is over max_message={self._max}", limit=self._max, size=len(msg)
-            )
-        await self._send_frame(len(msg).to_bytes(self._size, self._order), msg, deadline=deadline)
+        n = len(msg)
+        if n > self._max:
+            raise MessageTooLarge(f"message of {n} bytes is over max_message={self._max}", limit=self._max, size=n)
+        out = self._outbuf  # empty here: the base flushed it before calling us (as _send_frame)
+        out += n.to_bytes(self._size, self._order)
+        out += msg
+        try:
+            await self._lower.send_from(out, deadline=deadline)
+        finally:
+            if len(out) < n + self._size:
+                self._message_committed = True
+            else:
+                out.clear()  # nothing went down: not committed, forget it
+
+    async def recv(self, *, deadline: float = FOREVER) -> bytes:
+        """Receive the next message; see :meth:`stack.MessageStream.recv`.
+
+        A message already whole in the lower stream's buffer is taken from it directly, with no
+        checkpoint (as :meth:`stack.ByteStream.recv_exactly` on buffered bytes): no await per
+        message while a burst of small messages is buffered.
+        """
+        if not (self._receiving or self._ended or self._broken is not None or self._closed is not None):
+            msg = self._take()
+            if msg is not None:
+                return msg
+        return await super().recv(deadline=deadline)
+
+    def _take(self) -> bytes | None:
+        """The next message if it is whole in the lower stream's buffer (and nothing else is
+        using that stream), consumed from it; else None and nothing changed."""
+        lower = self._lower
+        buf = lower._unread
+        size = self._size
+        if len(buf) >= size and not lower._receiving and lower._broken is None and lower._closed is None:
+            end = size + int.from_bytes(buf[:size], self._order)
+            if end - size <= self._max and len(buf) >= end:
+                msg = bytes(buf[size:end])
+                del buf[:end]
+                return msg
+        return None
 
     async def _recv_message(self, deadline: float) -> bytes | None:
+        msg = self._take()
+        if msg is not None:
+            return msg
         lower = self._lower
         try:
             header = await lower.recv_exactly(self._size, deadline=deadline)
@@ -136,9 +174,7 @@ class DelimitedStream(_Framed):
             ) from None
         except MessageTooLarge as exc:
             self._fail(exc)
-            raise MessageTooLarge(
-                f"no delimiter {d!r} within max_message={self._max} bytes", limit=self._max
-            ) from None
+            raise MessageTooLarge(f"no delimiter {d!r} within max_message={self._max} bytes", limit=self._max) from None
         return line[: -len(d)]
 
 

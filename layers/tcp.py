@@ -27,10 +27,9 @@ from ._socket import SocketListener, SocketStream
 __all__ = ["TCPListener", "connect", "listen"]
 
 
-def _stream(sock: trio.socket.SocketType, host: str | None = None) -> SocketStream:
-    if sock.family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
-        sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
-    info = {"transport": "tcp", "peer": tuple(sock.getpeername()[:2]), "local": tuple(sock.getsockname()[:2])}
+def _stream(sock: trio.socket.SocketType, peer: Any, host: str | None = None) -> SocketStream:
+    sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
+    info: dict[str, Any] = {"transport": "tcp", "peer": tuple(peer[:2])}  # "local": on first use
     if host is not None:
         info["host"] = host  # the name asked for (tls.client checks the certificate against it)
     return SocketStream(sock, "tcp", info)
@@ -62,7 +61,8 @@ class connect:
                 )
             except OSError as exc:
                 raise Broken(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
-            return _stream(trio_stream.socket, self.host)
+            sock = trio_stream.socket
+            return _stream(sock, sock.getpeername(), self.host)
         assert scope.cancelled_caught
         raise Timeout(f"connecting to {self.host}:{self.port} timed out")
 
@@ -70,8 +70,8 @@ class connect:
 class TCPListener(SocketListener):
     """A listening TCP socket; ``accept()`` returns TCP :class:`SocketStream`s."""
 
-    def _wrap(self, sock: trio.socket.SocketType) -> SocketStream:
-        return _stream(sock)
+    def _wrap(self, sock: trio.socket.SocketType, peer: Any) -> SocketStream:
+        return _stream(sock, peer)
 
 
 @dataclass(frozen=True)

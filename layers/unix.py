@@ -69,7 +69,7 @@ class connect:
 class UnixListener(SocketListener):
     """A listening Unix socket; ``accept()`` returns Unix :class:`SocketStream`s."""
 
-    def _wrap(self, sock: trio.socket.SocketType) -> SocketStream:
+    def _wrap(self, sock: trio.socket.SocketType, peer: Any) -> SocketStream:
         return _stream(sock)
 
 

@@ -339,6 +339,16 @@ class ByteStream(Stream):
     async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
         raise NotImplementedError
 
+    async def _recv_into(self, buffer: memoryview, deadline: float) -> int:
+        """Primitive behind :meth:`recv_into`: like ``_recv_some(len(buffer))``, written into
+        ``buffer`` (a non-empty writable byte view); 0 at the end of the stream. The default
+        calls ``_recv_some`` and copies; a layer that can read into memory directly (a socket's
+        ``recv_into``) overrides it. The same cancel-safety rule as ``_recv_some``."""
+        data = await self._recv_some(len(buffer), deadline)
+        n = len(data)
+        buffer[:n] = data
+        return n
+
     # ---- receiving ---------------------------------------------------------------------
 
     def unread(self, data: bytes | bytearray | memoryview) -> None:
@@ -367,19 +377,21 @@ class ByteStream(Stream):
         """
         if max_bytes < 1:
             raise ValueError("max_bytes must be at least 1")
-        self._enter_recv()
+        if self._receiving or self._broken is not None or self._closed is not None:
+            self._enter_recv()  # raises Busy, Broken or Closed
+        buf = self._unread
+        if buf:  # served from the buffer: no await, so no other task can interleave
+            if len(buf) <= max_bytes:
+                out = bytes(buf)
+                buf.clear()
+            else:
+                out = bytes(buf[:max_bytes])
+                del buf[:max_bytes]
+            return out
+        if self._eof:
+            return b""
+        self._receiving = True
         try:
-            buf = self._unread
-            if buf:
-                if len(buf) <= max_bytes:
-                    out = bytes(buf)
-                    buf.clear()
-                else:
-                    out = bytes(buf[:max_bytes])
-                    del buf[:max_bytes]
-                return out
-            if self._eof:
-                return b""
             if deadline == math.inf:
                 data = await self._recv_some(max_bytes, deadline)
             else:
@@ -397,6 +409,53 @@ class ByteStream(Stream):
         finally:
             self._receiving = False
 
+    async def recv_into(self, buffer: bytearray | memoryview, *, deadline: float = FOREVER) -> int:
+        """Receive 1..``len(buffer)`` bytes into the front of ``buffer``; return how many.
+
+        ``0`` only at the end of the stream (and after it). The same rules as :meth:`recv`
+        (buffered bytes come first, without a checkpoint; on deadline :class:`Timeout` and on
+        cancellation nothing is consumed and ``buffer`` is not written), without allocating a
+        ``bytes`` per call: a reader that reuses one buffer saves a copy and an allocation.
+        ``buffer`` must be writable and not empty (else ``ValueError``/``TypeError``).
+        """
+        view = buffer if type(buffer) is memoryview else memoryview(buffer)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        size = len(view)
+        if size < 1:
+            raise ValueError("recv_into needs a buffer of at least 1 byte")
+        if view.readonly:
+            raise TypeError("recv_into needs a writable buffer")
+        if self._receiving or self._broken is not None or self._closed is not None:
+            self._enter_recv()  # raises Busy, Broken or Closed
+        buf = self._unread
+        if buf:
+            n = len(buf) if len(buf) <= size else size
+            with memoryview(buf) as src:
+                view[:n] = src[:n]
+            del buf[:n]
+            return n
+        if self._eof:
+            return 0
+        self._receiving = True
+        try:
+            if deadline == math.inf:
+                n = await self._recv_into(view, deadline)
+            else:
+                n = 0
+                with trio.move_on_at(deadline) as scope:
+                    n = await self._recv_into(view, deadline)
+                if scope.cancelled_caught:
+                    raise Timeout(f"{self.kind} recv_into timed out")
+            if not n:
+                self._eof = True
+            return n
+        except Broken as exc:
+            self._fail(exc)
+            raise
+        finally:
+            self._receiving = False
+
     async def recv_exactly(self, n: int, *, deadline: float = FOREVER) -> bytes:
         """Receive exactly ``n`` bytes.
 
@@ -406,9 +465,19 @@ class ByteStream(Stream):
         """
         if n < 0:
             raise ValueError("n must be >= 0")
-        self._enter_recv()
+        if self._receiving or self._broken is not None or self._closed is not None:
+            self._enter_recv()  # raises Busy, Broken or Closed
+        buf = self._unread
+        if len(buf) >= n:  # served from the buffer: no await, so no other task can interleave
+            if len(buf) == n:
+                out = bytes(buf)
+                buf.clear()
+            else:
+                out = bytes(buf[:n])
+                del buf[:n]
+            return out
+        self._receiving = True
         try:
-            buf = self._unread
             if len(buf) < n:
                 with _deadline(deadline) as scope:
                     while len(buf) < n:
@@ -434,9 +503,7 @@ class ByteStream(Stream):
         finally:
             self._receiving = False
 
-    async def recv_until(
-        self, delim: bytes, *, max_bytes: int = DEFAULT_RECV, deadline: float = FOREVER
-    ) -> bytes:
+    async def recv_until(self, delim: bytes, *, max_bytes: int = DEFAULT_RECV, deadline: float = FOREVER) -> bytes:
         """Receive through the first ``delim`` (included in the result).
 
         If ``max_bytes`` bytes (delimiter included) arrive without it: :class:`MessageTooLarge`;
@@ -466,14 +533,10 @@ class ByteStream(Stream):
                     if not await self._pull(DEFAULT_RECV, deadline):
                         partial = bytes(buf)
                         buf.clear()
-                        raise EndOfStream(
-                            f"{self.kind} stream ended before the delimiter {delim!r}", partial=partial
-                        )
+                        raise EndOfStream(f"{self.kind} stream ended before the delimiter {delim!r}", partial=partial)
             if scope is not None and scope.cancelled_caught:
                 raise Timeout(f"{self.kind} recv_until timed out with {len(buf)} bytes buffered")
-            raise MessageTooLarge(
-                f"no delimiter {delim!r} within {max_bytes} bytes", limit=max_bytes, size=None
-            )
+            raise MessageTooLarge(f"no delimiter {delim!r} within {max_bytes} bytes", limit=max_bytes, size=None)
         except Broken as exc:
             self._fail(exc)
             raise
@@ -488,15 +551,18 @@ class ByteStream(Stream):
         On deadline: :class:`Timeout` with ``sent`` = bytes of ``data`` committed (they will be
         delivered; the rest of ``data`` was not). The stream stays usable.
         """
-        self._enter_send()
-        view = memoryview(data)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
-        total = len(view)
-        sent = 0
+        if self._sending or self._send_closed or self._broken is not None or self._closed is not None:
+            self._enter_send()  # raises Busy, Broken or Closed
+        self._sending = True
+        sent = total = 0
         try:
-            with _deadline(deadline):
-                try:
+            view = memoryview(data)
+            if view.format != "B" or view.ndim != 1:
+                view = view.cast("B")
+            total = len(view)
+            try:
+                # The same loop twice: no cancel scope at all for FOREVER (the hot path).
+                if deadline == math.inf:
                     if self._outbuf:
                         await self._flush(deadline)
                     while sent < total:
@@ -504,8 +570,16 @@ class ByteStream(Stream):
                     if self._outbuf:
                         await self._flush(deadline)
                     return
-                except Timeout:  # a lower layer's scope for the same deadline fired first
-                    pass
+                with trio.move_on_at(deadline):
+                    if self._outbuf:
+                        await self._flush(deadline)
+                    while sent < total:
+                        sent += await self._send_some(view[sent:] if sent else view, deadline)
+                    if self._outbuf:
+                        await self._flush(deadline)
+                    return
+            except Timeout:  # a lower layer's scope for the same deadline fired first
+                pass
             raise Timeout(f"{self.kind} send timed out after {sent} of {total} bytes", sent=sent)
         except Broken as exc:
             self._fail(exc)
@@ -521,11 +595,13 @@ class ByteStream(Stream):
         buffers without losing or repeating a byte. On deadline: :class:`Timeout` with
         ``sent`` = bytes removed from ``buf``.
         """
-        self._enter_send()
+        if self._sending or self._send_closed or self._broken is not None or self._closed is not None:
+            self._enter_send()  # raises Busy, Broken or Closed
+        self._sending = True
         before = len(buf)
         try:
-            with _deadline(deadline):
-                try:
+            try:
+                if deadline == math.inf:  # no cancel scope for FOREVER (the hot path)
                     if self._outbuf:
                         await self._flush(deadline)
                     while buf:
@@ -534,8 +610,17 @@ class ByteStream(Stream):
                     if self._outbuf:
                         await self._flush(deadline)
                     return
-                except Timeout:
-                    pass
+                with trio.move_on_at(deadline):
+                    if self._outbuf:
+                        await self._flush(deadline)
+                    while buf:
+                        n = await self._send_some(buf, deadline)
+                        del buf[:n]
+                    if self._outbuf:
+                        await self._flush(deadline)
+                    return
+            except Timeout:
+                pass
             sent = before - len(buf)
             raise Timeout(f"{self.kind} send timed out after {sent} of {before} bytes", sent=sent)
         except Broken as exc:
@@ -594,19 +679,26 @@ class MessageStream(Stream):
         On deadline: :class:`Timeout` with ``committed`` (and ``sent``: ``len(msg)`` or 0).
         A committed message is delivered; its bytes still waiting go first on the next call.
         """
-        self._enter_send()
-        if not isinstance(msg, bytes):  # a bytes subclass (udp.Datagram) passes through as it is
-            msg = bytes(msg)
+        if self._sending or self._send_closed or self._broken is not None or self._closed is not None:
+            self._enter_send()  # raises Busy, Broken or Closed
+        self._sending = True
         self._message_committed = False
         try:
-            with _deadline(deadline):
-                try:
+            if not isinstance(msg, bytes):  # a bytes subclass (udp.Datagram) passes through as it is
+                msg = bytes(msg)
+            try:
+                if deadline == math.inf:  # no cancel scope for FOREVER (the hot path)
                     if self._outbuf:
                         await self._flush(deadline)
                     await self._send_message(msg, deadline)
                     return
-                except Timeout:
-                    pass
+                with trio.move_on_at(deadline):
+                    if self._outbuf:
+                        await self._flush(deadline)
+                    await self._send_message(msg, deadline)
+                    return
+            except Timeout:
+                pass
             c = self._message_committed
             how = "committed, the rest of its bytes go out first on the next call" if c else "not sent"
             raise Timeout(f"{self.kind} send timed out: message {how}", sent=len(msg) if c else 0, committed=c)
@@ -621,15 +713,20 @@ class MessageStream(Stream):
 
         On deadline: :class:`Timeout`, nothing consumed; on cancellation, nothing consumed.
         """
-        self._enter_recv()
+        if self._receiving or self._broken is not None or self._closed is not None:
+            self._enter_recv()  # raises Busy, Broken or Closed
+        if self._ended:
+            raise EndOfStream(f"{self.kind} stream: the peer finished sending")
+        self._receiving = True
         try:
-            if self._ended:
-                raise EndOfStream(f"{self.kind} stream: the peer finished sending")
-            msg: bytes | None = None
-            with _deadline(deadline) as scope:
+            if deadline == math.inf:  # no cancel scope for FOREVER (the hot path)
                 msg = await self._recv_message(deadline)
-            if scope is not None and scope.cancelled_caught:
-                raise Timeout(f"{self.kind} recv timed out")
+            else:
+                msg = None
+                with trio.move_on_at(deadline) as scope:
+                    msg = await self._recv_message(deadline)
+                if scope.cancelled_caught:
+                    raise Timeout(f"{self.kind} recv timed out")
             if msg is None:
                 self._ended = True
                 raise EndOfStream(f"{self.kind} stream: the peer finished sending")
