@@ -253,7 +253,6 @@ class _Connection:
         self._closed = False
         self._goaway_sent = False
         self._peer_closed = False  # EOF or an error from the stream below: nothing to linger for
-        self._goaway_received: int | None = None
         self._pings: dict[bytes, list[Any]] = {}
         self._ping_rate = _Rate(limits.ping_flood_limit, limits.flood_period)
         self._settings_rate = _Rate(limits.settings_flood_limit, limits.flood_period)
@@ -946,7 +945,6 @@ class H2ServerConnection(_Connection, ServerConnection):
             log.info(
                 "%s: client sent GOAWAY %s: %r", self.info.get("peer"), error_name(ev.error_code), ev.additional_data
             )
-        self._goaway_received = ev.last_stream_id or 0
         self._closing = True
         self._queue_lot.unpark_all()
         self._maybe_done()
@@ -1125,6 +1123,7 @@ class H2ClientConnection(_Connection, ClientConnection):
         self.authority = authority
         self.scheme = scheme
         self._slot_lot = trio.lowlevel.ParkingLot()
+        self._goaway_received: int | None = None  # the server's last stream id, once it sent GOAWAY
 
     async def _handshake(self, deadline: float) -> None:
         self._initiate()
