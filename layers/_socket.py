@@ -180,7 +180,7 @@ class SocketStream(ByteStream):
             _last_yield.at = perf_counter()
         return data
 
-    async def _recv_into(self, buffer: memoryview, deadline: float) -> int:
+    async def _recv_into(self, buffer: bytearray | memoryview, deadline: float) -> int:
         sock = self._sock
         await _checkpoint_if_cancelled()
         try:

@@ -339,9 +339,9 @@ class ByteStream(Stream):
     async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
         raise NotImplementedError
 
-    async def _recv_into(self, buffer: memoryview, deadline: float) -> int:
+    async def _recv_into(self, buffer: bytearray | memoryview, deadline: float) -> int:
         """Primitive behind :meth:`recv_into`: like ``_recv_some(len(buffer))``, written into
-        ``buffer`` (a non-empty writable byte view); 0 at the end of the stream. The default
+        ``buffer`` (non-empty, writable, one byte per item); 0 at the end of the stream. The default
         calls ``_recv_some`` and copies; a layer that can read into memory directly (a socket's
         ``recv_into``) overrides it. The same cancel-safety rule as ``_recv_some``."""
         data = await self._recv_some(len(buffer), deadline)
@@ -412,20 +412,24 @@ class ByteStream(Stream):
     async def recv_into(self, buffer: bytearray | memoryview, *, deadline: float = FOREVER) -> int:
         """Receive 1..``len(buffer)`` bytes into the front of ``buffer``; return how many.
 
-        ``0`` only at the end of the stream (and after it). The same rules as :meth:`recv`
-        (buffered bytes come first, without a checkpoint; on deadline :class:`Timeout` and on
-        cancellation nothing is consumed and ``buffer`` is not written), without allocating a
-        ``bytes`` per call: a reader that reuses one buffer saves a copy and an allocation.
-        ``buffer`` must be writable and not empty (else ``ValueError``/``TypeError``).
+        ``0`` only at the end of the stream (and after it). The same rules as :meth:`recv`:
+        buffered bytes come first, without a checkpoint; on deadline :class:`Timeout`, and on
+        deadline or cancellation nothing is consumed (what ``buffer`` holds beyond the returned
+        count is unspecified). A reader that reuses one buffer saves an allocation and a copy
+        per call. ``buffer``: a ``bytearray`` or a writable, non-empty memoryview (else
+        ``TypeError`` / ``ValueError``); a multi-byte format is filled byte by byte.
         """
-        view = buffer if type(buffer) is memoryview else memoryview(buffer)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
+        if type(buffer) is bytearray:
+            view: bytearray | memoryview = buffer
+        else:
+            view = memoryview(buffer)
+            if view.readonly:
+                raise TypeError("recv_into needs a writable buffer")
+            if view.format != "B" or view.ndim != 1:
+                view = view.cast("B")
         size = len(view)
         if size < 1:
             raise ValueError("recv_into needs a buffer of at least 1 byte")
-        if view.readonly:
-            raise TypeError("recv_into needs a writable buffer")
         if self._receiving or self._broken is not None or self._closed is not None:
             self._enter_recv()  # raises Busy, Broken or Closed
         buf = self._unread

@@ -18,7 +18,7 @@ does not claim. The properties, for ByteStreams (``check_bytestream``):
 
 ``round_trip``
     Random payloads both ways at once, sent in random chunks and received with a random mix of
-    ``recv``, ``recv_exactly`` and ``recv_until`` (each result checked against what must come
+    ``recv``, ``recv_into``, ``recv_exactly`` and ``recv_until`` (each result checked against what must come
     next), under the chaos schedule hypothesis drew; then ``done()`` and the peer's ``recv``
     returns ``b""``, and ``b""`` again.
 ``recv_deadlines``
@@ -309,10 +309,11 @@ def _common_prefix(a: bytes | memoryview, b: bytes | memoryview) -> int:
 
 @dataclass(frozen=True)
 class _RecvOp:
-    """One receive call: ``recv(size)``, ``recv_exactly(size)`` or ``recv_until(delim, max_bytes=size)``
-    (an empty ``delim`` means one byte taken from the data still to come, so it is found)."""
+    """One receive call: ``recv(size)``, ``recv_into`` a ``size``-byte view, ``recv_exactly(size)`` or
+    ``recv_until(delim, max_bytes=size)`` (an empty ``delim`` means one byte taken from the data
+    still to come, so it is found)."""
 
-    kind: Literal["recv", "exactly", "until"]
+    kind: Literal["recv", "into", "exactly", "until"]
     size: int
     delim: bytes = b""
 
@@ -320,6 +321,7 @@ class _RecvOp:
 def _recv_plans() -> st.SearchStrategy[list[_RecvOp]]:
     op = st.one_of(
         st.builds(_RecvOp, st.just("recv"), chunk_sizes()),
+        st.builds(_RecvOp, st.just("into"), chunk_sizes()),
         st.builds(_RecvOp, st.just("exactly"), st.one_of(st.just(0), chunk_sizes())),
         st.builds(_RecvOp, st.just("until"), chunk_sizes(), st.one_of(st.just(b""), st.binary(min_size=1, max_size=2))),
     )
@@ -329,9 +331,16 @@ def _recv_plans() -> st.SearchStrategy[list[_RecvOp]]:
 async def _recv_op(stream: ByteStream, op: _RecvOp, rest: bytes, floor: int, deadline: float, who: str) -> bytes:
     """Run ``op``; check the result against ``rest`` (every byte still to come, then the end).
     Return the bytes it consumed."""
-    if op.kind == "recv":
+    if op.kind in ("recv", "into"):
         m = max(op.size, floor)
-        data = await stream.recv(m, deadline=deadline)
+        if op.kind == "recv":
+            data = await stream.recv(m, deadline=deadline)
+        else:  # into a view in the middle of a larger buffer: nothing outside it may change
+            buffer = bytearray(b"\xa5" * (m + 2))
+            n = await stream.recv_into(memoryview(buffer)[1 : m + 1], deadline=deadline)
+            assert 0 <= n <= m, f"{who}: recv_into a {m}-byte view returned {n}"
+            assert buffer[0] == buffer[m + 1] == 0xA5, f"{who}: recv_into wrote outside its buffer"
+            data = bytes(buffer[1 : n + 1])
         if not rest:
             assert data == b"", f"{who}: recv({m}) after every byte arrived returned {_short(data)}, not b''"
         else:
