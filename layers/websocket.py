@@ -48,9 +48,10 @@ peer's Close (for a complete closing handshake: ``done()``, then ``recv()`` unti
 :class:`CloseReceived`, then ``aclose()``). A connection that ends without a Close frame is
 :class:`~stack.Broken` (code 1006: the messages may be truncated).
 
-**Ping.** Pings from the peer are answered with a Pong automatically, by whichever task uses the
-WebSocket next (receiving, sending or closing); when several Pings are pending only the last is
-answered (RFC 6455 5.5.3). ``await ws.ping()`` sends a Ping and returns the round-trip time in
+**Ping.** Pings from the peer are answered with a Pong automatically: by the receiving task while
+it waits for more data (never blocking its reading on the write: two peers that both stopped
+reading to write could deadlock), or by the next send, done or aclose; when several Pings are
+pending only the last is answered (RFC 6455 5.5.3). ``await ws.ping()`` sends a Ping and returns the round-trip time in
 seconds once its Pong was read, which :meth:`WebSocket.recv` does: call it while another task
 receives (or give it a deadline).
 
@@ -499,8 +500,6 @@ class WebSocket(MessageStream):
                     big = MessageTooLarge(f"websocket message inflates past max_message={self._max}", limit=self._max)
                     await self._give_up(1009, big, deadline)
                 await self._give_up(int(exc.code), ProtocolError(detail), deadline)
-            if (self._pong is not None or self._pings_out) and not self._wlock.locked():
-                await self._write(deadline)  # answer Pings before anything else (cancel-safe: state)
             msg = self._ready
             if msg is not None:
                 self._ready = None
@@ -509,11 +508,34 @@ class WebSocket(MessageStream):
                 if self._parts or self._frame_left:
                     raise Broken(f"websocket: the peer closed ({self._peer_close[0]}) in the middle of a message")
                 return None
-            chunk = await self._lower.recv(RECV, deadline=deadline)
-            if not chunk:
-                self._peer_close = None
+            if not await self._read(deadline):
                 raise Broken("websocket: the connection ended without a Close frame (1006); data may be lost")
+
+    async def _read(self, deadline: float) -> bool:
+        """Read once from below into the buffer; False at the end of the stream.
+
+        Control frames we owe (Pongs, Pings) go down *while* this waits, never before it: a
+        receiving task that blocked on writing could deadlock with a peer doing the same. The
+        writing is cancelled once data arrived; what it committed goes first on the next write.
+        """
+        if self._wlock.locked() or not (self._pong is not None or self._pings_out or self._outbuf):
+            chunk = await self._lower.recv(RECV, deadline=deadline)
             self._inbuf += chunk
+            return bool(chunk)
+        got = True
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_meanwhile, deadline)
+            chunk = await self._lower.recv(RECV, deadline=deadline)
+            self._inbuf += chunk  # in our state before the next checkpoint (the nursery's exit)
+            got = bool(chunk)
+            nursery.cancel_scope.cancel()
+        return got
+
+    async def _write_meanwhile(self, deadline: float) -> None:
+        try:
+            await self._write(deadline)
+        except StackError as exc:  # the read beside it meets the same failure and reports it
+            log.debug("websocket: writing control frames failed: %s", exc)
 
     def _parse(self) -> None:
         """Feed wsproto the buffered bytes, never past the end of the current frame, until a
@@ -575,6 +597,7 @@ class WebSocket(MessageStream):
             assert isinstance(payload, tuple)
             code, reason = payload
             self._peer_close = (int(code), reason)
+            self._wake_pings()  # no Pong comes after the peer's Close
             log.debug("websocket: the peer closed with %s %r", int(code), reason)
 
     async def _give_up(self, code: int, exc: StackError, deadline: float) -> None:
@@ -606,6 +629,8 @@ class WebSocket(MessageStream):
         self._check_usable()
         if self._close_sent or self._close_pending is not None:
             raise Closed("websocket: a Close frame was sent, no more pings")
+        if self._peer_close is not None:
+            raise Closed("websocket: the peer closed, it answers no more pings")
         key = os.urandom(8) if payload is None else bytes(payload)
         if len(key) > 125:
             raise ValueError("a Ping payload is at most 125 bytes")
@@ -624,7 +649,7 @@ class WebSocket(MessageStream):
                 raise Timeout("websocket ping: no Pong before the deadline")
             if len(times) < 2:
                 self._check_usable()
-                raise Closed("websocket: closed before the Pong arrived")
+                raise Closed("websocket: closed (or the peer closed) before the Pong arrived")
             return times[1] - times[0]
         finally:
             self._pings.pop(key, None)
