@@ -51,15 +51,18 @@ peer's Close (for a complete closing handshake: ``done()``, then ``recv()`` unti
 **Ping.** Pings from the peer are answered with a Pong automatically: by the receiving task while
 it waits for more data (never blocking its reading on the write: two peers that both stopped
 reading to write could deadlock), or by the next send, done or aclose; when several Pings are
-pending only the last is answered (RFC 6455 5.5.3). ``await ws.ping()`` sends a Ping and returns the round-trip time in
-seconds once its Pong was read, which :meth:`WebSocket.recv` does: call it while another task
-receives (or give it a deadline).
+pending only the last is answered (RFC 6455 5.5.3). ``await ws.ping()`` sends a Ping and returns
+the round-trip time in seconds once its Pong was read, which :meth:`WebSocket.recv` does: call it
+while another task receives (or give it a deadline). A Ping still waiting when the peer's Close
+arrives raises :class:`~stack.Closed`. Messages are sent as one frame each, so a Pong may wait
+behind the message being sent.
 
 **Detach** is the closing handshake: ``detach()`` sends Close (1000, unless ``done()`` sent one),
 reads until the peer's Close and returns the stream below with every byte the peer sent after its
 Close pushed back into it. A message that arrives first is kept for ``recv`` and detach raises
-:class:`~stack.StackError` (receive it, then detach again). Over an HTTP/1.1 Upgrade the stream
-below is the raw connection; over HTTP/2 it is the stream of the extended CONNECT.
+:class:`~stack.StackError` (receive it, then detach again). The stream below is the one the
+``server``/``client``/``raw`` spec was attached to; after :func:`accept` or :func:`connect` it is
+the HTTP/1.1 tunnel (its own ``detach()`` gives the raw connection) or the HTTP/2 stream.
 
 **permessage-deflate** (RFC 7692) is off unless ``deflate=True``; then it is offered (client) or
 accepted when offered (server), with the size limit applied to the inflated bytes as they are
