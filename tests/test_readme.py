@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import subprocess
@@ -16,8 +17,9 @@ def test_readme_tour_runs(tmp_path: pathlib.Path) -> None:
     assert blocks, "README.md has no python code block"
     script = tmp_path / "tour.py"
     script.write_text(blocks[0])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout, whatever is installed
     done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env
     )
     assert done.returncode == 0, done.stderr
     assert "b'hello'" in done.stdout
