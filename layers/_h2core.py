@@ -55,7 +55,8 @@ import h2.frame_buffer
 import h2.settings
 from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
 from h2.stream import StreamClosedBy
-from hpack.hpack import Encoder
+from hpack.hpack import Decoder, Encoder
+from hpack.table import HeaderTable
 from hyperframe.frame import ContinuationFrame, Frame, RstStreamFrame
 
 __all__ = [
@@ -89,9 +90,68 @@ def error_name(code: int | None) -> str:
         return f"0x{code:x}"
 
 
+class _Table(HeaderTable):
+    """hpack's header table, counting its changes (``generation``): a header block coded
+    against the table stays valid while nothing was added and nothing resized."""
+
+    generation = 0
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.generation += 1
+        super().add(name, value)
+
+    @property
+    def maxsize(self) -> int:
+        return self._maxsize
+
+    @maxsize.setter
+    def maxsize(self, newmax: int) -> None:
+        self.generation += 1
+        HeaderTable.maxsize.fset(self, newmax)  # type: ignore[attr-defined]
+
+
+_BLOCK_CACHE = 64
+"""Header blocks remembered per direction and connection (while the table does not change)."""
+
+
+class _Decoder(Decoder):
+    """hpack's decoder remembering the header blocks it decoded without changing its table:
+    a client repeating a request sends the very same bytes (every field indexed), which then
+    decode to the same list without hpack's per-field work. Any change to the table (or to
+    the limits the decoding checks) forgets them."""
+
+    header_table: _Table
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header_table = _Table()
+        self._cache: dict[tuple[bytes, bool], list[Any]] = {}
+        self._stamp: tuple[int, int, int] = (-1, 0, 0)
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        table = self.header_table
+        stamp = (table.generation, self.max_allowed_table_size, self.max_header_list_size)
+        cache = self._cache
+        if stamp != self._stamp:
+            cache.clear()
+            self._stamp = stamp
+        key = (data if data.__class__ is bytes else bytes(data), raw)
+        headers = cache.get(key)
+        if headers is not None:
+            return list(headers)
+        headers = list(super().decode(data, raw))
+        if table.generation == stamp[0] and len(cache) < _BLOCK_CACHE:
+            cache[key] = headers
+            return list(headers)
+        return headers
+
+
 class _Encoder(Encoder):
     """hpack's encoder with its table capped at :data:`ENCODER_TABLE_SIZE`, and a correct record
-    of the size updates to signal (RFC 7541 4.2, 6.3).
+    of the size updates to signal (RFC 7541 4.2, 6.3), remembering the blocks it encoded
+    without changing its table (a server repeating a response head, every field indexed,
+    gets the same bytes again without hpack's per-field work; the layer only passes plain
+    ``(bytes, bytes)`` tuples, never hpack's never-indexed kind).
 
     Setting ``header_table_size`` (h2 does, with the peer's SETTINGS_HEADER_TABLE_SIZE once it
     acknowledged it) always queues an update for the next header block, even when our size does
@@ -112,6 +172,31 @@ class _Encoder(Encoder):
         table.maxsize = size  # evicts entries over the new size
         table.resized = True
         self.table_size_changes = [low, size] if low != size else [size]
+
+    header_table: _Table
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header_table = _Table()
+        self._cache: dict[tuple[Any, ...], bytes] = {}
+        self._generation = -1
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        table = self.header_table
+        if table.resized or headers.__class__ is not list:
+            return super().encode(headers, huffman)
+        generation = table.generation
+        cache = self._cache
+        if generation != self._generation:
+            cache.clear()
+            self._generation = generation
+        key = (huffman, *headers)
+        block = cache.get(key)
+        if block is None:
+            block = super().encode(headers, huffman)
+            if table.generation == generation and len(cache) < _BLOCK_CACHE:
+                cache[key] = block
+        return block
 
 
 class _StateMachine(H2ConnectionStateMachine):
@@ -207,6 +292,7 @@ class H2Core(h2.connection.H2Connection):
         )
         self.advertised = dict(settings)
         self.local_settings = h2.settings.Settings(client=client_side, initial_values=dict(settings))
+        self.decoder = _Decoder()
         self.decoder.max_header_list_size = settings.get(h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE, 65536)
         self.max_inbound_frame_size = self.local_settings.max_frame_size
         self.encoder = _Encoder()

@@ -85,7 +85,7 @@ import math
 import os
 import re
 from collections import deque
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Coroutine, Generator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
@@ -214,6 +214,35 @@ class _Rate:
             self.count = 0
         self.count += 1
         return self.count > self.limit
+
+
+class _Resume:
+    """Awaiting it carries on a coroutine that was started by hand and suspended on ``trap``
+    (what it yielded to trio): the current task becomes the one running it."""
+
+    __slots__ = ("_coro", "_trap")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], trap: Any) -> None:
+        self._coro = coro
+        self._trap = trap
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro = self._coro
+        trap = self._trap
+        del self._coro, self._trap
+        while True:
+            try:
+                value = yield trap
+            except BaseException as exc:
+                try:
+                    trap = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    trap = coro.send(value)
+                except StopIteration:
+                    return
 
 
 class _Calm(Exception):
@@ -795,6 +824,7 @@ class H2ServerConnection(_Connection, ServerConnection):
         self._idle_since = trio.current_time()
         self._reset_rate = _Rate(limits.rapid_reset_limit, limits.flood_period)
         self._upgrade_request: H2Request | None = None
+        self._batch: deque[H2Request] | None = None  # admitted, for a batch task not started yet
 
     # ---- handshake -------------------------------------------------------------------------
 
@@ -1028,14 +1058,46 @@ class H2ServerConnection(_Connection, ServerConnection):
         app = self._app
         nursery = self._nursery
         if app is not None and nursery is not None:
-            nursery.start_soon(self._handle_request, app, request, name=f"h2 stream {sid}")
-            self._kicked += 1
+            batch = self._batch
+            if batch is None:
+                batch = self._batch = deque()
+                nursery.start_soon(self._run_batch, app, batch, name=f"h2 streams from {sid}")
+                self._kicked += 1
+            batch.append(request)
         else:
             assert self._queue is not None  # recv() mode: run() made it
             self._queue.append(request)
             self._queue_lot.unpark_all()
         if self._core.stream_is_open(sid) is False:  # pragma: no cover - reset in the same batch
             self._stream_maybe_finished(stream)
+
+    async def _run_batch(self, app: App, batch: deque[H2Request]) -> None:
+        """Run the app for the requests of ``batch``, each as if in a task of its own.
+
+        A task per stream costs more than a small request itself (spawn, a scheduling round,
+        exit), and most apps answer a small request without ever suspending. So the requests
+        admitted in one read share a task: each app call is stepped by hand, and one that
+        finishes without suspending costs no task at all. The first one that suspends (or
+        raises through, e.g. Cancelled) keeps this task for itself and the rest of the batch
+        moves on to a new task at once, so every stream still runs concurrently with the others
+        and is never held up by another one's app.
+        """
+        if self._batch is batch:
+            self._batch = None  # requests admitted from now on start a new batch
+        while batch:
+            coro = self._handle_request(app, batch.popleft())
+            try:
+                trap = coro.send(None)
+            except StopIteration:
+                continue
+            except BaseException:
+                if batch and self._nursery is not None:
+                    self._nursery.start_soon(self._run_batch, app, batch, name="h2 streams")
+                raise
+            if batch and self._nursery is not None:
+                self._nursery.start_soon(self._run_batch, app, batch, name="h2 streams")
+            await _Resume(coro, trap)
+            return
 
     async def _handle_request(self, app: App, request: H2Request) -> None:
         failed: BaseException | None = None
