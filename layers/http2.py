@@ -80,6 +80,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import contextvars
 import logging
 import math
 import os
@@ -220,27 +221,29 @@ class _Resume:
     """Awaiting it carries on a coroutine that was started by hand and suspended on ``trap``
     (what it yielded to trio): the current task becomes the one running it."""
 
-    __slots__ = ("_coro", "_trap")
+    __slots__ = ("_context", "_coro", "_trap")
 
-    def __init__(self, coro: Coroutine[Any, Any, None], trap: Any) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, None], trap: Any, context: contextvars.Context) -> None:
         self._coro = coro
         self._trap = trap
+        self._context = context
 
     def __await__(self) -> Generator[Any, Any, None]:
         coro = self._coro
         trap = self._trap
-        del self._coro, self._trap
+        run = self._context.run
+        del self._coro, self._trap, self._context
         while True:
             try:
                 value = yield trap
             except BaseException as exc:
                 try:
-                    trap = coro.throw(exc)
+                    trap = run(coro.throw, exc)
                 except StopIteration:
                     return
             else:
                 try:
-                    trap = coro.send(value)
+                    trap = run(coro.send, value)
                 except StopIteration:
                     return
 
@@ -1080,14 +1083,16 @@ class H2ServerConnection(_Connection, ServerConnection):
         finishes without suspending costs no task at all. The first one that suspends (or
         raises through, e.g. Cancelled) keeps this task for itself and the rest of the batch
         moves on to a new task at once, so every stream still runs concurrently with the others
-        and is never held up by another one's app.
+        and is never held up by another one's app. Each app runs in a copy of the context, as
+        in a task of its own (context variables it sets do not leak to the next request).
         """
         if self._batch is batch:
             self._batch = None  # requests admitted from now on start a new batch
         while batch:
             coro = self._handle_request(app, batch.popleft())
+            context = contextvars.copy_context()  # as a task of its own would have
             try:
-                trap = coro.send(None)
+                trap = context.run(coro.send, None)
             except StopIteration:
                 continue
             except BaseException:
@@ -1096,7 +1101,7 @@ class H2ServerConnection(_Connection, ServerConnection):
                 raise
             if batch and self._nursery is not None:
                 self._nursery.start_soon(self._run_batch, app, batch, name="h2 streams")
-            await _Resume(coro, trap)
+            await _Resume(coro, trap, context)
             return
 
     async def _handle_request(self, app: App, request: H2Request) -> None:
