@@ -33,6 +33,10 @@ What :class:`H2Core` changes, and why:
 * **Received header lists are checked here** (:func:`check_fields`), in one pass instead of h2's
   chain of generators, and a malformed one is a stream error (RFC 9113 8.1.1) rather than
   h2's connection error.
+* **Header blocks coded without a table change are remembered** (:class:`_Encoder`,
+  :class:`_Decoder`): a repeated request or response head, every field indexed, is the same
+  bytes for the same table, so neither side runs hpack's per-field work again until the table
+  (or a limit the decoding checks) changes.
 * **No eager ``repr`` of every received frame**: h2 formats each frame for its no-op trace
   logger; our copy of ``_receive_frame`` (same dispatch and closed-stream handling) does not.
 * **The concurrent-stream limit is the layer's**: h2 treats one stream over

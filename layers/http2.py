@@ -4,7 +4,7 @@ Usually reached through :mod:`layers.http` (``http.server(app)`` picks HTTP/2 by
 by the cleartext preface; ``http.client()`` by ALPN or ``prior_knowledge=True``). Direct use::
 
     conn = await http2.server(app, limits, shutdown).attach(lower, deadline=after(10))
-    await conn.serve(app)                      # one task per stream, in a nursery serve() owns
+    await conn.serve(app)                      # app(request) per stream, concurrently, in a nursery serve() owns
 
     async with await http2.client(limits, "example.org", "https").attach(lower) as conn:
         response = await conn.request("GET", "/")         # many at once: they multiplex
@@ -19,7 +19,10 @@ round leave in one write). They live in a nursery the caller owns: the server's 
 :meth:`H2ServerConnection.serve` (which also runs ``app(request)`` per stream, concurrently),
 the client's by ``async with conn:`` (or ``await nursery.start(conn.run)``). No task outlives
 the block that started it; a client connection used outside its block raises
-:class:`~stack.StackError` saying so.
+:class:`~stack.StackError` saying so. The apps of the streams opened by one read share a task
+as long as they do not suspend: an app that answers at once costs no task of its own, and the
+first one that suspends keeps the task while the others move on to a new one (each app runs in
+its own copy of the context, as in a task of its own).
 
 **Streams.** On the server, ``request.body`` is the stream: ``recv`` reads the request body
 (``b""`` at END_STREAM), ``send`` writes the response body once :meth:`~layers.http.Request.start_response`
