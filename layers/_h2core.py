@@ -195,7 +195,10 @@ class _Encoder(Encoder):
             cache.clear()
             self._generation = generation
         key = (huffman, *headers)
-        block = cache.get(key)
+        try:
+            block = cache.get(key)
+        except TypeError:  # an unhashable value (the layer sends bytes, but to be safe)
+            return super().encode(headers, huffman)
         if block is None:
             block = super().encode(headers, huffman)
             if table.generation == generation and len(cache) < _BLOCK_CACHE:
