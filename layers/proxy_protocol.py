@@ -62,9 +62,8 @@ import trio
 
 from stack.deadlines import FOREVER
 from stack.errors import MessageTooLarge, ProtocolError, Timeout
+from stack.passthrough import PassThrough
 from stack.streams import ByteStream
-
-from ._passthrough import PassThrough
 
 __all__ = [
     "PP2_TYPE_ALPN",
@@ -483,7 +482,7 @@ class ProxyProtocolStream(PassThrough):
     kind = "proxy_protocol"
 
     def __init__(self, lower: ByteStream, header: Header | None, info: Mapping[str, Any]) -> None:
-        super().__init__(lower, "proxy_protocol", info)
+        super().__init__(lower, info)
         self.header = header
 
 

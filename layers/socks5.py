@@ -45,9 +45,8 @@ import trio
 
 from stack.deadlines import FOREVER
 from stack.errors import Broken, EndOfStream, ProtocolError, Timeout
+from stack.passthrough import PassThrough
 from stack.streams import ByteStream
-
-from ._passthrough import PassThrough
 
 __all__ = [
     "REPLIES",
@@ -185,7 +184,7 @@ class connect:
             "socks_proxy": proxy,
             "socks_auth": "username" if auth == USERNAME else "none",
         }
-        return SOCKS5Stream(lower, "socks5", info)
+        return SOCKS5Stream(lower, info)
 
     async def _negotiate(self, lower: ByteStream, deadline: float) -> int:
         offered = [NO_AUTH] if self.username is None else [NO_AUTH, USERNAME]

@@ -50,12 +50,11 @@ import trio
 
 from stack.deadlines import FOREVER
 from stack.errors import EndOfStream, Timeout
+from stack.passthrough import CHUNK, PassThrough
 from stack.streams import ByteStream, MessageStream
 
 __all__ = ["Rate", "ThrottledBytes", "ThrottledMessages", "TokenBucket", "limit"]
 
-CHUNK = 65536
-"""Most bytes committed by one send step."""
 SLICE = 0.01
 """Seconds of budget a waiting call lets accumulate before it goes on (bounds the wake-ups)."""
 
@@ -149,7 +148,7 @@ class _Waiting:
             self.waited += trio.current_time() - start
 
 
-class ThrottledBytes(_Waiting, ByteStream):
+class ThrottledBytes(_Waiting, PassThrough):
     """A ByteStream whose bytes per second are limited (see the module docstring)."""
 
     kind = "throttle"
@@ -192,23 +191,6 @@ class ThrottledBytes(_Waiting, ByteStream):
             bucket.take(n, now)
         self._outbuf += data[:n]
         return n
-
-    async def _detach(self, deadline: float) -> ByteStream:
-        return self._lower
-
-    async def detach(self, *, deadline: float = FOREVER) -> ByteStream:
-        """Undo the layer; bytes it read ahead go back to the stream below, which is returned."""
-        if self._sending or self._receiving or self._closed is not None or self._broken is not None:
-            return await super().detach(deadline=deadline)  # raises the right error
-        pending = bytes(self._unread)
-        self._unread.clear()
-        try:
-            lower = await super().detach(deadline=deadline)
-        except BaseException:
-            self._unread[:0] = pending
-            raise
-        lower.unread(pending)
-        return lower
 
 
 class ThrottledMessages(_Waiting, MessageStream):

@@ -15,7 +15,7 @@ Each call down produces one :class:`Event`: ``attach`` (when the layer is attach
 ``recv``, ``done``, ``close`` and ``detach``. Over a ByteStream, events are the traffic between
 the two layers: a ``recv`` event for each receive from below (``recv_exactly`` on the traced
 stream may make several), a ``send`` event for each send down (the layer commits at most
-:data:`CHUNK` bytes a step, as every layer does, so a larger send makes several; a send that
+:data:`stack.passthrough.CHUNK` bytes a step, as every layer does, so a larger send makes several; a send that
 times out reports its ``Timeout.sent`` as usual, and its event the bytes that went down).
 
 An event goes to the logger (name :data:`LOGGER`, ``"stack.trace"``, or the spec's ``logger``)
@@ -44,15 +44,13 @@ import trio
 
 from stack.deadlines import FOREVER
 from stack.errors import EndOfStream, StackError, Timeout
+from stack.passthrough import PassThrough
 from stack.streams import ByteStream, MessageStream, Stream
 
 __all__ = ["LOGGER", "Event", "Recorder", "TracedBytes", "TracedMessages", "log"]
 
 LOGGER = "stack.trace"
 """Default logger name."""
-
-CHUNK = 65536
-"""Most bytes a traced ByteStream commits per send step (one ``send`` event each, at most)."""
 
 _DATA_OPS = ("send", "recv")
 _LEVELS = {"data": logging.DEBUG, "lifecycle": logging.INFO, "error": logging.WARNING}
@@ -186,7 +184,7 @@ class _Traced:
         self._tracer.emit("done", started)
 
 
-class TracedBytes(_Traced, ByteStream):
+class TracedBytes(_Traced, PassThrough):
     """A traced ByteStream (see the module docstring)."""
 
     kind = "trace"
@@ -205,13 +203,6 @@ class TracedBytes(_Traced, ByteStream):
             raise
         self._tracer.emit("recv", started, size=len(data), data=data, outcome="ok" if data else "end")
         return data
-
-    async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
-        if self._outbuf:  # what the previous step committed goes down first
-            await self._flush(deadline)
-        n = min(len(data), CHUNK)
-        self._outbuf += data[:n]  # committed: it goes down on this call's flush, or first on the next call
-        return n
 
     async def _flush(self, deadline: float) -> None:
         out = self._outbuf
@@ -237,24 +228,16 @@ class TracedBytes(_Traced, ByteStream):
         finally:
             self._tracer.emit("close", started)
 
-    async def _detach(self, deadline: float) -> ByteStream:
-        return self._lower
-
     async def detach(self, *, deadline: float = FOREVER) -> ByteStream:
         """Undo the layer; bytes it read ahead go back to the stream below, which is returned."""
-        if self._sending or self._receiving or self._closed is not None or self._broken is not None:
-            return await super().detach(deadline=deadline)  # raises the right error
         started = trio.current_time()
-        pending = bytes(self._unread)
-        self._unread.clear()
+        pending = len(self._unread)
         try:
             lower = await super().detach(deadline=deadline)
         except BaseException as exc:
-            self._unread[:0] = pending
             self._tracer.emit("detach", started, exc=exc)
             raise
-        lower.unread(pending)
-        self._tracer.emit("detach", started, size=len(pending))
+        self._tracer.emit("detach", started, size=pending)
         return lower
 
 

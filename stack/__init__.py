@@ -7,6 +7,7 @@ Everything a user of the core needs is importable from here; protocol layers liv
 from .compose import Stack, StackListener
 from .deadlines import FOREVER, after, remaining
 from .errors import Broken, Busy, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
+from .passthrough import PassThrough
 from .streams import ByteStream, Info, Listener, MessageStream, Stream
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Listener",
     "MessageStream",
     "MessageTooLarge",
+    "PassThrough",
     "ProtocolError",
     "Stack",
     "StackError",

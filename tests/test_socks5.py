@@ -29,9 +29,8 @@ import trio
 from test_cli_get import Child, free_port, need, spawn, wait_port
 
 from layers import certs, http, socks5, tcp, tls
-from layers._passthrough import PassThrough
 from layers.socks5 import AuthenticationFailed, ReplyError, SOCKSError
-from stack import Broken, ByteStream, ProtocolError, Stack, StackError, Stream, Timeout, after
+from stack import Broken, ByteStream, PassThrough, ProtocolError, Stack, StackError, Stream, Timeout, after
 from stack.testing import ChaosSchedule, chaos, chaos_pair, check_bytestream, check_detach, memory_pair
 
 BOUND4 = bytes([1, 10, 0, 0, 7]) + (4321).to_bytes(2, "big")  # ATYP IPv4 10.0.0.7:4321
@@ -264,7 +263,7 @@ async def attach_pair(a: ByteStream, b: ByteStream) -> tuple[Stream, Stream]:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client)
         await scripted_proxy(b, Script(), Seen())
-    return out[0], PassThrough(b, "target", {})
+    return out[0], PassThrough(b)
 
 
 @pytest.mark.parametrize("bottom", ["memory", "chaos"])

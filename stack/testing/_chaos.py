@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import trio
 
-from stack.deadlines import FOREVER
+from stack.passthrough import PassThrough
 from stack.streams import ByteStream
 
 from ._memory import memory_pair
@@ -131,7 +131,7 @@ class _Cursor:
             await trio.lowlevel.checkpoint()
 
 
-class ChaosStream(ByteStream):
+class ChaosStream(PassThrough):
     """A ByteStream over ``lower`` that fragments and delays I/O per a :class:`ChaosSchedule`.
 
     The outgoing buffer holds at most one fragment of committed bytes beyond what the stream
@@ -178,23 +178,6 @@ class ChaosStream(ByteStream):
                 await lower.send_from(chunk, deadline=deadline)
             finally:
                 del outbuf[: n - len(chunk)]
-
-    async def _detach(self, deadline: float) -> ByteStream:
-        return self._lower
-
-    async def detach(self, *, deadline: float = FOREVER) -> ByteStream:
-        """Undo the chaos layer: bytes it read ahead go back to the lower stream, which is returned."""
-        if self._sending or self._receiving or self._closed is not None or self._broken is not None:
-            return await super().detach(deadline=deadline)  # raises the right error
-        pending = bytes(self._unread)
-        self._unread.clear()
-        try:
-            lower = await super().detach(deadline=deadline)
-        except BaseException:
-            self._unread[:0] = pending
-            raise
-        lower.unread(pending)
-        return lower
 
 
 def chaos(stream: ByteStream, schedule: ChaosSchedule | None = None) -> ChaosStream:

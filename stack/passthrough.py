@@ -1,26 +1,25 @@
-"""A ByteStream layer that adds nothing to the bytes: for layers whose only work is a handshake.
+"""A ByteStream layer that carries the lower stream's bytes unchanged: the base for layers whose
+work is beside the bytes (a handshake, ``info``, pacing, logging, fault injection).
 
-The PROXY protocol and SOCKS5 layers exchange a header or a handshake on ``attach`` and then carry
-every byte through untouched; what they add is ``info``. :class:`PassThrough` is that stream:
+:class:`PassThrough` is that stream; PROXY protocol, SOCKS5, throttle, trace and the testing
+kit's chaos layer subclass it and override only what they add:
 
-* ``recv`` returns the lower stream's bytes as they are (bytes the handshake read ahead were
-  pushed back into the lower stream with ``unread``, so they come first);
+* ``recv`` returns the lower stream's bytes as they are (bytes a handshake read ahead were
+  pushed back into the lower stream with ``unread``, so they come first). Cancel-safe because the
+  lower ``recv`` is.
 * ``send`` commits at most :data:`CHUNK` bytes per step into the outgoing buffer, which goes
   down with ``send_from``: a timed-out send reports exactly what it committed, and committed
-  bytes go first on the next call;
-* ``done`` passes ``done`` down; ``aclose`` closes the lower stream too;
+  bytes go first on the next call.
+* ``done`` passes ``done`` down; ``aclose`` closes the lower stream too.
 * ``detach`` hands back every byte this layer holds (bytes a ``recv_exactly`` or ``recv_until``
-  pulled and the caller has not received are raw bytes of the lower stream, so they go back
-  to it) and returns the lower stream.
+  pulled and the caller has not received are raw bytes of the lower stream, so they go back to
+  it, first in line) and returns the lower stream. A detach that fails keeps them here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from stack.deadlines import FOREVER
-from stack.streams import ByteStream
+from .deadlines import FOREVER
+from .streams import ByteStream
 
 __all__ = ["CHUNK", "PassThrough"]
 
@@ -31,14 +30,10 @@ CHUNK = 65536
 class PassThrough(ByteStream):
     """The lower stream's bytes, unchanged, with this layer's ``info`` on top of the lower's."""
 
+    kind = "passthrough"
     _lower: ByteStream
 
-    def __init__(self, lower: ByteStream, kind: str, info: Mapping[str, Any]) -> None:
-        super().__init__(lower, info)
-        self.kind = kind
-
     async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
-        # Cancel-safe: the lower recv consumes nothing when it is cancelled or times out.
         return await self._lower.recv(max_bytes, deadline=deadline)
 
     async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
