@@ -284,11 +284,23 @@ class TLSStream(ByteStream):
             self._peer_closed = True
         return data
 
+    def _may_decrypt(self) -> bool:
+        """Whether a read from OpenSSL could give anything but "want read": there is
+        ciphertext or plaintext buffered, or an end or error to report. (A failed read raises
+        ``SSLWantReadError``, which costs about as much as a successful one.)"""
+        return bool(
+            self._in.pending
+            or self._ssl.pending()
+            or self._peer_closed
+            or self._lower_eof
+            or self._read_error is not None
+        )
+
     def _decrypt_more(self, first: bytes, max_bytes: int) -> bytes:
         """Join further whole records already received to ``first``, up to ``max_bytes``."""
         parts = [first]
         total = len(first)
-        while total < max_bytes:
+        while total < max_bytes and self._may_decrypt():
             try:
                 more = self._decrypt(max_bytes - total)
             except StackError as exc:
@@ -348,11 +360,12 @@ class TLSStream(ByteStream):
         self._reading = True
         try:
             while True:
-                data = self._decrypt(max_bytes)
-                if data is not None:
-                    if data and len(data) < max_bytes:
-                        data = self._decrypt_more(data, max_bytes)
-                    return data
+                if self._may_decrypt():
+                    data = self._decrypt(max_bytes)
+                    if data is not None:
+                        if data and len(data) < max_bytes:
+                            data = self._decrypt_more(data, max_bytes)
+                        return data
                 await self._wait_for_ciphertext(deadline)
         finally:
             self._reading = False
