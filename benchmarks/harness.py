@@ -128,8 +128,10 @@ class Proc:
         return Path(cmd[0]).name if cmd else "?"
 
     def _read(self, f: Any) -> str:
-        f.seek(0)
-        return f.read().decode("utf-8", "replace")
+        # pread, not seek + read: the child writes through the same open file description, so
+        # moving its offset here made the child's next write land in the wrong place.
+        fd = f.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
 
     def stdout(self) -> str:
         return self._read(self._out)
