@@ -228,9 +228,7 @@ class SocketStream(ByteStream):
             raise _translate(exc, self.kind, "shutdown") from exc
 
     def _abort(self) -> None:
-        if self.socket.fileno() != -1:
-            trio.lowlevel.notify_closing(self.socket)
-        self.socket.close()
+        self.socket.close()  # trio's close wakes any task waiting on the socket (notify_closing)
 
     async def aclose(self, *, deadline: float | None = None) -> None:
         """Close the socket (see the class docstring). Idempotent; a checkpoint."""
