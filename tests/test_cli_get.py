@@ -13,7 +13,6 @@ import hashlib
 import os
 import pty
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from _peers import need
 
 from layers import certs, http, tcp, unix
 from stack import Stack
@@ -36,16 +36,6 @@ pytestmark = pytest.mark.interop
 
 # --------------------------------------------------------------------------------------------------
 # shared helpers
-
-
-def need(program: str) -> str:
-    """The path of ``program``; skip (fail in CI) when it is not installed."""
-    path = shutil.which(program)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{program} is not installed (CI must install it: .ci/run)")
-        pytest.skip(f"{program} is not installed")
-    return path
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 import trio
-from test_cli_get import Child, free_port, need, sha, spawn, wait_port, write_pki
+from _peers import need
+from test_cli_get import Child, free_port, sha, spawn, wait_port, write_pki
 
 from layers import http, tcp
 from stack import Stack, after

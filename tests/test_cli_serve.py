@@ -10,7 +10,6 @@ import email.utils
 import hashlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from _peers import need
 
 from layers import certs, http, tcp
 from stack import Stack
@@ -28,13 +28,6 @@ from stack.cli import build_parser, parse_range
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0
-
-
-def need(program: str) -> None:
-    if shutil.which(program) is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{program} is not installed (CI must install it: .ci/run)")
-        pytest.skip(f"{program} is not installed")
 
 
 @dataclass

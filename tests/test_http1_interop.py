@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,19 +19,13 @@ from pathlib import Path
 
 import pytest
 import trio
+from _peers import need
 
 from layers import http, http1, tcp
 from layers.http import Limits
 from stack import EndOfStream, Stack
 
 pytestmark = pytest.mark.interop
-
-
-def need(program: str) -> None:
-    if shutil.which(program) is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{program} is not installed (CI must install it: .ci/run)")
-        pytest.skip(f"{program} is not installed")
 
 
 async def digest_app(request: http.Request) -> None:

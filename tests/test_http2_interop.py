@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +19,7 @@ from typing import Any, ClassVar
 
 import pytest
 import trio
+from _peers import need
 
 from layers import http, http2, tcp, tls
 from layers.certs import CA
@@ -30,14 +30,6 @@ pytestmark = pytest.mark.interop
 ROOT = Path(__file__).resolve().parent.parent
 App = Callable[[http.Request], Awaitable[None]]
 log = logging.getLogger("test.interop")
-
-
-def need(*programs: str) -> None:
-    for program in programs:
-        if shutil.which(program) is None:
-            if os.environ.get("CI"):
-                pytest.fail(f"{program} is not installed (CI must install it)")
-            pytest.skip(f"{program} is not installed")
 
 
 async def run(cmd: list[str], within: float = 60.0, **kw: Any) -> subprocess.CompletedProcess[bytes]:

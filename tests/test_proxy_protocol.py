@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from _peers import need
 from hypothesis import given
 from hypothesis import strategies as st
-from test_cli_get import Child, free_port, need, spawn, wait_port, write_pki
+from test_cli_get import Child, free_port, spawn, wait_port, write_pki
 
 from layers import http, tcp
 from layers.proxy_protocol import (

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_cli_get import Child, free_port, need, spawn, wait_port
+from _peers import need
+from test_cli_get import Child, free_port, spawn, wait_port
 
 from layers import certs, http, socks5, tcp, tls
 from layers.socks5 import AuthenticationFailed, ReplyError, SOCKSError

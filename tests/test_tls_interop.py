@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 import trio
+from _peers import need
 from cryptography import x509
-from test_tls_support import bounded, certs, need
+from test_tls_support import bounded, certs
 
 from layers import tcp, tls
 from stack import Broken, ByteStream, Stack, Timeout, after

@@ -110,11 +110,3 @@ async def connected(cspec: Any, sspec: Any, a: ByteStream, b: ByteStream) -> tup
     return c, s
 
 
-def need(program: str) -> str:
-    """The path of ``program``; skip when it is missing, unless CI is set (then fail)."""
-    path = shutil.which(program)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{program} is not installed, and CI is set: interop tests must run in CI")
-        pytest.skip(f"{program} is not installed (set CI=1 to make this a failure)")
-    return path

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import pickle
-import shutil
 import socket
 import subprocess
 from collections.abc import Awaitable, Callable
@@ -14,6 +12,7 @@ from functools import partial
 
 import pytest
 import trio
+from _peers import need
 from hypothesis import HealthCheck, Phase
 from hypothesis import settings as Settings
 
@@ -290,14 +289,6 @@ async def test_kit_without_eof_false_fails_on_udp() -> None:
 # ---- interop: socat -----------------------------------------------------------------------------
 
 
-def _need(program: str) -> None:
-    if shutil.which(program) is None:
-        message = f"{program} is not installed (Debian package socat)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI must install it (.ci/run)")
-        pytest.skip(message)
-
-
 def _free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -321,7 +312,7 @@ async def _with_process(command: list[str], body: Callable[[], Awaitable[None]])
 @pytest.mark.interop
 async def test_interop_socat_echo_server() -> None:
     """socat echoes our client's datagrams (socat is the server, we are a connected client)."""
-    _need("socat")
+    need("socat")
     port = _free_udp_port()
 
     async def body() -> None:
@@ -347,7 +338,7 @@ async def test_interop_socat_echo_server() -> None:
 @pytest.mark.interop
 async def test_interop_socat_client_to_our_server() -> None:
     """socat sends a datagram to our unconnected server, which answers to the Datagram's address."""
-    _need("socat")
+    need("socat")
     with trio.fail_after(20):
         async with await udp.bind().connect() as server:
             host, port = server.info["local"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import urllib.parse
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from _peers import need
 
 from layers import tcp, websocket
 from stack import Stack, after
@@ -77,15 +77,6 @@ CHROMIUM_FLAGS = [
     "--disable-extensions",
     "--ignore-certificate-errors",
 ]
-
-
-def need(program: str) -> str:
-    path = shutil.which(program)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{program} is not installed (CI must install it: .ci/run)")
-        pytest.skip(f"{program} is not installed (the WebSocket interop test drives it)")
-    return path
 
 
 async def _collect(stream: trio.abc.ReceiveStream, lines: list[str], new: trio.MemorySendChannel[str]) -> None:

@@ -1,0 +1,22 @@
+"""Peer programs the interop tests drive (curl, nghttp, openssl, haproxy, chromium, socat...)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def need(*programs: str) -> str:
+    """The path of the first of ``programs`` (each must be installed). A missing one skips the
+    test on a developer's machine and fails it in CI (``CI`` set): .ci/run must install it."""
+    paths = []
+    for program in programs:
+        path = shutil.which(program)
+        if path is None:
+            if os.environ.get("CI"):
+                pytest.fail(f"{program} is not installed, and CI is set: .ci/run must install it")
+            pytest.skip(f"{program} is not installed (the interop test drives it; CI installs it)")
+        paths.append(path)
+    return paths[0]
