@@ -20,50 +20,27 @@ import select
 import socket
 import ssl
 import sys
-import time
 
 from benchmarks.bench_h2_tls import TLS_SERVERS
+from benchmarks.bench_http1_mem import idle_connection_cost
 from benchmarks.harness import (
-    LOAD_CPU,
-    PY,
     Failed,
     Group,
     Measurement,
-    Proc,
     Running,
     ServerContender,
     Settings,
-    pinned,
     register,
-    rss_kib,
 )
 
 WARMUP = 20
-SETTLE = 1.0
 
 
 def idle_tls_h2_cost(server: Running, connections: int) -> Measurement:
-    cmd = [PY, "-m", "benchmarks.bench_h2_mem", "client", "--port", str(server.port),
-           "--connections", str(connections)]
-    client = Proc(pinned(cmd, LOAD_CPU), stdin=True)
-    try:
-        client.wait_for_output(r"^WARM$", 60, stderr_too=False)
-        time.sleep(SETTLE / 2)
-        before = rss_kib(server.pid)
-        client.send_line("open")
-        client.wait_for_output(r"^HELD \d+$", 60 + connections / 20, stderr_too=False)
-        time.sleep(SETTLE)
-        after = rss_kib(server.pid)
-        client.send_line("check")
-        still_open = int(client.wait_for_output(r"^OPEN (\d+)$", 30, stderr_too=False).group(1))
-        client.send_line("quit")
-        client.wait(30)
-    finally:
-        client.stop()
-        client.close_files()
-    dropped = connections - still_open
-    note = "idle connections closed by the server before measuring" if dropped else ""
-    return Measurement((after - before) / connections, dropped, note)
+    """KiB of server RSS per idle TLS HTTP/2 connection, measured as http1-mem does."""
+    return idle_connection_cost(
+        server, connections, client_module="benchmarks.bench_h2_mem", warm_timeout=60, open_rate=20
+    )
 
 
 def load(server: Running, settings: Settings) -> Measurement:

@@ -46,12 +46,24 @@ SETTLE = 1.0
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: trio-stack-bench\r\n\r\n"
 
 
-def idle_connection_cost(server: Running, connections: int) -> Measurement:
-    """KiB of server RSS per idle keep-alive connection (one request each), measured as above."""
+def idle_connection_cost(
+    server: Running,
+    connections: int,
+    *,
+    client_module: str = "benchmarks.bench_http1_mem",
+    warm_timeout: float = 30,
+    open_rate: float = 50,
+) -> Measurement:
+    """KiB of server RSS per idle connection (one request each), measured as above.
+
+    ``client_module`` is run as the client process (``client --port P --connections N``; it
+    speaks the WARM / open / HELD / check / OPEN / quit protocol on stdin and stdout);
+    ``open_rate`` is the connections per second it is allowed when opening them.
+    """
     cmd = [
         PY,
         "-m",
-        "benchmarks.bench_http1_mem",
+        client_module,
         "client",
         "--port",
         str(server.port),
@@ -60,11 +72,11 @@ def idle_connection_cost(server: Running, connections: int) -> Measurement:
     ]
     client = Proc(pinned(cmd, LOAD_CPU), stdin=True)
     try:
-        client.wait_for_output(r"^WARM$", 30, stderr_too=False)
+        client.wait_for_output(r"^WARM$", warm_timeout, stderr_too=False)
         time.sleep(SETTLE / 2)
         before = rss_kib(server.pid)
         client.send_line("open")
-        client.wait_for_output(r"^HELD \d+$", 30 + connections / 50, stderr_too=False)
+        client.wait_for_output(r"^HELD \d+$", warm_timeout + connections / open_rate, stderr_too=False)
         time.sleep(SETTLE)
         after = rss_kib(server.pid)
         client.send_line("check")
