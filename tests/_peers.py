@@ -7,6 +7,20 @@ import shutil
 
 import pytest
 
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",  # this machine's closed network refuses Google's hosts
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--ignore-certificate-errors",  # the servers under test use throwaway certificates
+]
+"""Headless Chromium as the interop tests run it (add ``--user-data-dir`` and the page)."""
+
 
 def need(*programs: str) -> str:
     """The path of the first of ``programs`` (each must be installed). A missing one skips the

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import pytest
 import trio
-from _peers import need
+from _peers import CHROMIUM_FLAGS, need
 
 from layers import http, http2, tcp, tls
 from layers.certs import CA
@@ -403,17 +403,8 @@ async def test_headless_chromium_loads_a_page_over_h2(ca: CA, tmp_path: Path) ->
         r = await run(
             [
                 "chromium",
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-extensions",
+                *CHROMIUM_FLAGS,
                 f"--user-data-dir={tmp_path / 'profile'}",
-                "--ignore-certificate-errors",
                 "--virtual-time-budget=5000",
                 "--dump-dom",
                 f"https://localhost:{port}/",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from _peers import need
+from _peers import CHROMIUM_FLAGS, need
 
 from layers import tcp, websocket
 from stack import Stack, after
@@ -64,19 +64,6 @@ ws.onclose = (e) => {
 };
 </script></body></html>
 """
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-extensions",
-    "--ignore-certificate-errors",
-]
 
 
 async def _collect(stream: trio.abc.ReceiveStream, lines: list[str], new: trio.MemorySendChannel[str]) -> None:
