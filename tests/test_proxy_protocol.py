@@ -484,7 +484,9 @@ async def test_haproxy_in_front_of_serve(send: str, tmp_path: Path) -> None:
     with trio.fail_after(90):
         async with serve_pp() as (port, backend):
             # The health check goes over its own connection with a LOCAL (v2) header: its access
-            # line shows HAProxy's own address, the relayed requests the client's.
+            # line shows HAProxy's own address, the relayed requests the client's. Its 404 counts
+            # as healthy: otherwise HAProxy marks the server down after a few checks and a client
+            # arriving later on a slow host gets an empty reply.
             check = "check inter 300ms check-send-proxy" if send == "send-proxy-v2" else ""
             config = f"""
 frontend fe
@@ -494,6 +496,7 @@ frontend fe
 backend be
     mode tcp
     option httpchk GET /health-check
+    http-check expect status 404
     server app 127.0.0.1:{port} {send} {check}
 """
             async with haproxy(config, tmp_path, [front]):
