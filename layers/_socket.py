@@ -6,6 +6,8 @@ own recipe (:meth:`trio.socket.SocketType.send` does the same through four more 
 check for cancellation, try the call, and only if the kernel says "would block" wait for the
 socket with :func:`trio.lowlevel.wait_readable` / ``wait_writable``. Every operation either
 completes or is cancelled having done nothing, which is what makes every deadline here lossless.
+A finite deadline costs a cancel scope only around an actual wait: a call the kernel completes at
+once makes none (a deadline already passed on entry is still a :class:`~stack.Timeout`).
 
 **Schedule points.** An operation that had to wait is a full checkpoint, as in trio. One that
 the kernel completed at once is always a cancel point but yields to the scheduler only if this
@@ -59,6 +61,7 @@ _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 _cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 _wait_readable = trio.lowlevel.wait_readable
 _wait_writable = trio.lowlevel.wait_writable
+_current_time = trio.current_time
 
 
 async def schedule_point() -> None:
@@ -68,6 +71,18 @@ async def schedule_point() -> None:
     if perf_counter() - _last_yield.at >= SCHEDULE_SLICE:
         await _cancel_shielded_checkpoint()
         _last_yield.at = perf_counter()
+
+
+async def _wait_until(wait: Any, sock: _stdlib_socket.socket, deadline: float, kind: str, what: str) -> None:
+    """``wait(sock)`` (``wait_readable`` or ``wait_writable``), but :class:`Timeout` at ``deadline``.
+    Only this waiting path pays for a cancel scope."""
+    if deadline == math.inf:
+        await wait(sock)
+        return
+    with trio.move_on_at(deadline):
+        await wait(sock)
+        return
+    raise Timeout(f"{kind} {what} timed out")
 
 
 def _unwrap(sock: trio.socket.SocketType) -> tuple[trio.socket.SocketType, _stdlib_socket.socket]:
@@ -106,6 +121,9 @@ class _LocalAddress(Mapping[str, Any]):
             raise KeyError(key)
         return self._stream._local()
 
+    def __contains__(self, key: object) -> bool:
+        return key == "local"
+
     def __iter__(self) -> Iterator[str]:
         return iter(("local",))
 
@@ -139,11 +157,22 @@ class SocketStream(ByteStream):
     reads it, not for every accepted connection; ``None`` if the socket was closed before that.
     """
 
+    _primitives_take_deadline = True  # a cancel scope only around an actual wait
+
     def __init__(self, sock: trio.socket.SocketType, kind: str, info: dict[str, Any]) -> None:
         super().__init__(None, info)
         self.kind = kind
-        self.socket, self._sock = _unwrap(sock)
+        self._trio_sock, self._sock = _unwrap(sock)
         self._lazy = None if "local" in self._info else _LocalAddress(self)
+        # Whether trio may know this descriptor (something waited on it): closing then goes
+        # through trio's notify_closing. A connection that never waited closes without it.
+        self._trio_knows = False
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        """The trio socket, for layers that do their own I/O on it (``fdpass``)."""
+        self._trio_knows = True  # whoever takes it may wait on it through trio
+        return self._trio_sock
 
     @property
     def info(self) -> Info:
@@ -163,16 +192,21 @@ class SocketStream(ByteStream):
     async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
         sock = self._sock
         await _checkpoint_if_cancelled()
+        if deadline != math.inf and deadline <= _current_time():
+            raise Timeout(f"{self.kind} recv timed out")
         try:
             try:
                 data = sock.recv(max_bytes if max_bytes <= _MAX_RECV else _MAX_RECV)
             except BlockingIOError:
+                self._trio_knows = True
                 while True:
-                    await _wait_readable(sock)
+                    await _wait_until(_wait_readable, sock, deadline, self.kind, "recv")
                     try:
                         return sock.recv(max_bytes if max_bytes <= _MAX_RECV else _MAX_RECV)
                     except BlockingIOError:
                         pass
+        except Timeout:  # an OSError too (TimeoutError), but ours: nothing was done
+            raise
         except (OSError, trio.ClosedResourceError) as exc:
             raise _translate(exc, self.kind, "recv") from exc
         if perf_counter() - _last_yield.at >= SCHEDULE_SLICE:  # schedule_point(), inlined
@@ -183,16 +217,21 @@ class SocketStream(ByteStream):
     async def _recv_into(self, buffer: bytearray | memoryview, deadline: float) -> int:
         sock = self._sock
         await _checkpoint_if_cancelled()
+        if deadline != math.inf and deadline <= _current_time():
+            raise Timeout(f"{self.kind} recv timed out")
         try:
             try:
                 n = sock.recv_into(buffer)
             except BlockingIOError:
+                self._trio_knows = True
                 while True:
-                    await _wait_readable(sock)
+                    await _wait_until(_wait_readable, sock, deadline, self.kind, "recv")
                     try:
                         return sock.recv_into(buffer)
                     except BlockingIOError:
                         pass
+        except Timeout:  # an OSError too (TimeoutError), but ours: nothing was done
+            raise
         except (OSError, trio.ClosedResourceError) as exc:
             raise _translate(exc, self.kind, "recv") from exc
         if perf_counter() - _last_yield.at >= SCHEDULE_SLICE:  # schedule_point(), inlined
@@ -203,16 +242,21 @@ class SocketStream(ByteStream):
     async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
         sock = self._sock
         await _checkpoint_if_cancelled()
+        if deadline != math.inf and deadline <= _current_time():
+            raise Timeout(f"{self.kind} send timed out")
         try:
             try:
                 n = sock.send(data)
             except BlockingIOError:
+                self._trio_knows = True
                 while True:
-                    await _wait_writable(sock)
+                    await _wait_until(_wait_writable, sock, deadline, self.kind, "send")
                     try:
                         return sock.send(data)
                     except BlockingIOError:
                         pass
+        except Timeout:  # an OSError too (TimeoutError), but ours: nothing was done
+            raise
         except (OSError, trio.ClosedResourceError) as exc:
             raise _translate(exc, self.kind, "send") from exc
         if perf_counter() - _last_yield.at >= SCHEDULE_SLICE:  # schedule_point(), inlined
@@ -223,12 +267,15 @@ class SocketStream(ByteStream):
     async def _done(self, deadline: float) -> None:
         await trio.lowlevel.checkpoint()
         try:
-            self.socket.shutdown(_stdlib_socket.SHUT_WR)
+            self._sock.shutdown(_stdlib_socket.SHUT_WR)
         except OSError as exc:
             raise _translate(exc, self.kind, "shutdown") from exc
 
     def _abort(self) -> None:
-        self.socket.close()  # trio's close wakes any task waiting on the socket (notify_closing)
+        if self._trio_knows:
+            self._trio_sock.close()  # notify_closing wakes a task waiting on it, then closes
+        else:
+            self._sock.close()  # never registered with trio: nothing to wake or unregister
 
     async def aclose(self, *, deadline: float | None = None) -> None:
         """Close the socket (see the class docstring). Idempotent; a checkpoint."""
@@ -243,11 +290,11 @@ class SocketStream(ByteStream):
     def reset(self) -> None:
         """Close at once with a TCP RST (SO_LINGER 0) instead of a FIN. For tests and for
         refusing abusive peers; a no-op on Unix sockets beyond closing."""
-        if self.socket.fileno() != -1 and self.socket.family in (
+        if self._sock.fileno() != -1 and self._sock.family in (
             _stdlib_socket.AF_INET,
             _stdlib_socket.AF_INET6,
         ):
-            self.socket.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            self._sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
         self._closed = "closed"
         self._abort()
 

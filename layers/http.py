@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Union
 
 import trio
@@ -84,6 +85,13 @@ class Headers:
             return
         pairs = items.items() if isinstance(items, Mapping) else items
         self.raw = [(_b(k).lower(), _b(v)) for k, v in pairs]
+
+    @classmethod
+    def _wire(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
+        """Headers over ``raw`` as is: pairs a parser produced, names already lower-case bytes."""
+        headers = cls.__new__(cls)
+        headers.raw = raw
+        return headers
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name``, or ``default``."""
@@ -483,13 +491,23 @@ class server:
             version = "1.1"
         else:  # the first bytes count against the first request's header_timeout too
             version = await _sniff(lower, min(deadline, trio.current_time() + self.limits.header_timeout))
-        if version == "2":
-            from . import http2
+        spec = self._http2 if version == "2" else self._http1
+        conn: ServerConnection = await spec.attach(lower, deadline=deadline)
+        return conn
 
-            return await http2.server(self.app, self.limits, self.shutdown).attach(lower, deadline=deadline)
+    # The version specs, made once per server spec rather than once per connection (a frozen
+    # dataclass has no slots, so cached_property can store them).
+    @cached_property
+    def _http1(self) -> Any:
         from . import http1
 
-        return await http1.server(self.app, self.limits, self.shutdown).attach(lower, deadline=deadline)
+        return http1.server(self.app, self.limits, self.shutdown)
+
+    @cached_property
+    def _http2(self) -> Any:
+        from . import http2
+
+        return http2.server(self.app, self.limits, self.shutdown)
 
     async def handle(self, conn: ServerConnection) -> None:
         """Run the app on every request of ``conn`` (what :meth:`stack.Stack.serve` calls)."""

@@ -297,6 +297,9 @@ def _field_lines(fields: list[tuple[bytes, bytes]], out: list[bytes]) -> None:
         out.append(b"%s: %s\r\n" % (name, value))
 
 
+# What _parse_head returns: the request event, its fields, keep-alive, chunked, bodyless.
+_Head = tuple[h11.Request, Headers, bool, bool, bool]
+
 # Response states (Request._state)
 _NOT_STARTED, _STREAMING, _COMPLETE, _SWITCHED = range(4)
 
@@ -506,6 +509,7 @@ class ServerConnection(_H11Conn, http.ServerConnection):
     def __init__(self, lower: ByteStream, limits: Limits, shutdown: trio.Event | None) -> None:
         super().__init__(lower, limits)
         self._shutdown = shutdown
+        self._idle_scopes: set[trio.CancelScope] | None = None  # the shutdown drainer's, once known
         self._scheme = "https" if "tls_version" in self.info else "http"
         self._inbuf = bytearray()  # read ahead, not yet given to h11
         self._scan = 0  # how far _inbuf was searched for the end of a head
@@ -573,7 +577,9 @@ class ServerConnection(_H11Conn, http.ServerConnection):
                 data = None
                 with trio.move_on_at(min(policy, deadline)) as scope:
                     if idle and shutdown is not None:
-                        waiting = _drainer(shutdown).idle
+                        waiting = self._idle_scopes
+                        if waiting is None:
+                            waiting = self._idle_scopes = _drainer(shutdown).idle
                         waiting.add(scope)
                         try:
                             data = await lower.recv(RECV)
@@ -607,7 +613,7 @@ class ServerConnection(_H11Conn, http.ServerConnection):
         self._ended = exc
         return exc
 
-    def _find_head(self) -> tuple[h11.Request, bool, bool] | None:
+    def _find_head(self) -> _Head | None:
         """Take a whole request head from ``_inbuf`` (bytes after it stay there) and parse it;
         None if it is not all there yet."""
         buf = self._inbuf
@@ -636,9 +642,10 @@ class ServerConnection(_H11Conn, http.ServerConnection):
             self._head_started = trio.current_time()
         return None
 
-    def _parse_head(self, head: bytes) -> tuple[h11.Request, bool, bool]:
+    def _parse_head(self, head: bytes) -> _Head:
         """Parse a whole head with h11, refusing the smuggling shapes h11 lets through. Returns
-        the request event, whether the client keeps the connection, whether the body is chunked."""
+        the request event, its fields, whether the client keeps the connection, whether the body
+        is chunked, and whether there is no body at all."""
         if head.count(b"\n") != head.count(b"\r\n"):
             raise _Refused(400, "bare LF line ending in the request head")
         if b"\n " in head or b"\n\t" in head:
@@ -655,7 +662,9 @@ class ServerConnection(_H11Conn, http.ServerConnection):
             raise _Refused(505, f"HTTP/{event.http_version.decode()} is not supported")
         cl = te = False
         keep_alive = event.http_version == b"1.1"
-        for name, value in event.headers:  # names lower-cased by h11
+        # raw_items() is one list: iterating h11's Headers itself indexes it field by field
+        fields = [(name.lower(), value) for name, value in event.headers.raw_items()]
+        for name, value in fields:
             if name == b"content-length":
                 cl = True
             elif name == b"transfer-encoding":
@@ -672,17 +681,20 @@ class ServerConnection(_H11Conn, http.ServerConnection):
                 raise _Refused(400, f"bad Content-Length {values[0][:20]!r}")
         if te and event.http_version == b"1.0":
             raise _Refused(400, "Transfer-Encoding in an HTTP/1.0 request")
-        return event, keep_alive, te
+        return event, Headers._wire(fields), keep_alive, te, not cl and not te
 
-    def _start_request(self, parsed: tuple[h11.Request, bool, bool]) -> Request:
-        event, keep_alive, te = parsed
+    def _start_request(self, parsed: _Head) -> Request:
+        event, headers, keep_alive, te, bodyless = parsed
         h = self._h11
         self._expect_100 = h.they_are_waiting_for_100_continue
         self._sent_100 = False
         self._chunked_check = _ChunkedCheck(self._limits.max_header_bytes) if te else None
-        nxt = h.next_event()  # a request without a body ends here, with nothing more to read
-        body = _RequestBody(self, type(nxt) is h11.EndOfMessage)
-        request = Request(self, event, Headers(event.headers.raw_items()), body, keep_alive)
+        # Neither Content-Length nor Transfer-Encoding: no body (RFC 9112 6.3), and h11 is not
+        # asked for the EndOfMessage it would report (its state then stays SEND_BODY: the end of
+        # the request body is ``body._complete``). Otherwise a zero-length body ends here too.
+        complete = bodyless or type(h.next_event()) is h11.EndOfMessage
+        body = _RequestBody(self, complete)
+        request = Request(self, event, headers, body, keep_alive)
         body._request = request
         self._current = request
         self._requests += 1
@@ -935,7 +947,7 @@ class ServerConnection(_H11Conn, http.ServerConnection):
                 raise EndOfStream("HTTP/1.1: the connection switched protocols")
             if request._state != _COMPLETE:
                 self._close_after("the response was not completed", linger=False)
-            if self._closing is None and h.their_state is h11.SEND_BODY:
+            if self._closing is None and not request._body._complete:
                 if self._expect_100 and not self._sent_100:
                     self._close_after("the app answered without reading a 100-continue body")
                 else:
@@ -944,7 +956,7 @@ class ServerConnection(_H11Conn, http.ServerConnection):
                 self._ended = EndOfStream(f"HTTP/1.1: closing the connection: {self._closing}")
                 await self._shutdown_connection()
                 return
-            if h.their_state is not h11.DONE:  # pragma: no cover - a drained body ends in DONE
+            if not request._body._complete:  # pragma: no cover - a drained body is complete
                 raise EndOfStream("HTTP/1.1: the request did not end cleanly")
             trailing, _ = h.trailing_data
             if trailing:  # pipelined bytes h11 read past the body: they are checked as a head again
@@ -1075,7 +1087,7 @@ class ServerConnection(_H11Conn, http.ServerConnection):
     async def _error_response(self, request: Request, status: int, detail: str) -> None:
         """Answer ``status``; the connection goes on only for a 500 to a request whose body was
         read. Bounded by ``limits.send_timeout``."""
-        if status != 500 or self._h11.their_state is not h11.DONE:
+        if status != 500 or not request._body._complete:
             self._close_after(detail)
         request.responded, request.status = True, status
         body = f"{status} {_reason(status).decode()}: {detail}\n".encode()

@@ -77,6 +77,17 @@ class Info(Mapping[str, Any]):
                 return m[key]
         raise KeyError(key)
 
+    # Mapping's own get() and __contains__ go through __getitem__ and a KeyError per miss: these
+    # ask each map directly (layers read info on every new connection).
+    def get(self, key: str, default: Any = None) -> Any:
+        for m in self._maps:
+            if key in m:
+                return m[key]
+        return default
+
+    def __contains__(self, key: object) -> bool:
+        return any(key in m for m in self._maps)
+
     def __iter__(self) -> Iterator[str]:
         seen: set[str] = set()
         for m in self._maps:
@@ -326,6 +337,14 @@ class ByteStream(Stream):
 
     kind = "bytes"
 
+    #: True for a layer whose ``_recv_some`` / ``_recv_into`` / ``_send_some`` enforce their
+    #: ``deadline`` themselves: each raises :class:`Timeout` having consumed or committed nothing
+    #: once the deadline has passed (already passed on entry, or while it waited). The public
+    #: methods then make no cancel scope of their own for a finite deadline, so a call the
+    #: primitive completes without waiting costs none (the socket layer makes one only around an
+    #: actual wait). Every other layer keeps the default: one scope per call with a deadline.
+    _primitives_take_deadline = False
+
     def __init__(self, lower: Stream | None = None, info: Mapping[str, Any] | None = None) -> None:
         super().__init__(lower, info)
         self._unread = bytearray()
@@ -392,7 +411,7 @@ class ByteStream(Stream):
             return b""
         self._receiving = True
         try:
-            if deadline == math.inf:
+            if deadline == math.inf or self._primitives_take_deadline:
                 data = await self._recv_some(max_bytes, deadline)
             else:
                 data = b""
@@ -443,7 +462,7 @@ class ByteStream(Stream):
             return 0
         self._receiving = True
         try:
-            if deadline == math.inf:
+            if deadline == math.inf or self._primitives_take_deadline:
                 n = await self._recv_into(view, deadline)
             else:
                 n = 0
@@ -566,7 +585,7 @@ class ByteStream(Stream):
             total = len(view)
             try:
                 # The same loop twice: no cancel scope at all for FOREVER (the hot path).
-                if deadline == math.inf:
+                if deadline == math.inf or self._primitives_take_deadline:
                     if self._outbuf:
                         await self._flush(deadline)
                     while sent < total:
@@ -605,7 +624,7 @@ class ByteStream(Stream):
         before = len(buf)
         try:
             try:
-                if deadline == math.inf:  # no cancel scope for FOREVER (the hot path)
+                if deadline == math.inf or self._primitives_take_deadline:  # no cancel scope
                     if self._outbuf:
                         await self._flush(deadline)
                     while buf:

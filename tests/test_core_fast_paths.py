@@ -8,6 +8,7 @@ The conformance kit covers ``recv_into`` under chaos, deadlines and cancellation
 from __future__ import annotations
 
 import array
+import functools
 import socket
 import threading
 import time
@@ -247,6 +248,101 @@ async def test_local_is_none_if_asked_first_after_close() -> None:
     assert b.info["local"] is None
     assert a.info["local"] is not None
     await a.aclose()
+
+
+def test_info_get_and_in_do_not_raise_per_miss() -> None:
+    from stack.streams import Info
+
+    class Strict(dict[str, int]):
+        def __getitem__(self, key: str) -> int:  # Mapping.get would land here and raise per miss
+            raise AssertionError("get / in must not index a map that lacks the key")
+
+    info = Info(Strict(), {"a": 1})
+    assert info.get("a") == 1
+    assert info.get("b", 2) == 2
+    assert "a" in info
+    assert "b" not in info
+
+
+# ---- finite deadlines on the socket layer: a cancel scope only around a wait ---------------------
+
+
+async def test_socket_finite_deadline_needs_no_scope_when_the_kernel_completes_at_once(
+    pair: tuple[SocketStream, SocketStream], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = pair
+    scopes = 0
+    real = trio.move_on_at
+
+    def counting(deadline: float) -> trio.CancelScope:
+        nonlocal scopes
+        scopes += 1
+        return real(deadline)
+
+    monkeypatch.setattr(trio, "move_on_at", counting)
+    await a.send(b"ping", deadline=after(5))
+    assert await b.recv(deadline=after(5)) == b"ping"
+    await a.send_from(bytearray(b"pong"), deadline=after(5))
+    buffer = bytearray(16)
+    n = await b.recv_into(buffer, deadline=after(5))
+    assert buffer[:n] == b"pong"
+    assert scopes == 0
+    async with trio.open_nursery() as nursery:  # one that has to wait makes its scope
+        nursery.start_soon(functools.partial(b.recv, 100, deadline=after(5)))
+        await trio.testing.wait_all_tasks_blocked()
+        await a.send(b"late")
+    assert scopes == 1
+
+
+async def test_socket_deadline_already_passed_is_a_timeout_and_consumes_nothing(
+    pair: tuple[SocketStream, SocketStream],
+) -> None:
+    a, b = pair
+    await a.send(b"kept")
+    await trio.sleep(0.05)  # the bytes are in b's kernel buffer
+    past = trio.current_time() - 1
+    with pytest.raises(Timeout):
+        await b.recv(deadline=past)
+    with pytest.raises(Timeout):
+        await b.recv_into(bytearray(8), deadline=past)
+    with pytest.raises(Timeout) as sent:
+        await a.send(b"never", deadline=past)
+    assert sent.value.sent == 0
+    assert await b.recv(deadline=after(5)) == b"kept"
+    await a.send(b"next")
+    assert await b.recv(deadline=after(5)) == b"next"  # nothing of "never" went out
+
+
+async def test_socket_deadline_while_waiting_is_a_timeout_and_the_stream_goes_on(
+    pair: tuple[SocketStream, SocketStream],
+) -> None:
+    a, b = pair
+    with pytest.raises(Timeout):
+        await b.recv(deadline=after(0.05))
+    with pytest.raises(Timeout):
+        await b.recv_into(bytearray(8), deadline=after(0.05))
+    await a.send(b"after")
+    assert await b.recv(deadline=after(5)) == b"after"
+
+
+async def test_socket_close_wakes_a_waiter_and_a_never_waited_socket_closes_directly() -> None:
+    a, b = await tcp_pair()
+    assert not b._trio_knows  # nothing waited on it yet: closing skips trio's notify_closing
+    await b.aclose()
+    assert b._sock.fileno() == -1
+    c, d = await tcp_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def waiter() -> None:
+            with pytest.raises(Closed):
+                await d.recv()
+
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert d._trio_knows
+        await d.aclose()  # wakes the blocked recv with Closed
+    for s in (a, c):
+        await s.aclose()
 
 
 # ---- framing.prefix fast path -----------------------------------------------------------------
