@@ -25,7 +25,7 @@ import trio
 
 from .deadlines import FOREVER
 from .errors import Closed, StackError, Timeout
-from .streams import ByteStream, Listener, Stream
+from .streams import ByteStream, Listener
 
 __all__ = ["Connector", "Layer", "ListenSource", "Stack", "StackListener"]
 
@@ -155,22 +155,27 @@ class Stack:
         scope.deadline = min(scope.deadline, trio.current_time() + drain_timeout)
 
     async def _serve_one(self, raw: ByteStream, handler: Handler, handshake_timeout: float) -> None:
-        stream: Stream = raw
         try:
-            try:
-                stream = await _attach_all(raw, self.layers, trio.current_time() + handshake_timeout)
-            except (StackError, OSError) as exc:
-                what = "timed out" if isinstance(exc, Timeout) else f"failed: {exc}"
-                log.info("handshake with %s %s", raw.info.get("peer"), what)
-                return
+            stream = await _attach_all(raw, self.layers, trio.current_time() + handshake_timeout)
+        except (StackError, OSError) as exc:  # _attach_all closed what it built
+            what = "timed out" if isinstance(exc, Timeout) else f"failed: {exc}"
+            log.info("handshake with %s %s", raw.info.get("peer"), what)
+            return
+        try:
             await handler(stream)
-        except StackError as exc:
-            log.debug("connection from %s ended: %s", raw.info.get("peer"), exc)
-        except Exception:
-            log.exception("handler failed for the connection from %s", raw.info.get("peer"))
-        finally:
+        except BaseException as exc:
+            # Cancelled or failed: the graceful close gets its grace period under a shield.
             with trio.CancelScope(shield=True):
                 await stream.aclose(deadline=trio.current_time() + 2.0)
+            if isinstance(exc, StackError):
+                log.debug("connection from %s ended: %s", raw.info.get("peer"), exc)
+            elif isinstance(exc, Exception):
+                log.exception("handler failed for the connection from %s", raw.info.get("peer"))
+            else:
+                raise
+        else:  # no shield (one per connection costs): a cancellation arriving just now cuts the
+            # graceful part short, and aclose still releases the stream
+            await stream.aclose(deadline=trio.current_time() + 2.0)
 
 
 class StackListener:
