@@ -13,6 +13,7 @@ stream ``host``: the host name (or address) given to ``tcp.connect``.
 
 from __future__ import annotations
 
+import math
 import socket as _stdlib_socket
 from dataclasses import dataclass
 from typing import Any
@@ -81,12 +82,19 @@ class listen:
     ``host`` is resolved and the first address is bound (one socket per spec: to listen on
     both IPv4 and IPv6, run two stacks). ``SO_REUSEADDR`` is on; ``reuse_port=True`` sets
     ``SO_REUSEPORT`` so several processes can share the port.
+
+    ``defer_accept=seconds`` (Linux ``TCP_DEFER_ACCEPT``, as nginx's ``deferred``; ignored where
+    the system lacks it): the kernel hands a connection to ``accept()`` only once its first bytes
+    have arrived, so the first receive finds them instead of waiting. A connection that stays
+    silent is held by the kernel (no descriptor, no task) and handed over after about that many
+    seconds anyway. Only for protocols where the client speaks first (HTTP, TLS, PROXY).
     """
 
     host: str = "127.0.0.1"
     port: int = 0
     backlog: int = 1024
     reuse_port: bool = False
+    defer_accept: float | None = None
 
     async def listen(self) -> TCPListener:
         infos = await trio.socket.getaddrinfo(
@@ -100,6 +108,9 @@ class listen:
                 sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEPORT, 1)
             if family == _stdlib_socket.AF_INET6:
                 sock.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 1)
+            defer = getattr(_stdlib_socket, "TCP_DEFER_ACCEPT", None)
+            if self.defer_accept is not None and defer is not None:
+                sock.setsockopt(_stdlib_socket.IPPROTO_TCP, defer, max(1, math.ceil(self.defer_accept)))
             await sock.bind(sockaddr)
             sock.listen(self.backlog)
         except OSError as exc:

@@ -324,6 +324,10 @@ def without_log(handler: Handler) -> http.App:
     return app
 
 
+DEFER_ACCEPT = 1.0
+"""``tcp.listen(defer_accept=)`` of ``serve`` and ``proxy``: a silent connection reaches the server
+(and its ``--header-timeout``) after about this many seconds."""
+
 WS_ECHO_PATH = "/ws/echo"
 """Where ``serve`` answers a WebSocket (HTTP/1.1 Upgrade or HTTP/2 extended CONNECT) that echoes."""
 
@@ -386,7 +390,10 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
         from layers import proxy_protocol
 
         layers.insert(0, proxy_protocol.server())
-    listen = tcp.listen(args.host, args.port, backlog=4096, reuse_port=getattr(args, "workers", 1) > 1)
+    # HTTP clients speak first: the kernel hands over a connection once its request has arrived
+    listen = tcp.listen(
+        args.host, args.port, backlog=4096, reuse_port=getattr(args, "workers", 1) > 1, defer_accept=DEFER_ACCEPT
+    )
     stack = Stack(listen, *layers, http.server(app, limits, shutdown))
     scheme = "https" if tls_layer is not None else "http"
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

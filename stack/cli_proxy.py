@@ -597,7 +597,7 @@ async def _error(request: http.Request, status: int, text: str) -> int:
 
 async def run_proxy(args: argparse.Namespace, tls_layer: Any) -> None:
     """Run the proxy until a signal (or cancellation); see the module docstring."""
-    from stack.cli import _on_signals, _url
+    from stack.cli import DEFER_ACCEPT, _on_signals, _url
 
     host, port = parse_listen(args.listen)
     upstream = Upstream.parse(args.upstream)
@@ -608,7 +608,8 @@ async def run_proxy(args: argparse.Namespace, tls_layer: Any) -> None:
     shutdown = trio.Event()
     limits = http.DEFAULT_LIMITS
     layers: list[Any] = [tls_layer] if tls_layer is not None else []
-    front = Stack(tcp.listen(host, port, backlog=4096), *layers, http.server(app, limits, shutdown))
+    listen = tcp.listen(host, port, backlog=4096, defer_accept=DEFER_ACCEPT)  # clients speak first
+    front = Stack(listen, *layers, http.server(app, limits, shutdown))
     scheme = "https" if tls_layer is not None else "http"
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as outer:

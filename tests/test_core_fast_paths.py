@@ -345,6 +345,31 @@ async def test_socket_close_wakes_a_waiter_and_a_never_waited_socket_closes_dire
         await s.aclose()
 
 
+@pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="TCP_DEFER_ACCEPT is Linux-only")
+async def test_defer_accept_hands_over_connections_with_their_first_bytes() -> None:
+    listener = await tcp.listen("127.0.0.1", 0, defer_accept=1).listen()
+    try:
+        assert listener.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) >= 1
+        host, port = listener.address
+        with socket.create_connection((host, port)) as talker, socket.create_connection((host, port)) as silent:
+            with trio.move_on_after(0.3):
+                await listener.accept()
+                pytest.fail("a connection was accepted before any byte arrived")
+            talker.sendall(b"GET / HTTP/1.1\r\n")
+            first = await listener.accept(deadline=after(5))
+            assert await first.recv(deadline=after(5)) == b"GET / HTTP/1.1\r\n"
+            assert not first._trio_knows  # the first recv found its bytes: no wait, no epoll
+            started = trio.current_time()
+            quiet = await listener.accept(deadline=after(10))  # the silent one still comes, later
+            assert trio.current_time() - started < 9
+            silent.sendall(b"x")
+            assert await quiet.recv(deadline=after(5)) == b"x"
+            for s in (first, quiet):
+                await s.aclose()
+    finally:
+        await listener.aclose()
+
+
 # ---- framing.prefix fast path -----------------------------------------------------------------
 
 
