@@ -325,7 +325,6 @@ class Request(http.Request):
         )
         self._conn = conn
         self._body = body
-        self.trailers = Headers()
         self._keep_alive = keep_alive
         self._response: _ResponseStream | None = None
         # the response writer's state for this request
