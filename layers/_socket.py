@@ -76,9 +76,6 @@ async def schedule_point() -> None:
 async def _wait_until(wait: Any, sock: _stdlib_socket.socket, deadline: float, kind: str, what: str) -> None:
     """``wait(sock)`` (``wait_readable`` or ``wait_writable``), but :class:`Timeout` at ``deadline``.
     Only this waiting path pays for a cancel scope."""
-    if deadline == math.inf:
-        await wait(sock)
-        return
     with trio.move_on_at(deadline):
         await wait(sock)
         return
@@ -200,7 +197,10 @@ class SocketStream(ByteStream):
             except BlockingIOError:
                 self._trio_knows = True
                 while True:
-                    await _wait_until(_wait_readable, sock, deadline, self.kind, "recv")
+                    if deadline == math.inf:  # no extra frame held by an idle connection
+                        await _wait_readable(sock)
+                    else:
+                        await _wait_until(_wait_readable, sock, deadline, self.kind, "recv")
                     try:
                         return sock.recv(max_bytes if max_bytes <= _MAX_RECV else _MAX_RECV)
                     except BlockingIOError:
@@ -225,7 +225,10 @@ class SocketStream(ByteStream):
             except BlockingIOError:
                 self._trio_knows = True
                 while True:
-                    await _wait_until(_wait_readable, sock, deadline, self.kind, "recv")
+                    if deadline == math.inf:  # no extra frame held by an idle connection
+                        await _wait_readable(sock)
+                    else:
+                        await _wait_until(_wait_readable, sock, deadline, self.kind, "recv")
                     try:
                         return sock.recv_into(buffer)
                     except BlockingIOError:
@@ -250,7 +253,10 @@ class SocketStream(ByteStream):
             except BlockingIOError:
                 self._trio_knows = True
                 while True:
-                    await _wait_until(_wait_writable, sock, deadline, self.kind, "send")
+                    if deadline == math.inf:  # no extra frame held by an idle connection
+                        await _wait_writable(sock)
+                    else:
+                        await _wait_until(_wait_writable, sock, deadline, self.kind, "send")
                     try:
                         return sock.send(data)
                     except BlockingIOError:
