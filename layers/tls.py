@@ -34,7 +34,9 @@ Receiving
     without close_notify: the data may be truncated"), because a truncation attack looks exactly
     like that; ``ragged_eofs=True`` on the spec turns it into a clean ``b""`` for protocols that
     delimit their own data (HTTPS: trio calls it ``https_compatible``, many HTTPS servers close
-    without close_notify).
+    without close_notify). ``recv_into`` has a path of its own with the same rules: OpenSSL
+    decrypts straight into the caller's buffer, record after record, with no bytes object and
+    no copy of ours; a record longer than the buffer stays in OpenSSL for the next call.
 
 Sending
     Each step encrypts at most :data:`SEND_CHUNK` bytes (four 16 KiB records) into this layer's
@@ -369,7 +371,13 @@ class TLSStream(ByteStream):
 
     async def _wait_for_ciphertext(self, deadline: float) -> None:
         """One step of progress for a reader: push post-handshake output if no one else can,
-        else receive ciphertext into OpenSSL's buffer (no await between receiving and storing)."""
+        else receive ciphertext into OpenSSL's buffer (no await between receiving and storing).
+
+        The ciphertext arrives in the bytes object ``lower.recv`` returns (a socket's kernel
+        writes straight into it) and ``MemoryBIO.write`` copies it once, the copy OpenSSL needs.
+        A reusable buffer of ours would hold :data:`RECV_SIZE` bytes per connection while it
+        waits; landing it in a ``recv_into`` caller's buffer means smaller reads, which cost more
+        per byte than the allocation they save (measured with callgrind)."""
         if self._out.pending and not self._sending and self._closed is None and self._recv_flush is None:
             await self._flush_while_receiving(deadline)
             return
