@@ -417,10 +417,12 @@ class TLSStream(ByteStream):
 
     async def _recv_into(self, buffer: bytearray | memoryview, deadline: float) -> int:
         """``_recv_some`` without a bytes object: OpenSSL decrypts into ``buffer`` itself, record
-        after record while whole ones are buffered. The same rules: at most ``len(buffer)``
-        bytes, ``0`` at the peer's close_notify; nothing is taken out of OpenSSL before the
-        ciphertext wait is over, so a deadline or a cancellation consumes nothing (``buffer``
-        is left as it was); a record longer than ``buffer`` stays in OpenSSL for the next call."""
+        after record while whole ones are buffered. The same rules: 1..``len(buffer)`` bytes; a
+        record longer than ``buffer`` stays in OpenSSL for the next call. ``0`` at the peer's
+        close_notify (or at an end without one when ``ragged_eofs`` allows it, else
+        :class:`~stack.Broken`); an error met after some data is raised by the next call.
+        Nothing is taken out of OpenSSL until the wait for ciphertext is over, so a deadline or
+        a cancellation consumes nothing and leaves ``buffer`` as it was."""
         self._reading = True
         try:
             while True:
