@@ -9,8 +9,9 @@ TLS_AES_256_GCM_SHA384 (OpenSSL's first choice on both).
 
   trio.SSLStream     trio.open_tcp_stream + trio.SSLStream(send_all / receive_some)   (baseline)
   ours (layers.tls)  Stack(tcp.connect(...), tls.client(...)) + send / Stack(tcp.listen, tls.server).serve + recv
+  ours, recv_into    the same, the receiver reading with recv_into a reused 64 KiB bytearray
 
-Run one side by hand:  python -m benchmarks.bench_tls recv ours --certdir DIR
+Run one side by hand:  python -m benchmarks.bench_tls recv ours --certdir DIR      (or ours-into)
                        python -m benchmarks.bench_tls send ours --certdir DIR --port P
 (``python -m benchmarks.bench_tls certs --certdir DIR`` mints the certificates into DIR.)
 """
@@ -83,6 +84,7 @@ register(
         contenders=[
             pair("trio.SSLStream", "trio", requires=["layers.certs:CA"]),
             pair("ours (layers.tls)", "ours", requires=OURS_REQUIRES, target=1.0),
+            pair("ours, recv_into", "ours-into", requires=OURS_REQUIRES),
         ],
         rounds=5,
         order=15,
@@ -146,7 +148,7 @@ async def send_trio(port: int, total: int, certdir: str) -> None:
         await stream.unwrap()  # close_notify, and wait for the receiver's
 
 
-async def recv_ours(total: int, certdir: str) -> None:
+async def recv_ours(total: int, certdir: str, into: bool = False) -> None:
     from layers import tcp, tls
     from stack import Stack
 
@@ -159,14 +161,23 @@ async def recv_ours(total: int, certdir: str) -> None:
         async def handler(stream: Any) -> None:
             cipher.append(stream.info["cipher"])
             try:
-                while data := await stream.recv(CHUNK):
-                    meter.add(len(data))
+                if into:  # what a reader that consumes the bytes in place does: no bytes object per call
+                    buffer = bytearray(CHUNK)
+                    while n := await stream.recv_into(buffer):
+                        meter.add(n)
+                else:
+                    while data := await stream.recv(CHUNK):
+                        meter.add(len(data))
             finally:
                 nursery.cancel_scope.cancel()  # one connection: done (report() checks the count)
 
         addresses = await nursery.start(Stack(tcp.listen("127.0.0.1", 0), spec).serve, handler)
         worker.ready(addresses[0][1])
     meter.report(total, cipher=cipher[0] if cipher else None)
+
+
+async def recv_ours_into(total: int, certdir: str) -> None:
+    await recv_ours(total, certdir, into=True)
 
 
 async def send_ours(port: int, total: int, certdir: str) -> None:
@@ -186,6 +197,7 @@ async def send_ours(port: int, total: int, certdir: str) -> None:
 IMPLS = {
     "trio": (recv_trio, send_trio),
     "ours": (recv_ours, send_ours),
+    "ours-into": (recv_ours_into, send_ours),
 }
 
 

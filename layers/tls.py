@@ -34,7 +34,9 @@ Receiving
     without close_notify: the data may be truncated"), because a truncation attack looks exactly
     like that; ``ragged_eofs=True`` on the spec turns it into a clean ``b""`` for protocols that
     delimit their own data (HTTPS: trio calls it ``https_compatible``, many HTTPS servers close
-    without close_notify).
+    without close_notify). ``recv_into`` has a path of its own with the same rules: OpenSSL
+    decrypts straight into the caller's buffer, record after record, with no bytes object and
+    no copy of ours; a record longer than the buffer stays in OpenSSL for the next call.
 
 Sending
     Each step encrypts at most :data:`SEND_CHUNK` bytes (four 16 KiB records) into this layer's
@@ -85,7 +87,7 @@ import re
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Protocol, TypeAlias, cast, runtime_checkable
 
 import trio
 
@@ -197,7 +199,7 @@ class TLSStream(ByteStream):
         self._lower_eof = False
         self._read_error: StackError | None = None  # found while reading ahead; raised by the next receive
         self._recv_flush: trio.Event | None = None  # set while the receiving task sends post-handshake output
-        self._reading = False  # a receiving task is inside _recv_some (it may be waiting for ciphertext)
+        self._reading = False  # a task is inside _recv_some or _recv_into (it may be waiting for ciphertext)
 
     # ---- handshake ---------------------------------------------------------------------
 
@@ -257,32 +259,54 @@ class TLSStream(ByteStream):
     # ---- receiving ---------------------------------------------------------------------
 
     def _decrypt(self, max_bytes: int) -> bytes | None:
-        """Plaintext from what OpenSSL holds; ``None`` when it needs more ciphertext; ``b""`` at
-        the peer's close_notify (or a ragged EOF when allowed). Raises the stream's error."""
+        """Plaintext from what OpenSSL holds (at most one record); ``None`` when it needs more
+        ciphertext; ``b""`` at the peer's close_notify (or a ragged EOF when allowed). Raises the
+        stream's error."""
         if self._read_error is not None:
             raise self._read_error
         try:
             data = self._ssl.read(max_bytes if max_bytes < _RECORD else _RECORD)
         except ssl.SSLWantReadError:
             return None
-        except ssl.SSLZeroReturnError:
-            data = b""
-        except (ssl.SSLEOFError, ssl.SSLSyscallError) as exc:
-            if not self._lower_eof:
-                raise _data_error(exc) from exc
-            self._ragged_eof = True
-            if not self._ragged_eofs:
-                raise Broken(
-                    "the peer closed the connection without close_notify: the data may be truncated "
-                    "(use ragged_eofs=True only for protocols that delimit their own data)"
-                ) from exc
-            log.debug("tls: the peer closed the connection without close_notify (ragged_eofs=True)")
-            data = b""
         except ssl.SSLError as exc:
-            raise _data_error(exc) from exc
+            self._read_ended(exc)
+            data = b""
         if not data:
             self._peer_closed = True
         return data
+
+    def _decrypt_into(self, view: memoryview | bytearray) -> int | None:
+        """:meth:`_decrypt` written into the front of ``view`` (OpenSSL copies the plaintext
+        straight there, at most one record): the count, ``None`` for "want read", ``0`` at the
+        end. Nothing past the count is written."""
+        if self._read_error is not None:
+            raise self._read_error
+        try:
+            n = cast(int, self._ssl.read(len(view), view))  # with a buffer: the count (typeshed says bytes)
+        except ssl.SSLWantReadError:
+            return None
+        except ssl.SSLError as exc:
+            self._read_ended(exc)
+            n = 0
+        if not n:
+            self._peer_closed = True
+        return n
+
+    def _read_ended(self, exc: ssl.SSLError) -> None:
+        """A read failed other than with "want read": return if that is the end of the peer's
+        data (its close_notify, or a connection that ended without one when ``ragged_eofs``
+        allows it), else raise the error it means."""
+        if isinstance(exc, ssl.SSLZeroReturnError):
+            return
+        if not isinstance(exc, ssl.SSLEOFError | ssl.SSLSyscallError) or not self._lower_eof:
+            raise _data_error(exc) from exc
+        self._ragged_eof = True
+        if not self._ragged_eofs:
+            raise Broken(
+                "the peer closed the connection without close_notify: the data may be truncated "
+                "(use ragged_eofs=True only for protocols that delimit their own data)"
+            ) from exc
+        log.debug("tls: the peer closed the connection without close_notify (ragged_eofs=True)")
 
     def _may_decrypt(self) -> bool:
         """Whether a read from OpenSSL could give anything but "want read": there is
@@ -312,6 +336,21 @@ class TLSStream(ByteStream):
             total += len(more)
         return first if len(parts) == 1 else b"".join(parts)
 
+    def _decrypt_more_into(self, view: memoryview, n: int) -> int:
+        """Decrypt further whole records already received into ``view`` after its first ``n``
+        bytes, up to its end; return the new count."""
+        size = len(view)
+        while n < size and self._may_decrypt():
+            try:
+                more = self._decrypt_into(view[n:])
+            except StackError as exc:
+                self._read_error = exc  # raised by the next receive, after this data
+                break
+            if not more:
+                break
+            n += more
+        return n
+
     def _drain(self) -> None:
         """Decrypt every whole record already received into the unread buffer.
 
@@ -332,7 +371,13 @@ class TLSStream(ByteStream):
 
     async def _wait_for_ciphertext(self, deadline: float) -> None:
         """One step of progress for a reader: push post-handshake output if no one else can,
-        else receive ciphertext into OpenSSL's buffer (no await between receiving and storing)."""
+        else receive ciphertext into OpenSSL's buffer (no await between receiving and storing).
+
+        The ciphertext arrives in the bytes object ``lower.recv`` returns (a socket's kernel
+        writes straight into it) and ``MemoryBIO.write`` copies it once, the copy OpenSSL needs.
+        A reusable buffer of ours would hold :data:`RECV_SIZE` bytes per connection while it
+        waits; landing it in a ``recv_into`` caller's buffer means smaller reads, which cost more
+        per byte than the allocation they save (measured with callgrind)."""
         if self._out.pending and not self._sending and self._closed is None and self._recv_flush is None:
             await self._flush_while_receiving(deadline)
             return
@@ -366,6 +411,28 @@ class TLSStream(ByteStream):
                         if data and len(data) < max_bytes:
                             data = self._decrypt_more(data, max_bytes)
                         return data
+                await self._wait_for_ciphertext(deadline)
+        finally:
+            self._reading = False
+
+    async def _recv_into(self, buffer: bytearray | memoryview, deadline: float) -> int:
+        """``_recv_some`` without a bytes object: OpenSSL decrypts into ``buffer`` itself, record
+        after record while whole ones are buffered. The same rules: 1..``len(buffer)`` bytes; a
+        record longer than ``buffer`` stays in OpenSSL for the next call. ``0`` at the peer's
+        close_notify (or at an end without one when ``ragged_eofs`` allows it, else
+        :class:`~stack.Broken`); an error met after some data is raised by the next call.
+        Nothing is taken out of OpenSSL until the wait for ciphertext is over, so a deadline or
+        a cancellation consumes nothing and leaves ``buffer`` as it was."""
+        self._reading = True
+        try:
+            while True:
+                if self._may_decrypt():
+                    n = self._decrypt_into(buffer)
+                    if n is not None:
+                        if n and n < len(buffer):
+                            with memoryview(buffer) as view:
+                                n = self._decrypt_more_into(view, n)
+                        return n
                 await self._wait_for_ciphertext(deadline)
         finally:
             self._reading = False

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 from cryptography import x509
-from test_tls_support import attach_both, bounded, certs, client, connected, server
+from test_tls_support import Relay, attach_both, bounded, certs, client, connected, server
 
 from layers import framing, tcp, tls
 from stack import Broken, Busy, ByteStream, Closed, Stack, StackError, Timeout, after
@@ -449,19 +449,6 @@ async def test_send_timeouts_many_times() -> None:
         while chunk := await s.recv():
             received += chunk
     assert received == data
-
-
-class Relay:
-    """Two memory pairs joined by the test: it moves raw TLS bytes between them by hand."""
-
-    def __init__(self) -> None:
-        self.c_lower, self.c_raw = memory_pair(capacity=1 << 20)
-        self.s_lower, self.s_raw = memory_pair(capacity=1 << 20)
-
-    @staticmethod
-    async def pump(src: ByteStream, dst: ByteStream) -> None:
-        while data := await src.recv():
-            await dst.send(data)
 
 
 async def test_recv_timeout_mid_record_keeps_the_partial_record() -> None:

@@ -9,6 +9,7 @@ hands back every byte that came after the peer's close_notify.
 
 from __future__ import annotations
 
+import pytest
 import trio
 from test_tls_support import certs, client, server
 
@@ -87,8 +88,20 @@ async def test_tls_over_memory_with_chaos() -> None:
     await check_bytestream(tls_over_chaos, example_timeout=CHAOS_TIMEOUT)
 
 
-async def test_tls_over_tcp() -> None:
+async def test_tls_over_tcp(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kit's recv_into ops must reach the TLS layer's own primitive, not the base class's
+    # fallback through _recv_some: count the calls that do.
+    calls = 0
+    primitive = tls.TLSStream._recv_into
+
+    async def counted(self: tls.TLSStream, buffer: bytearray | memoryview, deadline: float) -> int:
+        nonlocal calls
+        calls += 1
+        return await primitive(self, buffer, deadline)
+
+    monkeypatch.setattr(tls.TLSStream, "_recv_into", counted)
     await check_bytestream(tls_over_tcp)
+    assert calls > 0
 
 
 async def test_tls_inside_tls_over_memory_with_chaos() -> None:

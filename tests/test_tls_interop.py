@@ -104,7 +104,28 @@ async def test_our_client_against_openssl_s_server_sni() -> None:
                     assert await s.recv_until(b"\n", deadline=after(10)) == b"slt revo olleh\n"
 
 
-async def test_our_client_against_openssl_s_server_alpn_and_key_update() -> None:
+async def receive_line(s: ByteStream, how: str) -> bytes:
+    """One line, through ``recv_until`` or through ``recv_into`` calls (the TLS layer's own path)."""
+    if how == "recv":
+        return await s.recv_until(b"\n", deadline=after(10))
+    line = bytearray()
+    buffer = bytearray(4096)
+    while not line.endswith(b"\n"):
+        n = await s.recv_into(buffer, deadline=after(10))
+        assert n, f"the stream ended after {bytes(line)!r}"
+        line += buffer[:n]
+    return bytes(line)
+
+
+async def receive_any(s: ByteStream, how: str, deadline: float) -> None:
+    if how == "recv":
+        await s.recv(deadline=deadline)
+    else:
+        await s.recv_into(bytearray(4096), deadline=deadline)
+
+
+@pytest.mark.parametrize("how", ["recv", "recv_into"])
+async def test_our_client_against_openssl_s_server_alpn_and_key_update(how: str) -> None:
     openssl = need("openssl")
     cs = certs()
     port = free_port()
@@ -123,17 +144,18 @@ async def test_our_client_against_openssl_s_server_alpn_and_key_update() -> None
                 # it writes; if the answer were lost the server could not decrypt what follows.
                 await proc.stdin.send_all(b"K\n")
                 with pytest.raises(Timeout):  # no data comes, but the KeyUpdate does
-                    await s.recv(deadline=after(1))
+                    await receive_any(s, how, after(1))
                 await proc.stdin.send_all(b"hello from s_server\n")
-                assert await s.recv_until(b"\n", deadline=after(10)) == b"hello from s_server\n"
+                assert await receive_line(s, how) == b"hello from s_server\n"
                 await s.send(b"after the key update\n", deadline=after(10))
                 await out.wait_for("after the key update")
                 await proc.stdin.send_all(b"still readable\n")
-                assert await s.recv_until(b"\n", deadline=after(10)) == b"still readable\n"
+                assert await receive_line(s, how) == b"still readable\n"
             assert "KEY UPDATE" in out.text or "SSL_do_handshake -> 1" in out.text
 
 
-async def test_our_client_refuses_renegotiation_and_says_so() -> None:
+@pytest.mark.parametrize("how", ["recv", "recv_into"])
+async def test_our_client_refuses_renegotiation_and_says_so(how: str) -> None:
     """TLS 1.2 renegotiation requested by the server: our client refuses (OP_NO_RENEGOTIATION),
     and its refusal alert, produced while receiving, is sent by the receiving task itself."""
     openssl = need("openssl")
@@ -151,7 +173,7 @@ async def test_our_client_refuses_renegotiation_and_says_so() -> None:
                 await out.wait_for("CIPHER is")
                 await proc.stdin.send_all(b"R\n")  # s_server: HelloRequest
                 with pytest.raises(Broken, match="the peer aborted the TLS connection"):
-                    await s.recv(deadline=after(10))
+                    await receive_any(s, how, after(10))
             await out.wait_for("no renegotiation")  # our no_renegotiation alert reached it
 
 

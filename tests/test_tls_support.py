@@ -21,6 +21,7 @@ import trio
 from layers import tls
 from layers.certs import CA
 from stack import ByteStream, after
+from stack.testing import memory_pair
 
 TEST_SECONDS = 60.0
 SLOW_TEST_SECONDS = 600.0  # tests marked slow (testssl.sh takes a minute or two)
@@ -110,3 +111,14 @@ async def connected(cspec: Any, sspec: Any, a: ByteStream, b: ByteStream) -> tup
     return c, s
 
 
+class Relay:
+    """Two memory pairs joined by the test: it moves raw TLS bytes between them by hand."""
+
+    def __init__(self) -> None:
+        self.c_lower, self.c_raw = memory_pair(capacity=1 << 20)
+        self.s_lower, self.s_raw = memory_pair(capacity=1 << 20)
+
+    @staticmethod
+    async def pump(src: ByteStream, dst: ByteStream) -> None:
+        while data := await src.recv():
+            await dst.send(data)
