@@ -435,7 +435,7 @@ class ByteStream(Stream):
         buffered bytes come first, without a checkpoint; on deadline :class:`Timeout`, and on
         deadline or cancellation nothing is consumed (what ``buffer`` holds beyond the returned
         count is unspecified). A reader that reuses one buffer saves an allocation and a copy
-        per call. ``buffer``: a ``bytearray`` or a writable, non-empty memoryview (else
+        per call. ``buffer``: a ``bytearray`` or a writable, contiguous, non-empty memoryview (else
         ``TypeError`` / ``ValueError``); a multi-byte format is filled byte by byte.
         """
         if type(buffer) is bytearray:
@@ -444,6 +444,8 @@ class ByteStream(Stream):
             view = memoryview(buffer)
             if view.readonly:
                 raise TypeError("recv_into needs a writable buffer")
+            if not view.c_contiguous:  # a socket or OpenSSL writes one run of bytes
+                raise TypeError("recv_into needs a contiguous buffer")
             if view.format != "B" or view.ndim != 1:
                 view = view.cast("B")
         size = len(view)

@@ -123,6 +123,8 @@ async def test_recv_into_argument_checks() -> None:
         await b.recv_into(bytearray())
     with pytest.raises(TypeError):
         await b.recv_into(memoryview(b"read-only"))
+    with pytest.raises(TypeError):  # every layer refuses it up front, as a socket would
+        await b.recv_into(memoryview(bytearray(8))[::2])
     b.unread(b"still here")  # nothing was consumed by the refused calls
     assert await b.recv() == b"still here"
 
