@@ -1,0 +1,107 @@
+"""Instructions per HTTP/1.1 request, under callgrind: the figure this noisy host cannot blur.
+
+    python benchmarks/instructions.py                   # every HTTP/1.1 server, both modes
+    python benchmarks/instructions.py --mode close --seconds 30
+
+Each server of ``servers.HTTP1`` runs under ``valgrind --tool=callgrind`` (pinned to CPU 0), with
+``wrk -t1 -c50`` (pinned to CPU 1) as the load: 3 s of warm-up, then the counters are zeroed
+(``callgrind_control -z``), ``wrk`` runs for ``--seconds``, and the counters are dumped. The figure
+is user-space instructions executed by the server divided by the requests wrk completed. It leaves
+out what the kernel does (system calls, loopback TCP), so the req/s ratios of ``run.py http1``
+are smaller than these; it is deterministic to about 1%, where req/s drift 10-15% here.
+
+Needs valgrind (``callgrind_control``) and wrk. The server is about 50 times slower under valgrind,
+so a run completes a few thousand requests; that is plenty for a per-request mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import servers
+from benchmarks.harness import SERVER_CPU, Failed, Proc, _fill, free_port, pinned, run_load
+
+MODES = {"keep-alive": [], "close": ["-H", "Connection: close"]}
+
+
+def wrk(port: int, seconds: int, headers: list[str]) -> int:
+    """Run wrk against ``port``; the number of requests it completed."""
+    out = run_load(
+        ["wrk", "-t1", "-c50", f"-d{seconds}s", "--timeout", "30s", *headers, f"http://127.0.0.1:{port}/"],
+        timeout=seconds + 60,
+    )
+    m = re.search(r"(\d+) requests in", out)
+    if not m or re.search(r"Non-2xx|Socket errors", out):
+        raise Failed(f"wrk did not run cleanly: {out[-300:]!r}")
+    return int(m.group(1))
+
+
+def callgrind_control(*args: str) -> None:
+    proc = Proc(["callgrind_control", *args])
+    proc.wait(60)
+    proc.close_files()
+
+
+def instructions(server: servers.Server, mode: str, seconds: int, outdir: str) -> tuple[int, int]:
+    """(instructions, requests) for one server in one mode."""
+    port = free_port()
+    out = os.path.join(outdir, f"cg.{port}")
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *_fill(server.cmd, {"port": port})]
+    proc = Proc(pinned(cmd, SERVER_CPU))
+    try:
+        proc.wait_for_port(port, 120)
+        wrk(port, 3, MODES[mode])  # warm-up: imports, caches, the first connections
+        callgrind_control("-z", str(proc.pid))
+        requests = wrk(port, seconds, MODES[mode])
+        callgrind_control("-d", str(proc.pid))
+        time.sleep(1)
+    finally:
+        proc.stop(grace=10)
+        proc.close_files()
+    dumps = sorted(glob.glob(out + ".*"), key=os.path.getmtime)
+    if not dumps:
+        raise Failed(f"no callgrind dump for {server.name}")
+    text = Path(dumps[-1]).read_text(errors="replace")
+    m = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
+    if not m:
+        raise Failed(f"no instruction total in {dumps[-1]}")
+    return int(m.group(1)), requests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
+    parser.add_argument("--seconds", type=int, default=20, help="wrk duration under callgrind (default: 20)")
+    args = parser.parse_args()
+    for tool in ("valgrind", "callgrind_control", "wrk"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed")
+    modes = list(MODES) if args.mode == "both" else [args.mode]
+    print(f"wrk -t1 -c50 -d{args.seconds}s under callgrind; user-space instructions per request")
+    with tempfile.TemporaryDirectory() as outdir:
+        for mode in modes:
+            base: float | None = None
+            for server, _ in servers.HTTP1:
+                try:
+                    total, requests = instructions(server, mode, args.seconds, outdir)
+                except Failed as exc:
+                    print(f"{mode:10} {server.name:22} FAILED: {exc}")
+                    continue
+                per = total / max(requests, 1)
+                base = per if base is None else base
+                share = per / base
+                print(f"{mode:10} {server.name:22} {per / 1000:8.0f}k  ({requests} requests) {share:5.2f} of the first")
+
+
+if __name__ == "__main__":
+    main()
