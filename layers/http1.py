@@ -1214,7 +1214,7 @@ class _BodySender:
         self.scope = trio.CancelScope()
         self.exited = trio.Event()
         self.continued = trio.Event()  # a 100 Continue arrived
-        self.body_started = chunks is None  # the first chunk was asked for (a bytes body: at once)
+        self.body_started = chunks is None  # past the wait for 100 Continue (a bytes body: at once)
         self.complete = False
         self.stopped = False
         self.send_error: StackError | None = None
@@ -1647,7 +1647,8 @@ class ClientConnection(_H11Conn, http.ClientConnection):
         status = head.status_code
         if not sender.exited.is_set():
             producing = self._h11.our_state is h11.SEND_BODY  # else only flushing what is committed
-            if (status >= 300 and producing) or not sender.body_started:  # an early final answer
+            unwanted = sender.expect_100 and not sender.body_started  # final answer, no 100 Continue
+            if (status >= 300 and producing) or unwanted:  # an early final answer: no more body
                 log.debug("HTTP/1.1 client: a %d came before the request body ended; it stops", status)
                 await sender.stop()
             elif status == 101 or (self._method == b"CONNECT" and status < 300):
