@@ -14,17 +14,23 @@ in ``request()``'s own nursery). Every test bounds its time with ``trio.fail_aft
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import os
 import random
+import re
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
 from layers import http, http1, tcp
-from stack import Broken, ByteStream, Closed, StackError, Timeout
+from stack import Broken, ByteStream, Closed, Stack, StackError, Timeout
 from stack.testing import memory_pair
 
 CHUNK = 64 * 1024
@@ -383,6 +389,30 @@ async def test_large_bytes_body_read_whole_then_answered_keeps_the_connection(nu
                 assert response.status == 404 and await response.read() == b"nothing here"
 
 
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_2xx_head_before_the_request_head_was_flushed(nursery: trio.Nursery, mode: str) -> None:
+    """The server answers 200 after the first byte of the request, while the client still flushes a
+    large head: the body must still go out (the server waits for it before ending its answer)."""
+    client_end, server_end = memory_pair(capacity=1024)
+
+    async def raw() -> None:
+        await server_end.recv_exactly(1)
+        await server_end.send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        await server_end.recv_until(b"\r\n\r\n", max_bytes=65536)
+        body = await server_end.recv_until(b"0\r\n\r\n")
+        await server_end.send(body)  # the chunked request body, echoed as the chunked response body
+
+    async def hello() -> AsyncIterator[bytes]:
+        yield b"hello"
+
+    nursery.start_soon(raw)
+    with trio.fail_after(10):
+        async with client(client_end, mode) as conn:
+            headers = {"x-padding": "p" * 20_000}
+            response = await conn.request("POST", "/", headers=headers, body=hello())
+            assert response.status == 200 and await response.read() == b"hello"
+
+
 # -------------------------------------------------------------------------------- raw servers
 
 
@@ -556,3 +586,90 @@ async def nursery() -> AsyncIterator[trio.Nursery]:
     async with trio.open_nursery() as n:
         yield n
         n.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------------ interop: hypercorn (trio worker)
+
+HYPERCORN_APP = '''
+async def app(scope, receive, send):
+    """Echoes the request body as it arrives (200 at once); /refuse answers 413 once the body began."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["path"] == "/refuse":
+        await receive()  # the upload has begun; refuse it without reading the rest
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-length", b"9")]})
+        await send({"type": "http.response.body", "body": b"too large"})
+        return
+    headers = [(b"content-type", b"application/octet-stream")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        if message.get("body"):
+            await send({"type": "http.response.body", "body": message["body"], "more_body": True})
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+'''
+
+
+@asynccontextmanager
+async def hypercorn(tmp_path: Path) -> AsyncIterator[int]:
+    """hypercorn with its trio worker, serving HYPERCORN_APP on 127.0.0.1 in a child process
+    (started within 30 s, killed at the end); yields the port."""
+    if importlib.util.find_spec("hypercorn") is None:
+        if os.environ.get("CI"):
+            pytest.fail("hypercorn is not installed, and CI is set: .ci/run must install it (the bench extra)")
+        pytest.skip("hypercorn is not installed (the interop test runs it; CI installs it)")
+    (tmp_path / "duplex_echo.py").write_text(HYPERCORN_APP)
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "hypercorn", "--worker-class", "trio", "--workers", "0",
+         "--bind", "127.0.0.1:0", "duplex_echo:app"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        out = bytearray()
+        with trio.fail_after(30):
+            while (found := re.search(rb"Running on http://127\.0\.0\.1:(\d+)", out)) is None:
+                more = await process.stdout.receive_some()
+                assert more, f"hypercorn exited: {out.decode(errors='replace')}"
+                out += more
+        yield int(found.group(1))
+    finally:
+        process.kill()
+        with trio.move_on_after(10):
+            await process.wait()
+
+
+@pytest.mark.interop
+async def test_interop_hypercorn_streaming_echo_and_early_413(tmp_path: Path) -> None:
+    payload = data(4 * 1024 * 1024, seed=6)
+    with trio.fail_after(60):
+        async with hypercorn(tmp_path) as port:
+            client = Stack(tcp.connect("127.0.0.1", port), http.client())
+            async with await client.connect(deadline=trio.current_time() + 10) as conn:
+                assert isinstance(conn, http1.ClientConnection)
+                body = Body(payload)
+                response = await conn.request("POST", "/echo", body=body.chunks())
+                assert response.status == 200
+                assert body.taken < len(payload)  # hypercorn answered while the body was going out
+                echoed = await read_all(response)
+                assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+                response = await conn.request("POST", "/echo", body=b"kept alive")  # the same connection
+                assert await response.read() == b"kept alive"
+            async with await client.connect(deadline=trio.current_time() + 10) as conn:
+                body = Body(endless=True)
+                response = await conn.request("PUT", "/refuse", body=body.chunks())
+                assert response.status == 413 and await response.read() == b"too large"
+                assert body.ended and 0 < body.taken < 32 * 1024 * 1024
+                with pytest.raises(StackError):  # the upload was cut: the connection is not kept
+                    await conn.request("GET", "/echo")
+            assert no_tasks_left()
