@@ -1167,10 +1167,6 @@ INLINE_SEND = 65536
 response is read (the socket buffers take it); a larger or streamed body is sent by a task while
 the response is read (full duplex, see :class:`ClientConnection`)."""
 
-UPLOAD_GRACE = 0.05
-"""Seconds a response that ended before its request body waits for the body to finish (its last
-bytes may be on their way) before the body is given up and the connection closed."""
-
 DUPLEX_BUFFER = 1024 * 1024
 """Most response body bytes a connection used without ``async with conn:`` keeps while it finishes
 sending a request body that the server answers (2xx) as it arrives."""
@@ -1189,8 +1185,10 @@ class _BodySender:
     never outlives the call). Whoever ends the exchange ends the task: :meth:`stop` cancels it and
     waits (shielded, at most :data:`_STOP_WAIT` seconds) until it exited. That happens when an
     early final response (status 300 or more) makes the rest of the body useless, when the
-    response ends before the body (after :data:`UPLOAD_GRACE`), when the response is closed before
-    its end, when ``request()`` fails or is cancelled, and in ``conn.aclose()``.
+    response ends before the body (unless a 2xx on a kept-alive connection), when the response is
+    closed before its end, when ``request()`` fails or is cancelled, and in ``conn.aclose()``.
+    If the response ended first on a kept-alive connection (``response_ended``), the task ends
+    the exchange when it exits (:meth:`ClientConnection._finish_exchange`).
 
     **Outcomes**, once ``exited`` is set: ``complete`` (the end of the body was flushed);
     ``stopped`` (given up by us: cancelled); ``send_error`` (the stream below refused bytes: the
@@ -1222,6 +1220,8 @@ class _BodySender:
         self.waiter: trio.CancelScope | None = None
         self.wake_on_exit = False
         self.detached = False
+        self.response_ended = False  # the response ended first: our exit ends the exchange
+        self.exchange = conn._exchange
         self._task: trio.lowlevel.Task | None = None
 
     async def run(self) -> None:
@@ -1294,12 +1294,15 @@ class _BodySender:
         return True
 
     async def _exit(self) -> None:
+        conn = self.conn
         if self.waiter is not None:
             if self.failure is not None or self.wake_on_exit:
                 self.waiter.cancel()
-        elif self.failure is not None and self.detached and not self.stopped and self.conn._sender is self:
+        elif self.failure is not None and self.detached and not self.stopped and conn._exchange == self.exchange:
             with trio.CancelScope(shield=True):
-                await self.conn._poison(self.broken())
+                await conn._poison(self.broken())
+        if self.response_ended and conn._exchange == self.exchange:
+            await conn._finish_exchange()
 
     def broken(self) -> Broken:
         """The error a reader of the response gets after a ``failure`` (raise it from that)."""
@@ -1414,11 +1417,12 @@ class ClientConnection(_H11Conn, http.ClientConnection):
 
     * A final response of status 300 or more that arrives while the body is still being produced
       (a 413, a 401) stops it, as curl does: ``request()`` returns that response, the rest of the
-      body is not sent, and the connection closes after the response (read it as usual). (A body
-      already whole in the outgoing buffer, such as bytes, goes on while the response is read, as
-      the server may be reading it; see the last point.) Any final response that arrives while an
-      ``Expect: 100-continue`` body still waits for ``100 Continue`` (at most
-      :data:`CONTINUE_TIMEOUT` seconds) means the body is not sent at all.
+      body is not sent, and the connection closes after the response (read it as usual). A body
+      already whole in the outgoing buffer (bytes, or the last chunk) goes on while the response
+      is read, as the server may have read all but its end; if it is still going when that
+      response ended, it is given up then. Any final response that arrives while an ``Expect:
+      100-continue`` body still waits for ``100 Continue`` (at most :data:`CONTINUE_TIMEOUT`
+      seconds) means the body is not sent at all.
     * A 2xx that arrives early (a streaming echo) is returned at once while the body goes on,
       **inside** ``async with conn:``: the task then runs in a nursery that block owns and keeps
       sending while the caller reads the response, each direction waiting only on the server, so
@@ -1428,8 +1432,10 @@ class ClientConnection(_H11Conn, http.ClientConnection):
     * If the server stops taking the body (it reset or closed the connection), sending stops and
       the response is still read, as far as it arrived.
     * The connection is kept for the next request only when both the request and the response
-      ended. A response that ends before its request body gives the body :data:`UPLOAD_GRACE`
-      seconds to finish, then the body is given up and the connection closed (as Go's client).
+      ended. A 2xx that ends before its request body lets the body go on to its end if the
+      connection is kept alive (the server must read the rest to find the next request; the next
+      request waits for it, and a success is never cut short behind the caller's back); if the
+      server will close the connection (``Connection: close``, HTTP/1.0), the body is given up.
 
     **Deadline**: ``request()``'s deadline covers waiting for the connection, sending the whole
     request (also the part of the body sent after ``request()`` returned) and receiving the head.
@@ -1472,6 +1478,7 @@ class ClientConnection(_H11Conn, http.ClientConnection):
         self._exchanges = 0
         self._sender: _BodySender | None = None  # the current exchange's, when it has one
         self._method = b""
+        self._status = 0  # the current exchange's response status
         self._nursery: trio.Nursery | None = None
         self._exit_stack: AsyncExitStack | None = None
 
@@ -1663,7 +1670,7 @@ class ClientConnection(_H11Conn, http.ClientConnection):
 
     async def _finish_sending(self, response: Response, sender: _BodySender, deadline: float) -> None:
         """Without a nursery of the connection: read the response into its body's buffer (at most
-        :data:`DUPLEX_BUFFER` bytes) until ``sender`` exited or the response ended."""
+        :data:`DUPLEX_BUFFER` bytes) until ``sender`` exited."""
         body = response.body
         if not isinstance(body, _ResponseBody):
             return
@@ -1671,7 +1678,10 @@ class ClientConnection(_H11Conn, http.ClientConnection):
         with trio.CancelScope() as wake:
             sender.waiter, sender.wake_on_exit = wake, True  # woken when the body task exits
             try:
-                while not sender.exited.is_set() and not body._complete:
+                while not sender.exited.is_set():
+                    if body._complete:  # the response ended first: the body goes on to its end
+                        await sender.exited.wait()
+                        break
                     data = await self._body_data(body, deadline)
                     if data:
                         body._buffered.append(data)
@@ -1748,6 +1758,7 @@ class ClientConnection(_H11Conn, http.ClientConnection):
         headers = Headers(event.headers)
         reason = event.reason.decode("latin-1")
         version = event.http_version.decode("ascii")
+        self._status = status
         h = self._h11
         if h.our_state is h11.SWITCHED_PROTOCOL:
             trailing, _ = h.trailing_data
@@ -1782,17 +1793,26 @@ class ClientConnection(_H11Conn, http.ClientConnection):
             raise ProtocolError(f"HTTP/1.1: unexpected {event!r} in a response body")
 
     async def _end_exchange(self) -> None:
-        """The response ended: keep the connection if the request ended too, else close it.
+        """The response ended. If the request body is still going after a 2xx on a kept-alive
+        connection, the body goes on and its task ends the exchange when it exits; after a status
+        of 300 or more, or if the server will close, the body is given up. Else the exchange ends
+        here."""
+        sender = self._sender
+        if sender is not None and not sender.exited.is_set():
+            closing = self._h11.their_state is h11.MUST_CLOSE or self._h11.their_state is h11.CLOSED
+            if self._status < 300 and not closing:
+                sender.response_ended = True  # no await since exited was looked at: one of us ends it
+                return
+            with trio.CancelScope(shield=True):
+                await sender.stop()
+        await self._finish_exchange()
 
-        A request body still going gets :data:`UPLOAD_GRACE` seconds, then it is stopped. Shielded
-        and bounded, so the decision is never cut in half by a cancellation."""
+    async def _finish_exchange(self) -> None:
+        """Request and response ended (or gave up): keep the connection if both ended, else close
+        it. Shielded and bounded, so the decision is never cut in half by a cancellation."""
         h = self._h11
         sender = self._sender
         with trio.CancelScope(shield=True):
-            if sender is not None and not sender.exited.is_set():
-                with trio.move_on_after(UPLOAD_GRACE):
-                    await sender.exited.wait()
-                await sender.stop()
             sent = not self._out and (sender is None or sender.complete)
             if h.our_state is h11.DONE and h.their_state is h11.DONE and sent:
                 h.start_next_cycle()

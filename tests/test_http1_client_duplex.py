@@ -495,14 +495,14 @@ async def test_raw_server_413_for_a_large_bytes_body(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_raw_server_answers_and_shuts_its_read_side(mode: str) -> None:
-    """A complete 200 while the upload goes on, then SHUT_RD (Linux then leaves the client's
-    bytes unacknowledged: its sends block). The response ends first: the body is given up after
-    UPLOAD_GRACE and the connection is not kept."""
+    """A complete 200 with ``Connection: close`` while the upload goes on, then SHUT_RD (Linux
+    then leaves the client's bytes unacknowledged: its sends block). The response ends first and
+    the server will close: the body is given up at once and the connection is not kept."""
 
     async def handler(stream: trio.SocketStream) -> None:
         await read_head(stream)
         stream.socket.shutdown(socket.SHUT_RD)
-        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
         await trio.sleep_forever()
 
     body = Body(endless=True)
@@ -535,6 +535,36 @@ async def test_raw_server_answers_then_closes_abruptly(mode: str) -> None:
             assert body.ended and no_tasks_left()
             with pytest.raises(StackError):
                 await conn.request("GET", "/")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_raw_server_answers_early_and_reads_on(mode: str) -> None:
+    """A complete 200 after the head, on a kept-alive connection, then the server reads the rest of
+    the body (it must, to find the next request): the body goes on to its end, the next request
+    waits for it and uses the same connection."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_head(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
+        seen = b""
+        while not seen.endswith(b"0\r\n\r\n"):  # the chunked body's end (the test's data has no such bytes)
+            more = await stream.receive_some(65536)
+            assert more
+            seen = seen[-16:] + more
+        await read_head(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond")
+        await discard(stream, 5)
+
+    body = Body(b"b" * (6 * CHUNK), delay=0.02)
+    with trio.fail_after(10):
+        async with raw_server(handler) as port, client(await connect_small(port), mode) as conn:
+            response = await conn.request("PUT", "/", body=body.chunks())
+            assert await response.read() == b"early"
+            if mode == "async-with":
+                assert body.taken < len(body.payload)  # the response ended before the body
+            response = await conn.request("GET", "/second")
+            assert body.taken == len(body.payload) and body.ended
+            assert await response.read() == b"second"
 
 
 async def chunked_echo(stream: trio.SocketStream, rest: bytes = b"") -> None:
