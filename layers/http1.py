@@ -1329,7 +1329,8 @@ class _ResponseBody(ByteStream):
 
     When the body ends the connection is ready for the next request if the request ended too
     (else, or if the server said ``Connection: close``, it closes). A malformed body, or the
-    server closing in the middle of it, raises :class:`~stack.ProtocolError`. On deadline or
+    server closing in the middle of it, raises :class:`~stack.ProtocolError` (and stops a request
+    body still going). On deadline or
     cancellation nothing is consumed, and a request body still being sent goes on. If that request
     body fails after the response head came (its iterator raised, the request's deadline passed),
     receiving raises :class:`~stack.Broken` with the failure as ``__cause__``. ``aclose()`` before
@@ -1360,9 +1361,12 @@ class _ResponseBody(ByteStream):
                     raise sender.broken() from sender.failure
                 try:
                     self._pending = await self._conn._body_data(self, deadline)
-                except StackError:
-                    if sender is not None and sender.failure is not None:
-                        raise sender.broken() from sender.failure
+                except StackError as exc:
+                    if sender is not None:
+                        if sender.failure is not None:
+                            raise sender.broken() from sender.failure
+                        if not isinstance(exc, Timeout):  # the response broke: no use sending on
+                            await sender.stop()
                     raise
         out = self._pending
         if len(out) > max_bytes:

@@ -30,7 +30,7 @@ import trio
 import trio.testing
 
 from layers import http, http1, tcp
-from stack import Broken, ByteStream, Closed, Stack, StackError, Timeout
+from stack import Broken, ByteStream, Closed, ProtocolError, Stack, StackError, Timeout
 from stack.testing import memory_pair
 
 CHUNK = 64 * 1024
@@ -565,6 +565,22 @@ async def test_raw_server_answers_early_and_reads_on(mode: str) -> None:
             response = await conn.request("GET", "/second")
             assert body.taken == len(body.payload) and body.ended
             assert await response.read() == b"second"
+
+
+async def test_raw_server_breaks_its_answer_while_the_body_goes_on() -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_head(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n")
+        await discard(stream, 10)
+
+    body = Body(endless=True, delay=0.005)
+    with trio.fail_after(10):
+        async with raw_server(handler) as port, client(await connect_small(port), "async-with") as conn:
+            response = await conn.request("POST", "/", body=body.chunks())
+            assert await response.body.recv() == b"abc"
+            with pytest.raises(ProtocolError):
+                await response.body.recv()
+            assert body.ended and no_tasks_left()  # a broken answer stops the body at once
 
 
 async def chunked_echo(stream: trio.SocketStream, rest: bytes = b"") -> None:
