@@ -37,6 +37,9 @@ the Internet needs and h11 leaves out:
   that answers without reading never gets the body sent (the connection then closes).
 * **Pipelining**: requests are answered one at a time, in order; bytes read ahead wait in this
   layer's buffer for the next request.
+* **A full-duplex client**: a large or streamed request body goes out from a task while the
+  response is read, so an early answer (413, 401, a streaming echo's 200) is returned at once; see
+  :class:`ClientConnection` for who owns that task and when the connection is kept.
 * **Upgrade and CONNECT**: ``request.start_response(101, ...)`` (or a 2xx to CONNECT) returns the
   raw connection as a ByteStream: every byte h11 had read ahead is pushed back into the stream below
   (``lower.unread``) first, so TLS, WebSocket or anything else attaches on top with nothing lost.
@@ -56,10 +59,12 @@ from __future__ import annotations
 import logging
 import re
 import weakref
-from collections.abc import AsyncIterable
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Self
 
 import h11
 import trio
@@ -67,7 +72,7 @@ import trio
 from layers import http
 from layers.http import DEFAULT_LIMITS, App, Body, HeaderInput, Headers, Limits, Response, date_header
 from stack.deadlines import FOREVER
-from stack.errors import Broken, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
+from stack.errors import Broken, Busy, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
 from stack.streams import ByteStream, Info
 
 __all__ = ["ClientConnection", "Request", "ServerConnection", "client", "server"]
@@ -1168,30 +1173,212 @@ class server:
 # Client
 
 
+INLINE_SEND = 65536
+"""A request whose head and body come to at most this many bytes is written whole before its
+response is read (the socket buffers take it); a larger or streamed body is sent by a task while
+the response is read (full duplex, see :class:`ClientConnection`)."""
+
+DUPLEX_BUFFER = 1024 * 1024
+"""Most response body bytes a connection used without ``async with conn:`` keeps while it finishes
+sending a request body that the server answers (2xx) as it arrives."""
+
+_STOP_WAIT = 1.0
+"""Seconds :meth:`_BodySender.stop` waits for the cancelled task to exit (shielded)."""
+
+
+class _BodySender:
+    """Sends one request (the committed head, then the body) in a task of its own, so that the
+    response can be read meanwhile. Client-only.
+
+    **Owner**: the exchange (request and response) of one :class:`ClientConnection`. The task runs
+    in the connection's nursery (``async with conn:``; it then goes on after ``request()``
+    returned, while the response is read) or in a nursery ``request()`` opens for the call (it then
+    never outlives the call). Whoever ends the exchange ends the task: :meth:`stop` cancels it and
+    waits (shielded, at most :data:`_STOP_WAIT` seconds) until it exited. That happens when an
+    early final response (status 300 or more) makes the rest of the body useless, when the
+    response ends before the body (unless a 2xx on a kept-alive connection), when the response is
+    closed before its end, when ``request()`` fails or is cancelled, and in ``conn.aclose()``.
+    If the response ended first on a kept-alive connection (``response_ended``), the task ends
+    the exchange when it exits (:meth:`ClientConnection._finish_exchange`).
+
+    **Outcomes**, once ``exited`` is set: ``complete`` (the end of the body was flushed);
+    ``stopped`` (given up by us: cancelled); ``send_error`` (the stream below refused bytes: the
+    server reset or closed the connection, and what it answered may still be read); ``failure``
+    (the body iterator raised, h11 refused its data, or the request's deadline passed: the exchange
+    is broken). The task itself never raises anything but ``Cancelled``.
+
+    **Waking the reader**: ``waiter`` is the cancel scope of the task waiting on the response (in
+    ``request()``); the task cancels it when it exits with a ``failure``, or on any exit if
+    ``wake_on_exit``. Once ``request()`` returned while the task goes on (``detached``), nobody
+    waits: a ``failure`` then closes the connection, so a reader blocked on the response wakes.
+    """
+
+    def __init__(
+        self, conn: ClientConnection, chunks: AsyncIterator[bytes] | None, expect_100: bool, deadline: float
+    ) -> None:
+        self.conn = conn
+        self.chunks = chunks
+        self.expect_100 = expect_100
+        self.deadline = deadline
+        self.scope = trio.CancelScope()
+        self.exited = trio.Event()
+        self.continued = trio.Event()  # a 100 Continue arrived
+        self.body_started = chunks is None  # past the wait for 100 Continue (a bytes body: at once)
+        self.complete = False
+        self.stopped = False
+        self.send_error: StackError | None = None
+        self.failure: BaseException | None = None
+        self.waiter: trio.CancelScope | None = None
+        self.wake_on_exit = False
+        self.detached = False
+        self.response_ended = False  # the response ended first: our exit ends the exchange
+        self.exchange = conn._exchange
+        self._task: trio.lowlevel.Task | None = None
+
+    async def run(self) -> None:
+        """The task: send until the body ended, failed or was stopped (see the class docstring)."""
+        self._task = trio.lowlevel.current_task()
+        try:
+            with self.scope:
+                try:
+                    if self.deadline == FOREVER:
+                        await self._send()
+                    else:
+                        with trio.move_on_at(self.deadline):
+                            await self._send()
+                        if not self.complete and self.failure is None:
+                            raise Timeout("the deadline passed")
+                except Timeout:
+                    self.failure = Timeout("HTTP/1.1: the request body was not sent by the request's deadline")
+                except StackError as exc:  # from the stream below: the server no longer takes bytes
+                    self.send_error = exc
+                    log.debug("HTTP/1.1 client: sending the request stopped: %s", exc)
+        finally:
+            if not self.complete:
+                await self._close_chunks()
+            self.exited.set()
+            await self._exit()
+
+    async def _close_chunks(self) -> None:
+        """The body is given up: close its iterator (an async generator's ``finally`` runs now, not
+        when it is collected), shielded, for at most :data:`_STOP_WAIT` seconds."""
+        aclose = getattr(self.chunks, "aclose", None)
+        if aclose is None:
+            return
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(_STOP_WAIT):
+                await aclose()
+        except Exception as exc:
+            log.debug("HTTP/1.1 client: closing the request body's iterator failed: %r", exc)
+
+    async def _send(self) -> None:
+        conn = self.conn
+        await conn._flush(self.deadline)
+        chunks = self.chunks
+        if chunks is not None:
+            if self.expect_100:
+                with trio.move_on_at(min(self.deadline, trio.current_time() + CONTINUE_TIMEOUT)):
+                    await self.continued.wait()
+            self.body_started = True
+            while True:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:  # the caller's iterator: its error is the caller's to see
+                    self.failure = exc
+                    return
+                if chunk and not self._commit(h11.Data(data=chunk)):
+                    return
+                await conn._flush(self.deadline)
+            if not self._commit(h11.EndOfMessage()):
+                return
+            await conn._flush(self.deadline)
+        self.complete = True
+
+    def _commit(self, event: h11.Data | h11.EndOfMessage) -> bool:
+        try:
+            self.conn._send_event(event)
+        except StackError as exc:  # h11 refused the caller's data (over or under its Content-Length)
+            self.failure = exc
+            return False
+        return True
+
+    async def _exit(self) -> None:
+        conn = self.conn
+        if self.waiter is not None:
+            if self.failure is not None or self.wake_on_exit:
+                self.waiter.cancel()
+        elif self.failure is not None and self.detached and not self.stopped and conn._exchange == self.exchange:
+            with trio.CancelScope(shield=True):
+                await conn._poison(self.broken())
+        if self.response_ended and conn._exchange == self.exchange:
+            await conn._finish_exchange()
+
+    def broken(self) -> Broken:
+        """The error a reader of the response gets after a ``failure`` (raise it from that)."""
+        return Broken(f"HTTP/1.1: the request body failed ({self.failure}); the connection was closed")
+
+    async def stop(self) -> None:
+        """Give the body up if it is still going: cancel the task and wait until it exited (at
+        most :data:`_STOP_WAIT` seconds; shielded). Committed bytes that did not go are dropped:
+        the connection is not used again after a stopped body."""
+        if self.exited.is_set():
+            return
+        self.stopped = True
+        self.scope.cancel()
+        if trio.lowlevel.current_task() is self._task:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(_STOP_WAIT):
+            await self.exited.wait()
+        if self.exited.is_set():
+            self.conn._out.clear()
+
+
 class _ResponseBody(ByteStream):
     """The body of a response, as the client reads it. ``b""`` at its end.
 
-    When the body ends the connection is ready for the next request (or closes, if the server
-    said ``Connection: close``). A malformed body, or the server closing in the middle of it,
-    raises :class:`~stack.ProtocolError`. On deadline or cancellation nothing is consumed.
-    ``aclose()`` before the end drains a small rest (up to :data:`MAX_DRAIN` bytes, for
-    :data:`DRAIN_TIME` seconds) to keep the connection, or closes the connection.
+    When the body ends the connection is ready for the next request if the request ended too
+    (else, or if the server said ``Connection: close``, it closes). A malformed body, or the
+    server closing in the middle of it, raises :class:`~stack.ProtocolError` (and stops a request
+    body still going). On deadline or
+    cancellation nothing is consumed, and a request body still being sent goes on. If that request
+    body fails after the response head came (its iterator raised, the request's deadline passed),
+    receiving raises :class:`~stack.Broken` with the failure as ``__cause__``. ``aclose()`` before
+    the end drains a small rest (up to :data:`MAX_DRAIN` bytes, for :data:`DRAIN_TIME` seconds) to
+    keep the connection, or, with the request body still going, stops it and closes the connection.
     """
 
     kind = "http1-response-body"
 
-    def __init__(self, conn: ClientConnection) -> None:
+    def __init__(self, conn: ClientConnection, sender: _BodySender | None) -> None:
         super().__init__(conn._lower, conn.info)
         self._conn = conn
+        self._sender = sender
         self._response: Response | None = None
         self._pending = b""
+        self._buffered: deque[bytes] = deque()  # read while request() finished sending (no nursery)
         self._complete = False
 
     async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
         if not self._pending:
-            if self._complete:
+            if self._buffered:
+                self._pending = self._buffered.popleft()
+            elif self._complete:
                 return b""
-            self._pending = await self._conn._body_data(self, deadline)
+            else:
+                sender = self._sender
+                if sender is not None and sender.failure is not None:
+                    raise sender.broken() from sender.failure
+                try:
+                    self._pending = await self._conn._body_data(self, deadline)
+                except StackError as exc:
+                    if sender is not None:
+                        if sender.failure is not None:
+                            raise sender.broken() from sender.failure
+                        if not isinstance(exc, Timeout):  # the response broke: no use sending on
+                            await sender.stop()
+                    raise
         out = self._pending
         if len(out) > max_bytes:
             self._pending = out[max_bytes:]
@@ -1213,15 +1400,18 @@ class _ResponseBody(ByteStream):
         if self._complete:
             return
         conn = self._conn
-        try:
-            with trio.CancelScope(shield=True):
-                drain_deadline = trio.current_time() + DRAIN_TIME
-                total = 0
-                while not self._complete and total <= MAX_DRAIN:
-                    total += len(self._pending) + len(await conn._body_data(self, drain_deadline))
-                    self._pending = b""
-        except StackError:
-            pass
+        sender = self._sender
+        if sender is None or sender.complete:  # the request ended: the connection may be kept
+            try:
+                with trio.CancelScope(shield=True):
+                    drain_deadline = trio.current_time() + DRAIN_TIME
+                    total = len(self._pending) + sum(map(len, self._buffered))
+                    while not self._complete and total <= MAX_DRAIN:
+                        total += len(await conn._body_data(self, drain_deadline))
+            except StackError:
+                pass
+        self._pending = b""
+        self._buffered.clear()
         if not self._complete:
             await conn._poison(Closed("HTTP/1.1: a response was closed before its end, closing the connection"))
 
@@ -1231,12 +1421,61 @@ class ClientConnection(_H11Conn, http.ClientConnection):
 
     Requests queue on the one connection: a request waits until the previous response's body was
     read to its end or closed (read or close every response). ``request()`` returns once the
-    response head arrived; its deadline covers waiting for the connection, sending the request and
-    receiving the head. If it passes (or the call is cancelled) in the middle of the exchange, the
-    connection cannot be used again (:class:`~stack.Broken` on later requests). When the server
-    closed the connection, later requests raise :class:`~stack.EndOfStream`. A 101 response, or a
-    2xx to CONNECT, makes the response body the tunnel (a ByteStream straight on the stream below;
-    ``detach()`` on it returns that stream) and the connection takes no more requests.
+    response head arrived. When the server closed the connection, later requests raise
+    :class:`~stack.EndOfStream`. A 101 response, or a 2xx to CONNECT, makes the response body the
+    tunnel (a ByteStream straight on the stream below; ``detach()`` on it returns that stream) and
+    the connection takes no more requests.
+
+    **Full duplex.** A request whose body is streamed (an async iterable) or larger than
+    :data:`INLINE_SEND` is sent by a task while the response head is awaited, so an answer that
+    comes early is seen at once:
+
+    * A final response of status 300 or more that arrives while the body is still being produced
+      (a 413, a 401) stops it, as curl does: ``request()`` returns that response, the rest of the
+      body is not sent, and the connection closes after the response (read it as usual). A body
+      already whole in the outgoing buffer (bytes, or the last chunk) goes on while the response
+      is read, as the server may have read all but its end; if it is still going when that
+      response ended, it is given up then. Any final response that arrives while an ``Expect:
+      100-continue`` body still waits for ``100 Continue`` (at most :data:`CONTINUE_TIMEOUT`
+      seconds) means the body is not sent at all.
+    * A 2xx that arrives early (a streaming echo) is returned at once while the body goes on,
+      **inside** ``async with conn:``: the task then runs in a nursery that block owns and keeps
+      sending while the caller reads the response, each direction waiting only on the server, so
+      both may exceed every buffer on the way. On a connection used without ``async with``,
+      ``request()`` returns once the body was sent too, keeping the response bytes that arrived
+      meanwhile (at most :data:`DUPLEX_BUFFER`; past that, :class:`~stack.Broken` saying so).
+    * If the server stops taking the body (it reset or closed the connection), sending stops and
+      the response is still read, as far as it arrived.
+    * The connection is kept for the next request only when both the request and the response
+      ended. A 2xx that ends before its request body lets the body go on to its end if the
+      connection is kept alive (the server must read the rest to find the next request; the next
+      request waits for it, and a success is never cut short behind the caller's back); if the
+      server will close the connection (``Connection: close``, HTTP/1.0), the body is given up.
+
+    **Deadline**: ``request()``'s deadline covers waiting for the connection, sending the whole
+    request (also the part of the body sent after ``request()`` returned) and receiving the head.
+    If it passes (or the call is cancelled) before the head, the body stops and the connection
+    cannot be used again (:class:`~stack.Broken` on later requests). If it passes after the head
+    while the body is still going, the body stops, the connection closes, and the response body's
+    next ``recv`` raises :class:`~stack.Broken`. Deadlines of ``response.body.recv`` concern the
+    response only: they consume nothing and never stop the request body.
+
+    **Body errors**: an exception raised by the body iterator before the head arrived comes out of
+    ``request()`` unchanged; after it, the connection closes and the response body's ``recv``
+    raises :class:`~stack.Broken` with the exception as ``__cause__``. A body that is given up
+    (stopped, failed, or refused by the server) may be cancelled in the middle of producing a chunk,
+    and its iterator is then closed (``aclose()``, if it has one: an async generator's ``finally``
+    runs at once, not when it is collected).
+
+    **Cancel and ownership**: the sending task belongs to the exchange. It ends when the body is
+    sent, and is stopped (cancelled, and waited for) when ``request()`` fails or is cancelled, when
+    the response is closed before its end (``response.aclose()``, ``async with response:``), by
+    ``conn.aclose()`` and when the ``async with conn:`` block ends. Cancelling a ``recv`` on the
+    response does not touch it. No task outlives the block (without it: the ``request()`` call).
+
+    **End of stream**: the server closing before the head raises :class:`~stack.EndOfStream`
+    ("without responding"), or the :class:`~stack.Broken` that sending got; in the middle of the
+    response body, :class:`~stack.ProtocolError`.
     """
 
     _role = h11.CLIENT
@@ -1252,11 +1491,33 @@ class ClientConnection(_H11Conn, http.ClientConnection):
         self._closed = False
         self._exchange = 0  # the exchange holding the slot (0: none)
         self._exchanges = 0
-        self._body_unsent = False  # the server answered before our body went out
+        self._sender: _BodySender | None = None  # the current exchange's, when it has one
         self._method = b""
+        self._status = 0  # the current exchange's response status
+        self._nursery: trio.Nursery | None = None
+        self._exit_stack: AsyncExitStack | None = None
 
     def __repr__(self) -> str:
         return f"<http1.ClientConnection {self.authority}>"
+
+    async def __aenter__(self) -> Self:
+        """Run the connection in this block: request bodies go on in a nursery the block owns
+        while their responses are read (full duplex). Leaving the block closes the connection."""
+        if self._exit_stack is not None:
+            raise Busy("this HTTP/1.1 connection is already in an `async with` block")
+        stack = AsyncExitStack()
+        self._nursery = await stack.enter_async_context(trio.open_nursery())
+        self._exit_stack = stack
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        stack, self._exit_stack = self._exit_stack, None
+        try:
+            await self.aclose()
+        finally:
+            self._nursery = None
+            if stack is not None:
+                await stack.aclose()
 
     def _check(self) -> None:
         if self._closed:
@@ -1273,30 +1534,29 @@ class ClientConnection(_H11Conn, http.ClientConnection):
         body: Body = None,
         deadline: float = FOREVER,
     ) -> Response:
-        """Send a request and return the response once its head arrived (see the class docstring).
+        """Send a request and return the response once its head arrived (see the class docstring
+        for full duplex, deadline, errors and cancellation).
 
         ``body``: bytes (sent with a Content-Length), an async iterable of bytes (chunked unless
         ``headers`` has a Content-Length), or None (no body). With ``Expect: 100-continue`` in
         ``headers`` a streamed body waits for ``100 Continue`` (at most :data:`CONTINUE_TIMEOUT`
-        seconds); a final response arriving first means the body is not sent, and the connection
-        closes after that response. A Host header is added from ``authority`` unless given. An
-        invalid method, target or header raises :class:`ValueError` and sends nothing.
+        seconds). A Host header is added from ``authority`` unless given. An invalid method,
+        target or header raises :class:`ValueError` and sends nothing.
         """
         self._check()
-        event, _, expect_100 = self._build(method, target, Headers(headers), body)
+        event, streaming, expect_100 = self._build(method, target, Headers(headers), body)
         with trio.move_on_at(deadline) as scope:
             await self._slot.acquire()
         if scope.cancelled_caught:
             raise Timeout("HTTP/1.1: waiting for the connection timed out (is a previous response unread?)")
         self._exchanges += 1
         self._exchange = exchange = self._exchanges
-        self._body_unsent = False
+        self._sender = None
         self._method = event.method
         ok = False
         try:
             self._check()
-            head = await self._exchange_head(event, body, expect_100, deadline)
-            response = await self._response(head)
+            response = await self._exchange_request(event, body, streaming, expect_100, deadline)
             ok = True
             return response
         except Timeout:
@@ -1336,48 +1596,121 @@ class ClientConnection(_H11Conn, http.ClientConnection):
         except h11.LocalProtocolError as exc:
             raise _local_error(exc) from None
 
-    async def _exchange_head(
-        self, event: h11.Request, body: Body, expect_100: bool, deadline: float
-    ) -> h11.Response | h11.InformationalResponse:
-        """Send the request (head and a bytes body in one write) and receive the response head."""
+    async def _exchange_request(
+        self, event: h11.Request, body: Body, streaming: bool, expect_100: bool, deadline: float
+    ) -> Response:
+        """Send the request and return the response once its head came (see the class docstring)."""
         self._send_event(event)
+        chunks: AsyncIterator[bytes] | None = None
+        if streaming:
+            assert isinstance(body, AsyncIterable)
+            chunks = aiter(body)
+        else:
+            if body:
+                self._send_event(h11.Data(data=body))  # type: ignore[arg-type]
+            self._send_event(h11.EndOfMessage())
+            if len(self._out) <= INLINE_SEND:  # head and body in one write, then the response
+                return await self._response(await self._inline_head(deadline))
+        sender = self._sender = _BodySender(self, chunks, expect_100, deadline)
+        if self._nursery is not None:  # inside `async with conn:` the body goes on after we return
+            self._nursery.start_soon(sender.run, name="stack.http1 request body")
+            response = await self._duplex_response(sender, deadline)
+            sender.detached = True  # no await since the last look at sender.failure
+            return response
+        failure: Exception | None = None
+        result: Response | None = None
+        async with trio.open_nursery() as nursery:  # the body's task never outlives this call
+            nursery.start_soon(sender.run, name="stack.http1 request body")
+            try:
+                result = await self._duplex_response(sender, deadline)
+                await self._finish_sending(result, sender, deadline)
+            except Exception as exc:  # raised below, outside the nursery (no exception group)
+                failure = exc
+                sender.scope.cancel()
+        if failure is not None:
+            raise failure
+        assert result is not None
+        return result
+
+    async def _inline_head(self, deadline: float) -> h11.Response | h11.InformationalResponse:
+        """Flush the whole request, then receive the response head."""
         send_error: StackError | None = None
-        early: h11.Response | h11.InformationalResponse | None = None
         try:
-            if isinstance(body, AsyncIterable):
-                await self._flush(deadline)
-                early = await self._send_body(body, expect_100, deadline)
-            else:
-                if body:
-                    self._send_event(h11.Data(data=body))  # type: ignore[arg-type]
-                self._send_event(h11.EndOfMessage())
-                await self._flush(deadline)
+            await self._flush(deadline)
         except Broken as exc:  # the server may have answered early (413...) and closed: read it
             send_error = exc
         try:
-            return early or await self._read_head(deadline)
+            return await self._read_head(deadline)
         except StackError:
             if send_error is not None:
                 raise send_error from None
             raise
 
-    async def _send_body(
-        self, body: AsyncIterable[bytes], expect_100: bool, deadline: float
-    ) -> h11.Response | h11.InformationalResponse | None:
-        if expect_100:
-            early = None
-            with trio.move_on_at(min(deadline, trio.current_time() + CONTINUE_TIMEOUT)):
-                early = await self._read_head(deadline, stop_at_100=True)
-            if early is not None and early.status_code != 100:
-                self._body_unsent = True
-                return early  # a final answer (or a switch) before the body: do not send it
-        async for chunk in body:
-            if chunk:
-                self._send_event(h11.Data(data=chunk))
-                await self._flush(deadline)
-        self._send_event(h11.EndOfMessage())
-        await self._flush(deadline)
-        return None
+    async def _duplex_response(self, sender: _BodySender, deadline: float) -> Response:
+        """Receive the response head while ``sender`` sends; stop the body if the answer makes it
+        useless; return the response."""
+        head = None
+        with trio.CancelScope() as wake:
+            sender.waiter = wake  # woken if the body fails: no use waiting for an answer then
+            try:
+                if sender.failure is None:
+                    head = await self._read_head(deadline, sender)
+            except StackError:
+                if sender.failure is not None:
+                    raise sender.failure from None
+                if sender.send_error is not None:
+                    raise sender.send_error from None
+                raise
+            finally:
+                sender.waiter = None
+        if sender.failure is not None:
+            raise sender.failure
+        assert head is not None
+        status = head.status_code
+        if not sender.exited.is_set():
+            producing = self._h11.our_state is h11.SEND_BODY  # else only flushing what is committed
+            unwanted = sender.expect_100 and not sender.body_started  # final answer, no 100 Continue
+            if (status >= 300 and producing) or unwanted:  # an early final answer: no more body
+                log.debug("HTTP/1.1 client: a %d came before the request body ended; it stops", status)
+                await sender.stop()
+            elif status == 101 or (self._method == b"CONNECT" and status < 300):
+                with trio.move_on_at(deadline):  # the tunnel may not share the stream with the task
+                    await sender.exited.wait()
+                if not sender.exited.is_set():
+                    raise Timeout("HTTP/1.1: the request was not sent by the deadline")
+        response = await self._response(head)
+        if sender.failure is not None:
+            raise sender.failure
+        return response
+
+    async def _finish_sending(self, response: Response, sender: _BodySender, deadline: float) -> None:
+        """Without a nursery of the connection: read the response into its body's buffer (at most
+        :data:`DUPLEX_BUFFER` bytes) until ``sender`` exited."""
+        body = response.body
+        if not isinstance(body, _ResponseBody):
+            return
+        kept = 0
+        with trio.CancelScope() as wake:
+            sender.waiter, sender.wake_on_exit = wake, True  # woken when the body task exits
+            try:
+                while not sender.exited.is_set():
+                    if body._complete:  # the response ended first: the body goes on to its end
+                        await sender.exited.wait()
+                        break
+                    data = await self._body_data(body, deadline)
+                    if data:
+                        body._buffered.append(data)
+                        kept += len(data)
+                        if kept > DUPLEX_BUFFER:
+                            raise Broken(
+                                f"HTTP/1.1: the server answers while the request body is still being sent, and "
+                                f"over {DUPLEX_BUFFER} bytes of its answer came meanwhile: use the connection in "
+                                "`async with conn:` to read the response as the body goes out (full duplex)"
+                            )
+            finally:
+                sender.waiter = None
+        if sender.failure is not None:
+            raise sender.failure
 
     def _send_event(self, event: h11.Event) -> None:
         try:
@@ -1401,10 +1734,11 @@ class ClientConnection(_H11Conn, http.ClientConnection):
             raise ProtocolError(f"HTTP/1.1 response: {exc}") from None
 
     async def _read_head(
-        self, deadline: float, *, stop_at_100: bool = False
+        self, deadline: float, sender: _BodySender | None = None
     ) -> h11.Response | h11.InformationalResponse:
-        """The response head (a 101 counts as one); other 1xx responses are skipped. A head over
-        ``max_header_bytes`` raises MessageTooLarge (h11 only limits heads still incomplete)."""
+        """The response head (a 101 counts as one); other 1xx responses are skipped (a 100 lets
+        ``sender`` send its body). A head over ``max_header_bytes`` raises MessageTooLarge (h11
+        only limits heads still incomplete). Cancel-safe: what arrived stays in h11."""
         h = self._h11
         fed = len(h.trailing_data[0])
         while True:
@@ -1421,13 +1755,16 @@ class ClientConnection(_H11Conn, http.ClientConnection):
                 fed -= size
                 limit = self._limits.max_header_bytes
                 if size > limit:
-                    raise MessageTooLarge(f"response head of {size} bytes is over max_header_bytes={limit}",
-                                          limit=limit, size=size)
+                    raise MessageTooLarge(
+                        f"response head of {size} bytes is over max_header_bytes={limit}", limit=limit, size=size
+                    )
             if type(event) is h11.Response:
                 return event
             if type(event) is h11.InformationalResponse:
-                if event.status_code == 101 or stop_at_100:
+                if event.status_code == 101:
                     return event
+                if event.status_code == 100 and sender is not None:
+                    sender.continued.set()
                 continue
             raise ProtocolError(f"HTTP/1.1: unexpected {event!r} instead of a response")
 
@@ -1436,6 +1773,7 @@ class ClientConnection(_H11Conn, http.ClientConnection):
         headers = Headers(event.headers)
         reason = event.reason.decode("latin-1")
         version = event.http_version.decode("ascii")
+        self._status = status
         h = self._h11
         if h.our_state is h11.SWITCHED_PROTOCOL:
             trailing, _ = h.trailing_data
@@ -1443,7 +1781,7 @@ class ClientConnection(_H11Conn, http.ClientConnection):
             self._error = StackError("HTTP/1.1: the connection switched protocols; it takes no more requests")
             self._release(self._exchange)
             return Response(status, headers, version, _Tunnel(self._lower), reason)
-        body = _ResponseBody(self)
+        body = _ResponseBody(self, self._sender)
         response = Response(status, headers, version, body, reason)
         body._response = response
         if self._method == b"HEAD" or status in _BODYLESS_STATUS or headers.get("content-length") == "0":
@@ -1470,12 +1808,39 @@ class ClientConnection(_H11Conn, http.ClientConnection):
             raise ProtocolError(f"HTTP/1.1: unexpected {event!r} in a response body")
 
     async def _end_exchange(self) -> None:
+        """The response ended. If the request body is still going after a 2xx on a kept-alive
+        connection, the body goes on and its task ends the exchange when it exits; after a status
+        of 300 or more, or if the server will close, the body is given up. Else the exchange ends
+        here."""
+        sender = self._sender
+        if sender is not None and not sender.exited.is_set():
+            closing = self._h11.their_state is h11.MUST_CLOSE or self._h11.their_state is h11.CLOSED
+            if self._status < 300 and not closing:
+                sender.response_ended = True  # no await since exited was looked at: one of us ends it
+                return
+            with trio.CancelScope(shield=True):
+                await sender.stop()
+        await self._finish_exchange()
+
+    async def _finish_exchange(self) -> None:
+        """Request and response ended (or gave up): keep the connection if both ended, else close
+        it. Shielded and bounded, so the decision is never cut in half by a cancellation."""
         h = self._h11
-        if h.our_state is h11.DONE and h.their_state is h11.DONE and not self._body_unsent:
-            h.start_next_cycle()
-            self._release(self._exchange)
-        else:
-            await self._poison(EndOfStream("HTTP/1.1: the server closed the connection"))
+        sender = self._sender
+        with trio.CancelScope(shield=True):
+            sent = not self._out and (sender is None or sender.complete)
+            if h.our_state is h11.DONE and h.their_state is h11.DONE and sent:
+                h.start_next_cycle()
+                self._release(self._exchange)
+            elif not sent:
+                await self._poison(
+                    Closed(
+                        "HTTP/1.1: the server answered before the request body was sent whole, "
+                        "so the connection was closed"
+                    )
+                )
+            else:
+                await self._poison(EndOfStream("HTTP/1.1: the server closed the connection"))
 
     def _release(self, exchange: int) -> None:
         if exchange and self._exchange == exchange:
@@ -1483,22 +1848,28 @@ class ClientConnection(_H11Conn, http.ClientConnection):
             self._slot.release()
 
     async def _poison(self, exc: StackError) -> None:
-        """No more requests on this connection: record why, close the stream below, let the next
-        waiting request go (it raises)."""
+        """No more requests on this connection: record why, stop a request body still going,
+        close the stream below, let the next waiting request go (it raises)."""
         if self._error is None:
             self._error = exc
+        if self._sender is not None:
+            await self._sender.stop()
         self._release(self._exchange)
         with trio.CancelScope(shield=True):
             await self._lower.aclose(deadline=trio.current_time() + 1.0)
 
     async def aclose(self, *, deadline: float | None = None) -> None:
-        """Close the connection and the stream below. Idempotent; never raises a StackError.
-        Requests waiting for the connection get :class:`~stack.Closed`."""
+        """Close the connection and the stream below; a request body still going is stopped.
+        Idempotent; never raises a StackError. Requests waiting for the connection get
+        :class:`~stack.Closed`."""
         if self._closed:
             return
         self._closed = True
         try:
-            if self._out and not self._flushing:
+            sender = self._sender
+            if sender is not None:
+                await sender.stop()
+            if self._out and not self._flushing and (sender is None or sender.complete):
                 d = trio.current_time() + 1.0 if deadline is None else deadline
                 with trio.move_on_at(d):
                     await self._lower.send_from(self._out, deadline=d)
