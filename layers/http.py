@@ -495,6 +495,10 @@ class server:
         conn: ServerConnection = await spec.attach(lower, deadline=deadline)
         return conn
 
+    def __post_init__(self) -> None:
+        # Import both versions now, not on the first connection (h2 alone takes tens of ms).
+        _ = self._http1, self._http2
+
     # The version specs, made once per server spec rather than once per connection (a frozen
     # dataclass has no slots, so cached_property can store them).
     @cached_property
