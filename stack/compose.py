@@ -163,19 +163,15 @@ class Stack:
             return
         try:
             await handler(stream)
-        except BaseException as exc:
-            # Cancelled or failed: the graceful close gets its grace period under a shield.
+        except StackError as exc:
+            log.debug("connection from %s ended: %s", raw.info.get("peer"), exc)
+        except Exception:
+            log.exception("handler failed for the connection from %s", raw.info.get("peer"))
+        finally:
+            # Shielded: the graceful close (close_notify, a flush) gets its grace period even when
+            # the serve nursery is being cancelled (a handler that stops the server as it ends).
             with trio.CancelScope(shield=True):
                 await stream.aclose(deadline=trio.current_time() + 2.0)
-            if isinstance(exc, StackError):
-                log.debug("connection from %s ended: %s", raw.info.get("peer"), exc)
-            elif isinstance(exc, Exception):
-                log.exception("handler failed for the connection from %s", raw.info.get("peer"))
-            else:
-                raise
-        else:  # no shield (one per connection costs): a cancellation arriving just now cuts the
-            # graceful part short, and aclose still releases the stream
-            await stream.aclose(deadline=trio.current_time() + 2.0)
 
 
 class StackListener:

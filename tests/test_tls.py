@@ -189,6 +189,29 @@ async def test_default_hostname_is_the_name_tcp_connected_to() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_serve_closes_gracefully_when_the_handler_stops_the_server() -> None:
+    """A handler that cancels the serve nursery as it ends still gets its close_notify out: the
+    close after a handler runs shielded (the benchmark receiver does exactly this)."""
+    received: list[bytes] = []
+
+    async with trio.open_nursery() as nursery:
+
+        async def handler(stream: tls.TLSStream) -> None:
+            try:
+                while data := await stream.recv():
+                    received.append(data)
+            finally:
+                nursery.cancel_scope.cancel()
+
+        (addr,) = await nursery.start(Stack(tcp.listen("127.0.0.1", 0), server()).serve, handler)
+        stream = await Stack(tcp.connect(*addr), tls.client(ca=certs().ca)).connect(deadline=after(5))
+        async with stream:
+            await stream.send(b"all of it")
+            await stream.done()  # close_notify: the handler's recv ends, and it stops the server
+            assert await stream.recv(deadline=after(5)) == b""  # the server's close_notify, not Broken
+    assert b"".join(received) == b"all of it"
+
+
 async def test_no_hostname_over_memory_is_an_error() -> None:
     a, _ = memory_pair()
     with pytest.raises(ValueError, match="server_hostname"):
