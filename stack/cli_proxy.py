@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import re
 import signal
 import sys
 import time
@@ -253,18 +254,37 @@ class BackendPool:
 # headers
 
 
+_DROP = frozenset(name.encode("latin-1") for name in HOP_BY_HOP) | {b"host"}
+"""Names never forwarded as they are, as on the wire (Host is written first, from the authority)."""
+
+_VIA = {version: f"{version} {PSEUDONYM}".encode("latin-1") for version in ("1.0", "1.1", "2")}
+
+_TOKEN = re.compile(r"[\w!#$%&'*+.^`|~-]+")
+"""An RFC 7230 token; ``\\w`` matches what ``str.isalnum()`` accepts, and ``_``."""
+
+
+def _via(version: str) -> bytes:
+    via = _VIA.get(version)
+    return via if via is not None else f"{version} {PSEUDONYM}".encode("latin-1")
+
+
 def _connection_tokens(headers: http.Headers) -> set[str]:
     return {t.strip().lower() for v in headers.get_all("connection") for t in v.split(",") if t.strip()}
 
 
-def _end_to_end(headers: http.Headers) -> list[tuple[bytes, bytes]]:
-    """The fields of ``headers`` without the hop-by-hop ones (and without Host)."""
-    named = {t.encode("latin-1") for t in _connection_tokens(headers)}
-    return [
-        (k, v)
-        for k, v in headers.raw
-        if k.decode("latin-1") not in HOP_BY_HOP and not k.startswith(b"proxy-") and k not in named and k != b"host"
-    ]
+def _end_to_end(headers: http.Headers) -> tuple[list[tuple[bytes, bytes]], set[str]]:
+    """The fields of ``headers`` without the hop-by-hop ones (and without Host), and the tokens
+    of its Connection fields. One pass over the raw fields; the Connection tokens are only
+    worked out when a hop-by-hop field was met (on the wire names are lower-case already)."""
+    raw = headers.raw
+    out = [field for field in raw if field[0] not in _DROP and not field[0].startswith(b"proxy-")]
+    if len(out) == len(raw):
+        return out, set()
+    tokens = _connection_tokens(headers)
+    if tokens:
+        named = {t.encode("latin-1") for t in tokens}
+        out = [field for field in out if field[0] not in named]
+    return out, tokens
 
 
 def _node(info: Any) -> str:
@@ -277,35 +297,40 @@ def _node(info: Any) -> str:
 
 
 def _quoted(value: str) -> str:
-    if value and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in value):
+    if _TOKEN.fullmatch(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def request_headers(request: http.Request) -> list[tuple[bytes, bytes]]:
-    """What goes to the backend: Host, the end-to-end fields, Via and Forwarded added."""
-    info = request.info
+def _forwarded(info: Any, host: str) -> bytes:
     proto = "https" if "tls_version" in info else "http"
-    host = request.authority
     forwarded = f"for={_node(info)};proto={proto}" + (f";host={_quoted(host)}" if host else "")
-    out = [(b"host", host.encode("latin-1"))] if host else []
-    fields = _end_to_end(request.headers)
+    return forwarded.encode("latin-1")
+
+
+def request_headers(request: http.Request, forwarded: bytes | None = None) -> list[tuple[bytes, bytes]]:
+    """What goes to the backend: Host, the end-to-end fields, Via and Forwarded added
+    (``forwarded``: its value, if the caller has it already)."""
+    host = request.authority
+    fields, _ = _end_to_end(request.headers)
     cookies = [v for k, v in fields if k == b"cookie"]
     if len(cookies) > 1:  # HTTP/2 splits Cookie; HTTP/1.1 wants one field (RFC 9113 8.2.3)
         at = next(i for i, (k, _) in enumerate(fields) if k == b"cookie")
         fields = [(k, v) for k, v in fields if k != b"cookie"]
         fields.insert(at, (b"cookie", b"; ".join(cookies)))
+    out = [(b"host", host.encode("latin-1"))] if host else []
     out += fields
-    out.append((b"via", f"{request.http_version} {PSEUDONYM}".encode("latin-1")))
-    out.append((b"forwarded", forwarded.encode("latin-1")))
+    out.append((b"via", _via(request.http_version)))
+    out.append((b"forwarded", forwarded if forwarded is not None else _forwarded(request.info, host)))
     return out
 
 
-def response_headers(response: http.Response) -> list[tuple[bytes, bytes]]:
-    """What goes back to the client: the end-to-end fields, Via added."""
-    out = _end_to_end(response.headers)
-    out.append((b"via", f"{response.http_version} {PSEUDONYM}".encode("latin-1")))
-    return out
+def response_headers(response: http.Response) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """What goes back to the client (the end-to-end fields, Via added), and whether the backend
+    keeps the connection (not HTTP/1.0, no ``Connection: close``)."""
+    out, tokens = _end_to_end(response.headers)
+    out.append((b"via", _via(response.http_version)))
+    return out, response.http_version != "1.0" and "close" not in tokens
 
 
 # --------------------------------------------------------------------------------------------------
@@ -373,6 +398,7 @@ class ProxyApp:
         self.allow_connect = frozenset(allow_connect)
         self.access = access
         self.send_proxy = send_proxy  # PROXY protocol version toward the backend (None: no header)
+        self._last_forwarded: tuple[Any, str, bytes] = (None, "", b"")  # info, host, Forwarded value
 
     async def __call__(self, request: http.Request) -> None:
         t0 = time.perf_counter()
@@ -393,6 +419,19 @@ class ProxyApp:
 
     # ---- forwarding ------------------------------------------------------------------------
 
+    def _forwarded(self, request: http.Request) -> bytes:
+        """The Forwarded value of ``request``. It depends on the connection's ``info`` (the
+        client's address, TLS) and the Host only, and the requests of one read arrive over one
+        connection: the last value is kept (with the connection's info object, held so that
+        ``is`` cannot match a newer one)."""
+        info, host = request.info, request.authority
+        last_info, last_host, value = self._last_forwarded
+        if info is last_info and host == last_host:
+            return value
+        value = _forwarded(info, host)
+        self._last_forwarded = (info, host, value)
+        return value
+
     def _stack(self, request: http.Request) -> Stack | None:
         """With ``send_proxy``: the pool's stack with a PROXY header for this request's client
         (so the connection is this client's only: it is never kept for another)."""
@@ -409,7 +448,7 @@ class ProxyApp:
         One cancel scope bounds reading the start of the request body and the backend exchange
         up to the response head (``timeout`` seconds, pushed on by every upload chunk).
         """
-        headers = request_headers(request)
+        headers = http.Headers._wire(request_headers(request, self._forwarded(request)))  # not normalised again
         length = request.headers.get("content-length")
         conn: http.ClientConnection | None = None
         failure: tuple[int, str] | None = None
@@ -477,9 +516,9 @@ class ProxyApp:
     async def _relay(self, request: http.Request, conn: http.ClientConnection, response: http.Response) -> int:
         """Send the backend's response to the client; give the connection back to the pool
         (reusable only if its body was read to the end and the backend keeps it alive)."""
-        headers = response_headers(response)
+        fields, keep = response_headers(response)
+        headers = http.Headers._wire(fields)
         length = response.headers.get("content-length")
-        keep = response.http_version != "1.0" and "close" not in _connection_tokens(response.headers)
         ended = [False]
         bodiless = request.method == "HEAD" or response.status in (204, 304)
         if bodiless or (length is not None and length.isdigit() and int(length) <= SMALL_BODY):
@@ -512,7 +551,7 @@ class ProxyApp:
         raise Timeout(f"the backend did not send its response body within {self.timeout:g}s")
 
     async def _stream(
-        self, request: http.Request, response: http.Response, headers: list[tuple[bytes, bytes]], ended: list[bool]
+        self, request: http.Request, response: http.Response, headers: http.Headers, ended: list[bool]
     ) -> int:
         """Stream the response body chunk by chunk; a backend failure aborts the client's response."""
         out = await request.start_response(response.status, headers, deadline=after(self.timeout))
