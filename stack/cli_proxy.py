@@ -446,11 +446,15 @@ class ProxyApp:
         """Forward one request: the backend's answer, or 400, 408, 502 or 504 of our own.
 
         One cancel scope bounds reading the start of the request body and the backend exchange
-        up to the response head (``timeout`` seconds, pushed on by every upload chunk).
+        up to the response head (``timeout`` seconds, pushed on by every upload chunk), then,
+        pushed on once more, reading a small response body whole. What runs inside it takes no
+        deadline of its own: it is the only cancel scope of a request on this path.
         """
         headers = http.Headers._wire(request_headers(request, self._forwarded(request)))  # not normalised again
         length = request.headers.get("content-length")
         conn: http.ClientConnection | None = None
+        response: http.Response | None = None
+        data: bytes | None = None  # a small (or bodiless) response body, read whole
         failure: tuple[int, str] | None = None
         phase = "client"
         with trio.CancelScope(deadline=trio.current_time() + self.timeout) as scope:
@@ -461,94 +465,96 @@ class ProxyApp:
                 except StackError as exc:
                     log.info("%s: the request body failed: %s", _peer(request.info), exc)
                     return await _error(request, 400, "the request body could not be read")
-            has_body = bool(first) or (length is not None and length != "0")
             phase = "backend"
-            fresh = False
-            while failure is None:
+            conn, response, failure = await self._exchange(request, headers, first, length, scope)
+            if response is not None and _read_whole(request, response):
+                phase = "body"
+                scope.deadline = trio.current_time() + self.timeout
                 try:
-                    conn, reused = await self.pool.acquire(
-                        deadline=scope.deadline, fresh=fresh or self.send_proxy is not None, stack=self._stack(request)
-                    )
-                except Timeout as exc:
-                    log.warning("backend: %s", exc)
-                    failure = (504, "the backend did not answer in time")
-                    break
+                    data = await _read_small(response)
                 except (StackError, OSError) as exc:
-                    log.warning("backend unreachable: %s", exc)
-                    failure = (502, "the backend cannot be reached")
-                    break
-                upload = _Upload(request.body, first, self.timeout, scope) if has_body else None
-                body: Any = upload
-                if upload is None and length is None and request.method not in _NO_BODY_METHODS:
-                    body = b""  # an empty body the backend should see as Content-Length: 0
-                try:
-                    response = await conn.request(request.method, request.target, headers=headers, body=body)
-                    break
-                except _ClientFailed as exc:
-                    log.info("%s: %s", _peer(request.info), exc)
-                    failure = (exc.status, "the request body could not be read")
-                except (StackError, OSError) as exc:
-                    replayable = upload is None or not upload.started
-                    stale = isinstance(exc, EndOfStream | Broken | Closed | OSError) and not isinstance(exc, Timeout)
-                    if reused and replayable and stale:
-                        log.debug("a kept-alive backend connection had closed (%s): retrying on a new one", exc)
-                        fresh = True
-                    elif isinstance(exc, Timeout):
-                        failure = (504, "the backend did not answer in time")
-                    else:
-                        log.warning("backend failed: %s", exc)
-                        failure = (502, "the backend failed")
-                await self.pool.release(conn, reusable=False)
-                conn = None
+                    log.warning("backend failed while sending a response body: %s", exc)
+                    failure = (504 if isinstance(exc, Timeout) else 502, "the backend failed")
+                except BaseException:  # our deadline (or a cancellation from outside)
+                    if conn is not None:
+                        await self.pool.release(conn, reusable=False)
+                        conn = None
+                    raise
         if scope.cancelled_caught:
             if phase == "client":
                 failure = (408, "the request body did not arrive in time")
+            elif phase == "body":
+                log.warning("backend failed while sending a response body: the backend did not send its "
+                            "response body within %gs", self.timeout)  # fmt: skip
+                failure = (504, "the backend failed")
             else:
                 log.warning("backend did not answer within %gs", self.timeout)
                 failure = (504, "the backend did not answer in time")
-            if conn is not None:
-                await self.pool.release(conn, reusable=False)
-        if failure is not None:
+        if conn is None or response is None:
+            assert failure is not None
             return await _error(request, *failure)
-        assert conn is not None
-        return await self._relay(request, conn, response)
-
-    async def _relay(self, request: http.Request, conn: http.ClientConnection, response: http.Response) -> int:
-        """Send the backend's response to the client; give the connection back to the pool
-        (reusable only if its body was read to the end and the backend keeps it alive)."""
+        if failure is not None:  # the small body failed
+            await self.pool.release(conn, reusable=False)
+            return await _error(request, *failure)
         fields, keep = response_headers(response)
-        headers = http.Headers._wire(fields)
-        length = response.headers.get("content-length")
-        ended = [False]
-        bodiless = request.method == "HEAD" or response.status in (204, 304)
-        if bodiless or (length is not None and length.isdigit() and int(length) <= SMALL_BODY):
+        reusable = keep and self.send_proxy is None
+        if data is None:
+            ended = [False]
             try:
-                data = await self._read_small(response, ended)
-            except (StackError, OSError) as exc:
-                log.warning("backend failed while sending a response body: %s", exc)
-                return await _error(request, 504 if isinstance(exc, Timeout) else 502, "the backend failed")
-            finally:  # the whole body is here (or never will be): the connection is free already
-                await self.pool.release(conn, reusable=keep and ended[0] and self.send_proxy is None)
-            await request.respond(response.status, headers, data, deadline=after(self.timeout))
-            return len(data)
-        try:
-            return await self._stream(request, response, headers, ended)
-        finally:
-            await self.pool.release(conn, reusable=keep and ended[0] and self.send_proxy is None)
+                return await self._stream(request, response, http.Headers._wire(fields), ended)
+            finally:
+                await self.pool.release(conn, reusable=reusable and ended[0])
+        await self.pool.release(conn, reusable=reusable)  # the whole body is here: the connection is free already
+        await request.respond(response.status, http.Headers._wire(fields), data, deadline=after(self.timeout))
+        return len(data)
 
-    async def _read_small(self, response: http.Response, ended: list[bool]) -> bytes:
-        """The whole body of a response announced as small (or bodiless), under one deadline."""
-        parts: list[bytes] = []
-        size = 0
-        with trio.move_on_after(self.timeout):
-            while chunk := await response.body.recv(CHUNK):
-                size += len(chunk)
-                if size > SMALL_BODY:
-                    raise Broken(f"the backend sent more than the {SMALL_BODY} bytes it announced")
-                parts.append(chunk)
-            ended[0] = True
-            return b"".join(parts)
-        raise Timeout(f"the backend did not send its response body within {self.timeout:g}s")
+    async def _exchange(
+        self, request: http.Request, headers: http.Headers, first: bytes, length: str | None, scope: trio.CancelScope
+    ) -> tuple[http.ClientConnection | None, http.Response | None, tuple[int, str] | None]:
+        """Send the request to the backend and return the connection and the response head, or
+        the failure to answer with. A request that fails on a reused connection before anything
+        arrived (the backend had closed it) goes again on a new one when that is safe. Cancelled
+        (``scope``'s deadline, say): the connection is closed, never reused."""
+        has_body = bool(first) or (length is not None and length != "0")
+        fresh = False
+        while True:
+            try:
+                conn, reused = await self.pool.acquire(
+                    deadline=scope.deadline, fresh=fresh or self.send_proxy is not None, stack=self._stack(request)
+                )
+            except Timeout as exc:
+                log.warning("backend: %s", exc)
+                return None, None, (504, "the backend did not answer in time")
+            except (StackError, OSError) as exc:
+                log.warning("backend unreachable: %s", exc)
+                return None, None, (502, "the backend cannot be reached")
+            upload = _Upload(request.body, first, self.timeout, scope) if has_body else None
+            body: Any = upload
+            if upload is None and length is None and request.method not in _NO_BODY_METHODS:
+                body = b""  # an empty body the backend should see as Content-Length: 0
+            failure: tuple[int, str] | None = None
+            try:
+                return conn, await conn.request(request.method, request.target, headers=headers, body=body), None
+            except _ClientFailed as exc:
+                log.info("%s: %s", _peer(request.info), exc)
+                failure = (exc.status, "the request body could not be read")
+            except (StackError, OSError) as exc:
+                replayable = upload is None or not upload.started
+                stale = isinstance(exc, EndOfStream | Broken | Closed | OSError) and not isinstance(exc, Timeout)
+                if reused and replayable and stale:
+                    log.debug("a kept-alive backend connection had closed (%s): retrying on a new one", exc)
+                    fresh = True
+                elif isinstance(exc, Timeout):
+                    failure = (504, "the backend did not answer in time")
+                else:
+                    log.warning("backend failed: %s", exc)
+                    failure = (502, "the backend failed")
+            except BaseException:
+                await self.pool.release(conn, reusable=False)
+                raise
+            await self.pool.release(conn, reusable=False)
+            if failure is not None:
+                return None, None, failure
 
     async def _stream(
         self, request: http.Request, response: http.Response, headers: http.Headers, ended: list[bool]
@@ -615,6 +621,28 @@ def _peer(info: Any) -> str:
         host = str(peer[0])
         return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
     return str(peer or "-")
+
+
+def _read_whole(request: http.Request, response: http.Response) -> bool:
+    """Whether the response body is read whole and sent with the head in one write: bodiless
+    (HEAD, 204, 304), or announced as at most :data:`SMALL_BODY` bytes."""
+    if request.method == "HEAD" or response.status in (204, 304):
+        return True
+    length = response.headers.get("content-length")
+    return length is not None and length.isdigit() and int(length) <= SMALL_BODY
+
+
+async def _read_small(response: http.Response) -> bytes:
+    """The whole body of a response announced as small (or bodiless); :class:`~stack.Broken` if
+    it is longer than that. No deadline of its own: the caller's cancel scope bounds it."""
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await response.body.recv(CHUNK):
+        size += len(chunk)
+        if size > SMALL_BODY:
+            raise Broken(f"the backend sent more than the {SMALL_BODY} bytes it announced")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 async def _error(request: http.Request, status: int, text: str) -> int:

@@ -24,7 +24,7 @@ from _peers import need
 from test_cli_get import Child, free_port, sha, spawn, wait_port, write_pki
 
 from layers import http, tcp
-from stack import Stack, after
+from stack import Stack, StackError, after
 from stack.cli_proxy import BackendPool, ProxyApp, Upstream, parse_listen
 
 pytestmark = pytest.mark.interop
@@ -296,6 +296,13 @@ class Backend:
         elif request.path == "/slow":
             await trio.sleep(5)
             await request.respond(200, [], b"late")
+        elif request.path in ("/stall-small", "/stall-large"):  # the head, part of the body, then nothing
+            size = 10 if request.path == "/stall-small" else 10 * 65536
+            out = await request.start_response(200, [("content-length", str(size))])
+            await out.send(b"z" * (size // 2))
+            await trio.sleep(5)
+            await out.send(b"z" * (size - size // 2))
+            await out.done()
         elif request.path == "/cookie":
             await request.respond(200, [], "|".join(request.headers.get_all("cookie")).encode())
         else:
@@ -394,6 +401,28 @@ async def test_504_in_process_and_the_proxy_goes_on() -> None:
             await response.read()
             response = await conn.request("GET", "/fine", deadline=after(5))
             assert (response.status, await response.read()) == (200, b"ok /fine")
+
+
+async def test_backend_stalling_in_a_response_body() -> None:
+    """A small body is read whole before the head goes out: a stall is a 504. A large one
+    streams: a stall aborts the response (HTTP/1.1 closes, HTTP/2 resets the stream). Neither
+    connection is kept, and the proxy goes on."""
+    backend = Backend()
+    with trio.fail_after(30):
+        async with in_process_proxy(backend, backend_timeout=0.5) as (port, pool):
+            for h2 in (False, True):
+                async with await client(port, h2=h2) as conn:
+                    response = await conn.request("GET", "/stall-small", deadline=after(5))
+                    assert (response.status, await response.read()) == (504, b"504 the backend failed\n")
+                async with await client(port, h2=h2) as conn:
+                    response = await conn.request("GET", "/stall-large", deadline=after(5))
+                    assert response.status == 200
+                    with pytest.raises(StackError):
+                        await response.read(deadline=after(5))
+                async with await client(port, h2=h2) as conn:
+                    response = await conn.request("GET", "/fine", deadline=after(5))
+                    assert (response.status, await response.read()) == (200, b"ok /fine")
+            assert pool.open == pool.idle == 1  # only the connection of the last /fine was kept
 
 
 async def test_hop_by_hop_response_fields_are_removed() -> None:
