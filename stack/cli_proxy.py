@@ -348,8 +348,10 @@ class _ClientFailed(Exception):
 
 class _Upload:
     """The request body as an async iterable for the backend client: chunk by chunk from the
-    client's stream, each read under the deadline; every chunk taken pushes ``scope``'s deadline
-    (the backend's) ``timeout`` seconds further, so a long upload that progresses is not cut."""
+    client's stream; every chunk taken pushes ``scope``'s deadline (the exchange's) ``timeout``
+    seconds further, so a long upload that progresses is not cut. That scope bounds each read
+    too: a deadline of its own would be a cancel scope per chunk in the layer below, for the
+    same instant."""
 
     def __init__(self, body: Any, first: bytes, timeout: float, scope: trio.CancelScope) -> None:
         self.body = body
@@ -368,7 +370,7 @@ class _Upload:
             chunk, self.first = self.first, b""
             return chunk
         try:
-            chunk = await self.body.recv(CHUNK, deadline=after(self.timeout))
+            chunk = await self.body.recv(CHUNK)
         except StackError as exc:
             status = 408 if isinstance(exc, Timeout) else 400
             raise _ClientFailed(f"the client's request body failed: {exc}", status) from exc
@@ -559,26 +561,46 @@ class ProxyApp:
     async def _stream(
         self, request: http.Request, response: http.Response, headers: http.Headers, ended: list[bool]
     ) -> int:
-        """Stream the response body chunk by chunk; a backend failure aborts the client's response."""
+        """Stream the response body chunk by chunk; a backend failure aborts the client's response.
+
+        Each read from the backend and each write to the client gets ``timeout`` seconds, as a
+        deadline per call would give, but from one cancel scope whose deadline is pushed on
+        before each of them: a deadline per call is a cancel scope per call in the layers below
+        (two per chunk), a push costs about a third of one.
+        """
         out = await request.start_response(response.status, headers, deadline=after(self.timeout))
         sent = 0
+        body = response.body
+        timeout = self.timeout
         async with out:  # closing it before done() aborts the response: never a silent truncation
-            while True:
-                try:
-                    chunk = await response.body.recv(CHUNK, deadline=after(self.timeout))
-                except (StackError, OSError) as exc:
-                    log.warning("backend failed in a response body after %d bytes: %s; aborting it", sent, exc)
+            reading = True
+            with trio.CancelScope() as scope:
+                while True:
+                    reading = True
+                    scope.deadline = trio.current_time() + timeout
+                    try:
+                        chunk = await body.recv(CHUNK)
+                    except (StackError, OSError) as exc:
+                        log.warning("backend failed in a response body after %d bytes: %s; aborting it", sent, exc)
+                        return sent
+                    if not chunk:
+                        ended[0] = True
+                        break
+                    reading = False
+                    scope.deadline = trio.current_time() + timeout
+                    await out.send(chunk)
+                    sent += len(chunk)
+            if scope.cancelled_caught:
+                if reading:
+                    log.warning("backend failed in a response body after %d bytes: %s; aborting it", sent,
+                                f"no data within {timeout:g}s")  # fmt: skip
                     return sent
-                if not chunk:
-                    ended[0] = True
-                    break
-                await out.send(chunk, deadline=after(self.timeout))
-                sent += len(chunk)
+                raise Timeout(f"the client did not take the response body within {timeout:g}s ({sent} bytes sent)")
             trailers = response.trailers
             if len(trailers):
-                await out.done(trailers=list(trailers), deadline=after(self.timeout))  # type: ignore[call-arg]
+                await out.done(trailers=list(trailers), deadline=after(timeout))  # type: ignore[call-arg]
             else:
-                await out.done(deadline=after(self.timeout))
+                await out.done(deadline=after(timeout))
         return sent
 
     # ---- CONNECT -----------------------------------------------------------------------------
