@@ -190,6 +190,9 @@ class BackendPool:
             if self._closed:
                 raise Closed("the backend pool is closed")
             if not fresh:
+                idle = self._idle
+                if idle and trio.current_time() - idle[-1][0] < self.idle_timeout:
+                    return idle.pop()[1], True  # the usual case, without a coroutine per call
                 conn = await self._pop_idle()
                 if conn is not None:
                     return conn, True
@@ -223,7 +226,8 @@ class BackendPool:
         the backend keeps it alive), else closed."""
         if reusable and not self._closed:
             self._idle.append((trio.current_time(), conn))
-            self._lot.unpark()
+            if self._lot:  # someone waits for a connection
+                self._lot.unpark()
         else:
             await self._close_one(conn)
 
@@ -403,7 +407,8 @@ class ProxyApp:
         self._last_forwarded: tuple[Any, str, bytes] = (None, "", b"")  # info, host, Forwarded value
 
     async def __call__(self, request: http.Request) -> None:
-        t0 = time.perf_counter()
+        access = self.access and access_log.isEnabledFor(logging.INFO)
+        t0 = time.perf_counter() if access else 0.0
         sent = 0
         try:
             if request.method == "CONNECT":
@@ -411,7 +416,7 @@ class ProxyApp:
             else:
                 sent = await self._forward(request)
         finally:
-            if self.access:
+            if access:
                 access_log.info(
                     '%s "%s %s HTTP/%s" %s %s %.1fms',
                     _peer(request.info), request.method, request.target, request.http_version,
