@@ -355,7 +355,8 @@ class _Upload:
     client's stream; every chunk taken pushes ``scope``'s deadline (the exchange's) ``timeout``
     seconds further, so a long upload that progresses is not cut. That scope bounds each read
     too: a deadline of its own would be a cancel scope per chunk in the layer below, for the
-    same instant."""
+    same instant. ``reading`` stays true when a read is cancelled: the scope's deadline then
+    passed while the client was not sending (408), not while the backend was not answering."""
 
     def __init__(self, body: Any, first: bytes, timeout: float, scope: trio.CancelScope) -> None:
         self.body = body
@@ -363,6 +364,7 @@ class _Upload:
         self.timeout = timeout
         self.scope = scope
         self.started = False
+        self.reading = False
 
     def __aiter__(self) -> _Upload:
         return self
@@ -373,11 +375,14 @@ class _Upload:
         if self.first:
             chunk, self.first = self.first, b""
             return chunk
+        self.reading = True
         try:
             chunk = await self.body.recv(CHUNK)
         except StackError as exc:
+            self.reading = False
             status = 408 if isinstance(exc, Timeout) else 400
             raise _ClientFailed(f"the client's request body failed: {exc}", status) from exc
+        self.reading = False
         if not chunk:
             raise StopAsyncIteration
         return bytes(chunk)
@@ -462,6 +467,7 @@ class ProxyApp:
         conn: http.ClientConnection | None = None
         response: http.Response | None = None
         data: bytes | None = None  # a small (or bodiless) response body, read whole
+        upload: _Upload | None = None
         failure: tuple[int, str] | None = None
         phase = "client"
         with trio.CancelScope(deadline=trio.current_time() + self.timeout) as scope:
@@ -473,7 +479,9 @@ class ProxyApp:
                     log.info("%s: the request body failed: %s", _peer(request.info), exc)
                     return await _error(request, 400, "the request body could not be read")
             phase = "backend"
-            conn, response, failure = await self._exchange(request, headers, first, length, scope)
+            if first or (length is not None and length != "0"):
+                upload = _Upload(request.body, first, self.timeout, scope)
+            conn, response, failure = await self._exchange(request, headers, upload, length, scope)
             if response is not None and _read_whole(request, response):
                 phase = "body"
                 scope.deadline = trio.current_time() + self.timeout
@@ -489,6 +497,9 @@ class ProxyApp:
                     raise
         if scope.cancelled_caught:
             if phase == "client":
+                failure = (408, "the request body did not arrive in time")
+            elif upload is not None and upload.reading:
+                log.info("%s: the request body stalled for %gs", _peer(request.info), self.timeout)
                 failure = (408, "the request body did not arrive in time")
             elif phase == "body":
                 log.warning("backend failed while sending a response body: the backend did not send its "
@@ -516,13 +527,18 @@ class ProxyApp:
         return len(data)
 
     async def _exchange(
-        self, request: http.Request, headers: http.Headers, first: bytes, length: str | None, scope: trio.CancelScope
+        self,
+        request: http.Request,
+        headers: http.Headers,
+        upload: _Upload | None,
+        length: str | None,
+        scope: trio.CancelScope,
     ) -> tuple[http.ClientConnection | None, http.Response | None, tuple[int, str] | None]:
-        """Send the request to the backend and return the connection and the response head, or
-        the failure to answer with. A request that fails on a reused connection before anything
-        arrived (the backend had closed it) goes again on a new one when that is safe. Cancelled
-        (``scope``'s deadline, say): the connection is closed, never reused."""
-        has_body = bool(first) or (length is not None and length != "0")
+        """Send the request (with ``upload`` as its body, if any) to the backend and return the
+        connection and the response head, or the failure to answer with. A request that fails on
+        a reused connection before anything arrived (the backend had closed it) goes again on a
+        new one when that is safe (no body, or none of it read yet). Cancelled (``scope``'s
+        deadline, say): the connection is closed, never reused."""
         fresh = False
         while True:
             try:
@@ -535,7 +551,6 @@ class ProxyApp:
             except (StackError, OSError) as exc:
                 log.warning("backend unreachable: %s", exc)
                 return None, None, (502, "the backend cannot be reached")
-            upload = _Upload(request.body, first, self.timeout, scope) if has_body else None
             body: Any = upload
             if upload is None and length is None and request.method not in _NO_BODY_METHODS:
                 body = b""  # an empty body the backend should see as Content-Length: 0

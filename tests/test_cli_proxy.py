@@ -425,6 +425,35 @@ async def test_backend_stalling_in_a_response_body() -> None:
             assert pool.open == pool.idle == 1  # only the connection of the last /fine was kept
 
 
+async def test_client_stalling_in_its_request_body_gets_408() -> None:
+    """An upload that stops for longer than the timeout is the client's fault (408), whatever
+    the backend does meanwhile; the backend connection it was going to is not reused."""
+    backend = Backend()
+    heads = [b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+             b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"]  # fmt: skip
+    with trio.fail_after(30):
+        async with in_process_proxy(backend, backend_timeout=0.5) as (port, pool):
+            for head in heads:
+                async with await Stack(tcp.connect("127.0.0.1", port)).connect(deadline=after(5)) as raw:
+                    await raw.send(head)
+                    answer = await raw.recv_until(b"\r\n", deadline=after(5))
+                    assert answer.startswith(b"HTTP/1.1 408 "), answer
+
+            async def stalling() -> AsyncIterator[bytes]:
+                yield b"abc"
+                await trio.sleep(1.5)
+                yield b"def"
+
+            async with await client(port, h2=True) as conn:
+                response = await conn.request("POST", "/up", headers=[("content-length", "6")], body=stalling(),
+                                              deadline=after(5))  # fmt: skip
+                assert response.status == 408
+                assert await response.read() == b"408 the request body did not arrive in time\n"
+                response = await conn.request("GET", "/fine", deadline=after(5))
+                assert (response.status, await response.read()) == (200, b"ok /fine")
+            assert pool.open == pool.idle == 1
+
+
 async def test_hop_by_hop_response_fields_are_removed() -> None:
     """A raw backend answers with fields named in Connection: they stay on its hop."""
     head = (b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
