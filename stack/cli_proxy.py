@@ -58,7 +58,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
@@ -151,6 +151,10 @@ class BackendPool:
     deadline: :class:`~stack.Timeout`). ``release(conn, reusable=True)`` only once the
     response body was read to its end; anything else closes the connection. Idle connections
     older than ``idle_timeout`` seconds are closed (by :meth:`run`, and when met).
+
+    Waiting callers are served first come, first served: a connection given back (or the room
+    left by one closed) goes straight to the caller waiting longest, so a newcomer cannot take
+    it in between and the woken caller never has to wait again.
     """
 
     def __init__(
@@ -164,7 +168,8 @@ class BackendPool:
         self.connect_timeout = connect_timeout
         self._idle: list[tuple[float, http.ClientConnection]] = []  # oldest first
         self._count = 0  # connections open or opening, idle or busy
-        self._lot = trio.lowlevel.ParkingLot()
+        self._lot = trio.lowlevel.ParkingLot()  # callers waiting for a connection, longest first
+        self._handed: dict[trio.lowlevel.Task, http.ClientConnection | None] = {}  # woken, not yet running
         self._closed = False
 
     @property
@@ -196,21 +201,65 @@ class BackendPool:
                 conn = await self._pop_idle()
                 if conn is not None:
                     return conn, True
-            elif self._idle and self._count >= self.size:
-                await self._close_one(self._idle.pop(0)[1])  # make room for the fresh one
+            elif self._idle and self._count >= self.size:  # make room for the fresh one: its slot is ours
+                await self._close(self._idle.pop(0)[1])
+                return await self._connect(stack, deadline), False
             if self._count < self.size:
                 self._count += 1
-                try:
-                    conn = await (stack or self.stack).connect(deadline=min(deadline, after(self.connect_timeout)))
-                except BaseException:
-                    self._count -= 1
-                    self._lot.unpark()
-                    raise
-                return conn, False
-            with trio.move_on_at(deadline) as scope:
-                await self._lot.park()
-            if scope.cancelled_caught:
-                raise Timeout(f"all {self.size} backend connections stayed busy (--pool-size)")
+                return await self._connect(stack, deadline), False
+            handed: http.ClientConnection | Literal[False] | None = False
+            if deadline >= trio.current_effective_deadline():
+                # An enclosing scope ends the wait no later than ours would (on a tie trio gives the
+                # cancellation to the outermost scope): a scope of our own would only cost.
+                handed = await self._wait()
+            else:
+                with trio.move_on_at(deadline) as scope:
+                    handed = await self._wait()
+                if scope.cancelled_caught:
+                    raise Timeout(f"all {self.size} backend connections stayed busy (--pool-size)")
+            if handed is None:  # a connection closed and its room was kept (and counted) for us
+                return await self._connect(stack, deadline), False
+            if handed is not False:  # a connection given back
+                if not fresh:
+                    return handed, True
+                await self._close(handed)  # its slot is ours
+                return await self._connect(stack, deadline), False
+            # woken with nothing: the pool closed
+
+    async def _connect(self, stack: Stack | None, deadline: float) -> http.ClientConnection:
+        """Open a connection in a slot already counted; if that fails, the slot goes to the
+        caller waiting longest."""
+        try:
+            conn: http.ClientConnection = await (stack or self.stack).connect(
+                deadline=min(deadline, after(self.connect_timeout))
+            )
+        except BaseException:
+            self._count -= 1
+            self._give_room()
+            raise
+        return conn
+
+    async def _wait(self) -> http.ClientConnection | Literal[False] | None:
+        """Wait for a caller to give back a connection (returned), for the room of one that closed
+        (``None``: counted for us already), or for the pool to close (``False``). A park that was
+        unparked returns whatever cancellation comes after, so nothing handed over is lost; a
+        cancelled one was handed nothing."""
+        await self._lot.park()
+        return self._handed.pop(trio.lowlevel.current_task(), False)
+
+    def _hand_over(self, conn: http.ClientConnection) -> bool:
+        """Give ``conn`` to the caller waiting longest; False if nobody waits."""
+        if not self._lot:
+            return False
+        self._handed[self._lot.unpark()[0]] = conn
+        return True
+
+    def _give_room(self) -> None:
+        """A connection closed (or was never opened): its room goes to the caller waiting
+        longest, counted for it at once so that a newcomer cannot take it."""
+        if self._lot and not self._closed:
+            self._count += 1
+            self._handed[self._lot.unpark()[0]] = None
 
     async def _pop_idle(self) -> http.ClientConnection | None:
         now = trio.current_time()
@@ -225,15 +274,18 @@ class BackendPool:
         """Give ``conn`` back: kept idle if ``reusable`` (its response was read to its end and
         the backend keeps it alive), else closed."""
         if reusable and not self._closed:
-            self._idle.append((trio.current_time(), conn))
-            if self._lot:  # someone waits for a connection
-                self._lot.unpark()
+            if not self._hand_over(conn):
+                self._idle.append((trio.current_time(), conn))
         else:
             await self._close_one(conn)
 
     async def _close_one(self, conn: http.ClientConnection) -> None:
         self._count -= 1
-        self._lot.unpark()
+        self._give_room()
+        await self._close(conn)
+
+    @staticmethod
+    async def _close(conn: http.ClientConnection) -> None:
         with trio.CancelScope(shield=True):
             await conn.aclose(deadline=trio.current_time() + 1.0)
 
@@ -251,7 +303,7 @@ class BackendPool:
         self._closed = True
         while self._idle:
             await self._close_one(self._idle.pop()[1])
-        self._lot.unpark_all()
+        self._lot.unpark_all()  # handed nothing: they see the pool closed
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,10 +16,11 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
+import trio.testing
 from _peers import need
 from test_cli_get import Child, free_port, sha, spawn, wait_port, write_pki
 
@@ -369,6 +370,42 @@ async def test_pool_size_bounds_concurrency_and_idle_connections_expire() -> Non
             assert pool.idle >= 1
             await trio.sleep(1.0)
             assert pool.open == pool.idle == 0  # expired and closed
+
+
+async def test_pool_hands_connections_to_waiting_callers_first_come_first_served() -> None:
+    """A connection given back, or the room of one closed, goes to the caller waiting longest,
+    not to one that comes after."""
+
+    class Conn:
+        async def aclose(self, *, deadline: float | None = None) -> None:
+            pass
+
+    class Source:
+        async def connect(self, *, deadline: float) -> Conn:
+            return Conn()
+
+    pool = BackendPool(cast(Stack, Source()), size=1)
+    order: list[tuple[str, bool]] = []
+
+    async def take(name: str, keep: bool = True) -> None:
+        conn, reused = await pool.acquire(deadline=after(5))
+        order.append((name, reused))
+        assert pool.open == 1
+        await pool.release(conn, reusable=keep)
+
+    with trio.fail_after(10):
+        for keep in (True, False):  # given back, or closed (a new connection in its room)
+            order.clear()
+            conn, _ = await pool.acquire(deadline=after(5))
+            async with trio.open_nursery() as nursery:
+                for name in ("a", "b"):
+                    nursery.start_soon(take, name, keep)
+                    await trio.testing.wait_all_tasks_blocked()
+                await pool.release(conn, reusable=keep)
+                await take("c")  # came after a and b: waits for both
+            assert [name for name, _ in order] == ["a", "b", "c"]
+            assert [reused for _, reused in order] == ([True] * 3 if keep else [False] * 3)
+            assert pool.open == pool.idle == 1
 
 
 async def test_abandoned_response_is_not_reused_and_stale_connection_is_retried() -> None:
