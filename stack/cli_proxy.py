@@ -30,12 +30,14 @@ Forwarding rules (RFC 9110 section 7.6):
   in one write.
 * **Backend connections are pooled** (:class:`BackendPool`): at most ``--pool-size``, kept alive
   and reused only once their response body was read to its end (and the backend did not say
-  ``Connection: close``), closed after ``--pool-idle`` seconds unused. A request that fails on a
-  reused connection before any response arrived (the backend had closed it) is sent again on a
-  new connection when that is safe (no body, or a body not yet read).
+  ``Connection: close``), closed after ``--pool-idle`` seconds unused; when all are busy,
+  requests wait for one first come, first served. A request that fails on a reused connection
+  before any response arrived (the backend had closed it) is sent again on a new connection
+  when that is safe (no body, or a body not yet read).
 * **Failures**: a backend that cannot be reached or breaks HTTP gives ``502 Bad Gateway``; one
   that does not answer in time (``--connect-timeout``, ``--timeout``) gives ``504 Gateway
-  Timeout``. A failure after the response head was forwarded aborts the response to the client
+  Timeout``; a client whose request body stalls for ``--timeout`` gets ``408 Request Timeout``.
+  A failure after the response head was forwarded aborts the response to the client
   (HTTP/1.1: the connection closes; HTTP/2: the stream is reset), never a silent truncation.
 * **PROXY protocol** toward the backend with ``--send-proxy`` (v1) or ``--send-proxy-v2``: each
   backend connection starts with a header naming the client (:mod:`layers.proxy_protocol`), so
@@ -77,6 +79,9 @@ CHUNK = 65536
 
 SMALL_BODY = 65536
 """Responses of a known length up to this are read whole and sent with their head in one write."""
+
+FORWARDED_KEPT = 256
+"""Client connections whose Forwarded value is kept (see ProxyApp._forwarded)."""
 
 PSEUDONYM = "trio-stack"
 """How this proxy names itself in Via."""
@@ -461,7 +466,7 @@ class ProxyApp:
         self.allow_connect = frozenset(allow_connect)
         self.access = access
         self.send_proxy = send_proxy  # PROXY protocol version toward the backend (None: no header)
-        self._last_forwarded: tuple[Any, str, bytes] = (None, "", b"")  # info, host, Forwarded value
+        self._forwarded_kept: dict[int, tuple[Any, str, bytes]] = {}  # id(info): (info, host, Forwarded)
 
     async def __call__(self, request: http.Request) -> None:
         access = self.access and access_log.isEnabledFor(logging.INFO)
@@ -485,15 +490,17 @@ class ProxyApp:
 
     def _forwarded(self, request: http.Request) -> bytes:
         """The Forwarded value of ``request``. It depends on the connection's ``info`` (the
-        client's address, TLS) and the Host only, and the requests of one read arrive over one
-        connection: the last value is kept (with the connection's info object, held so that
-        ``is`` cannot match a newer one)."""
+        client's address, TLS), one object per connection, and the Host only: it is kept per
+        info object, for at most :data:`FORWARDED_KEPT` connections (then all are dropped). The
+        entry holds the info object itself, so its ``id`` cannot be reused while kept."""
         info, host = request.info, request.authority
-        last_info, last_host, value = self._last_forwarded
-        if info is last_info and host == last_host:
-            return value
+        kept = self._forwarded_kept.get(id(info))
+        if kept is not None and kept[0] is info and kept[1] == host:
+            return kept[2]
+        if len(self._forwarded_kept) >= FORWARDED_KEPT:
+            self._forwarded_kept.clear()
         value = _forwarded(info, host)
-        self._last_forwarded = (info, host, value)
+        self._forwarded_kept[id(info)] = (info, host, value)
         return value
 
     def _stack(self, request: http.Request) -> Stack | None:

@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -26,7 +27,8 @@ from test_cli_get import Child, free_port, sha, spawn, wait_port, write_pki
 
 from layers import http, tcp
 from stack import Stack, StackError, after
-from stack.cli_proxy import BackendPool, ProxyApp, Upstream, parse_listen
+from stack.cli_proxy import BackendPool, ProxyApp, Upstream, parse_listen, request_headers
+from stack.streams import Info
 
 pytestmark = pytest.mark.interop
 
@@ -134,6 +136,33 @@ def test_parse_arguments() -> None:
     for bad in ("https://x:1", "http://x:1/path", "unix:", "ftp://x"):
         with pytest.raises(ValueError):
             Upstream.parse(bad)
+
+
+def test_request_headers_and_forwarded_per_connection() -> None:
+    def request(info: Info, fields: list[tuple[bytes, bytes]], authority: str, version: str = "1.1") -> Any:
+        return SimpleNamespace(info=info, headers=http.Headers._wire(fields), authority=authority, http_version=version)
+
+    v4 = Info({"http_version": "1.1"}, Info({"peer": ("10.0.0.1", 5000), "transport": "tcp"}))
+    v6 = Info({"http_version": "2"}, Info({"tls_version": "TLSv1.3"}), Info({"peer": ("::1", 5001)}))
+    fields = [(b"host", b"a.example"), (b"connection", b"keep-alive, X-Hop"), (b"x-hop", b"1"), (b"keep-alive", b"5"),
+              (b"cookie", b"a=1"), (b"te", b"trailers"), (b"proxy-authorization", b"x"), (b"x-kept", b"y"),
+              (b"upgrade", b"h2c"), (b"cookie", b"b=2"), (b"expect", b"100-continue"),
+              (b"via", b"1.0 far")]  # fmt: skip
+    app = ProxyApp(cast(BackendPool, None), access=False)
+    r = request(v4, fields, "a.example")
+    assert request_headers(r, app._forwarded(r)) == [
+        (b"host", b"a.example"), (b"cookie", b"a=1; b=2"), (b"x-kept", b"y"), (b"via", b"1.0 far"),
+        (b"via", b"1.1 trio-stack"), (b"forwarded", b"for=10.0.0.1;proto=http;host=a.example"),
+    ]  # fmt: skip
+    r6 = request(v6, [(b"accept", b"*/*")], "[::1]:8443", "2")
+    assert request_headers(r6, app._forwarded(r6))[-2:] == [
+        (b"via", b"2 trio-stack"), (b"forwarded", b'for="[::1]";proto=https;host="[::1]:8443"'),
+    ]  # fmt: skip
+    for _ in range(2):  # kept per connection, and per Host
+        assert app._forwarded(request(v4, [], "a.example")) == b"for=10.0.0.1;proto=http;host=a.example"
+        assert app._forwarded(request(v6, [], "b.example")) == b'for="[::1]";proto=https;host=b.example'
+        assert app._forwarded(request(v4, [], "")) == b"for=10.0.0.1;proto=http"
+    assert request_headers(request(Info({}), [], ""))[-1] == (b"forwarded", b"for=unknown;proto=http")
 
 
 # --------------------------------------------------------------------------------------------------
