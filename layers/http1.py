@@ -1352,13 +1352,17 @@ class _ResponseBody(ByteStream):
     kind = "http1-response-body"
 
     def __init__(self, conn: ClientConnection, sender: _BodySender | None) -> None:
-        super().__init__(conn._lower, conn.info)
+        super().__init__(conn._lower)
         self._conn = conn
         self._sender = sender
         self._response: Response | None = None
         self._pending = b""
         self._buffered: deque[bytes] = deque()  # read while request() finished sending (no nursery)
         self._complete = False
+
+    @property
+    def info(self) -> Info:
+        return self._conn.info
 
     async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
         if not self._pending:
@@ -1545,10 +1549,15 @@ class ClientConnection(_H11Conn, http.ClientConnection):
         """
         self._check()
         event, streaming, expect_100 = self._build(method, target, Headers(headers), body)
-        with trio.move_on_at(deadline) as scope:
-            await self._slot.acquire()
-        if scope.cancelled_caught:
-            raise Timeout("HTTP/1.1: waiting for the connection timed out (is a previous response unread?)")
+        try:
+            self._slot.acquire_nowait()
+        except trio.WouldBlock:
+            with trio.move_on_at(deadline) as scope:
+                await self._slot.acquire()
+            if scope.cancelled_caught:
+                raise Timeout(
+                    "HTTP/1.1: waiting for the connection timed out (is a previous response unread?)"
+                ) from None
         self._exchanges += 1
         self._exchange = exchange = self._exchanges
         self._sender = None
@@ -1770,7 +1779,7 @@ class ClientConnection(_H11Conn, http.ClientConnection):
 
     async def _response(self, event: h11.Response | h11.InformationalResponse) -> Response:
         status = event.status_code
-        headers = Headers(event.headers)
+        headers = Headers._wire([(k.lower(), v) for k, v in event.headers.raw_items()])
         reason = event.reason.decode("latin-1")
         version = event.http_version.decode("ascii")
         self._status = status
