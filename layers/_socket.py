@@ -28,9 +28,9 @@ import math
 import os
 import socket as _stdlib_socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from time import perf_counter
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -39,6 +39,8 @@ from stack.errors import Broken, Closed, StackError, Timeout
 from stack.streams import ByteStream, Info, Listener
 
 log = logging.getLogger("stack.socket")
+_A = TypeVar("_A")
+_R = TypeVar("_R")
 
 _RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH}
 _CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}
@@ -186,25 +188,35 @@ class SocketStream(ByteStream):
         self._info["local"] = local
         return local
 
+    async def _retry(self, call: Callable[[_A], _R], arg: _A, wait: Any, deadline: float, what: str) -> _R:
+        """The waiting path of the three primitives below, once the kernel said "would block":
+        wait until the socket is ready (a full checkpoint), then ``call(arg)`` again. Only here
+        does a finite deadline cost a cancel scope; at the deadline, :class:`~stack.Timeout`
+        with nothing done."""
+        self._trio_knows = True
+        sock = self._sock
+        while True:
+            if deadline == math.inf:  # no extra frame held by an idle connection
+                await wait(sock)
+            else:
+                await _wait_until(wait, sock, deadline, self.kind, what)
+            try:
+                return call(arg)
+            except BlockingIOError:
+                pass
+
     async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
         sock = self._sock
         await _checkpoint_if_cancelled()
         if deadline != math.inf and deadline <= _current_time():
             raise Timeout(f"{self.kind} recv timed out")
+        if max_bytes > _MAX_RECV:
+            max_bytes = _MAX_RECV
         try:
             try:
-                data = sock.recv(max_bytes if max_bytes <= _MAX_RECV else _MAX_RECV)
+                data = sock.recv(max_bytes)
             except BlockingIOError:
-                self._trio_knows = True
-                while True:
-                    if deadline == math.inf:  # no extra frame held by an idle connection
-                        await _wait_readable(sock)
-                    else:
-                        await _wait_until(_wait_readable, sock, deadline, self.kind, "recv")
-                    try:
-                        return sock.recv(max_bytes if max_bytes <= _MAX_RECV else _MAX_RECV)
-                    except BlockingIOError:
-                        pass
+                return await self._retry(sock.recv, max_bytes, _wait_readable, deadline, "recv")
         except Timeout:  # an OSError too (TimeoutError), but ours: nothing was done
             raise
         except (OSError, trio.ClosedResourceError) as exc:
@@ -223,16 +235,7 @@ class SocketStream(ByteStream):
             try:
                 n = sock.recv_into(buffer)
             except BlockingIOError:
-                self._trio_knows = True
-                while True:
-                    if deadline == math.inf:  # no extra frame held by an idle connection
-                        await _wait_readable(sock)
-                    else:
-                        await _wait_until(_wait_readable, sock, deadline, self.kind, "recv")
-                    try:
-                        return sock.recv_into(buffer)
-                    except BlockingIOError:
-                        pass
+                return await self._retry(sock.recv_into, buffer, _wait_readable, deadline, "recv")
         except Timeout:  # an OSError too (TimeoutError), but ours: nothing was done
             raise
         except (OSError, trio.ClosedResourceError) as exc:
@@ -251,16 +254,7 @@ class SocketStream(ByteStream):
             try:
                 n = sock.send(data)
             except BlockingIOError:
-                self._trio_knows = True
-                while True:
-                    if deadline == math.inf:  # no extra frame held by an idle connection
-                        await _wait_writable(sock)
-                    else:
-                        await _wait_until(_wait_writable, sock, deadline, self.kind, "send")
-                    try:
-                        return sock.send(data)
-                    except BlockingIOError:
-                        pass
+                return await self._retry(sock.send, data, _wait_writable, deadline, "send")
         except Timeout:  # an OSError too (TimeoutError), but ours: nothing was done
             raise
         except (OSError, trio.ClosedResourceError) as exc:
