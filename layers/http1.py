@@ -1362,6 +1362,7 @@ class _ResponseBody(ByteStream):
 
     @property
     def info(self) -> Info:
+        """The connection's ``info`` (asked of it each time, never copied per response)."""
         return self._conn.info
 
     async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
