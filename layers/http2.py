@@ -1164,6 +1164,24 @@ class H2ServerConnection(_Connection, ServerConnection):
 # client
 
 
+class _UploadFailed(Broken):
+    """Why :meth:`H2ClientConnection._upload` reset a stream: the request's deadline passed
+    (``timed_out``), or the body's iterator raised (``__cause__``)."""
+
+    timed_out = False
+
+
+async def _send_body(stream: H2Stream, body: Body, data: bytes | None, deadline: float) -> None:
+    """Send a request body (``data``, else ``body`` as an async iterable) and END_STREAM."""
+    if data is not None:
+        await stream.send(data, deadline=deadline)
+    else:
+        assert isinstance(body, AsyncIterable)
+        async for chunk in body:
+            await stream.send(chunk, deadline=deadline)
+    await stream.done(deadline=deadline)
+
+
 class H2ClientConnection(_Connection, ClientConnection):
     """The client side of an HTTP/2 connection (see the module docstring).
 
@@ -1315,12 +1333,25 @@ class H2ClientConnection(_Connection, ClientConnection):
     ) -> H2Response:
         """Send a request and return the response once its head arrived (the body streams).
 
-        ``body``: bytes (sent with a content-length) or an async iterable of bytes. The
-        deadline covers sending the request and receiving the head; on deadline (or
-        cancellation) the stream is reset and :class:`~stack.Timeout` raised. A request the
-        server refused unprocessed (REFUSED_STREAM, e.g. opened before its SETTINGS arrived)
-        is sent again, up to :data:`RETRIES` times, when its body is bytes (replayable).
-        Read or close every response: unread body bytes hold part of the connection window.
+        ``body``: bytes (sent with a content-length) or an async iterable of bytes.
+
+        **Full duplex.** A body that fits the peer's open windows is handed to h2 before the
+        response is awaited; a streamed body, or a larger one, is sent by a task in the
+        connection's nursery while the response is read, so a server that answers as the body
+        arrives (a streaming echo, an early 413) is never deadlocked against its own flow
+        control. That task goes on after ``request()`` returned and ends with the body, or
+        when the stream ends (the server reset it, the response was closed, the connection
+        went): the body's iterator is then closed (``aclose()``) without being drained.
+
+        **Deadline** (and cancellation): it covers the request body and the response head.
+        Passing before the head: the stream is reset and :class:`~stack.Timeout` raised.
+        Passing while the body is still being sent after the head came: the stream is reset
+        and the response body's ``recv`` raises :class:`~stack.Broken`. A body iterator that
+        raises resets the stream likewise; the error is the :class:`~stack.Broken`'s
+        ``__cause__``. A request the server refused unprocessed (REFUSED_STREAM, e.g. opened
+        before its SETTINGS arrived) is sent again, up to :data:`RETRIES` times, when its body
+        is bytes (replayable). Read or close every response: unread body bytes hold part of
+        the connection window.
         """
         fields = self._request_fields(method, target, headers)
         data: bytes | None = None
@@ -1346,26 +1377,70 @@ class H2ClientConnection(_Connection, ClientConnection):
         stream = await self._open(fields, end_stream=empty, deadline=deadline)
         ok = False
         try:
-            if not empty:
-                try:
-                    if data is not None:
-                        await stream.send(data, deadline=deadline)
-                    else:
-                        assert isinstance(body, AsyncIterable)
-                        async for chunk in body:
-                            await stream.send(chunk, deadline=deadline)
-                    await stream.done(deadline=deadline)
+            if empty:
+                pass
+            elif data is not None and len(data) <= self._core.local_flow_control_window(stream.stream_id):
+                try:  # within the peer's windows: handed to h2 at once, no task needed
+                    await _send_body(stream, body, data, deadline)
                 except Broken:
                     # a server may answer before the upload ended and then reset it (NO_ERROR)
                     if stream._response is None:
                         raise
-            response = await stream.response(deadline=deadline)
+            else:
+                nursery = self._nursery
+                if nursery is None:
+                    self._check_running()  # raises: the connection stopped meanwhile
+                assert nursery is not None
+                nursery.start_soon(self._upload, stream, body, data, deadline, name=f"h2 upload {stream.stream_id}")
+            try:
+                response = await stream.response(deadline=deadline)
+            except _UploadFailed as exc:  # before the head: as if request() had sent the body itself
+                if exc.timed_out:
+                    sid = stream.stream_id
+                    raise Timeout(f"HTTP/2 stream {sid}: the request body was not sent by the deadline") from None
+                cause = exc.__cause__
+                if cause is not None and not isinstance(cause, StackError):
+                    raise cause from None  # the iterator's own exception, as from a body sent inline
+                raise
             ok = True
             return response
         finally:
             if not ok:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
+
+    async def _upload(self, stream: H2Stream, body: Body, data: bytes | None, deadline: float) -> None:
+        """The task that sends a request body for :meth:`request` (see there). Never raises but
+        ``Cancelled``: a failure of its own (deadline, the iterator raised) resets the stream,
+        whose users then get it; a stream that ended first (reset, closed, the connection
+        failed) already tells its users why."""
+        sid = stream.stream_id
+        failure: _UploadFailed | None = None
+        complete = False
+        try:
+            with trio.move_on_at(deadline) as scope:
+                await _send_body(stream, body, data, deadline)
+                complete = True
+            if scope.cancelled_caught:
+                raise Timeout("the request's deadline passed")
+        except Timeout:
+            failure = _UploadFailed(f"HTTP/2 stream {sid}: the request body was not sent by the request's deadline")
+            failure.timed_out = True
+        except Exception as exc:  # the caller's iterator raised, or h2 refused the data
+            if stream._error() is None:  # (else the stream ended first and says why itself)
+                failure = _UploadFailed(f"HTTP/2 stream {sid}: the request body failed: {exc!r}")
+                failure.__cause__ = exc
+        finally:
+            aclose = None if complete else getattr(body, "aclose", None)
+            if aclose is not None:  # an async generator's finally runs now, not when collected
+                with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_GRACE):
+                    try:
+                        await aclose()
+                    except Exception as exc:
+                        log.debug("HTTP/2 stream %d: closing the request body's iterator failed: %r", sid, exc)
+        if failure is not None and stream._error() is None:
+            log.debug("%s; resetting the stream", failure)
+            self._reset_stream(stream, _CANCEL, failure)
 
     async def start_request(
         self, method: str, target: str, *, headers: HeaderInput = (), deadline: float = FOREVER
