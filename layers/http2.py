@@ -1212,6 +1212,7 @@ class H2ClientConnection(_Connection, ClientConnection):
         self.scheme = scheme
         self._slot_lot = trio.lowlevel.ParkingLot()
         self._goaway_received: int | None = None  # the server's last stream id, once it sent GOAWAY
+        self._uploads: dict[H2Stream, trio.CancelScope] = {}  # request() bodies sent by a task
 
     async def _handshake(self, deadline: float) -> None:
         self._initiate()
@@ -1248,6 +1249,27 @@ class H2ClientConnection(_Connection, ClientConnection):
         self._slot_lot.unpark_all()
         if not self._streams:
             self._finish()
+
+    def _on_stream_ended(self, ev: h2.events.StreamEnded) -> None:
+        super()._on_stream_ended(ev)
+        stream = self._streams.get(ev.stream_id)
+        if stream is not None and stream in self._uploads and not stream._local_ended:
+            response = stream._response
+            if response is not None and response.status >= 300:
+                self._stop_upload(stream)
+
+    def _stop_upload(self, stream: H2Stream) -> None:
+        """A final answer of 300 or more ended while :meth:`request`'s body was still going: the
+        rest of the body is useless (curl stops it too). RST_STREAM CANCEL ends our side and the
+        task is cancelled; the response stays readable (the stream ended both ways)."""
+        log.debug("HTTP/2 stream %d: answered %d before its request body ended: stopping the upload",
+                  stream.stream_id, stream._response.status if stream._response else 0)  # fmt: skip
+        with contextlib.suppress(h2.exceptions.ProtocolError):  # already closed
+            self._core.reset_stream(stream.stream_id, _CANCEL)
+        self._wake_writer()
+        stream._local_ended = True
+        self._uploads[stream].cancel()
+        self._stream_maybe_finished(stream)
 
     def _on_informational(self, ev: h2.events.InformationalResponseReceived) -> None:
         """1xx heads (100 Continue, 103 Early Hints) are not passed on."""
@@ -1341,7 +1363,10 @@ class H2ClientConnection(_Connection, ClientConnection):
         arrives (a streaming echo, an early 413) is never deadlocked against its own flow
         control. That task goes on after ``request()`` returned and ends with the body, or
         when the stream ends (the server reset it, the response was closed, the connection
-        went): the body's iterator is then closed (``aclose()``) without being drained.
+        went): the body's iterator is then closed (``aclose()``) without being drained. A final
+        answer of 300 or more that ends before the body stops it (RST_STREAM CANCEL, as curl
+        does; the answer stays readable); a 2xx lets it go on (a server that does not want the
+        rest resets the stream, RFC 9113 8.1).
 
         **Deadline** (and cancellation): it covers the request body and the response head.
         Passing before the head: the stream is reset and :class:`~stack.Timeout` raised.
@@ -1417,20 +1442,22 @@ class H2ClientConnection(_Connection, ClientConnection):
         sid = stream.stream_id
         failure: _UploadFailed | None = None
         complete = False
+        scope = self._uploads[stream] = trio.CancelScope(deadline=deadline)  # _stop_upload cancels it
         try:
-            with trio.move_on_at(deadline) as scope:
+            with scope:
                 await _send_body(stream, body, data, deadline)
                 complete = True
-            if scope.cancelled_caught:
+            if scope.cancelled_caught and not stream._local_ended:
                 raise Timeout("the request's deadline passed")
         except Timeout:
             failure = _UploadFailed(f"HTTP/2 stream {sid}: the request body was not sent by the request's deadline")
             failure.timed_out = True
         except Exception as exc:  # the caller's iterator raised, or h2 refused the data
-            if stream._error() is None:  # (else the stream ended first and says why itself)
+            if stream._error() is None and not stream._local_ended:  # (else the stream says why)
                 failure = _UploadFailed(f"HTTP/2 stream {sid}: the request body failed: {exc!r}")
                 failure.__cause__ = exc
         finally:
+            del self._uploads[stream]
             aclose = None if complete else getattr(body, "aclose", None)
             if aclose is not None:  # an async generator's finally runs now, not when collected
                 with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_GRACE):

@@ -14,13 +14,8 @@ in ``request()``'s own nursery). Every test bounds its time with ``trio.fail_aft
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
 import random
-import re
 import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +23,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from _peers import hypercorn
 
 from layers import http, http1, tcp
 from stack import Broken, ByteStream, Closed, ProtocolError, Stack, StackError, Timeout
@@ -636,65 +632,6 @@ async def nursery() -> AsyncIterator[trio.Nursery]:
 
 
 # ------------------------------------------------------------------ interop: hypercorn (trio worker)
-
-HYPERCORN_APP = '''
-async def app(scope, receive, send):
-    """Echoes the request body as it arrives (200 at once); /refuse answers 413 once the body began."""
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    if scope["path"] == "/refuse":
-        await receive()  # the upload has begun; refuse it without reading the rest
-        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-length", b"9")]})
-        await send({"type": "http.response.body", "body": b"too large"})
-        return
-    headers = [(b"content-type", b"application/octet-stream")]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        if message.get("body"):
-            await send({"type": "http.response.body", "body": message["body"], "more_body": True})
-        if not message.get("more_body"):
-            break
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-'''
-
-
-@asynccontextmanager
-async def hypercorn(tmp_path: Path) -> AsyncIterator[int]:
-    """hypercorn with its trio worker, serving HYPERCORN_APP on 127.0.0.1 in a child process
-    (started within 30 s, killed at the end); yields the port."""
-    if importlib.util.find_spec("hypercorn") is None:
-        if os.environ.get("CI"):
-            pytest.fail("hypercorn is not installed, and CI is set: .ci/run must install it (the bench extra)")
-        pytest.skip("hypercorn is not installed (the interop test runs it; CI installs it)")
-    (tmp_path / "duplex_echo.py").write_text(HYPERCORN_APP)
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "hypercorn", "--worker-class", "trio", "--workers", "0",
-         "--bind", "127.0.0.1:0", "duplex_echo:app"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        out = bytearray()
-        with trio.fail_after(30):
-            while (found := re.search(rb"Running on http://127\.0\.0\.1:(\d+)", out)) is None:
-                more = await process.stdout.receive_some()
-                assert more, f"hypercorn exited: {out.decode(errors='replace')}"
-                out += more
-        yield int(found.group(1))
-    finally:
-        process.kill()
-        with trio.move_on_after(10):
-            await process.wait()
-
 
 @pytest.mark.interop
 async def test_interop_hypercorn_streaming_echo_and_early_413(tmp_path: Path) -> None:

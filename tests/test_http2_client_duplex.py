@@ -9,12 +9,18 @@ deadline, a failing iterator) must end the upload and close its iterator.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
 import pytest
 import trio
+from _peers import hypercorn
 
-from layers import http, http2
-from stack import Broken, Timeout
+from layers import http, http2, tcp
+from stack import Broken, Stack, Timeout
 from stack.testing import memory_pair
 
 TIMEOUT = 10.0
@@ -177,3 +183,64 @@ async def test_the_deadline_passing_before_the_head_is_a_timeout(conn: http2.H2C
         await conn.request("POST", "/", body=stalls(), deadline=trio.current_time() + 0.2)
     with trio.fail_after(TIMEOUT):
         assert (await conn.request("GET", "/")).status == 200
+
+
+@pytest.mark.interop
+async def test_interop_hypercorn_streaming_echo(tmp_path: Path) -> None:
+    """hypercorn's trio worker over h2c (prior knowledge): it echoes each chunk as it arrives.
+
+    Not its early 413: hypercorn 0.18's HTTP/2 server drops the whole connection when DATA reaches
+    a stream it has already answered (a KeyError in its event loop), and some DATA is always in
+    flight when the answer goes; our stop is tested against a bare h2 server below."""
+    with trio.fail_after(60):
+        async with hypercorn(tmp_path) as port:
+            client = Stack(tcp.connect("127.0.0.1", port), http.client(prior_knowledge=True))
+            async with await client.connect(deadline=trio.current_time() + 10) as conn:
+                assert isinstance(conn, http2.H2ClientConnection)
+                body = Chunks(count=256)  # 4 MiB
+                response = await conn.request("POST", "/echo", body=body)
+                assert response.status == 200
+                assert body.given < 256  # hypercorn answered while the body was going out
+                echoed = await response.read(max_bytes=8 * MIB)
+                assert len(echoed) == 4 * MIB and echoed == body.expected()
+                response = await conn.request("POST", "/echo", body=b"the same connection")
+                assert await response.read() == b"the same connection"
+
+
+async def test_an_early_final_answer_stops_the_upload_with_rst_stream_cancel() -> None:
+    """Against a bare h2 server that answers 413 at the first DATA, never resets the stream and
+    never acknowledges what it reads: without the stop the upload would wait on a shut window
+    until send_timeout."""
+    a, b = memory_pair(capacity=1 << 20)
+    core = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    core.initiate_connection()
+    resets: list[tuple[int, int]] = []
+    answered: set[int] = set()
+
+    async def bare_server() -> None:
+        await b.send(core.data_to_send())
+        while data := await b.recv(65536):
+            for event in core.receive_data(data):
+                if isinstance(event, h2.events.DataReceived) and event.stream_id not in answered:
+                    answered.add(event.stream_id)
+                    core.send_headers(event.stream_id, [(b":status", b"413"), (b"content-length", b"9")])
+                    core.send_data(event.stream_id, b"too large", end_stream=True)
+                elif isinstance(event, h2.events.RequestReceived) and (b":method", b"GET") in event.headers:
+                    core.send_headers(event.stream_id, [(b":status", b"204")], end_stream=True)
+                elif isinstance(event, h2.events.StreamReset):
+                    resets.append((event.stream_id, event.error_code))
+            await b.send(core.data_to_send())
+
+    limits = http.Limits(send_timeout=30.0)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bare_server)
+            async with await http2.client(limits, "test.example", "http").attach(a) as conn:
+                endless = Chunks(count=None)
+                response = await conn.request("PUT", "/upload", body=endless)
+                assert response.status == 413
+                await endless.closed.wait()  # well before send_timeout
+                assert await response.read() == b"too large"  # still readable after the stop
+                assert (await conn.request("GET", "/")).status == 204  # the connection is unharmed
+                assert resets == [(response.body.stream_id, h2.errors.ErrorCodes.CANCEL)]  # sent before the GET
+            nursery.cancel_scope.cancel()
