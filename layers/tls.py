@@ -11,6 +11,9 @@
     secure = await tls.client(server_hostname="mail.test", ca=ca).attach(plain)   # STARTTLS
     plain = await secure.detach()                    # and back: bytes after close_notify intact
 
+    server = Stack(tcp.listen("127.0.0.1", 8443), tls.server(pair, client_ca=ca))   # mutual TLS
+    client = Stack(tcp.connect("localhost", 8443), tls.client(ca=ca, cert=ca.issue("alice", client=True)))
+
 The layer runs OpenSSL through :class:`ssl.MemoryBIO` and :class:`ssl.SSLObject`, so it works on
 whatever is below it: TCP, Unix, a memory pair, an HTTP/2 stream, another TLS stream.
 
@@ -24,6 +27,25 @@ Handshake
     ``"protocol_version"``, ``"not_tls"``, ``"eof"``... ``ssl.SSLError`` never escapes. On failure
     the lower stream is left to the caller (a Stack closes it). On deadline:
     :class:`~stack.Timeout`.
+
+Client certificates (mutual TLS)
+    ``tls.server(..., client_ca=ca)`` asks every client for a certificate and refuses one without
+    a certificate (``client_cert="required"``, the default once ``client_ca`` is given), or
+    accepts it (``client_cert="optional"``). A certificate that is presented must verify against
+    ``client_ca`` (X.509 strict, and the clientAuth extended key usage if it has one) in both
+    modes. The client presents ``tls.client(cert=...)`` when asked. The server's
+    :class:`HandshakeError`: ``certificate_required`` (no certificate), ``unknown_ca`` (not from
+    ``client_ca``), ``bad_certificate`` (expired, not for client authentication...).
+
+    The client sees the same ``reason``; when depends on the version. In TLS 1.2 its ``attach``
+    fails (OpenSSL's server refuses a missing certificate with a ``handshake_failure`` alert,
+    which the client reports as ``certificate_required`` when it has no certificate and the
+    server had already chosen a cipher suite). In TLS 1.3 the client's handshake is over before
+    the server has looked at its certificate, so its ``attach`` succeeds and the refusal comes
+    as an alert after it: the client's first ``recv`` (or ``recv_into``) raises the
+    :class:`HandshakeError` (``certificate_required`` from the TLS 1.3 alert of that name,
+    ``unknown_ca``, ``bad_certificate``). A ``send`` before that may succeed (the bytes are
+    lost) or fail with :class:`~stack.Broken` once the server has closed the connection.
 
 Receiving
     Ciphertext is read from ``lower`` in large chunks and written into OpenSSL's incoming buffer
@@ -70,7 +92,12 @@ Ending
     address the certificate was checked against, sent as SNI unless it is an IP address; server:
     the SNI the client sent, or ``None``), ``tls_version`` (``"TLSv1.3"``), ``cipher``
     (``"TLS_AES_256_GCM_SHA384"``), ``peer_certificate`` (the peer's certificate, DER bytes, or
-    ``None``), then everything the lower stream knows.
+    ``None``), ``peer_subject`` and ``peer_alt_names`` (the peer's certificate's subject as
+    ``(("commonName", "alice.test"),)`` and its subjectAltName entries as
+    ``(("DNS", "alice.test"), ("IP Address", "127.0.0.1"))``, as the :mod:`ssl` module decodes
+    them; ``None`` unless this side verified that certificate: a server with ``client_ca`` for
+    its client's, a client with ``verify`` for its server's), then everything the lower stream
+    knows.
 
 Secure defaults (when the spec builds the context): TLS 1.2 or later, ECDHE key exchange with
 AEAD ciphers only for TLS 1.2 (``ECDHE+AESGCM:ECDHE+CHACHA20``; all TLS 1.3 suites are AEAD), no
@@ -87,7 +114,7 @@ import re
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, Protocol, TypeAlias, cast, runtime_checkable
+from typing import Any, Literal, Protocol, TypeAlias, cast, runtime_checkable
 
 import trio
 
@@ -142,13 +169,16 @@ CertPair: TypeAlias = "tuple[PathLike, PathLike]"
 Cert: TypeAlias = "CertPair | CertSource"
 Certs: TypeAlias = "Cert | Mapping[str, Cert] | Mapping[str | None, Cert]"
 CA: TypeAlias = "PathLike | bytes | TrustSource"
+ClientCert: TypeAlias = 'Literal["none", "optional", "required"]'
 
 
 class HandshakeError(Broken):
-    """The TLS handshake failed. The message says why and what to check; ``reason`` is a code:
+    """The TLS handshake failed (or, for a TLS 1.3 client, its certificate was refused just after:
+    see the module docstring). The message says why and what to check; ``reason`` is a code:
 
     ``unknown_ca`` (the certificate's issuer is not trusted), ``hostname_mismatch``,
-    ``bad_certificate`` (expired, not yet valid, or otherwise refused), ``no_alpn`` (no
+    ``bad_certificate`` (expired, not yet valid, or otherwise refused), ``certificate_required``
+    (the server requires a client certificate and the client sent none), ``no_alpn`` (no
     application protocol in common), ``unrecognized_name`` (the server has no certificate for the
     name asked for), ``protocol_version`` (no TLS version in common), ``no_shared_cipher``,
     ``not_tls`` (the peer does not speak TLS), ``eof`` (the peer closed the connection during the
@@ -248,12 +278,16 @@ class TLSStream(ByteStream):
     def _fill_info(self, server_name: str | None) -> None:
         conn = self._ssl
         cipher = conn.cipher()
+        der = conn.getpeercert(binary_form=True)
+        fields = conn.getpeercert() if der is not None else None  # {} when it was not verified
         self._info.update(
             alpn=conn.selected_alpn_protocol(),
             server_name=server_name,
             tls_version=conn.version(),
             cipher=cipher[0] if cipher else None,
-            peer_certificate=conn.getpeercert(binary_form=True),
+            peer_certificate=der,
+            peer_subject=tuple(pair for rdn in fields["subject"] for pair in rdn) if fields else None,
+            peer_alt_names=tuple(fields.get("subjectAltName", ())) if fields else None,
         )
 
     # ---- receiving ---------------------------------------------------------------------
@@ -299,7 +333,7 @@ class TLSStream(ByteStream):
         if isinstance(exc, ssl.SSLZeroReturnError):
             return
         if not isinstance(exc, ssl.SSLEOFError | ssl.SSLSyscallError) or not self._lower_eof:
-            raise _data_error(exc) from exc
+            raise _data_error(exc, "client" if self._ssl.server_side else "server") from exc
         self._ragged_eof = True
         if not self._ragged_eofs:
             raise Broken(
@@ -527,15 +561,63 @@ def _ssl_text(exc: BaseException) -> str:
     return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", text)
 
 
-def _data_error(exc: ssl.SSLError) -> Broken:
-    """Translate an ssl error after the handshake into the error family."""
+def _data_error(exc: ssl.SSLError, peer: str = "peer") -> Broken:
+    """Translate an ssl error after the handshake into the error family.
+
+    A certificate alert from the peer is a :class:`HandshakeError`: in TLS 1.3 a server checks
+    the client's certificate after the client's handshake is over, so a refused client learns of
+    it here, on its first receive."""
     text = _ssl_text(exc)
     reason = exc.reason or ""
     if "ALERT" in reason or " alert " in f" {text} ":
+        refused = _certificate_alert(text, peer)
+        if refused is not None:
+            return HandshakeError(
+                f"{refused} (refused after this side's handshake was done: a TLS 1.3 server checks the "
+                "client's certificate after the client's last handshake message)",
+                reason=refused.reason,
+            )
         return Broken(f"the peer aborted the TLS connection: {text}")
     if isinstance(exc, ssl.SSLEOFError | ssl.SSLSyscallError):
         return Broken(f"the TLS connection failed: {text}")
     return ProtocolError(f"the peer broke the TLS protocol: {text}")
+
+
+def _certificate_alert(text: str, peer: str) -> HandshakeError | None:
+    """The error for an alert from ``peer`` that refuses this side's certificate (or its
+    absence), else ``None``. ``text`` is the ssl error's text (``tlsv1 alert unknown ca``)."""
+    lowered = text.lower()
+    if "certificate required" in lowered:
+        return HandshakeError(
+            f"the {peer} requires a certificate from this side and got none ({text}): give tls.client cert=",
+            reason="certificate_required",
+        )
+    if "unknown ca" in lowered:
+        return HandshakeError(
+            f"the {peer} does not trust this side's certificate (it answered 'unknown CA'): "
+            f"give the {peer} the CA that issued it",
+            reason="unknown_ca",
+        )
+    if "certificate" in lowered:
+        return HandshakeError(f"the {peer} refused this side's certificate ({text})", reason="bad_certificate")
+    return None
+
+
+def _client_certificate_error(code: int, message: str) -> HandshakeError:
+    """The server's error for a client certificate that failed verification (OpenSSL's code)."""
+    if code in (2, 18, 19, 20, 21):
+        return HandshakeError(
+            f"the client's certificate is not trusted ({message}): it was not issued by a CA this server "
+            "trusts; pass client_ca= the CA that issued it",
+            reason="unknown_ca",
+        )
+    if code == 26:  # X509_V_ERR_INVALID_PURPOSE
+        return HandshakeError(
+            f"the client's certificate is not for client authentication ({message}): it needs the clientAuth "
+            "extended key usage (layers.certs: CA.issue(..., client=True))",
+            reason="bad_certificate",
+        )
+    return HandshakeError(f"the client's certificate was refused: {message}", reason="bad_certificate")
 
 
 # --------------------------------------------------------------------------- handshake checks
@@ -544,11 +626,14 @@ def _data_error(exc: ssl.SSLError) -> Broken:
 class _Check:
     """What one side checks and how it explains a failure."""
 
-    def __init__(self, *, role: str, host: str | None, alpn: tuple[str, ...], check_name: bool) -> None:
+    def __init__(
+        self, *, role: str, host: str | None, alpn: tuple[str, ...], check_name: bool, has_cert: bool = False
+    ) -> None:
         self.role = role
         self.host = host
         self.alpn = alpn
         self.check_name = check_name
+        self.has_cert = has_cert  # a client that the spec gave a certificate
 
     def verify(self, conn: ssl.SSLObject) -> None:
         """After the handshake: the host name check (ours, so a mismatch can list the names)."""
@@ -575,6 +660,8 @@ class _Check:
         if isinstance(exc, ssl.SSLCertVerificationError):
             code = exc.verify_code
             message = exc.verify_message
+            if self.role == "server":
+                return _client_certificate_error(code, message)
             if code in (2, 18, 19, 20, 21):
                 return HandshakeError(
                     f"the server's certificate is not trusted ({message}): it was not issued by a CA this "
@@ -589,12 +676,15 @@ class _Check:
         if isinstance(exc, ssl.SSLEOFError | ssl.SSLSyscallError):
             return HandshakeError(f"the {peer} closed the connection during the TLS handshake", reason="eof")
         lowered = text.lower()
-        if "unknown ca" in lowered:
+        if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
             return HandshakeError(
-                f"the {peer} does not trust this side's certificate (it answered 'unknown CA'): "
-                f"give the {peer} the CA that issued it",
-                reason="unknown_ca",
+                "the client sent no certificate, and this server requires one (client_cert='required'); "
+                "the client must present one issued by a CA in client_ca=",
+                reason="certificate_required",
             )
+        refused = _certificate_alert(text, peer)
+        if refused is not None:
+            return refused
         if "no application protocol" in lowered:
             return HandshakeError(
                 f"no shared ALPN protocol: the server accepts none of {list(self.alpn)}", reason="no_alpn"
@@ -614,13 +704,21 @@ class _Check:
         if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "PACKET_LENGTH_TOO_LONG"):
             return HandshakeError(f"the {peer} does not speak TLS ({text}): is it a plain-text port?", reason="not_tls")
         if reason in ("NO_SHARED_CIPHER", "SSLV3_ALERT_HANDSHAKE_FAILURE") or "handshake failure" in lowered:
+            if self.role == "client" and conn.cipher() is not None:
+                # The server chose a cipher suite, then refused: in TLS 1.2 that is how OpenSSL
+                # (and others) refuse a client that sent no certificate when one is required.
+                if self.has_cert:
+                    return HandshakeError(f"the server ended the handshake after its hello ({text})", reason="failed")
+                return HandshakeError(
+                    f"the server ended the TLS handshake after its hello ({text}): most likely it requires a "
+                    "client certificate and this client has none; give tls.client cert=",
+                    reason="certificate_required",
+                )
             return HandshakeError(
                 f"the TLS handshake failed: no cipher suite or key exchange in common with the {peer} ({text}); "
                 "this side allows ECDHE with AES-GCM or ChaCha20 only",
                 reason="no_shared_cipher",
             )
-        if "certificate" in lowered:
-            return HandshakeError(f"the {peer} refused this side's certificate ({text})", reason="bad_certificate")
         return HandshakeError(f"the TLS handshake with the {peer} failed: {text}", reason="failed")
 
 
@@ -690,7 +788,48 @@ def _check_alpn(alpn: Sequence[str]) -> tuple[str, ...]:
     return out
 
 
-def _client_context(*, verify: bool, ca: CA | None, alpn: tuple[str, ...]) -> ssl.SSLContext:
+def _load_trust(ctx: ssl.SSLContext, ca: CA) -> None:
+    """Make ``ctx`` trust ``ca``: an object with ``configure_trust(ctx)``, PEM bytes or text, a
+    directory of hashed PEM files, or a PEM file (the client's ``ca=``, the server's ``client_ca=``)."""
+    if isinstance(ca, TrustSource):
+        ca.configure_trust(ctx)
+    elif isinstance(ca, bytes):
+        ctx.load_verify_locations(cadata=ca.decode("ascii"))
+    elif isinstance(ca, str) and ca.lstrip().startswith("-----BEGIN"):
+        ctx.load_verify_locations(cadata=ca)
+    elif os.path.isdir(ca):
+        ctx.load_verify_locations(capath=os.fspath(ca))
+    else:
+        ctx.load_verify_locations(cafile=os.fspath(ca))
+
+
+def _load_cert(ctx: ssl.SSLContext, cert: Cert) -> None:
+    """Make ``ctx`` present ``cert``: an object with ``configure_cert(ctx)`` or a ``(certfile,
+    keyfile)`` pair (the server's certificates, the client's ``cert=``)."""
+    if isinstance(cert, CertSource):
+        cert.configure_cert(ctx)
+    else:
+        certfile, keyfile = cert
+        ctx.load_cert_chain(os.fspath(certfile), os.fspath(keyfile))
+
+
+def _check_client_cert(client_cert: object, client_ca: CA | None) -> ClientCert:
+    """The server's ``client_cert`` made explicit: ``"required"`` when ``client_ca`` is given
+    without it, ``"none"`` when neither is; a contradiction is a ValueError."""
+    if client_cert is None:
+        return "none" if client_ca is None else "required"
+    if client_cert not in ("none", "optional", "required"):
+        raise ValueError(f"client_cert is 'none', 'optional' or 'required', not {client_cert!r}")
+    if client_cert != "none" and client_ca is None:
+        raise ValueError(
+            f"client_cert={client_cert!r} needs client_ca=: the CA whose client certificates this server trusts"
+        )
+    if client_cert == "none" and client_ca is not None:
+        raise ValueError("client_ca= is given but client_cert='none' asks for no client certificate: drop one of them")
+    return client_cert
+
+
+def _client_context(*, verify: bool, ca: CA | None, cert: Cert | None, alpn: tuple[str, ...]) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     _harden(ctx)
     # The chain is checked by OpenSSL; the host name by _Check.verify (same rules, better message).
@@ -700,33 +839,30 @@ def _client_context(*, verify: bool, ca: CA | None, alpn: tuple[str, ...]) -> ss
         ctx.verify_flags |= ssl.VERIFY_X509_STRICT
         if ca is None:
             ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
-        elif isinstance(ca, TrustSource):
-            ca.configure_trust(ctx)
-        elif isinstance(ca, bytes):
-            ctx.load_verify_locations(cadata=ca.decode("ascii"))
-        elif isinstance(ca, str) and ca.lstrip().startswith("-----BEGIN"):
-            ctx.load_verify_locations(cadata=ca)
-        elif os.path.isdir(ca):
-            ctx.load_verify_locations(capath=os.fspath(ca))
         else:
-            ctx.load_verify_locations(cafile=os.fspath(ca))
+            _load_trust(ctx, ca)
     else:
         ctx.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        _load_cert(ctx, cert)
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     return ctx
 
 
-def _server_context(cert: Cert, alpn: tuple[str, ...]) -> ssl.SSLContext:
+_CLIENT_CERT_MODES = {"optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+def _server_context(cert: Cert, alpn: tuple[str, ...], client_ca: CA | None, client_cert: ClientCert) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(ctx)
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.num_tickets = 0
-    if isinstance(cert, CertSource):
-        cert.configure_cert(ctx)
-    else:
-        certfile, keyfile = cert
-        ctx.load_cert_chain(os.fspath(certfile), os.fspath(keyfile))
+    _load_cert(ctx, cert)
+    if client_ca is not None and client_cert != "none":
+        ctx.verify_mode = _CLIENT_CERT_MODES[client_cert]
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+        _load_trust(ctx, client_ca)
     if alpn:
         ctx.set_alpn_protocols(list(alpn))  # OpenSSL picks by the server's order: the first of ours the client offers
     return ctx
@@ -879,15 +1015,25 @@ class client:
 
     ``verify=False`` checks nothing (tests only). ``ca``: what to trust instead of the system's
     CAs: a PEM file or directory, PEM text, or an object with ``configure_trust(ctx)`` such as
-    :class:`layers.certs.CA`. ``ragged_eofs``: see the module docstring. ``context``: your own
-    :class:`ssl.SSLContext`, used as it is (then ``alpn``, ``ca`` and ``verify`` must not be
-    given; its own host name checking applies, whose errors cannot list the certificate's names).
+    :class:`layers.certs.CA`. ``ragged_eofs``: see the module docstring.
+
+    ``cert``: the certificate this client presents when the server asks for one (mutual TLS), in
+    the forms :class:`server` takes its certificates: a ``(certfile, keyfile)`` pair of PEM files
+    or an object with ``configure_cert(ctx)`` such as :class:`layers.certs.Leaf` (issue it with
+    ``CA.issue(name, client=True)``: a server checks the clientAuth extended key usage). Without
+    it, a server that requires a certificate refuses this client; when and how it learns of
+    that depends on the TLS version (module docstring).
+
+    ``context``: your own :class:`ssl.SSLContext`, used as it is (then ``alpn``, ``ca``,
+    ``cert`` and ``verify`` must not be given; its own host name checking applies, whose errors
+    cannot list the certificate's names).
     """
 
     server_hostname: str | None = None
     alpn: Sequence[str] = ()
     verify: bool = True
     ca: CA | None = None
+    cert: Cert | None = None
     context: ssl.SSLContext | None = None
     ragged_eofs: bool = False
     _ctx: ssl.SSLContext = field(init=False, repr=False, compare=False)
@@ -898,9 +1044,11 @@ class client:
         if self.context is not None:
             if alpn or self.ca is not None or not self.verify:
                 raise ValueError("with context= configure ALPN, trust and verification on the context itself")
+            if self.cert is not None:
+                raise ValueError("with context= load the client certificate on the context itself (load_cert_chain)")
             ctx = self.context
         else:
-            ctx = _client_context(verify=self.verify, ca=self.ca, alpn=alpn)
+            ctx = _client_context(verify=self.verify, ca=self.ca, cert=self.cert, alpn=alpn)
         object.__setattr__(self, "_ctx", ctx)
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> TLSStream:
@@ -923,7 +1071,9 @@ class client:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         conn = self._ctx.wrap_bio(incoming, outgoing, server_side=False, server_hostname=host)
         stream = TLSStream(lower, conn, incoming, outgoing, ragged_eofs=self.ragged_eofs)
-        check = _Check(role="client", host=host, alpn=tuple(self.alpn), check_name=ours and self.verify)
+        check_name = ours and self.verify
+        has_cert = self.cert is not None
+        check = _Check(role="client", host=host, alpn=tuple(self.alpn), check_name=check_name, has_cert=has_cert)
         await _run_handshake(stream, check, deadline, f"with {host or lower.info.get('peer')!r}")
         stream._fill_info(host)
         log.debug("tls client: %s %s alpn=%r with %s", conn.version(), conn.cipher(), stream.info["alpn"], host)
@@ -950,13 +1100,28 @@ class server:
     ``no_application_protocol`` alert (RFC 7301) and the server's ``HandshakeError`` names both
     lists; a client that offers no ALPN is accepted (``info["alpn"]`` is ``None``).
 
-    ``context``: your own :class:`ssl.SSLContext`, used as it is (then ``certs`` and ``alpn``
-    must not be given). Specs compare by identity.
+    ``client_ca``: ask clients for a certificate and trust those issued by this CA, given as
+    :class:`client`'s ``ca`` is: a PEM file or directory, PEM text or bytes, or an object with
+    ``configure_trust(ctx)`` such as :class:`layers.certs.CA`. There is no default (the system's
+    CAs vouch for servers, not for your clients). ``client_cert``: ``"required"`` (a client
+    without a certificate is refused: ``certificate_required``), ``"optional"`` (it is
+    accepted, ``info["peer_certificate"]`` is ``None``) or ``"none"`` (none is asked for).
+    Default: ``"required"`` when ``client_ca`` is given, else ``"none"``; ``"required"`` or
+    ``"optional"`` without ``client_ca``, and ``client_ca`` with ``"none"``, are ValueErrors.
+    In both modes a certificate that is presented must verify (X.509 strict; a certificate
+    with an extended key usage must allow clientAuth), else the handshake fails with
+    ``unknown_ca`` or ``bad_certificate``. Every certificate's context (one per SNI name)
+    checks clients alike. After construction ``client_cert`` holds the mode in force.
+
+    ``context``: your own :class:`ssl.SSLContext`, used as it is (then ``certs``, ``alpn``,
+    ``client_ca`` and ``client_cert`` must not be given). Specs compare by identity.
     """
 
     certs: Certs | None = None
     _: KW_ONLY
     alpn: Sequence[str] = ()
+    client_ca: CA | None = None
+    client_cert: ClientCert | None = None
     context: ssl.SSLContext | None = None
     ragged_eofs: bool = False
     _ctx: ssl.SSLContext = field(init=False, repr=False)
@@ -967,8 +1132,15 @@ class server:
         if self.context is not None:
             if self.certs is not None or alpn:
                 raise ValueError("with context= load the certificates and set ALPN on the context itself")
+            if self.client_ca is not None or self.client_cert is not None:
+                raise ValueError(
+                    "with context= set verify_mode and load the client CAs on the context itself "
+                    "(client_ca= and client_cert= are for the contexts the spec builds)"
+                )
             object.__setattr__(self, "_ctx", self.context)
             return
+        client_cert = _check_client_cert(self.client_cert, self.client_ca)
+        object.__setattr__(self, "client_cert", client_cert)
         if self.certs is None:
             raise ValueError("tls.server needs certs: a (certfile, keyfile) pair or a mapping of host names to pairs")
         mapping = self.certs if isinstance(self.certs, Mapping) else {None: self.certs}
@@ -982,7 +1154,7 @@ class server:
             key: object = cert if isinstance(cert, CertSource) else tuple(os.fspath(p) for p in cert)
             ctx = contexts.get(key)
             if ctx is None:
-                ctx = contexts[key] = _server_context(cert, alpn)
+                ctx = contexts[key] = _server_context(cert, alpn, self.client_ca, client_cert)
             if name is None:
                 default = ctx
             elif name.startswith("*."):
