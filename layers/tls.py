@@ -1111,7 +1111,8 @@ class server:
     In both modes a certificate that is presented must verify (X.509 strict; a certificate
     with an extended key usage must allow clientAuth), else the handshake fails with
     ``unknown_ca`` or ``bad_certificate``. Every certificate's context (one per SNI name)
-    checks clients alike. After construction ``client_cert`` holds the mode in force.
+    checks clients alike. After construction ``client_cert`` holds the mode in force (``None``
+    with ``context=``).
 
     ``context``: your own :class:`ssl.SSLContext`, used as it is (then ``certs``, ``alpn``,
     ``client_ca`` and ``client_cert`` must not be given). Specs compare by identity.
