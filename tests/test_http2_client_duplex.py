@@ -18,6 +18,7 @@ import h2.events
 import pytest
 import trio
 from _peers import hypercorn
+from test_http2 import h2_pair
 
 from layers import http, http2, tcp
 from stack import Broken, Stack, Timeout
@@ -46,22 +47,8 @@ async def conn() -> AsyncIterator[http2.H2ClientConnection]:
     """A client connection to a server running ``streaming_echo``, with 64 KiB stream windows on
     both sides (so a few hundred KiB each way fill every buffer)."""
     limits = http.Limits(stream_window=65535, connection_window=65535)
-    a, b = memory_pair(capacity=16384)
-    async with trio.open_nursery() as nursery:
-
-        async def serve() -> None:
-            server = await http2.server(streaming_echo, limits).attach(b, deadline=trio.current_time() + TIMEOUT)
-            try:
-                await server.serve(streaming_echo)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await server.aclose()
-
-        nursery.start_soon(serve)
-        client = await http2.client(limits, "test.example", "http").attach(a)
-        async with client:
-            yield client
-        nursery.cancel_scope.cancel()
+    async with h2_pair(streaming_echo, limits, limits, capacity=16384) as client:
+        yield client
 
 
 class Chunks:
