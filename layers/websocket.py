@@ -54,8 +54,9 @@ reading to write could deadlock), or by the next send, done or aclose; when seve
 pending only the last is answered (RFC 6455 5.5.3). ``await ws.ping()`` sends a Ping and returns
 the round-trip time in seconds once its Pong was read, which :meth:`WebSocket.recv` does: call it
 while another task receives (or give it a deadline). A Ping still waiting when the peer's Close
-arrives raises :class:`~stack.Closed`. Messages are sent as one frame each, so a Pong may wait
-behind the message being sent.
+arrives raises :class:`~stack.Closed`. A message longer than :data:`FRAGMENT` bytes goes out as
+several frames, and the Pongs and Pings owed go out between them, so a large message delays a
+Pong by one fragment at most; our Close waits for the end of the message being sent.
 
 **Detach** is the closing handshake: ``detach()`` sends Close (1000, unless ``done()`` sent one),
 reads until the peer's Close and returns the stream below with every byte the peer sent after its
@@ -84,6 +85,7 @@ import logging
 import math
 import os
 import zlib
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -120,6 +122,10 @@ MAX_MESSAGE = 16 * 1024 * 1024
 
 RECV = 65536
 """Bytes asked of the stream below per receive."""
+
+FRAGMENT = 65536
+"""Payload bytes per frame of an outgoing message: a longer message is sent as several frames
+(RFC 6455 5.4), with the control frames owed sent between them."""
 
 ERROR_CLOSE_TIME = 1.0
 """Seconds spent at most sending the Close frame that reports a protocol error."""
@@ -294,6 +300,7 @@ class WebSocket(MessageStream):
         self._peer_close: tuple[int, str] | None = None
         # sending: every write goes through _write, under this lock, frames whole and in order
         self._wlock = trio.Lock()
+        self._frames: deque[bytearray] = deque()  # the committed message's frames not sent yet
         self._pong: bytes | None = None  # the Pong we owe (the last Ping's payload)
         self._pings_out: list[bytes] = []  # Pings to send
         self._pings: dict[bytes, tuple[trio.Event, list[float]]] = {}  # waiting for their Pong
@@ -358,8 +365,9 @@ class WebSocket(MessageStream):
             self._sending = False
 
     async def _write(self, deadline: float, payload: bytes | str | None = None) -> None:
-        """The one way bytes go down: what is buffered, control frames owed, then ``payload`` as a
-        message (if any), then control frames that came meanwhile. Frames never interleave."""
+        """The one way bytes go down: what is buffered, control frames owed and the rest of a
+        committed message, then ``payload`` as a message (if any), then what came meanwhile.
+        Frames never interleave; control frames go between the fragments of a message."""
         lock = self._wlock
         try:
             lock.acquire_nowait()
@@ -370,10 +378,12 @@ class WebSocket(MessageStream):
             if payload is None:
                 return
             out = self._outbuf
-            out += self._proto.send_data(payload, True)
+            frames = self._fragments(payload)
+            out += frames[0]
             n = len(out)
             if self._deflate:
                 self._message_committed = True  # the compressor's context already holds it
+            self._frames.extend(frames[1:])
             try:
                 await self._lower.send_from(out, deadline=deadline)
             finally:
@@ -381,22 +391,39 @@ class WebSocket(MessageStream):
                     self._message_committed = True
                 elif not self._message_committed:
                     out.clear()  # nothing went down: not sent, forget it
+                    self._frames.clear()
             await self._drain(deadline)
         finally:
             lock.release()
 
+    def _fragments(self, payload: bytes | str) -> list[bytearray]:
+        """``payload`` as the frames of one message, at most :data:`FRAGMENT` payload bytes each
+        (a text message is cut between characters: each piece is valid UTF-8 on its own)."""
+        proto = self._proto
+        if len(payload) <= FRAGMENT:  # a str counts characters (each piece: FRAGMENT at most)
+            return [proto.send_data(payload, True)]
+        pieces = [payload[i : i + FRAGMENT] for i in range(0, len(payload), FRAGMENT)]
+        last = len(pieces) - 1
+        return [proto.send_data(piece, i == last) for i, piece in enumerate(pieces)]
+
     async def _drain(self, deadline: float) -> None:
+        """Send what is buffered, then, frame by frame, the control frames owed and the rest of
+        the committed message (control frames first: they may go between its fragments)."""
         out = self._outbuf
+        frames = self._frames
         while True:
             if not out:
                 frame = self._take_control()
                 if frame is None:
-                    return
+                    if not frames:
+                        return
+                    frame = frames.popleft()
                 out += frame
             await self._lower.send_from(out, deadline=deadline)
 
     def _take_control(self) -> bytearray | None:
-        """The next control frame owed to the peer (Pings, the Pong, then our Close), or None."""
+        """The next control frame owed to the peer (Pings, the Pong, then our Close once no
+        fragment of a message is left to send), or None."""
         if self._close_sent:
             return None
         if self._pings_out:
@@ -408,7 +435,7 @@ class WebSocket(MessageStream):
         if self._pong is not None:
             payload, self._pong = self._pong, None
             return self._proto.pong(payload)
-        if self._close_pending is not None:
+        if self._close_pending is not None and not self._frames:
             code, reason = self._close_pending
             self._close_pending = None
             self._close_sent = True
@@ -521,7 +548,7 @@ class WebSocket(MessageStream):
         receiving task that blocked on writing could deadlock with a peer doing the same. The
         writing is cancelled once data arrived; what it committed goes first on the next write.
         """
-        if self._wlock.locked() or not (self._pong is not None or self._pings_out or self._outbuf):
+        if self._wlock.locked() or not (self._pong is not None or self._pings_out or self._outbuf or self._frames):
             chunk = await self._lower.recv(RECV, deadline=deadline)
             self._inbuf += chunk
             return bool(chunk)
@@ -611,6 +638,7 @@ class WebSocket(MessageStream):
         if not self._close_sent:
             self._pong = None
             self._pings_out.clear()
+            self._frames.clear()  # the message being sent is given up: Close goes next
             self._close_pending = (code, str(exc)[:60])
             if not self._wlock.locked():
                 with trio.move_on_at(min(deadline, trio.current_time() + ERROR_CLOSE_TIME)):

@@ -482,6 +482,86 @@ async def test_with_deflate_a_timed_out_send_is_committed_once_compressed() -> N
     assert got == [text, "after"]  # the compressor's context stayed in step
 
 
+async def test_a_message_over_fragment_goes_as_fragments_and_a_pong_goes_between_them() -> None:
+    a, b = memory_pair(capacity=4096)  # the sender stalls on every fragment until the peer reads
+    ws = await websocket.raw("server").attach(b)
+    payload = bytes(range(256)) * 1024  # 256 KiB: four fragments of 64 KiB
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: ws.send(payload, deadline=after(T)))
+        opcode, fin, first = await read_frame(a)
+        assert (opcode, fin, len(first)) == (0x2, False, websocket.FRAGMENT)
+        await a.send(frame(0x9, b"are you there"))  # a Ping while the message is being sent
+        receiving = trio.CancelScope()
+
+        async def receive() -> None:  # our receiving side reads the Ping and owes the Pong
+            with receiving:
+                await ws.recv()
+
+        nursery.start_soon(receive)
+        frames = [await read_frame(a) for _ in range(4)]
+        receiving.cancel()
+    pong = (0xA, True, b"are you there")
+    assert pong in frames[:2]  # the Pong did not wait for the rest of the message
+    data = [f for f in frames if f != pong]
+    assert [(op, fin) for op, fin, _ in data] == [(0x0, False), (0x0, False), (0x0, True)]
+    assert first + b"".join(d for _, _, d in data) == payload
+
+
+async def test_a_text_message_is_cut_between_characters() -> None:
+    a, b = memory_pair()
+    ws = await websocket.raw("server").attach(b)
+    text = "é中😀" * 30_000  # 90,000 characters of 2, 3 and 4 bytes
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: ws.send(text, deadline=after(T)))
+        frames = [await read_frame(a), await read_frame(a)]
+    assert [(op, fin) for op, fin, _ in frames] == [(0x1, False), (0x0, True)]
+    assert [d.decode("utf-8") for _, _, d in frames] == [text[: websocket.FRAGMENT], text[websocket.FRAGMENT :]]
+
+
+async def test_our_close_waits_for_the_end_of_a_fragmented_message() -> None:
+    a, b = memory_pair(capacity=4096)
+    c = await websocket.raw("client").attach(a)
+    s = await websocket.raw("server").attach(b)
+    payload = os.urandom(3 * websocket.FRAGMENT + 5)
+    with pytest.raises(Timeout) as info:
+        await c.send(payload, deadline=after(0.05))  # the first fragment started: committed
+    assert info.value.committed
+    got: list[bytes | str] = []
+    async with trio.open_nursery() as nursery:
+
+        async def read() -> None:
+            got.append(await s.recv(deadline=after(T)))
+            with pytest.raises(websocket.CloseReceived):
+                await s.recv(deadline=after(T))
+
+        nursery.start_soon(read)
+        await c.done(deadline=after(T))  # the rest of the message first, then Close
+    assert got == [payload]
+
+
+@pytest.mark.parametrize("deflate", [None, "permessage-deflate"])
+async def test_large_messages_both_ways_round_trip(deflate: str | None) -> None:
+    a, b = memory_pair(capacity=65536)
+    c = await websocket.raw("client", deflate=deflate).attach(a)
+    s = await websocket.raw("server", deflate=deflate).attach(b)
+    messages: list[bytes | str] = [os.urandom(300_000), "x" * 200_001, b"", "small", os.urandom(65537)]
+    got: list[bytes | str] = []
+    async with trio.open_nursery() as nursery:
+
+        async def echo() -> None:
+            for _ in messages:
+                await s.send(await s.recv(deadline=after(T)), deadline=after(T))
+
+        async def read() -> None:
+            got.extend([await c.recv(deadline=after(T)) for _ in messages])
+
+        nursery.start_soon(echo)
+        nursery.start_soon(read)
+        for m in messages:
+            await c.send(m, deadline=after(T))
+    assert got == messages
+
+
 async def test_a_waiting_ping_is_woken_when_the_stream_closes() -> None:
     c, _s = await ws_pair()
     async with trio.open_nursery() as nursery:

@@ -83,6 +83,13 @@ async def test_raw_frames(bottom: str) -> None:
     await check_message_stream(raw_pair(BOTTOMS[bottom]))
 
 
+@pytest.mark.parametrize("deflate", [None, "permessage-deflate"])
+async def test_raw_frames_sent_in_small_fragments(deflate: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every message of more than 7 bytes goes out as fragments, with Pings and Pongs between them."""
+    monkeypatch.setattr(websocket, "FRAGMENT", 7)
+    await check_message_stream(raw_pair(chaos_maker, deflate=deflate))
+
+
 @pytest.mark.parametrize("bottom", ["memory", "tcp"])
 async def test_after_the_http1_handshake(bottom: str) -> None:
     await check_message_stream(handshake_pair(BOTTOMS[bottom]))
