@@ -19,7 +19,7 @@ from stack.deadlines import FOREVER
 from stack.errors import Broken, Closed, StackError, Timeout
 from stack.streams import ByteStream, Info
 
-from .http import HeaderInput, Headers, Request, Response, date_header
+from ._http_model import HeaderInput, Headers, Request, Response, date_header
 
 if TYPE_CHECKING:
     from .http2 import _Connection

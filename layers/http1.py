@@ -69,8 +69,8 @@ from typing import Any, Self
 import h11
 import trio
 
-from layers import http
-from layers.http import DEFAULT_LIMITS, App, Body, HeaderInput, Headers, Limits, Response, date_header
+from layers import _http_model as http
+from layers._http_model import DEFAULT_LIMITS, App, Body, HeaderInput, Headers, Limits, Response, date_header
 from stack.deadlines import FOREVER
 from stack.errors import Broken, Busy, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
 from stack.streams import ByteStream, Info
@@ -1922,4 +1922,4 @@ class client:
         if not isinstance(lower, ByteStream):
             raise TypeError(f"http1.client attaches to a ByteStream, not {type(lower).__name__}")
         scheme = self.scheme or ("https" if "tls_version" in lower.info else "http")
-        return ClientConnection(lower, self.limits, self.authority or http._authority_of(lower.info), scheme)
+        return ClientConnection(lower, self.limits, self.authority or http.authority_of(lower.info), scheme)

@@ -123,7 +123,7 @@ from ._h2stream import (
     _h2_fail,
     _headers,
 )
-from .http import (
+from ._http_model import (
     DEFAULT_LIMITS,
     App,
     Body,
