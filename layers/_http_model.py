@@ -273,6 +273,15 @@ class Request:
         raise NotImplementedError
 
 
+class TunnelRefused(StackError):
+    """A CONNECT or an Upgrade got an answer other than the tunnel (not 2xx to CONNECT, not 101 to
+    an Upgrade). ``response`` is that answer (its body may explain why; close it when done)."""
+
+    def __init__(self, message: str, response: Response) -> None:
+        super().__init__(message)
+        self.response = response
+
+
 class Response:
     """A response as the client sees it. Version modules subclass it.
 
@@ -381,6 +390,19 @@ class ClientConnection:
         body: Body = None,
         deadline: float = FOREVER,
     ) -> Response:
+        raise NotImplementedError
+
+    async def open_tunnel(
+        self, protocol: str, path: str, *, headers: HeaderInput = (), deadline: float = FOREVER
+    ) -> Response:
+        """Open a tunnel for ``protocol`` (``"websocket"``, ...) at ``path``, whatever the version:
+        HTTP/1.1 sends ``GET path`` with ``Upgrade: protocol`` and ``Connection: Upgrade`` and
+        wants 101; HTTP/2 sends an extended CONNECT with ``:protocol`` (RFC 8441) and wants 2xx.
+        ``headers`` are added as given. Returns the response; its ``body`` is the tunnel, a
+        :class:`~stack.ByteStream` both ways. Any other answer raises :class:`TunnelRefused`
+        carrying the response (read its body for the reason, then close it). On deadline:
+        :class:`~stack.Timeout`, nothing is left open.
+        """
         raise NotImplementedError
 
     async def aclose(self, *, deadline: float | None = None) -> None:

@@ -46,6 +46,7 @@ from ._http_model import (
     Request,
     Response,
     ServerConnection,
+    TunnelRefused,
     authority_of,
     date_header,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "Request",
     "Response",
     "ServerConnection",
+    "TunnelRefused",
     "client",
     "date_header",
     "server",

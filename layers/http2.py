@@ -133,6 +133,7 @@ from ._http_model import (
     Limits,
     Request,
     ServerConnection,
+    TunnelRefused,
 )
 
 __all__ = [
@@ -190,14 +191,6 @@ _NO_PSEUDO: frozenset[bytes] = frozenset()
 class StreamRefused(Broken):
     """The peer did not process this stream (REFUSED_STREAM, or beyond a GOAWAY's last stream
     id): nothing of the request was acted on, so it is safe to retry on another connection."""
-
-
-class TunnelRefused(StackError):
-    """A CONNECT got a non-2xx answer. ``response`` is it (its body may explain why)."""
-
-    def __init__(self, message: str, response: H2Response) -> None:
-        super().__init__(message)
-        self.response = response
 
 
 class _Rate:
