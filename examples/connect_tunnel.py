@@ -3,7 +3,7 @@
 Three parties, all in this program:
 
 * an **echo server** speaking TLS (certificate ``echo.test``) over TCP;
-* **our proxy** (:class:`stack.cli_proxy.ProxyApp`, what ``python -m stack proxy`` runs): TLS with
+* **our proxy** (:class:`layers.reverse_proxy.ProxyApp`, what ``python -m stack proxy`` runs): TLS with
   ALPN ``h2`` in front, forwarding ordinary requests to an HTTP/1.1 backend and tunnelling
   ``CONNECT`` to the authorities it allows (``--allow-connect``);
 * a **client** with one HTTP/2 connection to the proxy. On it, ``connect_tunnel`` opens a stream
@@ -28,7 +28,7 @@ from layers import http, tcp, tls
 from layers.certs import CA
 from layers.http2 import TunnelRefused
 from stack import ByteStream, Stack, after
-from stack.cli_proxy import BackendPool, ProxyApp
+from layers.reverse_proxy import BackendPool, ProxyApp
 
 ca = CA.new("tunnel example CA")
 PROXY_CERT = ca.issue("proxy.test", "127.0.0.1")

@@ -27,7 +27,7 @@ from _peers import need
 
 from layers import certs, http, tcp, unix
 from stack import Stack
-from stack.cli_get import EXIT_CODES, ProgressBar, parse_url
+from stack.cli.get import EXIT_CODES, ProgressBar, parse_url
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,7 +27,7 @@ from test_cli_get import Child, free_port, sha, spawn, wait_port, write_pki
 
 from layers import http, tcp
 from stack import Stack, StackError, after
-from stack.cli_proxy import BackendPool, ProxyApp, Upstream, parse_listen, request_headers
+from layers.reverse_proxy import BackendPool, ProxyApp, Upstream, parse_listen, request_headers
 from stack.streams import Info
 
 pytestmark = pytest.mark.interop
@@ -38,7 +38,7 @@ UNIX_BACKEND = r'''
 import hashlib, sys, trio
 from layers import http, unix
 from stack import Stack
-from stack.cli import FileApp
+from layers.static import FileApp
 
 files = FileApp(sys.argv[1])
 

@@ -24,7 +24,8 @@ from _peers import need
 
 from layers import certs, http, tcp
 from stack import Stack
-from stack.cli import build_parser, parse_range
+from layers.static import parse_range
+from stack.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0

@@ -100,10 +100,11 @@ async def test_a_worker_that_cannot_start_stops_everything(tmp_path: Path) -> No
     """(cmd_serve checks DIR first; calling supervise() directly lets the workers meet the error.)"""
     script = (
         "import sys\n"
-        "from stack.cli import build_parser, _setup_logging\n"
-        "from stack.cli_workers import supervise\n"
+        "from stack.cli import build_parser\n"
+        "from stack.cli.common import setup_logging\n"
+        "from stack.cli.workers import supervise\n"
         "args = build_parser().parse_args(['serve', sys.argv[1], '--no-tls', '--port', '0', '--workers', '2'])\n"
-        "_setup_logging(0)\n"
+        "setup_logging(0)\n"
         "sys.exit(supervise(args))\n"
     )
     with trio.fail_after(60):

@@ -6,10 +6,10 @@
 
 The parent process does not serve: it reserves the port (a socket bound with ``SO_REUSEPORT``
 and never listening, so ``--port 0`` picks one port for all and no other program can take it
-while a worker restarts), then starts N workers. Each worker is ``python -m stack.cli_workers``
-running the ordinary ``serve`` with ``tcp.listen(..., reuse_port=True)``: the kernel spreads new
-connections across the N listening sockets. The parent prints one ``serving on URL`` line once
-every worker is ready.
+while a worker restarts), then starts N workers. Each worker is ``python -m stack.cli.workers``
+running the ordinary ``serve`` (:func:`stack.cli.serve.serve`) with ``tcp.listen(...,
+reuse_port=True)``: the kernel spreads new connections across the N listening sockets. The parent
+prints one ``serving on URL`` line once every worker is ready.
 
 Supervision:
 
@@ -40,12 +40,16 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
-__all__ = ["BACKOFF_MAX", "supervise", "worker_main"]
+from layers import certs
+from layers.http import DEFAULT_LIMITS
+from stack.cli.common import raise_nofile, setup_logging, tls_layer, url
+from stack.cli.serve import serve
+
+__all__ = ["ARGS_ENV", "BACKOFF_MAX", "Supervisor", "Worker", "supervise", "worker_main"]
 
 log = logging.getLogger("stack.cli.workers")
 
@@ -162,7 +166,7 @@ class Supervisor:
         If this task is cancelled (the drain timed out, startup failed elsewhere), the process
         is killed."""
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "stack.cli_workers"],
+            [sys.executable, "-m", "stack.cli.workers"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env, process_group=0,
         )  # fmt: skip
         w.process = process
@@ -224,7 +228,7 @@ def _describe(code: int) -> str:
 
 def _repo_root() -> str:
     """The directory holding the ``stack`` package (so workers import the same code)."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _reserve(host: str, port: int) -> socket.socket:
@@ -253,9 +257,6 @@ def supervise(args: argparse.Namespace) -> int:
     get them as they are, with the port fixed. Without ``--cert``, the cached ``localhost``
     certificate is resolved here once, so every worker uses the same files.
     """
-    from layers import certs
-    from stack.cli import _url
-
     if args.workers < 1:
         print("serve: --workers needs a number of processes, at least 1", file=sys.stderr)
         return 2
@@ -271,12 +272,10 @@ def supervise(args: argparse.Namespace) -> int:
         return 1
     with reserved:
         host, port = reserved.getsockname()[:2]
-        url = _url("http" if args.no_tls else "https", (host, port))
-        from layers.http import DEFAULT_LIMITS
-
+        address = url("http" if args.no_tls else "https", (host, port))
         supervisor = Supervisor(args, args.workers, port, DEFAULT_LIMITS.drain_timeout)
         try:
-            trio.run(supervisor.run, url)
+            trio.run(supervisor.run, address)
         except _Startup as exc:
             print(f"serve: {exc}", file=sys.stderr)
             return 1
@@ -302,7 +301,7 @@ async def _watch_parent(stdin: Any) -> None:
         pass
 
 
-async def _worker(args: argparse.Namespace, tls_layer: Any, serve: Callable[..., Awaitable[None]]) -> None:
+async def _worker(args: argparse.Namespace, layer: Any) -> None:
     async with trio.open_nursery() as nursery:
 
         async def orphaned() -> None:
@@ -311,27 +310,25 @@ async def _worker(args: argparse.Namespace, tls_layer: Any, serve: Callable[...,
             os.kill(os.getpid(), signal.SIGTERM)  # the same graceful path as a signal
 
         nursery.start_soon(orphaned)
-        await serve(args, tls_layer)
+        await serve(args, layer)
         nursery.cancel_scope.cancel()
 
 
 def worker_main() -> int:
-    """Entry point of a worker process (``python -m stack.cli_workers``): ``serve`` with the
+    """Entry point of a worker process (``python -m stack.cli.workers``): ``serve`` with the
     arguments from :data:`ARGS_ENV` and ``SO_REUSEPORT`` on the listening socket."""
-    from stack import cli
-
     raw = os.environ.get(ARGS_ENV)
     if raw is None:
-        print("stack.cli_workers: started by `python -m stack serve --workers N`, not by hand", file=sys.stderr)
+        print("stack.cli.workers: started by `python -m stack serve --workers N`, not by hand", file=sys.stderr)
         return 2
     args = argparse.Namespace(**json.loads(raw))
-    cli._setup_logging(args.verbose)
+    setup_logging(args.verbose)
     for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter(WORKER_FORMAT))
-    cli._raise_nofile()
+    raise_nofile()
     try:
-        tls_layer = None if args.no_tls else cli._tls_layer(args)
-        trio.run(_worker, args, tls_layer, cli.serve)
+        layer = None if args.no_tls else tls_layer(args)
+        trio.run(_worker, args, layer)
     except Exception as exc:
         from stack.errors import Broken
 

@@ -1,15 +1,26 @@
-"""``python -m stack proxy``: an HTTP/2 and HTTP/1.1 front-end forwarding to an HTTP/1.1 backend.
+"""A reverse proxy: an HTTP/2 and HTTP/1.1 front-end app forwarding to an HTTP/1.1 backend.
 
-::
+Mount it in any server built from the layers (a trio program, a few lines)::
 
-    python -m stack proxy --listen 127.0.0.1:8443 --upstream http://127.0.0.1:8080
-    python -m stack proxy --listen 127.0.0.1:8080 --upstream unix:/run/app.sock --no-tls
-    python -m stack proxy --listen :8443 --upstream http://10.0.0.5:8000 --cert site.pem --key site.key
+    from layers import http, reverse_proxy, tcp, tls
+    from stack import Stack
 
-The classic split: the proxy terminates TLS (ALPN ``h2``, ``http/1.1``; or cleartext with HTTP/2
-prior-knowledge sniffing with ``--no-tls``) and HTTP/2 or HTTP/1.1 from clients, and forwards each
-request as HTTP/1.1 to one backend, over TCP (``http://host:port``) or a Unix socket
-(``unix:/path``). Both sides are stacks built from our layers::
+    upstream = reverse_proxy.Upstream.parse("http://127.0.0.1:8080")   # or "unix:/run/app.sock"
+    pool = reverse_proxy.BackendPool(upstream.stack(), size=64)
+    app = reverse_proxy.ProxyApp(pool, timeout=60)
+    front = Stack(tcp.listen("0.0.0.0", 8443), tls.server(cert, alpn=["h2", "http/1.1"]), http.server(app))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool.run)       # closes idle backend connections once expired
+        await front.serve()                # finally: await pool.aclose()
+
+``python -m stack proxy`` (:mod:`stack.cli.proxy`) is exactly this, with arguments, signals and
+an access log; the option it maps each parameter to is named below in parentheses.
+
+Theory of operation. The front-end (any :func:`layers.http.server`) hands every request, HTTP/2
+or HTTP/1.1, to :class:`ProxyApp`. It rewrites the head (:func:`request_headers`), takes a
+backend connection from :class:`BackendPool`, sends the request as HTTP/1.1 with its body
+streamed, and answers the client with the backend's response (:func:`response_headers`).
+Both sides are stacks built from the layers::
 
     front = Stack(tcp.listen(host, port), tls.server(cert, alpn=["h2", "http/1.1"]), http.server(ProxyApp(...)))
     back  = Stack(tcp.connect(host, port) | unix.connect(path), http.client())
@@ -18,45 +29,46 @@ Forwarding rules (RFC 9110 section 7.6):
 
 * **Hop-by-hop fields are removed** both ways: Connection, Keep-Alive, Proxy-Connection,
   Proxy-Authenticate, Proxy-Authorization (every ``Proxy-*``), TE, Trailer, Transfer-Encoding,
-  Upgrade, and every field the Connection header names. ``Expect`` is answered by the front-end
-  itself (``100 Continue`` when the body is first read), so it is not forwarded either.
+  Upgrade, and every field the Connection header names (:data:`HOP_BY_HOP`). ``Expect`` is
+  answered by the front-end itself (``100 Continue`` when the body is first read), so it is not
+  forwarded either.
 * **Via** (``1.1 trio-stack`` or ``2 trio-stack``, added to what is there) both ways, and
   **Forwarded** (RFC 7239: ``for``, ``host``, ``proto``) on requests. ``Host`` is kept (from the
-  client's Host or ``:authority``).
+  client's Host or ``:authority``); HTTP/2's split Cookie fields are joined into one.
 * **Bodies stream both ways with backpressure**: the request body goes from the client's stream to
   the backend chunk by chunk (chunked when its length is unknown), the response body back the same
-  way; each chunk waits for the other side to take it, under a deadline (``--timeout`` without
-  progress). Small responses of known length (up to 64 KiB) are read whole and sent with the head
-  in one write.
-* **Backend connections are pooled** (:class:`BackendPool`): at most ``--pool-size``, kept alive
-  and reused only once their response body was read to its end (and the backend did not say
-  ``Connection: close``), closed after ``--pool-idle`` seconds unused; when all are busy,
-  requests wait for one first come, first served. A request that fails on a reused connection
-  before any response arrived (the backend had closed it) is sent again on a new connection
-  when that is safe (no body, or a body not yet read).
+  way; each chunk waits for the other side to take it, under a deadline (``timeout`` without
+  progress, ``--timeout``). Small responses of known length (up to :data:`SMALL_BODY`) are read
+  whole and sent with the head in one write.
+* **Backend connections are pooled** (:class:`BackendPool`): at most ``size`` (``--pool-size``),
+  kept alive and reused only once their response body was read to its end (and the backend did
+  not say ``Connection: close``), closed after ``idle_timeout`` (``--pool-idle``) seconds unused;
+  when all are busy, requests wait for one first come, first served. A request that fails on a
+  reused connection before any response arrived (the backend had closed it) is sent again on a
+  new connection when that is safe (no body, or a body not yet read).
 * **Failures**: a backend that cannot be reached or breaks HTTP gives ``502 Bad Gateway``; one
-  that does not answer in time (``--connect-timeout``, ``--timeout``) gives ``504 Gateway
-  Timeout``; a client whose request body stalls for ``--timeout`` gets ``408 Request Timeout``.
-  A failure after the response head was forwarded aborts the response to the client
-  (HTTP/1.1: the connection closes; HTTP/2: the stream is reset), never a silent truncation.
-* **PROXY protocol** toward the backend with ``--send-proxy`` (v1) or ``--send-proxy-v2``: each
-  backend connection starts with a header naming the client (:mod:`layers.proxy_protocol`), so
-  it belongs to that client: one new backend connection per request, never pooled.
+  that does not answer in time (``connect_timeout``, ``timeout``) gives ``504 Gateway Timeout``;
+  a client whose request body stalls for ``timeout`` gets ``408 Request Timeout``. A failure
+  after the response head was forwarded aborts the response to the client (HTTP/1.1: the
+  connection closes; HTTP/2: the stream is reset), never a silent truncation.
+* **PROXY protocol** toward the backend with ``send_proxy=1`` or ``2`` (``--send-proxy``,
+  ``--send-proxy-v2``): each backend connection starts with a header naming the client
+  (:mod:`layers.proxy_protocol`), so it belongs to that client: one new backend connection per
+  request, never pooled.
 * **CONNECT** tunnels (HTTP/1.1 and HTTP/2, RFC 9113 8.5) to the ``HOST:PORT`` authorities given
-  with ``--allow-connect`` (none by default: 403), piped both ways with backpressure.
+  in ``allow_connect`` (``--allow-connect``; none by default: 403), piped both ways with
+  backpressure.
 
-When ready it prints ``serving on URL``; one access line per request goes to the ``stack.access``
-logger (stderr) unless ``--quiet``. SIGINT or SIGTERM stops it gracefully, as ``serve``.
+Cost: a request on the usual path takes one cancel scope (see ``ProxyApp._forward``) and no
+deadline per call below it; CONTRIBUTING ("The proxy") records why. One access line per request
+goes to the ``stack.access`` logger (``access=True``, and only when that logger is enabled for
+INFO); the proxy's own events go to ``stack.proxy``.
 """
 
 from __future__ import annotations
 
-import argparse
-import functools
 import logging
 import re
-import signal
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -64,12 +76,15 @@ from typing import Any, Literal
 
 import trio
 
-from layers import certs, http, tcp, unix
+from layers import http, tcp, unix
 from stack.compose import Stack
 from stack.deadlines import after
 from stack.errors import Broken, Closed, EndOfStream, StackError, Timeout
 
-__all__ = ["BackendPool", "ProxyApp", "Upstream", "add_parser", "cmd_proxy", "parse_listen", "run_proxy"]
+__all__ = [
+    "CHUNK", "FORWARDED_KEPT", "HOP_BY_HOP", "PSEUDONYM", "SMALL_BODY", "BackendPool", "ProxyApp", "Upstream",
+    "parse_listen", "request_headers", "response_headers",
+]  # fmt: skip
 
 log = logging.getLogger("stack.proxy")
 access_log = logging.getLogger("stack.access")
@@ -757,125 +772,3 @@ async def _error(request: http.Request, status: int, text: str) -> int:
     except StackError as exc:
         log.debug("could not send the %d: %s", status, exc)
     return len(body)
-
-
-# --------------------------------------------------------------------------------------------------
-# the command
-
-
-async def run_proxy(args: argparse.Namespace, tls_layer: Any) -> None:
-    """Run the proxy until a signal (or cancellation); see the module docstring."""
-    from stack.cli import DEFER_ACCEPT, _on_signals, _url
-
-    host, port = parse_listen(args.listen)
-    upstream = Upstream.parse(args.upstream)
-    pool = BackendPool(upstream.stack(), size=args.pool_size, idle_timeout=args.pool_idle,
-                       connect_timeout=args.connect_timeout)
-    app = ProxyApp(pool, timeout=args.timeout, allow_connect=args.allow_connect, access=not args.quiet,
-                   send_proxy=getattr(args, "send_proxy", None))
-    shutdown = trio.Event()
-    limits = http.DEFAULT_LIMITS
-    layers: list[Any] = [tls_layer] if tls_layer is not None else []
-    listen = tcp.listen(host, port, backlog=4096, defer_accept=DEFER_ACCEPT)  # clients speak first
-    front = Stack(listen, *layers, http.server(app, limits, shutdown))
-    scheme = "https" if tls_layer is not None else "http"
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as outer:
-            outer.start_soon(_on_signals, signals, shutdown, outer.cancel_scope)
-            await outer.start(pool.run)
-            try:
-                async with trio.open_nursery() as nursery:
-                    addresses = await nursery.start(
-                        functools.partial(front.serve, shutdown=shutdown, drain_timeout=limits.drain_timeout)
-                    )
-                    print(f"serving on {_url(scheme, addresses[0])}", flush=True)
-                    log.info("forwarding to %s", upstream.url)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await pool.aclose()
-            outer.cancel_scope.cancel()
-    log.info("stopped")
-
-
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add the ``proxy`` subcommand to ``sub`` (the subparsers of ``python -m stack``)."""
-    p: argparse.ArgumentParser = sub.add_parser(
-        "proxy",
-        help="HTTP/2 and HTTP/1.1 front-end (TLS by default) forwarding to an HTTP/1.1 backend",
-        description="Terminate TLS and HTTP/2 or HTTP/1.1 from clients and forward each request as HTTP/1.1 "
-        "to a backend over TCP or a Unix socket, with a pool of kept-alive backend connections. "
-        "502 when the backend fails, 504 when it is too slow.",
-    )
-    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to listen (port 0: any free port)")
-    p.add_argument("--upstream", required=True, metavar="URL", help="the backend: http://host:port or unix:/path")
-    p.add_argument("--no-tls", action="store_true", help="cleartext front-end (HTTP/1.1, or HTTP/2 prior knowledge)")
-    p.add_argument("--cert", metavar="FILE", help="certificate chain (PEM), instead of the localhost one")
-    p.add_argument("--key", metavar="FILE", help="private key (PEM) of --cert")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="seconds the backend has to answer, and between body chunks (default: 60): else 504")
-    p.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS",
-                   help="seconds to connect to the backend (default: 5): else 504")
-    p.add_argument("--pool-size", type=int, default=64, metavar="N",
-                   help="most backend connections open at once (default: 64)")
-    p.add_argument("--pool-idle", type=float, default=10.0, metavar="SECONDS",
-                   help="seconds an unused backend connection is kept (default: 10)")
-    p.add_argument("--send-proxy", dest="send_proxy", action="store_const", const=1,
-                   help="send a PROXY protocol v1 header with the client's address to the backend "
-                   "(one backend connection per request)")
-    p.add_argument("--send-proxy-v2", dest="send_proxy", action="store_const", const=2,
-                   help="the same with a PROXY protocol v2 header")
-    p.add_argument("--allow-connect", action="append", default=[], metavar="HOST:PORT",
-                   help="let CONNECT tunnel to HOST:PORT (repeatable; none by default)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no access log")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
-    p.set_defaults(func=cmd_proxy)
-    return p
-
-
-def cmd_proxy(args: argparse.Namespace) -> int:
-    """``python -m stack proxy``: check the arguments, set up TLS, run :func:`run_proxy`."""
-    from stack.cli import _raise_nofile
-
-    try:
-        parse_listen(args.listen)
-        Upstream.parse(args.upstream)
-        for authority in args.allow_connect:
-            parse_listen(authority)
-    except ValueError as exc:
-        print(f"proxy: {exc}", file=sys.stderr)
-        return 2
-    if bool(args.cert) != bool(args.key):
-        print("proxy: --cert and --key go together", file=sys.stderr)
-        return 2
-    if args.no_tls and args.cert:
-        print("proxy: --no-tls and --cert/--key contradict each other", file=sys.stderr)
-        return 2
-    if args.pool_size < 1:
-        print("proxy: --pool-size must be at least 1", file=sys.stderr)
-        return 2
-    logging.getLogger("stack.proxy").setLevel(logging.INFO)
-    _raise_nofile()
-    try:
-        tls_layer = None if args.no_tls else _tls_layer(args)
-    except (OSError, ValueError) as exc:
-        print(f"proxy: cannot set up TLS: {exc}", file=sys.stderr)
-        return 1
-    try:
-        trio.run(run_proxy, args, tls_layer)
-    except KeyboardInterrupt:  # pragma: no cover - the signal receiver normally takes it
-        pass
-    except (OSError, StackError) as exc:  # cannot listen (port in use...)
-        print(f"proxy: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _tls_layer(args: argparse.Namespace) -> Any:
-    from layers import tls
-
-    if args.cert:
-        certfile, keyfile = args.cert, args.key
-    else:
-        certfile, keyfile, cafile = certs.localhost_pair(certs.default_cache_dir())
-        print(f"certificate: {certfile}\nCA (trust it with: curl --cacert {cafile} ...): {cafile}", file=sys.stderr)
-    return tls.server((certfile, keyfile), alpn=["h2", "http/1.1"], ragged_eofs=True)

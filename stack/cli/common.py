@@ -1,0 +1,102 @@
+"""What the commands of ``python -m stack`` share: TLS set-up, argument checks, logging, signals.
+
+Theory of operation: each command (``serve``, ``proxy``, ``get``, and the ``serve --workers``
+supervisor) is a module of :mod:`stack.cli` that builds a :class:`~stack.Stack` from its
+arguments and runs it. What more than one of them needs lives here, public, so that no command
+reaches into another's privates and the modules import each other in one direction only::
+
+    stack.cli (build_parser, main) -> serve, get, proxy, workers -> common -> layers, stack
+
+* :func:`tls_args_problem` checks ``--cert``/``--key``/``--no-tls`` (``serve`` and ``proxy``);
+  :func:`tls_layer` builds the server TLS layer from them (the cached ``localhost`` certificate
+  when no ``--cert`` is given, announced on stderr).
+* :func:`setup_logging` installs the stderr handler and the levels ``-v`` asks for;
+  :func:`raise_nofile` lifts the file-descriptor limit for many connections.
+* :func:`on_signals` turns SIGINT/SIGTERM into a graceful shutdown (a second signal stops at
+  once); :func:`url` writes the ``serving on URL`` address; :data:`DEFER_ACCEPT` is the
+  listeners' accept filter delay.
+
+This module prints (it is the command line); the library code in ``layers`` only logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import resource
+import signal
+import sys
+from typing import Any
+
+import trio
+
+from layers import certs, tls
+
+__all__ = ["DEFER_ACCEPT", "on_signals", "raise_nofile", "setup_logging", "tls_args_problem", "tls_layer", "url"]
+
+log = logging.getLogger("stack.cli")
+access_log = logging.getLogger("stack.access")
+
+DEFER_ACCEPT = 1.0
+"""``tcp.listen(defer_accept=)`` of ``serve`` and ``proxy``: a silent connection reaches the server
+(and its ``--header-timeout``) after about this many seconds."""
+
+
+def tls_args_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``--cert``, ``--key`` and ``--no-tls`` together (None: nothing)."""
+    if bool(args.cert) != bool(args.key):
+        return "--cert and --key go together"
+    if args.no_tls and args.cert:
+        return "--no-tls and --cert/--key contradict each other"
+    return None
+
+
+def tls_layer(args: argparse.Namespace) -> Any:
+    """The server TLS layer ``args`` ask for (ALPN ``h2``, ``http/1.1``): ``--cert``/``--key``, or
+    the ``localhost`` pair cached in :func:`layers.certs.default_cache_dir` (minted on first use;
+    where it and its CA are is printed on stderr). OSError or ValueError if they cannot be used."""
+    if args.cert:
+        certfile, keyfile = args.cert, args.key
+    else:
+        certfile, keyfile, cafile = certs.localhost_pair(certs.default_cache_dir())
+        print(f"certificate: {certfile}\nCA (trust it with: curl --cacert {cafile} ...): {cafile}", file=sys.stderr)
+    return tls.server((certfile, keyfile), alpn=["h2", "http/1.1"], ragged_eofs=True)
+
+
+def setup_logging(verbose: int) -> None:
+    """Log to stderr: warnings (``-v``: info, ``-vv``: debug), the access log and ``stack.cli`` at info."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING)
+    access_log.setLevel(logging.INFO)
+    log.setLevel(logging.INFO)
+
+
+def raise_nofile() -> None:
+    """Many connections need many file descriptors: raise the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def url(scheme: str, address: Any) -> str:
+    """``scheme://host:port/`` for a listening ``address`` (an IPv6 host in brackets)."""
+    host, port = str(address[0]), int(address[1])
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}/"
+
+
+async def on_signals(signals: Any, shutdown: trio.Event, scope: trio.CancelScope) -> None:
+    """For each signal from ``signals``: the first sets ``shutdown`` (drain), a second cancels ``scope``."""
+    async for signum in signals:
+        if shutdown.is_set():
+            log.warning("second signal: stopping now")
+            scope.cancel()
+            return
+        log.warning("%s: shutting down (a second signal stops at once)", signal.Signals(signum).name)
+        shutdown.set()

@@ -1,0 +1,270 @@
+"""``python -m stack serve``: the HTTP/1.1 and HTTP/2 server of the command line.
+
+::
+
+    python -m stack serve                    # HTTPS on 127.0.0.1:8443, a page showing the connection
+    python -m stack serve DIR --no-tls       # serve the files under DIR over plain HTTP
+    python -m stack serve --port 0           # any free port: the "serving on" line tells which
+
+``serve`` speaks HTTP/1.1 and HTTP/2 (ALPN over TLS; cleartext HTTP/2 with prior knowledge). By
+default it uses TLS with a ``localhost`` certificate minted on first run and kept in the user's
+cache directory (:func:`layers.certs.default_cache_dir`); it says where the certificate and its CA
+are, so that ``curl --cacert CA https://localhost:8443/`` works. ``--cert``/``--key`` use your own.
+
+With DIR it runs :class:`layers.static.FileApp` (the library's static-file app); without, a page
+showing the connection. Every variant answers a WebSocket echo at :data:`WS_ECHO_PATH`.
+
+When ready it prints exactly one line on stdout, ``serving on URL``. It logs one access line per
+request on stderr (peer, method, target, HTTP version, status, body bytes, duration) unless
+``--quiet``. SIGINT or SIGTERM stops it gracefully: no new connections, idle ones close, requests
+in flight get ``Limits.drain_timeout`` seconds to finish; a second signal stops at once.
+``--workers N`` runs N such processes (:mod:`stack.cli.workers`); :func:`stack.cli.cmd_serve`
+chooses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import html
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import trio
+
+from layers import http, tcp
+from layers.static import FileApp, discard_body
+from stack.cli.common import DEFER_ACCEPT, on_signals, tls_args_problem, url
+from stack.compose import Stack
+
+__all__ = [
+    "HELLO", "WS_ECHO_PATH", "add_parser", "check_args", "hello_app", "info_app", "run", "serve",
+    "websocket_echo", "with_access_log", "with_websocket_echo", "without_log",
+]  # fmt: skip
+
+log = logging.getLogger("stack.cli")
+access_log = logging.getLogger("stack.access")
+
+HELLO = b"Hello, world!"
+
+Handler = Callable[[http.Request], Awaitable[int]]
+"""An app that returns the number of body bytes it sent (for the access log)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The apps: each handler answers one request and returns the number of body bytes it sent.
+
+
+def _peer(info: Any) -> str:
+    peer = info.get("peer")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(peer)
+
+
+async def hello_app(request: http.Request) -> int:
+    """The benchmarks' body: 13 bytes of ``Hello, world!`` for any request."""
+    await discard_body(request)  # returns at once for a request without a body
+    await request.respond(200, [("content-type", "text/plain")], HELLO)
+    return len(HELLO)
+
+
+async def info_app(request: http.Request) -> int:
+    """``/``: a small HTML page showing the connection; any other path: 404."""
+    await discard_body(request)
+    if request.path != "/":
+        return await _text(request, 404, "not found\n")
+    info = request.info
+    rows = [
+        ("HTTP version", request.http_version),
+        ("TLS version", info.get("tls_version") or "none (cleartext)"),
+        ("Cipher", info.get("cipher") or "-"),
+        ("ALPN", info.get("alpn") or "-"),
+        ("SNI", info.get("server_name") or "-"),
+        ("Peer", _peer(info)),
+        ("Method", request.method),
+        ("Target", request.target),
+    ]
+    cells = "\n".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+    )
+    page = (
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>trio-stack</title></head>\n"
+        f"<body><h1>trio-stack</h1>\n<table>\n{cells}\n</table>\n</body></html>\n"
+    ).encode()
+    await request.respond(200, [("content-type", "text/html; charset=utf-8")], page)
+    return len(page)
+
+
+async def _text(request: http.Request, status: int, text: str, headers: Sequence[tuple[str, str]] = ()) -> int:
+    body = text.encode()
+    await request.respond(status, [("content-type", "text/plain; charset=utf-8"), *headers], body)
+    return len(body)
+
+
+def with_access_log(handler: Handler) -> http.App:
+    """Wrap ``handler`` to log one access line per request on ``stack.access``."""
+
+    async def app(request: http.Request) -> None:
+        t0 = time.perf_counter()
+        sent: int | str = "-"
+        try:
+            sent = await handler(request)
+        finally:
+            access_log.info(
+                '%s "%s %s HTTP/%s" %s %s %.1fms',
+                _peer(request.info),
+                request.method,
+                request.target,
+                request.http_version,
+                request.status if request.status is not None else 500,
+                sent,
+                (time.perf_counter() - t0) * 1000,
+            )
+
+    return app
+
+
+def without_log(handler: Handler) -> http.App:
+    """``handler`` as an :data:`layers.http.App`, without an access log (``--quiet``)."""
+
+    async def app(request: http.Request) -> None:
+        await handler(request)
+
+    return app
+
+
+WS_ECHO_PATH = "/ws/echo"
+"""Where ``serve`` answers a WebSocket (HTTP/1.1 Upgrade or HTTP/2 extended CONNECT) that echoes."""
+
+
+async def websocket_echo(request: http.Request) -> int:
+    """Accept the WebSocket (permessage-deflate if offered) and send every message back, text
+    as text and binary as binary, until the client closes. Returns the bytes echoed."""
+    from layers import websocket
+    from stack.errors import StackError
+
+    echoed = 0
+    try:
+        async with await websocket.accept(request, deflate=True, deadline=trio.current_time() + 10) as ws:
+            async for msg in ws:
+                await ws.send(msg)
+                echoed += len(msg)
+    except StackError as exc:  # a bad handshake (already answered 400) or a peer that vanished
+        log.info("websocket %s from %s: %s", request.path, _peer(request.info), exc)
+    return echoed
+
+
+def with_websocket_echo(handler: Handler) -> Handler:
+    """Answer :data:`WS_ECHO_PATH` with :func:`websocket_echo`, everything else with ``handler``."""
+
+    async def app(request: http.Request) -> int:
+        if request.path == WS_ECHO_PATH:
+            return await websocket_echo(request)
+        return await handler(request)
+
+    return app
+
+
+# --------------------------------------------------------------------------------------------------
+# serve
+
+
+async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
+    """Run the server until a signal (or cancellation); see the module docstring."""
+    if args.hello:
+        handler: Handler = hello_app
+    elif args.root is not None:
+        handler = FileApp(args.root).handle
+    else:
+        handler = info_app
+    handler = with_websocket_echo(handler)
+    app = without_log(handler) if args.quiet else with_access_log(handler)
+    limits = http.DEFAULT_LIMITS
+    if args.header_timeout is not None:
+        limits = replace(limits, header_timeout=args.header_timeout)
+    shutdown = trio.Event()
+    layers: list[Any] = [tls_layer] if tls_layer is not None else []
+    if getattr(args, "proxy_protocol", False):  # the PROXY header comes first, before TLS
+        from layers import proxy_protocol
+
+        layers.insert(0, proxy_protocol.server())
+    # HTTP clients speak first: the kernel hands over a connection once its request has arrived
+    listen = tcp.listen(
+        args.host, args.port, backlog=4096, reuse_port=getattr(args, "workers", 1) > 1, defer_accept=DEFER_ACCEPT
+    )
+    stack = Stack(listen, *layers, http.server(app, limits, shutdown))
+    scheme = "https" if tls_layer is not None else "http"
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(on_signals, signals, shutdown, outer.cancel_scope)
+            async with trio.open_nursery() as nursery:  # ends once serve drained and returned
+                addresses = await nursery.start(
+                    functools.partial(stack.serve, shutdown=shutdown, drain_timeout=limits.drain_timeout)
+                )
+                print(f"serving on {url(scheme, addresses[0])}", flush=True)
+            outer.cancel_scope.cancel()
+    log.info("stopped")
+
+
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with the ``serve`` arguments (None: nothing)."""
+    problem = tls_args_problem(args)
+    if problem is None and args.root is not None and not os.path.isdir(args.root):
+        problem = f"{args.root} is not a directory"
+    return problem
+
+
+def run(args: argparse.Namespace, tls_layer: Any) -> int:
+    """Run :func:`serve` in this process; return the exit status (1 when it cannot listen)."""
+    try:
+        trio.run(serve, args, tls_layer)
+    except KeyboardInterrupt:  # pragma: no cover - the signal receiver normally takes it
+        pass
+    except OSError as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        from stack.errors import Broken
+
+        if isinstance(exc, Broken):  # cannot listen (port in use...)
+            print(f"serve: {exc}", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``serve`` subcommand to ``sub`` (the subparsers of ``python -m stack``); the caller
+    sets its ``func`` (:func:`stack.cli.cmd_serve`, which also knows ``--workers``)."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        help="serve HTTP/1.1 and HTTP/2 (TLS by default): files from DIR, or a page showing the connection",
+        description="Serve HTTP/1.1 and HTTP/2 over TLS (default) or cleartext. With DIR, serve its files; "
+        "without, a page that shows the connection (HTTP version, TLS version, ALPN, SNI, peer).",
+    )
+    p.add_argument("root", nargs="?", metavar="DIR", help="directory to serve (default: the connection page)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8443, help="port (default: 8443; 0 picks a free one)")
+    p.add_argument("--no-tls", action="store_true", help="serve cleartext HTTP")
+    p.add_argument("--cert", metavar="FILE", help="certificate chain (PEM), instead of the localhost one")
+    p.add_argument("--key", metavar="FILE", help="private key (PEM) of --cert")
+    p.add_argument("--proxy-protocol", action="store_true",
+                   help="expect a PROXY protocol v1 or v2 header on every connection (behind HAProxy...)")
+    p.add_argument("--header-timeout", type=float, metavar="SECONDS",
+                   help="seconds a request head may take to arrive (default: 10)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no access log")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    p.add_argument("--hello", action="store_true", help=argparse.SUPPRESS)  # the benchmarks' 13-byte body
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N processes sharing the port (SO_REUSEPORT), supervised (default: 1)")
+    return p
