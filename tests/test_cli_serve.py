@@ -6,14 +6,13 @@ Every server started here is killed at the end of its test; every wait is bounde
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,6 @@ from _peers import need
 
 from layers import certs, http, tcp
 from stack import Stack
-from layers.static import parse_range
 from stack.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,20 +107,11 @@ def site(tmp_path: Path) -> Path:
 # ------------------------------------------------------------------------------------- arguments
 
 
-def test_parser_and_ranges() -> None:
+def test_parser() -> None:
     args = build_parser().parse_args(["serve", "DIR", "--no-tls", "--port", "0", "--host", "::1"])
     assert (args.root, args.no_tls, args.port, args.host) == ("DIR", True, 0, "::1")
     args = build_parser().parse_args(["serve"])
     assert (args.root, args.port, args.host, args.no_tls) == (None, 8443, "127.0.0.1", False)
-    assert parse_range("bytes=0-9", 100) == (0, 10)
-    assert parse_range("bytes=90-", 100) == (90, 100)
-    assert parse_range("bytes=-10", 100) == (90, 100)
-    assert parse_range("bytes=-1000", 100) == (0, 100)
-    assert parse_range("bytes=50-1000", 100) == (50, 100)
-    assert parse_range("bytes=100-", 100) == "unsatisfiable"
-    assert parse_range("bytes=-0", 100) == "unsatisfiable"
-    for ignored in ("bytes=0-1,5-6", "items=0-1", "bytes=a-b", "bytes=5-1", "bytes=", "bytes=-"):
-        assert parse_range(ignored, 100) is None, ignored
 
 
 async def test_bad_arguments_exit_2() -> None:
@@ -228,63 +217,7 @@ async def test_curl_files_head_and_range(site: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ file serving
-
-
-async def test_files(site: Path) -> None:
-    async with serve(str(site), "--no-tls") as server:
-        conn = await client(server.port)
-
-        async def get(target: str, method: str = "GET", headers: Sequence[tuple[str, str]] = (),
-                      body: bytes | None = None) -> tuple[http.Response, bytes]:
-            response = await conn.request(method, target, headers=headers, body=body)
-            return response, await response.read()
-
-        r, body = await get("/hello.txt")
-        assert (r.status, body) == (200, b"hello, file\n")
-        assert r.headers["content-type"] == "text/plain; charset=utf-8"
-        r, body = await get("/page.html")
-        assert r.headers["content-type"] == "text/html; charset=utf-8"
-        r, body = await get("/data.bin")
-        assert body == (site / "data.bin").read_bytes() and r.headers["content-type"] == "application/octet-stream"
-        r, body = await get("/data.bin", "HEAD")
-        assert r.headers["content-length"] == "262144" and body == b""
-        # directories: redirect, index.html, listing
-        r, _ = await get("/sub")
-        assert r.status == 301 and r.headers["location"] == "/sub/"
-        r, body = await get("/sub/")
-        assert body == b"<h1>index</h1>\n"
-        r, body = await get("/")
-        assert r.status == 200 and b'href="sub/"' in body and b'href="hello.txt"' in body
-        r, body = await get("/sub/a%20b.txt")
-        assert body == b"spaced\n"
-        # conditional and partial
-        mtime = int((site / "hello.txt").stat().st_mtime)
-        since = email.utils.formatdate(mtime, usegmt=True)
-        r, body = await get("/hello.txt", headers=[("if-modified-since", since)])
-        assert r.status == 304 and body == b""
-        before = email.utils.formatdate(mtime - 10, usegmt=True)
-        r, body = await get("/hello.txt", headers=[("if-modified-since", before)])
-        assert r.status == 200
-        r, body = await get("/data.bin", headers=[("range", "bytes=-4")])
-        assert r.status == 206 and body == bytes([252, 253, 254, 255])
-        assert r.headers["content-range"] == "bytes 262140-262143/262144"
-        r, body = await get("/data.bin", headers=[("range", "bytes=1000-70000")])
-        assert r.status == 206 and body == (bytes(range(256)) * 1024)[1000:70001]
-        r, body = await get("/hello.txt", headers=[("range", "bytes=100-")])
-        assert r.status == 416 and r.headers["content-range"] == "bytes */12"
-        # other methods: the body is read and discarded, the connection goes on
-        r, body = await get("/hello.txt", "POST", body=b"x" * 200_000)
-        assert r.status == 405 and r.headers["allow"] == "GET, HEAD"
-        r, body = await get("/no/such/file")
-        assert r.status == 404
-        # symlinks: inside the root followed, pointing out refused
-        r, body = await get("/inside")
-        assert body == b"hello, file\n"
-        for escape in ("/escape", "/../secret.txt", "/%2e%2e/secret.txt", "/sub/../../secret.txt",
-                       "/..%2fsecret.txt", "/hello.txt/", "/%00"):
-            r, body = await get(escape)
-            assert r.status == 404 and b"outside" not in body, escape
-        await conn.aclose()
+# (the static-file app itself, in process: test_static.py)
 
 
 async def test_traversal_with_curl_path_as_is(site: Path) -> None:
