@@ -55,7 +55,7 @@ HYPERCORN = Server(
 OURS = Server(
     "ours (stack serve) TLS",
     [PY, "-m", "stack", "serve", "--port", "{port}", "--cert", CERT, "--key", KEY, "--hello", "--quiet"],
-    requires=["stack.__main__", "stack.cli", "layers.tls", "layers.http2"],
+    requires=["stack.__main__", "stack.cli.serve", "layers.tls", "layers.http2"],
     probe=[PY, "-m", "stack", "serve", "--help"],
     ready=r"serving on",
 )

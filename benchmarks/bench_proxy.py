@@ -51,7 +51,7 @@ class ProxyContender(Contender):
     def __init__(self, name: str, **kw: Any) -> None:
         super().__init__(
             name,
-            requires=["stack.__main__", "stack.cli", "stack.cli_proxy"],
+            requires=["stack.__main__", "stack.cli.proxy", "layers.reverse_proxy"],
             probe=[PY, "-m", "stack", "proxy", "--help"],
             tools=["h2load"],
             **kw,

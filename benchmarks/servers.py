@@ -43,7 +43,7 @@ HYPERCORN = Server(
 OURS = Server(
     "ours (stack serve)",
     [PY, "-m", "stack", "serve", "--no-tls", "--port", "{port}", "--hello", "--quiet"],
-    requires=["stack.__main__", "stack.cli"],
+    requires=["stack.__main__", "stack.cli.serve"],
     probe=[PY, "-m", "stack", "serve", "--help"],
     ready=r"serving on",
 )

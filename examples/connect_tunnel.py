@@ -27,8 +27,8 @@ import trio
 from layers import http, tcp, tls
 from layers.certs import CA
 from layers.http2 import TunnelRefused
-from stack import ByteStream, Stack, after
 from layers.reverse_proxy import BackendPool, ProxyApp
+from stack import ByteStream, Stack, after
 
 ca = CA.new("tunnel example CA")
 PROXY_CERT = ca.issue("proxy.test", "127.0.0.1")
