@@ -272,9 +272,7 @@ class _Chooser:
             return _ALERT_INTERNAL_ERROR
 
 
-def _sni_context(
-    certs: Certs, alpn: tuple[str, ...], client_ca: CA | None, client_cert: ClientCert
-) -> ssl.SSLContext:
+def _sni_context(certs: Certs, alpn: tuple[str, ...], client_ca: CA | None, client_cert: ClientCert) -> ssl.SSLContext:
     """The server's context for ``certs`` (one certificate, or host names to certificates with a
     ``None`` key for the default): one context per distinct certificate, the base one choosing
     among them by SNI."""
@@ -295,9 +293,7 @@ def _sni_context(
         elif name.startswith("*."):
             wild[_normalize_name(name[2:])] = ctx
         elif "*" in name:
-            raise ValueError(
-                f"certificate name {name!r}: a wildcard must be the whole leftmost label: *.example.test"
-            )
+            raise ValueError(f"certificate name {name!r}: a wildcard must be the whole leftmost label: *.example.test")
         else:
             exact[_normalize_name(name)] = ctx
     base = default or next(iter(contexts.values()))

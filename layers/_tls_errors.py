@@ -35,7 +35,6 @@ class HandshakeError(Broken):
         self.reason = reason
 
 
-
 def _ssl_text(exc: BaseException) -> str:
     """An ssl error's message without the ``[SSL: X]`` prefix and the ``(_ssl.c:123)`` suffix."""
     text = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], str) else str(exc)
