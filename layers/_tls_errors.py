@@ -19,7 +19,7 @@ from stack.errors import Broken, ProtocolError
 
 class HandshakeError(Broken):
     """The TLS handshake failed (or, for a TLS 1.3 client, its certificate was refused just after:
-    see the module docstring). The message says why and what to check; ``reason`` is a code:
+    see the docstring of :mod:`layers.tls`). The message says why and what to check; ``reason`` is a code:
 
     ``unknown_ca`` (the certificate's issuer is not trusted), ``hostname_mismatch``,
     ``bad_certificate`` (expired, not yet valid, or otherwise refused), ``certificate_required``

@@ -43,7 +43,7 @@ SEND_CHUNK = 64 * 1024
 
 class TLSStream(ByteStream):
     """A TLS connection over a lower :class:`~stack.ByteStream`; built by ``client``/``server``
-    specs. See the module docstring for every semantic (deadlines, EOF, done, detach)."""
+    specs. See :mod:`layers.tls` for every semantic (deadlines, EOF, done, detach)."""
 
     kind = "tls"
     _lower: ByteStream

@@ -94,7 +94,7 @@ def _frame_header(buf: bytearray, pos: int) -> tuple[int, int, bool, int, bool] 
 
 
 class WebSocket(MessageStream):
-    """One WebSocket connection over a ByteStream (see the module docstring for the semantics).
+    """One WebSocket connection over a ByteStream (see :mod:`layers.websocket` for the semantics).
 
     ``send(msg)``: ``str`` is a text message, bytes-like a binary one. ``recv()``: ``str`` or
     ``bytes``; :class:`CloseReceived` after the peer's Close. ``done(code, reason)``: send Close.
