@@ -79,6 +79,7 @@ connection goes on carrying requests and other WebSockets.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -96,7 +97,7 @@ from ._ws_handshake import accept as accept
 from ._ws_handshake import connect as connect
 from ._ws_handshake import is_websocket as is_websocket
 from ._ws_stream import ERROR_CLOSE_TIME as ERROR_CLOSE_TIME
-from ._ws_stream import FRAGMENT as FRAGMENT
+from ._ws_stream import FRAGMENT as FRAGMENT  # a copy: the stream reads _ws_stream.FRAGMENT (patch that one)
 from ._ws_stream import MAX_MESSAGE as MAX_MESSAGE
 from ._ws_stream import RECV as RECV
 from ._ws_stream import CloseReceived as CloseReceived
@@ -115,6 +116,8 @@ __all__ = [
     "raw",
     "server",
 ]
+
+log = logging.getLogger("stack.websocket")
 
 # =================================================================================================
 # specs
