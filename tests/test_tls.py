@@ -10,7 +10,7 @@ import trio.testing
 from cryptography import x509
 from test_tls_support import Relay, attach_both, bounded, certs, client, connected, server
 
-from layers import framing, tcp, tls
+from layers import _tls_context, _tls_names, framing, tcp, tls
 from stack import Broken, Busy, ByteStream, Closed, Stack, StackError, Timeout, after
 from stack.testing import memory_pair
 
@@ -227,7 +227,7 @@ async def test_verify_false() -> None:
 
 
 def test_name_matching_rules() -> None:
-    m = tls._name_matches
+    m = _tls_names._name_matches
     names = [("DNS", "*.example.test"), ("DNS", "Exact.Test"), ("IP", "10.0.0.1"), ("IP", "::1")]
     assert m("a.example.test", names)
     assert m("A.EXAMPLE.TEST.", names)
@@ -317,18 +317,18 @@ def test_offered_alpn_parser() -> None:
     with pytest.raises(ssl.SSLWantReadError):
         obj.do_handshake()
     hello = outgoing.read()
-    assert tls._offered_alpn(hello) == ["h2", "http/1.1"]
+    assert _tls_context._offered_alpn(hello) == ["h2", "http/1.1"]
     # the same ClientHello split over three records
     body = hello[5:]
     records = b"".join(b"\x16\x03\x01" + len(p).to_bytes(2, "big") + p for p in (body[:10], body[10:50], body[50:]))
-    assert tls._offered_alpn(records) == ["h2", "http/1.1"]
-    assert tls._offered_alpn(hello[:40]) is None
-    assert tls._offered_alpn(b"GET / HTTP/1.1\r\n\r\n") is None
+    assert _tls_context._offered_alpn(records) == ["h2", "http/1.1"]
+    assert _tls_context._offered_alpn(hello[:40]) is None
+    assert _tls_context._offered_alpn(b"GET / HTTP/1.1\r\n\r\n") is None
     ctx2 = ssl.create_default_context()
     obj2 = ctx2.wrap_bio(ssl.MemoryBIO(), out2 := ssl.MemoryBIO(), server_hostname="x.test")
     with pytest.raises(ssl.SSLWantReadError):
         obj2.do_handshake()
-    assert tls._offered_alpn(out2.read()) is None
+    assert _tls_context._offered_alpn(out2.read()) is None
 
 
 async def test_protocol_version() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from layers import http2, tcp, websocket
+from layers import _ws_stream, http2, tcp, websocket
 from stack import ByteStream, MessageStream, Stream, after
 from stack.testing import chaos_pair, check_detach, check_message_stream, memory_pair
 
@@ -86,7 +86,7 @@ async def test_raw_frames(bottom: str) -> None:
 @pytest.mark.parametrize("deflate", [None, "permessage-deflate"])
 async def test_raw_frames_sent_in_small_fragments(deflate: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every message of more than 7 bytes goes out as fragments, with Pings and Pongs between them."""
-    monkeypatch.setattr(websocket, "FRAGMENT", 7)
+    monkeypatch.setattr(_ws_stream, "FRAGMENT", 7)  # the module whose _fragments reads it
     await check_message_stream(raw_pair(chaos_maker, deflate=deflate))
 
 

@@ -1,0 +1,85 @@
+"""permessage-deflate (RFC 7692) with a size limit, and work-arounds for wsproto's state keeping.
+
+:class:`_BoundedDeflate` is wsproto's :class:`~wsproto.extensions.PerMessageDeflate` with two
+changes. Inflating is bounded: wsproto inflates each frame's payload whole, so a few KiB of
+compressed zeros could take gigabytes before any limit is checked; here each step inflates at
+most one byte past what the message may still grow by, and a message over ``max_message`` fails
+with 1009 (MESSAGE_TOO_BIG). And a control frame (a Ping between two messages, or inside a
+fragmented one) never touches the state of the message being received: wsproto's version records
+its RSV1 as the next message's "compressed" bit, or forgets that bit mid-message, and then
+delivers a message still compressed.
+
+The WebSocket handshake offers it (client), accepts it when offered (server), or finalizes it from
+an agreed ``Sec-WebSocket-Extensions`` value (``websocket.raw(deflate=...)``).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
+
+
+class _BoundedDeflate(PerMessageDeflate):
+    """permessage-deflate whose inflating stops at ``max_message`` bytes per message.
+
+    wsproto inflates each frame's payload whole; a few KiB of compressed zeros would inflate to
+    gigabytes before any limit could be checked. Here each step inflates at most one byte past
+    what the message may still grow by, and a message over the limit fails with 1009.
+    """
+
+    def __init__(self, max_message: int) -> None:
+        super().__init__()
+        self.max_message = max_message
+        self._inflated = 0
+
+    def _inflate(self, data: bytes) -> bytes | CloseReason:
+        d = self._decompressor
+        assert d is not None
+        try:
+            out = d.decompress(data, self.max_message - self._inflated + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self._inflated += len(out)
+        if d.unconsumed_tail or self._inflated > self.max_message:
+            return CloseReason.MESSAGE_TOO_BIG
+        return out
+
+    def frame_inbound_header(
+        self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits, payload_length: int
+    ) -> CloseReason | RsvBits:
+        # A control frame (a Ping between two messages, or inside a fragmented one) must not touch
+        # the state of the message being received: wsproto's version records its RSV1 as the next
+        # message's "compressed" bit (or forgets it mid-message), which delivers that message
+        # still compressed.
+        if opcode.iscontrol():
+            if rsv.rsv1:
+                return CloseReason.PROTOCOL_ERROR
+            self._inbound_is_compressible = False
+            return RsvBits(False, False, False)
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
+    def frame_inbound_payload_data(self, proto: FrameDecoder | FrameProtocol, data: bytes) -> bytes | CloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        return self._inflate(bytes(data))
+
+    def frame_inbound_complete(self, proto: FrameDecoder | FrameProtocol, fin: bool) -> bytes | CloseReason | None:
+        if not fin:
+            return None
+        if not self._inbound_is_compressible:
+            return None  # a control frame: the message state is not ours to reset
+        if not self._inbound_compressed:
+            self._inbound_compressed = None
+            self._inflated = 0
+            return None
+        out = self._inflate(b"\x00\x00\xff\xff")
+        if isinstance(out, CloseReason):
+            return out
+        takeover_off = self.server_no_context_takeover if proto.client else self.client_no_context_takeover
+        if takeover_off:
+            self._decompressor = None
+        self._inbound_compressed = None
+        self._inflated = 0
+        return out
