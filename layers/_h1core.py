@@ -304,10 +304,12 @@ def framed_head(
     expect_100: bool,
 ) -> ParsedHead:
     """The :class:`ParsedHead` of a request whose fields (lower-cased names) were parsed from
-    ``head``, after the framing checks: :class:`Refused` (400) for Content-Length with
+    ``head``, after :func:`check_version` and the framing checks: :class:`Refused` (400) for Content-Length with
     Transfer-Encoding, more than one Content-Length line (looked up in the raw ``head``: a parser
     may have merged equal ones), a Content-Length that is not digits, Transfer-Encoding in HTTP/1.0.
     """
+    if http_version != b"1.1" and http_version != b"1.0":
+        check_version(http_version)
     cl = te = False
     keep_alive = http_version == b"1.1"
     for name, value in fields:
@@ -359,7 +361,6 @@ class ReferenceEngine:
         if type(event) is not h11.Request:  # pragma: no cover - a whole head always parses
             raise Refused(400, "incomplete request head")
         version = event.http_version
-        check_version(version)
         # raw_items() is one list: iterating h11's Headers itself indexes it field by field
         fields = [(name.lower(), value) for name, value in event.headers.raw_items()]
         parsed = framed_head(head, event.method, event.target, version, fields, h.they_are_waiting_for_100_continue)
