@@ -903,6 +903,50 @@ async def test_client_upgrade(nursery: trio.Nursery) -> None:
     assert await response.body.recv_exactly(8) == b"switched"
 
 
+async def test_client_open_tunnel(nursery: trio.Nursery) -> None:
+    seen: list[http.Request] = []
+
+    async def app(request: http.Request) -> None:
+        seen.append(request)
+        tunnel = await request.start_response(101, [("connection", "upgrade"), ("upgrade", "echo")])
+        await tunnel.send(b"hello " + await tunnel.recv_exactly(4))
+        await tunnel.aclose()
+
+    conn = await client_server(nursery, app)
+    response = await conn.open_tunnel("echo", "/chat", headers=[("x-extra", "1")], deadline=trio.current_time() + 5)
+    assert response.status == 101 and response.headers["upgrade"] == "echo"
+    await response.body.send(b"ping")
+    assert await response.body.recv_exactly(10) == b"hello ping"
+    request = seen[0]
+    assert (request.method, request.target) == ("GET", "/chat")
+    assert request.headers["upgrade"] == "echo" and request.headers["connection"].lower() == "upgrade"
+    assert request.headers["x-extra"] == "1"
+    with pytest.raises(StackError):  # the connection is a tunnel now: no more requests
+        await conn.request("GET", "/")
+
+
+async def test_client_open_tunnel_refused(nursery: trio.Nursery) -> None:
+    async def app(request: http.Request) -> None:
+        await request.respond(426, [("content-type", "text/plain")], b"not here")
+
+    conn = await client_server(nursery, app)
+    with pytest.raises(http.TunnelRefused) as caught:
+        await conn.open_tunnel("echo", "/", deadline=trio.current_time() + 5)
+    response = caught.value.response
+    assert response.status == 426 and await response.read() == b"not here"
+    await response.aclose()
+    response = await conn.request("GET", "/again")  # a refusal leaves the connection usable
+    assert response.status == 426
+    await response.aclose()
+
+
+async def test_server_engine_is_chosen_by_name() -> None:
+    assert http1.server(echo_app, engine="reference").engine == "reference"
+    assert "reference" in http1.ENGINES
+    with pytest.raises(ValueError):
+        http1.server(echo_app, engine="nope")
+
+
 async def test_http_specs_pick_http1_in_cleartext(nursery: trio.Nursery) -> None:
     client_raw, server_raw = memory_pair()
 

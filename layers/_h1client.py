@@ -1,0 +1,808 @@
+"""The HTTP/1.1 client connection: requests out through h11, responses in, over a lower ByteStream.
+
+Theory of operation. h11 writes every request and parses every response (head and body) and keeps
+the state of both sides; :class:`ClientConnection` does the I/O and the policy: one exchange at a
+time on the connection (a semaphore), a request body sent inline or from a task of its own while
+the response is read (:class:`_BodySender`, full duplex), the end of an exchange (keep the
+connection only when both the request and the response ended), and protocol switches (the body of
+a 101, or of a 2xx to CONNECT, is the raw tunnel). :meth:`ClientConnection.open_tunnel` is the
+version-agnostic Upgrade. A response body reaches its connection only through
+:class:`ResponseOwner`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any, Protocol, Self
+
+import h11
+import trio
+
+from layers import _http_model as http
+from layers._h1conn import H1Connection, _Tunnel
+from layers._h1core import BODYLESS_STATUS, CONTINUE_TIMEOUT, DRAIN_TIME, DUPLEX_BUFFER, INLINE_SEND, MAX_DRAIN, RECV
+from layers._http_model import Body, HeaderInput, Headers, Limits, Response, TunnelRefused
+from stack.deadlines import FOREVER
+from stack.errors import Broken, Busy, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
+from stack.streams import ByteStream, Info
+
+log = logging.getLogger("stack.http1")
+
+_BODYLESS_STATUS = BODYLESS_STATUS
+
+
+def _local_error(exc: h11.LocalProtocolError) -> ValueError:
+    return ValueError(f"HTTP/1.1: {exc}")
+
+
+class ResponseOwner(Protocol):
+    """What a response body (:class:`_ResponseBody`) uses of its connection.
+
+    ``lower``: the stream below (the base of the body's stream); ``info``: the connection's.
+    ``read_body(body, deadline)``: the next bytes of the response body (``b""`` at its end; the
+    exchange ends then). ``give_up(exc)``: no more requests on the connection (``exc`` says why
+    to later ones): stop a request body still going, close the stream below.
+    """
+
+    lower: ByteStream
+    info: Info
+
+    async def read_body(self, body: _ResponseBody, deadline: float) -> bytes: ...
+
+    async def give_up(self, exc: StackError) -> None: ...
+
+
+_STOP_WAIT = 1.0
+"""Seconds :meth:`_BodySender.stop` waits for the cancelled task to exit (shielded)."""
+
+
+class _BodySender:
+    """Sends one request (the committed head, then the body) in a task of its own, so that the
+    response can be read meanwhile. Client-only.
+
+    **Owner**: the exchange (request and response) of one :class:`ClientConnection`. The task runs
+    in the connection's nursery (``async with conn:``; it then goes on after ``request()``
+    returned, while the response is read) or in a nursery ``request()`` opens for the call (it then
+    never outlives the call). Whoever ends the exchange ends the task: :meth:`stop` cancels it and
+    waits (shielded, at most :data:`_STOP_WAIT` seconds) until it exited. That happens when an
+    early final response (status 300 or more) makes the rest of the body useless, when the
+    response ends before the body (unless a 2xx on a kept-alive connection), when the response is
+    closed before its end, when ``request()`` fails or is cancelled, and in ``conn.aclose()``.
+    If the response ended first on a kept-alive connection (``response_ended``), the task ends
+    the exchange when it exits (:meth:`ClientConnection._finish_exchange`).
+
+    **Outcomes**, once ``exited`` is set: ``complete`` (the end of the body was flushed);
+    ``stopped`` (given up by us: cancelled); ``send_error`` (the stream below refused bytes: the
+    server reset or closed the connection, and what it answered may still be read); ``failure``
+    (the body iterator raised, h11 refused its data, or the request's deadline passed: the exchange
+    is broken). The task itself never raises anything but ``Cancelled``.
+
+    **Waking the reader**: ``waiter`` is the cancel scope of the task waiting on the response (in
+    ``request()``); the task cancels it when it exits with a ``failure``, or on any exit if
+    ``wake_on_exit``. Once ``request()`` returned while the task goes on (``detached``), nobody
+    waits: a ``failure`` then closes the connection, so a reader blocked on the response wakes.
+    """
+
+    def __init__(
+        self, conn: ClientConnection, chunks: AsyncIterator[bytes] | None, expect_100: bool, deadline: float
+    ) -> None:
+        self.conn = conn
+        self.chunks = chunks
+        self.expect_100 = expect_100
+        self.deadline = deadline
+        self.scope = trio.CancelScope()
+        self.exited = trio.Event()
+        self.continued = trio.Event()  # a 100 Continue arrived
+        self.body_started = chunks is None  # past the wait for 100 Continue (a bytes body: at once)
+        self.complete = False
+        self.stopped = False
+        self.send_error: StackError | None = None
+        self.failure: BaseException | None = None
+        self.waiter: trio.CancelScope | None = None
+        self.wake_on_exit = False
+        self.detached = False
+        self.response_ended = False  # the response ended first: our exit ends the exchange
+        self.exchange = conn._exchange
+        self._task: trio.lowlevel.Task | None = None
+
+    async def run(self) -> None:
+        """The task: send until the body ended, failed or was stopped (see the class docstring)."""
+        self._task = trio.lowlevel.current_task()
+        try:
+            with self.scope:
+                try:
+                    if self.deadline == FOREVER:
+                        await self._send()
+                    else:
+                        with trio.move_on_at(self.deadline):
+                            await self._send()
+                        if not self.complete and self.failure is None:
+                            raise Timeout("the deadline passed")
+                except Timeout:
+                    self.failure = Timeout("HTTP/1.1: the request body was not sent by the request's deadline")
+                except StackError as exc:  # from the stream below: the server no longer takes bytes
+                    self.send_error = exc
+                    log.debug("HTTP/1.1 client: sending the request stopped: %s", exc)
+        finally:
+            if not self.complete:
+                await self._close_chunks()
+            self.exited.set()
+            await self._exit()
+
+    async def _close_chunks(self) -> None:
+        """The body is given up: close its iterator (an async generator's ``finally`` runs now, not
+        when it is collected), shielded, for at most :data:`_STOP_WAIT` seconds."""
+        aclose = getattr(self.chunks, "aclose", None)
+        if aclose is None:
+            return
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(_STOP_WAIT):
+                await aclose()
+        except Exception as exc:
+            log.debug("HTTP/1.1 client: closing the request body's iterator failed: %r", exc)
+
+    async def _send(self) -> None:
+        conn = self.conn
+        await conn.flush(self.deadline)
+        chunks = self.chunks
+        if chunks is not None:
+            if self.expect_100:
+                with trio.move_on_at(min(self.deadline, trio.current_time() + CONTINUE_TIMEOUT)):
+                    await self.continued.wait()
+            self.body_started = True
+            while True:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:  # the caller's iterator: its error is the caller's to see
+                    self.failure = exc
+                    return
+                if chunk and not self._commit(h11.Data(data=chunk)):
+                    return
+                await conn.flush(self.deadline)
+            if not self._commit(h11.EndOfMessage()):
+                return
+            await conn.flush(self.deadline)
+        self.complete = True
+
+    def _commit(self, event: h11.Data | h11.EndOfMessage) -> bool:
+        try:
+            self.conn._send_event(event)
+        except StackError as exc:  # h11 refused the caller's data (over or under its Content-Length)
+            self.failure = exc
+            return False
+        return True
+
+    async def _exit(self) -> None:
+        conn = self.conn
+        if self.waiter is not None:
+            if self.failure is not None or self.wake_on_exit:
+                self.waiter.cancel()
+        elif self.failure is not None and self.detached and not self.stopped and conn._exchange == self.exchange:
+            with trio.CancelScope(shield=True):
+                await conn.give_up(self.broken())
+        if self.response_ended and conn._exchange == self.exchange:
+            await conn._finish_exchange()
+
+    def broken(self) -> Broken:
+        """The error a reader of the response gets after a ``failure`` (raise it from that)."""
+        return Broken(f"HTTP/1.1: the request body failed ({self.failure}); the connection was closed")
+
+    async def stop(self) -> None:
+        """Give the body up if it is still going: cancel the task and wait until it exited (at
+        most :data:`_STOP_WAIT` seconds; shielded). Committed bytes that did not go are dropped:
+        the connection is not used again after a stopped body."""
+        if self.exited.is_set():
+            return
+        self.stopped = True
+        self.scope.cancel()
+        if trio.lowlevel.current_task() is self._task:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(_STOP_WAIT):
+            await self.exited.wait()
+        if self.exited.is_set():
+            self.conn.outbuf.clear()
+
+
+class _ResponseBody(ByteStream):
+    """The body of a response, as the client reads it. ``b""`` at its end.
+
+    When the body ends the connection is ready for the next request if the request ended too
+    (else, or if the server said ``Connection: close``, it closes). A malformed body, or the
+    server closing in the middle of it, raises :class:`~stack.ProtocolError` (and stops a request
+    body still going). On deadline or
+    cancellation nothing is consumed, and a request body still being sent goes on. If that request
+    body fails after the response head came (its iterator raised, the request's deadline passed),
+    receiving raises :class:`~stack.Broken` with the failure as ``__cause__``. ``aclose()`` before
+    the end drains a small rest (up to :data:`MAX_DRAIN` bytes, for :data:`DRAIN_TIME` seconds) to
+    keep the connection, or, with the request body still going, stops it and closes the connection.
+    """
+
+    kind = "http1-response-body"
+
+    def __init__(self, conn: ResponseOwner, sender: _BodySender | None) -> None:
+        super().__init__(conn.lower)
+        self._conn = conn
+        self._sender = sender
+        self._response: Response | None = None
+        self._pending = b""
+        self._buffered: deque[bytes] = deque()  # read while request() finished sending (no nursery)
+        self._complete = False
+
+    @property
+    def info(self) -> Info:
+        """The connection's ``info`` (asked of it each time, never copied per response)."""
+        return self._conn.info
+
+    async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
+        if not self._pending:
+            if self._buffered:
+                self._pending = self._buffered.popleft()
+            elif self._complete:
+                return b""
+            else:
+                sender = self._sender
+                if sender is not None and sender.failure is not None:
+                    raise sender.broken() from sender.failure
+                try:
+                    self._pending = await self._conn.read_body(self, deadline)
+                except StackError as exc:
+                    if sender is not None:
+                        if sender.failure is not None:
+                            raise sender.broken() from sender.failure
+                        if not isinstance(exc, Timeout):  # the response broke: no use sending on
+                            await sender.stop()
+                    raise
+        out = self._pending
+        if len(out) > max_bytes:
+            self._pending = out[max_bytes:]
+            return out[:max_bytes]
+        self._pending = b""
+        return out
+
+    async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
+        raise Closed("a response body cannot be sent on (only an Upgrade/CONNECT tunnel can)")
+
+    async def _done(self, deadline: float) -> None:
+        pass
+
+    async def aclose(self, *, deadline: float | None = None) -> None:
+        """Release the response: drain a small rest or close the connection. Never raises."""
+        if self._closed is not None:
+            return
+        self._closed = "closed"
+        if self._complete:
+            return
+        conn = self._conn
+        sender = self._sender
+        if sender is None or sender.complete:  # the request ended: the connection may be kept
+            try:
+                with trio.CancelScope(shield=True):
+                    drain_deadline = trio.current_time() + DRAIN_TIME
+                    total = len(self._pending) + sum(map(len, self._buffered))
+                    while not self._complete and total <= MAX_DRAIN:
+                        total += len(await conn.read_body(self, drain_deadline))
+            except StackError:
+                pass
+        self._pending = b""
+        self._buffered.clear()
+        if not self._complete:
+            await conn.give_up(Closed("HTTP/1.1: a response was closed before its end, closing the connection"))
+
+
+class ClientConnection(H1Connection, http.ClientConnection):
+    """The client side of one HTTP/1.1 connection (see :class:`layers.http.ClientConnection`).
+
+    Requests queue on the one connection: a request waits until the previous response's body was
+    read to its end or closed (read or close every response). ``request()`` returns once the
+    response head arrived. When the server closed the connection, later requests raise
+    :class:`~stack.EndOfStream`. A 101 response, or a 2xx to CONNECT, makes the response body the
+    tunnel (a ByteStream straight on the stream below; ``detach()`` on it returns that stream) and
+    the connection takes no more requests.
+
+    **Full duplex.** A request whose body is streamed (an async iterable) or larger than
+    :data:`INLINE_SEND` is sent by a task while the response head is awaited, so an answer that
+    comes early is seen at once:
+
+    * A final response of status 300 or more that arrives while the body is still being produced
+      (a 413, a 401) stops it, as curl does: ``request()`` returns that response, the rest of the
+      body is not sent, and the connection closes after the response (read it as usual). A body
+      already whole in the outgoing buffer (bytes, or the last chunk) goes on while the response
+      is read, as the server may have read all but its end; if it is still going when that
+      response ended, it is given up then. Any final response that arrives while an ``Expect:
+      100-continue`` body still waits for ``100 Continue`` (at most :data:`CONTINUE_TIMEOUT`
+      seconds) means the body is not sent at all.
+    * A 2xx that arrives early (a streaming echo) is returned at once while the body goes on,
+      **inside** ``async with conn:``: the task then runs in a nursery that block owns and keeps
+      sending while the caller reads the response, each direction waiting only on the server, so
+      both may exceed every buffer on the way. On a connection used without ``async with``,
+      ``request()`` returns once the body was sent too, keeping the response bytes that arrived
+      meanwhile (at most :data:`DUPLEX_BUFFER`; past that, :class:`~stack.Broken` saying so).
+    * If the server stops taking the body (it reset or closed the connection), sending stops and
+      the response is still read, as far as it arrived.
+    * The connection is kept for the next request only when both the request and the response
+      ended. A 2xx that ends before its request body lets the body go on to its end if the
+      connection is kept alive (the server must read the rest to find the next request; the next
+      request waits for it, and a success is never cut short behind the caller's back); if the
+      server will close the connection (``Connection: close``, HTTP/1.0), the body is given up.
+
+    **Deadline**: ``request()``'s deadline covers waiting for the connection, sending the whole
+    request (also the part of the body sent after ``request()`` returned) and receiving the head.
+    If it passes (or the call is cancelled) before the head, the body stops and the connection
+    cannot be used again (:class:`~stack.Broken` on later requests). If it passes after the head
+    while the body is still going, the body stops, the connection closes, and the response body's
+    next ``recv`` raises :class:`~stack.Broken`. Deadlines of ``response.body.recv`` concern the
+    response only: they consume nothing and never stop the request body.
+
+    **Body errors**: an exception raised by the body iterator before the head arrived comes out of
+    ``request()`` unchanged; after it, the connection closes and the response body's ``recv``
+    raises :class:`~stack.Broken` with the exception as ``__cause__``. A body that is given up
+    (stopped, failed, or refused by the server) may be cancelled in the middle of producing a chunk,
+    and its iterator is then closed (``aclose()``, if it has one: an async generator's ``finally``
+    runs at once, not when it is collected).
+
+    **Cancel and ownership**: the sending task belongs to the exchange. It ends when the body is
+    sent, and is stopped (cancelled, and waited for) when ``request()`` fails or is cancelled, when
+    the response is closed before its end (``response.aclose()``, ``async with response:``), by
+    ``conn.aclose()`` and when the ``async with conn:`` block ends. Cancelling a ``recv`` on the
+    response does not touch it. No task outlives the block (without it: the ``request()`` call).
+
+    **End of stream**: the server closing before the head raises :class:`~stack.EndOfStream`
+    ("without responding"), or the :class:`~stack.Broken` that sending got; in the middle of the
+    response body, :class:`~stack.ProtocolError`.
+    """
+
+    http_version = "1.1"
+
+    def __init__(self, lower: ByteStream, limits: Limits, authority: str, scheme: str) -> None:
+        super().__init__(lower, limits)
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=limits.max_header_bytes)
+        self.authority = authority
+        self.scheme = scheme
+        self._host = authority.encode("ascii") if authority.isascii() else authority.encode("idna")
+        self._slot = trio.Semaphore(1)
+        self._error: StackError | None = None
+        self._closed = False
+        self._exchange = 0  # the exchange holding the slot (0: none)
+        self._exchanges = 0
+        self._sender: _BodySender | None = None  # the current exchange's, when it has one
+        self._method = b""
+        self._status = 0  # the current exchange's response status
+        self._nursery: trio.Nursery | None = None
+        self._exit_stack: AsyncExitStack | None = None
+
+    def __repr__(self) -> str:
+        return f"<http1.ClientConnection {self.authority}>"
+
+    def _feed(self, data: bytes) -> None:
+        """Give received bytes (``b""``: the end of the stream) to h11."""
+        self._h11.receive_data(data)
+
+    async def _receive(self, deadline: float) -> bytes:
+        """Receive once from below and give it to h11; return what arrived (``b""`` at EOF)."""
+        data = await self.lower.recv(RECV, deadline=deadline)
+        self._feed(data)
+        return data
+
+    async def __aenter__(self) -> Self:
+        """Run the connection in this block: request bodies go on in a nursery the block owns
+        while their responses are read (full duplex). Leaving the block closes the connection."""
+        if self._exit_stack is not None:
+            raise Busy("this HTTP/1.1 connection is already in an `async with` block")
+        stack = AsyncExitStack()
+        self._nursery = await stack.enter_async_context(trio.open_nursery())
+        self._exit_stack = stack
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        stack, self._exit_stack = self._exit_stack, None
+        try:
+            await self.aclose()
+        finally:
+            self._nursery = None
+            if stack is not None:
+                await stack.aclose()
+
+    def _check(self) -> None:
+        if self._closed:
+            raise Closed("HTTP/1.1 client connection was closed")
+        if self._error is not None:
+            raise type(self._error)(str(self._error))
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        *,
+        headers: HeaderInput = (),
+        body: Body = None,
+        deadline: float = FOREVER,
+    ) -> Response:
+        """Send a request and return the response once its head arrived (see the class docstring
+        for full duplex, deadline, errors and cancellation).
+
+        ``body``: bytes (sent with a Content-Length), an async iterable of bytes (chunked unless
+        ``headers`` has a Content-Length), or None (no body). With ``Expect: 100-continue`` in
+        ``headers`` a streamed body waits for ``100 Continue`` (at most :data:`CONTINUE_TIMEOUT`
+        seconds). A Host header is added from ``authority`` unless given. An invalid method,
+        target or header raises :class:`ValueError` and sends nothing.
+        """
+        self._check()
+        event, streaming, expect_100 = self._build(method, target, Headers(headers), body)
+        try:
+            self._slot.acquire_nowait()
+        except trio.WouldBlock:
+            with trio.move_on_at(deadline) as scope:
+                await self._slot.acquire()
+            if scope.cancelled_caught:
+                raise Timeout(
+                    "HTTP/1.1: waiting for the connection timed out (is a previous response unread?)"
+                ) from None
+        self._exchanges += 1
+        self._exchange = exchange = self._exchanges
+        self._sender = None
+        self._method = event.method
+        ok = False
+        try:
+            self._check()
+            response = await self._exchange_request(event, body, streaming, expect_100, deadline)
+            ok = True
+            return response
+        except Timeout:
+            await self.give_up(Broken("HTTP/1.1: an earlier request timed out in the middle of its exchange"))
+            raise
+        except StackError as exc:
+            await self.give_up(exc if isinstance(exc, (EndOfStream, Broken, Closed)) else Broken(str(exc)))
+            raise
+        except BaseException:
+            await self.give_up(Broken("HTTP/1.1: an earlier request failed in the middle of its exchange"))
+            raise
+        finally:
+            if not ok:
+                self._release(exchange)
+
+    async def open_tunnel(
+        self, protocol: str, path: str, *, headers: HeaderInput = (), deadline: float = FOREVER
+    ) -> Response:
+        """Open a tunnel for ``protocol`` at ``path`` (see :meth:`layers.http.ClientConnection.open_tunnel`):
+        ``GET path`` with ``Upgrade: protocol`` and ``Connection: Upgrade`` (``headers`` added as
+        given). A 101 returns the response, whose ``body`` is the tunnel (the connection takes no
+        more requests); any other answer raises :class:`~layers.http.TunnelRefused` carrying the
+        response (read its body for the reason, then close it). On deadline:
+        :class:`~stack.Timeout`, and the connection is closed."""
+        fields = [(b"upgrade", protocol.encode("ascii")), (b"connection", b"Upgrade"), *Headers(headers).raw]
+        response = await self.request("GET", path, headers=fields, deadline=deadline)
+        if response.status != 101:
+            raise TunnelRefused(
+                f"HTTP/1.1: the server answered {response.status} to an Upgrade to {protocol!r}", response
+            )
+        return response
+
+    def _build(self, method: str, target: str, headers: Headers, body: Body) -> tuple[h11.Request, bool, bool]:
+        """The h11 request event (framing headers and Host added); whether the body streams;
+        whether it waits for 100 Continue."""
+        raw = headers.raw
+        has_host = has_length = expect_100 = False
+        for name, value in raw:
+            if name == b"host":
+                has_host = True
+            elif name == b"content-length" or name == b"transfer-encoding":
+                has_length = True
+            elif name == b"expect" and value.lower() == b"100-continue":
+                expect_100 = True
+        extra: list[tuple[bytes, bytes]] = [] if has_host else [(b"host", self._host)]
+        streaming = body is not None and not isinstance(body, (bytes, bytearray, memoryview))
+        if isinstance(body, (bytes, bytearray, memoryview)) and not has_length:
+            if len(body) or method not in ("GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"):
+                extra.append((b"content-length", b"%d" % len(body)))
+        elif streaming and not has_length:
+            extra.append((b"transfer-encoding", b"chunked"))
+        try:
+            return h11.Request(method=method, target=target, headers=extra + raw), streaming, expect_100
+        except h11.LocalProtocolError as exc:
+            raise _local_error(exc) from None
+
+    async def _exchange_request(
+        self, event: h11.Request, body: Body, streaming: bool, expect_100: bool, deadline: float
+    ) -> Response:
+        """Send the request and return the response once its head came (see the class docstring)."""
+        self._send_event(event)
+        chunks: AsyncIterator[bytes] | None = None
+        if streaming:
+            assert isinstance(body, AsyncIterable)
+            chunks = aiter(body)
+        else:
+            if body:
+                self._send_event(h11.Data(data=body))  # type: ignore[arg-type]
+            self._send_event(h11.EndOfMessage())
+            if len(self.outbuf) <= INLINE_SEND:  # head and body in one write, then the response
+                return await self._response(await self._inline_head(deadline))
+        sender = self._sender = _BodySender(self, chunks, expect_100, deadline)
+        if self._nursery is not None:  # inside `async with conn:` the body goes on after we return
+            self._nursery.start_soon(sender.run, name="stack.http1 request body")
+            response = await self._duplex_response(sender, deadline)
+            sender.detached = True  # no await since the last look at sender.failure
+            return response
+        failure: Exception | None = None
+        result: Response | None = None
+        async with trio.open_nursery() as nursery:  # the body's task never outlives this call
+            nursery.start_soon(sender.run, name="stack.http1 request body")
+            try:
+                result = await self._duplex_response(sender, deadline)
+                await self._finish_sending(result, sender, deadline)
+            except Exception as exc:  # raised below, outside the nursery (no exception group)
+                failure = exc
+                sender.scope.cancel()
+        if failure is not None:
+            raise failure
+        assert result is not None
+        return result
+
+    async def _inline_head(self, deadline: float) -> h11.Response | h11.InformationalResponse:
+        """Flush the whole request, then receive the response head."""
+        send_error: StackError | None = None
+        try:
+            await self.flush(deadline)
+        except Broken as exc:  # the server may have answered early (413...) and closed: read it
+            send_error = exc
+        try:
+            return await self._read_head(deadline)
+        except StackError:
+            if send_error is not None:
+                raise send_error from None
+            raise
+
+    async def _duplex_response(self, sender: _BodySender, deadline: float) -> Response:
+        """Receive the response head while ``sender`` sends; stop the body if the answer makes it
+        useless; return the response."""
+        head = None
+        with trio.CancelScope() as wake:
+            sender.waiter = wake  # woken if the body fails: no use waiting for an answer then
+            try:
+                if sender.failure is None:
+                    head = await self._read_head(deadline, sender)
+            except StackError:
+                if sender.failure is not None:
+                    raise sender.failure from None
+                if sender.send_error is not None:
+                    raise sender.send_error from None
+                raise
+            finally:
+                sender.waiter = None
+        if sender.failure is not None:
+            raise sender.failure
+        assert head is not None
+        status = head.status_code
+        if not sender.exited.is_set():
+            producing = self._h11.our_state is h11.SEND_BODY  # else only flushing what is committed
+            unwanted = sender.expect_100 and not sender.body_started  # final answer, no 100 Continue
+            if (status >= 300 and producing) or unwanted:  # an early final answer: no more body
+                log.debug("HTTP/1.1 client: a %d came before the request body ended; it stops", status)
+                await sender.stop()
+            elif status == 101 or (self._method == b"CONNECT" and status < 300):
+                with trio.move_on_at(deadline):  # the tunnel may not share the stream with the task
+                    await sender.exited.wait()
+                if not sender.exited.is_set():
+                    raise Timeout("HTTP/1.1: the request was not sent by the deadline")
+        response = await self._response(head)
+        if sender.failure is not None:
+            raise sender.failure
+        return response
+
+    async def _finish_sending(self, response: Response, sender: _BodySender, deadline: float) -> None:
+        """Without a nursery of the connection: read the response into its body's buffer (at most
+        :data:`DUPLEX_BUFFER` bytes) until ``sender`` exited."""
+        body = response.body
+        if not isinstance(body, _ResponseBody):
+            return
+        kept = 0
+        with trio.CancelScope() as wake:
+            sender.waiter, sender.wake_on_exit = wake, True  # woken when the body task exits
+            try:
+                while not sender.exited.is_set():
+                    if body._complete:  # the response ended first: the body goes on to its end
+                        await sender.exited.wait()
+                        break
+                    data = await self.read_body(body, deadline)
+                    if data:
+                        body._buffered.append(data)
+                        kept += len(data)
+                        if kept > DUPLEX_BUFFER:
+                            raise Broken(
+                                f"HTTP/1.1: the server answers while the request body is still being sent, and "
+                                f"over {DUPLEX_BUFFER} bytes of its answer came meanwhile: use the connection in "
+                                "`async with conn:` to read the response as the body goes out (full duplex)"
+                            )
+            finally:
+                sender.waiter = None
+        if sender.failure is not None:
+            raise sender.failure
+
+    def _send_event(self, event: h11.Event) -> None:
+        try:
+            parts = self._h11.send_with_data_passthrough(event)
+        except h11.LocalProtocolError as exc:
+            raise StackError(f"HTTP/1.1 request: {exc}") from None
+        if parts:
+            out = self.outbuf
+            for part in parts:
+                out += part
+
+    def _next_event(self) -> Any:
+        try:
+            return self._h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint == 431:
+                raise MessageTooLarge(
+                    f"response head over max_header_bytes={self.limits.max_header_bytes}",
+                    limit=self.limits.max_header_bytes,
+                ) from None
+            raise ProtocolError(f"HTTP/1.1 response: {exc}") from None
+
+    async def _read_head(
+        self, deadline: float, sender: _BodySender | None = None
+    ) -> h11.Response | h11.InformationalResponse:
+        """The response head (a 101 counts as one); other 1xx responses are skipped (a 100 lets
+        ``sender`` send its body). A head over ``max_header_bytes`` raises MessageTooLarge (h11
+        only limits heads still incomplete). Cancel-safe: what arrived stays in h11."""
+        h = self._h11
+        fed = len(h.trailing_data[0])
+        while True:
+            event = self._next_event()
+            if event is h11.NEED_DATA:
+                data = await self.lower.recv(RECV, deadline=deadline)
+                if not data and h.their_state is h11.SEND_RESPONSE and not h.trailing_data[0]:
+                    raise EndOfStream("HTTP/1.1: the server closed the connection without responding")
+                self._feed(data)
+                fed += len(data)
+                continue
+            if type(event) is h11.Response or type(event) is h11.InformationalResponse:
+                size = fed - len(h.trailing_data[0])
+                fed -= size
+                limit = self.limits.max_header_bytes
+                if size > limit:
+                    raise MessageTooLarge(
+                        f"response head of {size} bytes is over max_header_bytes={limit}", limit=limit, size=size
+                    )
+            if type(event) is h11.Response:
+                return event
+            if type(event) is h11.InformationalResponse:
+                if event.status_code == 101:
+                    return event
+                if event.status_code == 100 and sender is not None:
+                    sender.continued.set()
+                continue
+            raise ProtocolError(f"HTTP/1.1: unexpected {event!r} instead of a response")
+
+    async def _response(self, event: h11.Response | h11.InformationalResponse) -> Response:
+        status = event.status_code
+        headers = Headers._wire([(k.lower(), v) for k, v in event.headers.raw_items()])
+        reason = event.reason.decode("latin-1")
+        version = event.http_version.decode("ascii")
+        self._status = status
+        h = self._h11
+        if h.our_state is h11.SWITCHED_PROTOCOL:
+            trailing, _ = h.trailing_data
+            self.lower.unread(trailing)
+            self._error = StackError("HTTP/1.1: the connection switched protocols; it takes no more requests")
+            self._release(self._exchange)
+            return Response(status, headers, version, _Tunnel(self.lower), reason)
+        body = _ResponseBody(self, self._sender)
+        response = Response(status, headers, version, body, reason)
+        body._response = response
+        if self._method == b"HEAD" or status in _BODYLESS_STATUS or headers.get("content-length") == "0":
+            nxt = self._next_event()  # a bodiless response ends at once: the next request need not wait
+            if type(nxt) is h11.EndOfMessage:
+                body._complete = True
+                await self._end_exchange()
+        return response
+
+    async def read_body(self, body: _ResponseBody, deadline: float) -> bytes:
+        while True:
+            event = self._next_event()
+            if type(event) is h11.Data:
+                return bytes(event.data)
+            if type(event) is h11.EndOfMessage:
+                body._complete = True
+                if event.headers and body._response is not None:
+                    body._response.trailers = Headers(event.headers)
+                await self._end_exchange()
+                return b""
+            if event is h11.NEED_DATA:
+                await self._receive(deadline)
+                continue
+            raise ProtocolError(f"HTTP/1.1: unexpected {event!r} in a response body")
+
+    async def _end_exchange(self) -> None:
+        """The response ended. If the request body is still going after a 2xx on a kept-alive
+        connection, the body goes on and its task ends the exchange when it exits; after a status
+        of 300 or more, or if the server will close, the body is given up. Else the exchange ends
+        here."""
+        sender = self._sender
+        if sender is not None and not sender.exited.is_set():
+            closing = self._h11.their_state is h11.MUST_CLOSE or self._h11.their_state is h11.CLOSED
+            if self._status < 300 and not closing:
+                sender.response_ended = True  # no await since exited was looked at: one of us ends it
+                return
+            with trio.CancelScope(shield=True):
+                await sender.stop()
+        await self._finish_exchange()
+
+    async def _finish_exchange(self) -> None:
+        """Request and response ended (or gave up): keep the connection if both ended, else close
+        it. Shielded and bounded, so the decision is never cut in half by a cancellation."""
+        h = self._h11
+        sender = self._sender
+        with trio.CancelScope(shield=True):
+            sent = not self.outbuf and (sender is None or sender.complete)
+            if h.our_state is h11.DONE and h.their_state is h11.DONE and sent:
+                h.start_next_cycle()
+                self._release(self._exchange)
+            elif not sent:
+                await self.give_up(
+                    Closed(
+                        "HTTP/1.1: the server answered before the request body was sent whole, "
+                        "so the connection was closed"
+                    )
+                )
+            else:
+                await self.give_up(EndOfStream("HTTP/1.1: the server closed the connection"))
+
+    def _release(self, exchange: int) -> None:
+        if exchange and self._exchange == exchange:
+            self._exchange = 0
+            self._slot.release()
+
+    async def give_up(self, exc: StackError) -> None:
+        """No more requests on this connection: record why, stop a request body still going,
+        close the stream below, let the next waiting request go (it raises)."""
+        if self._error is None:
+            self._error = exc
+        if self._sender is not None:
+            await self._sender.stop()
+        self._release(self._exchange)
+        with trio.CancelScope(shield=True):
+            await self.lower.aclose(deadline=trio.current_time() + 1.0)
+
+    async def aclose(self, *, deadline: float | None = None) -> None:
+        """Close the connection and the stream below; a request body still going is stopped.
+        Idempotent; never raises a StackError. Requests waiting for the connection get
+        :class:`~stack.Closed`."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            sender = self._sender
+            if sender is not None:
+                await sender.stop()
+            if self.outbuf and not self._flushing and (sender is None or sender.complete):
+                d = trio.current_time() + 1.0 if deadline is None else deadline
+                with trio.move_on_at(d):
+                    await self.lower.send_from(self.outbuf, deadline=d)
+        except StackError:
+            pass
+        finally:
+            self._release(self._exchange)
+            await self.lower.aclose(deadline=deadline)
+
+    async def detach(self, *, deadline: float = FOREVER) -> ByteStream:
+        """Give the stream below back (read-ahead pushed back into it): between requests, or after
+        a protocol switch (the tunnel's own ``detach()`` does the same). Else a StackError."""
+        h = self._h11
+        if self._closed:
+            raise Closed("HTTP/1.1 client connection was closed")
+        switched = h.our_state is h11.SWITCHED_PROTOCOL
+        if not switched:
+            if self._exchange or self._error is not None or h.our_state is not h11.IDLE:
+                raise StackError("cannot detach HTTP/1.1 in the middle of a request")
+            trailing, _ = h.trailing_data
+            self.lower.unread(trailing)
+        await self.flush(deadline)
+        self._closed = True
+        return self.lower
+
+

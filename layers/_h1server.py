@@ -1,0 +1,797 @@
+"""The HTTP/1.1 server connection: requests in, responses out, over a lower ByteStream.
+
+Theory of operation. :class:`ServerConnection` does the I/O and the policy (limits, timeouts,
+draining, closing, 100-continue, protocol switches, running an app); the meaning of the bytes
+comes from the sans-io core (``_h1core.py``): the head is cut from the read-ahead by
+:class:`~layers._h1core.HeadBuffer`, parsed and checked by the connection's engine (a
+:class:`~layers._h1core.ServerEngine`, the reference one by default), the body decoded by the
+same engine, responses framed by :class:`~layers._h1core.ResponseWriter`, and the cycle of a
+request moves only through :func:`~layers._h1core.advance` on the state table.
+
+A :class:`Request`, its body and its response stream reach their connection only through
+:class:`RequestOwner`, a small named interface the connection implements.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from layers import _http_model as http
+from layers._h1conn import BODY_INFO, H1Connection, _Tunnel
+from layers._h1core import (
+    AWAIT_RESPONSE,
+    CLOSE,
+    CLOSED,
+    CONTINUE,
+    DONE,
+    DRAIN_TIME,
+    END_BODY,
+    IDLE,
+    LINGER,
+    MAX_DRAIN,
+    NEXT_CYCLE,
+    RECV,
+    REQUEST,
+    RESPOND,
+    SEND_BODY,
+    SEND_CHUNK,
+    START_BODY,
+    SWITCH,
+    SWITCHED,
+    HeadBuffer,
+    ParsedHead,
+    ReferenceEngine,
+    Refused,
+    ResponseWriter,
+    ServerEngine,
+    advance,
+    raw_response,
+    reason,
+    switch_head,
+)
+from layers._http_model import App, HeaderInput, Headers, Limits
+from stack.deadlines import FOREVER
+from stack.errors import Broken, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
+from stack.streams import ByteStream, Info
+
+log = logging.getLogger("stack.http1")
+
+
+class RequestOwner(Protocol):
+    """What a :class:`Request`, its body and its response stream use of their connection.
+
+    ``info``, ``scheme``, ``limits``: given to the request. ``lower``: the stream below (the base
+    of the bodies' streams). ``outbuf``: the connection's committed output (a response stream
+    commits into it, so bytes stay in order). The methods act on the request in progress and
+    refuse (:class:`~stack.StackError`) one that is not:
+
+    * ``send_response(request, status, headers, body, deadline)``: a whole response.
+    * ``start_streamed_response(request, status, headers, deadline)``: the head of a streamed
+      response; returns its body stream (or the tunnel, for 101 and a 2xx to CONNECT).
+    * ``read_body(body, deadline)``: the next bytes of the request body (``b""`` at its end).
+    * ``write_body(request, data)``: commit bytes of a streamed response, framed.
+    * ``end_body(request, trailers)``: commit the end of a streamed response, if it is still going.
+    * ``flush(deadline)``: push the committed bytes down.
+    * ``close_after(why, linger=)``: the connection closes once the request is over.
+    """
+
+    info: Info
+    scheme: str
+    limits: Limits
+    lower: ByteStream
+    outbuf: bytearray
+
+    async def send_response(
+        self, request: Request, status: int, headers: Headers, body: bytes, deadline: float
+    ) -> None: ...
+
+    async def start_streamed_response(
+        self, request: Request, status: int, headers: Headers, deadline: float
+    ) -> ByteStream: ...
+
+    async def read_body(self, body: _RequestBody, deadline: float) -> bytes: ...
+
+    def write_body(self, request: Request, data: bytes | bytearray | memoryview) -> None: ...
+
+    def end_body(self, request: Request, trailers: Headers | None) -> None: ...
+
+    async def flush(self, deadline: float) -> None: ...
+
+    def close_after(self, why: str, *, linger: bool = True) -> None: ...
+
+
+class _Drainer:
+    """One per shutdown event: once it is set, wakes every connection idling between requests.
+
+    It runs as a trio *system* task (started the first time a connection with that event serves),
+    so no connection needs a task of its own to notice a shutdown.
+    """
+
+    __slots__ = ("idle",)
+
+    def __init__(self) -> None:
+        self.idle: set[trio.CancelScope] = set()
+
+    async def run(self, event: trio.Event) -> None:
+        await event.wait()
+        for scope in list(self.idle):
+            scope.cancel()
+
+
+_drainers: weakref.WeakKeyDictionary[trio.Event, _Drainer] = weakref.WeakKeyDictionary()
+
+
+def _drainer(event: trio.Event) -> _Drainer:
+    d = _drainers.get(event)
+    if d is None:
+        d = _drainers[event] = _Drainer()
+        trio.lowlevel.spawn_system_task(d.run, event, name="stack.http1 shutdown watcher")
+    return d
+
+
+class Request(http.Request):
+    """A request on an HTTP/1.1 server connection (see :class:`layers.http.Request`).
+
+    ``trailers`` holds the request's trailer fields once its body has ended.
+    """
+
+    def __init__(self, owner: RequestOwner, head: ParsedHead, body: _RequestBody) -> None:
+        super().__init__(
+            head.method.decode("ascii"),
+            head.target.decode("ascii"),
+            Headers._wire(head.fields),
+            "1.1" if head.http_version == b"1.1" else "1.0",
+            body,
+            owner.info,
+            scheme=owner.scheme,
+            limits=owner.limits,
+        )
+        self._owner = owner
+        self._body = body
+        self._keep_alive = head.keep_alive
+        self._response: _ResponseStream | None = None
+
+    async def _respond(self, status: int, headers: Headers, body: bytes, deadline: float) -> None:
+        await self._owner.send_response(self, status, headers, body, deadline)
+
+    async def _start_response(self, status: int, headers: Headers, deadline: float) -> ByteStream:
+        return await self._owner.start_streamed_response(self, status, headers, deadline)
+
+
+class _RequestBody(ByteStream):
+    """The body of a request, as the server app reads it. ``b""`` at its end.
+
+    The first receive that has to wait for the network sends ``100 Continue`` if the client asked
+    for it. A malformed body raises :class:`~stack.ProtocolError` (the connection then closes). On
+    deadline or cancellation nothing is consumed. ``aclose()`` only stops this stream (the server
+    drains or closes when the request is over); ``detach()`` is not possible.
+    """
+
+    kind = "http1-request-body"
+
+    def __init__(self, owner: RequestOwner, complete: bool) -> None:
+        super().__init__(owner.lower, BODY_INFO)
+        self._owner = owner
+        self._pending = b""
+        self._complete = complete
+        self._request: Request | None = None
+
+    async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
+        if not self._pending:
+            if self._complete:
+                return b""
+            self._pending = await self._owner.read_body(self, deadline)
+        out = self._pending
+        if len(out) > max_bytes:
+            self._pending = out[max_bytes:]
+            return out[:max_bytes]
+        self._pending = b""
+        return out
+
+    async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
+        raise Closed("a request body cannot be sent on; use the response stream")
+
+    async def _done(self, deadline: float) -> None:
+        pass
+
+    async def aclose(self, *, deadline: float | None = None) -> None:
+        """Stop using this body (the rest is drained or the connection closed after the response)."""
+        self._closed = self._closed or "closed"
+        await trio.lowlevel.checkpoint()
+
+    async def _detach(self, deadline: float) -> ByteStream:
+        raise StackError("an HTTP/1.1 request body cannot be detached")
+
+
+class _ResponseStream(ByteStream):
+    """The body of a streamed response (:meth:`Request.start_response`).
+
+    ``send`` writes body bytes: chunked, unless the response has a Content-Length (then more bytes
+    than announced raise :class:`~stack.StackError` and the connection closes) or the client
+    speaks HTTP/1.0 (then the body ends when the connection closes). Each send step commits at
+    most :data:`SEND_CHUNK` bytes. For HEAD, 204 and 304 the bytes are discarded.
+    ``done(trailers=...)`` ends the response (trailers only in chunked encoding; fewer bytes than
+    a Content-Length announced raise :class:`~stack.StackError` and close the connection).
+    ``recv`` reads what is left of the request body. ``aclose()`` before ``done()`` abandons the
+    response: the connection closes once the app returns. If the app returns without either, the
+    server calls ``done()`` for it.
+    """
+
+    kind = "http1-response-body"
+
+    def __init__(self, owner: RequestOwner, request: Request) -> None:
+        super().__init__(owner.lower, BODY_INFO)
+        self._owner = owner
+        self._request = request
+        self._trailers: Headers | None = None
+        self._outbuf = owner.outbuf  # one buffer for the connection: bytes stay in order
+
+    async def _flush(self, deadline: float) -> None:
+        await self._owner.flush(deadline)
+
+    async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
+        n = min(len(data), SEND_CHUNK)
+        self._owner.write_body(self._request, data[:n] if n < len(data) else data)
+        return n
+
+    async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
+        return await self._request.body.recv(max_bytes, deadline=deadline)
+
+    async def done(self, *, trailers: HeaderInput | None = None, deadline: float = FOREVER) -> None:
+        """End the response, with ``trailers`` (chunked encoding only). See :meth:`ByteStream.done`."""
+        if trailers is not None:
+            self._trailers = Headers(trailers)
+        await super().done(deadline=deadline)
+
+    async def _done(self, deadline: float) -> None:
+        self._owner.end_body(self._request, self._trailers)
+        await self._owner.flush(deadline)
+
+    async def aclose(self, *, deadline: float | None = None) -> None:
+        """Abandon the response if it was not ended (the connection closes); never raises."""
+        if self._closed is None:
+            self._closed = "closed"
+            if not self._send_closed:
+                self._owner.close_after("the app abandoned a streamed response", linger=False)
+        await trio.lowlevel.checkpoint()
+
+    async def _detach(self, deadline: float) -> ByteStream:
+        raise StackError("an HTTP/1.1 response body cannot be detached (only an Upgrade/CONNECT tunnel can)")
+
+
+class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
+    """The server side of one HTTP/1.1 connection: a stream of :class:`Request`\\ s.
+
+    ``await conn.recv(deadline=)`` returns the next request once its head has arrived. Respond to
+    each request (and finish a streamed response) before receiving the next; an unread rest of the
+    previous request body is drained (up to :data:`MAX_DRAIN` bytes) or the connection closes.
+    ``recv`` raises :class:`~stack.EndOfStream` when the connection ends cleanly (the client closed
+    it, it idled past ``keepalive_timeout``, the last response said ``Connection: close``, or the
+    shutdown event was set), :class:`~stack.ProtocolError` after the server refused a request
+    (400, 408, 413, 431, 501, 505: already sent, and the connection closed), and
+    :class:`~stack.Timeout` when the caller's own ``deadline`` passes (nothing is consumed; the
+    connection stays usable). ``serve(app)`` runs the app on every request, one at a time.
+
+    The engine (``engine``, a class of :class:`~layers._h1core.ServerEngine`; the reference, h11
+    with our checks, by default) parses every request; responses are written by the core's
+    :class:`~layers._h1core.ResponseWriter` (h11's writer validates each header twice and runs its
+    state machine three times per response, which made it the most expensive step of a request):
+    status line and fields checked (a field name must be a token, a value must hold no control
+    character but tab), ``Content-Length`` set for a whole body, chunked encoding for a streamed
+    one (close-delimited for an HTTP/1.0 client), no body for HEAD, 204 and 304,
+    ``Connection: close`` whenever the connection will close after the response.
+
+    ``detach()`` returns the stream below when no request is in progress (every byte read ahead is
+    pushed back into it) or after a protocol switch.
+    """
+
+    http_version = "1.1"
+
+    def __init__(
+        self,
+        lower: ByteStream,
+        limits: Limits,
+        shutdown: trio.Event | None,
+        engine: Callable[[int], ServerEngine] = ReferenceEngine,
+    ) -> None:
+        super().__init__(lower, limits)
+        self._engine: ServerEngine = engine(limits.max_header_bytes)
+        self._shutdown = shutdown
+        self._idle_scopes: set[trio.CancelScope] | None = None  # the shutdown drainer's, once known
+        self.scheme = "https" if "tls_version" in self.info else "http"
+        self._inbuf = HeadBuffer()  # read ahead, not yet given to the engine
+        self._head_started: float | None = None  # when the first byte of the awaited head came
+        self._state = IDLE  # the cycle of the current request (see _h1core's state table)
+        self._current: Request | None = None
+        self._requests = 0
+        self._attached_at = trio.current_time()
+        self._idle_since = self._attached_at
+        self._expect_100 = False
+        self._sent_100 = False
+        self._closing: str | None = None  # why the connection closes after this request
+        self._linger = False  # read what the client still sends before closing
+        self._ended: StackError | None = None
+
+    def __repr__(self) -> str:
+        return f"<http1.ServerConnection {self.info.get('peer')} requests={self._requests}>"
+
+    # ---- receiving requests ------------------------------------------------------------------
+
+    async def recv(self, *, deadline: float = FOREVER) -> Request:
+        """The next request, once its head has arrived (see the class docstring for the ends).
+
+        Waiting is bounded by the limits as well as ``deadline``: the first head must be complete
+        ``header_timeout`` after attach, a later one ``header_timeout`` after its first byte,
+        which must come within ``keepalive_timeout`` of the previous response.
+        """
+        if self._state is CLOSED:
+            raise Closed("HTTP/1.1 server connection was closed")
+        request = await self._next_request(deadline)
+        if request is None:
+            assert self._ended is not None
+            raise type(self._ended)(str(self._ended))
+        return request
+
+    async def _next_request(self, deadline: float = FOREVER) -> Request | None:
+        """:meth:`recv`, returning None where the connection ended cleanly (``self._ended`` says
+        why): the normal end of a connection raises nothing."""
+        if self._current is not None:
+            await self._end_cycle()
+        if self._ended is not None:
+            return None
+        lower = self.lower
+        limits = self.limits
+        shutdown = self._shutdown
+        inbuf = self._inbuf
+        try:
+            while True:  # one frame for the whole wait: an idle connection holds little
+                head = inbuf.take_head(limits.max_header_bytes)
+                if head is not None:
+                    self._head_started = None
+                    return self._start_request(self._engine.parse_head(head))
+                idle = not inbuf
+                if not idle and self._head_started is None:
+                    self._head_started = trio.current_time()
+                if idle and shutdown is not None and shutdown.is_set():
+                    self._ended = EndOfStream("HTTP/1.1: the server is shutting down")
+                    return None
+                if lower._unread:  # bytes pushed back below (a sniffed preface): no need to wait
+                    inbuf += await lower.recv(RECV)
+                    continue
+                if self._requests == 0:
+                    policy = self._attached_at + limits.header_timeout
+                elif self._head_started is not None:
+                    policy = self._head_started + limits.header_timeout
+                else:
+                    policy = self._idle_since + limits.keepalive_timeout
+                data = None
+                with trio.move_on_at(min(policy, deadline)) as scope:
+                    if idle and shutdown is not None:
+                        waiting = self._idle_scopes
+                        if waiting is None:
+                            waiting = self._idle_scopes = _drainer(shutdown).idle
+                        waiting.add(scope)
+                        try:
+                            data = await lower.recv(RECV)
+                        finally:
+                            waiting.discard(scope)
+                    else:
+                        data = await lower.recv(RECV)
+                if data is None:  # cancelled by the scope: the caller's deadline, a limit, or shutdown
+                    if idle and shutdown is not None and shutdown.is_set():
+                        self._ended = EndOfStream("HTTP/1.1: the server is shutting down")
+                        return None
+                    if deadline < policy:
+                        raise Timeout("HTTP/1.1 recv timed out waiting for a request")
+                    if idle:
+                        what = "before a first request" if self._requests == 0 else "idle"
+                        log.debug("closing the connection from %s: %s for too long", self.info.get("peer"), what)
+                        self._ended = EndOfStream(f"HTTP/1.1: connection {what} for too long")
+                        return None
+                    raise Refused(408, f"request head not complete within {limits.header_timeout:g}s")
+                if not data:
+                    if inbuf:
+                        raise self._end(ProtocolError("the client closed the connection in a request head"))
+                    self._ended = EndOfStream("the client closed the connection")
+                    return None
+                inbuf += data
+        except Refused as exc:
+            await self._refuse(exc.status, exc.detail)
+            raise self._end(ProtocolError(f"request refused with {exc.status}: {exc.detail}")) from None
+
+    def _end(self, exc: StackError) -> StackError:
+        self._ended = exc
+        return exc
+
+    def _start_request(self, head: ParsedHead) -> Request:
+        self._state = advance(self._state, REQUEST)
+        self._expect_100 = head.expect_100
+        self._sent_100 = False
+        # Neither Content-Length nor Transfer-Encoding: no body (RFC 9112 6.3), and the engine is
+        # not asked for the end it would report: the end of the request body is
+        # ``body._complete``. A zero Content-Length ends here too.
+        body = _RequestBody(self, not head.chunked and not head.content_length)
+        request = Request(self, head, body)
+        body._request = request
+        self._current = request
+        self._requests += 1
+        return request
+
+    async def read_body(self, body: _RequestBody, deadline: float) -> bytes:
+        """The next bytes of the request body (``b""`` at its end), sending 100 Continue first if
+        the client waits for it. The engine keeps what arrived, so cancelling this loses nothing."""
+        engine = self._engine
+        while True:
+            try:
+                got = engine.next_body()
+            except ProtocolError:
+                self.close_after("malformed request body", linger=False)
+                raise
+            if isinstance(got, bytes):
+                return got
+            if got is not None:
+                body._complete = True
+                if body._request is not None and got:
+                    body._request.trailers = Headers(got)
+                return b""
+            if (
+                self._expect_100
+                and not self._sent_100
+                and self._current is not None
+                and self._state is AWAIT_RESPONSE
+                and engine.client_waits_for_100
+            ):
+                self.outbuf += CONTINUE
+                self._sent_100 = True
+                await self.flush(deadline)
+            await self._receive_body(deadline)
+
+    async def _receive_body(self, deadline: float) -> None:
+        if self._inbuf:
+            data = bytes(self._inbuf)
+            self._inbuf.clear()
+        else:
+            data = await self.lower.recv(RECV, deadline=deadline)
+        try:
+            self._engine.feed(data)
+        except ProtocolError:
+            self.close_after("malformed chunked body", linger=False)
+            raise
+
+    # ---- writing responses -----------------------------------------------------------------
+
+    def _head(self, request: Request, status: int, headers: Headers, whole: int | None) -> None:
+        """Commit a response head and set the framing of its body (see ``ResponseWriter``), with
+        what this connection knows: whether it closes after the response, and why."""
+        unread = None
+        if not request._body._complete:  # say now if the unread body means closing
+            if self._expect_100 and not self._sent_100:
+                unread = "the app answered without reading a 100-continue body"
+            else:
+                declared = request.headers.get("content-length")
+                if declared is not None and int(declared) > MAX_DRAIN:
+                    unread = "a large request body was not read"
+        shutdown = self._shutdown
+        why = self._frame_head(
+            status,
+            headers.raw,
+            whole,
+            request.method == "HEAD",
+            request.http_version == "1.1",
+            self._closing is not None or not request._keep_alive,
+            unread,
+            shutdown is not None and shutdown.is_set(),
+        )
+        if why is not None:
+            self.close_after(why, linger=why is unread)
+
+    def _check_current(self, request: Request) -> None:
+        if request is not self._current:
+            raise StackError(f"{request!r} is not the request in progress on this connection")
+
+    def write_body(self, request: Request, data: bytes | bytearray | memoryview) -> None:
+        """Commit body bytes of a streamed response, framed."""
+        if request is not self._current or self._state is not SEND_BODY:
+            raise StackError("the response is already complete")
+        try:
+            self._frame_data(data)
+        except StackError:
+            self.close_after("the response body overran its Content-Length", linger=False)
+            raise
+
+    def end_body(self, request: Request, trailers: Headers | None) -> None:
+        """Commit the end of a streamed response (the last chunk and trailers), if it is going."""
+        if request is not self._current or self._state is not SEND_BODY:
+            return
+        self._frame_end(trailers.raw if trailers else None)
+        self._state = advance(self._state, END_BODY)
+        if self._left:
+            self.close_after("the response body fell short of its Content-Length", linger=False)
+            raise StackError(f"response body shorter than its Content-Length: {self._left} bytes missing")
+
+    async def send_response(
+        self, request: Request, status: int, headers: Headers, body: bytes, deadline: float
+    ) -> None:
+        """A whole response (``RequestOwner``); a 101 or a 2xx to CONNECT switches protocols."""
+        if status == 101 or (request.method == "CONNECT" and 200 <= status < 300):
+            if body:
+                raise ValueError("a protocol switch response has no body")
+            await self._switch(request, status, headers, deadline)
+            return
+        self._check_current(request)
+        self._head(request, status, headers, len(body))
+        if body and not self._discard:
+            self.outbuf += body
+        self._state = advance(self._state, RESPOND)
+        await self.flush(deadline)
+
+    async def start_streamed_response(
+        self, request: Request, status: int, headers: Headers, deadline: float
+    ) -> ByteStream:
+        """The head of a streamed response and its body stream (``RequestOwner``)."""
+        if status == 101 or (request.method == "CONNECT" and 200 <= status < 300):
+            return await self._switch(request, status, headers, deadline)
+        self._check_current(request)
+        self._head(request, status, headers, None)
+        self._state = advance(self._state, START_BODY)
+        stream = request._response = _ResponseStream(self, request)
+        await self.flush(deadline)
+        return stream
+
+    async def _switch(self, request: Request, status: int, headers: Headers, deadline: float) -> ByteStream:
+        """Answer an Upgrade (101) or CONNECT (2xx) and hand the raw connection over."""
+        self._check_current(request)
+        proposed = "upgrade" in request.headers if status == 101 else request.method == "CONNECT"
+        if not proposed or not request._body._complete:
+            what = "an Upgrade" if status == 101 else "a CONNECT"
+            raise StackError(f"cannot switch protocols: the request is not {what} request whose body was read")
+        self.outbuf += switch_head(status, headers.raw)
+        self._state = advance(self._state, SWITCH)
+        self._hand_over()
+        await self.flush(deadline)
+        return _Tunnel(self.lower)
+
+    def _hand_over(self) -> None:
+        """Push every byte read past the request back into the stream below."""
+        self.lower.unread(self._engine.trailing() + bytes(self._inbuf))
+        self._inbuf.clear()
+
+    async def _h2c(self, app: App, request: Request) -> bool:
+        """Serve HTTP/2 on this connection if ``request`` asks for ``Upgrade: h2c`` (RFC 7540 3.2)
+        properly; True once that connection is over. False (serve the request over HTTP/1.1, the
+        Upgrade ignored) for a malformed ask or a body that is chunked or over
+        ``limits.stream_window``: the whole body is read first, as stream 1's."""
+        from layers import http2  # only connections that upgrade need h2
+
+        settings = http2.h2c_settings(request.headers)
+        length = int(request.headers.get("content-length") or 0)  # digits: checked by the engine
+        if settings is None or "transfer-encoding" in request.headers or length > self.limits.stream_window:
+            return False
+        deadline = trio.current_time() + self.limits.header_timeout
+        try:
+            body = await request.read(deadline=deadline)
+            self._state = advance(self._state, SWITCH)
+            self._hand_over()
+            self._ended = EndOfStream("HTTP/1.1: the connection switched to HTTP/2 (h2c)")
+            limits, shutdown = self.limits, self._shutdown
+            await http2.serve_h2c_upgrade(
+                self.lower, request, settings, body, app, limits=limits, shutdown=shutdown, deadline=deadline
+            )
+        except StackError as exc:
+            log.debug("h2c upgrade from %s: %s", self.info.get("peer"), exc)
+        return True
+
+    def close_after(self, why: str, *, linger: bool = True) -> None:
+        """Decide that the connection closes once the current request is over."""
+        if self._closing is None:
+            self._closing = why
+        self._linger = self._linger or linger
+
+    # ---- the end of a request --------------------------------------------------------------
+
+    async def _end_cycle(self) -> None:
+        """After a response: drain the rest of the request body if small, then get ready for the
+        next request, or close the connection. Never raises a StackError (it records why it ended)."""
+        request, self._current = self._current, None
+        assert request is not None
+        try:
+            if self.outbuf:
+                await self.flush(trio.current_time() + self.limits.send_timeout)
+            if self._state is SWITCHED:
+                raise EndOfStream("HTTP/1.1: the connection switched protocols")
+            if self._state is not DONE:
+                self.close_after("the response was not completed", linger=False)
+            if self._closing is None and not request._body._complete:
+                if self._expect_100 and not self._sent_100:
+                    self.close_after("the app answered without reading a 100-continue body")
+                else:
+                    await self._drain(request)
+            if self._closing is not None:
+                self._ended = EndOfStream(f"HTTP/1.1: closing the connection: {self._closing}")
+                await self._shutdown_connection()
+                return
+            if not request._body._complete:  # pragma: no cover - a drained body is complete
+                raise EndOfStream("HTTP/1.1: the request did not end cleanly")
+            trailing = self._engine.reset()
+            if trailing:  # pipelined bytes read past the body: they are checked as a head again
+                self._inbuf[:0] = trailing
+            self._state = advance(self._state, NEXT_CYCLE)
+            self._idle_since = trio.current_time()
+        except StackError as exc:
+            self._ended = exc if isinstance(exc, EndOfStream) else EndOfStream(str(exc))
+            await self._shutdown_connection()
+
+    async def _drain(self, request: Request) -> None:
+        """Read and discard a small unread rest of the request body, or decide to close."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_DRAIN:
+            self.close_after("a large request body was not read")
+            return
+        total = 0
+        body = request._body
+        try:
+            deadline = trio.current_time() + DRAIN_TIME
+            while total <= MAX_DRAIN:
+                chunk = body._pending or await self.read_body(body, deadline)
+                body._pending = b""
+                if not chunk:
+                    return
+                total += len(chunk)
+        except (Timeout, ProtocolError, Broken):
+            pass
+        self.close_after("the request body was not read")
+
+    async def _shutdown_connection(self) -> None:
+        """Flush, then close: after an error, half-close first and read what the client still
+        sends for up to :data:`LINGER` seconds, so it reads our response rather than a reset."""
+        lower = self.lower
+        try:
+            await self.flush(trio.current_time() + self.limits.send_timeout)
+            if self._linger:
+                await lower.done(deadline=trio.current_time() + 1.0)
+                deadline = trio.current_time() + LINGER
+                total = 0
+                while total < 16 * MAX_DRAIN:
+                    chunk = await lower.recv(RECV, deadline=deadline)
+                    if not chunk:
+                        break
+                    total += len(chunk)
+        except StackError:
+            pass
+        await self.aclose()
+
+    async def _refuse(self, status: int, detail: str) -> None:
+        """Send a complete error response (whatever state the parser is in) and close."""
+        log.info("refusing a request from %s with %d: %s", self.info.get("peer"), status, detail)
+        self.outbuf += raw_response(status, detail)
+        self._linger = True
+        await self._shutdown_connection()
+
+    # ---- running an app --------------------------------------------------------------------
+
+    async def serve(self, app: App) -> None:
+        """Run ``app`` on every request, one at a time, until the connection ends.
+
+        An app that raises gets a 500 (413 for :class:`~stack.MessageTooLarge`, 400 for a
+        malformed request body) if its response had not started, and a log line; the connection
+        goes on when the request body was read (or a small rest of it could be drained), and closes
+        otherwise. An app that returns without responding gets a 500 too; one that returns
+        without ending a streamed response has it ended for it. Returns when the connection ended;
+        the connection is closed by then. Cancellation closes the connection.
+        """
+        try:
+            while True:
+                try:
+                    request = await self._next_request()
+                except StackError as exc:
+                    log.debug("connection from %s: %s", self.info.get("peer"), exc)
+                    return
+                if request is None:
+                    return
+                if self.scheme == "http" and "upgrade" in request.headers and await self._h2c(app, request):
+                    return
+                await self._run(app, request)
+                del request  # an idle connection keeps nothing of the last request
+        finally:
+            if self._state is not CLOSED:
+                with trio.CancelScope(shield=True):
+                    await self.aclose(deadline=trio.current_time() + 1.0)
+
+    async def _run(self, app: App, request: Request) -> None:
+        try:
+            await app(request)
+        except Exception as exc:
+            await self._app_failed(request, exc)
+        else:
+            if self._state is AWAIT_RESPONSE:
+                log.error("app returned without responding to %r from %s", request, self.info.get("peer"))
+                await self._error_response(request, 500, "the application did not respond")
+            elif self._state is SEND_BODY:
+                stream = request._response
+                if stream is not None and stream._closed is None and stream._broken is None:
+                    try:
+                        await stream.done(deadline=trio.current_time() + self.limits.send_timeout)
+                    except (StackError, ValueError) as exc:
+                        self.close_after(f"ending the response failed: {exc}", linger=False)
+                else:
+                    self.close_after("the response was not ended", linger=False)
+        await self._end_cycle()
+
+    async def _app_failed(self, request: Request, exc: Exception) -> None:
+        peer = self.info.get("peer")
+        if isinstance(exc, MessageTooLarge):
+            log.info("request %r from %s: %s (413)", request, peer, exc)
+            status, detail = 413, "request body too large"
+        elif isinstance(exc, ProtocolError) and self._closing is not None:
+            log.info("request %r from %s: %s (400)", request, peer, exc)
+            status, detail = 400, "malformed request body"
+        elif isinstance(exc, StackError) and self.lower._broken is not None:
+            log.debug("request %r from %s: the connection failed: %s", request, peer, exc)
+            self.close_after("the connection failed", linger=False)
+            return
+        else:
+            log.error("app failed on %r from %s", request, peer, exc_info=exc)
+            status, detail = 500, "internal server error"
+        if self._state is AWAIT_RESPONSE:
+            request.responded, request.status = True, status
+            await self._error_response(request, status, detail)
+        else:
+            self.close_after("the app failed after its response started", linger=False)
+
+    async def _error_response(self, request: Request, status: int, detail: str) -> None:
+        """Answer ``status``; the connection goes on only for a 500 to a request whose body was
+        read. Bounded by ``limits.send_timeout``."""
+        if status != 500 or not request._body._complete:
+            self.close_after(detail)
+        request.responded, request.status = True, status
+        body = f"{status} {reason(status).decode()}: {detail}\n".encode()
+        headers = Headers([(b"content-type", b"text/plain; charset=utf-8")])
+        self._head(request, status, headers, len(body))
+        if not self._discard:
+            self.outbuf += body
+        self._state = advance(self._state, RESPOND)
+
+    # ---- closing, detaching ------------------------------------------------------------------
+
+    async def aclose(self, *, deadline: float | None = None) -> None:
+        """Flush what was committed (until ``deadline``, default 2 s) and close the connection
+        and the stream below. Idempotent; never raises a StackError."""
+        if self._state is CLOSED:
+            return
+        self._state = advance(self._state, CLOSE)
+        if self._ended is None:
+            self._ended = EndOfStream("HTTP/1.1 server connection closed")
+        if deadline is None:
+            deadline = trio.current_time() + 2.0
+        try:
+            if self.outbuf and not self._flushing:
+                with trio.move_on_at(deadline):
+                    await self.lower.send_from(self.outbuf, deadline=deadline)
+        except StackError:
+            pass
+        finally:
+            await self.lower.aclose(deadline=deadline)
+
+    async def detach(self, *, deadline: float = FOREVER) -> ByteStream:
+        """Give the stream below back, read-ahead bytes pushed back into it.
+
+        Possible between requests (nothing in progress) and after a protocol switch; otherwise a
+        :class:`~stack.StackError` and nothing changes.
+        """
+        if self._state is CLOSED:
+            raise Closed("HTTP/1.1 server connection was closed")
+        if self._current is not None and self._state is SWITCHED:
+            pass
+        elif self._current is None and self._state is IDLE and self._ended is None:
+            self._hand_over()
+        else:
+            raise StackError("cannot detach HTTP/1.1 in the middle of a request")
+        await self.flush(deadline)
+        self._state = advance(self._state, CLOSE)
+        self._ended = EndOfStream("HTTP/1.1 server connection was detached")
+        return self.lower
