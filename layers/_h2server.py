@@ -203,6 +203,14 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         assert scope.cancelled_caught
         raise Timeout("HTTP/2 recv: no request before the deadline")
 
+    async def detach(self, *, deadline: float = FOREVER) -> ByteStream:
+        """HTTP/1.1's ``detach`` (give the stream below back), which HTTP/2 never allows: the
+        streams of a connection share the stream below, and no request can take it over (a
+        tunnel is a stream of its own: CONNECT). Always raises :class:`~stack.StackError` and
+        changes nothing; ``aclose`` ends the connection."""
+        await trio.lowlevel.checkpoint()
+        raise StackError("an HTTP/2 connection cannot be detached: its streams share the stream below")
+
     # ---- idle and shutdown -----------------------------------------------------------------
 
     def _recv_deadline(self) -> float:

@@ -115,3 +115,25 @@ async def test_open_tunnel_deadline_leaves_nothing_open() -> None:
         response = await conn.open_tunnel("websocket", "/", deadline=after(TIMEOUT))
         assert response.status == 200
         await response.aclose()
+
+
+async def test_a_server_connection_cannot_be_detached() -> None:
+    """Same name as HTTP/1.1's ``detach``; HTTP/2 never allows it, and nothing changes."""
+    a, b = memory_pair()
+    servers: list[http2.H2ServerConnection] = []
+    async with trio.open_nursery() as nursery:
+
+        async def serve() -> None:
+            servers.append(await http2.server(tunnel_app).attach(b, deadline=after(TIMEOUT)))
+            await servers[0].serve(tunnel_app)
+
+        nursery.start_soon(serve)
+        async with await http2.client().attach(a) as conn:
+            response = await conn.open_tunnel("websocket", "/", deadline=after(TIMEOUT))
+            await response.aclose()
+            with pytest.raises(StackError, match="cannot be detached"):
+                await servers[0].detach()
+            response = await conn.open_tunnel("websocket", "/", deadline=after(TIMEOUT))
+            assert response.status == 200
+            await response.aclose()
+        nursery.cancel_scope.cancel()
