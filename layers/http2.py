@@ -96,10 +96,19 @@ from dataclasses import dataclass, field
 import trio
 
 from stack.deadlines import FOREVER
+from stack.errors import Broken as Broken  # (these were importable from here before the split)
+from stack.errors import Busy as Busy
+from stack.errors import Closed as Closed
+from stack.errors import EndOfStream as EndOfStream
+from stack.errors import ProtocolError as ProtocolError
+from stack.errors import StackError as StackError
+from stack.errors import Timeout as Timeout
 from stack.streams import ByteStream
+from stack.streams import Info as Info
 
 from ._h2client import RETRIES, H2ClientConnection
 from ._h2conn import FLUSH_GRACE, LINGER, READER_HIGH_WATER, RECV_SIZE, YIELD_ROUNDS, StreamRefused
+from ._h2conn import log as log
 from ._h2core import (
     H2Core,
     Malformed,
