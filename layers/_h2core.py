@@ -1,7 +1,10 @@
 """The h2 state machine as the HTTP/2 layer uses it: a few corrections to h2's defaults.
 
 Everything that touches h2's private attributes lives here, so an h2 upgrade that breaks one
-of them breaks one small file (``tests/test_http2_conformance.py`` pins each behaviour).
+of them breaks one small file (``tests/test_http2_conformance.py`` pins each behaviour). It is
+the sans-io part of the layer: besides :class:`H2Core`, the checks of received header lists
+(:func:`check_fields` and the pseudo-header checks) and the parsing of an HTTP/1.1
+``Upgrade: h2c`` request (:func:`h2c_settings`); nothing here awaits or touches a socket.
 
 What :class:`H2Core` changes, and why:
 
@@ -47,8 +50,10 @@ What :class:`H2Core` changes, and why:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h2.config
 import h2.connection
@@ -63,6 +68,9 @@ from hpack.hpack import Decoder, Encoder
 from hpack.table import HeaderTable
 from hyperframe.frame import ContinuationFrame, Frame, RstStreamFrame
 
+if TYPE_CHECKING:
+    from ._http_model import Headers
+
 __all__ = [
     "H2Core",
     "Malformed",
@@ -71,6 +79,7 @@ __all__ = [
     "check_request_pseudo",
     "check_response_pseudo",
     "error_name",
+    "h2c_settings",
 ]
 
 ProtocolViolation = h2.exceptions.ProtocolError
@@ -510,3 +519,32 @@ def check_response_pseudo(pseudo: dict[bytes, bytes]) -> int:
     if status is None or len(status) != 3 or not status.isdigit():
         raise Malformed(f"bad or missing :status {status!r}")
     return int(status)
+
+
+def h2c_settings(headers: Headers) -> bytes | None:
+    """For an HTTP/1.1 server: the decoded HTTP2-Settings payload if ``headers`` ask for a valid
+    ``Upgrade: h2c`` (RFC 7540 3.2: an ``h2c`` token in Upgrade, ``Connection`` naming
+    ``Upgrade`` and ``HTTP2-Settings``, exactly one well-formed HTTP2-Settings), else ``None``
+    (then serve the request over HTTP/1.1 and ignore the Upgrade)."""
+    upgrade = [t.strip().lower() for v in headers.get_all("upgrade") for t in v.split(",")]
+    if "h2c" not in upgrade:
+        return None
+    connection = {t.strip().lower() for v in headers.get_all("connection") for t in v.split(",")}
+    if not {"upgrade", "http2-settings"} <= connection:
+        return None
+    values = headers.get_all("http2-settings")
+    if len(values) != 1:
+        return None
+    value = values[0].strip().rstrip("=")
+    if not _BASE64URL.fullmatch(value):
+        return None
+    try:
+        payload = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    if len(payload) % 6:
+        return None
+    return payload
+
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")

@@ -1,15 +1,21 @@
 """One HTTP/2 stream as a :class:`~stack.ByteStream`, and the request and response objects
-around it (the connection that owns them is in :mod:`layers.http2`, whose docstring states the
-semantics: flow control as backpressure, abandoning a stream, trailers).
+around it (the connections that own them are in ``_h2conn.py``, ``_h2server.py`` and
+``_h2client.py``; :mod:`layers.http2`'s docstring states the semantics: flow control as
+backpressure, abandoning a stream, trailers).
 
 A stream holds no I/O of its own: ``recv`` waits for what the connection's reader put in its
 buffer, ``send`` hands DATA to h2 within the peer's windows and wakes the connection's writer.
+
+A stream reaches its connection only through :class:`StreamOwner`, the short list of what it
+may ask of it (the connection base class implements it). The other way round, the connection
+fills the stream's buffers and wakes it (``_in``, ``_in_ended``, ``_on_reset``, ``_wake_*``):
+the two are one machine split for reading, not independent parts.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import h2.errors
 import h2.exceptions
@@ -19,12 +25,10 @@ from stack.deadlines import FOREVER
 from stack.errors import Broken, Closed, StackError, Timeout
 from stack.streams import ByteStream, Info
 
-from ._http_model import HeaderInput, Headers, Request, Response, date_header
+from ._h2core import H2Core
+from ._http_model import HeaderInput, Headers, Limits, Request, Response, date_header
 
-if TYPE_CHECKING:
-    from .http2 import _Connection
-
-__all__ = ["HIGH_WATER", "SEND_CHUNK", "H2Request", "H2Response", "H2Stream"]
+__all__ = ["HIGH_WATER", "SEND_CHUNK", "H2Request", "H2Response", "H2Stream", "StreamOwner"]
 
 HIGH_WATER = 256 * 1024
 """Outgoing bytes queued for the writer before stream senders wait for it to drain."""
@@ -85,6 +89,71 @@ def _h2_fail(exc: Exception, what: str) -> Broken:
     return Broken(f"HTTP/2 {what}: {exc}")
 
 
+class StreamOwner(Protocol):
+    """What a stream (and its request or response) may ask of the connection that owns it.
+
+    Read-only attributes are plain attributes on the connection (no property on the hot path);
+    the rest are methods. Nothing here does I/O: bytes go down only through the connection's
+    writer task, which :meth:`wake_writer` wakes.
+    """
+
+    @property
+    def info(self) -> Info:
+        """The connection's info (``http_version`` and the keys of the stream below)."""
+
+    @property
+    def lower(self) -> ByteStream:
+        """The stream below the connection, shared by all its streams."""
+
+    @property
+    def core(self) -> H2Core:
+        """The h2 state machine: a stream queues its HEADERS / DATA / END_STREAM there and reads
+        its windows from it (the writer sends what is queued once woken)."""
+
+    @property
+    def limits(self) -> Limits:
+        """The connection's limits (a stream reads ``send_timeout``)."""
+
+    @property
+    def is_server(self) -> bool:
+        """True on the server side (a finished response only stops the upload, RFC 9113 8.1)."""
+
+    def failure(self) -> Broken | None:
+        """Why the connection ended, or ``None`` while it is healthy."""
+
+    def queued(self) -> int:
+        """Bytes queued for the writer and not yet sent (senders wait past :data:`HIGH_WATER`)."""
+
+    async def wait_drained(self) -> None:
+        """Wait until the writer sent something (or the connection ended): check :meth:`queued`
+        again after it."""
+
+    def wake_writer(self) -> None:
+        """Something was queued in :attr:`core`: let the writer send it."""
+
+    def task_woken(self) -> None:
+        """A stream woke a task waiting on it (the reader lets such tasks run before reading on)."""
+
+    def consumed(self, stream: H2Stream, n: int) -> None:
+        """The application took ``n`` bytes from ``stream``: give the peer its window back."""
+
+    def watch_window(self, stream: H2Stream) -> None:
+        """``stream`` waits for the connection window to open: wake it on WINDOW_UPDATE."""
+
+    def unwatch_window(self, stream: H2Stream) -> None:
+        """``stream`` no longer waits for a window."""
+
+    def reset_stream(self, stream: H2Stream, code: int, exc: Broken | None) -> None:
+        """RST_STREAM ``code`` and release ``stream``; ``exc`` is what its users then get."""
+
+    def release(self, stream: H2Stream) -> None:
+        """Forget ``stream`` (it ends on this side), dropping its unread bytes."""
+
+    def release_if_done(self, stream: H2Stream) -> None:
+        """Release ``stream`` once both of its directions ended cleanly (its unread bytes stay
+        readable)."""
+
+
 class H2Stream(ByteStream):
     """One HTTP/2 stream as a :class:`~stack.ByteStream`.
 
@@ -100,7 +169,7 @@ class H2Stream(ByteStream):
 
     kind = "h2-stream"
 
-    def __init__(self, conn: _Connection, stream_id: int, *, can_send: bool) -> None:
+    def __init__(self, conn: StreamOwner, stream_id: int, *, can_send: bool) -> None:
         super().__init__(None, None)
         self._conn = conn
         self.stream_id = stream_id
@@ -129,7 +198,7 @@ class H2Stream(ByteStream):
     def lower(self) -> ByteStream:
         """The stream below the HTTP/2 connection, shared by all its streams (``aclose`` of
         this stream does not touch it)."""
-        return self._conn._lower
+        return self._conn.lower
 
     def __repr__(self) -> str:
         return f"<H2Stream {self.stream_id} {self._closed or ('broken' if self._broken else 'open')}>"
@@ -139,7 +208,7 @@ class H2Stream(ByteStream):
     def _error(self) -> StackError | None:
         if self._reset is not None:
             return self._reset
-        failure = self._conn._failure
+        failure = self._conn.failure()
         if failure is not None:
             return failure
         if self._closed is not None:
@@ -166,14 +235,14 @@ class H2Stream(ByteStream):
         if ev is not None:
             self._rd = None
             ev.set()
-            self._conn._kicked += 1
+            self._conn.task_woken()
 
     def _wake_sender(self) -> None:
         ev = self._wr
         if ev is not None:
             self._wr = None
             ev.set()
-            self._conn._kicked += 1
+            self._conn.task_woken()
 
     def _on_reset(self, exc: Broken) -> None:
         """The stream ended abnormally (peer reset, our reset, connection gone)."""
@@ -194,7 +263,7 @@ class H2Stream(ByteStream):
                 else:
                     out = bytes(buf[:max_bytes])
                     del buf[:max_bytes]
-                self._conn._consumed(self, len(out))
+                self._conn.consumed(self, len(out))
                 return out
             if self._in_ended:
                 return b""
@@ -211,15 +280,15 @@ class H2Stream(ByteStream):
     async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
         conn = self._conn
-        core = conn._core
+        core = conn.core
         sid = self.stream_id
         while True:
             self._check_send()
             if self._discard_body:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return len(data)
-            if conn._queued() >= HIGH_WATER:
-                await conn._drain_lot.park()
+            if conn.queued() >= HIGH_WATER:
+                await conn.wait_drained()
                 continue
             try:
                 window = core.local_flow_control_window(sid)
@@ -238,28 +307,28 @@ class H2Stream(ByteStream):
                         core.send_data(sid, bytes(data[i : min(n, i + frame)]))
             except h2.exceptions.ProtocolError as exc:  # pragma: no cover - checked above
                 raise _h2_fail(exc, "send") from None
-            conn._wake_writer()
+            conn.wake_writer()
             await trio.lowlevel.cancel_shielded_checkpoint()
             return n
 
     async def _wait_window(self) -> None:
         """Wait for the peer to open a window; reset the stream after ``send_timeout``."""
         conn = self._conn
-        conn._window_waiters.add(self)
+        conn.watch_window(self)
         try:
-            with trio.move_on_after(conn._limits.send_timeout) as scope:
+            with trio.move_on_after(conn.limits.send_timeout) as scope:
                 ev = self._wr
                 if ev is None:
                     ev = self._wr = trio.Event()
                 await ev.wait()
         finally:
-            conn._window_waiters.discard(self)
+            conn.unwatch_window(self)
         if scope.cancelled_caught:
             exc = Broken(
                 f"HTTP/2 stream {self.stream_id}: the peer kept its flow-control window closed for "
-                f"{conn._limits.send_timeout:g}s (send_timeout); the stream was reset"
+                f"{conn.limits.send_timeout:g}s (send_timeout); the stream was reset"
             )
-            conn._reset_stream(self, _CANCEL, exc)
+            conn.reset_stream(self, _CANCEL, exc)
             raise exc
 
     async def send(self, data: bytes | bytearray | memoryview, *, deadline: float = FOREVER) -> None:
@@ -288,7 +357,7 @@ class H2Stream(ByteStream):
         """A send failed because the peer reset the stream after ending its own side: sends
         stay Broken, but the complete body it sent stays readable (RFC 9113 8.1: a client must
         not discard a response because the server then reset the upload)."""
-        if self._in_ended and self._reset is not None and self._conn._failure is None:
+        if self._in_ended and self._reset is not None and self._conn.failure() is None:
             self._broken = None
 
     async def _done(self, deadline: float) -> None:
@@ -297,10 +366,10 @@ class H2Stream(ByteStream):
             return
         self._check_send()
         conn = self._conn
-        while conn._queued() >= HIGH_WATER:
-            await conn._drain_lot.park()
+        while conn.queued() >= HIGH_WATER:
+            await conn.wait_drained()
             self._check_send()
-        core = conn._core
+        core = conn.core
         try:
             if self._trailers_out is not None:
                 core.send_headers(self.stream_id, _fields(self._trailers_out, trailers=True), end_stream=True)
@@ -309,20 +378,20 @@ class H2Stream(ByteStream):
         except h2.exceptions.ProtocolError as exc:
             raise _h2_fail(exc, "done") from None
         self._local_ended = True
-        conn._wake_writer()
-        conn._stream_maybe_finished(self)
+        conn.wake_writer()
+        conn.release_if_done(self)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _abort(self) -> None:
         """aclose(): reset what is unfinished, release the stream, wake blocked tasks."""
         conn = self._conn
         if not self._released:
-            core = conn._core
-            if conn._failure is None and self._reset is None and core.stream_is_open(self.stream_id):
+            core = conn.core
+            if conn.failure() is None and self._reset is None and core.stream_is_open(self.stream_id):
                 # A server that finished its response only stops the upload (RFC 9113 8.1).
-                finished = self._local_ended and conn._server
-                conn._reset_stream(self, _NO_ERROR if finished else _CANCEL, None)
-            conn._release(self)
+                finished = self._local_ended and conn.is_server
+                conn.reset_stream(self, _NO_ERROR if finished else _CANCEL, None)
+            conn.release(self)
         self._wake()
 
     # ---- client side ---------------------------------------------------------------------
@@ -409,20 +478,20 @@ class H2Request(Request):
         if err is not None:
             raise err
         try:
-            stream._conn._core.send_headers(stream.stream_id, fields, end_stream=end_stream)
+            stream._conn.core.send_headers(stream.stream_id, fields, end_stream=end_stream)
         except h2.exceptions.ProtocolError as exc:
             raise _h2_fail(exc, "response head") from None
         stream._can_send = True
         if end_stream:
             stream._local_ended = True
-            stream._conn._stream_maybe_finished(stream)
-        stream._conn._wake_writer()
+            stream._conn.release_if_done(stream)
+        stream._conn.wake_writer()
 
     async def _respond(self, status: int, headers: Headers, body: bytes, deadline: float) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         stream = self._stream
         conn = stream._conn
-        core = conn._core
+        core = conn.core
         no_body = self.method == "HEAD" or status in _NO_BODY_STATUS
         fields = self._head(status, headers, len(body))
         n = len(body)
@@ -432,7 +501,7 @@ class H2Request(Request):
             return
         sid = stream.stream_id
         if (
-            conn._queued() < HIGH_WATER
+            conn.queued() < HIGH_WATER
             and stream._error() is None
             and n <= core.max_outbound_frame_size
             and n <= core.local_flow_control_window(sid)
@@ -443,7 +512,7 @@ class H2Request(Request):
             except h2.exceptions.ProtocolError as exc:  # pragma: no cover - checked above
                 raise _h2_fail(exc, "respond") from None
             stream._local_ended = True
-            conn._stream_maybe_finished(stream)
+            conn.release_if_done(stream)
             return
         self._send_head(fields, end_stream=False)
         await stream.send(body, deadline=deadline)
@@ -453,10 +522,10 @@ class H2Request(Request):
         await trio.lowlevel.checkpoint_if_cancelled()
         stream = self._stream
         conn = stream._conn
-        if conn._queued() >= HIGH_WATER:
+        if conn.queued() >= HIGH_WATER:
             with trio.move_on_at(deadline) as scope:
-                while conn._queued() >= HIGH_WATER and stream._error() is None:
-                    await conn._drain_lot.park()
+                while conn.queued() >= HIGH_WATER and stream._error() is None:
+                    await conn.wait_drained()
             if scope.cancelled_caught:
                 self.responded = False
                 raise Timeout("HTTP/2 start_response timed out waiting for the connection to drain")

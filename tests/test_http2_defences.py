@@ -154,7 +154,7 @@ async def test_ping_flood_from_a_client_that_never_reads_stops_our_reading() -> 
                 while True:
                     await c.stream.send(ping * 1000)
         conn = await v.first_conn()
-        assert conn._queued() <= http2.READER_HIGH_WATER + 65536 * 17 // 17 * 2
+        assert conn.queued() <= http2.READER_HIGH_WATER + 65536 * 17 // 17 * 2
         await v.good_client_works()
 
 
@@ -174,7 +174,7 @@ async def test_continuation_flood() -> None:
         await c.send(c.headers(1, end_headers=False))
         await c.send(*[ContinuationFrame(1, data=b"\x40\x01a\x01b") for _ in range(50)])
         await cut_off(c)
-        assert len((await v.first_conn())._core.incoming_buffer._headers_buffer) <= 8
+        assert len((await v.first_conn()).core.incoming_buffer._headers_buffer) <= 8
         await v.good_client_works()
 
 
