@@ -1,20 +1,26 @@
 """A layer of your own: a XOR "cipher" ByteStream layer, proved with the conformance kit.
 
-It has the shape of every layer in ``layers/`` (see CONTRIBUTING.md, "Writing a layer"):
+It has the shape of every layer in ``layers/`` and uses only the layer-author API of
+docs/design.md ("Writing a layer"), each part once:
 
-* a **spec**, ``xor(key)``: a frozen dataclass, built once and attached many times;
-* a **stream class** subclassing :class:`stack.ByteStream` that writes only the primitives:
-  ``_recv_some`` (receive from below, decode, return: no ``await`` after the bytes arrived, so a
-  cancelled or timed-out receive consumes nothing), ``_send_some`` (flush what was committed
-  before, then commit one bounded chunk into ``self._outbuf``: so ``Timeout.sent`` is exact) and
-  ``_detach``. The base class does deadlines, Busy, Closed, Broken and the buffers.
+* a **spec**, ``xor(key)``: a frozen dataclass, built once and attached many times, whose
+  ``attach`` checks what it is given with ``stack.require(lower, ByteStream, "xor")``;
+* a **stream class** subclassing :class:`stack.ByteStream`, passing its ``info`` keys up, that
+  writes only the primitives: ``_recv_some`` (receive from below, decode, return: no ``await``
+  after the bytes arrived, so a cancelled or timed-out receive consumes nothing), ``_send_some``
+  (``_flush`` what was committed before, then commit one bounded chunk into ``self._outbuf``: so
+  ``Timeout.sent`` is exact) and the ``_detach`` hook. The base class does deadlines, Busy,
+  Closed, Broken and both buffers;
+* ``detach`` extended, not replaced: it hands back the bytes the layer decoded ahead (its own
+  read-ahead buffer, ``self._unread``) with the lower stream's public ``unread``, then lets
+  ``super().detach`` do the rest.
 
 XOR with a repeating key is its own inverse, which makes ``detach()`` exact even though the layer
 has no framing: bytes it decoded ahead that the app did not take are encoded again and pushed
 back below, so the stream below returns them exactly as they came (nothing dropped, nothing
-doubled). Then ``stack.testing`` proves the DESIGN.md rules on memory pairs and on pairs that
-fragment at random, with hypothesis: ``check_bytestream`` and ``check_detach``. Last, the layer
-goes into a Stack over TCP like any other.
+doubled). Then ``stack.testing`` proves the contract on memory pairs and on pairs that fragment
+at random, with hypothesis: ``check_bytestream`` and ``check_detach``. Last, the layer goes into
+a Stack over TCP like any other.
 
 It is not encryption: never use XOR to protect anything. Run it: ``python examples/custom_layer.py``
 """
@@ -27,8 +33,7 @@ import trio
 from hypothesis import settings
 
 from layers import tcp
-from stack import ByteStream, Stack, after
-from stack.deadlines import FOREVER
+from stack import FOREVER, ByteStream, Stack, after, require
 from stack.testing import chaos_pair, check_bytestream, check_detach, memory_pair
 
 CHUNK = 65536
@@ -71,7 +76,11 @@ class XorStream(ByteStream):
         return n
 
     async def detach(self, *, deadline: float = FOREVER) -> ByteStream:
-        """Undo the layer. Bytes decoded ahead and not received go back below, encoded again."""
+        """Undo the layer. Bytes decoded ahead and not received go back below, encoded again.
+
+        The base refuses to detach while decoded bytes wait (they cannot go back below a layer
+        that changes them); this layer can re-encode them, so it empties its buffer first.
+        """
         if self._unread:
             pos = self._recv_pos - len(self._unread)
             self._lower.unread(self._apply(bytes(self._unread), pos))
@@ -95,9 +104,7 @@ class xor:
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> XorStream:
         """Wrap ``lower``. No handshake: returns at once."""
-        if not isinstance(lower, ByteStream):
-            raise TypeError(f"xor attaches to a ByteStream, not {type(lower).__name__}")
-        return XorStream(lower, self.key)
+        return XorStream(require(lower, ByteStream, "xor"), self.key)
 
 
 KEY = b"not a secret"

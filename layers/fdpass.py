@@ -126,7 +126,7 @@ class FdStream(MessageStream):
         self._take_unread(lower)
 
     def _take_unread(self, lower: ByteStream) -> None:
-        pending = lower._unread
+        pending = lower.readahead()
         if pending:
             self._rbuf += pending
             self._received += len(pending)

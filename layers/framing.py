@@ -25,18 +25,12 @@ from typing import Literal
 
 from stack.deadlines import FOREVER
 from stack.errors import EndOfStream, MessageTooLarge, ProtocolError
-from stack.streams import ByteStream, MessageStream
+from stack.streams import ByteStream, MessageStream, require
 
 __all__ = ["DelimitedStream", "PrefixStream", "delimiter", "prefix"]
 
 MAX_MESSAGE = 16 * 1024 * 1024
 """Default ``max_message``: 16 MiB."""
-
-
-def _need_bytestream(lower: object, what: str) -> ByteStream:
-    if not isinstance(lower, ByteStream):
-        raise TypeError(f"{what} attaches to a ByteStream, not {type(lower).__name__}")
-    return lower
 
 
 class _Framed(MessageStream):
@@ -95,29 +89,20 @@ class PrefixStream(_Framed):
         message while a burst of small messages is buffered.
         """
         if not (self._receiving or self._ended or self._broken is not None or self._closed is not None):
-            msg = self._take()
-            if msg is not None:
-                return msg
+            # The lower stream lends its read-ahead buffer while we may take from it (else it is
+            # empty and super().recv raises what it should): take a whole message, no await.
+            buf = self._lower.readahead()
+            size = self._size
+            if len(buf) >= size:
+                end = size + int.from_bytes(buf[:size], self._order)
+                if end - size <= self._max and len(buf) >= end:
+                    msg = bytes(buf[size:end])
+                    del buf[:end]
+                    return msg
         return await super().recv(deadline=deadline)
 
-    def _take(self) -> bytes | None:
-        """The next message if it is whole in the lower stream's buffer (and nothing else is
-        using that stream), consumed from it; else None and nothing changed."""
-        lower = self._lower
-        buf = lower._unread
-        size = self._size
-        if len(buf) >= size and not lower._receiving and lower._broken is None and lower._closed is None:
-            end = size + int.from_bytes(buf[:size], self._order)
-            if end - size <= self._max and len(buf) >= end:
-                msg = bytes(buf[size:end])
-                del buf[:end]
-                return msg
-        return None
-
     async def _recv_message(self, deadline: float) -> bytes | None:
-        msg = self._take()
-        if msg is not None:
-            return msg
+        # recv() above already took any message whole in the lower buffer: this one waits.
         lower = self._lower
         try:
             header = await lower.recv_exactly(self._size, deadline=deadline)
@@ -206,7 +191,7 @@ class prefix:
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> PrefixStream:
         """Wrap ``lower``. No handshake: returns at once."""
-        return PrefixStream(_need_bytestream(lower, "framing.prefix"), self.size, self.byteorder, self.limit)
+        return PrefixStream(require(lower, ByteStream, "framing.prefix"), self.size, self.byteorder, self.limit)
 
 
 @dataclass(frozen=True)
@@ -222,4 +207,4 @@ class delimiter:
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> DelimitedStream:
         """Wrap ``lower``. No handshake: returns at once."""
-        return DelimitedStream(_need_bytestream(lower, "framing.delimiter"), self.delim, self.max_message)
+        return DelimitedStream(require(lower, ByteStream, "framing.delimiter"), self.delim, self.max_message)

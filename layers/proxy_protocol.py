@@ -63,7 +63,7 @@ import trio
 from stack.deadlines import FOREVER
 from stack.errors import MessageTooLarge, ProtocolError, Timeout
 from stack.passthrough import PassThrough
-from stack.streams import ByteStream
+from stack.streams import ByteStream, require
 
 __all__ = [
     "PP2_TYPE_ALPN",
@@ -486,12 +486,6 @@ class ProxyProtocolStream(PassThrough):
         self.header = header
 
 
-def _need_bytestream(lower: object, what: str) -> ByteStream:
-    if not isinstance(lower, ByteStream):
-        raise TypeError(f"{what} attaches to a ByteStream, not {type(lower).__name__}")
-    return lower
-
-
 @dataclass(frozen=True)
 class server:
     """Spec: read a PROXY protocol header of one of ``versions`` on attach (see the module
@@ -514,7 +508,7 @@ class server:
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> ProxyProtocolStream:
         """Read the header (under ``deadline`` and ``header_timeout``); refuse a bad one."""
-        lower = _need_bytestream(lower, "proxy_protocol.server")
+        lower = require(lower, ByteStream, "proxy_protocol.server")
         deadline = min(deadline, trio.current_time() + self.header_timeout)
         buf = bytearray()
         done = False
@@ -597,6 +591,6 @@ class client:
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> ProxyProtocolStream:
         """Send the header (under ``deadline``), then carry bytes through."""
-        lower = _need_bytestream(lower, "proxy_protocol.client")
+        lower = require(lower, ByteStream, "proxy_protocol.client")
         await lower.send(self.header(), deadline=deadline)
         return ProxyProtocolStream(lower, None, {"proxy_protocol_sent": self.version})

@@ -226,7 +226,7 @@ class ThrottledMessages(_Waiting, MessageStream):
         except BaseException:
             # Timed out or cancelled (our own scope for the same deadline may fire first, so the
             # lower send sees a cancellation): the lower stream's own record says if it committed.
-            if self._lower._message_committed:
+            if self._lower.committed:
                 self._message_committed = True
             else:
                 self._refund(costs)

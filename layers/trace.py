@@ -258,7 +258,7 @@ class TracedMessages(_Traced, MessageStream):
         except BaseException as exc:
             # Timed out or cancelled (our own scope for the same deadline may fire first, so the
             # lower send sees a cancellation): the lower stream's own record says if it committed.
-            committed = self._message_committed = self._lower._message_committed
+            committed = self._message_committed = self._lower.committed
             size = len(msg) if committed else 0
             self._tracer.emit("send", started, size=size, exc=exc, data=msg if committed else None, deadline=deadline)
             raise

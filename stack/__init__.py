@@ -2,13 +2,14 @@
 
 Everything a user of the core needs is importable from here; protocol layers live in the
 ``layers`` package (``layers.tcp``, ``layers.tls``, ``layers.framing``, ``layers.http`` ...).
+docs/design.md is the contract and the map of the packages.
 """
 
 from .compose import Stack, StackListener
 from .deadlines import FOREVER, after, remaining
 from .errors import Broken, Busy, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
 from .passthrough import PassThrough
-from .streams import ByteStream, Info, Listener, MessageStream, Stream
+from .streams import ByteStream, Info, Listener, MessageStream, Stream, require
 
 __all__ = [
     "FOREVER",
@@ -30,6 +31,7 @@ __all__ = [
     "Timeout",
     "after",
     "remaining",
+    "require",
 ]
 
 __version__ = "0.1.0"

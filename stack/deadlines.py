@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import TracebackType
 
 import trio
 
 from .errors import Timeout
 
-__all__ = ["FOREVER", "after", "deadline_scope", "remaining"]
+__all__ = ["FOREVER", "after", "cancel_scope_at", "deadline_scope", "remaining"]
 
 FOREVER: float = math.inf
 """The deadline that never passes (``math.inf``): the default everywhere."""
@@ -52,3 +53,33 @@ def deadline_scope(deadline: float, what: str = "operation") -> Iterator[None]:
         yield
     if scope.cancelled_caught:
         raise Timeout(f"{what} timed out")
+
+
+class cancel_scope_at:
+    """``with cancel_scope_at(deadline) as scope``: ``trio.move_on_at(deadline)``, or no scope at
+    all for FOREVER (then ``scope`` is ``None``).
+
+    For layers that turn the deadline into their own error: after the block, check
+    ``scope is not None and scope.cancelled_caught``. A plain class rather than a generator
+    context manager: the stream base classes use it on every call with a deadline.
+    """
+
+    __slots__ = ("_scope",)
+
+    def __init__(self, deadline: float) -> None:
+        self._scope = None if deadline == math.inf else trio.move_on_at(deadline)
+
+    def __enter__(self) -> trio.CancelScope | None:
+        if self._scope is not None:
+            self._scope.__enter__()
+        return self._scope
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self._scope is None:
+            return False
+        return bool(self._scope.__exit__(exc_type, exc, tb))

@@ -1,7 +1,7 @@
 """The conformance kit (``stack.testing``) on the TLS layer: over memory pairs fragmented by chaos,
 over loopback TCP, and TLS inside TLS; and ``check_detach`` for STARTTLS-style unwrapping.
 
-These are the proofs DESIGN.md asks for ("deadlines lose nothing"): a receive that times out in
+These are the proofs docs/design.md asks for ("deadlines lose nothing"): a receive that times out in
 the middle of a record keeps it, a send that times out reports an exact ``sent`` and its committed
 ciphertext goes first next time (what trio's SSLStream cannot do, trio issue 198), and detach
 hands back every byte that came after the peer's close_notify.

@@ -1,4 +1,4 @@
-"""Conformance checks: prove that a layer keeps the contract of DESIGN.md, with hypothesis.
+"""Conformance checks: prove that a layer keeps the contract of docs/design.md, with hypothesis.
 
 ::
 
