@@ -7,8 +7,9 @@ The server runs pinned to CPU 0, wrk pinned to CPU 1.  Each mode has its own bas
 hand-written h11 server in the same mode.  The peers (benchmarks/servers.py, HTTP1) are what a user
 would pick instead: uvicorn (httptools+uvloop, and h11+asyncio), granian, Go's net/http on one
 core, hypercorn; plus trio's ceiling (a raw SocketStream answering without parsing).  Under the
-table, ours / each peer of the same mode, with issue 16's target against uvicorn httptools+uvloop.  wrk's socket errors and non-2xx responses are counted in
-the "notes" column (a server that answers fast by failing must not look good).
+table, ours / each peer of the same mode, with issue 16's target against uvicorn httptools+uvloop.
+wrk's socket errors and non-2xx responses are counted in the "notes" column (a server that answers
+fast by failing must not look good).
 """
 
 from __future__ import annotations

@@ -712,8 +712,12 @@ def versus(group: Group, rows: list[Row]) -> list[Versus]:
 def _versus_lines(group: Group, rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     header = ["ours / peer", "ratio", "paired", "target"]
     body = [
-        [f"{v.ours} / {v.peer}", "-" if v.ratio is None else f"{v.ratio:.2f}",
-         "-" if v.paired is None else f"{v.paired:.2f}", v.target_text]  # fmt: skip
+        [
+            f"{v.ours} / {v.peer}",
+            "-" if v.ratio is None else f"{v.ratio:.2f}",
+            "-" if v.paired is None else f"{v.paired:.2f}",
+            v.target_text,
+        ]
         for v in versus(group, rows)
     ]
     return header, body
