@@ -137,7 +137,7 @@ def nghttpx(pport: int, bport: int, scratch: Path) -> list[str]:
 HAPROXY_CFG = """\
 global
     nbthread 1
-    maxconn 10000
+    maxconn 1000
 defaults
     mode http
     timeout connect 5s
