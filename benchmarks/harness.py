@@ -591,7 +591,7 @@ def machine_facts() -> list[tuple[str, str]]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     versions = []
-    for mod in ("trio", "h11", "h2", "hypercorn"):
+    for mod in ("trio", "h11", "h2", "hypercorn", "uvicorn", "httptools", "uvloop", "granian", "httpx"):
         try:
             from importlib.metadata import version
 
@@ -599,12 +599,13 @@ def machine_facts() -> list[tuple[str, str]]:
         except Exception:
             versions.append(f"{mod} ?")
     tools = []
-    for cmd in (["wrk", "-v"], ["h2load", "--version"]):
+    for cmd in (["wrk", "-v"], ["h2load", "--version"], ["nghttpx", "--version"], ["haproxy", "-v"], ["go", "version"]):
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=False)
             first = (r.stdout + r.stderr).strip().splitlines()
-            if first:
-                tools.append(" ".join(first[0].split()[:2]))
+            if first:  # the program's name and the first word with a digit: its version
+                version = next((w for w in first[0].split()[1:] if any(ch.isdigit() for ch in w)), "?")
+                tools.append(f"{cmd[0]} {version}")
     pin = (
         f"server CPU {SERVER_CPU}, load CPU {LOAD_CPU} (taskset)"
         if PINNING["enabled"]
