@@ -10,9 +10,9 @@ per request head, about 5x our HTTP/1.1 server's rate): it must not be what limi
 Pinning (2 cores): the proxy alone on CPU 0; the backend *and* h2load on CPU 1.  So the proxy has
 a core to itself and the ratio between proxies is the ratio of their own costs; while the proxy is
 the slowest part, the backend and h2load sharing a core does not show.  A proxy fast enough to
-saturate CPU 1 (nghttpx, HAProxy may come close) is held to that core's rate, which flatters the
-ratio ours / it: the backend's own ceiling under this load is in the group's notes when the figure
-for nghttpx or HAProxy approaches it.
+saturate CPU 1 (nghttpx and HAProxy may) is held to that core's rate, which flatters the ratio
+ours / it.  With three processes for two cores there is no pinning without such a compromise; this
+one keeps ours measured on a core of its own, which is what the target is about.
 
 Each proxy gets the same backend connection budget: at most 64 kept-alive connections (`stack
 proxy`'s default pool; nghttpx ``--backend-connections-per-frontend=64``; HAProxy ``maxconn 64`` on
