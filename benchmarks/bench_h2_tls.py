@@ -5,7 +5,9 @@
 The same servers and body as the `h2` group, each given a certificate minted at import time (an EC
 P-256 leaf from a throwaway CA, :mod:`layers.certs`; h2load does not verify it).  The TLS handshakes
 (10 per run) are a small part; the figure is mostly HTTP/2 over TLS records.  Server pinned to CPU
-0, h2load to CPU 1.  Baseline: the hand-written h2-on-trio server (trio's SSLStream).
+0, h2load to CPU 1.  Baseline: the hand-written h2-on-trio server (trio's SSLStream).  Peers:
+granian over TLS and Go's net/http (built-in HTTP/2 over TLS, GOMAXPROCS=1) when ``go`` is installed,
+and hypercorn; ours / each peer under the table, with issue 16's targets.
 """
 
 from __future__ import annotations
@@ -59,7 +61,34 @@ OURS = Server(
     probe=[PY, "-m", "stack", "serve", "--help"],
     ready=r"serving on",
 )
-TLS_SERVERS: list[tuple[Server, float | None]] = [(HAND, None), (HYPERCORN, None), (OURS, 0.95)]
+# What users would pick instead: granian (one worker, one runtime thread; ALPN h2 and http/1.1 with
+# --http auto) and Go's net/http on one core (its built-in HTTP/2 over TLS, ALPN h2).
+GRANIAN = Server(
+    "granian TLS",
+    [
+        *[PY, "-m", "granian", *servers.GRANIAN_ARGS, "--http", "auto"],
+        *["--ssl-certificate", CERT, "--ssl-keyfile", KEY, "benchmarks.peers.asgi_app:app"],
+    ],
+    requires=servers.GRANIAN.requires,
+    ready=servers.GRANIAN.ready,
+)
+GO = Server(
+    "Go net/http (GOMAXPROCS=1) TLS",
+    [servers.GO_BIN, "--port", "{port}", "--cert", CERT, "--key", KEY],
+    probe=servers.GO.probe,
+    tools=servers.GO.tools,
+    ready=r"serving on",
+)
+
+TLS_SERVERS: list[tuple[Server, float | None]] = [
+    (HAND, None),
+    (GRANIAN, None),
+    (GO, None),
+    (HYPERCORN, None),
+    (OURS, 0.95),
+]
+# Targets for ours / peer: >= 0.5x granian, >= 2x the hand-written server (issue 16), >= 4x hypercorn (issue 5).
+VERSUS = {GRANIAN.name: 0.5, HAND.name: 2.0, HYPERCORN.name: 4.0}
 
 
 def h2load_tls(server: Running, settings: Settings) -> Measurement:
@@ -75,11 +104,13 @@ register(
         unit="req/s",
         baseline=HAND.name,
         contenders=[
-            ServerContender(server.name, server, h2load_tls, target=target, tools=["h2load"])
+            ServerContender(server.name, server, h2load_tls, target=target, tools=["h2load"],
+                            ours=server is OURS, versus=VERSUS.get(server.name))
             for server, target in TLS_SERVERS
         ],
         rounds=3,
         order=41,
-        notes="Targets for ours: >= 0.95 of the hand-written server, >= 4x hypercorn-trio (compare the medians).",
+        notes="Targets for ours: >= 0.95 of the hand-written server (table, issue 5); >= 2x the hand-written server, "
+        ">= 0.5x granian (issue 16) and >= 4x hypercorn-trio (ours / peer lines).",
     )
 )

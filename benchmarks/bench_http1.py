@@ -4,8 +4,12 @@
     wrk -t1 -c50 -d5s -H 'Connection: close' http://127.0.0.1:P/   (a new connection per request)
 
 The server runs pinned to CPU 0, wrk pinned to CPU 1.  Each mode has its own baseline: the
-hand-written h11 server in the same mode.  wrk's socket errors and non-2xx responses are counted in
-the "notes" column (a server that answers fast by failing must not look good).
+hand-written h11 server in the same mode.  The peers (benchmarks/servers.py, HTTP1) are what a user
+would pick instead: uvicorn (httptools+uvloop, and h11+asyncio), granian, Go's net/http on one
+core, hypercorn; plus trio's ceiling (a raw SocketStream answering without parsing).  Under the
+table, ours / each peer of the same mode, with issue 16's target against uvicorn httptools+uvloop.
+wrk's socket errors and non-2xx responses are counted in the "notes" column (a server that answers
+fast by failing must not look good).
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ def parse_wrk(out: str) -> Measurement:
     return Measurement(float(m.group(1)), errors, ", ".join(notes))
 
 
+# Issue 16's targets for ours / peer, in both modes.
+VERSUS = {servers.UVICORN_HTTPTOOLS.name: 0.75}
+
+
 def contenders() -> list[ServerContender]:
     out = []
     for mode, headers in MODES.items():
@@ -64,6 +72,8 @@ def contenders() -> list[ServerContender]:
                     baseline=base,
                     target=target,
                     tools=["wrk"],
+                    ours=server is servers.OURS,
+                    versus=VERSUS.get(server.name),
                 )
             )
     return out

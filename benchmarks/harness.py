@@ -267,6 +267,9 @@ class Contender:
     Missing any of these → "not available" in the table, not a failure.
     baseline: name of the contender this one's ratio is against (default: the group's baseline).
     target: the ratio this contender should reach (>= for higher-is-better groups, <= otherwise).
+    ours: this is trio-stack's own contender: the "ours / peer" lines under the table compare it with
+        every peer (a contender not ours) that has the same baseline.
+    versus: for a peer, the ratio ours / this peer should reach (checked in those lines).
     """
 
     def __init__(
@@ -278,8 +281,12 @@ class Contender:
         tools: Sequence[str] = (),
         baseline: str | None = None,
         target: float | None = None,
+        ours: bool = False,
+        versus: float | None = None,
     ) -> None:
         self.name = name
+        self.ours = ours
+        self.versus = versus
         self.requires = tuple(requires)
         self.tools = tuple(tools)
         self.probe = list(probe) if probe else None
@@ -329,7 +336,7 @@ class Contender:
                     env=child_env(),
                     capture_output=True,
                     text=True,
-                    timeout=30,
+                    timeout=120,  # a probe may build a peer (go_build: a few seconds, more on a busy host)
                     check=False,
                 )
             except (OSError, subprocess.TimeoutExpired) as exc:
@@ -420,13 +427,16 @@ class Server:
     """How to start one server program.  `cmd` may use {port}; it is run pinned to SERVER_CPU.
 
     ready: a regex the server prints when it is ready (checked on stdout and stderr) in addition to
-    the port accepting connections.  The server's pid must be the serving process (no forking).
+    the port accepting connections.  Groups that read the server's RSS need its pid to be the serving
+    process (no forking); the req/s groups do not (granian serves from a child it spawns).
+    tools: programs that must be on PATH for this server (added to the contender's own tools).
     """
 
     name: str
     cmd: Sequence[str]
     requires: Sequence[str] = ()
     probe: Sequence[str] | None = None
+    tools: Sequence[str] = ()
     ready: str | None = None
     startup_timeout: float = 20.0
 
@@ -447,6 +457,7 @@ class ServerContender(Contender):
     ) -> None:
         kw.setdefault("requires", server.requires)
         kw.setdefault("probe", server.probe)
+        kw["tools"] = [*kw.get("tools", ()), *server.tools]
         super().__init__(name, **kw)
         self.server = server
         self.load = load
@@ -580,7 +591,7 @@ def machine_facts() -> list[tuple[str, str]]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     versions = []
-    for mod in ("trio", "h11", "h2", "hypercorn"):
+    for mod in ("trio", "h11", "h2", "hypercorn", "uvicorn", "httptools", "uvloop", "granian", "httpx"):
         try:
             from importlib.metadata import version
 
@@ -588,12 +599,13 @@ def machine_facts() -> list[tuple[str, str]]:
         except Exception:
             versions.append(f"{mod} ?")
     tools = []
-    for cmd in (["wrk", "-v"], ["h2load", "--version"]):
+    for cmd in (["wrk", "-v"], ["h2load", "--version"], ["nghttpx", "--version"], ["haproxy", "-v"], ["go", "version"]):
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=False)
             first = (r.stdout + r.stderr).strip().splitlines()
-            if first:
-                tools.append(" ".join(first[0].split()[:2]))
+            if first:  # the program's name and the first word with a digit: its version
+                version = next((w for w in first[0].split()[1:] if any(ch.isdigit() for ch in w)), "?")
+                tools.append(f"{cmd[0]} {version}")
     pin = (
         f"server CPU {SERVER_CPU}, load CPU {LOAD_CPU} (taskset)"
         if PINNING["enabled"]
@@ -669,13 +681,60 @@ def paired_ratio(row: Row, base: Row) -> float | None:
     return statistics.median(pairs) if pairs else None
 
 
+@dataclasses.dataclass
+class Versus:
+    """One "ours / peer" line: our contender's median over a peer's, in the same run."""
+
+    ours: str
+    peer: str
+    ratio: float | None
+    paired: float | None
+    target: float | None
+    target_text: str
+
+
+def versus(group: Group, rows: list[Row]) -> list[Versus]:
+    """Every contender marked ``ours`` against every available peer with the same baseline."""
+    out = []
+    for mine in rows:
+        if not mine.contender.ours or mine.unavailable:
+            continue
+        base = mine.contender.baseline or group.baseline
+        for peer in rows:
+            c = peer.contender
+            if c.ours or peer.unavailable or (c.baseline or group.baseline) != base:
+                continue
+            ratio = mine.median / peer.median if mine.median is not None and peer.median else None
+            out.append(Versus(mine.contender.name, c.name, ratio, paired_ratio(mine, peer), c.versus,
+                              _verdict(group, c.versus, ratio)))  # fmt: skip
+    return out
+
+
+def _versus_lines(group: Group, rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    header = ["ours / peer", "ratio", "paired", "target"]
+    body = [
+        [
+            f"{v.ours} / {v.peer}",
+            "-" if v.ratio is None else f"{v.ratio:.2f}",
+            "-" if v.paired is None else f"{v.paired:.2f}",
+            v.target_text,
+        ]
+        for v in versus(group, rows)
+    ]
+    return header, body
+
+
 def _target(group: Group, c: Contender, ratio: float | None) -> str:
-    if c.target is None:
+    return _verdict(group, c.target, ratio)
+
+
+def _verdict(group: Group, target: float | None, ratio: float | None) -> str:
+    if target is None:
         return ""
     op = ">=" if group.higher_is_better else "<="
-    text = f"{op} {c.target:g}"
+    text = f"{op} {target:g}"
     if ratio is not None:
-        ok = ratio >= c.target if group.higher_is_better else ratio <= c.target
+        ok = ratio >= target if group.higher_is_better else ratio <= target
         text += " ok" if ok else " MISS"
     return text
 
@@ -699,6 +758,13 @@ def render_text(results: list[Result], *, facts: bool = True) -> str:
         for r in [header, *body]:
             cells = [r[i].ljust(widths[i]) if i == 0 else r[i].rjust(widths[i]) for i in range(len(widths))]
             out.append("  ".join(cells) + "  " + r[-1])
+        vheader, vbody = _versus_lines(group, rows_)
+        if vbody:
+            out.append("   " + "(ratio: of the medians; paired: median of the per-round ratios)")
+            vwidths = [max(len(r[i]) for r in [vheader, *vbody]) for i in range(len(vheader))]
+            for r in [vheader, *vbody]:
+                out.append("   " + "  ".join(r[i].ljust(vwidths[i]) if i == 0 else r[i].rjust(vwidths[i])
+                                             for i in range(len(r))).rstrip())  # fmt: skip
         if group.notes:
             out.append(f"   {group.notes}")
     return "\n".join(out)
@@ -723,6 +789,10 @@ def render_markdown(results: list[Result], *, facts: bool = True) -> str:
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "|".join("---:" if 0 < i < len(header) - 1 else "---" for i in range(len(header))) + "|")
         out.extend("| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in body)
+        vheader, vbody = _versus_lines(group, rows)
+        if vbody:
+            out += ["", "| " + " | ".join(vheader) + " |", "|---|---:|---:|---:|"]
+            out.extend("| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in vbody)
         if group.notes:
             out += ["", group.notes]
     return "\n".join(out)
@@ -752,6 +822,7 @@ def to_json(results: list[Result]) -> dict[str, Any]:
                     }
                     for r in rows
                 },
+                "versus": [dataclasses.asdict(v) for v in versus(g, rows)],
             }
             for g, rows, s in results
         },

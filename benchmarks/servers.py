@@ -1,14 +1,21 @@
 """The HTTP server programs the http1, http1-mem and h2 groups start (one fresh process per run).
 
 Each is a :class:`harness.Server`: a command with ``{port}``, run from the repository root pinned to
-CPU 0.  Its pid must be the serving process (the http1-mem group reads its RSS), so nothing here
-forks workers.  A server whose ``requires`` does not import, or whose ``probe`` fails, shows up as
-"not available" in the tables instead of failing the run.
+CPU 0.  Its pid must be the serving process where a group reads its RSS (http1-mem), so the
+servers there fork no workers; granian, which spawns its worker, is only in the req/s groups.  A
+server whose ``requires`` does not import, whose ``probe`` fails or whose ``tools`` are missing
+shows up as "not available" in the tables instead of failing the run.
 
 To add a contender to every HTTP group: add a Server below and name it in HTTP1 / H2.
 """
 
 from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 from benchmarks.harness import PY, Server
 
@@ -49,7 +56,65 @@ OURS = Server(
 )
 # ---------------------------------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------------------------------
+# What users would pick instead (issue 16, item 5).  One process each, pinned to CPU 0 like the rest;
+# the ASGI servers all load the same raw app, benchmarks/peers/asgi_app.py.
+
+# uvicorn as `pip install 'uvicorn[standard]'` runs it: httptools (llhttp) parser, uvloop event loop.
+UVICORN_ARGS = ["--host", "127.0.0.1", "--port", "{port}", "--no-access-log", "--log-level", "info"]
+UVICORN_HTTPTOOLS = Server(
+    "uvicorn httptools+uvloop",
+    [PY, "-m", "uvicorn", "--http", "httptools", "--loop", "uvloop", *UVICORN_ARGS, "benchmarks.peers.asgi_app:app"],
+    requires=["uvicorn", "httptools", "uvloop"],
+    ready=r"Uvicorn running on",
+)
+# uvicorn as plain `pip install uvicorn` runs it: h11 parser, the standard asyncio loop.
+UVICORN_H11 = Server(
+    "uvicorn h11+asyncio",
+    [PY, "-m", "uvicorn", "--http", "h11", "--loop", "asyncio", *UVICORN_ARGS, "benchmarks.peers.asgi_app:app"],
+    requires=["uvicorn", "h11"],
+    ready=r"Uvicorn running on",
+)
+# granian (Rust, hyper): ASGI, one worker process, one single-threaded runtime.  `--http auto` (its
+# default) answers HTTP/1.1 and h2c prior knowledge on the same port, so the h2 group runs it too.
+# Its main process spawns the worker (so no http1-mem row: the pid's RSS is not the server's); ready
+# once the worker's runtime has started, not when the main process has bound the port.
+GRANIAN_ARGS = ["--interface", "asgi", "--workers", "1", "--runtime-threads", "1", "--runtime-mode", "st",
+                "--no-access-log", "--host", "127.0.0.1", "--port", "{port}"]  # fmt: skip
+GRANIAN = Server(
+    "granian",
+    [PY, "-m", "granian", *GRANIAN_ARGS, "--http", "auto", "benchmarks.peers.asgi_app:app"],
+    requires=["granian"],
+    ready=r"Started worker-1 runtime",
+)
+# trio's ceiling: a SocketStream answering a canned response per request head, no parsing.
+RAW_TRIO = Server(
+    "raw trio (no parsing)",
+    [PY, "-m", "benchmarks.peers.raw_trio_server", "--port", "{port}"],
+    ready=r"serving on",
+)
+# Go's net/http, GOMAXPROCS=1: built by the probe from peers/go_server.go into a directory of this
+# run's own (removed at exit); "not available: go not installed" without a Go toolchain.
+GO_BIN = str(Path(tempfile.gettempdir()) / f"trio-stack-bench-go-{os.getpid()}" / "hello")
+atexit.register(shutil.rmtree, str(Path(GO_BIN).parent), True)
+GO = Server(
+    "Go net/http (GOMAXPROCS=1)",
+    [GO_BIN, "--port", "{port}"],
+    probe=[PY, "-m", "benchmarks.peers.go_build", GO_BIN],
+    tools=["go"],
+    ready=r"serving on",
+)
+
 # Which servers each group runs, baseline first.  (server, target ratio vs the baseline or None)
-HTTP1: list[tuple[Server, float | None]] = [(H11, None), (HYPERCORN, None), (OURS, None)]
-H2_SERVERS: list[tuple[Server, float | None]] = [(H2, None), (HYPERCORN, None), (OURS, None)]
+HTTP1: list[tuple[Server, float | None]] = [
+    (H11, None),
+    (UVICORN_HTTPTOOLS, None),
+    (UVICORN_H11, None),
+    (GRANIAN, None),
+    (RAW_TRIO, None),
+    (GO, None),
+    (HYPERCORN, None),
+    (OURS, None),
+]
+H2_SERVERS: list[tuple[Server, float | None]] = [(H2, None), (GRANIAN, None), (HYPERCORN, None), (OURS, None)]
 HTTP1_MEM: list[tuple[Server, float | None]] = [(H11, None), (HYPERCORN, None), (OURS, None)]
