@@ -1,0 +1,307 @@
+"""The fast HTTP/1.1 server engine: llhttp (through httptools) parses heads, our own code decodes bodies.
+
+Theory of operation. A server connection parses with one :class:`~layers._h1core.ServerEngine`
+(the seam in ``_h1core``); the reference engine is h11 plus our strict checks. This one keeps the
+same contract and the same decisions at a fraction of the cost:
+
+* **Heads.** The connection hands over one complete head (its end was found by
+  :class:`~layers._h1core.HeadBuffer`). The same byte checks run first (bare LF, obs-fold); then
+  llhttp, a C parser, splits it into method, target, version and fields with one Python callback
+  per field; then the same framing checks (``framed_head``: CL with TE, repeated or bad
+  Content-Length, TE in HTTP/1.0) and h11's own rules that llhttp does not apply (Host, the
+  target's characters). llhttp is strict where smuggling lives and refuses everything odd.
+  **Whatever llhttp refuses is handed to the reference engine**, which then refuses it with
+  exactly the status and detail it always gives, or accepts it (a method llhttp does not know,
+  such as ``PROPFIND``: llhttp knows a fixed list): both engines take the same decisions and say
+  the same things, and the odd path costs what it cost before.
+* **Bodies** need no parser for Content-Length (a count). Chunked bodies are decoded here, by
+  :class:`ChunkedDecoder`, with the reference's strict rules (``1*16HEXDIG [; ext] CRLF``, CRLF
+  after data, no bare LF, no obs-fold in trailers, trailer fields valid as h11 checks them, the
+  chunk-size and trailer lines bounded by ``max_header_bytes``).
+* Nothing here allocates per request beyond the field list and the parsed head; the llhttp
+  parser is reused while the previous message ended cleanly inside its head.
+
+The differential tests (``tests/test_h1_engines.py``) hold both engines to the same answers on
+generated requests, the smuggling shapes included.
+"""
+
+from __future__ import annotations
+
+import re
+
+import httptools
+
+from stack.errors import ProtocolError
+
+from ._h1core import ParsedHead, ReferenceEngine, Trailers, check_head_bytes, check_version, framed_head
+
+__all__ = ["ChunkedDecoder", "FastEngine"]
+
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t\x20-\x7e\x80-\xff]*)?\r\n")
+# h11's rules for a field line (RFC 9110 5.5 / 5.6.2): a token, a colon, a value of visible bytes,
+# obs-text, spaces and tabs, optional whitespace around it.
+_VCHAR = rb"[\x21-\x7e\x80-\xff]"
+_FIELD_VALUE = rb"((?:" + _VCHAR + rb"+(?:[ \t]+" + _VCHAR + rb"+)*)?)"
+_FIELD_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*" + _FIELD_VALUE + rb"[ \t]*\r\n")
+# h11's request-target: any bytes but whitespace and NUL; llhttp's URL rules are laxer about
+# control bytes, so we apply h11's.
+_TARGET = re.compile(rb"[^\x00-\x20\x7f]+")
+_OWS = (b" ", b"\t")
+
+
+class _Fields:
+    """llhttp's callbacks for one head: the target and the fields (names lower-cased)."""
+
+    __slots__ = ("fields", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.fields: list[tuple[bytes, bytes]] = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp drops leading whitespace from a value but keeps trailing whitespace (h11 drops both)
+        self.fields.append((name.lower(), value.rstrip(b" \t") if value[-1:] in _OWS else value))
+
+
+class ChunkedDecoder:
+    """Decodes one chunked body (RFC 9112 7.1), sans-io, with the reference engine's strict rules.
+
+    ``feed(data)`` appends bytes; ``next_body()`` returns the next data bytes, the trailer fields
+    at the end (a list, empty if none), or None for more bytes; a malformed body raises
+    :class:`~stack.ProtocolError` (sticky). ``rest()`` is what was fed past the end of the body.
+    A chunk-size or trailer line longer than ``limit`` (and the trailers in all) is refused.
+    """
+
+    __slots__ = ("_buf", "_done", "_error", "_left", "_limit", "_state", "_trailer_bytes", "_trailers")
+
+    SIZE, DATA, CRLF, TRAILER, END = range(5)
+
+    def __init__(self, limit: int) -> None:
+        self._buf = bytearray()
+        self._state = self.SIZE
+        self._left = 0
+        self._limit = limit
+        self._trailers: list[tuple[bytes, bytes]] = []
+        self._trailer_bytes = 0
+        self._error: ProtocolError | None = None
+        self._done = False
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def _fail(self, why: str) -> ProtocolError:
+        self._error = ProtocolError(f"HTTP/1.1 request body: chunked body: {why}")
+        return self._error
+
+    def _line(self) -> bytes | None:
+        buf = self._buf
+        j = buf.find(b"\n")
+        if j < 0:
+            if len(buf) > self._limit:
+                raise self._fail("a chunk-size or trailer line is too long")
+            return None
+        line = bytes(buf[: j + 1])
+        del buf[: j + 1]
+        if not line.endswith(b"\r\n"):
+            raise self._fail("a line ends in a bare LF")
+        return line
+
+    def next_body(self) -> bytes | Trailers | None:
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        while True:
+            state = self._state
+            if state == self.DATA:
+                if not buf:
+                    return None
+                take = min(self._left, len(buf))
+                data = bytes(buf[:take])
+                del buf[:take]
+                self._left -= take
+                if not self._left:
+                    self._state = self.CRLF
+                return data
+            if state == self.END:
+                if self._done:
+                    return None
+                self._done = True
+                return self._trailers
+            line = self._line()
+            if line is None:
+                return None
+            if state == self.CRLF:
+                if line != b"\r\n":
+                    raise self._fail("chunk data is not followed by CRLF")
+                self._state = self.SIZE
+            elif state == self.SIZE:
+                m = _CHUNK_SIZE.fullmatch(line)
+                if m is None:
+                    raise self._fail(f"bad chunk-size line {line[:40]!r}")
+                self._left = int(m.group(1), 16)
+                self._state = self.DATA if self._left else self.TRAILER
+            else:  # TRAILER
+                if line == b"\r\n":
+                    self._state = self.END
+                    continue
+                if line[:1] in (b" ", b"\t"):
+                    raise self._fail("obs-fold in the trailer section")
+                self._trailer_bytes += len(line)
+                if self._trailer_bytes > self._limit:
+                    raise self._fail("trailer section too large")
+                m = _FIELD_LINE.fullmatch(line)
+                if m is None:
+                    raise self._fail(f"malformed trailer field {line[:40]!r}")
+                self._trailers.append((m.group(1), m.group(2)))
+
+    def rest(self) -> bytes:
+        """The bytes fed past the end of the body (the start of the next request)."""
+        return bytes(self._buf) if self._state == self.END else b""
+
+
+class FastEngine:
+    """The fast :class:`~layers._h1core.ServerEngine` (see the module docstring)."""
+
+    __slots__ = ("_chunked", "_eof", "_expect_100", "_fallback", "_left", "_limit", "_parser", "_sink", "_trailing")
+
+    def __init__(self, max_header_bytes: int) -> None:
+        self._limit = max_header_bytes
+        self._sink = _Fields()
+        self._parser = httptools.HttpRequestParser(self._sink)
+        self._fallback: ReferenceEngine | None = None
+        # The body of the current request: a ChunkedDecoder, or None and ``_left`` bytes due under
+        # a Content-Length (-1 once its end was reported).
+        self._chunked: ChunkedDecoder | None = None
+        self._left = 0
+        self._trailing = bytearray()  # body bytes under a Content-Length, then what follows the body
+        self._eof = False
+        self._expect_100 = False
+
+    # ---- heads -------------------------------------------------------------------------------
+
+    def parse_head(self, head: bytes) -> ParsedHead:
+        check_head_bytes(head)
+        sink = self._sink
+        sink.url = b""
+        fields = sink.fields = []
+        parser = self._parser
+        try:
+            parser.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            pass  # CONNECT or Upgrade: the head is whole, what follows is not HTTP/1.1's business
+        except httptools.HttpParserError:
+            self._parser = httptools.HttpRequestParser(sink)
+            return self._refer(head)
+        method = parser.get_method()
+        version = parser.get_http_version().encode("ascii")
+        # A head with a body leaves llhttp waiting for it: start the next head on a fresh parser.
+        self._parser = httptools.HttpRequestParser(sink)
+        target = sink.url
+        # h11 wants exactly "method SP target SP HTTP/x.y" (llhttp lets more spaces through)
+        if head.find(b"\r\n") != len(method) + len(target) + 10 or _TARGET.fullmatch(target) is None:
+            return self._refer(head)
+        hosts = expect = codings = 0
+        for i, (name, value) in enumerate(fields):
+            if name == b"host":
+                hosts += 1
+            elif name == b"transfer-encoding":
+                if value != b"chunked":
+                    if value.lower() != b"chunked":
+                        codings += 2
+                        continue
+                    fields[i] = (name, b"chunked")  # h11 hands the coding over lower-cased
+                codings += 1
+            elif name == b"expect" and b"100-continue" in value.lower():
+                expect = 1
+        # h11's rules, in h11's words (and before the version check, as h11): exactly one Host in
+        # HTTP/1.1, at most one in 1.0; no transfer coding but a single "chunked" (501)
+        if (hosts != 1 and (hosts or version == b"1.1")) or codings > 1:
+            return self._refer(head)
+        check_version(version)
+        parsed = framed_head(head, method, target, version, fields, bool(expect) and version == b"1.1")
+        self._start_body(parsed)
+        return parsed
+
+    def _refer(self, head: bytes) -> ParsedHead:
+        """Parse ``head`` with the reference engine: its decision and its words."""
+        ref = self._fallback
+        if ref is None:
+            ref = self._fallback = ReferenceEngine(self._limit)
+        else:
+            ref.reset()
+        parsed = ref.parse_head(head)  # raises Refused as the reference does
+        self._start_body(parsed)  # the body is ours to decode, as for any other head
+        return parsed
+
+    def _start_body(self, parsed: ParsedHead) -> None:
+        self._expect_100 = parsed.expect_100
+        if parsed.chunked:
+            self._chunked = ChunkedDecoder(self._limit)
+        else:
+            self._left = parsed.content_length or 0
+            self._chunked = None
+        self._eof = False
+
+    # ---- bodies ------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            self._eof = True
+        elif self._chunked is not None:
+            self._chunked.feed(data)
+        else:
+            self._trailing += data
+
+    def next_body(self) -> bytes | Trailers | None:
+        chunked = self._chunked
+        if chunked is not None:
+            got = chunked.next_body()
+            if got is None:
+                if self._eof:
+                    raise ProtocolError("HTTP/1.1 request body: the client closed the connection in the body")
+                return None
+            self._expect_100 = False
+            if type(got) is list:  # the end: what follows belongs to the next request
+                self._trailing += chunked.rest()
+                self._chunked = None
+                self._left = -1
+            return got
+        left = self._left
+        if left <= 0:
+            if left == 0:
+                self._left = -1
+                self._expect_100 = False
+                return ()
+            return None  # the end was reported already
+        buf = self._trailing
+        if not buf:
+            if self._eof:
+                raise ProtocolError("HTTP/1.1 request body: the client closed the connection in the body")
+            return None
+        self._expect_100 = False
+        if len(buf) <= left:
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:left])
+            del buf[:left]
+        self._left = left - len(data)
+        return data
+
+    @property
+    def client_waits_for_100(self) -> bool:
+        return self._expect_100
+
+    def trailing(self) -> bytes:
+        return bytes(self._trailing)
+
+    def reset(self) -> bytes:
+        rest = bytes(self._trailing)
+        self._trailing.clear()
+        self._left = 0
+        self._chunked = None
+        self._eof = self._expect_100 = False
+        return rest
