@@ -82,6 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
     parser.add_argument("--seconds", type=int, default=20, help="wrk duration under callgrind (default: 20)")
+    parser.add_argument("--only", metavar="TEXT", help="only the servers whose name contains TEXT")
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "wrk"):
         if shutil.which(tool) is None:
@@ -92,6 +93,8 @@ def main() -> None:
         for mode in modes:
             base: float | None = None
             for server, _ in servers.HTTP1:
+                if args.only and args.only not in server.name:
+                    continue
                 try:
                     total, requests = instructions(server, mode, args.seconds, outdir)
                 except Failed as exc:

@@ -45,11 +45,18 @@ HYPERCORN = Server(
 # ---------------------------------------------------------------------------------------------------
 # OUR servers.  `python -m stack serve --no-tls --port P --hello --quiet` serves the same 13-byte
 # "Hello, world!" (the hidden --hello flag) over HTTP/1.1 and HTTP/2 prior knowledge, with no access
-# log (as the peers), and prints "serving on URL" when ready.  Until stack/cli.py exists (and
-# `serve --help` exits 0) the contender is reported as "not available".
+# log (as the peers), and prints "serving on URL" when ready.  OURS runs the default engine (`auto`:
+# the fast one, on httptools); OURS_REFERENCE the pure-Python reference engine (h11), for the record.
 OURS = Server(
     "ours (stack serve)",
     [PY, "-m", "stack", "serve", "--no-tls", "--port", "{port}", "--hello", "--quiet"],
+    requires=["stack.__main__", "stack.cli.serve"],
+    probe=[PY, "-m", "stack", "serve", "--help"],
+    ready=r"serving on",
+)
+OURS_REFERENCE = Server(
+    "ours, reference engine",
+    [PY, "-m", "stack", "serve", "--no-tls", "--port", "{port}", "--hello", "--quiet", "--engine", "reference"],
     requires=["stack.__main__", "stack.cli.serve"],
     probe=[PY, "-m", "stack", "serve", "--help"],
     ready=r"serving on",
@@ -114,7 +121,8 @@ HTTP1: list[tuple[Server, float | None]] = [
     (RAW_TRIO, None),
     (GO, None),
     (HYPERCORN, None),
+    (OURS_REFERENCE, None),
     (OURS, None),
 ]
 H2_SERVERS: list[tuple[Server, float | None]] = [(H2, None), (GRANIAN, None), (HYPERCORN, None), (OURS, None)]
-HTTP1_MEM: list[tuple[Server, float | None]] = [(H11, None), (HYPERCORN, None), (OURS, None)]
+HTTP1_MEM: list[tuple[Server, float | None]] = [(H11, None), (HYPERCORN, None), (OURS_REFERENCE, None), (OURS, None)]

@@ -278,7 +278,9 @@ class BodyDecoder(Protocol):
 class ServerEngine(HeadParser, BodyDecoder, Protocol):
     """What a server connection parses with: one object per connection, made by
     ``engine_class(max_header_bytes)``. The head parser and the body decoder work in turn: a head,
-    then its body, then ``reset()``."""
+    then its body, then ``reset()``. ``name`` is what ``info["http_engine"]`` shows."""
+
+    name: str
 
 
 def check_head_bytes(head: bytes) -> None:
@@ -344,6 +346,8 @@ class ReferenceEngine:
     """
 
     __slots__ = ("_chunked_check", "_h11", "_limit")
+
+    name = "reference"
 
     def __init__(self, max_header_bytes: int) -> None:
         self._limit = max_header_bytes

@@ -50,13 +50,19 @@ _OWS = (b" ", b"\t")
 
 
 class _Fields:
-    """llhttp's callbacks for one head: the target and the fields (names lower-cased)."""
+    """llhttp's callbacks for one head: the target, the fields (names lower-cased), and whether
+    the message ended within the head (a request without a body leaves the parser ready for the
+    next one; a body leaves it waiting for bytes we decode ourselves)."""
 
-    __slots__ = ("fields", "url")
+    __slots__ = ("complete", "fields", "url")
 
     def __init__(self) -> None:
         self.url = b""
         self.fields: list[tuple[bytes, bytes]] = []
+        self.complete = False
+
+    def on_message_complete(self) -> None:
+        self.complete = True
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -167,6 +173,8 @@ class FastEngine:
 
     __slots__ = ("_chunked", "_eof", "_expect_100", "_fallback", "_left", "_limit", "_parser", "_sink", "_trailing")
 
+    name = "fast"
+
     def __init__(self, max_header_bytes: int) -> None:
         self._limit = max_header_bytes
         self._sink = _Fields()
@@ -186,19 +194,20 @@ class FastEngine:
         check_head_bytes(head)
         sink = self._sink
         sink.url = b""
+        sink.complete = False
         fields = sink.fields = []
         parser = self._parser
         try:
             parser.feed_data(head)
         except httptools.HttpParserUpgrade:
-            pass  # CONNECT or Upgrade: the head is whole, what follows is not HTTP/1.1's business
+            sink.complete = False  # CONNECT or Upgrade: what follows is not HTTP/1.1's business
         except httptools.HttpParserError:
             self._parser = httptools.HttpRequestParser(sink)
             return self._refer(head)
         method = parser.get_method()
         version = parser.get_http_version().encode("ascii")
-        # A head with a body leaves llhttp waiting for it: start the next head on a fresh parser.
-        self._parser = httptools.HttpRequestParser(sink)
+        if not sink.complete:  # llhttp waits for a body (ours to decode): the next head needs a new parser
+            self._parser = httptools.HttpRequestParser(sink)
         target = sink.url
         # h11 wants exactly "method SP target SP HTTP/x.y" (llhttp lets more spaces through)
         if head.find(b"\r\n") != len(method) + len(target) + 10 or _TARGET.fullmatch(target) is None:

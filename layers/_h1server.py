@@ -58,6 +58,7 @@ from layers._http_model import App, HeaderInput, Headers, Limits
 from stack.deadlines import FOREVER
 from stack.errors import Broken, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
 from stack.streams import ByteStream, Info
+from stack.watchdog import watchdog
 
 log = logging.getLogger("stack.http1")
 
@@ -301,6 +302,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
     ) -> None:
         super().__init__(lower, limits)
         self._engine: ServerEngine = engine(limits.max_header_bytes)
+        self.info = Info({"http_version": "1.1", "http_engine": self._engine.name}, lower.info)
         self._shutdown = shutdown
         self._idle_scopes: set[trio.CancelScope] | None = None  # the shutdown drainer's, once known
         self.scheme = "https" if "tls_version" in self.info else "http"
@@ -316,6 +318,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         self._closing: str | None = None  # why the connection closes after this request
         self._linger = False  # read what the client still sends before closing
         self._ended: StackError | None = None
+        self._waited_idle = False  # what the last watched wait was for (see _wait_timed_out)
 
     def __repr__(self) -> str:
         return f"<http1.ServerConnection {self.info.get('peer')} requests={self._requests}>"
@@ -337,9 +340,14 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
             raise type(self._ended)(str(self._ended))
         return request
 
-    async def _next_request(self, deadline: float = FOREVER) -> Request | None:
+    async def _next_request(self, deadline: float = FOREVER, watch: trio.CancelScope | None = None) -> Request | None:
         """:meth:`recv`, returning None where the connection ended cleanly (``self._ended`` says
-        why): the normal end of a connection raises nothing."""
+        why): the normal end of a connection raises nothing.
+
+        ``watch``: the scope :meth:`serve` runs the connection in. The limits are then kept by the
+        run's :class:`~stack.watchdog.Watchdog` (no cancel scope per wait): past its limit the
+        wait is cancelled with ``watch``, and :meth:`serve` ends the connection as a timed-out
+        wait does here (``self._waited_idle`` says which limit it was)."""
         if self._current is not None:
             await self._end_cycle()
         if self._ended is not None:
@@ -369,6 +377,17 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
                     policy = self._head_started + limits.header_timeout
                 else:
                     policy = self._idle_since + limits.keepalive_timeout
+                if watch is not None and deadline == FOREVER:
+                    data = await self._watched_recv(watch, policy, idle)
+                    if data is None:
+                        return None
+                    if not data:
+                        if inbuf:
+                            raise self._end(ProtocolError("the client closed the connection in a request head"))
+                        self._ended = EndOfStream("the client closed the connection")
+                        return None
+                    inbuf += data
+                    continue
                 data = None
                 with trio.move_on_at(min(policy, deadline)) as scope:
                     if idle and shutdown is not None:
@@ -403,6 +422,43 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         except Refused as exc:
             await self._refuse(exc.status, exc.detail)
             raise self._end(ProtocolError(f"request refused with {exc.status}: {exc.detail}")) from None
+
+    async def _watched_recv(self, watch: trio.CancelScope, policy: float, idle: bool) -> bytes | None:
+        """Receive under the watchdog (see :meth:`_next_request`); None if ``watch`` was cancelled
+        just as the bytes came (the wait timed out all the same)."""
+        dog = watchdog()
+        limits = self.limits
+        dog.arm(self, policy, watch, (limits.header_timeout if not idle else limits.keepalive_timeout) / 8)
+        self._waited_idle = idle
+        shutdown = self._shutdown
+        waiting = None
+        if idle and shutdown is not None:
+            waiting = self._idle_scopes
+            if waiting is None:
+                waiting = self._idle_scopes = _drainer(shutdown).idle
+            waiting.add(watch)
+        try:
+            data = await self.lower.recv(RECV)
+        finally:
+            dog.disarm(self)
+            if waiting is not None:
+                waiting.discard(watch)
+        return None if watch.cancel_called else data
+
+    async def _wait_timed_out(self) -> None:
+        """The end of a connection whose wait :meth:`serve`'s watchdog cancelled (outside its scope)."""
+        shutdown = self._shutdown
+        if self._waited_idle:
+            if shutdown is not None and shutdown.is_set():
+                self._ended = EndOfStream("HTTP/1.1: the server is shutting down")
+                return
+            what = "before a first request" if self._requests == 0 else "idle"
+            log.debug("closing the connection from %s: %s for too long", self.info.get("peer"), what)
+            self._ended = EndOfStream(f"HTTP/1.1: connection {what} for too long")
+            return
+        detail = f"request head not complete within {self.limits.header_timeout:g}s"
+        await self._refuse(408, detail)
+        self._ended = ProtocolError(f"request refused with 408: {detail}")
 
     def _end(self, exc: StackError) -> StackError:
         self._ended = exc
@@ -685,18 +741,21 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         the connection is closed by then. Cancellation closes the connection.
         """
         try:
-            while True:
-                try:
-                    request = await self._next_request()
-                except StackError as exc:
-                    log.debug("connection from %s: %s", self.info.get("peer"), exc)
-                    return
-                if request is None:
-                    return
-                if self.scheme == "http" and "upgrade" in request.headers and await self._h2c(app, request):
-                    return
-                await self._run(app, request)
-                del request  # an idle connection keeps nothing of the last request
+            with trio.CancelScope() as watch:  # cancelled by the watchdog when a wait passes its limit
+                while True:
+                    try:
+                        request = await self._next_request(FOREVER, watch)
+                    except StackError as exc:
+                        log.debug("connection from %s: %s", self.info.get("peer"), exc)
+                        return
+                    if request is None:
+                        break
+                    if self.scheme == "http" and "upgrade" in request.headers and await self._h2c(app, request):
+                        return
+                    await self._run(app, request)
+                    del request  # an idle connection keeps nothing of the last request
+            if watch.cancel_called and self._ended is None:
+                await self._wait_timed_out()
         finally:
             if self._state is not CLOSED:
                 with trio.CancelScope(shield=True):

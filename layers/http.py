@@ -108,12 +108,16 @@ class server:
     ``limits`` configures both versions. ``shutdown``: an event that, once set, drains every
     connection attached with this spec (HTTP/1.1 finishes the request in flight and closes;
     HTTP/2 sends GOAWAY) with in-flight requests given ``limits.drain_timeout``; pass the same
-    event to :meth:`stack.Stack.serve` so the listener stops too.
+    event to :meth:`stack.Stack.serve` so the listener stops too. ``engine``: HTTP/1.1's parser,
+    ``"auto"`` (the compiled one when it is importable), ``"fast"`` or ``"reference"`` (see
+    :data:`layers.http1.ENGINES`); HTTP/2 has one engine, h2 with our corrections.
+    ``conn.info["http_engine"]`` says which one runs on a connection.
     """
 
     app: App
     limits: Limits = DEFAULT_LIMITS
     shutdown: trio.Event | None = field(default=None, compare=False)
+    engine: str = "auto"
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> ServerConnection:
         """Pick the version (ALPN, else sniff the first bytes under ``deadline``) and attach it."""
@@ -140,7 +144,7 @@ class server:
     def _http1(self) -> Any:
         from . import http1
 
-        return http1.server(self.app, self.limits, self.shutdown)
+        return http1.server(self.app, self.limits, self.shutdown, self.engine)
 
     @cached_property
     def _http2(self) -> Any:

@@ -119,13 +119,34 @@ __all__ = [
     "TunnelRefused",
     "client",
     "date_header",
+    "engine_name",
     "log",
     "server",
 ]
 
 ENGINES: dict[str, Callable[[int], ServerEngine]] = {"reference": ReferenceEngine}
 """The server's parsing engines by name (``server(engine=...)``): ``"reference"`` is h11 with our
-strict checks. An engine is a class of ``layers._h1core.ServerEngine`` taking ``max_header_bytes``."""
+strict checks; ``"fast"`` (when httptools imports) parses heads with llhttp, in C, and keeps every
+decision of the reference (``layers._h1fast``). An engine is a class of
+``layers._h1core.ServerEngine`` taking ``max_header_bytes``."""
+
+try:
+    from layers._h1fast import FastEngine
+except ImportError:  # pragma: no cover - httptools is a dependency; the reference path stays whole
+    log.debug("httptools is not importable: the fast HTTP/1.1 engine is not available")
+else:
+    ENGINES["fast"] = FastEngine
+
+
+def engine_name(engine: str) -> str:
+    """The engine ``engine`` names: ``"auto"`` is ``"fast"`` where available, else ``"reference"``.
+    ValueError for a name that is not an engine, or ``"fast"`` where httptools is missing."""
+    if engine == "auto":
+        return "fast" if "fast" in ENGINES else "reference"
+    if engine not in ENGINES:
+        hint = " (the fast engine needs httptools: pip install httptools)" if engine == "fast" else ""
+        raise ValueError(f"http1: unknown engine {engine!r}{hint}; known: auto, {', '.join(ENGINES)}")
+    return engine
 
 
 @dataclass(frozen=True)
@@ -134,24 +155,24 @@ class server:
 
     ``limits``: :class:`layers.http.Limits`. ``shutdown``: once set, idle connections close at
     once and a request in flight finishes with ``Connection: close``; pass the same event to
-    :meth:`stack.Stack.serve`. ``engine``: the parser, by name in :data:`ENGINES` (only
-    ``"reference"`` for now; another name raises ValueError).
+    :meth:`stack.Stack.serve`. ``engine``: the parser, ``"auto"`` (the fast one when it is
+    importable), ``"fast"`` or ``"reference"`` (see :data:`ENGINES`); an unknown or unavailable
+    name raises ValueError here. ``conn.info["http_engine"]`` says which one runs.
     """
 
     app: App
     limits: Limits = DEFAULT_LIMITS
     shutdown: trio.Event | None = field(default=None, compare=False)
-    engine: str = "reference"
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(f"http1.server: unknown engine {self.engine!r} (known: {', '.join(ENGINES)})")
+        engine_name(self.engine)
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> ServerConnection:
         """Wrap ``lower``. No handshake: returns at once; ``header_timeout`` starts now."""
         if not isinstance(lower, ByteStream):
             raise TypeError(f"http1.server attaches to a ByteStream, not {type(lower).__name__}")
-        return ServerConnection(lower, self.limits, self.shutdown, ENGINES[self.engine])
+        return ServerConnection(lower, self.limits, self.shutdown, ENGINES[engine_name(self.engine)])
 
     async def handle(self, conn: ServerConnection) -> None:
         """Run the app on every request of ``conn`` (what :meth:`stack.Stack.serve` calls)."""

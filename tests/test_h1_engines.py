@@ -104,6 +104,25 @@ def test_engines_agree(shape: Shape, cuts: list[int]) -> None:
     assert fast == ref, f"{shape.raw!r} {shape.notes}"
 
 
+def drive_sequence(engine: ServerEngine, shapes: list[Shape]) -> list[Outcome]:
+    """Requests one after the other on one connection's engine, as long as the connection would
+    live (a refusal, a body error or a closing request ends it)."""
+    outcomes = []
+    for shape in shapes:
+        out = drive(engine, shape.raw, [])
+        outcomes.append(out)
+        if out.head is None or out.error is not None or not out.head[4]:
+            break
+        engine.reset()
+    return outcomes
+
+
+@settings(check_settings(scale=3))
+@given(st.lists(requests(), min_size=2, max_size=4))
+def test_engines_agree_on_a_connection(shapes: list[Shape]) -> None:
+    assert drive_sequence(FastEngine(LIMIT), shapes) == drive_sequence(ReferenceEngine(LIMIT), shapes)
+
+
 def test_the_fast_engine_takes_a_keep_alive_sequence() -> None:
     engine = FastEngine(LIMIT)
     for _ in range(3):

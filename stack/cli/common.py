@@ -100,3 +100,31 @@ async def on_signals(signals: Any, shutdown: trio.Event, scope: trio.CancelScope
             return
         log.warning("%s: shutting down (a second signal stops at once)", signal.Signals(signum).name)
         shutdown.set()
+
+
+ENGINES = ("auto", "fast", "reference")
+"""The ``--engine`` choices (see :data:`layers.http1.ENGINES`)."""
+
+
+def add_engine_argument(p: argparse.ArgumentParser) -> None:
+    """``--engine auto|fast|reference``: HTTP/1.1's parser (HTTP/2 has one)."""
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="HTTP/1.1 parser: fast (llhttp, compiled), reference (h11), auto: fast when installed")
+
+
+def engines_line(engine: str) -> str:
+    """What runs HTTP/1.1 and HTTP/2 with ``--engine engine``, for the start-up log line; ValueError
+    for an engine that is not available."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from layers import http1
+
+    def of(package: str) -> str:
+        try:
+            return f"{package} {version(package)}"
+        except PackageNotFoundError:  # pragma: no cover - installed without metadata
+            return package
+
+    name = http1.engine_name(engine)
+    parser = of("httptools" if name == "fast" else "h11")
+    return f"HTTP/1.1 engine {name} ({parser}), HTTP/2 engine reference ({of('h2')})"

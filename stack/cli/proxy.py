@@ -31,7 +31,16 @@ import trio
 
 from layers import http, tcp
 from layers.reverse_proxy import BackendPool, ProxyApp, Upstream, parse_listen
-from stack.cli.common import DEFER_ACCEPT, on_signals, raise_nofile, tls_args_problem, tls_layer, url
+from stack.cli.common import (
+    DEFER_ACCEPT,
+    add_engine_argument,
+    engines_line,
+    on_signals,
+    raise_nofile,
+    tls_args_problem,
+    tls_layer,
+    url,
+)
 from stack.compose import Stack
 from stack.errors import StackError
 
@@ -52,7 +61,7 @@ async def run_proxy(args: argparse.Namespace, layer: Any) -> None:
     limits = http.DEFAULT_LIMITS
     layers: list[Any] = [layer] if layer is not None else []
     listen = tcp.listen(host, port, backlog=4096, defer_accept=DEFER_ACCEPT)  # clients speak first
-    front = Stack(listen, *layers, http.server(app, limits, shutdown))
+    front = Stack(listen, *layers, http.server(app, limits, shutdown, engine=args.engine))
     scheme = "https" if layer is not None else "http"
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as outer:
@@ -64,7 +73,7 @@ async def run_proxy(args: argparse.Namespace, layer: Any) -> None:
                         functools.partial(front.serve, shutdown=shutdown, drain_timeout=limits.drain_timeout)
                     )
                     print(f"serving on {url(scheme, addresses[0])}", flush=True)
-                    log.info("forwarding to %s", upstream.url)
+                    log.info("forwarding to %s; %s", upstream.url, engines_line(args.engine))
             finally:
                 with trio.CancelScope(shield=True):
                     await pool.aclose()
@@ -101,6 +110,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="the same with a PROXY protocol v2 header")
     p.add_argument("--allow-connect", action="append", default=[], metavar="HOST:PORT",
                    help="let CONNECT tunnel to HOST:PORT (repeatable; none by default)")
+    add_engine_argument(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no access log")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     p.set_defaults(func=cmd_proxy)

@@ -40,7 +40,7 @@ import trio
 
 from layers import http, tcp
 from layers.static import FileApp, discard_body
-from stack.cli.common import DEFER_ACCEPT, on_signals, tls_args_problem, url
+from stack.cli.common import DEFER_ACCEPT, add_engine_argument, engines_line, on_signals, tls_args_problem, url
 from stack.compose import Stack
 
 __all__ = [
@@ -200,7 +200,7 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
     listen = tcp.listen(
         args.host, args.port, backlog=4096, reuse_port=getattr(args, "workers", 1) > 1, defer_accept=DEFER_ACCEPT
     )
-    stack = Stack(listen, *layers, http.server(app, limits, shutdown))
+    stack = Stack(listen, *layers, http.server(app, limits, shutdown, engine=args.engine))
     scheme = "https" if tls_layer is not None else "http"
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as outer:
@@ -209,6 +209,7 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
                 addresses = await nursery.start(
                     functools.partial(stack.serve, shutdown=shutdown, drain_timeout=limits.drain_timeout)
                 )
+                log.info("%s", engines_line(args.engine))
                 print(f"serving on {url(scheme, addresses[0])}", flush=True)
             outer.cancel_scope.cancel()
     log.info("stopped")
@@ -262,6 +263,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="expect a PROXY protocol v1 or v2 header on every connection (behind HAProxy...)")
     p.add_argument("--header-timeout", type=float, metavar="SECONDS",
                    help="seconds a request head may take to arrive (default: 10)")
+    add_engine_argument(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no access log")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     p.add_argument("--hello", action="store_true", help=argparse.SUPPRESS)  # the benchmarks' 13-byte body

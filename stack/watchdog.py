@@ -1,0 +1,84 @@
+"""Coarse deadlines for the waits many connections repeat: one sweeper instead of a scope per wait.
+
+Theory of operation. A server connection waits for every next request under a limit (a header
+or keep-alive timeout). With a cancel scope per wait, that costs a scope's setup, its deadline
+registration and its teardown per request, a large share of a small request. Here a connection
+that already runs inside a long-lived cancel scope of its own (one per connection) *arms* the
+watchdog before the wait and *disarms* it after: a dictionary store and a delete. One system task
+per trio run sweeps the armed waits every :attr:`Watchdog.period` seconds and cancels the scope of
+each whose deadline has passed; the cancelled connection sees the cancellation in its wait and
+ends its scope, so it can only be used where a timeout ends what the scope covers (a connection
+whose limit passed closes, or sends 408 and closes).
+
+Precision: a deadline fires between 0 and one period late. The period is the smallest
+``resolution`` any arm asked for (a connection asks for a fraction of its limit), never below
+:data:`MIN_PERIOD`. The sweeper sleeps on an event while nothing is armed.
+
+A wait that completes in the same tick as its deadline may find its scope cancelled after the wait
+returned: the caller checks ``scope.cancel_called`` after disarming and treats that as a timeout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import trio
+
+__all__ = ["MIN_PERIOD", "Watchdog", "watchdog"]
+
+MIN_PERIOD = 0.005
+"""Seconds: the sweeper never wakes more often than this."""
+
+
+class Watchdog:
+    """Cancels the scopes of armed waits whose deadline passed (see the module docstring)."""
+
+    __slots__ = ("_armed", "_wake", "period")
+
+    def __init__(self) -> None:
+        self._armed: dict[object, tuple[float, trio.CancelScope]] = {}
+        self._wake: trio.Event | None = None
+        self.period = math.inf
+
+    def arm(self, key: object, deadline: float, scope: trio.CancelScope, resolution: float) -> None:
+        """Cancel ``scope`` once ``deadline`` passed, unless :meth:`disarm` (same ``key``) comes first.
+        ``resolution``: how late the cancellation may come, at most."""
+        if resolution < self.period:
+            self.period = max(resolution, MIN_PERIOD)
+        self._armed[key] = (deadline, scope)
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            wake.set()
+
+    def disarm(self, key: object) -> None:
+        """Forget the wait armed under ``key`` (nothing happens if there is none)."""
+        self._armed.pop(key, None)
+
+    async def run(self) -> None:
+        """The sweeper (a system task): every period, cancel what is due; sleep while nothing is armed."""
+        armed = self._armed
+        while True:
+            if not armed:
+                self._wake = trio.Event()
+                await self._wake.wait()
+            await trio.sleep(self.period)
+            now = trio.current_time()
+            due = [key for key, (deadline, _) in armed.items() if deadline <= now]
+            for key in due:
+                _, scope = armed.pop(key)
+                scope.cancel()
+
+
+_WATCHDOG: trio.lowlevel.RunVar[Watchdog] = trio.lowlevel.RunVar("stack.watchdog")
+
+
+def watchdog() -> Watchdog:
+    """The watchdog of the current trio run (its sweeper starts on first use)."""
+    try:
+        return _WATCHDOG.get()
+    except LookupError:
+        dog = Watchdog()
+        _WATCHDOG.set(dog)
+        trio.lowlevel.spawn_system_task(dog.run, name="stack.watchdog")
+        return dog
