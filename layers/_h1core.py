@@ -496,6 +496,74 @@ def switch_head(status: int, fields: Sequence[tuple[bytes, bytes]]) -> bytes:
     return b"".join(lines)
 
 
+_Framed = tuple[bytes, bytes, bool, bool, "int | None", bool, "str | None"]
+_HEADS: dict[tuple[object, ...], _Framed] = {}
+"""Response heads by shape (see ``ResponseWriter._frame_head``): at most :data:`_HEADS_MAX`."""
+_HEADS_MAX = 512
+
+
+def _frame(
+    status: int,
+    fields: list[tuple[bytes, bytes]],
+    whole: int | None,
+    head_request: bool,
+    http11: bool,
+    close: bool,
+    unread: str | None,
+    shutting_down: bool,
+) -> _Framed:
+    """The head of one response shape: (the lines before the Date line, the lines after it,
+    whether a Date line goes between, and the body's framing: discard, bytes left under a
+    Content-Length, chunked; why the connection closes). ValueError as ``_frame_head``."""
+    bodyless = head_request or status in BODYLESS_STATUS
+    length: int | None = None
+    chunked = has_date = False
+    why: str | None = None
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
+    for name, value in fields:
+        if _TOKEN.fullmatch(name) is None or _BAD_VALUE.search(value) is not None:
+            raise ValueError(f"invalid header field {name!r}: {value[:40]!r}")
+        if name == b"content-length":
+            if length is not None or not value.isdigit():
+                raise ValueError(f"invalid or repeated Content-Length {value!r}")
+            length = int(value)
+        elif name == b"transfer-encoding":
+            if value.lower() != b"chunked" or whole is not None:
+                raise ValueError("Transfer-Encoding: only chunked, and only for start_response()")
+            chunked = True
+        elif name == b"connection":
+            close = close or b"close" in value.lower()
+            continue  # written below, from what will actually happen
+        elif name == b"date":
+            has_date = True
+        lines.append(b"%s: %s\r\n" % (name, value))
+    if chunked and length is not None:
+        raise ValueError("both Content-Length and Transfer-Encoding")
+    if not close and unread is not None:  # say now if the unread body means closing
+        close = True
+        why = unread
+    if whole is not None:
+        if length is None:
+            if status not in BODYLESS_STATUS:
+                lines.append(b"content-length: %d\r\n" % whole)
+        elif length != whole and not bodyless:
+            raise ValueError(f"Content-Length is {length} but the body has {whole} bytes")
+        length = whole
+    elif length is None and not chunked and not bodyless:
+        if http11:
+            chunked = True
+            lines.append(b"transfer-encoding: chunked\r\n")
+        else:
+            close = True  # an HTTP/1.0 client: the body ends with the connection
+    if not close and shutting_down:
+        close = True
+    after = [b"connection: close\r\n", b"\r\n"] if close else [b"\r\n"]
+    if close:
+        why = why or "this response closes the connection"
+    left = None if bodyless or chunked else length
+    return b"".join(lines), b"".join(after), not has_date, bodyless, left, chunked and not bodyless, why
+
+
 class ResponseWriter:
     """Frames one response at a time into ``outbuf`` (a connection's buffer of committed bytes).
 
@@ -529,59 +597,24 @@ class ResponseWriter:
         anyway. ``unread``: why the connection closes if it would otherwise stay open (an unread
         request body). ``shutting_down``: close too. ValueError for an invalid field or framing
         fields that contradict the body; then nothing was committed.
+
+        A head is built once per shape: everything it depends on is the key of :data:`_HEADS`,
+        and only the Date line is written fresh (once a second, :func:`date_header`).
         """
-        bodyless = head_request or status in BODYLESS_STATUS
-        length: int | None = None
-        chunked = has_date = False
-        why: str | None = None
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
-        for name, value in fields:
-            if _TOKEN.fullmatch(name) is None or _BAD_VALUE.search(value) is not None:
-                raise ValueError(f"invalid header field {name!r}: {value[:40]!r}")
-            if name == b"content-length":
-                if length is not None or not value.isdigit():
-                    raise ValueError(f"invalid or repeated Content-Length {value!r}")
-                length = int(value)
-            elif name == b"transfer-encoding":
-                if value.lower() != b"chunked" or whole is not None:
-                    raise ValueError("Transfer-Encoding: only chunked, and only for start_response()")
-                chunked = True
-            elif name == b"connection":
-                close = close or b"close" in value.lower()
-                continue  # written below, from what will actually happen
-            elif name == b"date":
-                has_date = True
-            lines.append(b"%s: %s\r\n" % (name, value))
-        if chunked and length is not None:
-            raise ValueError("both Content-Length and Transfer-Encoding")
-        if not close and unread is not None:  # say now if the unread body means closing
-            close = True
-            why = unread
-        if whole is not None:
-            if length is None:
-                if status not in BODYLESS_STATUS:
-                    lines.append(b"content-length: %d\r\n" % whole)
-            elif length != whole and not bodyless:
-                raise ValueError(f"Content-Length is {length} but the body has {whole} bytes")
-            length = whole
-        elif length is None and not chunked and not bodyless:
-            if http11:
-                chunked = True
-                lines.append(b"transfer-encoding: chunked\r\n")
-            else:
-                close = True  # an HTTP/1.0 client: the body ends with the connection
-        if not has_date:
-            lines.append(b"date: %s\r\n" % date_header())
-        if not close and shutting_down:
-            close = True
-        if close:
-            lines.append(b"connection: close\r\n")
-            why = why or "this response closes the connection"
-        lines.append(b"\r\n")
-        self.outbuf += b"".join(lines)
-        self._discard = bodyless
-        self._left = None if bodyless or chunked else length
-        self._chunked = chunked and not bodyless
+        key = (status, *fields, whole, head_request, http11, close, unread, shutting_down)
+        try:
+            framed = _HEADS[key]
+        except KeyError:
+            framed = _frame(status, fields, whole, head_request, http11, close, unread, shutting_down)
+            if len(_HEADS) >= _HEADS_MAX:
+                _HEADS.clear()
+            _HEADS[key] = framed
+        before, after, dated, self._discard, self._left, self._chunked, why = framed
+        out = self.outbuf
+        out += before
+        if dated:
+            out += b"date: %s\r\n" % date_header()
+        out += after
         return why
 
     def _frame_data(self, data: bytes | bytearray | memoryview) -> None:
