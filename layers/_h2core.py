@@ -48,6 +48,11 @@ What :class:`H2Core` changes, and why:
   ``send_data`` make (h2 builds, checks and serializes frame objects for each: about a third
   of a small request's cost). Anything else (a 1xx, a body over a frame or the windows, a
   stream not open for it) takes h2's own path.
+* **A request's HEADERS opening a stream take a shorter path** (``_receive_headers_frame``):
+  the same checks, decoding, stream creation and state transitions as h2's, without what our
+  configuration makes idle (the header validation flags h2 builds for its disabled checks, a
+  second copy of the decoded list, the informational-response scan of a request that starts
+  with ``:method``). Anything else (a client core, trailers, PRIORITY, an unusual head) is h2's.
 * **The concurrent-stream limit is the layer's**: h2 treats one stream over
   SETTINGS_MAX_CONCURRENT_STREAMS as a connection error; the layer answers REFUSED_STREAM
   instead (RFC 9113 5.1.2 allows either), counting streams whose handler still runs too (a
@@ -69,8 +74,8 @@ import h2.events
 import h2.exceptions
 import h2.frame_buffer
 import h2.settings
-from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
-from h2.stream import StreamClosedBy, StreamState
+from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, H2ConnectionStateMachine
+from h2.stream import StreamClosedBy, StreamInputs, StreamState
 from hpack.hpack import Decoder, Encoder
 from hpack.table import HeaderTable
 from hyperframe.frame import ContinuationFrame, Frame, RstStreamFrame
@@ -443,6 +448,32 @@ class H2Core(h2.connection.H2Connection):
         else:
             self._prepare_for_sending(frames)
         return events  # type: ignore[no-any-return]
+
+    def _receive_headers_frame(self, frame: Any) -> tuple[list[Frame], list[Any]]:
+        sid = frame.stream_id
+        if (
+            sid in self.streams
+            or self.config.client_side
+            or self.state_machine.state is not _SERVER_OPEN  # RECV_HEADERS changes nothing there
+            or "PRIORITY" in frame.flags
+            or self.local_settings.max_concurrent_streams < _UNLIMITED_STREAMS
+        ):
+            return super()._receive_headers_frame(frame)
+        self._open_streams(1)  # h2 counts (against our unlimited setting) and forgets closed streams
+        headers: Any = h2.connection._decode_headers(self.decoder, frame.data)  # a list (_Decoder)
+        stream = self._begin_new_stream(sid, AllowedStreamIDs.ODD)
+        if not headers or headers[0][0] == b":status":  # h2 sees an informational response
+            return stream.receive_headers(headers, "END_STREAM" in frame.flags, None)
+        machine = stream.state_machine
+        events: list[Any] = machine.process_input(StreamInputs.RECV_HEADERS)  # [RequestReceived]
+        request: Any = events[0]
+        if "END_STREAM" in frame.flags:
+            ended = machine.process_input(StreamInputs.RECV_END_STREAM)
+            request.stream_ended = ended[0]
+            events += ended
+        stream._initialize_content_length(headers)
+        request.headers = headers  # our decoder returns a list of its own
+        return [], events
 
     def _handle_data_on_closed_stream(
         self, events: list[Any], exc: h2.exceptions.StreamClosedError, frame: Any

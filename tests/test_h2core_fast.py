@@ -6,11 +6,16 @@ the other through h2's public calls; what they queue and the state they keep mus
 
 from __future__ import annotations
 
+import functools
+
 import h2.config
 import h2.connection
+import h2.exceptions
 import h2.settings
+import hpack
 import pytest
 from h2.stream import StreamState
+from hyperframe.frame import HeadersFrame
 
 from layers._h2core import H2Core
 
@@ -97,3 +102,62 @@ def test_send_response_declines_a_second_head_and_unknown_streams() -> None:
     assert core.send_response(1, [(b":status", b"200")], b"")
     assert not core.send_response(1, [(b":status", b"200")], b"")
     assert not core.send_response(3, [(b":status", b"200")], b"")
+
+
+def _h2_path(core: H2Core) -> H2Core:
+    """``core`` receiving HEADERS through h2's own ``_receive_headers_frame``."""
+    core._frame_dispatch_table[HeadersFrame] = functools.partial(
+        h2.connection.H2Connection._receive_headers_frame, core
+    )
+    return core
+
+
+def _outcome(core: H2Core, data: bytes) -> tuple[object, ...]:
+    try:
+        events = core.receive_data(data)
+    except h2.exceptions.ProtocolError as exc:
+        return (type(exc), str(exc), core.data_to_send())
+    seen = [
+        (
+            type(e).__name__,
+            getattr(e, "stream_id", None),
+            getattr(e, "headers", None),
+            repr(getattr(e, "stream_ended", None)),
+        )
+        for e in events
+    ]
+    streams = {sid: (s.state_machine.state, s._expected_content_length) for sid, s in core.streams.items()}
+    return (seen, streams, core.data_to_send())
+
+
+REQUEST = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"x")]
+
+
+@pytest.mark.parametrize(
+    ("sid", "fields", "flags"),
+    [
+        (3, REQUEST, ["END_HEADERS", "END_STREAM"]),
+        (3, REQUEST, ["END_HEADERS"]),
+        (3, [*REQUEST, (b"content-length", b"12")], ["END_HEADERS"]),
+        (3, [*REQUEST, (b"content-length", b"1x")], ["END_HEADERS"]),
+        (3, [*REQUEST, (b"content-length", b"1"), (b"content-length", b"2")], ["END_HEADERS"]),
+        (3, [(b":status", b"100")], ["END_HEADERS"]),
+        (3, [(b":status", b"200")], ["END_HEADERS", "END_STREAM"]),
+        (3, [], ["END_HEADERS", "END_STREAM"]),
+        (1, REQUEST, ["END_HEADERS", "END_STREAM"]),  # trailers on stream 1 (open)
+        (4, REQUEST, ["END_HEADERS"]),  # even: not the client's
+        (3, REQUEST, ["END_HEADERS", "PRIORITY"]),
+    ],
+)
+def test_receive_headers_matches_h2(sid: int, fields: list[tuple[bytes, bytes]], flags: list[str]) -> None:
+    data = _client_bytes(False, None)
+    encoder = hpack.Encoder()
+    encoder.encode(REQUEST)  # as the client coded stream 1's head (same table state)
+    frame = HeadersFrame(sid)
+    frame.data = encoder.encode(fields)
+    for flag in flags:
+        frame.flags.add(flag)
+    if "PRIORITY" in flags:
+        frame.depends_on, frame.stream_weight = 0, 15
+    fast, slow = _server(data), _h2_path(_server(data))
+    assert _outcome(fast, frame.serialize()) == _outcome(slow, frame.serialize())
