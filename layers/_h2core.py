@@ -42,6 +42,17 @@ What :class:`H2Core` changes, and why:
   (or a limit the decoding checks) changes.
 * **No eager ``repr`` of every received frame**: h2 formats each frame for its no-op trace
   logger; our copy of ``_receive_frame`` (same dispatch and closed-stream handling) does not.
+* **A server's whole response is queued in one step** (:meth:`H2Core.send_response`): a final
+  head and at most one DATA frame ending the stream, written as frame bytes directly, with the
+  same stream-state transitions and flow-control accounting h2's ``send_headers`` +
+  ``send_data`` make (h2 builds, checks and serializes frame objects for each: about a third
+  of a small request's cost). Anything else (a 1xx, a body over a frame or the windows, a
+  stream not open for it) takes h2's own path.
+* **A request's HEADERS opening a stream take a shorter path** (``_receive_headers_frame``):
+  the same checks, decoding, stream creation and state transitions as h2's, without what our
+  configuration makes idle (the header validation flags h2 builds for its disabled checks, a
+  second copy of the decoded list, the informational-response scan of a request that starts
+  with ``:method``). Anything else (a client core, trailers, PRIORITY, an unusual head) is h2's.
 * **The concurrent-stream limit is the layer's**: h2 treats one stream over
   SETTINGS_MAX_CONCURRENT_STREAMS as a connection error; the layer answers REFUSED_STREAM
   instead (RFC 9113 5.1.2 allows either), counting streams whose handler still runs too (a
@@ -53,6 +64,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import struct
 from typing import TYPE_CHECKING, Any
 
 import h2.config
@@ -62,8 +74,8 @@ import h2.events
 import h2.exceptions
 import h2.frame_buffer
 import h2.settings
-from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
-from h2.stream import StreamClosedBy
+from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, H2ConnectionStateMachine
+from h2.stream import StreamClosedBy, StreamInputs, StreamState
 from hpack.hpack import Decoder, Encoder
 from hpack.table import HeaderTable
 from hyperframe.frame import ContinuationFrame, Frame, RstStreamFrame
@@ -86,6 +98,12 @@ ProtocolViolation = h2.exceptions.ProtocolError
 """What :meth:`H2Core.receive_data` raises when the peer broke the protocol (GOAWAY is queued)."""
 
 _UNLIMITED_STREAMS = 2**31 - 1
+_SERVER_OPEN = ConnectionState.SERVER_OPEN
+_OPEN = StreamState.OPEN
+_HALF_CLOSED_REMOTE = StreamState.HALF_CLOSED_REMOTE
+_HALF_CLOSED_LOCAL = StreamState.HALF_CLOSED_LOCAL
+_CLOSED = StreamState.CLOSED
+_FRAME_HEAD = struct.Struct(">BHBBL")  # a frame header: length (3 bytes), type, flags, stream id
 
 ENCODER_TABLE_SIZE = 1024
 """Bytes of HPACK dynamic table our encoder uses (at most; the peer may allow more). hpack
@@ -344,6 +362,64 @@ class H2Core(h2.connection.H2Connection):
     def peer_max_concurrent_streams(self) -> int:
         return int(self.remote_settings.max_concurrent_streams)
 
+    def send_response(self, stream_id: int, fields: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """Server side: queue the final response head ``fields`` (``:status`` first, not 1xx;
+        already checked by the layer) and, if ``body``, one DATA frame, ending the stream either
+        way, exactly as ``send_headers(end_stream=not body)`` + ``send_data(body,
+        end_stream=True)`` would. Returns False, having changed nothing, when that is not a
+        plain case (h2's own path then raises or does it): not a server stream that is open or
+        half-closed (remote) with no head sent yet, a 1xx, a body larger than one frame or the
+        windows."""
+        if self.state_machine.state is not _SERVER_OPEN:
+            return False
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return False
+        machine = stream.state_machine
+        state = machine.state
+        if state is not _OPEN and state is not _HALF_CLOSED_REMOTE:
+            return False
+        if machine.headers_sent or machine.client is not False:
+            return False
+        if fields[0][0] != b":status" or fields[0][1][:1] == b"1":
+            return False
+        n = len(body)
+        if n and (
+            n > self.max_outbound_frame_size
+            or n > self.outbound_flow_control_window
+            or n > stream.outbound_flow_control_window
+        ):
+            return False
+        # As the state machine does: the transition before the (irreversible) encoding.
+        machine.headers_sent = True  # response_sent()
+        if state is _OPEN:
+            machine.state = _HALF_CLOSED_LOCAL
+        else:
+            machine.state = _CLOSED
+            machine.stream_closed_by = StreamClosedBy.SEND_END_STREAM  # send_end_stream()
+        stream.request_method = None  # h2 takes it from the head it sends (a response has none)
+        block = self.encoder.encode(fields)
+        out = self._data_to_send
+        size: int = stream.max_outbound_frame_size or self.max_outbound_frame_size
+        flags = 0x4 if n else 0x5  # END_HEADERS, END_STREAM when there is no body
+        if len(block) <= size:
+            out += _FRAME_HEAD.pack(len(block) >> 16, len(block) & 0xFFFF, 0x1, flags, stream_id)
+            out += block
+        else:  # HEADERS + CONTINUATION, END_HEADERS on the last
+            chunks = [block[i : i + size] for i in range(0, len(block), size)]
+            for i, chunk in enumerate(chunks):
+                last = i == len(chunks) - 1
+                kind = 0x1 if i == 0 else 0x9
+                bits = (0x4 if last else 0) | (flags & 0x1 if i == 0 else 0)
+                out += _FRAME_HEAD.pack(len(chunk) >> 16, len(chunk) & 0xFFFF, kind, bits, stream_id)
+                out += chunk
+        if n:
+            out += _FRAME_HEAD.pack(n >> 16, n & 0xFFFF, 0x0, 0x1, stream_id)  # DATA, END_STREAM
+            out += body
+            stream.outbound_flow_control_window -= n
+            self.outbound_flow_control_window -= n
+        return True
+
     # ---- corrections --------------------------------------------------------------------
 
     def _receive_frame(self, frame: Frame) -> list[Any]:
@@ -372,6 +448,32 @@ class H2Core(h2.connection.H2Connection):
         else:
             self._prepare_for_sending(frames)
         return events  # type: ignore[no-any-return]
+
+    def _receive_headers_frame(self, frame: Any) -> tuple[list[Frame], list[Any]]:
+        sid = frame.stream_id
+        if (
+            sid in self.streams
+            or self.config.client_side
+            or self.state_machine.state is not _SERVER_OPEN  # RECV_HEADERS changes nothing there
+            or "PRIORITY" in frame.flags
+            or self.local_settings.max_concurrent_streams < _UNLIMITED_STREAMS
+        ):
+            return super()._receive_headers_frame(frame)
+        self._open_streams(1)  # h2 counts (against our unlimited setting) and forgets closed streams
+        headers: Any = h2.connection._decode_headers(self.decoder, frame.data)  # a list (_Decoder)
+        stream = self._begin_new_stream(sid, AllowedStreamIDs.ODD)
+        if not headers or headers[0][0] == b":status":  # h2 sees an informational response
+            return stream.receive_headers(headers, "END_STREAM" in frame.flags, None)
+        machine = stream.state_machine
+        events: list[Any] = machine.process_input(StreamInputs.RECV_HEADERS)  # [RequestReceived]
+        request: Any = events[0]
+        if "END_STREAM" in frame.flags:
+            ended = machine.process_input(StreamInputs.RECV_END_STREAM)
+            request.stream_ended = ended[0]
+            events += ended
+        stream._initialize_content_length(headers)
+        request.headers = headers  # our decoder returns a list of its own
+        return [], events
 
     def _handle_data_on_closed_stream(
         self, events: list[Any], exc: h2.exceptions.StreamClosedError, frame: Any

@@ -478,7 +478,9 @@ class H2Request(Request):
         if err is not None:
             raise err
         try:
-            stream._conn.core.send_headers(stream.stream_id, fields, end_stream=end_stream)
+            core = stream._conn.core
+            if not (end_stream and core.send_response(stream.stream_id, fields, b"")):
+                core.send_headers(stream.stream_id, fields, end_stream=end_stream)
         except h2.exceptions.ProtocolError as exc:
             raise _h2_fail(exc, "response head") from None
         stream._can_send = True
@@ -499,20 +501,14 @@ class H2Request(Request):
             self._send_head(fields, end_stream=True)
             stream._discard_body = no_body
             return
+        # one HEADERS and one DATA frame, queued together (send_response is False when the body
+        # is over one frame or the windows, or the stream not plainly open: the general path)
         sid = stream.stream_id
-        if (
-            conn.queued() < HIGH_WATER
-            and stream._error() is None
-            and n <= core.max_outbound_frame_size
-            and n <= core.local_flow_control_window(sid)
-        ):
-            self._send_head(fields, end_stream=False)
-            try:
-                core.send_data(sid, body, end_stream=True)
-            except h2.exceptions.ProtocolError as exc:  # pragma: no cover - checked above
-                raise _h2_fail(exc, "respond") from None
+        if conn.queued() < HIGH_WATER and stream._error() is None and core.send_response(sid, fields, body):
+            stream._can_send = True
             stream._local_ended = True
             conn.release_if_done(stream)
+            conn.wake_writer()
             return
         self._send_head(fields, end_stream=False)
         await stream.send(body, deadline=deadline)
