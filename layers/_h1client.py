@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import AsyncExitStack
-from collections.abc import Callable
 from typing import Any, Protocol, Self
 
 import trio
@@ -28,7 +27,7 @@ from layers._h1conn import H1Connection, _Tunnel
 from layers._h1core import BODYLESS_STATUS, CONTINUE_TIMEOUT, DRAIN_TIME, DUPLEX_BUFFER, INLINE_SEND, MAX_DRAIN, RECV
 from layers._http_model import Body, HeaderInput, Headers, Limits, Response, TunnelRefused
 from stack.deadlines import FOREVER
-from stack.errors import Broken, Busy, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
+from stack.errors import Broken, Busy, Closed, EndOfStream, ProtocolError, StackError, Timeout
 from stack.streams import ByteStream, Info
 
 log = logging.getLogger("stack.http1")

@@ -161,7 +161,7 @@ class ReferenceClientEngine:
     def next_event(self) -> ResponseHead | bytes | list[tuple[bytes, bytes]] | object | None:
         h = self._h11
         try:
-            event = h.next_event()
+            event: Any = h.next_event()
         except h11.RemoteProtocolError as exc:
             if exc.error_status_hint == 431:
                 raise _too_large_incomplete(self._limit) from None
@@ -178,8 +178,9 @@ class ReferenceClientEngine:
             self._fed -= size
             if size > self._limit:
                 raise _too_large(size, self._limit)
-            return ResponseHead(event.status_code, event.reason, event.http_version, list(event.headers.raw_items()))
-        return event
+            return ResponseHead(event.status_code, event.reason, event.http_version, list(event.headers))
+        unexpected: object = event  # PAUSED, ConnectionClosed: the client says what it did not expect
+        return unexpected
 
     @property
     def sending_body(self) -> bool:
@@ -607,7 +608,8 @@ class FastClientEngine:
             state = self._chunk_state
             if state == _CHUNK_DATA:
                 if not buf:
-                    return self._chunk_need()
+                    self._chunk_need()
+                    return None
                 left = self._left
                 if len(buf) <= left:
                     data = bytes(buf)
@@ -622,7 +624,8 @@ class FastClientEngine:
                 return data
             if state == _CHUNK_CRLF:
                 if not buf:
-                    return self._chunk_need()
+                    self._chunk_need()
+                    return None
                 due = b"\r\n"[2 - self._left :]
                 got = bytes(buf[: len(due)])
                 if got != due[: len(got)]:
@@ -630,13 +633,15 @@ class FastClientEngine:
                 del buf[: len(got)]
                 self._left -= len(got)
                 if self._left:
-                    return self._chunk_need()
+                    self._chunk_need()
+                    return None
                 self._chunk_state = _CHUNK_SIZE
                 continue
             if state == _CHUNK_SIZE:
                 j = buf.find(b"\r\n")
                 if j < 0:
-                    return self._chunk_need()
+                    self._chunk_need()
+                    return None
                 line = bytes(buf[: j + 2])
                 del buf[: j + 2]
                 m = _CHUNK_HEADER.fullmatch(line)
@@ -654,7 +659,8 @@ class FastClientEngine:
                 return self._end([])
             m2 = _BLANK_LINE.search(buf)
             if m2 is None:
-                return self._chunk_need()
+                self._chunk_need()
+                return None
             block = bytes(buf[: m2.end()])
             del buf[: m2.end()]
             try:
@@ -667,7 +673,6 @@ class FastClientEngine:
         if not self._buf and self._eof:
             raise self._fail("peer closed connection without sending complete message body (incomplete chunked read)")
         self._need()
-        return None
 
     # ---- state -------------------------------------------------------------------------------
 
@@ -710,5 +715,7 @@ class FastClientEngine:
 CLIENT_ENGINES: dict[str, type[ReferenceClientEngine] | type[FastClientEngine]] = {
     "reference": ReferenceClientEngine,
     "fast": FastClientEngine,
+    "auto": FastClientEngine,
 }
-"""The client's engines by name (``client(engine=...)``); ``"auto"`` is ``"fast"``."""
+"""The client's engines by name (``client(engine=...)``); ``"auto"`` is the fast one (it needs no
+compiled library: nothing can be missing)."""

@@ -176,8 +176,8 @@ class client:
     engine: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.engine != "auto" and self.engine not in CLIENT_ENGINES:
-            known = ", ".join(["auto", *CLIENT_ENGINES])
+        if self.engine not in CLIENT_ENGINES:
+            known = ", ".join(CLIENT_ENGINES)
             raise ValueError(f"http1.client: unknown engine {self.engine!r} (known: {known})")
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> ClientConnection:
@@ -185,5 +185,5 @@ class client:
         if not isinstance(lower, ByteStream):
             raise TypeError(f"http1.client attaches to a ByteStream, not {type(lower).__name__}")
         scheme = self.scheme or ("https" if "tls_version" in lower.info else "http")
-        engine = CLIENT_ENGINES["fast" if self.engine == "auto" else self.engine]
-        return ClientConnection(lower, self.limits, self.authority or http.authority_of(lower.info), scheme, engine)
+        authority = self.authority or http.authority_of(lower.info)
+        return ClientConnection(lower, self.limits, authority, scheme, CLIENT_ENGINES[self.engine])
