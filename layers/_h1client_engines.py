@@ -274,6 +274,11 @@ def _normalize(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
                 seen_length = value
             elif seen_length != value:
                 raise ValueError("conflicting Content-Length headers")
+            else:  # h11 keeps the first of equal ones
+                if out is fields:
+                    out = list(fields)
+                out[i] = (b"", b"")
+                continue
             if value != fields[i][1]:
                 if out is fields:
                     out = list(fields)
@@ -289,6 +294,8 @@ def _normalize(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
                 if out is fields:
                     out = list(fields)
                 out[i] = (fields[i][0], value)
+    if out is not fields and seen_length is not None:
+        out = [pair for pair in out if pair[0]]
     return out
 
 
@@ -539,19 +546,27 @@ class FastClientEngine:
         status = int(code)
         if status < 100:
             raise self._fail(f"InformationalResponse status_code should be in range [100, 200), not {status}")
-        if end > self._limit:
-            self._their = -1
-            raise _too_large(end, self._limit)
         head = ResponseHead(status, reason or b"", version, fields)
+        self._take_head(head)
+        if end > self._limit:  # checked once the head counted, as the reference does
+            raise _too_large(end, self._limit)
+        return head
+
+    def _take_head(self, head: ResponseHead) -> None:
+        """The state and the body's framing after ``head``."""
+        status = head.status
+        fields = head.fields
         if status < 200:
-            if status == 101 and self._proposals & 1:
+            if status == 101:
+                if not self._proposals & 1:
+                    raise self._fail("Received server _SWITCH_UPGRADE event without a pending proposal")
                 self._switch()
-            return head
+            return
         if self._proposals & 2 and status < 300 and self._method == b"CONNECT":
             self._switch()
-            return head
+            return
         self._proposals = 0
-        if b"close" in _comma_values(fields, b"connection") or version < b"1.1":
+        if b"close" in _comma_values(fields, b"connection") or head.http_version < b"1.1":
             self._keep_alive = False
         self._their = _BODY
         if status == 204 or status == 304 or self._method == b"HEAD" or (self._method == b"CONNECT" and status < 300):
@@ -569,7 +584,6 @@ class FastClientEngine:
                 self._received = 0
             else:
                 self._framing = _UNTIL_EOF
-        return head
 
     def _switch(self) -> None:
         self._their = _SWITCHED
