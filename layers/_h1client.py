@@ -705,12 +705,13 @@ class ClientConnection(H1Connection, http.ClientConnection):
         it. Shielded and bounded, so the decision is never cut in half by a cancellation."""
         engine = self._engine
         sender = self._sender
+        sent = not self.outbuf and (sender is None or sender.complete)
+        if sent and engine.cycle_done:  # the usual case: no await, nothing to shield
+            engine.start_next_cycle()
+            self._release(self._exchange)
+            return
         with trio.CancelScope(shield=True):
-            sent = not self.outbuf and (sender is None or sender.complete)
-            if sent and engine.cycle_done:
-                engine.start_next_cycle()
-                self._release(self._exchange)
-            elif not sent:
+            if not sent:
                 await self.give_up(
                     Closed(
                         "HTTP/1.1: the server answered before the request body was sent whole, "

@@ -104,7 +104,8 @@ def responses(draw: st.DrawFn) -> tuple[str, list[tuple[bytes, bytes]], bytes]:
     version = draw(st.sampled_from([b"1.1", b"1.1", b"1.0", b"2.0"]))
     reason = draw(st.sampled_from([b" OK", b"", b" ", b" Not\tFound", b" bad\x00"]))
     line = b"HTTP/%s %d%s" % (version, status, reason)
-    line = draw(st.sampled_from([line, line, line, b"HTTP/1.1  200 OK", b"HTP/1.1 200 OK", b"HTTP/1.1 20 OK", b" " + line]))
+    bad = [b"HTTP/1.1  200 OK", b"HTP/1.1 200 OK", b"HTTP/1.1 20 OK", b" " + line]
+    line = draw(st.sampled_from([line, line, line, *bad]))
     fields = draw(st.lists(st.tuples(_NAMES, _VALUES), max_size=4))
     body = draw(st.binary(max_size=40))
     framing = draw(st.sampled_from(["length", "chunked", "none", "fields"]))
@@ -160,7 +161,8 @@ def test_engines_agree(exchange: tuple[str, list[tuple[bytes, bytes]], bytes], c
 def test_request_heads_agree_and_are_refused_alike() -> None:
     ok = [(b"host", b"a"), (b"X-Thing", b"v"), (b"content-length", b"3")]
     ref, fast = ReferenceClientEngine(LIMIT), FastClientEngine(LIMIT)
-    assert fast.send_request(fast.build_request("POST", "/p?q", ok)) == ref.send_request(ref.build_request("POST", "/p?q", ok))
+    head = fast.send_request(fast.build_request("POST", "/p?q", ok))
+    assert head == ref.send_request(ref.build_request("POST", "/p?q", ok))
     assert fast.send_data(b"abc") == ref.send_data(b"abc")
     for method, target, fields in [
         ("GET", "/", [(b"x", b"v")]),  # no Host
