@@ -1,6 +1,7 @@
-"""The HTTP/1.1 client connection: requests out through h11, responses in, over a lower ByteStream.
+"""The HTTP/1.1 client connection: requests out, responses in, over a lower ByteStream.
 
-Theory of operation. h11 writes every request and parses every response (head and body) and keeps
+Theory of operation. A :class:`~layers._h1client_engines.ClientEngine` (h11 for ``"reference"``,
+our own for ``"fast"``) writes every request and parses every response (head and body) and keeps
 the state of both sides; :class:`ClientConnection` does the I/O and the policy: one exchange at a
 time on the connection (a semaphore), a request body sent inline or from a task of its own while
 the response is read (:class:`_BodySender`, full duplex), the end of an exchange (keep the
@@ -14,28 +15,24 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any, Protocol, Self
 
-import h11
 import trio
 
 from layers import _http_model as http
+from layers._h1client_engines import ClientEngine, ReferenceClientEngine, ResponseHead
 from layers._h1conn import H1Connection, _Tunnel
 from layers._h1core import BODYLESS_STATUS, CONTINUE_TIMEOUT, DRAIN_TIME, DUPLEX_BUFFER, INLINE_SEND, MAX_DRAIN, RECV
 from layers._http_model import Body, HeaderInput, Headers, Limits, Response, TunnelRefused
 from stack.deadlines import FOREVER
-from stack.errors import Broken, Busy, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
+from stack.errors import Broken, Busy, Closed, EndOfStream, ProtocolError, StackError, Timeout
 from stack.streams import ByteStream, Info
 
 log = logging.getLogger("stack.http1")
 
 _BODYLESS_STATUS = BODYLESS_STATUS
-
-
-def _local_error(exc: h11.LocalProtocolError) -> ValueError:
-    return ValueError(f"HTTP/1.1: {exc}")
 
 
 class ResponseOwner(Protocol):
@@ -161,18 +158,20 @@ class _BodySender:
                 except Exception as exc:  # the caller's iterator: its error is the caller's to see
                     self.failure = exc
                     return
-                if chunk and not self._commit(h11.Data(data=chunk)):
+                if chunk and not self._commit(chunk):
                     return
                 await conn.flush(self.deadline)
-            if not self._commit(h11.EndOfMessage()):
+            if not self._commit(None):
                 return
             await conn.flush(self.deadline)
         self.complete = True
 
-    def _commit(self, event: h11.Data | h11.EndOfMessage) -> bool:
+    def _commit(self, chunk: bytes | None) -> bool:
+        """Commit ``chunk`` of the body (None: its end) under the request's framing."""
         try:
-            self.conn._send_event(event)
-        except StackError as exc:  # h11 refused the caller's data (over or under its Content-Length)
+            engine = self.conn._engine
+            self.conn.outbuf += engine.send_end() if chunk is None else engine.send_data(chunk)
+        except StackError as exc:  # the engine refused the caller's data (over or under its Content-Length)
             self.failure = exc
             return False
         return True
@@ -358,9 +357,17 @@ class ClientConnection(H1Connection, http.ClientConnection):
 
     http_version = "1.1"
 
-    def __init__(self, lower: ByteStream, limits: Limits, authority: str, scheme: str) -> None:
+    def __init__(
+        self,
+        lower: ByteStream,
+        limits: Limits,
+        authority: str,
+        scheme: str,
+        engine_class: Callable[[int], ClientEngine] = ReferenceClientEngine,
+    ) -> None:
         super().__init__(lower, limits)
-        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=limits.max_header_bytes)
+        engine = self._engine = engine_class(limits.max_header_bytes)
+        self.info = Info({"http_version": "1.1", "http_engine": engine.name}, lower.info)
         self.authority = authority
         self.scheme = scheme
         self._host = authority.encode("ascii") if authority.isascii() else authority.encode("idna")
@@ -378,14 +385,10 @@ class ClientConnection(H1Connection, http.ClientConnection):
     def __repr__(self) -> str:
         return f"<http1.ClientConnection {self.authority}>"
 
-    def _feed(self, data: bytes) -> None:
-        """Give received bytes (``b""``: the end of the stream) to h11."""
-        self._h11.receive_data(data)
-
     async def _receive(self, deadline: float) -> bytes:
-        """Receive once from below and give it to h11; return what arrived (``b""`` at EOF)."""
+        """Receive once from below and give it to the engine; return what arrived (``b""`` at EOF)."""
         data = await self.lower.recv(RECV, deadline=deadline)
-        self._feed(data)
+        self._engine.receive_data(data)
         return data
 
     async def __aenter__(self) -> Self:
@@ -445,7 +448,7 @@ class ClientConnection(H1Connection, http.ClientConnection):
         self._exchanges += 1
         self._exchange = exchange = self._exchanges
         self._sender = None
-        self._method = event.method
+        self._method = self._engine.request_method(event)
         ok = False
         try:
             self._check()
@@ -482,9 +485,9 @@ class ClientConnection(H1Connection, http.ClientConnection):
             )
         return response
 
-    def _build(self, method: str, target: str, headers: Headers, body: Body) -> tuple[h11.Request, bool, bool]:
-        """The h11 request event (framing headers and Host added); whether the body streams;
-        whether it waits for 100 Continue."""
+    def _build(self, method: str, target: str, headers: Headers, body: Body) -> tuple[Any, bool, bool]:
+        """The engine's checked request head (framing headers and Host added); whether the body
+        streams; whether it waits for 100 Continue."""
         raw = headers.raw
         has_host = has_length = expect_100 = False
         for name, value in raw:
@@ -501,25 +504,25 @@ class ClientConnection(H1Connection, http.ClientConnection):
                 extra.append((b"content-length", b"%d" % len(body)))
         elif streaming and not has_length:
             extra.append((b"transfer-encoding", b"chunked"))
-        try:
-            return h11.Request(method=method, target=target, headers=extra + raw), streaming, expect_100
-        except h11.LocalProtocolError as exc:
-            raise _local_error(exc) from None
+        return self._engine.build_request(method, target, extra + raw if extra else raw), streaming, expect_100
 
     async def _exchange_request(
-        self, event: h11.Request, body: Body, streaming: bool, expect_100: bool, deadline: float
+        self, event: Any, body: Body, streaming: bool, expect_100: bool, deadline: float
     ) -> Response:
         """Send the request and return the response once its head came (see the class docstring)."""
-        self._send_event(event)
+        engine = self._engine
+        out = self.outbuf
+        out += engine.send_request(event)
+        if not streaming:
+            if body:
+                out += engine.send_data(body)  # type: ignore[arg-type]
+            out += engine.send_end()
         chunks: AsyncIterator[bytes] | None = None
         if streaming:
             assert isinstance(body, AsyncIterable)
             chunks = aiter(body)
         else:
-            if body:
-                self._send_event(h11.Data(data=body))  # type: ignore[arg-type]
-            self._send_event(h11.EndOfMessage())
-            if len(self.outbuf) <= INLINE_SEND:  # head and body in one write, then the response
+            if len(out) <= INLINE_SEND:  # head and body in one write, then the response
                 return await self._response(await self._inline_head(deadline))
         sender = self._sender = _BodySender(self, chunks, expect_100, deadline)
         if self._nursery is not None:  # inside `async with conn:` the body goes on after we return
@@ -542,7 +545,7 @@ class ClientConnection(H1Connection, http.ClientConnection):
         assert result is not None
         return result
 
-    async def _inline_head(self, deadline: float) -> h11.Response | h11.InformationalResponse:
+    async def _inline_head(self, deadline: float) -> ResponseHead:
         """Flush the whole request, then receive the response head."""
         send_error: StackError | None = None
         try:
@@ -576,9 +579,9 @@ class ClientConnection(H1Connection, http.ClientConnection):
         if sender.failure is not None:
             raise sender.failure
         assert head is not None
-        status = head.status_code
+        status = head.status
         if not sender.exited.is_set():
-            producing = self._h11.our_state is h11.SEND_BODY  # else only flushing what is committed
+            producing = self._engine.sending_body  # else only flushing what is committed
             unwanted = sender.expect_100 and not sender.body_started  # final answer, no 100 Continue
             if (status >= 300 and producing) or unwanted:  # an early final answer: no more body
                 log.debug("HTTP/1.1 client: a %d came before the request body ended; it stops", status)
@@ -622,72 +625,37 @@ class ClientConnection(H1Connection, http.ClientConnection):
         if sender.failure is not None:
             raise sender.failure
 
-    def _send_event(self, event: h11.Event) -> None:
-        try:
-            parts = self._h11.send_with_data_passthrough(event)
-        except h11.LocalProtocolError as exc:
-            raise StackError(f"HTTP/1.1 request: {exc}") from None
-        if parts:
-            out = self.outbuf
-            for part in parts:
-                out += part
-
-    def _next_event(self) -> Any:
-        try:
-            return self._h11.next_event()
-        except h11.RemoteProtocolError as exc:
-            if exc.error_status_hint == 431:
-                raise MessageTooLarge(
-                    f"response head over max_header_bytes={self.limits.max_header_bytes}",
-                    limit=self.limits.max_header_bytes,
-                ) from None
-            raise ProtocolError(f"HTTP/1.1 response: {exc}") from None
-
-    async def _read_head(
-        self, deadline: float, sender: _BodySender | None = None
-    ) -> h11.Response | h11.InformationalResponse:
+    async def _read_head(self, deadline: float, sender: _BodySender | None = None) -> ResponseHead:
         """The response head (a 101 counts as one); other 1xx responses are skipped (a 100 lets
-        ``sender`` send its body). A head over ``max_header_bytes`` raises MessageTooLarge (h11
-        only limits heads still incomplete). Cancel-safe: what arrived stays in h11."""
-        h = self._h11
-        fed = len(h.trailing_data[0])
+        ``sender`` send its body). A head over ``max_header_bytes`` raises MessageTooLarge.
+        Cancel-safe: what arrived stays in the engine."""
+        engine = self._engine
         while True:
-            event = self._next_event()
-            if event is h11.NEED_DATA:
+            event = engine.next_event()
+            if event is None:
                 data = await self.lower.recv(RECV, deadline=deadline)
-                if not data and h.their_state is h11.SEND_RESPONSE and not h.trailing_data[0]:
+                if not data and not engine.buffered:
                     raise EndOfStream("HTTP/1.1: the server closed the connection without responding")
-                self._feed(data)
-                fed += len(data)
+                engine.receive_data(data)
                 continue
-            if type(event) is h11.Response or type(event) is h11.InformationalResponse:
-                size = fed - len(h.trailing_data[0])
-                fed -= size
-                limit = self.limits.max_header_bytes
-                if size > limit:
-                    raise MessageTooLarge(
-                        f"response head of {size} bytes is over max_header_bytes={limit}", limit=limit, size=size
-                    )
-            if type(event) is h11.Response:
-                return event
-            if type(event) is h11.InformationalResponse:
-                if event.status_code == 101:
+            if type(event) is ResponseHead:
+                status = event.status
+                if status >= 200 or status == 101:
                     return event
-                if event.status_code == 100 and sender is not None:
+                if status == 100 and sender is not None:
                     sender.continued.set()
                 continue
             raise ProtocolError(f"HTTP/1.1: unexpected {event!r} instead of a response")
 
-    async def _response(self, event: h11.Response | h11.InformationalResponse) -> Response:
-        status = event.status_code
-        headers = Headers._wire([(k.lower(), v) for k, v in event.headers.raw_items()])
+    async def _response(self, event: ResponseHead) -> Response:
+        status = event.status
+        headers = Headers._wire(event.fields)
         reason = event.reason.decode("latin-1")
         version = event.http_version.decode("ascii")
         self._status = status
-        h = self._h11
-        if h.our_state is h11.SWITCHED_PROTOCOL:
-            trailing, _ = h.trailing_data
-            self.lower.unread(trailing)
+        engine = self._engine
+        if engine.switched:
+            self.lower.unread(engine.trailing)
             self._error = StackError("HTTP/1.1: the connection switched protocols; it takes no more requests")
             self._release(self._exchange)
             return Response(status, headers, version, _Tunnel(self.lower), reason)
@@ -695,24 +663,25 @@ class ClientConnection(H1Connection, http.ClientConnection):
         response = Response(status, headers, version, body, reason)
         body._response = response
         if self._method == b"HEAD" or status in _BODYLESS_STATUS or headers.get("content-length") == "0":
-            nxt = self._next_event()  # a bodiless response ends at once: the next request need not wait
-            if type(nxt) is h11.EndOfMessage:
+            nxt = engine.next_event()  # a bodiless response ends at once: the next request need not wait
+            if type(nxt) is list:
                 body._complete = True
                 await self._end_exchange()
         return response
 
     async def read_body(self, body: _ResponseBody, deadline: float) -> bytes:
+        engine = self._engine
         while True:
-            event = self._next_event()
-            if type(event) is h11.Data:
-                return bytes(event.data)
-            if type(event) is h11.EndOfMessage:
+            event = engine.next_event()
+            if type(event) is bytes:
+                return event
+            if type(event) is list:
                 body._complete = True
-                if event.headers and body._response is not None:
-                    body._response.trailers = Headers(event.headers)
+                if event and body._response is not None:
+                    body._response.trailers = Headers(event)
                 await self._end_exchange()
                 return b""
-            if event is h11.NEED_DATA:
+            if event is None:
                 await self._receive(deadline)
                 continue
             raise ProtocolError(f"HTTP/1.1: unexpected {event!r} in a response body")
@@ -724,8 +693,7 @@ class ClientConnection(H1Connection, http.ClientConnection):
         here."""
         sender = self._sender
         if sender is not None and not sender.exited.is_set():
-            closing = self._h11.their_state is h11.MUST_CLOSE or self._h11.their_state is h11.CLOSED
-            if self._status < 300 and not closing:
+            if self._status < 300 and not self._engine.peer_closing:
                 sender.response_ended = True  # no await since exited was looked at: one of us ends it
                 return
             with trio.CancelScope(shield=True):
@@ -735,14 +703,15 @@ class ClientConnection(H1Connection, http.ClientConnection):
     async def _finish_exchange(self) -> None:
         """Request and response ended (or gave up): keep the connection if both ended, else close
         it. Shielded and bounded, so the decision is never cut in half by a cancellation."""
-        h = self._h11
+        engine = self._engine
         sender = self._sender
+        sent = not self.outbuf and (sender is None or sender.complete)
+        if sent and engine.cycle_done:  # the usual case: no await, nothing to shield
+            engine.start_next_cycle()
+            self._release(self._exchange)
+            return
         with trio.CancelScope(shield=True):
-            sent = not self.outbuf and (sender is None or sender.complete)
-            if h.our_state is h11.DONE and h.their_state is h11.DONE and sent:
-                h.start_next_cycle()
-                self._release(self._exchange)
-            elif not sent:
+            if not sent:
                 await self.give_up(
                     Closed(
                         "HTTP/1.1: the server answered before the request body was sent whole, "
@@ -792,15 +761,13 @@ class ClientConnection(H1Connection, http.ClientConnection):
     async def detach(self, *, deadline: float = FOREVER) -> ByteStream:
         """Give the stream below back (read-ahead pushed back into it): between requests, or after
         a protocol switch (the tunnel's own ``detach()`` does the same). Else a StackError."""
-        h = self._h11
+        engine = self._engine
         if self._closed:
             raise Closed("HTTP/1.1 client connection was closed")
-        switched = h.our_state is h11.SWITCHED_PROTOCOL
-        if not switched:
-            if self._exchange or self._error is not None or h.our_state is not h11.IDLE:
+        if not engine.switched:
+            if self._exchange or self._error is not None or not engine.idle:
                 raise StackError("cannot detach HTTP/1.1 in the middle of a request")
-            trailing, _ = h.trailing_data
-            self.lower.unread(trailing)
+            self.lower.unread(engine.trailing)
         await self.flush(deadline)
         self._closed = True
         return self.lower

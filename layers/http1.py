@@ -67,6 +67,7 @@ import trio
 
 from layers import _http_model as http
 from layers._h1client import ClientConnection, ResponseOwner
+from layers._h1client_engines import CLIENT_ENGINES
 from layers._h1core import (
     CONTINUE_TIMEOUT,
     DRAIN_TIME,
@@ -105,6 +106,7 @@ __all__ = [
     "MAX_DRAIN",
     "RECV",
     "SEND_CHUNK",
+    "CLIENT_ENGINES",
     "App",
     "Body",
     "ClientConnection",
@@ -184,15 +186,25 @@ class client:
     """Spec: an HTTP/1.1 client connection (see :class:`ClientConnection`).
 
     ``authority`` is the Host header sent (default: ``localhost``); ``scheme`` is informational.
+    ``engine``: what writes requests and parses responses, by name in :data:`CLIENT_ENGINES`:
+    ``"reference"`` (h11), ``"fast"`` (our own, with h11's grammar and decisions), or ``"auto"``
+    (the fast one); ``conn.info["http_engine"]`` says which runs.
     """
 
     limits: Limits = DEFAULT_LIMITS
     authority: str | None = None
     scheme: str | None = None
+    engine: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.engine not in CLIENT_ENGINES:
+            known = ", ".join(CLIENT_ENGINES)
+            raise ValueError(f"http1.client: unknown engine {self.engine!r} (known: {known})")
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> ClientConnection:
         """Wrap ``lower``. No handshake: returns at once."""
         if not isinstance(lower, ByteStream):
             raise TypeError(f"http1.client attaches to a ByteStream, not {type(lower).__name__}")
         scheme = self.scheme or ("https" if "tls_version" in lower.info else "http")
-        return ClientConnection(lower, self.limits, self.authority or http.authority_of(lower.info), scheme)
+        authority = self.authority or http.authority_of(lower.info)
+        return ClientConnection(lower, self.limits, authority, scheme, CLIENT_ENGINES[self.engine])

@@ -8,6 +8,7 @@ the app-error policy and each request smuggling shape.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,8 +21,24 @@ import trio.testing
 
 from layers import http, http1
 from layers.http import Limits
+from layers.http1 import CLIENT_ENGINES
 from stack import ByteStream, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
 from stack.testing import memory_pair
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The tests that use a client connection run on both client engines."""
+    if "client(" in inspect.getsource(metafunc.function):
+        metafunc.parametrize("client_engine", ["reference", "fast"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def client_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``engine="auto"`` picks the client engine under test (the default one elsewhere)."""
+    name = str(getattr(request, "param", "auto"))
+    monkeypatch.setitem(CLIENT_ENGINES, "auto", CLIENT_ENGINES[name])
+    return name
+
 
 App = Callable[[http.Request], Awaitable[None]]
 
@@ -976,3 +993,13 @@ async def nursery() -> AsyncIterator[trio.Nursery]:
     async with trio.open_nursery() as n:
         yield n
         n.cancel_scope.cancel()
+
+
+async def test_client_says_which_engine_runs(client_engine: str) -> None:
+    a, _b = memory_pair()
+    conn = await http1.client().attach(a)
+    assert conn.info["http_engine"] == ("fast" if client_engine == "auto" else client_engine)
+    for name in ("reference", "fast"):
+        assert (await http1.client(engine=name).attach(a)).info["http_engine"] == name
+    with pytest.raises(ValueError, match="unknown engine"):
+        http1.client(engine="nope")

@@ -26,6 +26,7 @@ import trio.testing
 from _peers import hypercorn
 
 from layers import http, http1, tcp
+from layers.http1 import CLIENT_ENGINES
 from stack import Broken, ByteStream, Closed, ProtocolError, Stack, StackError, Timeout
 from stack.testing import memory_pair
 
@@ -78,6 +79,13 @@ def no_tasks_left() -> bool:
             return False
         todo.extend(t for n in task.child_nurseries for t in n.child_tasks)
     return True
+
+
+@pytest.fixture(autouse=True, params=["reference", "fast"])
+def client_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both client engines (``engine="auto"`` picks the one under test)."""
+    monkeypatch.setitem(CLIENT_ENGINES, "auto", CLIENT_ENGINES[request.param])
+    return str(request.param)
 
 
 @asynccontextmanager
