@@ -5,9 +5,9 @@ Theory of operation. A server connection parses with one :class:`~layers._h1core
 same contract and the same decisions at a fraction of the cost:
 
 * **Heads.** The connection hands over one complete head (its end was found by
-  :class:`~layers._h1core.HeadBuffer`). The same byte checks run first (bare LF, obs-fold); then
-  llhttp, a C parser, splits it into method, target, version and fields with one Python callback
-  per field; then the same framing checks (``framed_head``: CL with TE, repeated or bad
+  :class:`~layers._h1core.HeadBuffer`). llhttp, a C parser, splits it into method, target,
+  version and fields with one Python callback per field (it refuses every bare LF and obs-fold
+  itself); then the same framing checks (``framed_head``: CL with TE, repeated or bad
   Content-Length, TE in HTTP/1.0) and h11's own rules that llhttp does not apply (Host, the
   target's characters). llhttp is strict where smuggling lives and refuses everything odd.
   **Whatever llhttp refuses is handed to the reference engine**, which then refuses it with
@@ -33,7 +33,7 @@ import httptools
 
 from stack.errors import ProtocolError
 
-from ._h1core import ParsedHead, ReferenceEngine, Trailers, check_head_bytes, check_version, framed_head
+from ._h1core import ParsedHead, ReferenceEngine, Trailers, check_version, framed_head
 
 __all__ = ["ChunkedDecoder", "FastEngine"]
 
@@ -191,7 +191,8 @@ class FastEngine:
     # ---- heads -------------------------------------------------------------------------------
 
     def parse_head(self, head: bytes) -> ParsedHead:
-        check_head_bytes(head)
+        # No check_head_bytes here: llhttp refuses every bare LF and obs-fold itself, and a head it
+        # refuses goes to the reference engine, which runs those checks first and words them.
         sink = self._sink
         sink.url = b""
         sink.complete = False

@@ -58,7 +58,7 @@ from layers._http_model import App, HeaderInput, Headers, Limits
 from stack.deadlines import FOREVER
 from stack.errors import Broken, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
 from stack.streams import ByteStream, Info
-from stack.watchdog import watchdog
+from stack.watchdog import Watchdog, watchdog
 
 log = logging.getLogger("stack.http1")
 
@@ -319,6 +319,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         self._linger = False  # read what the client still sends before closing
         self._ended: StackError | None = None
         self._waited_idle = False  # what the last watched wait was for (see _wait_timed_out)
+        self._watchdog: Watchdog | None = None  # the run's, once serve() waited
 
     def __repr__(self) -> str:
         return f"<http1.ServerConnection {self.info.get('peer')} requests={self._requests}>"
@@ -426,7 +427,9 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
     async def _watched_recv(self, watch: trio.CancelScope, policy: float, idle: bool) -> bytes | None:
         """Receive under the watchdog (see :meth:`_next_request`); None if ``watch`` was cancelled
         just as the bytes came (the wait timed out all the same)."""
-        dog = watchdog()
+        dog = self._watchdog
+        if dog is None:
+            dog = self._watchdog = watchdog()
         limits = self.limits
         dog.arm(self, policy, watch, (limits.header_timeout if not idle else limits.keepalive_timeout) / 8)
         self._waited_idle = idle
