@@ -365,9 +365,8 @@ class ClientConnection(H1Connection, http.ClientConnection):
         scheme: str,
         engine_class: Callable[[int], ClientEngine] = ReferenceClientEngine,
     ) -> None:
-        super().__init__(lower, limits)
         engine = self._engine = engine_class(limits.max_header_bytes)
-        self.info = Info({"http_version": "1.1", "http_engine": engine.name}, lower.info)
+        super().__init__(lower, limits, engine.name)
         self.authority = authority
         self.scheme = scheme
         self._host = authority.encode("ascii") if authority.isascii() else authority.encode("idna")

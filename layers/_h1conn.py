@@ -31,13 +31,13 @@ class H1Connection:
     appended too.
     """
 
-    def __init__(self, lower: ByteStream, limits: Limits) -> None:
+    def __init__(self, lower: ByteStream, limits: Limits, engine: str) -> None:
         self.lower = lower
         self.limits = limits
         self.outbuf = bytearray()
         self._flushing = False
         self._flush_lot: trio.lowlevel.ParkingLot | None = None
-        self.info = Info({"http_version": "1.1"}, lower.info)
+        self.info = Info({"http_version": "1.1", "http_engine": engine}, lower.info)
 
     async def flush(self, deadline: float) -> None:
         """Push everything committed to ``outbuf`` down, by ``deadline`` (else :class:`~stack.Timeout`;

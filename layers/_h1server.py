@@ -300,9 +300,8 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         shutdown: trio.Event | None,
         engine: Callable[[int], ServerEngine] = ReferenceEngine,
     ) -> None:
-        super().__init__(lower, limits)
         self._engine: ServerEngine = engine(limits.max_header_bytes)
-        self.info = Info({"http_version": "1.1", "http_engine": self._engine.name}, lower.info)
+        super().__init__(lower, limits, self._engine.name)
         self._shutdown = shutdown
         self._idle_scopes: set[trio.CancelScope] | None = None  # the shutdown drainer's, once known
         self.scheme = "https" if "tls_version" in self.info else "http"
@@ -743,26 +742,36 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         without ending a streamed response has it ended for it. Returns when the connection ended;
         the connection is closed by then. Cancellation closes the connection.
         """
+        watch: trio.CancelScope | None = None
         try:
-            with trio.CancelScope() as watch:  # cancelled by the watchdog when a wait passes its limit
-                while True:
-                    try:
-                        request = await self._next_request(FOREVER, watch)
-                    except StackError as exc:
-                        log.debug("connection from %s: %s", self.info.get("peer"), exc)
-                        return
-                    if request is None:
-                        break
-                    if self.scheme == "http" and "upgrade" in request.headers and await self._h2c(app, request):
-                        return
-                    await self._run(app, request)
-                    del request  # an idle connection keeps nothing of the last request
-            if watch.cancel_called and self._ended is None:
+            # The first request needs no scope (with deferred accept its head is already here; if
+            # not, the wait gets one); a connection kept alive then runs in one scope, which the
+            # watchdog cancels when a wait for the next head passes its limit.
+            if await self._serve_next(app, None):
+                with trio.CancelScope() as watch:
+                    while await self._serve_next(app, watch):
+                        pass
+            if watch is not None and watch.cancel_called and self._ended is None:
                 await self._wait_timed_out()
         finally:
             if self._state is not CLOSED:
                 with trio.CancelScope(shield=True):
                     await self.aclose(deadline=trio.current_time() + 1.0)
+
+    async def _serve_next(self, app: App, watch: trio.CancelScope | None) -> bool:
+        """Receive one request and run ``app`` on it; False once the connection ended (an idle
+        connection keeps nothing of the last request: it was local here)."""
+        try:
+            request = await self._next_request(FOREVER, watch)
+        except StackError as exc:
+            log.debug("connection from %s: %s", self.info.get("peer"), exc)
+            return False
+        if request is None:
+            return False
+        if self.scheme == "http" and "upgrade" in request.headers and await self._h2c(app, request):
+            return False
+        await self._run(app, request)
+        return self._ended is None
 
     async def _run(self, app: App, request: Request) -> None:
         try:
