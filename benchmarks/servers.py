@@ -45,8 +45,9 @@ HYPERCORN = Server(
 # ---------------------------------------------------------------------------------------------------
 # OUR servers.  `python -m stack serve --no-tls --port P --hello --quiet` serves the same 13-byte
 # "Hello, world!" (the hidden --hello flag) over HTTP/1.1 and HTTP/2 prior knowledge, with no access
-# log (as the peers), and prints "serving on URL" when ready.  Until stack/cli.py exists (and
-# `serve --help` exits 0) the contender is reported as "not available".
+# log (as the peers), and prints "serving on URL" when ready (stack/cli/serve.py).  If the command
+# cannot run (`requires` not importable, or `serve --help` does not exit 0) the contender is reported
+# as "not available".
 OURS = Server(
     "ours (stack serve)",
     [PY, "-m", "stack", "serve", "--no-tls", "--port", "{port}", "--hello", "--quiet"],
