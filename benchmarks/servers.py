@@ -45,8 +45,10 @@ HYPERCORN = Server(
 # ---------------------------------------------------------------------------------------------------
 # OUR servers.  `python -m stack serve --no-tls --port P --hello --quiet` serves the same 13-byte
 # "Hello, world!" (the hidden --hello flag) over HTTP/1.1 and HTTP/2 prior knowledge, with no access
-# log (as the peers), and prints "serving on URL" when ready.  OURS runs the default engine (`auto`:
-# the fast one, on httptools); OURS_REFERENCE the pure-Python reference engine (h11), for the record.
+# log (as the peers), and prints "serving on URL" when ready (stack/cli/serve.py).  OURS runs the
+# default engine (`auto`: the fast one, on httptools); OURS_REFERENCE the pure-Python reference
+# engine (h11), for the record.  If the command cannot run (`requires` not importable, or
+# `serve --help` does not exit 0) the contender is reported as "not available".
 OURS = Server(
     "ours (stack serve)",
     [PY, "-m", "stack", "serve", "--no-tls", "--port", "{port}", "--hello", "--quiet"],

@@ -6,8 +6,9 @@ that it asks properly (HTTP/1.1: ``GET`` with ``Upgrade: websocket``, ``Connecti
 both: ``Sec-WebSocket-Version: 13``), answering 400 or 426 otherwise, chooses the subprotocol
 and permessage-deflate, and answers 101 (HTTP/1.1, with ``Sec-WebSocket-Accept``) or 200
 (HTTP/2). Client: :func:`connect` offers version, subprotocols and deflate, opens the tunnel
-(:func:`_open_tunnel`, the one place that knows how each HTTP version does it), then checks what
-the server agreed to: over HTTP/1.1 the 101's ``Upgrade`` / ``Connection`` tokens and
+with the version-agnostic ``conn.open_tunnel("websocket", ...)`` (an HTTP/1.1 Upgrade wanting 101
+or an HTTP/2 extended CONNECT wanting 2xx, :class:`layers.http.ClientConnection`), then checks
+what the server agreed to: over HTTP/1.1 the 101's ``Upgrade`` / ``Connection`` tokens and
 ``Sec-WebSocket-Accept``; with both versions the extension and subprotocol (never one not
 offered). A refusal is :class:`UpgradeRefused` with the start of the server's answer.
 """
@@ -190,45 +191,21 @@ def _agreed(response: http.Response, opts: _Options, offered: list[Extension]) -
 
 
 async def _refused(response: http.Response, what: str) -> UpgradeRefused:
+    """The :class:`UpgradeRefused` for a refused tunnel: the start of its body (read for at most
+    a second), and the response closed whatever happens (HTTP/2 leaves the refused stream open
+    for its body to be read; HTTP/1.1, the connection)."""
     body = b""
     try:
         with trio.move_on_after(1.0):
             body = await response.body.recv(1024)
     except StackError:
         pass
-    with trio.CancelScope(shield=True):
-        await response.aclose()
+    finally:
+        with trio.CancelScope(shield=True):
+            await response.aclose()
     return UpgradeRefused(
         f"websocket: {what} answered {response.status} {response.reason}".rstrip(), response.status, body
     )
-
-
-async def _open_tunnel(
-    conn: http.ClientConnection, path: str, fields: list[tuple[str, str]], deadline: float
-) -> http.Response:
-    """Open the WebSocket tunnel to ``path`` with the request fields ``fields``, whatever the
-    HTTP version: HTTP/1.1 ``GET`` with ``Upgrade: websocket`` and ``Connection: Upgrade`` (wants
-    101), HTTP/2 extended CONNECT with ``:protocol websocket`` (RFC 8441; wants 2xx). Returns the
-    response, whose ``body`` is the tunnel; another answer raises
-    :class:`~layers.http.TunnelRefused` carrying it.
-
-    The only code here that knows the HTTP versions: it becomes
-    ``conn.open_tunnel("websocket", path, headers=fields, deadline=deadline)`` once both
-    versions' client connections implement that call (:class:`layers.http.ClientConnection`).
-    """
-    if conn.http_version == "2":
-        from . import http2
-
-        assert isinstance(conn, http2.H2ClientConnection)
-        stream = await conn.connect_tunnel(
-            conn.authority, protocol="websocket", path=path, headers=fields, deadline=deadline
-        )
-        return await stream.response(deadline=deadline)
-    fields = [("upgrade", "websocket"), ("connection", "Upgrade"), *fields]
-    response = await conn.request("GET", path, headers=fields, deadline=deadline)
-    if response.status != 101:
-        raise http.TunnelRefused(f"the upgrade request for {path} answered {response.status}", response)
-    return response
 
 
 async def _connect_stream(
@@ -242,7 +219,7 @@ async def _connect_stream(
         key = base64.b64encode(os.urandom(_GUID_KEY_BYTES))
         fields = [("sec-websocket-key", key.decode()), *fields]
     try:
-        response = await _open_tunnel(conn, path, fields, deadline)
+        response = await conn.open_tunnel("websocket", path, headers=fields, deadline=deadline)
     except http.TunnelRefused as exc:
         what = f"the extended CONNECT to {path}" if h2 else f"the upgrade request for {path}"
         raise await _refused(exc.response, what) from None

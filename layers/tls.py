@@ -116,7 +116,7 @@ import trio
 
 from stack.deadlines import FOREVER
 from stack.errors import Timeout
-from stack.streams import ByteStream
+from stack.streams import ByteStream, require
 
 from ._tls_context import CA as CA
 from ._tls_context import CIPHERS as CIPHERS
@@ -138,12 +138,6 @@ from ._tls_stream import _Check
 __all__ = ["CIPHERS", "CertSource", "HandshakeError", "TLSStream", "TrustSource", "client", "server"]
 
 log = logging.getLogger("stack.tls")
-
-
-def _need_bytestream(lower: object, what: str) -> ByteStream:
-    if not isinstance(lower, ByteStream):
-        raise TypeError(f"{what} attaches to a ByteStream, not {type(lower).__name__}")
-    return lower
 
 
 def _host_from_info(lower: ByteStream) -> str | None:
@@ -225,7 +219,7 @@ class client:
         Raises :class:`HandshakeError` (why the handshake failed), :class:`~stack.Timeout`, or
         what ``lower`` raised. ``lower`` is not closed on failure.
         """
-        lower = _need_bytestream(lower, "tls.client")
+        lower = require(lower, ByteStream, "tls.client")
         host = self.server_hostname or _host_from_info(lower)
         if host is not None:
             ip = _ip(host)
@@ -320,7 +314,7 @@ class server:
         Raises :class:`HandshakeError` (why the handshake failed), :class:`~stack.Timeout`, or
         what ``lower`` raised. ``lower`` is not closed on failure.
         """
-        lower = _need_bytestream(lower, "tls.server")
+        lower = require(lower, ByteStream, "tls.server")
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         conn = self._ctx.wrap_bio(incoming, outgoing, server_side=True)
         if isinstance(conn, _Conn):

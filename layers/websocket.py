@@ -87,7 +87,7 @@ from wsproto.extensions import Extension
 
 from stack.deadlines import FOREVER
 from stack.errors import ProtocolError
-from stack.streams import ByteStream
+from stack.streams import ByteStream, require
 
 from . import http, http1
 from ._ws_deflate import _BoundedDeflate
@@ -123,12 +123,6 @@ log = logging.getLogger("stack.websocket")
 # specs
 
 
-def _need_bytestream(lower: object, what: str) -> ByteStream:
-    if not isinstance(lower, ByteStream):
-        raise TypeError(f"{what} attaches to a ByteStream, not {type(lower).__name__}")
-    return lower
-
-
 @dataclass(frozen=True)
 class server:
     """Spec: the server side of a WebSocket straight on a ByteStream (TCP, TLS...): reads the
@@ -148,7 +142,7 @@ class server:
     limits: http.Limits = http.DEFAULT_LIMITS
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> WebSocket:
-        lower = _need_bytestream(lower, "websocket.server")
+        lower = require(lower, ByteStream, "websocket.server")
         conn = http1.ServerConnection(lower, self.limits, None)
         request = await conn.recv(deadline=deadline)
         if self.paths and request.path not in self.paths:
@@ -178,7 +172,7 @@ class client:
     limits: http.Limits = http.DEFAULT_LIMITS
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> WebSocket:
-        lower = _need_bytestream(lower, "websocket.client")
+        lower = require(lower, ByteStream, "websocket.client")
         scheme = "https" if "tls_version" in lower.info else "http"
         conn = await http1.client(self.limits, self.host, scheme).attach(lower, deadline=deadline)
         opts = _Options(tuple(self.subprotocols), self.deflate, self.max_message)
@@ -207,7 +201,7 @@ class raw:
             raise ValueError("max_message must be >= 0")
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> WebSocket:
-        lower = _need_bytestream(lower, "websocket.raw")
+        lower = require(lower, ByteStream, "websocket.raw")
         extensions: list[Extension] = []
         if self.deflate is not None:
             ext = _BoundedDeflate(self.max_message)

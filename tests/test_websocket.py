@@ -766,8 +766,22 @@ async def test_connect_to_a_path_that_is_not_a_websocket_raises_upgrade_refused(
         with pytest.raises(websocket.UpgradeRefused) as info:
             await websocket.connect(conn, "/not-ws", deadline=after(T))
         assert info.value.status == 404
-        if version == "1.1":  # (http2.connect_tunnel resets a refused stream before its body is read)
+        if version == "1.1":  # (HTTP/2: see the next test)
             assert info.value.body == b"no\n"
+
+
+async def test_a_refused_http2_tunnel_is_read_for_its_reason_and_closed() -> None:
+    """open_tunnel leaves a refused HTTP/2 stream readable: the handshake reads the start of its
+    body into the UpgradeRefused, closes it, and the connection goes on with nothing left open."""
+    async with http_client("2") as conn:
+        assert isinstance(conn, http2.H2ClientConnection)
+        with pytest.raises(websocket.UpgradeRefused) as info:
+            await websocket.connect(conn, "/not-ws", deadline=after(T))
+        assert info.value.status == 404 and info.value.body == b"no\n"
+        assert not conn._streams  # the refused stream was closed and released
+        response = await conn.request("GET", "/plain", deadline=after(T))
+        assert response.status == 400
+        await response.aclose()
 
 
 async def test_connect_over_http2_needs_enable_connect_protocol() -> None:
