@@ -135,7 +135,7 @@ class H2ConnectionBase:
             max_continuation_frames=limits.max_continuation_frames,
             max_header_list_size=limits.max_header_list_size,
         )
-        self.info = Info({"http_version": "2"}, lower.info)
+        self.info = Info({"http_version": "2", "http_engine": "reference"}, lower.info)  # HTTP/2 has one
         self._streams: dict[int, H2Stream] = {}
         self._out = bytearray()  # taken from h2, being sent by the writer
         self._writer_ev: trio.Event | None = None

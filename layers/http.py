@@ -163,13 +163,21 @@ class client:
     ``prior_knowledge=True`` in cleartext), else HTTP/1.1.
 
     ``authority`` is the Host / ``:authority`` sent (default: the TLS server name, else the
-    peer address); ``scheme`` defaults to ``https`` over TLS, ``http`` otherwise.
+    peer address); ``scheme`` defaults to ``https`` over TLS, ``http`` otherwise. ``engine``:
+    HTTP/1.1's ``"auto"``, ``"fast"`` or ``"reference"`` (see :data:`layers.http1.CLIENT_ENGINES`);
+    HTTP/2 has one engine. ``conn.info["http_engine"]`` says which one runs.
     """
 
     limits: Limits = DEFAULT_LIMITS
     authority: str | None = None
     scheme: str | None = None
     prior_knowledge: bool = False
+    engine: str = "auto"
+
+    def __post_init__(self) -> None:
+        from . import http1
+
+        http1.client(self.limits, engine=self.engine)  # ValueError for an unknown engine, here
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> ClientConnection:
         """Attach the version the connection negotiated (HTTP/2 sends its preface here)."""
@@ -184,4 +192,4 @@ class client:
             return await http2.client(self.limits, authority, scheme).attach(lower, deadline=deadline)
         from . import http1
 
-        return await http1.client(self.limits, authority, scheme).attach(lower, deadline=deadline)
+        return await http1.client(self.limits, authority, scheme, self.engine).attach(lower, deadline=deadline)

@@ -42,6 +42,7 @@ import trio
 
 from layers import http, tcp, tls, unix
 from stack import __version__
+from stack.cli.common import ENGINES
 from stack.compose import Stack
 from stack.deadlines import FOREVER, after
 from stack.errors import Broken, EndOfStream, ProtocolError, StackError, Timeout
@@ -173,6 +174,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="tell the connection's story on stderr (-vv: also debug logging)")
     p.add_argument("-o", "--output", metavar="FILE", help="write the body to FILE instead of stdout")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="HTTP/1.1 engine: fast, reference (h11), auto: fast (the default)")
     p.add_argument("-X", "--request", dest="method", metavar="METHOD",
                    help="request method (default: GET, or POST with -d)")
     p.add_argument("-d", "--data", action="append", metavar="DATA",
@@ -384,7 +387,8 @@ def build_stack(args: argparse.Namespace, target: Target) -> Stack:
         layers.append(tls.client(server_hostname=target.host, alpn=alpn, verify=not args.insecure,
                                  ca=args.cacert, ragged_eofs=True))
     prior = bool(args.http2) and target.scheme == "http"
-    layers.append(http.client(authority=target.authority, scheme=target.scheme, prior_knowledge=prior))
+    layers.append(http.client(authority=target.authority, scheme=target.scheme, prior_knowledge=prior,
+                              engine=getattr(args, "engine", "auto")))
     return Stack(bottom, *layers)
 
 
