@@ -17,12 +17,11 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable
-from typing import Protocol
 
 import trio
 
 from layers import _http_model as http
-from layers._h1conn import BODY_INFO, H1Connection, _Tunnel
+from layers._h1conn import H1Connection, _Tunnel
 from layers._h1core import (
     AWAIT_RESPONSE,
     CLOSE,
@@ -39,7 +38,6 @@ from layers._h1core import (
     REQUEST,
     RESPOND,
     SEND_BODY,
-    SEND_CHUNK,
     START_BODY,
     SWITCH,
     SWITCHED,
@@ -54,56 +52,14 @@ from layers._h1core import (
     reason,
     switch_head,
 )
-from layers._http_model import App, HeaderInput, Headers, Limits
+from layers._h1request import Request, RequestBody, ResponseStream
+from layers._http_model import App, Headers, Limits
 from stack.deadlines import FOREVER
 from stack.errors import Broken, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
-from stack.streams import ByteStream, Info
+from stack.streams import ByteStream
 from stack.watchdog import Watchdog, watchdog
 
 log = logging.getLogger("stack.http1")
-
-
-class RequestOwner(Protocol):
-    """What a :class:`Request`, its body and its response stream use of their connection.
-
-    ``info``, ``scheme``, ``limits``: given to the request. ``lower``: the stream below (the base
-    of the bodies' streams). ``outbuf``: the connection's committed output (a response stream
-    commits into it, so bytes stay in order). The methods act on the request in progress and
-    refuse (:class:`~stack.StackError`) one that is not:
-
-    * ``send_response(request, status, headers, body, deadline)``: a whole response.
-    * ``start_streamed_response(request, status, headers, deadline)``: the head of a streamed
-      response; returns its body stream (or the tunnel, for 101 and a 2xx to CONNECT).
-    * ``read_body(body, deadline)``: the next bytes of the request body (``b""`` at its end).
-    * ``write_body(request, data)``: commit bytes of a streamed response, framed.
-    * ``end_body(request, trailers)``: commit the end of a streamed response, if it is still going.
-    * ``flush(deadline)``: push the committed bytes down.
-    * ``close_after(why, linger=)``: the connection closes once the request is over.
-    """
-
-    info: Info
-    scheme: str
-    limits: Limits
-    lower: ByteStream
-    outbuf: bytearray
-
-    async def send_response(
-        self, request: Request, status: int, headers: Headers, body: bytes, deadline: float
-    ) -> None: ...
-
-    async def start_streamed_response(
-        self, request: Request, status: int, headers: Headers, deadline: float
-    ) -> ByteStream: ...
-
-    async def read_body(self, body: _RequestBody, deadline: float) -> bytes: ...
-
-    def write_body(self, request: Request, data: bytes | bytearray | memoryview) -> None: ...
-
-    def end_body(self, request: Request, trailers: Headers | None) -> None: ...
-
-    async def flush(self, deadline: float) -> None: ...
-
-    def close_after(self, why: str, *, linger: bool = True) -> None: ...
 
 
 class _Drainer:
@@ -133,136 +89,6 @@ def _drainer(event: trio.Event) -> _Drainer:
         d = _drainers[event] = _Drainer()
         trio.lowlevel.spawn_system_task(d.run, event, name="stack.http1 shutdown watcher")
     return d
-
-
-class Request(http.Request):
-    """A request on an HTTP/1.1 server connection (see :class:`layers.http.Request`).
-
-    ``trailers`` holds the request's trailer fields once its body has ended.
-    """
-
-    def __init__(self, owner: RequestOwner, head: ParsedHead, body: _RequestBody) -> None:
-        super().__init__(
-            head.method.decode("ascii"),
-            head.target.decode("ascii"),
-            Headers._wire(head.fields),
-            "1.1" if head.http_version == b"1.1" else "1.0",
-            body,
-            owner.info,
-            scheme=owner.scheme,
-            limits=owner.limits,
-        )
-        self._owner = owner
-        self._body = body
-        self._keep_alive = head.keep_alive
-        self._response: _ResponseStream | None = None
-
-    async def _respond(self, status: int, headers: Headers, body: bytes, deadline: float) -> None:
-        await self._owner.send_response(self, status, headers, body, deadline)
-
-    async def _start_response(self, status: int, headers: Headers, deadline: float) -> ByteStream:
-        return await self._owner.start_streamed_response(self, status, headers, deadline)
-
-
-class _RequestBody(ByteStream):
-    """The body of a request, as the server app reads it. ``b""`` at its end.
-
-    The first receive that has to wait for the network sends ``100 Continue`` if the client asked
-    for it. A malformed body raises :class:`~stack.ProtocolError` (the connection then closes). On
-    deadline or cancellation nothing is consumed. ``aclose()`` only stops this stream (the server
-    drains or closes when the request is over); ``detach()`` is not possible.
-    """
-
-    kind = "http1-request-body"
-
-    def __init__(self, owner: RequestOwner, complete: bool) -> None:
-        super().__init__(owner.lower, BODY_INFO)
-        self._owner = owner
-        self._pending = b""
-        self._complete = complete
-        self._request: Request | None = None
-
-    async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
-        if not self._pending:
-            if self._complete:
-                return b""
-            self._pending = await self._owner.read_body(self, deadline)
-        out = self._pending
-        if len(out) > max_bytes:
-            self._pending = out[max_bytes:]
-            return out[:max_bytes]
-        self._pending = b""
-        return out
-
-    async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
-        raise Closed("a request body cannot be sent on; use the response stream")
-
-    async def _done(self, deadline: float) -> None:
-        pass
-
-    async def aclose(self, *, deadline: float | None = None) -> None:
-        """Stop using this body (the rest is drained or the connection closed after the response)."""
-        self._closed = self._closed or "closed"
-        await trio.lowlevel.checkpoint()
-
-    async def _detach(self, deadline: float) -> ByteStream:
-        raise StackError("an HTTP/1.1 request body cannot be detached")
-
-
-class _ResponseStream(ByteStream):
-    """The body of a streamed response (:meth:`Request.start_response`).
-
-    ``send`` writes body bytes: chunked, unless the response has a Content-Length (then more bytes
-    than announced raise :class:`~stack.StackError` and the connection closes) or the client
-    speaks HTTP/1.0 (then the body ends when the connection closes). Each send step commits at
-    most :data:`SEND_CHUNK` bytes. For HEAD, 204 and 304 the bytes are discarded.
-    ``done(trailers=...)`` ends the response (trailers only in chunked encoding; fewer bytes than
-    a Content-Length announced raise :class:`~stack.StackError` and close the connection).
-    ``recv`` reads what is left of the request body. ``aclose()`` before ``done()`` abandons the
-    response: the connection closes once the app returns. If the app returns without either, the
-    server calls ``done()`` for it.
-    """
-
-    kind = "http1-response-body"
-
-    def __init__(self, owner: RequestOwner, request: Request) -> None:
-        super().__init__(owner.lower, BODY_INFO)
-        self._owner = owner
-        self._request = request
-        self._trailers: Headers | None = None
-        self._outbuf = owner.outbuf  # one buffer for the connection: bytes stay in order
-
-    async def _flush(self, deadline: float) -> None:
-        await self._owner.flush(deadline)
-
-    async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
-        n = min(len(data), SEND_CHUNK)
-        self._owner.write_body(self._request, data[:n] if n < len(data) else data)
-        return n
-
-    async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
-        return await self._request.body.recv(max_bytes, deadline=deadline)
-
-    async def done(self, *, trailers: HeaderInput | None = None, deadline: float = FOREVER) -> None:
-        """End the response, with ``trailers`` (chunked encoding only). See :meth:`ByteStream.done`."""
-        if trailers is not None:
-            self._trailers = Headers(trailers)
-        await super().done(deadline=deadline)
-
-    async def _done(self, deadline: float) -> None:
-        self._owner.end_body(self._request, self._trailers)
-        await self._owner.flush(deadline)
-
-    async def aclose(self, *, deadline: float | None = None) -> None:
-        """Abandon the response if it was not ended (the connection closes); never raises."""
-        if self._closed is None:
-            self._closed = "closed"
-            if not self._send_closed:
-                self._owner.close_after("the app abandoned a streamed response", linger=False)
-        await trio.lowlevel.checkpoint()
-
-    async def _detach(self, deadline: float) -> ByteStream:
-        raise StackError("an HTTP/1.1 response body cannot be detached (only an Upgrade/CONNECT tunnel can)")
 
 
 class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
@@ -473,14 +299,14 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         # Neither Content-Length nor Transfer-Encoding: no body (RFC 9112 6.3), and the engine is
         # not asked for the end it would report: the end of the request body is
         # ``body._complete``. A zero Content-Length ends here too.
-        body = _RequestBody(self, not head.chunked and not head.content_length)
+        body = RequestBody(self, not head.chunked and not head.content_length)
         request = Request(self, head, body)
         body._request = request
         self._current = request
         self._requests += 1
         return request
 
-    async def read_body(self, body: _RequestBody, deadline: float) -> bytes:
+    async def read_body(self, body: RequestBody, deadline: float) -> bytes:
         """The next bytes of the request body (``b""`` at its end), sending 100 Continue first if
         the client waits for it. The engine keeps what arrived, so cancelling this loses nothing."""
         engine = self._engine
@@ -597,7 +423,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         self._check_current(request)
         self._head(request, status, headers, None)
         self._state = advance(self._state, START_BODY)
-        stream = request._response = _ResponseStream(self, request)
+        stream = request._response = ResponseStream(self, request)
         await self.flush(deadline)
         return stream
 

@@ -80,7 +80,8 @@ from layers._h1core import (
     ReferenceEngine,
     ServerEngine,
 )
-from layers._h1server import Request, RequestOwner, ServerConnection, log
+from layers._h1request import Request, RequestOwner
+from layers._h1server import ServerConnection, log
 from layers._http_model import (
     DEFAULT_LIMITS,
     App,
