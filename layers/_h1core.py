@@ -171,7 +171,11 @@ class HeadBuffer(bytearray):
     searched again from the start.
     """
 
-    scan = 0
+    __slots__ = ("scan",)  # no instance dict: every connection holds one
+
+    def __init__(self, data: bytes = b"") -> None:
+        super().__init__(data)
+        self.scan = 0
 
     def take_head(self, limit: int) -> bytes | None:
         """The complete head at the front (removed from the buffer, the bytes after it stay), or

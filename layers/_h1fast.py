@@ -18,8 +18,9 @@ same contract and the same decisions at a fraction of the cost:
   :class:`ChunkedDecoder`, with the reference's strict rules (``1*16HEXDIG [; ext] CRLF``, CRLF
   after data, no bare LF, no obs-fold in trailers, trailer fields valid as h11 checks them, the
   chunk-size and trailer lines bounded by ``max_header_bytes``).
-* Nothing here allocates per request beyond the field list and the parsed head; the llhttp
-  parser is reused while the previous message ended cleanly inside its head.
+* Nothing here allocates per request beyond the field list and the parsed head. One llhttp
+  parser per thread serves every connection (a head is fed whole, and the parser is back at rest
+  after a bodyless request; after any other it is replaced), so an idle connection holds none.
 
 The differential tests (``tests/test_h1_engines.py``) hold both engines to the same answers on
 generated requests, the smuggling shapes included.
@@ -28,6 +29,7 @@ generated requests, the smuggling shapes included.
 from __future__ import annotations
 
 import re
+import threading
 
 import httptools
 
@@ -47,6 +49,11 @@ _FIELD_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*" + _FIELD_VALUE
 # control bytes, so we apply h11's.
 _TARGET = re.compile(rb"[^\x00-\x20\x7f]+")
 _OWS = (b" ", b"\t")
+
+
+_SHARED = threading.local()
+"""One llhttp parser per thread, shared by every connection: it is given one whole head at a time
+and is back at rest after it (or replaced), so a connection holds no parser while it idles."""
 
 
 class _Fields:
@@ -171,14 +178,12 @@ class ChunkedDecoder:
 class FastEngine:
     """The fast :class:`~layers._h1core.ServerEngine` (see the module docstring)."""
 
-    __slots__ = ("_chunked", "_eof", "_expect_100", "_fallback", "_left", "_limit", "_parser", "_sink", "_trailing")
+    __slots__ = ("_chunked", "_eof", "_expect_100", "_fallback", "_left", "_limit", "_trailing")
 
     name = "fast"
 
     def __init__(self, max_header_bytes: int) -> None:
         self._limit = max_header_bytes
-        self._sink = _Fields()
-        self._parser = httptools.HttpRequestParser(self._sink)
         self._fallback: ReferenceEngine | None = None
         # The body of the current request: a ChunkedDecoder, or None and ``_left`` bytes due under
         # a Content-Length (-1 once its end was reported).
@@ -193,22 +198,28 @@ class FastEngine:
     def parse_head(self, head: bytes) -> ParsedHead:
         # No check_head_bytes here: llhttp refuses every bare LF and obs-fold itself, and a head it
         # refuses goes to the reference engine, which runs those checks first and words them.
-        sink = self._sink
+        shared = _SHARED
+        try:
+            parser, sink = shared.parser, shared.sink
+        except AttributeError:  # the first head this thread parses
+            sink = shared.sink = _Fields()
+            parser = shared.parser = httptools.HttpRequestParser(sink)
         sink.url = b""
         sink.complete = False
         fields = sink.fields = []
-        parser = self._parser
         try:
             parser.feed_data(head)
         except httptools.HttpParserUpgrade:
             sink.complete = False  # CONNECT or Upgrade: what follows is not HTTP/1.1's business
         except httptools.HttpParserError:
-            self._parser = httptools.HttpRequestParser(sink)
+            shared.parser = httptools.HttpRequestParser(sink)
             return self._refer(head)
         method = parser.get_method()
         version = parser.get_http_version().encode("ascii")
-        if not sink.complete:  # llhttp waits for a body (ours to decode): the next head needs a new parser
-            self._parser = httptools.HttpRequestParser(sink)
+        if not sink.complete or not parser.should_keep_alive():
+            # llhttp waits for a body (ours to decode), or will refuse what follows a closing
+            # message: the next head, on any connection, gets a new parser
+            shared.parser = httptools.HttpRequestParser(sink)
         target = sink.url
         # h11 wants exactly "method SP target SP HTTP/x.y" (llhttp lets more spaces through)
         if head.find(b"\r\n") != len(method) + len(target) + 10 or _TARGET.fullmatch(target) is None:

@@ -194,7 +194,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
                 if idle and shutdown is not None and shutdown.is_set():
                     self._ended = EndOfStream("HTTP/1.1: the server is shutting down")
                     return None
-                if lower._unread:  # bytes pushed back below (a sniffed preface): no need to wait
+                if lower.buffered:  # bytes pushed back below (a sniffed preface): no need to wait
                     inbuf += await lower.recv(RECV)
                     continue
                 if self._requests == 0:
@@ -203,16 +203,22 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
                     policy = self._head_started + limits.header_timeout
                 else:
                     policy = self._idle_since + limits.keepalive_timeout
-                if watch is not None and deadline == FOREVER:
-                    data = await self._watched_recv(watch, policy, idle)
-                    if data is None:
+                if watch is not None and deadline == FOREVER:  # no frame of its own: an idle connection holds this
+                    waiting = self._arm(watch, policy, idle)
+                    try:
+                        got = await lower.recv(RECV)
+                    finally:
+                        self._watchdog.disarm(self)  # type: ignore[union-attr]  # set by _arm
+                        if waiting is not None:
+                            waiting.discard(watch)
+                    if watch.cancel_called:  # the limit passed just as the bytes came: timed out all the same
                         return None
-                    if not data:
+                    if not got:
                         if inbuf:
                             raise self._end(ProtocolError("the client closed the connection in a request head"))
                         self._ended = EndOfStream("the client closed the connection")
                         return None
-                    inbuf += data
+                    inbuf += got
                     continue
                 data = None
                 with trio.move_on_at(min(policy, deadline)) as scope:
@@ -249,9 +255,9 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
             await self._refuse(exc.status, exc.detail)
             raise self._end(ProtocolError(f"request refused with {exc.status}: {exc.detail}")) from None
 
-    async def _watched_recv(self, watch: trio.CancelScope, policy: float, idle: bool) -> bytes | None:
-        """Receive under the watchdog (see :meth:`_next_request`); None if ``watch`` was cancelled
-        just as the bytes came (the wait timed out all the same)."""
+    def _arm(self, watch: trio.CancelScope, policy: float, idle: bool) -> set[trio.CancelScope] | None:
+        """Before a wait under the watchdog (see :meth:`_next_request`): arm it for ``policy`` and,
+        idle under a shutdown event, let the drainer cancel ``watch`` too (its set is returned)."""
         dog = self._watchdog
         if dog is None:
             dog = self._watchdog = watchdog()
@@ -259,19 +265,13 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         dog.arm(self, policy, watch, (limits.header_timeout if not idle else limits.keepalive_timeout) / 8)
         self._waited_idle = idle
         shutdown = self._shutdown
-        waiting = None
-        if idle and shutdown is not None:
-            waiting = self._idle_scopes
-            if waiting is None:
-                waiting = self._idle_scopes = _drainer(shutdown).idle
-            waiting.add(watch)
-        try:
-            data = await self.lower.recv(RECV)
-        finally:
-            dog.disarm(self)
-            if waiting is not None:
-                waiting.discard(watch)
-        return None if watch.cancel_called else data
+        if not idle or shutdown is None:
+            return None
+        waiting = self._idle_scopes
+        if waiting is None:
+            waiting = self._idle_scopes = _drainer(shutdown).idle
+        waiting.add(watch)
+        return waiting
 
     async def _wait_timed_out(self) -> None:
         """The end of a connection whose wait :meth:`serve`'s watchdog cancelled (outside its scope)."""
@@ -610,7 +610,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
                 await self._error_response(request, 500, "the application did not respond")
             elif self._state is SEND_BODY:
                 stream = request._response
-                if stream is not None and stream._closed is None and stream._broken is None:
+                if stream is not None and stream._closed is None and stream.broken is None:
                     try:
                         await stream.done(deadline=trio.current_time() + self.limits.send_timeout)
                     except (StackError, ValueError) as exc:
@@ -627,7 +627,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         elif isinstance(exc, ProtocolError) and self._closing is not None:
             log.info("request %r from %s: %s (400)", request, peer, exc)
             status, detail = 400, "malformed request body"
-        elif isinstance(exc, StackError) and self.lower._broken is not None:
+        elif isinstance(exc, StackError) and self.lower.broken is not None:
             log.debug("request %r from %s: the connection failed: %s", request, peer, exc)
             self.close_after("the connection failed", linger=False)
             return

@@ -215,7 +215,9 @@ class SocketStream(ByteStream):
         try:
             try:
                 data = sock.recv(max_bytes)
-            except BlockingIOError:
+            except BlockingIOError:  # wait outside the handler: a handler suspended in an await
+                data = None  # keeps its exception and traceback alive (0.5 KiB per idle connection)
+            if data is None:
                 return await self._retry(sock.recv, max_bytes, _wait_readable, deadline, "recv")
         except Timeout:  # an OSError too (TimeoutError), but ours: nothing was done
             raise
@@ -234,7 +236,9 @@ class SocketStream(ByteStream):
         try:
             try:
                 n = sock.recv_into(buffer)
-            except BlockingIOError:
+            except BlockingIOError:  # wait outside the handler (see _recv_some)
+                n = -1
+            if n < 0:
                 return await self._retry(sock.recv_into, buffer, _wait_readable, deadline, "recv")
         except Timeout:  # an OSError too (TimeoutError), but ours: nothing was done
             raise
@@ -253,7 +257,9 @@ class SocketStream(ByteStream):
         try:
             try:
                 n = sock.send(data)
-            except BlockingIOError:
+            except BlockingIOError:  # wait outside the handler (see _recv_some)
+                n = -1
+            if n < 0:
                 return await self._retry(sock.send, data, _wait_writable, deadline, "send")
         except Timeout:  # an OSError too (TimeoutError), but ours: nothing was done
             raise
