@@ -572,28 +572,37 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         try:
             # The first request needs no scope (with deferred accept its head is already here; if
             # not, the wait gets one); a connection kept alive then runs in one scope, which the
-            # watchdog cancels when a wait for the next head passes its limit.
-            if await self._serve_next(app, None):
-                with trio.CancelScope() as watch:
-                    while await self._serve_next(app, watch):
-                        pass
-            if watch is not None and watch.cancel_called and self._ended is None:
+            # watchdog cancels when a wait for the next head passes its limit. The waits are in
+            # this frame, not in a helper's: an idle connection holds one frame less.
+            try:
+                request = await self._next_request(FOREVER, None)
+            except StackError as exc:
+                return self._ended_by(exc)
+            if request is None or not await self._dispatch(app, request):
+                return
+            del request  # an idle connection keeps nothing of the last request
+            with trio.CancelScope() as watch:
+                while True:
+                    try:
+                        request = await self._next_request(FOREVER, watch)
+                    except StackError as exc:
+                        return self._ended_by(exc)
+                    if request is None or not await self._dispatch(app, request):
+                        break
+                    del request
+            if watch.cancel_called and self._ended is None:
                 await self._wait_timed_out()
         finally:
             if self._state is not CLOSED:
                 with trio.CancelScope(shield=True):
                     await self.aclose(deadline=trio.current_time() + 1.0)
 
-    async def _serve_next(self, app: App, watch: trio.CancelScope | None) -> bool:
-        """Receive one request and run ``app`` on it; False once the connection ended (an idle
-        connection keeps nothing of the last request: it was local here)."""
-        try:
-            request = await self._next_request(FOREVER, watch)
-        except StackError as exc:
-            log.debug("connection from %s: %s", self.info.get("peer"), exc)
-            return False
-        if request is None:
-            return False
+    def _ended_by(self, exc: StackError) -> None:
+        log.debug("connection from %s: %s", self.info.get("peer"), exc)
+
+    async def _dispatch(self, app: App, request: Request) -> bool:
+        """Run ``app`` on ``request`` (or hand the connection to HTTP/2 for an h2c upgrade); False
+        once the connection ended."""
         if self.scheme == "http" and "upgrade" in request.headers and await self._h2c(app, request):
             return False
         await self._run(app, request)
