@@ -25,7 +25,8 @@ from stack.testing import (
     messages,
     payloads,
 )
-from stack.testing._checks import _match_bytes, _match_messages
+from stack.testing._check_bytes import _match_bytes
+from stack.testing._check_messages import _match_messages
 
 # ---- ChaosSchedule and chaos() ---------------------------------------------------------------
 

@@ -15,8 +15,11 @@ Importing this package registers the hypothesis profiles ``ci`` and ``dev`` (see
 """
 
 from ._chaos import ChaosSchedule, ChaosStream, chaos, chaos_pair, current_schedule
-from ._checks import EXAMPLE_TIMEOUT, check_bytestream, check_detach, check_message_stream
+from ._check_bytes import check_bytestream
+from ._check_detach import check_detach
+from ._check_messages import check_message_stream
 from ._memory import MemoryStream, memory_pair
+from ._runner import EXAMPLE_TIMEOUT
 from ._settings import PROFILE_ENV, check_settings, register_profiles
 from ._strategies import (
     CancelPoint,
