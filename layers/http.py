@@ -24,6 +24,7 @@ cleartext unless ``client(prior_knowledge=True)``. ``request.http_version`` is `
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -152,9 +153,10 @@ class server:
 
         return http2.server(self.app, self.limits, self.shutdown)
 
-    async def handle(self, conn: ServerConnection) -> None:
-        """Run the app on every request of ``conn`` (what :meth:`stack.Stack.serve` calls)."""
-        await conn.serve(self.app)
+    def handle(self, conn: ServerConnection) -> Awaitable[None]:
+        """Run the app on every request of ``conn`` (what :meth:`stack.Stack.serve` awaits): the
+        connection's own ``serve`` coroutine, with no frame of this spec's around it."""
+        return conn.serve(self.app)
 
 
 @dataclass(frozen=True)

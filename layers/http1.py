@@ -60,7 +60,7 @@ header, a body longer than its Content-Length) is a :class:`ValueError` or :clas
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -177,9 +177,10 @@ class server:
             raise TypeError(f"http1.server attaches to a ByteStream, not {type(lower).__name__}")
         return ServerConnection(lower, self.limits, self.shutdown, ENGINES[engine_name(self.engine)])
 
-    async def handle(self, conn: ServerConnection) -> None:
-        """Run the app on every request of ``conn`` (what :meth:`stack.Stack.serve` calls)."""
-        await conn.serve(self.app)
+    def handle(self, conn: ServerConnection) -> Awaitable[None]:
+        """Run the app on every request of ``conn`` (what :meth:`stack.Stack.serve` awaits): the
+        connection's own ``serve`` coroutine, with no frame of this spec's around it."""
+        return conn.serve(self.app)
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,7 @@ specs and the names users import:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import trio
@@ -199,8 +200,10 @@ class server:
         await conn.handshake(deadline)
         return conn
 
-    async def handle(self, conn: H2ServerConnection) -> None:
-        await conn.serve(self.app)
+    def handle(self, conn: H2ServerConnection) -> Awaitable[None]:
+        """Run the app on every request of ``conn`` (what :meth:`stack.Stack.serve` awaits): the
+        connection's own ``serve`` coroutine, with no frame of this spec's around it."""
+        return conn.serve(self.app)
 
 
 @dataclass(frozen=True)
