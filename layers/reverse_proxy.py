@@ -293,11 +293,25 @@ class BackendPool:
     async def release(self, conn: http.ClientConnection, *, reusable: bool) -> None:
         """Give ``conn`` back: kept idle if ``reusable`` (its response was read to its end and
         the backend keeps it alive), else closed."""
-        if reusable and not self._closed:
-            if not self._hand_over(conn):
-                self._idle.append((trio.current_time(), conn))
-        else:
+        if not (reusable and self._keep(conn)):
             await self._close_one(conn)
+
+    def _take(self) -> http.ClientConnection | None:
+        """The most recently used idle connection if it has not expired (``acquire``'s usual
+        case, without a coroutine), else None."""
+        idle = self._idle
+        if idle and not self._closed and trio.current_time() - idle[-1][0] < self.idle_timeout:
+            return idle.pop()[1]
+        return None
+
+    def _keep(self, conn: http.ClientConnection) -> bool:
+        """``release(conn, reusable=True)`` without a coroutine: False if the pool is closed
+        (the caller then closes ``conn``)."""
+        if self._closed:
+            return False
+        if not self._hand_over(conn):
+            self._idle.append((trio.current_time(), conn))
+        return True
 
     async def _close_one(self, conn: http.ClientConnection) -> None:
         self._count -= 1
@@ -344,22 +358,32 @@ def _via(version: str) -> bytes:
     return via if via is not None else f"{version} {PSEUDONYM}".encode("latin-1")
 
 
-def _connection_tokens(headers: http.Headers) -> set[str]:
-    return {t.strip().lower() for v in headers.get_all("connection") for t in v.split(",") if t.strip()}
+_NO_TOKENS: frozenset[bytes] = frozenset()
 
 
-def _end_to_end(headers: http.Headers) -> tuple[list[tuple[bytes, bytes]], set[str]]:
+def _field(raw: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of ``name`` (lower-case, as on the wire) in ``raw``, or None."""
+    for k, v in raw:
+        if k == name:
+            return v
+    return None
+
+
+def _end_to_end(headers: http.Headers) -> tuple[list[tuple[bytes, bytes]], frozenset[bytes]]:
     """The fields of ``headers`` without the hop-by-hop ones (and without Host), and the tokens
-    of its Connection fields. One pass over the raw fields; the Connection tokens are only
-    worked out when a hop-by-hop field was met (on the wire names are lower-case already)."""
+    of its Connection fields (lower-case bytes). One pass over the raw fields; the Connection
+    tokens are only worked out when a Connection field is there (on the wire names are
+    lower-case already)."""
     raw = headers.raw
     out = [field for field in raw if field[0] not in _DROP and not field[0].startswith(b"proxy-")]
     if len(out) == len(raw):
-        return out, set()
-    tokens = _connection_tokens(headers)
+        return out, _NO_TOKENS
+    values = [v for k, v in raw if k == b"connection"]
+    if not values:  # only Host (always there in HTTP/1.1) or other fixed names were dropped
+        return out, _NO_TOKENS
+    tokens = frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
     if tokens:
-        named = {t.encode("latin-1") for t in tokens}
-        out = [field for field in out if field[0] not in named]
+        out = [field for field in out if field[0] not in tokens]
     return out, tokens
 
 
@@ -389,16 +413,18 @@ def request_headers(request: http.Request, forwarded: bytes | None = None) -> li
     (``forwarded``: its value, if the caller has it already)."""
     host = request.authority
     fields, _ = _end_to_end(request.headers)
-    cookies = [v for k, v in fields if k == b"cookie"]
-    if len(cookies) > 1:  # HTTP/2 splits Cookie; HTTP/1.1 wants one field (RFC 9113 8.2.3)
-        at = next(i for i, (k, _) in enumerate(fields) if k == b"cookie")
-        fields = [(k, v) for k, v in fields if k != b"cookie"]
-        fields.insert(at, (b"cookie", b"; ".join(cookies)))
-    out = [(b"host", host.encode("latin-1"))] if host else []
-    out += fields
-    out.append((b"via", _via(request.http_version)))
-    out.append((b"forwarded", forwarded if forwarded is not None else _forwarded(request.info, host)))
-    return out
+    if len(fields) > 1:  # (one field cannot be two Cookie fields)
+        cookies = [v for k, v in fields if k == b"cookie"]
+        if len(cookies) > 1:  # HTTP/2 splits Cookie; HTTP/1.1 wants one field (RFC 9113 8.2.3)
+            at = next(i for i, (k, _) in enumerate(fields) if k == b"cookie")
+            fields = [(k, v) for k, v in fields if k != b"cookie"]
+            fields.insert(at, (b"cookie", b"; ".join(cookies)))
+    return [
+        *([(b"host", host.encode("latin-1"))] if host else ()),
+        *fields,
+        (b"via", _via(request.http_version)),
+        (b"forwarded", forwarded if forwarded is not None else _forwarded(request.info, host)),
+    ]
 
 
 def response_headers(response: http.Response) -> tuple[list[tuple[bytes, bytes]], bool]:
@@ -406,7 +432,7 @@ def response_headers(response: http.Response) -> tuple[list[tuple[bytes, bytes]]
     keeps the connection (not HTTP/1.0, no ``Connection: close``)."""
     out, tokens = _end_to_end(response.headers)
     out.append((b"via", _via(response.http_version)))
-    return out, response.http_version != "1.0" and "close" not in tokens
+    return out, response.http_version != "1.0" and b"close" not in tokens
 
 
 # --------------------------------------------------------------------------------------------------
@@ -537,7 +563,8 @@ class ProxyApp:
         deadline of its own: it is the only cancel scope of a request on this path.
         """
         headers = http.Headers._wire(request_headers(request, self._forwarded(request)))  # not normalised again
-        length = request.headers.get("content-length")
+        raw = request.headers.raw
+        length = _field(raw, b"content-length")
         conn: http.ClientConnection | None = None
         response: http.Response | None = None
         data: bytes | None = None  # a small (or bodiless) response body, read whole
@@ -546,14 +573,14 @@ class ProxyApp:
         phase = "client"
         with trio.CancelScope(deadline=trio.current_time() + self.timeout) as scope:
             first = b""
-            if length is None and (request.http_version == "2" or "transfer-encoding" in request.headers):
+            if length is None and (request.http_version == "2" or _field(raw, b"transfer-encoding") is not None):
                 try:  # a body of unknown length (chunked, or HTTP/2), maybe empty: look at its start
                     first = await request.body.recv(CHUNK)
                 except StackError as exc:
                     log.info("%s: the request body failed: %s", _peer(request.info), exc)
                     return await _error(request, 400, "the request body could not be read")
             phase = "backend"
-            if first or (length is not None and length != "0"):
+            if first or (length is not None and length != b"0"):
                 upload = _Upload(request.body, first, self.timeout, scope)
             conn, response, failure = await self._exchange(request, headers, upload, length, scope)
             if response is not None and _read_whole(request, response):
@@ -596,7 +623,8 @@ class ProxyApp:
                 return await self._stream(request, response, http.Headers._wire(fields), ended)
             finally:
                 await self.pool.release(conn, reusable=reusable and ended[0])
-        await self.pool.release(conn, reusable=reusable)  # the whole body is here: the connection is free already
+        if not (reusable and self.pool._keep(conn)):  # the whole body is here: the connection is free already
+            await self.pool.release(conn, reusable=False)
         await request.respond(response.status, http.Headers._wire(fields), data, deadline=after(self.timeout))
         return len(data)
 
@@ -605,7 +633,7 @@ class ProxyApp:
         request: http.Request,
         headers: http.Headers,
         upload: _Upload | None,
-        length: str | None,
+        length: bytes | None,
         scope: trio.CancelScope,
     ) -> tuple[http.ClientConnection | None, http.Response | None, tuple[int, str] | None]:
         """Send the request (with ``upload`` as its body, if any) to the backend and return the
@@ -613,21 +641,23 @@ class ProxyApp:
         a reused connection before anything arrived (the backend had closed it) goes again on a
         new one when that is safe (no body, or none of it read yet). Cancelled (``scope``'s
         deadline, say): the connection is closed, never reused."""
-        fresh = False
+        pool = self.pool
+        fresh = self.send_proxy is not None
+        body: Any = upload
+        if upload is None and length is None and request.method not in _NO_BODY_METHODS:
+            body = b""  # an empty body the backend should see as Content-Length: 0
         while True:
-            try:
-                conn, reused = await self.pool.acquire(
-                    deadline=scope.deadline, fresh=fresh or self.send_proxy is not None, stack=self._stack(request)
-                )
-            except Timeout as exc:
-                log.warning("backend: %s", exc)
-                return None, None, (504, "the backend did not answer in time")
-            except (StackError, OSError) as exc:
-                log.warning("backend unreachable: %s", exc)
-                return None, None, (502, "the backend cannot be reached")
-            body: Any = upload
-            if upload is None and length is None and request.method not in _NO_BODY_METHODS:
-                body = b""  # an empty body the backend should see as Content-Length: 0
+            conn = None if fresh else pool._take()  # the usual case, without acquire's coroutine
+            reused = True
+            if conn is None:
+                try:
+                    conn, reused = await pool.acquire(deadline=scope.deadline, fresh=fresh, stack=self._stack(request))
+                except Timeout as exc:
+                    log.warning("backend: %s", exc)
+                    return None, None, (504, "the backend did not answer in time")
+                except (StackError, OSError) as exc:
+                    log.warning("backend unreachable: %s", exc)
+                    return None, None, (502, "the backend cannot be reached")
             failure: tuple[int, str] | None = None
             try:
                 return conn, await conn.request(request.method, request.target, headers=headers, body=body), None
@@ -744,20 +774,30 @@ def _read_whole(request: http.Request, response: http.Response) -> bool:
     (HEAD, 204, 304), or announced as at most :data:`SMALL_BODY` bytes."""
     if request.method == "HEAD" or response.status in (204, 304):
         return True
-    length = response.headers.get("content-length")
+    length = _field(response.headers.raw, b"content-length")
     return length is not None and length.isdigit() and int(length) <= SMALL_BODY
 
 
 async def _read_small(response: http.Response) -> bytes:
     """The whole body of a response announced as small (or bodiless); :class:`~stack.Broken` if
     it is longer than that. No deadline of its own: the caller's cancel scope bounds it."""
-    parts: list[bytes] = []
-    size = 0
-    while chunk := await response.body.recv(CHUNK):
+    body = response.body
+    first = await body.recv(CHUNK)
+    if not first:
+        return b""
+    if len(first) > SMALL_BODY:
+        raise Broken(f"the backend sent more than the {SMALL_BODY} bytes it announced")
+    chunk = await body.recv(CHUNK)
+    if not chunk:  # the usual case: the whole body in one piece
+        return first
+    parts = [first]
+    size = len(first)
+    while chunk:
         size += len(chunk)
         if size > SMALL_BODY:
             raise Broken(f"the backend sent more than the {SMALL_BODY} bytes it announced")
         parts.append(chunk)
+        chunk = await body.recv(CHUNK)
     return b"".join(parts)
 
 
