@@ -53,6 +53,10 @@ What :class:`H2Core` changes, and why:
   configuration makes idle (the header validation flags h2 builds for its disabled checks, a
   second copy of the decoded list, the informational-response scan of a request that starts
   with ``:method``). Anything else (a client core, trailers, PRIORITY, an unusual head) is h2's.
+  It also opens the stream as h2's ``_open_streams`` + ``_begin_new_stream`` do (closed streams
+  moved to ``_closed_streams`` in order, the new stream's windows and frame size), reading each
+  stream's state directly instead of through two properties per stream per request, and
+  without h2's no-op debug logging; a low, reused or even id goes through h2's for its errors.
 * **Such a HEADERS frame is read straight from the received bytes** (:meth:`H2Core.receive_data`):
   hyperframe builds, flags and parses a frame object for every frame (about a sixth of a small
   request's cost). A server's HEADERS with END_HEADERS (and maybe END_STREAM) only, a new odd
@@ -82,7 +86,7 @@ import h2.exceptions
 import h2.frame_buffer
 import h2.settings
 from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, H2ConnectionStateMachine
-from h2.stream import StreamClosedBy, StreamInputs, StreamState
+from h2.stream import H2Stream, StreamClosedBy, StreamInputs, StreamState
 from hpack.hpack import Decoder, Encoder
 from hpack.table import HeaderTable
 from hyperframe.exceptions import InvalidPaddingError
@@ -527,9 +531,28 @@ class H2Core(h2.connection.H2Connection):
         """A server's HEADERS (no PRIORITY, header block complete) on stream ``sid``, not in
         ``self.streams``, as h2's ``_receive_headers_frame`` takes it in the open state with no
         stream limit: its events."""
-        self._open_streams(1)  # h2 counts (against our unlimited setting) and forgets closed streams
+        # h2's ``_open_streams(1)``: it counts the open streams (against our unlimited setting:
+        # nothing to count) and moves the closed ones to ``_closed_streams``, in order
+        streams = self.streams
+        done = [i for i, s in streams.items() if s.state_machine.state is _CLOSED]
+        if done:
+            closed = self._closed_streams
+            for i in done:
+                closed[i] = streams.pop(i).state_machine.stream_closed_by
         headers: Any = h2.connection._decode_headers(self.decoder, block)  # a list (_Decoder)
-        stream = self._begin_new_stream(sid, AllowedStreamIDs.ODD)
+        if sid & 1 and sid > self.highest_inbound_stream_id:
+            # h2's ``_begin_new_stream`` for an id it accepts (without its no-op debug logging)
+            stream = H2Stream(
+                sid,
+                config=self.config,
+                inbound_window_size=self.local_settings.initial_window_size,
+                outbound_window_size=self.remote_settings.initial_window_size,
+            )
+            stream.max_outbound_frame_size = self.max_outbound_frame_size
+            streams[sid] = stream
+            self.highest_inbound_stream_id = sid
+        else:  # a low, reused or even id: h2's own errors
+            stream = self._begin_new_stream(sid, AllowedStreamIDs.ODD)
         if not headers or headers[0][0] == b":status":  # h2 sees an informational response
             return stream.receive_headers(headers, end_stream, None)[1]
         machine = stream.state_machine

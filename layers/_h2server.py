@@ -374,7 +374,8 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         stream = request._stream
         sid = stream.stream_id
         self._streams[sid] = stream
-        self._accepted = max(self._accepted, sid)
+        if sid > self._accepted:
+            self._accepted = sid
         self._active += 1
         app = self._app
         nursery = self._nursery
@@ -466,9 +467,12 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         except h2.exceptions.ProtocolError as exc:  # pragma: no cover - defensive
             log.debug("finishing %r: %s", request, exc)
         finally:
-            stream._closed = stream._closed or "closed"
-            self.release(stream)
-            stream._wake()
+            if stream._closed is None:
+                stream._closed = "closed"
+            if stream._in or not stream._released:  # (release would do nothing else)
+                self.release(stream)
+            if stream._rd is not None or stream._wr is not None or stream._head is not None:
+                stream._wake()  # a task still waits on the stream (nothing to wake otherwise)
             self._active -= 1
             self._update_idle()
             self._maybe_done()

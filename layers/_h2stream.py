@@ -169,26 +169,40 @@ class H2Stream(ByteStream):
 
     kind = "h2-stream"
 
+    # What a new stream starts with, as class attributes: a stream is made per request, and
+    # only what differs (or is mutable) is set on the instance (``__init__`` does not call
+    # ``ByteStream.__init__``; it sets the same attributes).
+    _lower = None
+    _info: dict[str, Any] = {}  # noqa: RUF012 - never written: ``info`` is the property below
+    _outbuf = bytearray()  # never written: ``_send_some`` hands DATA to h2, not to this buffer
+    _sending = False
+    _receiving = False
+    _send_closed = False
+    _closed: str | None = None
+    _broken: BaseException | None = None
+    _eof = False
+    _ack_exempt = 0  # bytes in _in that never counted against a window (h2c upgrade)
+    _in_ended = False
+    _reset: Broken | None = None  # why the stream ended abnormally
+    _released = False
+    _rd: trio.Event | None = None  # set when bytes, the end or an error arrive
+    _wr: trio.Event | None = None  # set when the window opens or an error arrives
+    _local_ended = False
+    _discard_body = False  # HEAD / 204 / 304: body bytes are dropped
+    _trailers_out: Headers | None = None
+    trailers = _EMPTY
+    # client side only
+    _head: trio.Event | None = None
+    _response: H2Response | None = None
+    _owner: H2Request | H2Response | None = None  # gets .trailers
+
     def __init__(self, conn: StreamOwner, stream_id: int, *, can_send: bool) -> None:
-        super().__init__(None, None)
+        # ByteStream.__init__'s mutable attribute (the rest are the class's defaults above)
+        self._unread = bytearray()
         self._conn = conn
         self.stream_id = stream_id
         self._in = bytearray()
-        self._ack_exempt = 0  # bytes in _in that never counted against a window (h2c upgrade)
-        self._in_ended = False
-        self._reset: Broken | None = None  # why the stream ended abnormally
-        self._released = False
-        self._rd: trio.Event | None = None  # set when bytes, the end or an error arrive
-        self._wr: trio.Event | None = None  # set when the window opens or an error arrives
         self._can_send = can_send
-        self._local_ended = False
-        self._discard_body = False  # HEAD / 204 / 304: body bytes are dropped
-        self._trailers_out: Headers | None = None
-        self.trailers = _EMPTY
-        # client side only
-        self._head: trio.Event | None = None
-        self._response: H2Response | None = None
-        self._owner: H2Request | H2Response | None = None  # gets .trailers
 
     @property
     def info(self) -> Info:
@@ -442,11 +456,35 @@ class H2Request(Request):
     For CONNECT, ``start_response(2xx)`` returns the tunnel: a ByteStream in both directions.
     """
 
-    def __init__(self, stream: H2Stream, method: str, target: str, headers: Headers, **kw: Any) -> None:
-        super().__init__(method, target, headers, "2", stream, stream._conn.info, **kw)
+    protocol: str | None = None
+    responded = False
+    status: int | None = None
+    http_version = "2"
+
+    def __init__(
+        self,
+        stream: H2Stream,
+        method: str,
+        target: str,
+        headers: Headers,
+        *,
+        scheme: str = "http",
+        authority: str = "",
+        limits: Limits,
+    ) -> None:
+        # Request.__init__'s attributes, set here (a request per stream); the constant ones are
+        # the class's defaults above
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = stream
+        self.info = stream._conn.info
+        self.scheme = scheme
+        self.authority = authority or (headers.get("host") or "")
+        self.limits = limits
+        self.trailers = _headers([])
         self._stream = stream
         self.stream_id = stream.stream_id
-        self.protocol: str | None = None
 
     async def respond(
         self, status: int, headers: HeaderInput = (), body: bytes = b"", *, deadline: float = FOREVER

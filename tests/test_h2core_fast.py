@@ -16,7 +16,14 @@ import h2.settings
 import hpack
 import pytest
 from h2.stream import StreamState
-from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
 from layers._h2core import H2Core
 
@@ -128,8 +135,17 @@ def _outcome(core: H2Core, data: bytes) -> tuple[object, ...]:
         )
         for e in events
     ]
-    streams = {sid: (s.state_machine.state, s._expected_content_length) for sid, s in core.streams.items()}
-    return (seen, streams, core.data_to_send())
+    streams = {
+        sid: (
+            s.state_machine.state,
+            s._expected_content_length,
+            s.outbound_flow_control_window,
+            s._inbound_window_manager.current_window_size,
+            s.max_outbound_frame_size,
+        )
+        for sid, s in core.streams.items()
+    }
+    return (seen, streams, dict(core._closed_streams), core.data_to_send())
 
 
 REQUEST = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"x")]
@@ -197,6 +213,12 @@ def _settings_ack() -> bytes:
     return f.serialize()
 
 
+def _reset(sid: int) -> bytes:
+    f = RstStreamFrame(sid)
+    f.error_code = 8
+    return f.serialize()
+
+
 def _split_headers(sid: int, block: bytes) -> bytes:
     first = HeadersFrame(sid)
     first.data = block[:3]
@@ -224,6 +246,7 @@ _SEQUENCES = {
     "bad hpack": _headers(3, b"\xff\xff\xff\xff", 0x5),
     "informational": _headers(3, _block([(b":status", b"100")])[0], 0x4),
     "bad content-length": _headers(3, _block([*REQUEST, (b"content-length", b"x")])[0], 0x4),
+    "after resets": _headers(3, _B[0], 0x4) + _reset(3) + _reset(1) + _headers(5, _B[1], 0x5) + _headers(7, _B[2], 0x5),
     "trailers on 1": _headers(1, _B[0], 0x5) + _headers(3, _B[1], 0x5),
 }
 
