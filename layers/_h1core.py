@@ -214,10 +214,12 @@ class ParsedHead:
     header fields as ``(lower-cased name, value)`` byte pairs, in order; ``keep_alive``: the client
     keeps the connection (HTTP/1.1 without ``Connection: close``); ``chunked``: the body is
     chunked; ``content_length``: the declared length, or None; ``expect_100``: the client waits
-    for ``100 Continue``.
+    for ``100 Continue``; ``host``: the first Host value, or None.
     """
 
-    __slots__ = ("chunked", "content_length", "expect_100", "fields", "http_version", "keep_alive", "method", "target")
+    __slots__ = (
+        "chunked", "content_length", "expect_100", "fields", "host", "http_version", "keep_alive", "method", "target"
+    )
 
     def __init__(
         self,
@@ -229,6 +231,7 @@ class ParsedHead:
         chunked: bool,
         content_length: int | None,
         expect_100: bool,
+        host: bytes | None = None,
     ) -> None:
         self.method = method
         self.target = target
@@ -238,6 +241,7 @@ class ParsedHead:
         self.chunked = chunked
         self.content_length = content_length
         self.expect_100 = expect_100
+        self.host = host
 
     def __repr__(self) -> str:
         return f"<ParsedHead {self.method!r} {self.target!r} HTTP/{self.http_version.decode()}>"
@@ -318,8 +322,12 @@ def framed_head(
         check_version(http_version)
     cl = te = False
     keep_alive = http_version == b"1.1"
+    host = None
     for name, value in fields:
-        if name == b"content-length":
+        if name == b"host":
+            if host is None:
+                host = value
+        elif name == b"content-length":
             cl = True
         elif name == b"transfer-encoding":
             te = True
@@ -337,7 +345,7 @@ def framed_head(
         length = int(values[0])
     if te and http_version == b"1.0":
         raise Refused(400, "Transfer-Encoding in an HTTP/1.0 request")
-    return ParsedHead(method, target, http_version, fields, keep_alive, te, length, expect_100)
+    return ParsedHead(method, target, http_version, fields, keep_alive, te, length, expect_100, host)
 
 
 class ReferenceEngine:

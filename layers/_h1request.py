@@ -74,21 +74,25 @@ class Request(http.Request):
     ``trailers`` holds the request's trailer fields once its body has ended.
     """
 
+    # What every request starts with (the model's __init__ is not called: this is per request)
+    responded = False
+    status: int | None = None
+    trailers = Headers()  # replaced, never changed in place, when trailers arrive
+    _response: ResponseStream | None = None
+
     def __init__(self, owner: RequestOwner, head: ParsedHead, body: RequestBody) -> None:
-        super().__init__(
-            head.method.decode("ascii"),
-            head.target.decode("ascii"),
-            Headers._wire(head.fields),
-            "1.1" if head.http_version == b"1.1" else "1.0",
-            body,
-            owner.info,
-            scheme=owner.scheme,
-            limits=owner.limits,
-        )
+        self.method = head.method.decode("ascii")
+        self.target = head.target.decode("ascii")
+        self.headers = Headers._wire(head.fields)
+        self.http_version = "1.1" if head.http_version == b"1.1" else "1.0"
+        self.body = self._body = body
+        self.info = owner.info
+        self.scheme = owner.scheme
+        host = head.host
+        self.authority = host.decode("latin-1") if host is not None else ""
+        self.limits = owner.limits
         self._owner = owner
-        self._body = body
         self._keep_alive = head.keep_alive
-        self._response: ResponseStream | None = None
 
     async def _respond(self, status: int, headers: Headers, body: bytes, deadline: float) -> None:
         await self._owner.send_response(self, status, headers, body, deadline)
@@ -108,12 +112,22 @@ class RequestBody(ByteStream):
 
     kind = "http1-request-body"
 
+    # The state every body starts in, as ByteStream's __init__ would set it (not called: this is
+    # per request). A request body never sends, so its outgoing buffer is never written; its info
+    # is the same constant for all.
+    _info = BODY_INFO
+    _outbuf = bytearray()
+    _sending = _receiving = _send_closed = _eof = False
+    _closed: str | None = None
+    _broken: BaseException | None = None
+    _pending = b""
+    _request: Request | None = None
+
     def __init__(self, owner: RequestOwner, complete: bool) -> None:
-        super().__init__(owner.lower, BODY_INFO)
+        self._lower = owner.lower
+        self._unread = bytearray()
         self._owner = owner
-        self._pending = b""
         self._complete = complete
-        self._request: Request | None = None
 
     async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
         if not self._pending:
