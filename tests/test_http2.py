@@ -907,3 +907,21 @@ async def test_a_repeated_request_head_is_checked_once_and_each_request_has_its_
     request = conn._make_request(9, tunnel)
     assert request is not None and request.protocol == "websocket" and request.method == "CONNECT"
     assert len(conn._heads) == 1  # a head with :protocol is checked each time
+
+
+def test_response_header_lists_given_again_are_remembered_checked() -> None:
+    from layers import _h2stream
+
+    given = [("Content-Type", "text/plain"), ("X-A", b"1")]
+    first = _h2stream._checked_input(given)
+    assert first == (((b"content-type", b"text/plain"), (b"x-a", b"1")), False, False)
+    assert _h2stream._checked_input(list(given)) is first  # remembered
+    assert _h2stream._checked_input(http.Headers(given)) == first  # not a list: checked again
+    assert _h2stream._checked_input([["date", "x"], ["content-length", "3"]]) == (
+        ((b"date", b"x"), (b"content-length", b"3")), True, True,
+    )  # fmt: skip  # unhashable pairs: checked, not remembered
+    bad = [("x-bad", "a\r\nb")]
+    for _ in range(2):
+        with pytest.raises(ValueError, match="invalid value"):
+            _h2stream._checked_input(bad)
+    assert tuple(bad) not in _h2stream._KNOWN_HEADS
