@@ -86,6 +86,7 @@ import h2.exceptions
 import h2.frame_buffer
 import h2.settings
 from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, H2ConnectionStateMachine
+from h2.events import RequestReceived, StreamEnded
 from h2.stream import H2Stream, StreamClosedBy, StreamInputs, StreamState
 from hpack.hpack import Decoder, Encoder
 from hpack.table import HeaderTable
@@ -115,6 +116,7 @@ _OPEN = StreamState.OPEN
 _HALF_CLOSED_REMOTE = StreamState.HALF_CLOSED_REMOTE
 _HALF_CLOSED_LOCAL = StreamState.HALF_CLOSED_LOCAL
 _CLOSED = StreamState.CLOSED
+_IDLE = StreamState.IDLE
 _FRAME_HEAD = struct.Struct(">BHBBL")  # a frame header: length (3 bytes), type, flags, stream id
 
 ENCODER_TABLE_SIZE = 1024
@@ -369,7 +371,7 @@ class H2Core(h2.connection.H2Connection):
     def stream_is_open(self, stream_id: int) -> bool:
         """True while h2 still considers the stream open in at least one direction."""
         stream = self.streams.get(stream_id)
-        return stream is not None and not stream.closed
+        return stream is not None and stream.state_machine.state is not _CLOSED  # h2's ``closed``
 
     def peer_max_concurrent_streams(self) -> int:
         return int(self.remote_settings.max_concurrent_streams)
@@ -556,12 +558,31 @@ class H2Core(h2.connection.H2Connection):
         if not headers or headers[0][0] == b":status":  # h2 sees an informational response
             return stream.receive_headers(headers, end_stream, None)[1]
         machine = stream.state_machine
-        events: list[Any] = machine.process_input(StreamInputs.RECV_HEADERS)  # [RequestReceived]
-        request: Any = events[0]
-        if end_stream:
-            ended = machine.process_input(StreamInputs.RECV_END_STREAM)
-            request.stream_ended = ended[0]
-            events += ended
+        events: list[Any]
+        request: Any
+        if machine.state is not _IDLE:  # pragma: no cover - a new stream is idle
+            events = machine.process_input(StreamInputs.RECV_HEADERS)
+            request = events[0]
+            if end_stream:
+                ended = machine.process_input(StreamInputs.RECV_END_STREAM)
+                request.stream_ended = ended[0]
+                events += ended
+        else:
+            # h2's transitions of an idle stream, without ``process_input``'s table lookup on
+            # enum pairs: RECV_HEADERS (``request_received``: IDLE -> OPEN), then, with
+            # END_STREAM, RECV_END_STREAM (``stream_half_closed``: OPEN -> HALF_CLOSED_REMOTE,
+            # ``stream_closed_by`` left unset)
+            machine.client = False
+            machine.headers_received = True
+            request = RequestReceived(stream_id=sid)
+            if end_stream:
+                machine.state = _HALF_CLOSED_REMOTE
+                ended_event = StreamEnded(stream_id=sid)
+                request.stream_ended = ended_event
+                events = [request, ended_event]
+            else:
+                machine.state = _OPEN
+                events = [request]
         stream._initialize_content_length(headers)
         request.headers = headers  # our decoder returns a list of its own
         return events

@@ -57,6 +57,9 @@ _REFUSED_STREAM = h2.errors.ErrorCodes.REFUSED_STREAM
 _MAX_STREAM_ID = 2**31 - 1
 _SC = h2.settings.SettingCodes
 _REQUEST_PSEUDO = frozenset([b":method", b":scheme", b":authority", b":path", b":protocol"])
+_HEAD_CACHE = 64
+"""Request heads remembered per connection, checked and decoded (see ``_make_request``)."""
+_Head = tuple[str, str, tuple[tuple[bytes, bytes], ...], str, str, str | None]
 
 
 class _Resume:
@@ -138,6 +141,7 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         self._reset_rate = _Rate(limits.rapid_reset_limit, limits.flood_period)
         self._upgrade_request: H2Request | None = None
         self._batch: deque[H2Request] | None = None  # admitted, for a batch task not started yet
+        self._heads: dict[tuple[Any, ...], _Head] = {}  # request heads seen, checked (_make_request)
 
     # ---- handshake -------------------------------------------------------------------------
 
@@ -339,7 +343,36 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
 
     def _make_request(self, sid: int, raw: Any) -> H2Request | None:
         """The request of a HEADERS block, or None (after RST_STREAM PROTOCOL_ERROR) if it is
-        malformed (RFC 9113 8.1.1)."""
+        malformed (RFC 9113 8.1.1). A head already seen on this connection (a client repeats
+        its requests' fields) is not checked and decoded again: its parts are remembered (at
+        most ``_HEAD_CACHE``, never one with ``:protocol``, whose check reads the settings)."""
+        key = tuple(raw)
+        head = self._heads.get(key)
+        if head is None:
+            head = self._parse_head(sid, raw)
+            if head is None:
+                return None
+            if head[5] is None and len(self._heads) < _HEAD_CACHE:
+                self._heads[key] = head
+        method, target, regular, scheme, authority, protocol = head
+        stream = H2Stream(self, sid, can_send=False)
+        request = H2Request(
+            stream,
+            method,
+            target,
+            _headers(list(regular)),  # the application's own list
+            scheme=scheme,
+            authority=authority,
+            limits=self.limits,
+        )
+        if protocol is not None:
+            request.protocol = protocol
+        stream._owner = request
+        return request
+
+    def _parse_head(self, sid: int, raw: Any) -> _Head | None:
+        """A request head checked and decoded: ``(method, target, regular fields, scheme,
+        authority, protocol)``, or None (logged) if it is malformed."""
         try:
             pseudo, regular = check_fields(raw, _REQUEST_PSEUDO)
             check_request_pseudo(pseudo, regular)
@@ -355,20 +388,14 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
             target = authority.decode("latin-1")
         else:
             target = pseudo[b":path"].decode("latin-1")
-        stream = H2Stream(self, sid, can_send=False)
-        request = H2Request(
-            stream,
+        return (
             method,
             target,
-            _headers(regular),
-            scheme=pseudo.get(b":scheme", b"http").decode("latin-1"),
-            authority=authority.decode("latin-1"),
-            limits=self.limits,
+            tuple(regular),
+            pseudo.get(b":scheme", b"http").decode("latin-1"),
+            authority.decode("latin-1"),
+            None if protocol is None else protocol.decode("latin-1"),
         )
-        if protocol is not None:
-            request.protocol = protocol.decode("latin-1")
-        stream._owner = request
-        return request
 
     def _admit(self, request: H2Request) -> None:
         stream = request._stream

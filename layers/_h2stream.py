@@ -448,6 +448,46 @@ def _pairs(headers: HeaderInput) -> Headers:
     return Headers(headers)
 
 
+_Checked = tuple[tuple[tuple[bytes, bytes], ...], bool, bool]
+_NOTHING: _Checked = ((), False, False)
+_KNOWN_HEADS: dict[tuple[Any, ...], _Checked] = {}
+_KNOWN_HEADS_MAX = 256
+
+
+def _checked(headers: Headers) -> _Checked:
+    """The fields to send for ``headers`` (:func:`_fields`), and whether they hold a date and a
+    content-length."""
+    if not headers.raw:
+        return _NOTHING
+    fields = _fields(headers)
+    has_date = has_length = False
+    for name, _ in fields:
+        if name == b"date":
+            has_date = True
+        elif name == b"content-length":
+            has_length = True
+    return tuple(fields), has_date, has_length
+
+
+def _checked_input(headers: HeaderInput) -> _Checked:
+    """``_checked(_pairs(headers))``, remembered for a list or tuple of pairs given again (an
+    application answers with the same few header lists: at most ``_KNOWN_HEADS_MAX``, the
+    first seen; one that does not pass the checks is never remembered)."""
+    cls = headers.__class__
+    if cls is not list and cls is not tuple:
+        return _checked(_pairs(headers))
+    try:
+        key = tuple(headers)
+        known = _KNOWN_HEADS.get(key)
+    except TypeError:  # a pair that cannot be hashed (a list)
+        return _checked(_pairs(headers))
+    if known is None:
+        known = _checked(_pairs(headers))
+        if len(_KNOWN_HEADS) < _KNOWN_HEADS_MAX:
+            _KNOWN_HEADS[key] = known
+    return known
+
+
 class H2Request(Request):
     """A request received over HTTP/2 (see :class:`layers.http.Request`).
 
@@ -492,18 +532,16 @@ class H2Request(Request):
         """Send a whole response (see :meth:`layers.http.Request.respond`): one HEADERS and,
         when it fits the windows, one DATA frame, queued together."""
         self._claim(status)
-        await self._respond(status, _pairs(headers), body if body.__class__ is bytes else bytes(body), deadline)
+        await self._respond_checked(
+            status, _checked_input(headers), body if body.__class__ is bytes else bytes(body), deadline
+        )
 
     def _head(self, status: int, headers: Headers, body_length: int | None) -> list[tuple[bytes, bytes]]:
-        fields = [(b":status", _STATUS[status])]
-        has_date = has_length = False
-        if headers.raw:
-            fields += _fields(headers)
-            for name, _ in fields:
-                if name == b"date":
-                    has_date = True
-                elif name == b"content-length":
-                    has_length = True
+        return self._head_of(status, _checked(headers), body_length)
+
+    def _head_of(self, status: int, checked: _Checked, body_length: int | None) -> list[tuple[bytes, bytes]]:
+        given, has_date, has_length = checked
+        fields = [(b":status", _STATUS[status]), *given]
         if not has_date:
             fields.append((b"date", date_header()))
         if body_length is not None and not has_length and status not in _NO_BODY_STATUS:
@@ -528,12 +566,15 @@ class H2Request(Request):
         stream._conn.wake_writer()
 
     async def _respond(self, status: int, headers: Headers, body: bytes, deadline: float) -> None:
+        await self._respond_checked(status, _checked(headers), body, deadline)
+
+    async def _respond_checked(self, status: int, checked: _Checked, body: bytes, deadline: float) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         stream = self._stream
         conn = stream._conn
         core = conn.core
         no_body = self.method == "HEAD" or status in _NO_BODY_STATUS
-        fields = self._head(status, headers, len(body))
+        fields = self._head_of(status, checked, len(body))
         n = len(body)
         if no_body or not n:
             self._send_head(fields, end_stream=True)

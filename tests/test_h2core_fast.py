@@ -132,6 +132,7 @@ def _outcome(core: H2Core, data: bytes) -> tuple[object, ...]:
             getattr(e, "stream_id", None),
             getattr(e, "headers", None),
             repr(getattr(e, "stream_ended", None)),
+            repr(e),
         )
         for e in events
     ]
@@ -142,6 +143,7 @@ def _outcome(core: H2Core, data: bytes) -> tuple[object, ...]:
             s.outbound_flow_control_window,
             s._inbound_window_manager.current_window_size,
             s.max_outbound_frame_size,
+            sorted(vars(s.state_machine).items()),  # state, client, headers/trailers seen, closed by
         )
         for sid, s in core.streams.items()
     }

@@ -883,3 +883,45 @@ async def test_http2_inside_tls_inside_an_http2_stream_inside_tls() -> None:
                     r = await inner.request("GET", "/")
                     assert await r.read() == b"inner.test 1"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_repeated_request_head_is_checked_once_and_each_request_has_its_own_headers() -> None:
+    a, _b = memory_pair()
+    conn = http2.H2ServerConnection(a)
+    raw = [
+        (b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/x?y"), (b":authority", b"h:1"),
+        (b"cookie", b"a=1"), (b"accept", b"*/*"), (b"cookie", b"b=2"),
+    ]  # fmt: skip
+    first = conn._make_request(1, list(raw))
+    assert first is not None
+    first.headers.raw.append((b"x-mine", b"1"))  # the application's own list
+    second = conn._make_request(3, list(raw))
+    assert second is not None and len(conn._heads) == 1
+    for request, sid in ((first, 1), (second, 3)):
+        assert (request.method, request.target, request.scheme, request.authority) == ("GET", "/x?y", "https", "h:1")
+        assert request.stream_id == sid and request.protocol is None
+    assert second.headers.raw == [(b"accept", b"*/*"), (b"cookie", b"a=1; b=2")]
+    assert conn._make_request(5, [*raw, (b"te", b"gzip")]) is None  # malformed: not remembered
+    assert conn._make_request(7, [*raw, (b"te", b"gzip")]) is None
+    tunnel = [(b":method", b"CONNECT"), (b":protocol", b"websocket"), *raw[1:4]]
+    request = conn._make_request(9, tunnel)
+    assert request is not None and request.protocol == "websocket" and request.method == "CONNECT"
+    assert len(conn._heads) == 1  # a head with :protocol is checked each time
+
+
+def test_response_header_lists_given_again_are_remembered_checked() -> None:
+    from layers import _h2stream
+
+    given = [("Content-Type", "text/plain"), ("X-A", b"1")]
+    first = _h2stream._checked_input(given)
+    assert first == (((b"content-type", b"text/plain"), (b"x-a", b"1")), False, False)
+    assert _h2stream._checked_input(list(given)) is first  # remembered
+    assert _h2stream._checked_input(http.Headers(given)) == first  # not a list: checked again
+    assert _h2stream._checked_input([["date", "x"], ["content-length", "3"]]) == (
+        ((b"date", b"x"), (b"content-length", b"3")), True, True,
+    )  # fmt: skip  # unhashable pairs: checked, not remembered
+    bad = [("x-bad", "a\r\nb")]
+    for _ in range(2):
+        with pytest.raises(ValueError, match="invalid value"):
+            _h2stream._checked_input(bad)
+    assert tuple(bad) not in _h2stream._KNOWN_HEADS
