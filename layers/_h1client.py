@@ -231,6 +231,7 @@ class _ResponseBody(ByteStream):
         self._pending = b""
         self._buffered: deque[bytes] = deque()  # read while request() finished sending (no nursery)
         self._complete = False
+        self._failed: StackError | None = None  # the engine's error after the bytes taken with the head
 
     @property
     def info(self) -> Info:
@@ -244,6 +245,10 @@ class _ResponseBody(ByteStream):
             elif self._complete:
                 return b""
             else:
+                failed = self._failed
+                if failed is not None:  # met when the bytes that came with the head were taken
+                    self._failed = None
+                    raise failed
                 sender = self._sender
                 if sender is not None and sender.failure is not None:
                     raise sender.broken() from sender.failure
@@ -522,7 +527,18 @@ class ClientConnection(H1Connection, http.ClientConnection):
             chunks = aiter(body)
         else:
             if len(out) <= INLINE_SEND:  # head and body in one write, then the response
-                return await self._response(await self._inline_head(deadline))
+                send_error: StackError | None = None
+                try:
+                    await self.flush(deadline)
+                except Broken as exc:  # the server may have answered early (413...) and closed: read it
+                    send_error = exc
+                try:
+                    head = await self._read_head(deadline)
+                except StackError:
+                    if send_error is not None:
+                        raise send_error from None
+                    raise
+                return await self._response(head)
         sender = self._sender = _BodySender(self, chunks, expect_100, deadline)
         if self._nursery is not None:  # inside `async with conn:` the body goes on after we return
             self._nursery.start_soon(sender.run, name="stack.http1 request body")
@@ -543,20 +559,6 @@ class ClientConnection(H1Connection, http.ClientConnection):
             raise failure
         assert result is not None
         return result
-
-    async def _inline_head(self, deadline: float) -> ResponseHead:
-        """Flush the whole request, then receive the response head."""
-        send_error: StackError | None = None
-        try:
-            await self.flush(deadline)
-        except Broken as exc:  # the server may have answered early (413...) and closed: read it
-            send_error = exc
-        try:
-            return await self._read_head(deadline)
-        except StackError:
-            if send_error is not None:
-                raise send_error from None
-            raise
 
     async def _duplex_response(self, sender: _BodySender, deadline: float) -> Response:
         """Receive the response head while ``sender`` sends; stop the body if the answer makes it
@@ -666,7 +668,33 @@ class ClientConnection(H1Connection, http.ClientConnection):
             if type(nxt) is list:
                 body._complete = True
                 await self._end_exchange()
+        elif self._sender is None and engine.buffered:
+            await self._take_buffered(body, response)
         return response
+
+    async def _take_buffered(self, body: _ResponseBody, response: Response) -> None:
+        """The body's bytes that came with the head (no request body going): taken now, so a small
+        response is whole without another call into the engine, and its exchange ends at once. A
+        malformed body's error is kept for the ``recv`` that reaches it (after the bytes before it)."""
+        engine = self._engine
+        try:
+            while True:
+                event = engine.next_event()
+                if type(event) is bytes:
+                    if event:
+                        if body._pending:
+                            body._buffered.append(event)
+                        else:
+                            body._pending = event
+                    continue
+                if type(event) is list:
+                    body._complete = True
+                    if event:
+                        response.trailers = Headers(event)
+                    await self._end_exchange()
+                return
+        except StackError as exc:
+            body._failed = exc
 
     async def read_body(self, body: _ResponseBody, deadline: float) -> bytes:
         engine = self._engine

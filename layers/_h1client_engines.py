@@ -242,6 +242,16 @@ _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _CHUNK_TRAILER = range(4)
 
 _CACHE_SIZE = 64
 
+_HEADS: dict[bytes, tuple[int, bytes, bytes, tuple[tuple[bytes, bytes], ...], tuple[bool, bool, int]]] = {}
+"""Response heads the fast engine parsed, by their exact bytes (status line to the empty line):
+a server answers most requests with the same few heads (a Date line changes once a second), so a
+repeated head skips the line split, the field regexes and the framing checks. Only heads that
+parsed go in, at most :data:`_HEADS_SIZE` of at most :data:`_HEADS_BLOCK` bytes (cleared when
+full); the state change (``_take_head``) and the size check run on every head, and each head gets
+its own list of fields. One dict for the process: every entry is immutable."""
+_HEADS_SIZE = 256
+_HEADS_BLOCK = 2048
+
 
 def _comma_values(fields: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
     """h11's ``get_comma_header``: the comma-separated values of ``name``, lower-cased, stripped."""
@@ -325,6 +335,17 @@ def _field_lines(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
             raise ValueError(f"illegal header line: {bytearray(line)!r}")
         fields.append((m.group(1).lower(), m.group(2)))
     return _normalize(fields)
+
+
+def _head_facts(fields: list[tuple[bytes, bytes]], version: bytes) -> tuple[bool, bool, int]:
+    """What a response head says about its connection and body, as h11 reads it: (the server
+    will close: ``Connection: close`` or before HTTP/1.1; chunked; the Content-Length, -1 if none)."""
+    lengths = _comma_values(fields, b"content-length")
+    return (
+        b"close" in _comma_values(fields, b"connection") or version < b"1.1",
+        bool(_comma_values(fields, b"transfer-encoding")),
+        int(lengths[0]) if lengths else -1,
+    )
 
 
 def _split_lines(block: bytes) -> list[bytes]:
@@ -521,6 +542,10 @@ class FastClientEngine:
 
     def _head(self) -> ResponseHead | None:
         buf = self._buf
+        if not buf:  # nothing yet (the usual first look): the checks below, short
+            if self._eof:
+                raise self._fail("can't handle event type ConnectionClosed when role=SERVER and state=SEND_RESPONSE")
+            return None
         if buf[:1] == b"\n" or buf[:2] == b"\r\n":
             raise self._fail("no response line received")
         m = _BLANK_LINE.search(buf)
@@ -534,6 +559,14 @@ class FastClientEngine:
         end = m.end()
         block = bytes(buf[:end])
         del buf[:end]
+        known = _HEADS.get(block)
+        if known is not None:  # this very head was parsed before: only the state changes again
+            status, reason, version, cached, facts = known
+            head = ResponseHead(status, reason, version, list(cached))
+            self._take_head(status, facts)
+            if end > self._limit:
+                raise _too_large(end, self._limit)
+            return head
         lines = _split_lines(block)
         status_line = _STATUS_LINE.fullmatch(lines[0])
         if status_line is None:
@@ -547,15 +580,18 @@ class FastClientEngine:
         if status < 100:
             raise self._fail(f"InformationalResponse status_code should be in range [100, 200), not {status}")
         head = ResponseHead(status, reason or b"", version, fields)
-        self._take_head(head)
+        facts = _head_facts(fields, version)
+        if end <= _HEADS_BLOCK:
+            if len(_HEADS) >= _HEADS_SIZE:
+                _HEADS.clear()
+            _HEADS[block] = (status, head.reason, version, tuple(fields), facts)
+        self._take_head(status, facts)
         if end > self._limit:  # checked once the head counted, as the reference does
             raise _too_large(end, self._limit)
         return head
 
-    def _take_head(self, head: ResponseHead) -> None:
-        """The state and the body's framing after ``head``."""
-        status = head.status
-        fields = head.fields
+    def _take_head(self, status: int, facts: tuple[bool, bool, int]) -> None:
+        """The state and the body's framing after a head of ``status`` with :func:`_head_facts`'s ``facts``."""
         if status < 200:
             if status == 101:
                 if not self._proposals & 1:
@@ -566,24 +602,23 @@ class FastClientEngine:
             self._switch()
             return
         self._proposals = 0
-        if b"close" in _comma_values(fields, b"connection") or head.http_version < b"1.1":
+        closing, chunked, length = facts
+        if closing:
             self._keep_alive = False
         self._their = _BODY
         if status == 204 or status == 304 or self._method == b"HEAD" or (self._method == b"CONNECT" and status < 300):
             self._framing = _LENGTH
             self._left = self._received = 0
-        elif _comma_values(fields, b"transfer-encoding"):
+        elif chunked:
             self._framing = _CHUNKED
             self._chunk_state = _CHUNK_SIZE
             self._left = 0
+        elif length >= 0:
+            self._framing = _LENGTH
+            self._left = length
+            self._received = 0
         else:
-            lengths = _comma_values(fields, b"content-length")
-            if lengths:
-                self._framing = _LENGTH
-                self._left = int(lengths[0])
-                self._received = 0
-            else:
-                self._framing = _UNTIL_EOF
+            self._framing = _UNTIL_EOF
 
     def _switch(self) -> None:
         self._their = _SWITCHED
