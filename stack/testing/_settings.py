@@ -3,6 +3,9 @@
 Importing :mod:`stack.testing` registers two hypothesis profiles (unless profiles of those names
 exist already): ``ci`` (200 examples per property) and ``dev`` (30). Both have no per-example
 deadline (the checks bound every example with their own timeout) and no example database.
+Hypothesis (6.131 and later) registers a ``ci`` profile of its own when it is imported
+(derandomized, 100 examples); that one is not "already registered" by anyone here, so ours
+replaces it: ``HYPOTHESIS_PROFILE=ci`` means this project's ``ci``.
 
 The checks pick their settings in this order:
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import os
 
+import hypothesis._settings
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.errors import InvalidArgument
 
@@ -36,14 +40,26 @@ _SUPPRESS = (
 )
 
 
+def _registered(name: str) -> bool:
+    """Whether someone registered a profile ``name`` (hypothesis' own built-in ``ci`` does not count)."""
+    try:
+        profile = settings.get_profile(name)
+    except InvalidArgument:
+        return False
+    return profile is not getattr(hypothesis._settings, name.upper(), None)
+
+
 def register_profiles() -> None:
     """Register the ``ci`` and ``dev`` profiles (leaving alone profiles already registered)."""
     for name, examples in (("ci", 200), ("dev", 30)):
-        try:
-            settings.get_profile(name)
-        except InvalidArgument:
+        if not _registered(name):
             settings.register_profile(
-                name, max_examples=examples, deadline=None, database=None, suppress_health_check=_SUPPRESS
+                name,
+                settings.get_profile("default"),  # not the active one: in CI, hypothesis' own ci
+                max_examples=examples,
+                deadline=None,
+                database=None,
+                suppress_health_check=_SUPPRESS,
             )
 
 
