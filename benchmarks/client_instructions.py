@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -65,11 +64,13 @@ def child(args: argparse.Namespace) -> None:
 
 
 def total_instructions(path: str) -> int:
-    text = Path(path).read_text()
-    m = re.search(r"^(?:summary|totals):\s*(\d+)", text, re.MULTILINE)
-    if not m:
-        raise SystemExit(f"no totals in {path}")
-    return int(m.group(1))
+    from benchmarks.callgrind import total
+    from benchmarks.harness import Failed
+
+    try:
+        return total(path)
+    except Failed:
+        raise SystemExit(f"no totals in {path}") from None
 
 
 def measure(engine: str, port: int, n: int, outdir: str) -> float:

@@ -18,19 +18,15 @@ Needs valgrind (``callgrind_control``) and h2load (Debian ``nghttp2-client``).
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 import re
 import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import servers
-from benchmarks.harness import SERVER_CPU, Failed, Proc, _fill, free_port, pinned, run_load
+from benchmarks import callgrind, servers
+from benchmarks.harness import Failed, Server, _fill, free_port, run_load
 
 SERVERS = {"ours": servers.OURS, "h2": servers.H2}
 
@@ -45,36 +41,16 @@ def h2load(port: int, requests: int) -> int:
     return requests
 
 
-def callgrind_control(*args: str) -> None:
-    proc = Proc(["callgrind_control", *args])
-    proc.wait(60)
-    proc.close_files()
-
-
-def instructions(server: servers.Server, requests: int, outdir: str) -> tuple[int, int]:
+def instructions(server: Server, requests: int) -> tuple[int, int]:
     """(instructions, requests) for one server."""
     port = free_port()
-    out = os.path.join(outdir, f"cg.{port}")
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *_fill(server.cmd, {"port": port})]
-    proc = Proc(pinned(cmd, SERVER_CPU))
-    try:
-        proc.wait_for_port(port, 120)
-        h2load(port, 500)  # warm-up: imports, caches, the first connections
-        callgrind_control("-z", str(proc.pid))
-        done = h2load(port, requests)
-        callgrind_control("-d", str(proc.pid))
-        time.sleep(1)
-    finally:
-        proc.stop(grace=10)
-        proc.close_files()
-    dumps = sorted(glob.glob(out + ".*"), key=os.path.getmtime)
-    if not dumps:
-        raise Failed(f"no callgrind dump for {server.name}")
-    text = Path(dumps[-1]).read_text(errors="replace")
-    m = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
-    if not m:
-        raise Failed(f"no instruction total in {dumps[-1]}")
-    return int(m.group(1)), done
+    return callgrind.count(
+        _fill(server.cmd, {"port": port}),
+        port,
+        lambda: h2load(port, 500),  # warm-up: imports, caches, the first connections
+        lambda: h2load(port, requests),
+        what=server.name,
+    )
 
 
 def main() -> None:
@@ -88,16 +64,15 @@ def main() -> None:
     names = args.only or list(SERVERS)
     print(f"h2load -c10 -m10 -n{args.requests} (h2c) under callgrind; user-space instructions per request")
     results: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as outdir:
-        for name in names:
-            server = SERVERS[name]
-            try:
-                total, requests = instructions(server, args.requests, outdir)
-            except Failed as exc:
-                print(f"{server.name:22} FAILED: {exc}")
-                continue
-            results[name] = per = total / max(requests, 1)
-            print(f"{server.name:22} {per / 1000:8.1f}k  ({requests} requests)")
+    for name in names:
+        server = SERVERS[name]
+        try:
+            total, requests = instructions(server, args.requests)
+        except Failed as exc:
+            print(f"{server.name:22} FAILED: {exc}")
+            continue
+        results[name] = per = total / max(requests, 1)
+        print(f"{server.name:22} {per / 1000:8.1f}k  ({requests} requests)")
     if "ours" in results and "h2" in results:
         print(f"ours / hand-written h2: {results['ours'] / results['h2']:.2f} of its instructions")
 

@@ -17,19 +17,15 @@ so a run completes a few thousand requests; that is plenty for a per-request mea
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 import re
 import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import servers
-from benchmarks.harness import SERVER_CPU, Failed, Proc, _fill, free_port, pinned, run_load
+from benchmarks import callgrind, servers
+from benchmarks.harness import Failed, Server, _fill, free_port, run_load
 
 MODES = {"keep-alive": [], "close": ["-H", "Connection: close"]}
 
@@ -46,36 +42,16 @@ def wrk(port: int, seconds: int, headers: list[str]) -> int:
     return int(m.group(1))
 
 
-def callgrind_control(*args: str) -> None:
-    proc = Proc(["callgrind_control", *args])
-    proc.wait(60)
-    proc.close_files()
-
-
-def instructions(server: servers.Server, mode: str, seconds: int, outdir: str) -> tuple[int, int]:
+def instructions(server: Server, mode: str, seconds: int) -> tuple[int, int]:
     """(instructions, requests) for one server in one mode."""
     port = free_port()
-    out = os.path.join(outdir, f"cg.{port}")
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *_fill(server.cmd, {"port": port})]
-    proc = Proc(pinned(cmd, SERVER_CPU))
-    try:
-        proc.wait_for_port(port, 120)
-        wrk(port, 3, MODES[mode])  # warm-up: imports, caches, the first connections
-        callgrind_control("-z", str(proc.pid))
-        requests = wrk(port, seconds, MODES[mode])
-        callgrind_control("-d", str(proc.pid))
-        time.sleep(1)
-    finally:
-        proc.stop(grace=10)
-        proc.close_files()
-    dumps = sorted(glob.glob(out + ".*"), key=os.path.getmtime)
-    if not dumps:
-        raise Failed(f"no callgrind dump for {server.name}")
-    text = Path(dumps[-1]).read_text(errors="replace")
-    m = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
-    if not m:
-        raise Failed(f"no instruction total in {dumps[-1]}")
-    return int(m.group(1)), requests
+    return callgrind.count(
+        _fill(server.cmd, {"port": port}),
+        port,
+        lambda: wrk(port, 3, MODES[mode]),  # warm-up: imports, caches, the first connections
+        lambda: wrk(port, seconds, MODES[mode]),
+        what=server.name,
+    )
 
 
 def main() -> None:
@@ -89,21 +65,20 @@ def main() -> None:
             sys.exit(f"{tool} is not installed")
     modes = list(MODES) if args.mode == "both" else [args.mode]
     print(f"wrk -t1 -c50 -d{args.seconds}s under callgrind; user-space instructions per request")
-    with tempfile.TemporaryDirectory() as outdir:
-        for mode in modes:
-            base: float | None = None
-            for server, _ in servers.HTTP1:
-                if args.only and args.only not in server.name:
-                    continue
-                try:
-                    total, requests = instructions(server, mode, args.seconds, outdir)
-                except Failed as exc:
-                    print(f"{mode:10} {server.name:22} FAILED: {exc}")
-                    continue
-                per = total / max(requests, 1)
-                base = per if base is None else base
-                share = per / base
-                print(f"{mode:10} {server.name:22} {per / 1000:8.0f}k  ({requests} requests) {share:5.2f} of the first")
+    for mode in modes:
+        base: float | None = None
+        for server, _ in servers.HTTP1:
+            if args.only and args.only not in server.name:
+                continue
+            try:
+                total, requests = instructions(server, mode, args.seconds)
+            except Failed as exc:
+                print(f"{mode:10} {server.name:22} FAILED: {exc}")
+                continue
+            per = total / max(requests, 1)
+            base = per if base is None else base
+            share = per / base
+            print(f"{mode:10} {server.name:22} {per / 1000:8.0f}k  ({requests} requests) {share:5.2f} of the first")
 
 
 if __name__ == "__main__":

@@ -22,21 +22,17 @@ Needs valgrind, wrk and h2load.
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 import re
 import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import servers
+from benchmarks import callgrind, servers
 from benchmarks.bench_h2 import parse_h2load
-from benchmarks.harness import LOAD_CPU, PY, SERVER_CPU, Failed, Proc, _fill, free_port, pinned
-from benchmarks.instructions import callgrind_control, wrk
+from benchmarks.harness import LOAD_CPU, PY, Failed, Proc, _fill, free_port, pinned
+from benchmarks.instructions import wrk
 
 
 def h2load(port: int, seconds: int) -> int:
@@ -54,38 +50,26 @@ def h2load(port: int, seconds: int) -> int:
 FRONTS = {"http1": lambda port, seconds: wrk(port, seconds, []), "h2c": h2load}
 
 
-def instructions(front: str, seconds: int, outdir: str, engine: str) -> tuple[int, int]:
+def instructions(front: str, seconds: int, engine: str) -> tuple[int, int]:
     """(instructions, requests) of the proxy for one front."""
     bport, pport = free_port(), free_port()
-    out = os.path.join(outdir, f"cg.{pport}")
     backend = Proc(pinned(_fill(servers.RAW_TRIO.cmd, {"port": bport}), LOAD_CPU))
-    proxy: Proc | None = None
     try:
         backend.wait_for_output(r"serving on", 30)
         backend.wait_for_port(bport, 30)
-        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", PY, "-m", "stack", "proxy",
-               "--listen", f"127.0.0.1:{pport}", "--upstream", f"http://127.0.0.1:{bport}", "--no-tls", "--quiet",
-               "--engine", engine]  # fmt: skip
-        proxy = Proc(pinned(cmd, SERVER_CPU))
-        proxy.wait_for_port(pport, 180)
-        FRONTS[front](pport, 3)  # warm-up: imports, caches, the pool's connections
-        callgrind_control("-z", str(proxy.pid))
-        requests = FRONTS[front](pport, seconds)
-        callgrind_control("-d", str(proxy.pid))
-        time.sleep(1)
+        cmd = [PY, "-m", "stack", "proxy", "--listen", f"127.0.0.1:{pport}", "--upstream", f"http://127.0.0.1:{bport}",
+               "--no-tls", "--quiet", "--engine", engine]  # fmt: skip
+        return callgrind.count(
+            cmd,
+            pport,
+            lambda: FRONTS[front](pport, 3),  # warm-up: imports, caches, the pool's connections
+            lambda: FRONTS[front](pport, seconds),
+            what=f"the {front} front",
+            startup=180,
+        )
     finally:
-        for p in (proxy, backend):
-            if p is not None:
-                p.stop(grace=10)
-                p.close_files()
-    dumps = sorted(glob.glob(out + ".*"), key=os.path.getmtime)
-    if not dumps:
-        raise Failed(f"no callgrind dump for the {front} front")
-    text = Path(dumps[-1]).read_text(errors="replace")
-    m = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
-    if not m:
-        raise Failed(f"no instruction total in {dumps[-1]}")
-    return int(m.group(1)), requests
+        backend.stop(grace=10)
+        backend.close_files()
 
 
 def main() -> None:
@@ -99,14 +83,13 @@ def main() -> None:
             sys.exit(f"{tool} is not installed")
     fronts = list(FRONTS) if args.front == "both" else [args.front]
     print(f"{args.seconds}s of load under callgrind; the proxy's user-space instructions per request")
-    with tempfile.TemporaryDirectory() as outdir:
-        for front in fronts:
-            try:
-                total, requests = instructions(front, args.seconds, outdir, args.engine)
-            except Failed as exc:
-                print(f"{front:6} FAILED: {exc}")
-                continue
-            print(f"{front:6} {total / max(requests, 1) / 1000:8.0f}k  ({requests} requests)", flush=True)
+    for front in fronts:
+        try:
+            total, requests = instructions(front, args.seconds, args.engine)
+        except Failed as exc:
+            print(f"{front:6} FAILED: {exc}")
+            continue
+        print(f"{front:6} {total / max(requests, 1) / 1000:8.0f}k  ({requests} requests)", flush=True)
 
 
 if __name__ == "__main__":
