@@ -35,7 +35,11 @@ BOTH_ENGINES = {
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "h1_engine" in metafunc.fixturenames and metafunc.module.__name__ in BOTH_ENGINES:
+    if (
+        "h1_engine" in metafunc.fixturenames
+        and metafunc.module.__name__ in BOTH_ENGINES
+        and metafunc.definition.get_closest_marker("no_http1") is None  # the engine plays no part
+    ):
         engines = [e for e in ("fast", "reference") if e in http1.ENGINES]
         metafunc.parametrize("h1_engine", engines, indirect=True)
 

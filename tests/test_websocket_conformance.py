@@ -78,11 +78,13 @@ def handshake_pair(make: PairMaker, *, deflate: bool = False) -> MessagePairMake
     return make_pair
 
 
+@pytest.mark.no_http1  # websocket.raw: no HTTP/1.1 handshake
 @pytest.mark.parametrize("bottom", ["memory", "chaos", "tcp"])
 async def test_raw_frames(bottom: str) -> None:
     await check_message_stream(raw_pair(BOTTOMS[bottom]))
 
 
+@pytest.mark.no_http1  # websocket.raw: no HTTP/1.1 handshake
 @pytest.mark.parametrize("deflate", [None, "permessage-deflate"])
 async def test_raw_frames_sent_in_small_fragments(deflate: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every message of more than 7 bytes goes out as fragments, with Pings and Pongs between them."""
@@ -99,11 +101,13 @@ async def test_with_permessage_deflate() -> None:
     await check_message_stream(handshake_pair(chaos_maker, deflate=True))
 
 
+@pytest.mark.no_http1  # websocket.raw: no HTTP/1.1 handshake
 async def test_raw_with_permessage_deflate_no_context_takeover() -> None:
     ext = "permessage-deflate; client_no_context_takeover; server_no_context_takeover"
     await check_message_stream(raw_pair(memory_maker, deflate=ext))
 
 
+@pytest.mark.no_http1  # websocket.raw: no HTTP/1.1 handshake
 @pytest.mark.parametrize("bottom", ["memory", "chaos", "tcp"])
 async def test_detach_is_the_closing_handshake(bottom: str) -> None:
     async def attach(a: ByteStream, b: ByteStream) -> tuple[Stream, Stream]:
