@@ -23,7 +23,7 @@ import trio
 
 from layers import _http_model as http
 from layers._h1client_engines import ClientEngine, ReferenceClientEngine, ResponseHead
-from layers._h1conn import H1Connection, _Tunnel
+from layers._h1conn import H1Connection, _Tunnel, split_pending
 from layers._h1core import BODYLESS_STATUS, CONTINUE_TIMEOUT, DRAIN_TIME, DUPLEX_BUFFER, INLINE_SEND, MAX_DRAIN, RECV
 from layers._http_model import Body, HeaderInput, Headers, Limits, Response, TunnelRefused
 from stack.deadlines import FOREVER
@@ -261,11 +261,7 @@ class _ResponseBody(ByteStream):
                         if not isinstance(exc, Timeout):  # the response broke: no use sending on
                             await sender.stop()
                     raise
-        out = self._pending
-        if len(out) > max_bytes:
-            self._pending = out[max_bytes:]
-            return out[:max_bytes]
-        self._pending = b""
+        out, self._pending = split_pending(self._pending, max_bytes)
         return out
 
     async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:

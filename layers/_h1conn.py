@@ -21,6 +21,13 @@ from stack.streams import ByteStream, Info
 BODY_INFO = {"http_version": "1.1"}
 
 
+def split_pending(pending: bytes, max_bytes: int) -> tuple[bytes, bytes]:
+    """A body's decoded bytes cut for one receive of ``max_bytes``: (returned now, kept pending)."""
+    if len(pending) > max_bytes:
+        return pending[:max_bytes], pending[max_bytes:]
+    return pending, b""
+
+
 class H1Connection:
     """An HTTP/1.1 connection over ``lower``, with one outgoing buffer of committed bytes.
 

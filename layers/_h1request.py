@@ -15,7 +15,7 @@ from typing import Protocol
 import trio
 
 from layers import _http_model as http
-from layers._h1conn import BODY_INFO
+from layers._h1conn import BODY_INFO, split_pending
 from layers._h1core import SEND_CHUNK, ParsedHead
 from layers._http_model import HeaderInput, Headers, Limits
 from stack.deadlines import FOREVER
@@ -134,11 +134,7 @@ class RequestBody(ByteStream):
             if self._complete:
                 return b""
             self._pending = await self._owner.read_body(self, deadline)
-        out = self._pending
-        if len(out) > max_bytes:
-            self._pending = out[max_bytes:]
-            return out[:max_bytes]
-        self._pending = b""
+        out, self._pending = split_pending(self._pending, max_bytes)
         return out
 
     async def _send_some(self, data: memoryview | bytearray, deadline: float) -> int:
