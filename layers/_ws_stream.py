@@ -18,7 +18,7 @@ import math
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import trio
 from wsproto.extensions import Extension, PerMessageDeflate
@@ -341,15 +341,8 @@ class WebSocket(MessageStream):
             self._receiving = False
 
     def __aiter__(self) -> AsyncIterator[Message]:  # type: ignore[override]
-        return self._messages()
-
-    async def _messages(self) -> AsyncIterator[Message]:
-        while True:
-            try:
-                msg = await self.recv()
-            except EndOfStream:
-                return
-            yield msg
+        # the base class's loop; its recv is this class's, so text messages stay str
+        return cast(AsyncIterator[Message], self._iterate())
 
     async def _next_message(self, deadline: float) -> Message | None:
         """The next whole message, or None once the peer's Close came. Cancel-safe: whatever was
