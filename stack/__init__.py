@@ -10,6 +10,7 @@ from .deadlines import FOREVER, after, remaining
 from .errors import Broken, Busy, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
 from .passthrough import PassThrough
 from .streams import ByteStream, Info, Listener, MessageStream, Stream, require
+from .trio_bridge import from_trio, to_trio
 
 __all__ = [
     "FOREVER",
@@ -30,8 +31,10 @@ __all__ = [
     "Stream",
     "Timeout",
     "after",
+    "from_trio",
     "remaining",
     "require",
+    "to_trio",
 ]
 
 __version__ = "0.1.0"
