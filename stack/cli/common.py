@@ -15,6 +15,8 @@ reaches into another's privates and the modules import each other in one directi
 * :func:`on_signals` turns SIGINT/SIGTERM into a graceful shutdown (a second signal stops at
   once); :func:`url` writes the ``serving on URL`` address; :data:`DEFER_ACCEPT` is the
   listeners' accept filter delay.
+* :func:`failure_line` turns what stopped a server (a port in use, wrapped by trio's nurseries
+  in exception groups) into the one line the command prints, instead of a traceback.
 
 This module prints (it is the command line); the library code in ``layers`` only logs.
 """
@@ -32,8 +34,12 @@ from typing import Any
 import trio
 
 from layers import certs, tls
+from stack.errors import StackError
 
-__all__ = ["DEFER_ACCEPT", "on_signals", "raise_nofile", "setup_logging", "tls_args_problem", "tls_layer", "url"]
+__all__ = [
+    "DEFER_ACCEPT", "failure_line", "on_signals", "raise_nofile", "setup_logging", "tls_args_problem", "tls_layer",
+    "url",
+]  # fmt: skip
 
 log = logging.getLogger("stack.cli")
 access_log = logging.getLogger("stack.access")
@@ -100,6 +106,29 @@ async def on_signals(signals: Any, shutdown: trio.Event, scope: trio.CancelScope
             return
         log.warning("%s: shutting down (a second signal stops at once)", signal.Signals(signum).name)
         shutdown.set()
+
+
+def failure_line(exc: BaseException, where: str) -> str | None:
+    """The one line saying why a server stopped, for ``exc`` (a :class:`~stack.StackError` or an
+    OSError, inside any number of one-exception groups); None for anything else (a bug: its
+    traceback should show). The system's reason is lower-cased, as in ``cannot listen on
+    127.0.0.1:8443: address already in use``; a bare OSError (the listening address could not be
+    resolved) is said to be about listening on ``where`` (``HOST:PORT``)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, OSError):
+        return f"cannot listen on {where}: {_reason(exc)}"
+    if not isinstance(exc, StackError):
+        return None
+    text, cause = str(exc), exc.__cause__
+    if isinstance(cause, OSError) and cause.strerror and text.endswith(cause.strerror):
+        text = text[: -len(cause.strerror)] + _reason(cause)
+    return text
+
+
+def _reason(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    return reason[:1].lower() + reason[1:]
 
 
 ENGINES = ("auto", "fast", "reference")

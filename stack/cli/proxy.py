@@ -35,6 +35,7 @@ from stack.cli.common import (
     DEFER_ACCEPT,
     add_engine_argument,
     engines_line,
+    failure_line,
     on_signals,
     raise_nofile,
     tls_args_problem,
@@ -42,7 +43,6 @@ from stack.cli.common import (
     url,
 )
 from stack.compose import Stack
-from stack.errors import StackError
 
 __all__ = ["add_parser", "cmd_proxy", "run_proxy"]
 
@@ -145,7 +145,10 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         trio.run(run_proxy, args, layer)
     except KeyboardInterrupt:  # pragma: no cover - the signal receiver normally takes it
         pass
-    except (OSError, StackError) as exc:  # cannot listen (port in use...)
-        print(f"proxy: {exc}", file=sys.stderr)
+    except BaseException as exc:  # cannot listen (port in use...): one line, not a traceback
+        line = failure_line(exc, args.listen)
+        if line is None:
+            raise
+        print(f"proxy: {line}", file=sys.stderr)
         return 1
     return 0
