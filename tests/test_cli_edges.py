@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import pty
+import re
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -82,6 +84,17 @@ async def test_serve_hides_dotfiles_unless_asked(tmp_path: Path) -> None:
                 assert response.status == status and (b"SECRET" in body) == (status == 200)
                 response = await conn.request("GET", "/", deadline=after(10))
                 assert (b".env" in await response.read(deadline=after(10))) == (status == 200)
+
+
+async def test_sigusr1_logs_the_live_task_count() -> None:
+    """What ``benchmarks/soak.py`` samples: SIGUSR1 logs ``stats: N live trio tasks``."""
+    async with serve("--no-tls", "-q") as server:
+        server.process.send_signal(signal.SIGUSR1)
+        with trio.fail_after(10):
+            while "live trio tasks" not in server.log:  # noqa: ASYNC110 - another process's output
+                await trio.sleep(0.05)
+        assert re.search(r"stats: \d+ live trio tasks", server.log)
+        assert server.process.returncode is None  # still serving
 
 
 # ----------------------------------------------------------------------------------------- get

@@ -13,7 +13,8 @@ reaches into another's privates and the modules import each other in one directi
 * :func:`setup_logging` installs the stderr handler and the levels ``-v`` asks for;
   :func:`raise_nofile` lifts the file-descriptor limit for many connections.
 * :func:`on_signals` turns SIGINT/SIGTERM into a graceful shutdown (a second signal stops at
-  once); :func:`url` writes the ``serving on URL`` address; :data:`DEFER_ACCEPT` is the
+  once) and SIGUSR1 into a log line with the number of live trio tasks (:func:`live_tasks`, which
+  ``benchmarks/soak.py`` samples); :func:`url` writes the ``serving on URL`` address; :data:`DEFER_ACCEPT` is the
   listeners' accept filter delay.
 * :func:`failure_line` turns what stopped a server (a port in use, wrapped by trio's nurseries
   in exception groups) into the one line the command prints, instead of a traceback.
@@ -37,8 +38,8 @@ from layers import certs, tls
 from stack.errors import StackError
 
 __all__ = [
-    "DEFER_ACCEPT", "failure_line", "on_signals", "raise_nofile", "setup_logging", "tls_args_problem", "tls_layer",
-    "url",
+    "DEFER_ACCEPT", "SIGNALS", "failure_line", "live_tasks", "on_signals", "raise_nofile", "setup_logging",
+    "tls_args_problem", "tls_layer", "url",
 ]  # fmt: skip
 
 log = logging.getLogger("stack.cli")
@@ -97,9 +98,31 @@ def url(scheme: str, address: Any) -> str:
     return f"{scheme}://{host}:{port}/"
 
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+"""What a server's :func:`on_signals` takes: SIGINT and SIGTERM stop it, SIGUSR1 logs :func:`live_tasks`."""
+
+
+def live_tasks() -> int:
+    """How many trio tasks are alive in this run (the root task and every task under it)."""
+    count, pending = 0, [trio.lowlevel.current_root_task()]
+    while pending:
+        task = pending.pop()
+        if task is None:
+            continue
+        count += 1
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+    return count
+
+
 async def on_signals(signals: Any, shutdown: trio.Event, scope: trio.CancelScope) -> None:
-    """For each signal from ``signals``: the first sets ``shutdown`` (drain), a second cancels ``scope``."""
+    """For each signal from ``signals``: SIGUSR1 logs one ``stats: N live trio tasks`` line (on
+    ``stack.cli``, for a soak test watching for leaks); otherwise the first sets ``shutdown``
+    (drain), a second cancels ``scope``."""
     async for signum in signals:
+        if signum == signal.SIGUSR1:
+            log.info("stats: %d live trio tasks", live_tasks())
+            continue
         if shutdown.is_set():
             log.warning("second signal: stopping now")
             scope.cancel()

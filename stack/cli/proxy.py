@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import signal
 import sys
 from typing import Any
 
@@ -33,6 +32,7 @@ from layers import http, tcp
 from layers.reverse_proxy import BackendPool, ProxyApp, Upstream, parse_listen
 from stack.cli.common import (
     DEFER_ACCEPT,
+    SIGNALS,
     add_engine_argument,
     engines_line,
     failure_line,
@@ -63,7 +63,7 @@ async def run_proxy(args: argparse.Namespace, layer: Any) -> None:
     listen = tcp.listen(host, port, backlog=4096, defer_accept=DEFER_ACCEPT)  # clients speak first
     front = Stack(listen, *layers, http.server(app, limits, shutdown, engine=args.engine))
     scheme = "https" if layer is not None else "http"
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*SIGNALS) as signals:
         async with trio.open_nursery() as outer:
             outer.start_soon(on_signals, signals, shutdown, outer.cancel_scope)
             await outer.start(pool.run)

@@ -17,7 +17,9 @@ showing the connection. Every variant answers a WebSocket echo at :data:`WS_ECHO
 When ready it prints exactly one line on stdout, ``serving on URL``. It logs one access line per
 request on stderr (peer, method, target, HTTP version, status, body bytes, duration) unless
 ``--quiet``. SIGINT or SIGTERM stops it gracefully: no new connections, idle ones close, requests
-in flight get ``Limits.drain_timeout`` seconds to finish; a second signal stops at once.
+in flight get ``Limits.drain_timeout`` seconds to finish; a second signal stops at once. SIGUSR1
+logs one line, ``stats: N live trio tasks`` (what ``benchmarks/soak.py`` watches for leaks).
+Failing to listen (a port in use) prints one line and exits 1.
 ``--workers N`` runs N such processes (:mod:`stack.cli.workers`); :func:`stack.cli.cmd_serve`
 chooses.
 """
@@ -29,7 +31,6 @@ import functools
 import html
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,6 +43,7 @@ from layers import http, tcp
 from layers.static import FileApp, discard_body
 from stack.cli.common import (
     DEFER_ACCEPT,
+    SIGNALS,
     add_engine_argument,
     engines_line,
     failure_line,
@@ -211,7 +213,7 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
     )
     stack = Stack(listen, *layers, http.server(app, limits, shutdown, engine=args.engine))
     scheme = "https" if tls_layer is not None else "http"
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*SIGNALS) as signals:
         async with trio.open_nursery() as outer:
             outer.start_soon(on_signals, signals, shutdown, outer.cancel_scope)
             async with trio.open_nursery() as nursery:  # ends once serve drained and returned
