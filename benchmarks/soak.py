@@ -17,7 +17,7 @@ chunks). Against them, at the same time:
 
 * **long-lived HTTP/2 connections**: ``h2load -c2 -m10`` on each server, every connection carrying
   ``--per-connection`` requests (100,000 by default; the total's tenth with ``--quick``);
-* **rounds**, repeated until the rest of ``--requests`` is done, each running at once:
+* **lanes**, all at once, each repeating its batch until the rest of ``--requests`` is done:
   ``h2load --h1`` (HTTP/1.1 keep-alive, several URIs) and ``h2load`` (HTTP/2, short connections)
   on both servers; a connection per request (HTTP/1.1 ``Connection: close``, raw sockets, plain and
   TLS); WebSocket echoes with the ``websockets`` library (each message sent and checked back, a
@@ -51,8 +51,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import h2.config
@@ -89,6 +90,12 @@ class Tally:
         if answered != sent and len(self.problems) < 20:
             self.problems.append(f"{kind}: {sent - answered} of {sent} not answered with 2xx")
 
+    def merge(self, other: Tally) -> None:
+        for kind, sent in other.sent.items():
+            self.sent[kind] = self.sent.get(kind, 0) + sent
+            self.answered[kind] = self.answered.get(kind, 0) + other.answered[kind]
+        self.problems += other.problems
+
     def abort(self, kind: str) -> None:
         self.aborted[kind] = self.aborted.get(kind, 0) + 1
 
@@ -104,7 +111,7 @@ class Tally:
 @dataclass
 class Sample:
     elapsed: float
-    phase: str  # "warmup", "load" (the mixed rounds), "tail" (long-lived only), "idle"
+    phase: str  # "start", "idle", "warmup", "load" (the whole mix), "drain" (lanes ending, long-lived going on)
     answered: int
     rss: int  # KiB
     fds: int
@@ -328,27 +335,50 @@ def make_site(directory: Path) -> None:
     (directory / "stream.bin").write_bytes(os.urandom(256 * 1024))
 
 
-async def a_round(tally: Tally, tls: Server, clear: Server, context: ssl.SSLContext, small: bool) -> None:
-    """One round of the mix on both servers (see the module docstring)."""
-    scale = 4 if small else 1
+Lane = Callable[[], Awaitable[None]]
+
+
+def lanes(tally: Tally, tls: Server, clear: Server, context: ssl.SSLContext, scale: int) -> list[Lane]:
+    """The mix (see the module docstring): each lane is one batch of one kind of client; the
+    soak runs every lane in a loop of its own, all at once, so the load never pauses."""
     clear_uris = [clear.url + u for u in URIS]
     tls_uris = [tls.url + u for u in URIS]
-    async with trio.open_nursery() as n:
-        n.start_soon(h2load, tally, "http1.1 clear (h2load --h1)", ["--h1", "-c8", f"-n{2000 // scale}"], clear_uris)
-        n.start_soon(h2load, tally, "http1.1 tls (h2load --h1)", ["--h1", "-c8", f"-n{1000 // scale}"], tls_uris)
-        n.start_soon(h2load, tally, "h2c short (h2load)", ["-c8", "-m4", f"-n{2000 // scale}"], clear_uris)
-        n.start_soon(h2load, tally, "h2 tls short (h2load)", ["-c8", "-m4", f"-n{1000 // scale}"], tls_uris)
-        n.start_soon(one_per_connection, tally, "http1.1 clear, a connection each", clear.port, None, 100 // scale)
-        n.start_soon(one_per_connection, tally, "http1.1 tls, a connection each", tls.port, context, 20 // scale)
-        ws_clear, ws_tls = clear.url.replace("http", "ws") + "/ws/echo", tls.url.replace("https", "wss") + "/ws/echo"
-        n.start_soon(websockets_round, tally, "websocket clear (echoes)", ws_clear, None, 4, 200 // scale)
-        n.start_soon(websockets_round, tally, "websocket tls (echoes)", ws_tls, context, 4, 200 // scale)
-        for reset in (False, True):
-            for kind in ("head", "body", "response", "ws"):
-                n.start_soon(abort, tally, kind, clear.port, None, reset)
-                n.start_soon(abort, tally, kind, tls.port, context, reset)
-            for kind in ("h2-body", "h2-response"):
-                n.start_soon(abort, tally, kind, clear.port, None, reset)
+    ws_clear, ws_tls = clear.url.replace("http", "ws") + "/ws/echo", tls.url.replace("https", "wss") + "/ws/echo"
+    out: list[Lane] = [
+        partial(h2load, tally, "http1.1 clear (h2load --h1)", ["--h1", "-c8", f"-n{2000 // scale}"], clear_uris),
+        partial(h2load, tally, "http1.1 tls (h2load --h1)", ["--h1", "-c8", f"-n{1000 // scale}"], tls_uris),
+        partial(h2load, tally, "h2c short (h2load)", ["-c8", "-m4", f"-n{2000 // scale}"], clear_uris),
+        partial(h2load, tally, "h2 tls short (h2load)", ["-c8", "-m4", f"-n{1000 // scale}"], tls_uris),
+        partial(one_per_connection, tally, "http1.1 clear, a connection each", clear.port, None, 100 // scale),
+        partial(one_per_connection, tally, "http1.1 tls, a connection each", tls.port, context, 20 // scale),
+        partial(websockets_round, tally, "websocket clear (echoes)", ws_clear, None, 4, 200 // scale),
+        partial(websockets_round, tally, "websocket tls (echoes)", ws_tls, context, 4, 200 // scale),
+    ]
+
+    async def aborters() -> None:
+        async with trio.open_nursery() as n:
+            for reset in (False, True):
+                for kind in ("head", "body", "response", "ws"):
+                    n.start_soon(abort, tally, kind, clear.port, None, reset)
+                    n.start_soon(abort, tally, kind, tls.port, context, reset)
+                for kind in ("h2-body", "h2-response"):
+                    n.start_soon(abort, tally, kind, clear.port, None, reset)
+        await trio.sleep(0.5)  # a few dozen aborts a second, not a flood
+
+    out.append(aborters)
+    return out
+
+
+async def run_lanes(batches: Sequence[Lane], until: Callable[[], bool]) -> None:
+    """Run each batch over and over, all at once, until ``until()`` (checked between batches)."""
+
+    async def loop(batch: Lane) -> None:
+        while not until():
+            await batch()
+
+    async with trio.open_nursery() as nursery:
+        for batch in batches:
+            nursery.start_soon(loop, batch)
 
 
 async def sampler(servers: Sequence[Server], tally: Tally, plan: Plan, start: float, phase: Callable[[], str],
@@ -395,28 +425,36 @@ async def soak(plan: Plan) -> int:
             start = time.monotonic()
             head = "".join(f" {s.name + ' rss MiB':>9} {'fds':>5} {'tasks':>6}" for s in servers)
             print(f"soak: {plan.requests:,} requests; tls at {tls.url}, clear at {clear.url}", flush=True)
+            print("(answered: so far; the long-lived connections' requests are counted at their end)")
             print(f"{'time':>8} {'phase':>6} {'answered':>10}{head}", flush=True)
             await sample_all(servers, tally, start, "start")
-            # warm-up: one small round, then the idle values the end is compared with
-            await a_round(tally, tls, clear, context, small=True)
+            # warm-up: each lane once, small; then the idle values the end is compared with
+            async with trio.open_nursery() as warm:
+                for batch in lanes(tally, tls, clear, context, scale=4):
+                    warm.start_soon(batch)
             await wait_idle()
             await sample_all(servers, tally, start, "idle")
             idle_before = [s.samples[-1] for s in servers]
-            state = {"phase": "warmup"}
+            state = {"phase": "load"}
             warm_until = time.monotonic() + plan.warmup
             stop = trio.Event()
             nursery.start_soon(sampler, servers, tally, plan, start,
                                lambda: "warmup" if time.monotonic() < warm_until else state["phase"], stop)  # fmt: skip
-            long_lived = plan.per_connection * 4
-            state["phase"] = "load"
+            # the long-lived connections carry 4 * per_connection; the lanes the rest
+            target = tally.total_sent + max(0, plan.requests - tally.total_sent - 4 * plan.per_connection)
+            long_lived = Tally()
             async with trio.open_nursery() as load:
                 each = ["-c2", "-m10", f"-n{plan.per_connection * 2}"]  # two connections
-                load.start_soon(h2load, tally, "h2c long-lived (2 conns)", each, [clear.url + "/hello.txt"])
-                load.start_soon(h2load, tally, "h2 tls long-lived (2 conns)", each, [tls.url + "/hello.txt"])
-                rounds_target = tally.total_sent + max(0, plan.requests - long_lived)
-                while tally.total_sent < rounds_target:
-                    await a_round(tally, tls, clear, context, small=False)
-                state["phase"] = "tail"
+                load.start_soon(h2load, long_lived, "h2c long-lived (2 conns)", each, [clear.url + "/hello.txt"])
+                load.start_soon(h2load, long_lived, "h2 tls long-lived (2 conns)", each, [tls.url + "/hello.txt"])
+
+                def reached() -> bool:
+                    if tally.total_sent >= target:
+                        state["phase"] = "drain"  # the lanes finish their batches: the mix thins out
+                    return state["phase"] == "drain"
+
+                await run_lanes(lanes(tally, tls, clear, context, scale=1), reached)
+            tally.merge(long_lived)
             stop.set()
             await wait_idle()
             await sample_all(servers, tally, start, "idle")
