@@ -78,6 +78,8 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 BODYLESS_STATUS = frozenset({204, 304})
 
 _REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+# RFC 9110 renamed these (Python's HTTPStatus has the new names from 3.13 on)
+_REASONS.update({413: b"Content Too Large", 416: b"Range Not Satisfiable", 422: b"Unprocessable Content"})
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 _CL_LINE = re.compile(rb"\ncontent-length:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t\x20-\x7e\x80-\xff]*)?\r\n")

@@ -15,8 +15,9 @@ Theory of operation. :class:`FileApp` is an :data:`layers.http.App`: one call pe
 request body, if any, is read and dropped first (:func:`discard_body`), so the connection can
 carry the next request. The request path is then mapped to a file in a worker thread (the
 blocking ``stat``/``realpath``/``scandir`` calls stay off the event loop): percent-decoded,
-resolved with symlinks followed, and refused (404) unless it stays inside the root. What it maps
-to decides the answer:
+resolved with symlinks followed, and refused (404) unless it stays inside the root. Dotfiles
+(any part of the path, as asked or as resolved, starting with ``.``) are hidden unless
+``dotfiles=True``: 404, and left out of listings. What it maps to decides the answer:
 
 * a file: its bytes, with ``Content-Type`` (from :mod:`mimetypes`), ``Last-Modified``, ``ETag``
   and ``Accept-Ranges``. Conditional requests (RFC 9110 section 13): ``If-None-Match`` matching
@@ -26,9 +27,14 @@ to decides the answer:
   (``200``, the whole file). Files up to :data:`SMALL_FILE` bytes go whole with the head in one
   write; larger ones stream in :data:`FILE_CHUNK` pieces read with trio's async file I/O, each
   waiting for the client to take the previous one (backpressure). A file that changes size while
-  it is sent fails the response rather than sending a wrong length.
+  it is sent fails the response rather than sending a wrong length. The file is closed before
+  the response is ended: ending it is the handler's last step, so a client that leaves as soon
+  as it has the whole response (an HTTP/2 connection closed at once: the server cancels its
+  handlers) never makes a complete response look failed.
 * a directory without its trailing ``/``: ``301`` to add it (so relative links work); with it,
-  its ``index.html`` if there is one, else an HTML listing.
+  its ``index.html`` if there is one, else an HTML listing of what can be served from it (regular
+  files and directories that stay inside the root; no dotfiles unless asked for: a symlink
+  leading out of the root, or dangling, is not listed).
 * anything else (missing, outside the root, not a regular file, a NUL in the path): ``404``.
 * a method other than GET and HEAD: ``405`` with ``Allow: GET, HEAD``.
 
@@ -52,8 +58,9 @@ from pathlib import Path
 import trio
 
 from layers import http
+from stack.streams import ByteStream
 
-__all__ = ["FILE_CHUNK", "SMALL_FILE", "FileApp", "discard_body", "etag", "parse_range"]
+__all__ = ["FILE_CHUNK", "SMALL_FILE", "FileApp", "discard_body", "etag", "if_range_matches", "parse_range"]
 
 FILE_CHUNK = 65536
 """Bytes read from a file and sent per step when streaming a file body."""
@@ -95,14 +102,17 @@ class FileApp:
     * Content-Type from :mod:`mimetypes` (``application/octet-stream`` when unknown).
     * ``Last-Modified`` and ``ETag``; ``If-None-Match`` and ``If-Modified-Since`` answered with 304.
     * ``Range``: one byte range gives 206 with ``Content-Range``; a range past the end gives 416;
-      several ranges or a malformed header are ignored (200, the whole file).
+      several ranges or a malformed header are ignored (200, the whole file); so is a ``Range``
+      whose ``If-Range`` does not match the file (200, the whole file).
     * A directory: a redirect to add the trailing ``/``, then its ``index.html`` or a listing.
     * Files are streamed in chunks read with trio's async file I/O.
+    * Dotfiles (a path part starting with ``.``) are 404 and not listed unless ``dotfiles=True``.
 
     ``root`` must be an existing directory (FileNotFoundError, NotADirectoryError).
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, dotfiles: bool = False) -> None:
+        self.dotfiles = dotfiles
         self.root = Path(root).resolve(strict=True)
         if not self.root.is_dir():
             raise NotADirectoryError(f"{root} is not a directory")
@@ -131,9 +141,11 @@ class FileApp:
         rel = urllib.parse.unquote(target_path, errors="strict") if "%" in target_path else target_path
         if "\0" in rel or not rel.startswith("/"):
             return _Found("missing")
+        if not self.dotfiles and any(_hidden(part) for part in rel.split("/")):
+            return _Found("missing")
         try:
             path = (self.root / rel.lstrip("/")).resolve(strict=True)
-            if not path.is_relative_to(self.root):
+            if not self._servable(path):
                 return _Found("missing")
             st = path.stat()
         except (OSError, ValueError, RuntimeError):
@@ -144,16 +156,40 @@ class FileApp:
             index = path / "index.html"
             with contextlib.suppress(OSError):
                 ist = index.stat()
-                if stat.S_ISREG(ist.st_mode) and index.resolve().is_relative_to(self.root):
+                if stat.S_ISREG(ist.st_mode) and self._servable(index.resolve()):
                     return _Found("file", index, ist.st_size, ist.st_mtime)
             try:
-                entries = sorted((e.name, e.is_dir()) for e in os.scandir(path))
+                entries = sorted(self._listed(path))
             except OSError:
                 return _Found("missing")
             return _Found("dir", path, listing=tuple(entries))
         if not stat.S_ISREG(st.st_mode) or target_path.endswith("/"):
             return _Found("missing")
         return _Found("file", path, st.st_size, st.st_mtime)
+
+    def _servable(self, resolved: Path) -> bool:
+        """Whether a resolved path may be served: inside the root, and no dotfile unless allowed."""
+        if not resolved.is_relative_to(self.root):
+            return False
+        return self.dotfiles or not any(_hidden(part) for part in resolved.relative_to(self.root).parts)
+
+    def _listed(self, directory: Path) -> list[tuple[str, bool]]:
+        """The entries of ``directory`` a listing shows: ``(name, is_dir)`` for what a request
+        for it would serve (a regular file or a directory inside the root, no hidden dotfile)."""
+        entries = []
+        for entry in os.scandir(directory):
+            if not self.dotfiles and _hidden(entry.name):
+                continue
+            try:
+                if entry.is_symlink() and not self._servable(Path(entry.path).resolve(strict=True)):
+                    continue  # leads out of the root (or to a dotfile): it would be 404
+                is_dir = entry.is_dir()
+                if not is_dir and not entry.is_file():
+                    continue  # dangling, a socket, a FIFO...: it would be 404
+            except (OSError, RuntimeError):
+                continue
+            entries.append((entry.name, is_dir))
+        return entries
 
     async def _listing(self, request: http.Request, found: _Found) -> int:
         title = html.escape(urllib.parse.unquote(request.path))
@@ -195,6 +231,10 @@ class FileApp:
         start, end, status = 0, size, 200
         rng = request.headers.get("range")
         if rng is not None:
+            condition = request.headers.get("if-range")
+            if condition is not None and not if_range_matches(condition, headers[2][1], headers[1][1]):
+                rng = None  # the client's copy is stale: the whole file (RFC 9110 13.1.5)
+        if rng is not None:
             parsed = parse_range(rng, size)
             if parsed == "unsatisfiable":
                 return await _text(request, 416, "range not satisfiable\n", [("content-range", f"bytes */{size}")])
@@ -207,6 +247,8 @@ class FileApp:
         if request.method == "HEAD":
             await request.respond(status, headers)
             return 0
+        # The file is closed before the response ends: ending it is the last await (see the
+        # module docstring), so a client leaving right after the whole response costs nothing.
         async with await trio.open_file(found.path, "rb") as f:
             if start:
                 await f.seek(start)
@@ -214,18 +256,21 @@ class FileApp:
                 data = await f.read(length)
                 if len(data) != length:  # the file changed under us: do not send a wrong length
                     raise OSError(f"{found.path} changed while being served")
-                await request.respond(status, headers, data)
-                return length
-            stream = await request.start_response(status, headers)
-            sent = 0
-            while sent < length:
-                chunk = await f.read(min(FILE_CHUNK, length - sent))
-                if not chunk:
-                    raise OSError(f"{found.path} shrank while being served")
-                await stream.send(chunk)
-                sent += len(chunk)
+                stream: ByteStream | None = None
+            else:
+                stream = await request.start_response(status, headers)
+                sent = 0
+                while sent < length:
+                    chunk = await f.read(min(FILE_CHUNK, length - sent))
+                    if not chunk:
+                        raise OSError(f"{found.path} shrank while being served")
+                    await stream.send(chunk)
+                    sent += len(chunk)
+        if stream is None:
+            await request.respond(status, headers, data)
+        else:
             await stream.done()
-            return sent
+        return length
 
 
 def etag(size: int, mtime: float) -> str:
@@ -243,6 +288,29 @@ def _none_match(values: Sequence[str], tag: str) -> bool:
             if candidate == "*" or candidate.removeprefix("W/") == tag:
                 return True
     return False
+
+
+def if_range_matches(condition: str, tag: str, last_modified: str) -> bool:
+    """Whether an ``If-Range`` field value lets a ``Range`` apply to the file whose entity tag is
+    ``tag`` and whose ``Last-Modified`` field is ``last_modified`` (RFC 9110 section 13.1.5).
+
+    An entity tag (it starts with ``"`` or ``W/``) matches by the strong comparison: the same
+    opaque tag, and a weak one never matches. A date matches only when it is exactly the
+    ``Last-Modified`` date. Anything else (unparsable) does not match: the whole file is sent."""
+    condition = condition.strip()
+    if condition.startswith(('"', "W/")):
+        return condition == tag and not tag.startswith("W/")
+    try:
+        when = email.utils.parsedate_to_datetime(condition)
+        then = email.utils.parsedate_to_datetime(last_modified)
+    except (TypeError, ValueError, IndexError):
+        return False
+    return when.tzinfo is not None and when == then
+
+
+def _hidden(name: str) -> bool:
+    """A dotfile's name (``.git``, ``.env``), not ``.`` or ``..``."""
+    return name.startswith(".") and name not in (".", "..")
 
 
 def _not_modified(since: str, mtime: int) -> bool:

@@ -13,8 +13,11 @@ reaches into another's privates and the modules import each other in one directi
 * :func:`setup_logging` installs the stderr handler and the levels ``-v`` asks for;
   :func:`raise_nofile` lifts the file-descriptor limit for many connections.
 * :func:`on_signals` turns SIGINT/SIGTERM into a graceful shutdown (a second signal stops at
-  once); :func:`url` writes the ``serving on URL`` address; :data:`DEFER_ACCEPT` is the
+  once) and SIGUSR1 into a log line with the number of live trio tasks (:func:`live_tasks`, which
+  ``benchmarks/soak.py`` samples); :func:`url` writes the ``serving on URL`` address; :data:`DEFER_ACCEPT` is the
   listeners' accept filter delay.
+* :func:`failure_line` turns what stopped a server (a port in use, wrapped by trio's nurseries
+  in exception groups) into the one line the command prints, instead of a traceback.
 
 This module prints (it is the command line); the library code in ``layers`` only logs.
 """
@@ -32,8 +35,12 @@ from typing import Any
 import trio
 
 from layers import certs, tls
+from stack.errors import StackError
 
-__all__ = ["DEFER_ACCEPT", "on_signals", "raise_nofile", "setup_logging", "tls_args_problem", "tls_layer", "url"]
+__all__ = [
+    "DEFER_ACCEPT", "SIGNALS", "failure_line", "live_tasks", "on_signals", "raise_nofile", "setup_logging",
+    "tls_args_problem", "tls_layer", "url",
+]  # fmt: skip
 
 log = logging.getLogger("stack.cli")
 access_log = logging.getLogger("stack.access")
@@ -91,15 +98,60 @@ def url(scheme: str, address: Any) -> str:
     return f"{scheme}://{host}:{port}/"
 
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+"""What a server's :func:`on_signals` takes: SIGINT and SIGTERM stop it, SIGUSR1 logs :func:`live_tasks`."""
+
+
+def live_tasks() -> int:
+    """How many trio tasks are alive in this run (the root task and every task under it)."""
+    count, pending = 0, [trio.lowlevel.current_root_task()]
+    while pending:
+        task = pending.pop()
+        if task is None:
+            continue
+        count += 1
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+    return count
+
+
 async def on_signals(signals: Any, shutdown: trio.Event, scope: trio.CancelScope) -> None:
-    """For each signal from ``signals``: the first sets ``shutdown`` (drain), a second cancels ``scope``."""
+    """For each signal from ``signals``: SIGUSR1 logs one ``stats: N live trio tasks`` line (on
+    ``stack.cli``, for a soak test watching for leaks); otherwise the first sets ``shutdown``
+    (drain), a second cancels ``scope``."""
     async for signum in signals:
+        if signum == signal.SIGUSR1:
+            log.info("stats: %d live trio tasks", live_tasks())
+            continue
         if shutdown.is_set():
             log.warning("second signal: stopping now")
             scope.cancel()
             return
         log.warning("%s: shutting down (a second signal stops at once)", signal.Signals(signum).name)
         shutdown.set()
+
+
+def failure_line(exc: BaseException, where: str) -> str | None:
+    """The one line saying why a server stopped, for ``exc`` (a :class:`~stack.StackError` or an
+    OSError, inside any number of one-exception groups); None for anything else (a bug: its
+    traceback should show). The system's reason is lower-cased, as in ``cannot listen on
+    127.0.0.1:8443: address already in use``; a bare OSError (the listening address could not be
+    resolved) is said to be about listening on ``where`` (``HOST:PORT``)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, OSError):
+        return f"cannot listen on {where}: {_reason(exc)}"
+    if not isinstance(exc, StackError):
+        return None
+    text, cause = str(exc), exc.__cause__
+    if isinstance(cause, OSError) and cause.strerror and text.endswith(cause.strerror):
+        text = text[: -len(cause.strerror)] + _reason(cause)
+    return text
+
+
+def _reason(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    return reason[:1].lower() + reason[1:]
 
 
 ENGINES = ("auto", "fast", "reference")

@@ -12,7 +12,10 @@ The stack is ``tcp.connect(host, port)`` (or ``unix.connect(path)``), then for `
 ``tls.client(alpn=[...])``, then ``http.client()``: HTTP/2 when ALPN chose ``h2`` (or with
 ``--http2`` in cleartext, prior knowledge), else HTTP/1.1.
 
-The body goes to stdout (or ``-o FILE``). ``-v`` tells the connection's story on stderr: the
+The body goes to stdout (or ``-o FILE``, opened before connecting, so that a file that cannot be
+written fails at once, exit 23; it is truncated only once a response has come). A binary body
+(one with a NUL byte, curl's test) is not written to a terminal unless ``--output -`` asks for it
+(exit 23, as curl). ``-v`` tells the connection's story on stderr: the
 address reached, the TLS version, cipher and ALPN protocol, the server certificate (subject,
 issuer, names, expiry), and the request and response heads. A download shows a progress bar with
 its rate and ETA on stderr when stderr is a terminal and the body does not go to that same terminal
@@ -26,11 +29,14 @@ writing the body (curl needs ``-f`` for that; here it is the default, ``--no-fai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import math
 import os
+import re
 import shutil
 import socket
+import stat
 import sys
 import time
 import urllib.parse
@@ -333,20 +339,25 @@ class Story:
 # the transfer
 
 
-def _failure(exc: BaseException, phase: str, target: Target, version: str = "1.1") -> GetError:
-    """Map an exception raised while ``phase`` ("connect", "head", "body") to curl's exit code."""
+def _failure(
+    exc: BaseException, phase: str, target: Target, version: str = "1.1", address: str | None = None
+) -> GetError:
+    """Map an exception raised while ``phase`` ("connect", "head", "body") to curl's exit code
+    (``address``: where the connection went, when not the URL's host and port)."""
     where = f"{target.host} port {target.port}"
     if isinstance(exc, Timeout):
         what = {"connect": f"connecting to {where}", "head": "waiting for the response", "body": "receiving the body"}
         return GetError(TIMEOUT, f"timed out {what.get(phase, phase)}: {exc}")
     if isinstance(exc, tls.HandshakeError):
         if exc.reason in ("unknown_ca", "hostname_mismatch", "bad_certificate"):
-            return GetError(CERT_ERROR, f"the server's certificate was refused: {exc} (-k skips the check)")
+            return GetError(CERT_ERROR, certificate_message(exc))
         return GetError(TLS_ERROR, f"TLS handshake with {where} failed: {exc}")
     if phase == "connect":
         cause = exc.__cause__
         if isinstance(cause, socket.gaierror):
             return GetError(CANNOT_RESOLVE, f"could not resolve host {target.host}: {cause.strerror}")
+        if isinstance(exc, Broken):
+            return GetError(CANNOT_CONNECT, f"could not connect to {address or where}: {_connect_reason(exc)}")
         return GetError(CANNOT_CONNECT, f"could not connect: {exc}")
     if phase == "head":
         if isinstance(exc, EndOfStream):
@@ -359,6 +370,37 @@ def _failure(exc: BaseException, phase: str, target: Target, version: str = "1.1
     if isinstance(exc, ProtocolError):
         return GetError(HTTP2_ERROR, f"the body failed: {exc}")
     return GetError(RECV_ERROR, f"failure receiving the body: {exc}")
+
+
+def certificate_message(exc: BaseException) -> str:
+    """One line for a refused server certificate that tells a command-line user what to do: the
+    library's reason, without its advice for programs (``pass ca=``), then ``--cacert`` / ``-k``."""
+    text = re.sub(r"\s*[:;,]?\s*(it was not issued by|pass|give)\b.*\bca=.*$", "", str(exc)).rstrip(" :;,")
+    if getattr(exc, "reason", None) == "unknown_ca":
+        return f"{text}: pass --cacert FILE with the CA that issued it (-k skips the check)"
+    return f"{text} (--cacert FILE trusts another CA; -k skips the check)"
+
+
+def _connect_reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few words (``connection refused``), from the OSErrors under
+    ``exc`` (its causes and, for several addresses tried, their exception group)."""
+    errors: list[OSError] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        e = pending.pop()
+        if isinstance(e, BaseExceptionGroup):
+            pending.extend(e.exceptions)
+        elif isinstance(e, OSError) and e.errno is not None:
+            errors.append(e)
+        if e.__cause__ is not None:
+            pending.append(e.__cause__)
+    if not errors:
+        return str(exc)
+    if all(isinstance(e, ConnectionRefusedError) for e in errors):
+        return "connection refused"
+    errno = errors[-1].errno
+    reason = os.strerror(errno) if errno is not None else str(errors[-1])
+    return reason[:1].lower() + reason[1:]
 
 
 async def _read_data(values: list[str]) -> bytes:
@@ -401,20 +443,75 @@ def _wants_bar(args: argparse.Namespace) -> bool:
     return sys.stderr.isatty() and not body_to_terminal
 
 
-async def _open_output(args: argparse.Namespace) -> Any:
-    if args.output in (None, "-"):
-        return trio.wrap_file(sys.stdout.buffer)
-    try:
-        return await trio.open_file(args.output, "wb")
-    except OSError as exc:
-        raise GetError(WRITE_ERROR, f"cannot write {args.output}: {exc.strerror or exc}") from None
+class Output:
+    """Where the body goes: stdout, or ``-o FILE``. The file is opened at once (a file that
+    cannot be written fails before anything is sent) but not truncated until :meth:`start`,
+    when a response has come; a file it created for a transfer that failed before is removed
+    again (:meth:`abandon`). On a terminal, a binary body (a NUL byte) is refused, as curl does,
+    unless ``--output -``."""
 
+    def __init__(self, file: Any, path: str | None, created: bool, terminal: bool) -> None:
+        self.file = file
+        self.path = path
+        self.created = created
+        self.terminal = terminal
+        self.started = False
 
-async def _write(out: Any, data: bytes) -> None:
-    try:
-        await out.write(data)
-    except OSError as exc:
-        raise GetError(WRITE_ERROR, f"cannot write the body: {exc.strerror or exc}") from None
+    @classmethod
+    async def open(cls, args: argparse.Namespace) -> Output:
+        if args.output in (None, "-"):
+            terminal = args.output is None and sys.stdout.isatty()
+            return cls(trio.wrap_file(sys.stdout.buffer), None, False, terminal)
+        path = args.output
+        try:
+            created = not await trio.to_thread.run_sync(os.path.lexists, path)
+            file = await trio.open_file(path, "ab")  # append mode: nothing is truncated yet
+        except OSError as exc:
+            raise GetError(WRITE_ERROR, f"cannot write {path}: {exc.strerror or exc}") from None
+        return cls(file, path, created, False)
+
+    async def start(self) -> None:
+        """A response came: empty the file (if it is a regular one)."""
+        self.started = True
+        if self.path is not None:
+            try:
+                if stat.S_ISREG(os.fstat(self.file.fileno()).st_mode):
+                    await self.file.truncate(0)
+            except OSError as exc:
+                raise GetError(WRITE_ERROR, f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+    async def write(self, data: bytes) -> None:
+        if self.terminal and b"\0" in data:
+            raise GetError(
+                WRITE_ERROR,
+                'Binary output can mess up your terminal. Use "--output -" to tell get to output it to your '
+                'terminal anyway, or consider "--output FILE" to save to a file.',
+            )
+        try:
+            await self.file.write(data)
+        except OSError as exc:
+            raise GetError(WRITE_ERROR, f"cannot write the body: {exc.strerror or exc}") from None
+
+    async def finish(self) -> None:
+        """Close the file, or flush stdout."""
+        if self.path is not None:
+            with trio.CancelScope(shield=True):
+                await self.file.aclose()
+            return
+        try:
+            await self.file.flush()
+        except OSError as exc:
+            raise GetError(WRITE_ERROR, f"cannot write the body: {exc.strerror or exc}") from None
+
+    async def abandon(self) -> None:
+        """The transfer failed before a response: close the file, and remove it if it is ours."""
+        if self.path is None:
+            return
+        with trio.CancelScope(shield=True):
+            await self.file.aclose()
+        if self.created and not self.started:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
 
 async def get(args: argparse.Namespace) -> int:
@@ -429,17 +526,36 @@ async def get(args: argparse.Namespace) -> int:
     if data is not None and "content-type" not in given:
         headers.append(("content-type", "application/x-www-form-urlencoded"))
     deadline = after(args.timeout) if args.timeout else FOREVER
-    connect_deadline = min(deadline, after(args.connect_timeout))
     try:
         stack = build_stack(args, target)
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise GetError(CA_FILE_ERROR, f"cannot use --cacert {args.cacert}: {exc}") from None
+    out = await Output.open(args)  # before connecting: a file that cannot be written fails first
+    try:
+        response = await _transfer(args, target, stack, story, out, method, headers, data, deadline)
+    except BaseException:
+        if not out.started:
+            await out.abandon()
+        raise
+    if response.status >= 400 and not args.no_fail:
+        if not args.silent:
+            sys.stderr.write(f"get: the server answered {response.status} {response.reason}".rstrip() + "\n")
+        return HTTP_ERROR
+    return OK
+
+
+async def _transfer(
+    args: argparse.Namespace, target: Target, stack: Stack, story: Story, out: Output, method: str,
+    headers: list[tuple[str, str]], data: bytes | None, deadline: float,
+) -> http.Response:
+    """Connect, send the request, write the response to ``out``; return the response (read)."""
+    connect_deadline = min(deadline, after(args.connect_timeout))
     where = f"unix:{args.unix_socket}" if args.unix_socket else f"{target.host} port {target.port}"
     story.say("*", f"Connecting to {where}")
     try:
         conn = await stack.connect(deadline=connect_deadline)
     except (StackError, OSError) as exc:
-        raise _failure(exc, "connect", target) from None
+        raise _failure(exc, "connect", target, address=where) from None
     verified = "NO (-k)" if args.insecure else f"yes, by {args.cacert}" if args.cacert else "yes, by the system's CAs"
     story.connection(conn.info, verified)
     version = conn.http_version
@@ -449,39 +565,30 @@ async def get(args: argparse.Namespace) -> int:
             shown.append(("content-length", str(len(data))))
         story.head(">", f"{method} {target.path} HTTP/{version}", shown)
         try:
-            response = await conn.request(method, target.path, headers=headers, body=data, deadline=deadline)
+            response: http.Response = await conn.request(
+                method, target.path, headers=headers, body=data, deadline=deadline
+            )
         except (StackError, OSError) as exc:
             raise _failure(exc, "head", target, version) from None
         async with response:
             status_line = f"HTTP/{response.http_version} {response.status} {response.reason}".rstrip()
             story.head("<", status_line, list(response.headers))
-            out = await _open_output(args)
             try:
+                await out.start()
                 if args.include:
                     head = status_line + "\r\n" + "".join(f"{n}: {v}\r\n" for n, v in response.headers) + "\r\n"
-                    await _write(out, head.encode("latin-1"))
+                    await out.write(head.encode("latin-1"))
                 received = await _copy_body(args, response, out, deadline, target)
             finally:
-                if args.output not in (None, "-"):
-                    with trio.CancelScope(shield=True):
-                        await out.aclose()
-                else:
-                    try:
-                        await out.flush()
-                    except OSError as exc:
-                        raise GetError(WRITE_ERROR, f"cannot write the body: {exc.strerror or exc}") from None
+                await out.finish()
             if response.trailers:
                 story.head("<", "(trailers)", list(response.trailers))
             story.say("*", f"Received {received} body bytes")
-    if response.status >= 400 and not args.no_fail:
-        if not args.silent:
-            sys.stderr.write(f"get: the server answered {response.status} {response.reason}".rstrip() + "\n")
-        return HTTP_ERROR
-    return OK
+    return response
 
 
 async def _copy_body(
-    args: argparse.Namespace, response: http.Response, out: Any, deadline: float, target: Target
+    args: argparse.Namespace, response: http.Response, out: Output, deadline: float, target: Target
 ) -> int:
     length = response.headers.get("content-length")
     total = int(length) if length is not None and length.isdigit() else None
@@ -489,7 +596,7 @@ async def _copy_body(
     received = 0
     try:
         async for chunk in _chunks(response, deadline, target):
-            await _write(out, chunk)
+            await out.write(chunk)
             received += len(chunk)
             if bar is not None:
                 bar.update(len(chunk))

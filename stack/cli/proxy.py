@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import signal
 import sys
 from typing import Any
 
@@ -33,8 +32,10 @@ from layers import http, tcp
 from layers.reverse_proxy import BackendPool, ProxyApp, Upstream, parse_listen
 from stack.cli.common import (
     DEFER_ACCEPT,
+    SIGNALS,
     add_engine_argument,
     engines_line,
+    failure_line,
     on_signals,
     raise_nofile,
     tls_args_problem,
@@ -42,7 +43,6 @@ from stack.cli.common import (
     url,
 )
 from stack.compose import Stack
-from stack.errors import StackError
 
 __all__ = ["add_parser", "cmd_proxy", "run_proxy"]
 
@@ -63,7 +63,7 @@ async def run_proxy(args: argparse.Namespace, layer: Any) -> None:
     listen = tcp.listen(host, port, backlog=4096, defer_accept=DEFER_ACCEPT)  # clients speak first
     front = Stack(listen, *layers, http.server(app, limits, shutdown, engine=args.engine))
     scheme = "https" if layer is not None else "http"
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*SIGNALS) as signals:
         async with trio.open_nursery() as outer:
             outer.start_soon(on_signals, signals, shutdown, outer.cancel_scope)
             await outer.start(pool.run)
@@ -145,7 +145,10 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         trio.run(run_proxy, args, layer)
     except KeyboardInterrupt:  # pragma: no cover - the signal receiver normally takes it
         pass
-    except (OSError, StackError) as exc:  # cannot listen (port in use...)
-        print(f"proxy: {exc}", file=sys.stderr)
+    except BaseException as exc:  # cannot listen (port in use...): one line, not a traceback
+        line = failure_line(exc, args.listen)
+        if line is None:
+            raise
+        print(f"proxy: {line}", file=sys.stderr)
         return 1
     return 0

@@ -17,7 +17,9 @@ showing the connection. Every variant answers a WebSocket echo at :data:`WS_ECHO
 When ready it prints exactly one line on stdout, ``serving on URL``. It logs one access line per
 request on stderr (peer, method, target, HTTP version, status, body bytes, duration) unless
 ``--quiet``. SIGINT or SIGTERM stops it gracefully: no new connections, idle ones close, requests
-in flight get ``Limits.drain_timeout`` seconds to finish; a second signal stops at once.
+in flight get ``Limits.drain_timeout`` seconds to finish; a second signal stops at once. SIGUSR1
+logs one line, ``stats: N live trio tasks`` (what ``benchmarks/soak.py`` watches for leaks).
+Failing to listen (a port in use) prints one line and exits 1.
 ``--workers N`` runs N such processes (:mod:`stack.cli.workers`); :func:`stack.cli.cmd_serve`
 chooses.
 """
@@ -29,7 +31,6 @@ import functools
 import html
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,7 +41,16 @@ import trio
 
 from layers import http, tcp
 from layers.static import FileApp, discard_body
-from stack.cli.common import DEFER_ACCEPT, add_engine_argument, engines_line, on_signals, tls_args_problem, url
+from stack.cli.common import (
+    DEFER_ACCEPT,
+    SIGNALS,
+    add_engine_argument,
+    engines_line,
+    failure_line,
+    on_signals,
+    tls_args_problem,
+    url,
+)
 from stack.compose import Stack
 
 __all__ = [
@@ -89,7 +99,8 @@ async def info_app(request: http.Request) -> int:
         ("ALPN", info.get("alpn") or "-"),
         ("SNI", info.get("server_name") or "-"),
         ("Peer", _peer(info)),
-        ("Method", request.method),
+        # HEAD gets the head GET would (RFC 9110 9.3.2): the same page, so the same length
+        ("Method", "GET" if request.method == "HEAD" else request.method),
         ("Target", request.target),
     ]
     cells = "\n".join(
@@ -182,7 +193,7 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
     if args.hello:
         handler: Handler = hello_app
     elif args.root is not None:
-        handler = FileApp(args.root).handle
+        handler = FileApp(args.root, dotfiles=getattr(args, "dotfiles", False)).handle
     else:
         handler = info_app
     handler = with_websocket_echo(handler)
@@ -202,7 +213,7 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
     )
     stack = Stack(listen, *layers, http.server(app, limits, shutdown, engine=args.engine))
     scheme = "https" if tls_layer is not None else "http"
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*SIGNALS) as signals:
         async with trio.open_nursery() as outer:
             outer.start_soon(on_signals, signals, shutdown, outer.cancel_scope)
             async with trio.open_nursery() as nursery:  # ends once serve drained and returned
@@ -231,16 +242,12 @@ def run(args: argparse.Namespace, tls_layer: Any) -> int:
         trio.run(serve, args, tls_layer)
     except KeyboardInterrupt:  # pragma: no cover - the signal receiver normally takes it
         pass
-    except OSError as exc:
-        print(f"serve: {exc}", file=sys.stderr)
+    except BaseException as exc:  # cannot listen (port in use...): one line, not a traceback
+        line = failure_line(exc, f"{args.host}:{args.port}")
+        if line is None:
+            raise
+        print(f"serve: {line}", file=sys.stderr)
         return 1
-    except Exception as exc:
-        from stack.errors import Broken
-
-        if isinstance(exc, Broken):  # cannot listen (port in use...)
-            print(f"serve: {exc}", file=sys.stderr)
-            return 1
-        raise
     return 0
 
 
@@ -254,6 +261,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "without, a page that shows the connection (HTTP version, TLS version, ALPN, SNI, peer).",
     )
     p.add_argument("root", nargs="?", metavar="DIR", help="directory to serve (default: the connection page)")
+    p.add_argument("--dotfiles", action="store_true",
+                   help="with DIR, serve and list dotfiles (.git, .env...) too (default: hidden, 404)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8443, help="port (default: 8443; 0 picks a free one)")
     p.add_argument("--no-tls", action="store_true", help="serve cleartext HTTP")

@@ -46,7 +46,7 @@ import trio
 
 from layers import certs
 from layers.http import DEFAULT_LIMITS
-from stack.cli.common import raise_nofile, setup_logging, tls_layer, url
+from stack.cli.common import failure_line, raise_nofile, setup_logging, tls_layer, url
 from stack.cli.serve import serve
 
 __all__ = ["ARGS_ENV", "BACKOFF_MAX", "Supervisor", "Worker", "supervise", "worker_main"]
@@ -268,7 +268,7 @@ def supervise(args: argparse.Namespace) -> int:
     try:
         reserved = _reserve(args.host, args.port)
     except OSError as exc:
-        print(f"serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"serve: {failure_line(exc, f'{args.host}:{args.port}')}", file=sys.stderr)
         return 1
     with reserved:
         host, port = reserved.getsockname()[:2]
