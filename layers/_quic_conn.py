@@ -85,7 +85,11 @@ def _terminated_error(event: qe.ConnectionTerminated, handshaken: bool, who: str
     code, reason = event.error_code, event.reason_phrase
     if not handshaken and 0x100 <= code <= 0x1FF:
         alert = code - 0x100
-        kind = "hostname_mismatch" if "doesn't match" in reason else _ALERT_REASONS.get(alert, "failed")
+        kind = _ALERT_REASONS.get(alert, "failed")
+        if "doesn't match" in reason:
+            kind = "hostname_mismatch"
+        elif alert == 42 and ("self-signed" in reason or "issuer" in reason):  # aioquic's X509 store
+            kind = "unknown_ca"
         return HandshakeError(f"QUIC handshake with {who} failed: TLS alert {alert} ({reason or kind})", reason=kind)
     if not handshaken:
         return HandshakeError(
@@ -213,7 +217,9 @@ class QuicConnection:
             while not self._accepted:
                 if self._failure is not None:
                     raise self._failure
-                ev = self._accept_ev = self._accept_ev or trio.Event()
+                ev = self._accept_ev
+                if ev is None:
+                    ev = self._accept_ev = trio.Event()
                 await ev.wait()
             return self._accepted.popleft()
         raise Timeout("QUIC: no stream was opened by the peer before the deadline")
@@ -330,8 +336,9 @@ class QuicConnection:
             assert isinstance(event, qe.StopSendingReceived)
             stream = self._streams.get(event.stream_id)
             if stream is not None:
+                code = event.error_code
                 stream._on_stop(
-                    Broken(f"QUIC stream {event.stream_id}: the peer stopped reading (error code {event.error_code:#x})")
+                    Broken(f"QUIC stream {event.stream_id}: the peer stopped reading (error code {code:#x})")
                 )
         elif kind is qe.HandshakeCompleted:
             assert isinstance(event, qe.HandshakeCompleted)

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
-from aioquic.buffer import Buffer
+from aioquic._buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import (
     QuicPacketType,
@@ -69,6 +69,7 @@ class Endpoint:
         self.accepting = True
         self.retries_sent = 0
         self.dropped = 0
+        self._all_gone: trio.Event | None = None
 
     async def read_loop(self) -> None:
         """Take datagrams from the socket until it is closed."""
@@ -115,7 +116,7 @@ class Endpoint:
         original_dcid: bytes = header.destination_cid
         retry_scid: bytes | None = None
         if self._retry is not None:
-            if not header.token:
+            if not header.token and header.version is not None:
                 scid = os.urandom(8)
                 self._send(
                     encode_quic_retry(
@@ -158,12 +159,15 @@ class Endpoint:
             info={"transport": "quic", "peer": tuple(address[:2]), "local": local, "tls_version": "TLSv1.3"},
         )
         conn.on_cid_issued = lambda cid: self._by_cid.__setitem__(cid, conn)
-        conn.on_cid_retired = lambda cid: self._by_cid.pop(cid, None)
+        conn.on_cid_retired = self._by_cid_pop
         self._by_cid[header.destination_cid] = conn
         self._by_cid[engine.host_cid] = conn
         self.connections.add(conn)
         conn.datagram_received(data, address)
         self._nursery.start_soon(self._run, conn, name=f"quic connection {address}")
+
+    def _by_cid_pop(self, cid: bytes) -> None:
+        self._by_cid.pop(cid, None)
 
     def _send(self, data: bytes, address: Any) -> None:
         self._nursery.start_soon(self._send_one, data, address)
@@ -190,6 +194,8 @@ class Endpoint:
                 await conn.aclose()
         finally:
             self.connections.discard(conn)
+            if not self.connections and self._all_gone is not None:
+                self._all_gone.set()
             for cid in [cid for cid, c in self._by_cid.items() if c is conn]:
                 del self._by_cid[cid]
 
@@ -199,8 +205,9 @@ class Endpoint:
         self.accepting = False
         for conn in list(self.connections):
             conn.closing.set()
-        with trio.move_on_after(self._limits.drain_timeout):
-            while self.connections:
-                await trio.sleep(0.02)
+        self._all_gone = trio.Event()
+        if self.connections:
+            with trio.move_on_after(self._limits.drain_timeout):
+                await self._all_gone.wait()
         for conn in list(self.connections):
             await conn.aclose(reason="server shutting down", deadline=trio.current_time() + 0.2)

@@ -44,7 +44,7 @@ class Engine(QuicConnection):
     by aioquic and not yet taken by the application (set by the connection that owns this).
     """
 
-    buffered: Callable[[int], int] = staticmethod(lambda stream_id: 0)  # type: ignore[assignment]
+    buffered: Callable[[int], int] = staticmethod(lambda stream_id: 0)
     stream_window: int = 1024 * 1024
 
     def set_max_streams(self, bidi: int, uni: int) -> None:
@@ -135,7 +135,9 @@ def _load_trust(config: QuicConfiguration, ca: Any) -> None:
         raise TypeError(f"ca is a PEM file or directory, PEM text, or an object with cert_pem, not {type(ca).__name__}")
 
 
-def _base(alpn: Sequence[str], *, is_client: bool, idle_timeout: float, stream_window: int, max_data: int) -> QuicConfiguration:
+def _base(
+    alpn: Sequence[str], *, is_client: bool, idle_timeout: float, stream_window: int, max_data: int
+) -> QuicConfiguration:
     if not alpn:
         raise ValueError("QUIC needs ALPN (RFC 9001 8.1): give alpn=[...], e.g. ['h3']")
     return QuicConfiguration(

@@ -43,7 +43,7 @@ class StreamOwner(Protocol):
 
     cancel_code: int
 
-    def failure(self) -> Broken | None:
+    def failure(self) -> StackError | None:
         """Why the connection ended, or ``None`` while it is healthy."""
 
     def unsent(self, stream_id: int) -> int:

@@ -152,6 +152,9 @@ class connect:
                 "tls_version": "TLSv1.3",
             }
             conn = QuicConnection(engine, sock.socket, is_client=True, limits=limits, info=info)
+            # The caller's errors (and the handshake's) are raised outside the nursery, as they
+            # are, not inside an exception group.
+            error: Exception | None = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_client_reader, sock, conn)
                 engine.connect(sockaddr, now=trio.current_time())
@@ -159,9 +162,13 @@ class connect:
                 try:
                     await conn.wait_handshake(min(deadline, trio.current_time() + limits.handshake_timeout))
                     yield conn
+                except Exception as exc:
+                    error = exc
                 finally:
                     await conn.aclose()
                     nursery.cancel_scope.cancel()
+            if error is not None:
+                raise error
 
 
 async def _client_reader(sock: udp.UDPStream, conn: QuicConnection) -> None:
