@@ -136,6 +136,8 @@ class QuicConnection:
         self._pings: dict[int, trio.Event] = {}
         self._ping_ids = itertools.count(1)
         self.closing = trio.Event()
+        self.ended = trio.Event()
+        """Set once the connection ended (either side closed it, idle timeout, failure)."""
         self.event_hook: Callable[[qe.QuicEvent], bool] | None = None
         self.on_cid_issued: Callable[[bytes], None] | None = None
         self.on_cid_retired: Callable[[bytes], None] | None = None
@@ -191,6 +193,22 @@ class QuicConnection:
     def register(self, stream: QuicStream) -> None:
         """Track ``stream`` (its receive window follows what its ``_in`` holds)."""
         self._streams[stream.stream_id] = stream
+
+    def set_event_hook(self, hook: Callable[[qe.QuicEvent], bool]) -> None:
+        """Install ``hook`` (see the module docstring). Streams the peer opened that nobody
+        accepted yet are handed to it as the events that made them, their bytes in order (the
+        peer may have sent on them before the application protocol was attached)."""
+        self.event_hook = hook
+        held, self._accepted = self._accepted, deque()
+        for stream in held:
+            self._streams.pop(stream.stream_id, None)
+            data, stream._in = bytes(stream._in), bytearray()
+            if data or stream._in_ended:
+                hook(qe.StreamDataReceived(data=data, end_stream=stream._in_ended, stream_id=stream.stream_id))
+
+    def stream(self, stream_id: int) -> QuicStream | None:
+        """The stream with this id, while it is tracked."""
+        return self._streams.get(stream_id)
 
     def _buffered(self, stream_id: int) -> int:
         stream = self._streams.get(stream_id)
@@ -383,8 +401,8 @@ class QuicConnection:
         return stream
 
     def _fail_all(self) -> None:
-        failure = self._failure
-        assert failure is not None
+        assert self._failure is not None
+        self.ended.set()
         for stream in list(self._streams.values()):
             stream._wake()
         ev = self._accept_ev
