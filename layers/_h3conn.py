@@ -46,6 +46,20 @@ H3_REQUEST_REJECTED = 0x10B
 H3_REQUEST_CANCELLED = 0x10C
 
 
+class _H3(H3Connection):
+    """aioquic's H3Connection, except that a response to HEAD may announce a content-length its
+    (absent) body does not have (RFC 9110 9.3.2; aioquic checks it on every response)."""
+
+    def __init__(self, quic: Any) -> None:
+        self.head_requests: set[int] = set()
+        super().__init__(quic)
+
+    def _check_content_length(self, stream: Any) -> None:
+        if stream.stream_id in self.head_requests:
+            return
+        super()._check_content_length(stream)
+
+
 class H3Base:
     """What both sides share: the H3Connection on the QUIC connection, the event routing, and
     what a stream asks of its connection (delegated to the QUIC connection)."""
@@ -55,7 +69,7 @@ class H3Base:
     def __init__(self, quic: QuicConnection, limits: Limits) -> None:
         self.quic = quic
         self.limits = limits
-        self.h3 = H3Connection(quic.engine)  # queues SETTINGS and the QPACK streams
+        self.h3 = _H3(quic.engine)  # queues SETTINGS and the QPACK streams
         quic.cancel_code = H3_REQUEST_CANCELLED
         self.cancel_code = H3_REQUEST_CANCELLED
         self.h3_info = Info({"http_version": "3"}, quic.info)
@@ -101,6 +115,8 @@ class H3Base:
         return False  # the QUIC connection routes it to the stream as well
 
     def _h3_event(self, event: h3e.H3Event) -> None:
+        if getattr(event, "stream_ended", False) and self.h3.head_requests:
+            self.h3.head_requests.discard(event.stream_id)  # type: ignore[attr-defined]
         if isinstance(event, h3e.DataReceived):
             stream = self.quic.stream(event.stream_id)
             if isinstance(stream, H3Stream):
@@ -298,6 +314,8 @@ class H3ClientConnection(H3Base, ClientConnection):
         stream._head = trio.Event()
         self.quic.register(stream)
         self.h3.send_headers(sid, head, end_stream=end_stream)
+        if head[0][1] == b"HEAD":
+            self.h3.head_requests.add(sid)
         if end_stream:
             stream._local_ended = True
         self.quic.wake()

@@ -299,6 +299,7 @@ class QuicConnection:
                     self._process()
                 await self._transmit()
                 if self._stop_driving or self._terminated.is_set():
+                    await self._transmit()  # what was queued while the last one waited (a CONNECTION_CLOSE)
                     return
                 timer = engine.get_timer()
                 with trio.move_on_at(math.inf if timer is None else timer):
@@ -317,7 +318,9 @@ class QuicConnection:
         for data, address in datagrams:
             try:
                 await sock.sendto(data, address)
-            except OSError as exc:  # UDP: a datagram the kernel refused is a lost datagram
+            except (OSError, trio.BusyResourceError) as exc:
+                # UDP: a datagram the kernel refused (or that found the shared socket busy writing
+                # for another connection) is a lost datagram; QUIC's loss recovery sends it again
                 log.debug("quic: sending to %s failed: %s", address, exc)
         progress, self._progress = self._progress, trio.Event()
         progress.set()

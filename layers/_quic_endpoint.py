@@ -175,7 +175,7 @@ class Endpoint:
     async def _send_one(self, data: bytes, address: Any) -> None:
         try:
             await self._sock.sendto(data, address)
-        except OSError as exc:
+        except (OSError, trio.BusyResourceError) as exc:
             log.debug("quic: sending to %s failed: %s", address, exc)
 
     async def _run(self, conn: QuicConnection) -> None:
