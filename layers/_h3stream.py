@@ -60,9 +60,14 @@ def headers_of(raw: list[tuple[bytes, bytes]]) -> Headers:
 class H3Owner(StreamOwner, Protocol):
     """What an HTTP/3 stream asks of its connection beyond a QUIC stream's needs."""
 
-    h3: H3Connection
-    h3_info: Info
-    limits: Limits
+    @property
+    def h3(self) -> H3Connection: ...
+
+    @property
+    def h3_info(self) -> Info: ...
+
+    @property
+    def limits(self) -> Limits: ...
 
     def wake(self) -> None: ...
 

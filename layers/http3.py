@@ -150,4 +150,8 @@ async def open_client(
         host, port, alpn=ALPN, ca=ca, verify=verify, server_hostname=server_hostname, limits=quic_limits
     )
     async with spec.open(deadline=deadline) as conn:
-        yield client(limits).attach(conn)
+        h3 = client(limits).attach(conn)
+        try:
+            yield h3
+        finally:
+            await h3.aclose()  # H3_NO_ERROR

@@ -169,6 +169,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                        help="trust the CA certificates in FILE (PEM) instead of the system's")
     version = p.add_mutually_exclusive_group()
     version.add_argument("--http1", "--http1.1", dest="http1", action="store_true", help="speak HTTP/1.1 only")
+    version.add_argument("--http3", action="store_true",
+                         help="speak HTTP/3 over QUIC (UDP to the URL's port; https only)")
     version.add_argument("--http2", action="store_true",
                          help="HTTP/2: over TLS prefer it (the default), in cleartext use prior knowledge")
     p.add_argument("-v", "--verbose", action="count", default=0,
@@ -435,49 +437,97 @@ async def get(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise GetError(CA_FILE_ERROR, f"cannot use --cacert {args.cacert}: {exc}") from None
     where = f"unix:{args.unix_socket}" if args.unix_socket else f"{target.host} port {target.port}"
-    story.say("*", f"Connecting to {where}")
+    story.say("*", f"Connecting to {where}" + (" over QUIC (HTTP/3)" if args.http3 else ""))
+    verified = "NO (-k)" if args.insecure else f"yes, by {args.cacert}" if args.cacert else "yes, by the system's CAs"
+    if args.http3:
+        return await _get_http3(args, target, story, verified, method, headers, data, deadline, connect_deadline)
     try:
         conn = await stack.connect(deadline=connect_deadline)
     except (StackError, OSError) as exc:
         raise _failure(exc, "connect", target) from None
-    verified = "NO (-k)" if args.insecure else f"yes, by {args.cacert}" if args.cacert else "yes, by the system's CAs"
     story.connection(conn.info, verified)
-    version = conn.http_version
     async with conn:
-        shown = [("host" if version != "2" else ":authority", target.authority), *headers]
-        if data is not None:
-            shown.append(("content-length", str(len(data))))
-        story.head(">", f"{method} {target.path} HTTP/{version}", shown)
-        try:
-            response = await conn.request(method, target.path, headers=headers, body=data, deadline=deadline)
-        except (StackError, OSError) as exc:
-            raise _failure(exc, "head", target, version) from None
-        async with response:
-            status_line = f"HTTP/{response.http_version} {response.status} {response.reason}".rstrip()
-            story.head("<", status_line, list(response.headers))
-            out = await _open_output(args)
-            try:
-                if args.include:
-                    head = status_line + "\r\n" + "".join(f"{n}: {v}\r\n" for n, v in response.headers) + "\r\n"
-                    await _write(out, head.encode("latin-1"))
-                received = await _copy_body(args, response, out, deadline, target)
-            finally:
-                if args.output not in (None, "-"):
-                    with trio.CancelScope(shield=True):
-                        await out.aclose()
-                else:
-                    try:
-                        await out.flush()
-                    except OSError as exc:
-                        raise GetError(WRITE_ERROR, f"cannot write the body: {exc.strerror or exc}") from None
-            if response.trailers:
-                story.head("<", "(trailers)", list(response.trailers))
-            story.say("*", f"Received {received} body bytes")
+        response = await _exchange(args, conn, target, story, method, headers, data, deadline)
+    return _status(args, response)
+
+
+async def _get_http3(
+    args: argparse.Namespace,
+    target: Target,
+    story: Story,
+    verified: str,
+    method: str,
+    headers: list[tuple[str, str]],
+    data: bytes | None,
+    deadline: float,
+    connect_deadline: float,
+) -> int:
+    """``--http3``: the same exchange over HTTP/3 (QUIC on UDP to the URL's port)."""
+    from layers import http3
+
+    if target.scheme != "https":
+        raise GetError(UNSUPPORTED_PROTOCOL, "--http3 needs an https:// URL (QUIC is always encrypted)")
+    try:
+        async with http3.open_client(
+            target.host, target.port, ca=args.cacert, verify=not args.insecure, deadline=connect_deadline
+        ) as conn:
+            story.connection(conn.info, verified)
+            response = await _exchange(args, conn, target, story, method, headers, data, deadline)
+    except (StackError, OSError) as exc:
+        raise _failure(exc, "connect", target, "3") from None
+    return _status(args, response)
+
+
+def _status(args: argparse.Namespace, response: http.Response) -> int:
     if response.status >= 400 and not args.no_fail:
         if not args.silent:
             sys.stderr.write(f"get: the server answered {response.status} {response.reason}".rstrip() + "\n")
         return HTTP_ERROR
     return OK
+
+
+async def _exchange(
+    args: argparse.Namespace,
+    conn: Any,
+    target: Target,
+    story: Story,
+    method: str,
+    headers: list[tuple[str, str]],
+    data: bytes | None,
+    deadline: float,
+) -> http.Response:
+    """Send the request on ``conn``, write the response as ``args`` say; return the response."""
+    version = conn.http_version
+    shown = [("host" if version not in ("2", "3") else ":authority", target.authority), *headers]
+    if data is not None:
+        shown.append(("content-length", str(len(data))))
+    story.head(">", f"{method} {target.path} HTTP/{version}", shown)
+    try:
+        response: http.Response = await conn.request(method, target.path, headers=headers, body=data, deadline=deadline)
+    except (StackError, OSError) as exc:
+        raise _failure(exc, "head", target, version) from None
+    async with response:
+        status_line = f"HTTP/{response.http_version} {response.status} {response.reason}".rstrip()
+        story.head("<", status_line, list(response.headers))
+        out = await _open_output(args)
+        try:
+            if args.include:
+                head = status_line + "\r\n" + "".join(f"{n}: {v}\r\n" for n, v in response.headers) + "\r\n"
+                await _write(out, head.encode("latin-1"))
+            received = await _copy_body(args, response, out, deadline, target)
+        finally:
+            if args.output not in (None, "-"):
+                with trio.CancelScope(shield=True):
+                    await out.aclose()
+            else:
+                try:
+                    await out.flush()
+                except OSError as exc:
+                    raise GetError(WRITE_ERROR, f"cannot write the body: {exc.strerror or exc}") from None
+        if response.trailers:
+            story.head("<", "(trailers)", list(response.trailers))
+        story.say("*", f"Received {received} body bytes")
+    return response
 
 
 async def _copy_body(
