@@ -794,5 +794,3 @@ class ClientConnection(H1Connection, http.ClientConnection):
         await self.flush(deadline)
         self._closed = True
         return self.lower
-
-

@@ -220,7 +220,15 @@ class ParsedHead:
     """
 
     __slots__ = (
-        "chunked", "content_length", "expect_100", "fields", "host", "http_version", "keep_alive", "method", "target"
+        "chunked",
+        "content_length",
+        "expect_100",
+        "fields",
+        "host",
+        "http_version",
+        "keep_alive",
+        "method",
+        "target",
     )
 
     def __init__(

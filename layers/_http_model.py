@@ -244,9 +244,7 @@ class Request:
         self._claim(status)
         await self._respond(status, Headers(headers), bytes(body), deadline)
 
-    async def start_response(
-        self, status: int, headers: HeaderInput = (), *, deadline: float = FOREVER
-    ) -> ByteStream:
+    async def start_response(self, status: int, headers: HeaderInput = (), *, deadline: float = FOREVER) -> ByteStream:
         """Start a streamed response and return its body stream.
 
         ``send`` writes body bytes (chunked in HTTP/1.1 unless a Content-Length was given);

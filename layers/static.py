@@ -195,11 +195,11 @@ class FileApp:
         title = html.escape(urllib.parse.unquote(request.path))
         items = "\n".join(
             f'<li><a href="{urllib.parse.quote(name)}{"/" if is_dir else ""}">'
-            f'{html.escape(name)}{"/" if is_dir else ""}</a></li>'
+            f"{html.escape(name)}{'/' if is_dir else ''}</a></li>"
             for name, is_dir in found.listing
         )
         page = (
-            f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n"
+            f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>\n'
             f"<body><h1>Index of {title}</h1>\n<ul>\n{items}\n</ul>\n</body></html>\n"
         ).encode()
         await request.respond(200, [("content-type", "text/html; charset=utf-8")], page)
@@ -346,5 +346,3 @@ def parse_range(value: str, size: int) -> tuple[int, int] | str | None:
     if start >= size:
         return "unsatisfiable"
     return start, end
-
-

@@ -47,8 +47,25 @@ def _pick(common: list[bytes], odd: list[bytes]) -> st.SearchStrategy[bytes]:
 def _chunked_body(draw: st.DrawFn) -> tuple[bytes, str]:
     """A chunked body, valid or broken in one of the ways parsers disagree on."""
     chunks = draw(st.lists(st.binary(min_size=1, max_size=20), max_size=3))
-    kind = draw(st.sampled_from(["ok", "ok", "ok", "ext", "trailer", "upper", "overflow", "bare-lf", "no-crlf",
-                                 "bad-trailer", "leading-zeros", "space-size", "bare-lf-end"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "ok",
+                "ok",
+                "ok",
+                "ext",
+                "trailer",
+                "upper",
+                "overflow",
+                "bare-lf",
+                "no-crlf",
+                "bad-trailer",
+                "leading-zeros",
+                "space-size",
+                "bare-lf-end",
+            ]
+        )
+    )
     out = b""
     for c in chunks:
         size = b"%x" % len(c)

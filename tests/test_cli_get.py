@@ -213,8 +213,14 @@ async def test_get_from_nghttpd_over_tls(site: Path, tmp_path: Path) -> None:
             story = result.stderr.decode()
             assert result.returncode == 0, story
             assert result.stdout == b"hello, get\n"
-            for line in ("* TLS: TLSv1.3", "* ALPN: the server chose h2", "subject: CN=localhost",
-                         "names: DNS:localhost, IP:127.0.0.1", "> GET /hello.txt HTTP/2", "< HTTP/2 200"):
+            for line in (
+                "* TLS: TLSv1.3",
+                "* ALPN: the server chose h2",
+                "subject: CN=localhost",
+                "names: DNS:localhost, IP:127.0.0.1",
+                "> GET /hello.txt HTTP/2",
+                "< HTTP/2 200",
+            ):
                 assert line in story, story  # fmt: skip
 
             out = tmp_path / "big.out"

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.interop
 
 PY = sys.executable
 
-UNIX_BACKEND = r'''
+UNIX_BACKEND = r"""
 import hashlib, sys, trio
 from layers import http, unix
 from stack import Stack
@@ -59,7 +59,7 @@ async def main():
         print("serving on unix:" + sys.argv[2], flush=True)
 
 trio.run(main)
-'''
+"""
 
 
 @pytest.fixture
@@ -120,8 +120,9 @@ async def test_curl_nghttp_h2load_through_tls_proxy_to_tcp_backend(site: Path, t
     curl, nghttp, h2load = need("curl"), need("nghttp"), need("h2load")
     certfile, keyfile, cafile = write_pki(tmp_path)
     with trio.fail_after(240):
-        async with tcp_backend(site) as (backend, _), proxy(backend, "--cert", certfile, "--key", keyfile) as (
-            url, front
+        async with (
+            tcp_backend(site) as (backend, _),
+            proxy(backend, "--cert", certfile, "--key", keyfile) as (url, front),
         ):
             port = int(url.rsplit(":", 1)[1])
             base = f"https://localhost:{port}"

@@ -48,7 +48,10 @@ async def serve(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "stack", "serve", "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT), env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=str(ROOT),
+        env=full_env,
     )
     assert process.stdout is not None and process.stderr is not None
     stderr = bytearray()
@@ -180,8 +183,9 @@ async def test_own_certificate(tmp_path: Path) -> None:
 async def test_curl_keep_alive_reuse() -> None:
     need("curl")
     async with serve("--no-tls") as server:
-        result = await run("curl", "--http1.1", "-sv", "-o", "/dev/null", "-o", "/dev/null",
-                           server.url, server.url + "nope")
+        result = await run(
+            "curl", "--http1.1", "-sv", "-o", "/dev/null", "-o", "/dev/null", server.url, server.url + "nope"
+        )
         err = result.stderr.decode()
         assert result.returncode == 0, err
         assert "Re-using existing connection" in err, err
@@ -193,12 +197,36 @@ async def test_curl_chunked_upload_and_100_continue(tmp_path: Path) -> None:
     upload = tmp_path / "upload.bin"
     upload.write_bytes(os.urandom(3 * 1024 * 1024))
     async with serve("--no-tls") as server:
-        result = await run("curl", "--http1.1", "-sv", "-H", "Transfer-Encoding: chunked",
-                           "--data-binary", f"@{upload}", "-o", "/dev/null", "-w", "%{http_code}", server.url)
+        result = await run(
+            "curl",
+            "--http1.1",
+            "-sv",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            f"@{upload}",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            server.url,
+        )
         assert result.stdout == b"200", result.stderr
         assert b"Transfer-Encoding: chunked" in result.stderr
-        result = await run("curl", "--http1.1", "-sv", "-H", "Expect: 100-continue",
-                           "--data-binary", f"@{upload}", "-o", "/dev/null", "-w", "%{http_code}", server.url)
+        result = await run(
+            "curl",
+            "--http1.1",
+            "-sv",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            f"@{upload}",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            server.url,
+        )
         assert result.stdout == b"200", result.stderr
         assert b"HTTP/1.1 100 Continue" in result.stderr
 
@@ -223,8 +251,9 @@ async def test_curl_files_head_and_range(site: Path) -> None:
 async def test_traversal_with_curl_path_as_is(site: Path) -> None:
     need("curl")
     async with serve(str(site), "--no-tls") as server:
-        result = await run("curl", "--http1.1", "-s", "--path-as-is", "-w", " %{http_code}",
-                           server.url + "../secret.txt")
+        result = await run(
+            "curl", "--http1.1", "-s", "--path-as-is", "-w", " %{http_code}", server.url + "../secret.txt"
+        )
         assert result.stdout.endswith(b" 404") and b"outside" not in result.stdout
 
 
@@ -247,8 +276,9 @@ async def test_graceful_shutdown(tmp_path: Path, signum: signal.Signals) -> None
             results: list[subprocess.CompletedProcess[bytes]] = []
 
             async def slow_download() -> None:
-                results.append(await run("curl", "--http1.1", "-s", "--limit-rate", "1M", "-o", str(out),
-                                         server.url + "big.bin"))
+                results.append(
+                    await run("curl", "--http1.1", "-s", "--limit-rate", "1M", "-o", str(out), server.url + "big.bin")
+                )
 
             n.start_soon(slow_download)
             await trio.sleep(0.7)  # the download is in flight

@@ -83,8 +83,25 @@ def drive(engine: ClientEngine, method: str, fields: list[tuple[bytes, bytes]], 
 
 
 _NAMES = st.sampled_from([b"Content-Type", b"X-A", b"content-length", b"Transfer-Encoding", b"Connection", b"Bad Name"])
-_VALUES = st.sampled_from([b"text/plain", b"", b"  v  ", b"5", b"5, 5", b"5, 6", b"-1", b"x", b"chunked", b"Chunked",
-                           b"gzip", b"close", b"keep-alive", b"a\x00b", b"1" * 21])
+_VALUES = st.sampled_from(
+    [
+        b"text/plain",
+        b"",
+        b"  v  ",
+        b"5",
+        b"5, 5",
+        b"5, 6",
+        b"-1",
+        b"x",
+        b"chunked",
+        b"Chunked",
+        b"gzip",
+        b"close",
+        b"keep-alive",
+        b"a\x00b",
+        b"1" * 21,
+    ]
+)
 
 
 @st.composite
@@ -124,13 +141,21 @@ def responses(draw: st.DrawFn) -> tuple[str, list[tuple[bytes, bytes]], bytes]:
         at = 0
         while at < len(body):
             n = draw(st.integers(1, 16))
-            size = draw(st.sampled_from([b"%x" % len(body[at:at + n]), b"%X;ext=1" % len(body[at:at + n]),
-                                         b"%x " % len(body[at:at + n])]))
-            chunks.append(size + b"\r\n" + body[at:at + n] + draw(st.sampled_from([b"\r\n", b"\r\n", b"\n", b"XX"])))
+            size = draw(
+                st.sampled_from(
+                    [
+                        b"%x" % len(body[at : at + n]),
+                        b"%X;ext=1" % len(body[at : at + n]),
+                        b"%x " % len(body[at : at + n]),
+                    ]
+                )
+            )
+            chunks.append(size + b"\r\n" + body[at : at + n] + draw(st.sampled_from([b"\r\n", b"\r\n", b"\n", b"XX"])))
             at += n
         last = draw(st.sampled_from([b"0\r\n", b"00000000000000000000\r\n", b"1" * 21 + b"\r\n", b"0\n"]))
-        trailer = draw(st.sampled_from([b"", b"T: v\r\n", b"T: v\n", b" fold\r\n", b"content-length: x\r\n",
-                                        b"Bad Name: v\r\n"]))
+        trailer = draw(
+            st.sampled_from([b"", b"T: v\r\n", b"T: v\n", b" fold\r\n", b"content-length: x\r\n", b"Bad Name: v\r\n"])
+        )
         body = b"".join(chunks) + last + trailer + b"\r\n"
     tail = draw(st.sampled_from([b"", b"", b"HTTP/1.1 200 OK\r\n\r\n", b"junk"]))
     raw = b"".join(parts) + raw_head + body + tail

@@ -51,8 +51,16 @@ def drive(engine: ServerEngine, raw: bytes, cuts: list[int]) -> Outcome:
     except Refused as exc:
         out.refused = exc.status
         return out
-    out.head = (parsed.method, parsed.target, parsed.http_version, tuple(parsed.fields), parsed.keep_alive,
-                parsed.chunked, parsed.content_length, parsed.expect_100)
+    out.head = (
+        parsed.method,
+        parsed.target,
+        parsed.http_version,
+        tuple(parsed.fields),
+        parsed.keep_alive,
+        parsed.chunked,
+        parsed.content_length,
+        parsed.expect_100,
+    )
     out.waits_for_100 = engine.client_waits_for_100
     if not parsed.chunked and parsed.content_length is None:
         return out  # no body: the server never asks the engine (RFC 9112 6.3)
@@ -88,8 +96,9 @@ def drive(engine: ServerEngine, raw: bytes, cuts: list[int]) -> Outcome:
 @example(Shape(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", ()), [])
 @example(Shape(b"PROPFIND /x HTTP/1.1\r\nHost: a\r\n\r\n", ()), [])
 @example(Shape(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET", ()), [1])
-@example(Shape(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nT: v\r\n\r\nX", ()),
-         [5])
+@example(
+    Shape(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nT: v\r\n\r\nX", ()), [5]
+)
 @example(Shape(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n", ()), [])
 def test_engines_agree(shape: Shape, cuts: list[int]) -> None:
     ref = drive(ReferenceEngine(LIMIT), shape.raw, cuts)

@@ -49,8 +49,9 @@ async def echo_app(request: http.Request) -> None:
     await request.respond(200, [("content-type", "text/plain")], text + body)
 
 
-async def serving(nursery: trio.Nursery, app: App = echo_app, limits: Limits = http.DEFAULT_LIMITS,
-                  shutdown: trio.Event | None = None) -> ByteStream:
+async def serving(
+    nursery: trio.Nursery, app: App = echo_app, limits: Limits = http.DEFAULT_LIMITS, shutdown: trio.Event | None = None
+) -> ByteStream:
     """Start a server connection on one end of a memory pair; return the other (raw) end."""
     client, server = memory_pair()
     conn = await http1.server(app, limits, shutdown).attach(server)
@@ -538,8 +539,9 @@ async def test_app_without_response_gets_500(nursery: trio.Nursery, caplog: pyte
         ([("transfer-encoding", "chunked")], b"whole"),  # respond() sends a whole body
     ],
 )
-async def test_invalid_response_fields_are_refused(nursery: trio.Nursery, headers: list[tuple[str, str]],
-                                                   body: bytes) -> None:
+async def test_invalid_response_fields_are_refused(
+    nursery: trio.Nursery, headers: list[tuple[str, str]], body: bytes
+) -> None:
     errors: list[Exception] = []
 
     async def app(request: http.Request) -> None:
@@ -573,10 +575,14 @@ async def test_respond_twice_and_bad_status() -> None:
 CHUNKED = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 SMUGGLING = {
-    "cl-and-te": (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  b"0\r\n\r\n", 400),
-    "te-and-cl": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
-                  b"0\r\n\r\n", 400),
+    "cl-and-te": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "te-and-cl": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        400,
+    ),
     "duplicate-cl-equal": (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400),
     "duplicate-cl-apart": (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", 400),
     "cl-list": (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc", 400),
@@ -600,29 +606,24 @@ SMUGGLING = {
     "two-hosts": (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
     "te-in-http10": (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
     "te-unknown": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
-    "te-twice": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
-                 501),
+    "te-twice": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        501,
+    ),
     "version-2": (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
     "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
     "chunk-size-0x": (CHUNKED + b"0x5\r\nhello\r\n0\r\n\r\n", 400),
-    "chunk-size-negative": (CHUNKED + b"-5\r\nhello\r\n0\r\n\r\n",
-                            400),
-    "chunk-size-17-digits": (CHUNKED + b""
-                             b"00000000000000005\r\nhello\r\n0\r\n\r\n", 400),
-    "chunk-ext-bws": (CHUNKED + b""
-                      b"5 ;a=b\r\nhello\r\n0\r\n\r\n", 400),
-    "chunk-size-trailing-space": (CHUNKED + b""
-                                  b"5 \r\nhello\r\n0\r\n\r\n", 400),
-    "chunk-size-leading-space": (CHUNKED + b""
-                                 b" 5\r\nhello\r\n0\r\n\r\n", 400),
+    "chunk-size-negative": (CHUNKED + b"-5\r\nhello\r\n0\r\n\r\n", 400),
+    "chunk-size-17-digits": (CHUNKED + b"00000000000000005\r\nhello\r\n0\r\n\r\n", 400),
+    "chunk-ext-bws": (CHUNKED + b"5 ;a=b\r\nhello\r\n0\r\n\r\n", 400),
+    "chunk-size-trailing-space": (CHUNKED + b"5 \r\nhello\r\n0\r\n\r\n", 400),
+    "chunk-size-leading-space": (CHUNKED + b" 5\r\nhello\r\n0\r\n\r\n", 400),
     "chunk-size-bare-lf": (CHUNKED + b"5\nhello\r\n0\r\n\r\n", 400),
-    "chunk-data-too-long": (CHUNKED + b"3\r\nhello\r\n0\r\n\r\n",
-                            400),
+    "chunk-data-too-long": (CHUNKED + b"3\r\nhello\r\n0\r\n\r\n", 400),
     "chunk-data-bare-lf": (CHUNKED + b"5\r\nhello\n0\r\n\r\n", 400),
     "chunk-missing-size": (CHUNKED + b"\r\nhello\r\n0\r\n\r\n", 400),
     "trailer-bare-lf": (CHUNKED + b"0\r\nX-A: 1\n\r\n", 400),
-    "trailer-obs-fold": (CHUNKED + b"0\r\nX-A: 1\r\n b\r\n\r\n",
-                         400),
+    "trailer-obs-fold": (CHUNKED + b"0\r\nX-A: 1\r\n b\r\n\r\n", 400),
 }
 
 
@@ -647,8 +648,7 @@ async def test_smuggling_shapes_are_refused_and_closed(nursery: trio.Nursery, na
 
 async def test_allowed_chunk_extensions_and_zero_padding(nursery: trio.Nursery) -> None:
     c = await serving(nursery)
-    await c.send(CHUNKED + b""
-                 b"005;name=value\r\nhello\r\n5;q=\"x\"\r\nworld\r\n0\r\n\r\n")
+    await c.send(CHUNKED + b'005;name=value\r\nhello\r\n5;q="x"\r\nworld\r\n0\r\n\r\n')
     assert (await read_response(c))[1] == b"POST / 10 1.1|helloworld"
 
 
@@ -720,8 +720,9 @@ async def test_shutdown_closes_idle_connections_and_finishes_in_flight(nursery: 
 # ------------------------------------------------------------------------------------------ client
 
 
-async def client_server(nursery: trio.Nursery, app: App = echo_app,
-                        limits: Limits = http.DEFAULT_LIMITS) -> http1.ClientConnection:
+async def client_server(
+    nursery: trio.Nursery, app: App = echo_app, limits: Limits = http.DEFAULT_LIMITS
+) -> http1.ClientConnection:
     c = await serving(nursery, app, limits)
     return await http1.client(authority="example.test").attach(c)
 

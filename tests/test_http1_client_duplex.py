@@ -641,6 +641,7 @@ async def nursery() -> AsyncIterator[trio.Nursery]:
 
 # ------------------------------------------------------------------ interop: hypercorn (trio worker)
 
+
 @pytest.mark.interop
 async def test_interop_hypercorn_streaming_echo_and_early_413(tmp_path: Path) -> None:
     payload = data(4 * 1024 * 1024, seed=6)

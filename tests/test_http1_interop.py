@@ -106,8 +106,9 @@ async def test_curl_uploads_to_our_server(tmp_path: Path) -> None:
     expected = f"POST / {len(data)} {hashlib.sha256(data).hexdigest()}".encode()
     async with our_server() as port:
         url = f"http://127.0.0.1:{port}/"
-        chunked = await run("curl", "--http1.1", "-s", "-H", "Transfer-Encoding: chunked",
-                            "--data-binary", f"@{upload}", url)
+        chunked = await run(
+            "curl", "--http1.1", "-s", "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{upload}", url
+        )
         expect = await run("curl", "--http1.1", "-sv", "-H", "Expect: 100-continue", "--data-binary", f"@{upload}", url)
     assert chunked.stdout == expected
     assert expect.stdout == expected and b"HTTP/1.1 100 Continue" in expect.stderr
@@ -120,7 +121,8 @@ async def test_our_client_against_python_http_server(tmp_path: Path) -> None:
     (tmp_path / "file.bin").write_bytes(bytes(range(256)) * 300)
     process = await trio.lowlevel.open_process(
         [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         assert process.stdout is not None

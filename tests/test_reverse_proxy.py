@@ -290,9 +290,11 @@ async def test_client_stalling_in_its_request_body_gets_408() -> None:
 
 async def test_hop_by_hop_response_fields_are_removed() -> None:
     """A raw backend answers with fields named in Connection: they stay on its hop."""
-    head = (b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
-            b"Proxy-Authenticate: Basic\r\nTrailer: x-t\r\nX-Kept: 1\r\nVia: 1.0 upstream\r\n"
-            b"Content-Length: 2\r\n\r\nok")
+    head = (
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
+        b"Proxy-Authenticate: Basic\r\nTrailer: x-t\r\nX-Kept: 1\r\nVia: 1.0 upstream\r\n"
+        b"Content-Length: 2\r\n\r\nok"
+    )
 
     async def raw_backend(stream: Any) -> None:
         await stream.recv_until(b"\r\n\r\n", deadline=after(5))

@@ -82,8 +82,9 @@ async def test_files(site: Path) -> None:
     async with mounted(FileApp(site)) as port:
         conn = await client(port)
 
-        async def get(target: str, method: str = "GET", headers: Sequence[tuple[str, str]] = (),
-                      body: bytes | None = None) -> tuple[http.Response, bytes]:
+        async def get(
+            target: str, method: str = "GET", headers: Sequence[tuple[str, str]] = (), body: bytes | None = None
+        ) -> tuple[http.Response, bytes]:
             response = await conn.request(method, target, headers=headers, body=body)
             return response, await response.read()
 
@@ -128,8 +129,15 @@ async def test_files(site: Path) -> None:
         # symlinks: inside the root followed, pointing out refused
         r, body = await get("/inside")
         assert body == b"hello, file\n"
-        for escape in ("/escape", "/../secret.txt", "/%2e%2e/secret.txt", "/sub/../../secret.txt",
-                       "/..%2fsecret.txt", "/hello.txt/", "/%00"):
+        for escape in (
+            "/escape",
+            "/../secret.txt",
+            "/%2e%2e/secret.txt",
+            "/sub/../../secret.txt",
+            "/..%2fsecret.txt",
+            "/hello.txt/",
+            "/%00",
+        ):
             r, body = await get(escape)
             assert r.status == 404 and b"outside" not in body, escape
         r, body = await get("/")

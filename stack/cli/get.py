@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import math
 import os
 import re
@@ -40,7 +41,7 @@ import stat
 import sys
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,6 +176,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                        help="trust the CA certificates in FILE (PEM) instead of the system's")
     version = p.add_mutually_exclusive_group()
     version.add_argument("--http1", "--http1.1", dest="http1", action="store_true", help="speak HTTP/1.1 only")
+    version.add_argument("--http3", action="store_true",
+                         help="speak HTTP/3 over QUIC (UDP to the URL's port; https only)")
     version.add_argument("--http2", action="store_true",
                          help="HTTP/2: over TLS prefer it (the default), in cleartext use prior knowledge")
     p.add_argument("-v", "--verbose", action="count", default=0,
@@ -551,39 +554,78 @@ async def _transfer(
     """Connect, send the request, write the response to ``out``; return the response (read)."""
     connect_deadline = min(deadline, after(args.connect_timeout))
     where = f"unix:{args.unix_socket}" if args.unix_socket else f"{target.host} port {target.port}"
-    story.say("*", f"Connecting to {where}")
+    story.say("*", f"Connecting to {where}" + (" over QUIC (HTTP/3)" if args.http3 else ""))
+    verified = "NO (-k)" if args.insecure else f"yes, by {args.cacert}" if args.cacert else "yes, by the system's CAs"
+    exchange = functools.partial(_exchange, args, target, story, out, method, headers, data, deadline)
+    if args.http3:
+        return await _get_http3(args, target, story, verified, exchange, connect_deadline)
     try:
         conn = await stack.connect(deadline=connect_deadline)
     except (StackError, OSError) as exc:
         raise _failure(exc, "connect", target, address=where) from None
-    verified = "NO (-k)" if args.insecure else f"yes, by {args.cacert}" if args.cacert else "yes, by the system's CAs"
     story.connection(conn.info, verified)
-    version = conn.http_version
     async with conn:
-        shown = [("host" if version != "2" else ":authority", target.authority), *headers]
-        if data is not None:
-            shown.append(("content-length", str(len(data))))
-        story.head(">", f"{method} {target.path} HTTP/{version}", shown)
+        return await exchange(conn)
+
+
+async def _get_http3(
+    args: argparse.Namespace,
+    target: Target,
+    story: Story,
+    verified: str,
+    exchange: Callable[[Any], Awaitable[http.Response]],
+    connect_deadline: float,
+) -> http.Response:
+    """``--http3``: the same exchange over HTTP/3 (QUIC on UDP to the URL's port)."""
+    from layers import http3
+
+    if target.scheme != "https":
+        raise GetError(UNSUPPORTED_PROTOCOL, "--http3 needs an https:// URL (QUIC is always encrypted)")
+    try:
+        async with http3.open_client(
+            target.host, target.port, ca=args.cacert, verify=not args.insecure, deadline=connect_deadline
+        ) as conn:
+            story.connection(conn.info, verified)
+            return await exchange(conn)
+    except (StackError, OSError) as exc:
+        raise _failure(exc, "connect", target, "3") from None
+
+
+async def _exchange(
+    args: argparse.Namespace,
+    target: Target,
+    story: Story,
+    out: Output,
+    method: str,
+    headers: list[tuple[str, str]],
+    data: bytes | None,
+    deadline: float,
+    conn: Any,
+) -> http.Response:
+    """Send the request on ``conn`` (any HTTP version), write the response to ``out``; return it."""
+    version = conn.http_version
+    shown = [("host" if version not in ("2", "3") else ":authority", target.authority), *headers]
+    if data is not None:
+        shown.append(("content-length", str(len(data))))
+    story.head(">", f"{method} {target.path} HTTP/{version}", shown)
+    try:
+        response: http.Response = await conn.request(method, target.path, headers=headers, body=data, deadline=deadline)
+    except (StackError, OSError) as exc:
+        raise _failure(exc, "head", target, version) from None
+    async with response:
+        status_line = f"HTTP/{response.http_version} {response.status} {response.reason}".rstrip()
+        story.head("<", status_line, list(response.headers))
         try:
-            response: http.Response = await conn.request(
-                method, target.path, headers=headers, body=data, deadline=deadline
-            )
-        except (StackError, OSError) as exc:
-            raise _failure(exc, "head", target, version) from None
-        async with response:
-            status_line = f"HTTP/{response.http_version} {response.status} {response.reason}".rstrip()
-            story.head("<", status_line, list(response.headers))
-            try:
-                await out.start()
-                if args.include:
-                    head = status_line + "\r\n" + "".join(f"{n}: {v}\r\n" for n, v in response.headers) + "\r\n"
-                    await out.write(head.encode("latin-1"))
-                received = await _copy_body(args, response, out, deadline, target)
-            finally:
-                await out.finish()
-            if response.trailers:
-                story.head("<", "(trailers)", list(response.trailers))
-            story.say("*", f"Received {received} body bytes")
+            await out.start()
+            if args.include:
+                head = status_line + "\r\n" + "".join(f"{n}: {v}\r\n" for n, v in response.headers) + "\r\n"
+                await out.write(head.encode("latin-1"))
+            received = await _copy_body(args, response, out, deadline, target)
+        finally:
+            await out.finish()
+        if response.trailers:
+            story.head("<", "(trailers)", list(response.trailers))
+        story.say("*", f"Received {received} body bytes")
     return response
 
 

@@ -55,7 +55,7 @@ from stack.compose import Stack
 
 __all__ = [
     "HELLO", "WS_ECHO_PATH", "add_parser", "check_args", "hello_app", "info_app", "run", "serve",
-    "websocket_echo", "with_access_log", "with_websocket_echo", "without_log",
+    "websocket_echo", "with_access_log", "with_alt_svc", "with_websocket_echo", "without_log",
 ]  # fmt: skip
 
 log = logging.getLogger("stack.cli")
@@ -211,6 +211,10 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
     listen = tcp.listen(
         args.host, args.port, backlog=4096, reuse_port=getattr(args, "workers", 1) > 1, defer_accept=DEFER_ACCEPT
     )
+    h3 = None
+    if tls_layer is not None and not getattr(args, "no_http3", True) and isinstance(tls_layer.certs, tuple):
+        h3 = functools.partial(_serve_http3, app, args.host, cert=tls_layer.certs, limits=limits, shutdown=shutdown)
+        app = with_alt_svc(app)
     stack = Stack(listen, *layers, http.server(app, limits, shutdown, engine=args.engine))
     scheme = "https" if tls_layer is not None else "http"
     with trio.open_signal_receiver(*SIGNALS) as signals:
@@ -220,12 +224,45 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
                 addresses = await nursery.start(
                     functools.partial(stack.serve, shutdown=shutdown, drain_timeout=limits.drain_timeout)
                 )
+                if h3 is not None:  # HTTP/3 on UDP, the same port as the TCP listener
+                    await nursery.start(functools.partial(h3, addresses[0][1]))
                 log.info("%s", engines_line(args.engine))
                 print(f"serving on {url(scheme, addresses[0])}", flush=True)
             outer.cancel_scope.cancel()
     log.info("stopped")
 
 
+
+
+async def _serve_http3(
+    app: http.App, host: str, port: int, *, cert: Any, limits: Any, shutdown: trio.Event, task_status: Any
+) -> None:
+    from layers import http3
+
+    await http3.serve(app, host, port, cert, limits=limits, shutdown=shutdown, task_status=task_status)
+
+
+def with_alt_svc(app: http.App) -> http.App:
+    """``app`` answering HTTP/1.1 and HTTP/2 requests with ``Alt-Svc: h3=":PORT"`` (RFC 7838):
+    HTTP/3 is on the same port, over UDP."""
+
+    async def advertising(request: http.Request) -> None:
+        if request.http_version != "3":
+            port = request.info.get("local", ("", 0))[1]
+            alt_svc = ("alt-svc", f'h3=":{port}"; ma=86400')
+            respond, start_response = request.respond, request.start_response
+
+            async def respond_with(status: int, headers: Any = (), body: bytes = b"", **kw: Any) -> None:
+                await respond(status, [*http.Headers(headers), alt_svc], body, **kw)
+
+            async def start_with(status: int, headers: Any = (), **kw: Any) -> Any:
+                return await start_response(status, [*http.Headers(headers), alt_svc], **kw)
+
+            request.respond = respond_with  # type: ignore[method-assign]
+            request.start_response = start_with  # type: ignore[method-assign]
+        await app(request)
+
+    return advertising
 
 
 def check_args(args: argparse.Namespace) -> str | None:
@@ -266,6 +303,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8443, help="port (default: 8443; 0 picks a free one)")
     p.add_argument("--no-tls", action="store_true", help="serve cleartext HTTP")
+    p.add_argument("--no-http3", action="store_true",
+                   help="no HTTP/3 (by default, with TLS, it is served over UDP on the same port and advertised "
+                   "with Alt-Svc)")
     p.add_argument("--cert", metavar="FILE", help="certificate chain (PEM), instead of the localhost one")
     p.add_argument("--key", metavar="FILE", help="private key (PEM) of --cert")
     p.add_argument("--proxy-protocol", action="store_true",

@@ -1,0 +1,427 @@
+"""One QUIC connection: the engine, its driver task, its streams (see :mod:`layers.quic`).
+
+Theory of operation: :class:`QuicConnection` owns an :class:`~layers._quic_engine.Engine`
+(aioquic, sans-io) and the UDP socket it sends on (a client's own, or the listener's shared one).
+Datagrams come in through :meth:`QuicConnection.datagram_received`, called by whoever reads the
+socket (the client's reader task, or the listener's demultiplexer); it feeds the engine and
+turns the engine's events into stream state at once, without an ``await``. One *driver* task per
+connection (:meth:`QuicConnection.drive`) is the only place datagrams leave: it sends what the
+engine has to send, runs the engine's timer (retransmission, ACK delay, idle timeout), and sleeps
+until something is queued (:meth:`wake`) or the timer fires. Streams commit bytes into the engine
+and wake the driver; the driver's :meth:`wait_progress` lets senders wait for the bytes to leave.
+
+An application protocol that needs the raw stream events (HTTP/3, whose framing aioquic's
+``H3Connection`` does on the engine itself) installs ``event_hook``: it sees every event first
+and returns ``True`` for those it handled.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from aioquic.quic import events as qe
+
+from stack.deadlines import FOREVER
+from stack.errors import Broken, Closed, StackError, Timeout
+from stack.streams import Info
+
+from ._quic_engine import Engine
+from ._quic_stream import QuicStream
+from .tls import HandshakeError
+
+__all__ = ["DEFAULT_QUIC_LIMITS", "QuicConnection", "QuicLimits"]
+
+log = logging.getLogger("stack.quic")
+
+_ALERT_REASONS = {
+    48: "unknown_ca",
+    42: "bad_certificate",
+    45: "bad_certificate",
+    44: "bad_certificate",
+    46: "bad_certificate",
+    116: "certificate_required",
+    120: "no_alpn",
+    112: "unrecognized_name",
+    70: "protocol_version",
+    40: "failed",
+}
+
+
+@dataclass(frozen=True)
+class QuicLimits:
+    """Every QUIC knob, with a safe default.
+
+    ``idle_timeout``: seconds without a packet before the connection ends (both ends announce
+    theirs; the smaller wins). ``handshake_timeout``: seconds a new connection has to finish its
+    handshake. ``max_streams``: bidirectional streams the peer may have open at once (more are
+    refused by QUIC flow control itself: the peer cannot open them); ``max_uni_streams`` the same
+    for unidirectional ones (HTTP/3 needs 3). ``stream_window``: bytes a stream buffers unread
+    (its receive window; updated as the application reads); ``connection_window``: the initial
+    connection-wide window. Listener only: ``max_connections`` at once (further Initial packets
+    are dropped), ``drain_timeout``: seconds connections get to finish on shutdown.
+    """
+
+    idle_timeout: float = 30.0
+    handshake_timeout: float = 10.0
+    max_streams: int = 100
+    max_uni_streams: int = 8
+    stream_window: int = 1024 * 1024
+    connection_window: int = 16 * 1024 * 1024
+    max_connections: int = 10_000
+    drain_timeout: float = 10.0
+
+
+DEFAULT_QUIC_LIMITS = QuicLimits()
+
+
+def _terminated_error(event: qe.ConnectionTerminated, handshaken: bool, who: str) -> StackError:
+    code, reason = event.error_code, event.reason_phrase
+    if not handshaken and 0x100 <= code <= 0x1FF:
+        alert = code - 0x100
+        kind = _ALERT_REASONS.get(alert, "failed")
+        if "doesn't match" in reason:
+            kind = "hostname_mismatch"
+        elif alert == 42 and ("self-signed" in reason or "issuer" in reason):  # aioquic's X509 store
+            kind = "unknown_ca"
+        return HandshakeError(f"QUIC handshake with {who} failed: TLS alert {alert} ({reason or kind})", reason=kind)
+    if not handshaken:
+        return HandshakeError(
+            f"QUIC handshake with {who} failed: connection closed (error {code:#x}: {reason or 'no reason given'})",
+            reason="eof" if code == 0 else "failed",
+        )
+    if code == 0:
+        return Broken(f"QUIC connection with {who} closed ({reason or 'no error'})")
+    return Broken(f"QUIC connection with {who} closed with error {code:#x} ({reason or 'no reason given'})")
+
+
+class QuicConnection:
+    """A QUIC connection (see :mod:`layers.quic`): ``open_stream``, ``accept_stream``, ``ping``,
+    ``aclose``; ``info``; ``closing`` (an event set when the listener is shutting down)."""
+
+    cancel_code = 0
+    """The application error code of RESET_STREAM / STOP_SENDING when a stream is abandoned."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        sock: Any,
+        *,
+        is_client: bool,
+        limits: QuicLimits,
+        info: dict[str, Any],
+    ) -> None:
+        self._engine = engine
+        self._sock = sock
+        self.is_client = is_client
+        self.limits = limits
+        self._info = info
+        self.info = Info(info)
+        self._streams: dict[int, QuicStream] = {}
+        self._accepted: deque[QuicStream] = deque()
+        self._accept_ev: trio.Event | None = None
+        self._failure: StackError | None = None
+        self._wake_ev = trio.Event()
+        self._progress = trio.Event()
+        self._handshake = trio.Event()
+        self._handshaken = False
+        self._terminated = trio.Event()
+        self._stop_driving = False
+        self._pings: dict[int, trio.Event] = {}
+        self._ping_ids = itertools.count(1)
+        self.closing = trio.Event()
+        self.ended = trio.Event()
+        """Set once the connection ended (either side closed it, idle timeout, failure)."""
+        self.event_hook: Callable[[qe.QuicEvent], bool] | None = None
+        self.on_cid_issued: Callable[[bytes], None] | None = None
+        self.on_cid_retired: Callable[[bytes], None] | None = None
+        engine.buffered = self._buffered
+        engine.stream_window = limits.stream_window
+
+    def __repr__(self) -> str:
+        state = "failed" if self._failure else "open"
+        return f"<QuicConnection {self._info.get('peer')} {state}>"
+
+    @property
+    def engine(self) -> Engine:
+        """The aioquic connection (for an application protocol layered on it)."""
+        return self._engine
+
+    # ---- what streams ask (StreamOwner) ----------------------------------------------------
+
+    def failure(self) -> StackError | None:
+        return self._failure
+
+    def unsent(self, stream_id: int) -> int:
+        return self._engine.unsent(stream_id)
+
+    async def wait_progress(self) -> None:
+        if self._failure is None:
+            await self._progress.wait()
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        self._engine.send_stream_data(stream_id, data, end_stream)
+        self.wake()
+
+    def consumed(self, stream: QuicStream) -> None:
+        if self._engine.credit_due(stream.stream_id):
+            self.wake()
+
+    def abandon(self, stream: QuicStream, reset: bool, stop: bool) -> None:
+        sid = stream.stream_id
+        engine = self._engine
+        try:
+            if reset:
+                engine.reset_stream(sid, self.cancel_code)
+            if stop:
+                engine.stop_stream(sid, self.cancel_code)
+        except ValueError:  # the engine already forgot the stream
+            pass
+        self._streams.pop(sid, None)
+        self.wake()
+
+    def release_if_done(self, stream: QuicStream) -> None:
+        if stream._local_ended and stream._in_ended and not stream._in:
+            self._streams.pop(stream.stream_id, None)
+
+    def register(self, stream: QuicStream) -> None:
+        """Track ``stream`` (its receive window follows what its ``_in`` holds)."""
+        self._streams[stream.stream_id] = stream
+
+    def set_event_hook(self, hook: Callable[[qe.QuicEvent], bool]) -> None:
+        """Install ``hook`` (see the module docstring). Streams the peer opened that nobody
+        accepted yet are handed to it as the events that made them, their bytes in order (the
+        peer may have sent on them before the application protocol was attached)."""
+        self.event_hook = hook
+        held, self._accepted = self._accepted, deque()
+        for stream in held:
+            self._streams.pop(stream.stream_id, None)
+            data, stream._in = bytes(stream._in), bytearray()
+            if data or stream._in_ended:
+                hook(qe.StreamDataReceived(data=data, end_stream=stream._in_ended, stream_id=stream.stream_id))
+
+    def stream(self, stream_id: int) -> QuicStream | None:
+        """The stream with this id, while it is tracked."""
+        return self._streams.get(stream_id)
+
+    def _buffered(self, stream_id: int) -> int:
+        stream = self._streams.get(stream_id)
+        return stream._buffered_in() if stream is not None else 0
+
+    # ---- the public API ------------------------------------------------------------------
+
+    def open_stream(self, *, unidirectional: bool = False) -> QuicStream:
+        """A new stream of ours (the peer learns of it with its first byte or FIN)."""
+        if self._failure is not None:
+            raise self._failure
+        engine = self._engine
+        sid = engine.get_next_available_stream_id(is_unidirectional=unidirectional)
+        engine.send_stream_data(sid, b"", False)  # makes the engine create it: the next id moves on
+        stream = QuicStream(self, sid, can_send=True, can_recv=not unidirectional)
+        self._streams[sid] = stream
+        return stream
+
+    async def accept_stream(self, *, deadline: float = FOREVER) -> QuicStream:
+        """The next stream the peer opened. When the connection ended: its error
+        (:class:`~stack.Broken`, or :class:`~stack.Closed` after our ``aclose``). On deadline:
+        :class:`~stack.Timeout`."""
+        with trio.move_on_at(deadline):
+            while not self._accepted:
+                if self._failure is not None:
+                    raise self._failure
+                ev = self._accept_ev
+                if ev is None:
+                    ev = self._accept_ev = trio.Event()
+                await ev.wait()
+            return self._accepted.popleft()
+        raise Timeout("QUIC: no stream was opened by the peer before the deadline")
+
+    async def ping(self, *, deadline: float = FOREVER) -> float:
+        """Send a PING and wait for its acknowledgement; returns the round trip in seconds."""
+        if self._failure is not None:
+            raise self._failure
+        uid = next(self._ping_ids)
+        ev = self._pings[uid] = trio.Event()
+        start = trio.current_time()
+        self._engine.send_ping(uid)
+        self.wake()
+        with trio.move_on_at(deadline):
+            await ev.wait()
+            if self._failure is not None:
+                raise self._failure
+            return trio.current_time() - start
+        self._pings.pop(uid, None)
+        raise Timeout("QUIC ping: no acknowledgement before the deadline")
+
+    async def aclose(self, *, error_code: int = 0, reason: str = "", deadline: float | None = None) -> None:
+        """Close the connection (CONNECTION_CLOSE with ``error_code``), after the driver sent
+        what was committed. Idempotent; never raises a :class:`~stack.StackError`."""
+        if self._failure is None:
+            self._failure = Closed("the QUIC connection was closed on this side")
+            self._engine.close(error_code=error_code, reason_phrase=reason)
+            self._fail_all()
+        self._stop_driving = True
+        self.wake()
+        if deadline is None:
+            deadline = trio.current_time() + 1.0
+        with trio.move_on_at(deadline), trio.CancelScope(shield=True):
+            await self._terminated.wait()
+
+    # ---- I/O -----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Something was queued in the engine: let the driver send it."""
+        self._wake_ev.set()
+
+    def datagram_received(self, data: bytes, address: Any) -> None:
+        """A datagram for this connection (no ``await``: state changes at once)."""
+        self._engine.receive_datagram(data, address, now=trio.current_time())
+        self._process()
+        self.wake()
+
+    async def drive(self) -> None:
+        """The driver task: send, run the timer, sleep; returns once the connection ended and its
+        last datagrams left. Run it in the nursery that owns the connection."""
+        engine = self._engine
+        try:
+            while True:
+                self._wake_ev = trio.Event()
+                now = trio.current_time()
+                timer = engine.get_timer()
+                if timer is not None and timer <= now:
+                    engine.handle_timer(now=now)
+                    self._process()
+                await self._transmit()
+                if self._stop_driving or self._terminated.is_set():
+                    await self._transmit()  # what was queued while the last one waited (a CONNECTION_CLOSE)
+                    return
+                timer = engine.get_timer()
+                with trio.move_on_at(math.inf if timer is None else timer):
+                    await self._wake_ev.wait()
+        finally:
+            if self._failure is None:
+                self._failure = Closed("the QUIC connection's driver stopped")
+                self._fail_all()
+            self._terminated.set()
+
+    async def _transmit(self) -> None:
+        datagrams = self._engine.datagrams_to_send(now=trio.current_time())
+        if not datagrams:
+            return
+        sock = self._sock
+        for data, address in datagrams:
+            try:
+                await sock.sendto(data, address)
+            except (OSError, trio.BusyResourceError) as exc:
+                # UDP: a datagram the kernel refused (or that found the shared socket busy writing
+                # for another connection) is a lost datagram; QUIC's loss recovery sends it again
+                log.debug("quic: sending to %s failed: %s", address, exc)
+        progress, self._progress = self._progress, trio.Event()
+        progress.set()
+
+    # ---- events --------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        engine = self._engine
+        event = engine.next_event()
+        while event is not None:
+            hook = self.event_hook
+            if hook is None or not hook(event):
+                self._event(event)
+            event = engine.next_event()
+
+    def _event(self, event: qe.QuicEvent) -> None:
+        kind = type(event)
+        if kind is qe.StreamDataReceived:
+            assert isinstance(event, qe.StreamDataReceived)
+            stream = self._streams.get(event.stream_id)
+            if stream is None:
+                stream = self._incoming(event.stream_id)
+                if stream is None:
+                    return
+            stream._on_data(event.data, event.end_stream)
+        elif kind is qe.StreamReset:
+            assert isinstance(event, qe.StreamReset)
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream._on_reset(
+                    Broken(f"QUIC stream {event.stream_id} was reset by the peer (error code {event.error_code:#x})")
+                )
+        elif kind is qe.StopSendingReceived:
+            assert isinstance(event, qe.StopSendingReceived)
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                code = event.error_code
+                stream._on_stop(
+                    Broken(f"QUIC stream {event.stream_id}: the peer stopped reading (error code {code:#x})")
+                )
+        elif kind is qe.HandshakeCompleted:
+            assert isinstance(event, qe.HandshakeCompleted)
+            self._handshaken = True
+            self._info["alpn"] = event.alpn_protocol
+            self._info["session_resumed"] = event.session_resumed
+            self._handshake.set()
+        elif kind is qe.ConnectionTerminated:
+            assert isinstance(event, qe.ConnectionTerminated)
+            if self._failure is None:
+                self._failure = _terminated_error(event, self._handshaken, str(self._info.get("peer")))
+                log.debug("quic %s: %s", self._info.get("peer"), self._failure)
+            self._fail_all()
+            self._stop_driving = True
+            self._handshake.set()
+        elif kind is qe.ConnectionIdIssued:
+            assert isinstance(event, qe.ConnectionIdIssued)
+            if self.on_cid_issued is not None:
+                self.on_cid_issued(event.connection_id)
+        elif kind is qe.ConnectionIdRetired:
+            assert isinstance(event, qe.ConnectionIdRetired)
+            if self.on_cid_retired is not None:
+                self.on_cid_retired(event.connection_id)
+        elif kind is qe.PingAcknowledged:
+            assert isinstance(event, qe.PingAcknowledged)
+            ev = self._pings.pop(event.uid, None)
+            if ev is not None:
+                ev.set()
+
+    def _incoming(self, stream_id: int) -> QuicStream | None:
+        """A stream the peer opened (``None`` for one of ours that we already forgot)."""
+        if bool(stream_id & 1) != self.is_client:  # initiated by us: abandoned, late data
+            return None
+        uni = bool(stream_id & 2)
+        stream = QuicStream(self, stream_id, can_send=not uni, can_recv=True)
+        self._streams[stream_id] = stream
+        self._accepted.append(stream)
+        ev = self._accept_ev
+        if ev is not None:
+            self._accept_ev = None
+            ev.set()
+        return stream
+
+    def _fail_all(self) -> None:
+        assert self._failure is not None
+        self.ended.set()
+        for stream in list(self._streams.values()):
+            stream._wake()
+        ev = self._accept_ev
+        if ev is not None:
+            self._accept_ev = None
+            ev.set()
+        for ping in self._pings.values():
+            ping.set()
+        self._progress.set()
+
+    async def wait_handshake(self, deadline: float) -> None:
+        """Wait for the handshake: raises :class:`~layers.tls.HandshakeError` if it failed,
+        :class:`~stack.Timeout` past ``deadline``."""
+        with trio.move_on_at(deadline):
+            await self._handshake.wait()
+        if not self._handshaken:
+            if self._failure is not None:
+                raise self._failure
+            raise Timeout(f"QUIC handshake with {self._info.get('peer')} timed out")
