@@ -125,6 +125,8 @@ class HTTPCycle:
     # ---- send -----------------------------------------------------------------------------
 
     async def send(self, message: dict[str, Any]) -> None:
+        if self.gone:
+            raise ClientDisconnected("the client is gone")
         kind = message["type"]
         if kind == "http.response.body":
             body = message.get("body", b"")

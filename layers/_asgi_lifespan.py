@@ -55,6 +55,9 @@ class _Lifespan:
         return await self.from_server.receive()
 
     async def send(self, message: dict[str, Any]) -> None:
+        kind = message.get("type", "")
+        if not kind.startswith("lifespan."):  # an app that ignored the scope's type
+            raise RuntimeError(f"ASGI: {kind!r} sent on a lifespan scope")
         await self.answers.send(message)
 
     async def run(self, app: ASGIApplication, scope: dict[str, Any]) -> None:
