@@ -101,7 +101,8 @@ async def test_the_http_scope_is_exact(version: str) -> None:
 def lifespan_app(inner: Callable[..., Any], state: dict[str, Any], log: list[str]) -> Callable[..., Any]:
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan":
-            return await inner(scope, receive, send)
+            await inner(scope, receive, send)
+            return
         while True:
             message = await receive()
             log.append(message["type"])
