@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
+
 from layers._asgi_http import split_target
 from layers._asgi_scope import ASGI_VERSION, ClientDisconnected, ConnectionFacts
 from layers.http import Request
@@ -77,11 +79,14 @@ class WebSocketCycle:
         self.ws: WebSocket | None = None
         self.denial: ByteStream | None = None
         self.gone = False
+        self.answered = trio.Event()  # the app accepted or refused (a receive may wait for it)
 
     async def receive(self) -> dict[str, Any]:
         if not self.connected:
             self.connected = True
             return {"type": "websocket.connect"}
+        if self.phase == CONNECTING:  # the app receives while it accepts in another task (Quart)
+            await self.answered.wait()
         ws = self.ws
         if ws is None or self.gone:
             return {"type": "websocket.disconnect", "code": 1006, "reason": ""}
@@ -115,6 +120,7 @@ class WebSocketCycle:
                 if self.phase != CONNECTING:
                     raise RuntimeError("ASGI: websocket.http.response.start after the session was answered")
                 self.phase = DENYING
+                self.answered.set()
                 self.denial = await self.request.start_response(message["status"], message.get("headers", ()))
             elif kind == "websocket.http.response.body":
                 if self.phase != DENYING or self.denial is None:
@@ -135,16 +141,20 @@ class WebSocketCycle:
         chosen = message.get("subprotocol")
         headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"sec-websocket-protocol"]
         self.phase = OPEN
-        self.ws = await accept(
-            self.request,
-            subprotocols=(chosen,) if chosen else (),
-            deflate=True,
-            max_message=self.max_message,
-            headers=headers,
-        )
+        try:
+            self.ws = await accept(
+                self.request,
+                subprotocols=(chosen,) if chosen else (),
+                deflate=True,
+                max_message=self.max_message,
+                headers=headers,
+            )
+        finally:
+            self.answered.set()
 
     async def _close(self, code: int, reason: str) -> None:
         phase, self.phase = self.phase, CLOSED
+        self.answered.set()
         if phase == CONNECTING:  # refused before accepting (ASGI: 403)
             await self.request.respond(403, [("content-type", "text/plain")], b"WebSocket refused\n")
         elif phase == OPEN and self.ws is not None and not self.gone:

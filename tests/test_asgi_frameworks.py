@@ -335,3 +335,36 @@ async def test_cli_names_a_bad_app() -> None:
         )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.decode().startswith("serve: cannot import no_such_module"), done.stderr
+
+
+async def test_quart_trio_routes_and_websocket_on_both_versions() -> None:
+    quart_trio = require("quart_trio")
+    httpx = require("httpx")
+    from quart import request as quart_request
+    from quart import websocket as quart_websocket
+
+    from layers import http, tcp, websocket
+    from stack import Stack
+
+    app = quart_trio.QuartTrio("asgi_test")
+
+    @app.route("/echo", methods=["POST"])
+    async def echo() -> str:
+        return "quart:" + (await quart_request.get_data(as_text=True))
+
+    @app.websocket("/ws")
+    async def ws() -> None:
+        msg = await quart_websocket.receive()
+        await quart_websocket.send(f"quart:{msg}")
+
+    async with served(app) as port:
+        for http2 in (False, True):
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", http1=not http2, http2=http2) as c:
+                r = await c.post("/echo", content=b"body")
+                assert (r.status_code, r.text) == (200, "quart:body")
+            stack = Stack(tcp.connect("127.0.0.1", port), http.client(prior_knowledge=http2))
+            async with await stack.connect() as conn:
+                w = await websocket.connect(conn, "/ws")
+                await w.send("hi")
+                assert await w.recv() == "quart:hi"
+                await w.aclose()
