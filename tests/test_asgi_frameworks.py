@@ -340,22 +340,22 @@ async def test_cli_names_a_bad_app() -> None:
 async def test_quart_trio_routes_and_websocket_on_both_versions() -> None:
     quart_trio = require("quart_trio")
     httpx = require("httpx")
-    from quart import request as quart_request
-    from quart import websocket as quart_websocket
+    quart = require("quart")
 
     from layers import http, tcp, websocket
     from stack import Stack
 
     app = quart_trio.QuartTrio("asgi_test")
 
-    @app.route("/echo", methods=["POST"])
     async def echo() -> str:
-        return "quart:" + (await quart_request.get_data(as_text=True))
+        return "quart:" + str(await quart.request.get_data(as_text=True))
 
-    @app.websocket("/ws")
     async def ws() -> None:
-        msg = await quart_websocket.receive()
-        await quart_websocket.send(f"quart:{msg}")
+        msg = await quart.websocket.receive()
+        await quart.websocket.send(f"quart:{msg}")
+
+    app.route("/echo", methods=["POST"])(echo)
+    app.websocket("/ws")(ws)
 
     async with served(app) as port:
         for http2 in (False, True):
