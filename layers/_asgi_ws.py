@@ -85,7 +85,7 @@ class WebSocketCycle:
         if not self.connected:
             self.connected = True
             return {"type": "websocket.connect"}
-        if self.phase == CONNECTING:  # the app receives while it accepts in another task (Quart)
+        if not self.answered.is_set():  # the app receives while it accepts in another task (Quart)
             await self.answered.wait()
         ws = self.ws
         if ws is None or self.gone:
