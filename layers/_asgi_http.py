@@ -47,9 +47,24 @@ FILE_CHUNK = 256 * 1024
 NEW, STARTED, STREAMING, TRAILERS, DONE = range(5)
 
 
+_TARGETS: dict[tuple[str, str], tuple[str, bytes, bytes]] = {}
+_TARGETS_MAX = 1024
+
+
 def split_target(target: str, root_path: str) -> tuple[str, bytes, bytes]:
     """``(path, raw_path, query_string)`` of a request-target: ``path`` percent-decoded (UTF-8)
-    with ``root_path`` in front, ``raw_path`` as sent."""
+    with ``root_path`` in front, ``raw_path`` as sent. Remembered (at most :data:`_TARGETS_MAX`
+    targets, then forgotten all at once): clients repeat their targets."""
+    key = (target, root_path)
+    split = _TARGETS.get(key)
+    if split is None:
+        if len(_TARGETS) >= _TARGETS_MAX:
+            _TARGETS.clear()
+        split = _TARGETS[key] = _split_target(target, root_path)
+    return split
+
+
+def _split_target(target: str, root_path: str) -> tuple[str, bytes, bytes]:
     raw, _, query = target.partition("?")
     if raw[:1] != "/" and "://" in raw:  # absolute-form (a proxy's request): its path
         raw = "/" + raw.split("://", 1)[1].partition("/")[2]

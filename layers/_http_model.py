@@ -51,11 +51,18 @@ class Headers:
         if items == ():  # the common empty case, without the Mapping check below
             self.raw = []
             return
-        if isinstance(items, Headers):
+        cls = items.__class__
+        if cls is list or cls is tuple:  # pairs: no Mapping check (an ABC isinstance is slow)
+            pairs: Iterable[tuple[str | bytes, str | bytes]] = items  # type: ignore[assignment]
+        elif isinstance(items, Headers):
             self.raw = list(items.raw)
             return
-        pairs = items.items() if isinstance(items, Mapping) else items
-        self.raw = [(_b(k).lower(), _b(v)) for k, v in pairs]
+        else:
+            pairs = items.items() if isinstance(items, Mapping) else items
+        self.raw = [
+            (k.lower() if k.__class__ is bytes else _b(k).lower(), v if v.__class__ is bytes else _b(v))
+            for k, v in pairs
+        ]
 
     @classmethod
     def _wire(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
