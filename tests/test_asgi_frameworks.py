@@ -2,7 +2,9 @@
 (routes, request body, StreamingResponse, FileResponse through pathsend, a WebSocket endpoint,
 lifespan state) served in this process, with httpx over HTTP/1.1 and HTTP/2, the ``websockets``
 library and curl (103 Early Hints on both versions); and ``python -m stack serve module:app``
-(the lifespan's shutdown after a SIGTERM drains, a startup failure as one line and exit 1).
+(the lifespan's shutdown after a SIGTERM drains, a startup failure as one line and exit 1);
+Quart-trio when installed; headless Chromium opening a WebSocket over HTTP/2 (extended CONNECT)
+to a Starlette endpoint served by `python -m stack serve module:app` over TLS.
 
 The frameworks and clients come with the ``test`` extra; a missing one skips outside CI and fails
 in CI (``CI`` set).
@@ -17,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -368,3 +371,91 @@ async def test_quart_trio_routes_and_websocket_on_both_versions() -> None:
                 await w.send("hi")
                 assert await w.recv() == "quart:hi"
                 await w.aclose()
+
+
+# ------------------------------------------------------------- Chromium: WebSocket over HTTP/2
+
+CHROMIUM_APP = '''
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse, PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocketDisconnect
+
+PAGE = open("page.html").read()
+
+async def page(request):
+    return HTMLResponse(PAGE)
+
+async def result(request):
+    return PlainTextResponse("ok")
+
+async def echo(ws):
+    await ws.accept()
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is not None:
+                await ws.send_text(message["text"])
+            else:
+                await ws.send_bytes(message["bytes"])
+    except WebSocketDisconnect:
+        pass
+
+app = Starlette(routes=[Route("/", page), Route("/result", result), WebSocketRoute("/ws/echo", echo)])
+'''
+
+
+@pytest.mark.interop
+async def test_chromium_websocket_over_http2_to_a_starlette_app(tmp_path: Path) -> None:
+    """``python -m stack serve app:app`` over TLS: Chromium speaks HTTP/2 and opens the
+    WebSocket as an extended CONNECT stream (RFC 8441) to the Starlette endpoint."""
+    require("starlette")
+    chromium = need("chromium")
+    from _peers import CHROMIUM_FLAGS
+    from test_websocket_interop import PAGE
+
+    (tmp_path / "page.html").write_text(PAGE)
+    (tmp_path / "chromium_app.py").write_text(CHROMIUM_APP)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    lines: list[str] = []
+    server = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "stack", "serve", "chromium_app:app", "--port", "0"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    browser: trio.Process | None = None
+    report = None
+    try:
+        assert server.stdout is not None and server.stderr is not None
+        with trio.fail_after(90):
+            out = b""
+            while b"\n" not in out:
+                chunk = await server.stdout.receive_some(4096)
+                assert chunk, "stack serve exited"
+                out += chunk
+            url = re.search(rb"serving on (\S+)", out).group(1).decode()  # type: ignore[union-attr]
+            browser = await trio.lowlevel.open_process(
+                [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", url],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            buf = b""
+            while report is None:
+                chunk = await server.stderr.receive_some(65536)
+                assert chunk, f"stack serve exited: {lines}"
+                buf += chunk
+                *done, buf = buf.split(b"\n")
+                for raw in done:
+                    lines.append(raw.decode(errors="replace"))
+                    if m := re.search(r"/result\?(\S+)", lines[-1]):
+                        report = urllib.parse.unquote(m.group(1))
+    finally:
+        for proc in (browser, server):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert report.startswith("echo=ok kinds=text,binary,text code=1000 clean=true"), (report, lines)
+    ws_lines = [line for line in lines if "/ws/echo" in line]
+    assert ws_lines and '"CONNECT /ws/echo HTTP/2" 200' in ws_lines[0], lines
