@@ -261,18 +261,31 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
     )
     stack = Stack(listen, *layers, http.server(app, limits, shutdown, engine=args.engine))
     scheme = "https" if tls_layer is not None else "http"
+    # an ASGI app's lifespan: startup before listening, shutdown once the connections drained
+    lifespan = asgi_app.lifespan() if asgi_app is not None else contextlib.nullcontext()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as outer:
-            outer.start_soon(on_signals, signals, shutdown, outer.cancel_scope)
-            # an ASGI app's lifespan: startup before listening, shutdown once the connections drained
-            lifespan = asgi_app.lifespan() if asgi_app is not None else contextlib.nullcontext()
-            async with lifespan, trio.open_nursery() as nursery:  # ends once serve drained and returned
-                addresses = await nursery.start(
-                    functools.partial(stack.serve, shutdown=shutdown, drain_timeout=limits.drain_timeout)
-                )
-                log.info("%s", engines_line(args.engine))
-                print(f"serving on {url(scheme, addresses[0])}", flush=True)
-            outer.cancel_scope.cancel()
+        try:
+            await lifespan.__aenter__()
+        except Exception as exc:
+            from layers.asgi import LifespanFailure
+            from stack.errors import Broken
+
+            if isinstance(exc, LifespanFailure):  # one line from serve and from each worker, exit status 1
+                raise Broken(str(exc)) from None
+            raise
+        try:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(on_signals, signals, shutdown, outer.cancel_scope)
+                async with trio.open_nursery() as nursery:  # ends once serve drained and returned
+                    addresses = await nursery.start(
+                        functools.partial(stack.serve, shutdown=shutdown, drain_timeout=limits.drain_timeout)
+                    )
+                    log.info("%s", engines_line(args.engine))
+                    print(f"serving on {url(scheme, addresses[0])}", flush=True)
+                outer.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await lifespan.__aexit__(None, None, None)
     log.info("stopped")
 
 
@@ -301,13 +314,12 @@ def run(args: argparse.Namespace, tls_layer: Any) -> int:
         print(f"serve: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
-        from layers.asgi import LifespanFailure
         from stack.errors import Broken
 
         cause: BaseException = exc
         while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
             cause = cause.exceptions[0]
-        if isinstance(cause, Broken | LifespanFailure):  # cannot listen (port in use...), app startup failed
+        if isinstance(cause, Broken):  # cannot listen (port in use...), the ASGI app's startup failed
             print(f"serve: {cause}", file=sys.stderr)
             return 1
         raise
