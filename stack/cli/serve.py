@@ -283,9 +283,8 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
                     log.info("%s", engines_line(args.engine))
                     print(f"serving on {url(scheme, addresses[0])}", flush=True)
                 outer.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                await lifespan.__aexit__(None, None, None)
+        finally:  # (the lifespan shields its own shutdown; a scope here would cross its nursery)
+            await lifespan.__aexit__(None, None, None)
     log.info("stopped")
 
 
