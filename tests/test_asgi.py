@@ -210,7 +210,7 @@ async def test_receive_holds_the_client_back() -> None:
     assert sent == 256 * 65536
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", [*VERSIONS, "1.1 over TLS", "2 over TLS"])
 async def test_disconnect_reaches_an_app_waiting_on_receive(version: str) -> None:
     """The client goes away mid-response while the app waits in receive(): http.disconnect, and
     a send after it raises an OSError."""
@@ -228,8 +228,17 @@ async def test_disconnect_reaches_an_app_waiting_on_receive(version: str) -> Non
             got.append(exc)
         done.set()
 
-    async with served(app) as port:
-        if version == "1.1":
+    ca = CA.new("asgi test CA")
+    leaf = ca.issue("localhost") if "TLS" in version else None
+    async with served(app, leaf=leaf) as port:
+        if leaf is not None:
+            alpn = ["h2"] if version.startswith("2") else ["http/1.1"]
+            async with client(port, "", tls.client(ca=ca, server_hostname="localhost", alpn=alpn)) as conn:
+                r = await conn.request("GET", "/")
+                assert await r.body.recv(100) == b"first"
+                if alpn == ["h2"]:
+                    await r.aclose()  # RST_STREAM
+        elif version == "1.1":
             with socket.create_connection(("127.0.0.1", port)) as s:
                 s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 assert b"first" in await trio.to_thread.run_sync(s.recv, 4096)
