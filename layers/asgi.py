@@ -122,7 +122,10 @@ class ASGIApp:
                 self.state = None
 
     async def __call__(self, request: http.Request) -> None:
-        facts = facts_of(self._facts, request.info, self.server_cert)
+        info = request.info
+        facts = self._facts.get(id(info))  # (facts_of, inline: this runs per request)
+        if facts is None or facts.info is not info:
+            facts = facts_of(self._facts, info, self.server_cert)
         method = request.method
         if (method == "CONNECT" or (method == "GET" and _asks_upgrade(request.headers.raw))) and is_websocket(request):
             await self._websocket(request, facts)
