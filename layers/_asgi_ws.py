@@ -33,7 +33,7 @@ from layers.websocket import CloseReceived, WebSocket, accept
 from stack.errors import StackError
 from stack.streams import ByteStream
 
-__all__ = ["WebSocketCycle", "websocket_scope"]
+__all__ = ["CONNECTING", "WebSocketCycle", "websocket_scope"]
 
 # The phases of a session
 CONNECTING, DENYING, OPEN, CLOSED = range(4)

@@ -28,7 +28,7 @@ and ``extensions``: ``http.response.trailers``, ``http.response.pathsend``,
 **Streaming both ways.** ``receive`` reads one chunk of the request body per call (at most
 64 KiB): the client is held back by the app's pace, nothing is buffered beyond one read. After
 the body, ``receive`` waits for the client to go away and gives ``http.disconnect`` (HTTP/1.1:
-the connection closed; HTTP/2: the stream reset or the connection gone), at once once the
+the connection closed; HTTP/2: the stream reset or the connection gone), at once if the
 response is complete. ``send`` waits for the layers below (backpressure); a response given in
 one body message goes out with its head in one write. A ``send`` after the client left raises
 :class:`ClientDisconnected` (an :class:`OSError`, as ASGI 2.4 asks). Trailers go out on HTTP/2,
@@ -74,7 +74,7 @@ from layers import http, tcp
 from layers._asgi_http import STREAMING, TRAILERS, HTTPCycle, http_scope
 from layers._asgi_lifespan import ASGIApplication, LifespanFailure, run_lifespan
 from layers._asgi_scope import ASGI_VERSION, ClientDisconnected, ConnectionFacts, facts_of
-from layers._asgi_ws import WebSocketCycle, websocket_scope
+from layers._asgi_ws import CONNECTING, WebSocketCycle, websocket_scope
 from layers.websocket import MAX_MESSAGE, is_websocket
 from stack.compose import Stack
 
@@ -151,7 +151,7 @@ class ASGIApp:
         try:
             await self.app(websocket_scope(request, facts, self.root_path, self.state), cycle.receive, cycle.send)
         except Exception as exc:
-            if cycle.phase == 0 and not cycle.gone:  # nothing answered yet: the server's 500
+            if cycle.phase == CONNECTING and not cycle.gone:  # nothing answered yet: the server's 500
                 raise
             log.error("ASGI app failed on the WebSocket %r", request, exc_info=exc)
         finally:
