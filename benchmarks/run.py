@@ -3,6 +3,7 @@
     python benchmarks/run.py                      # every group
     python benchmarks/run.py tcp prefix --rounds 7
     python benchmarks/run.py http1 h2 --quick     # smaller runs, 2 rounds: a smoke test
+    python benchmarks/run.py asgi                 # layers.asgi vs hypercorn-trio, uvicorn, granian
     python benchmarks/run.py --markdown > out.md  # the same tables as Markdown (for RESULTS.md)
     python benchmarks/run.py --list               # groups and contenders, with availability
 

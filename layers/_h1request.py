@@ -40,6 +40,8 @@ class RequestOwner(Protocol):
     * ``write_body(request, data)``: commit bytes of a streamed response, framed.
     * ``end_body(request, trailers)``: commit the end of a streamed response, if it is still going.
     * ``flush(deadline)``: push the committed bytes down.
+    * ``send_informational(request, status, headers, deadline)``: a 1xx before the response.
+    * ``wait_disconnect(request)``: return once the client has gone (the body has been read).
     * ``close_after(why, linger=)``: the connection closes once the request is over.
     """
 
@@ -64,6 +66,10 @@ class RequestOwner(Protocol):
     def end_body(self, request: Request, trailers: Headers | None) -> None: ...
 
     async def flush(self, deadline: float) -> None: ...
+
+    async def send_informational(self, request: Request, status: int, headers: Headers, deadline: float) -> None: ...
+
+    async def wait_disconnect(self, request: Request) -> None: ...
 
     def close_after(self, why: str, *, linger: bool = True) -> None: ...
 
@@ -99,6 +105,13 @@ class Request(http.Request):
 
     async def _start_response(self, status: int, headers: Headers, deadline: float) -> ByteStream:
         return await self._owner.start_streamed_response(self, status, headers, deadline)
+
+    async def _informational(self, status: int, headers: Headers, deadline: float) -> None:
+        await self._owner.send_informational(self, status, headers, deadline)
+
+    async def wait_disconnect(self) -> None:
+        """See :meth:`layers.http.Request.wait_disconnect`."""
+        await self._owner.wait_disconnect(self)
 
 
 class RequestBody(ByteStream):

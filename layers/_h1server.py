@@ -414,6 +414,35 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         self._state = advance(self._state, RESPOND)
         await self.flush(deadline)
 
+    async def send_informational(self, request: Request, status: int, headers: Headers, deadline: float) -> None:
+        """A 1xx response before the final one (``RequestOwner``); nothing to an HTTP/1.0 client."""
+        self._check_current(request)
+        if self._state is not AWAIT_RESPONSE:
+            raise StackError("the final response already started")
+        if request.http_version == "1.0":
+            return
+        self.outbuf += switch_head(status, headers.raw)
+        await self.flush(deadline)
+
+    async def wait_disconnect(self, request: Request) -> None:
+        """Return once the client closed or broke the connection (``RequestOwner``). Reads the
+        stream below; bytes that come (a pipelined request) go back into it, and then the end of
+        the connection cannot be seen before the next request: this waits until cancelled."""
+        if request is not self._current or self._state is CLOSED:
+            return
+        if not request._body._complete:
+            raise StackError("wait_disconnect: read the request body to its end first")
+        lower = self.lower
+        if not lower.buffered and not self._inbuf:
+            try:
+                data = await lower.recv(RECV)
+            except StackError:
+                return
+            if not data:
+                return
+            lower.unread(data)
+        await trio.sleep_forever()
+
     async def start_streamed_response(
         self, request: Request, status: int, headers: Headers, deadline: float
     ) -> ByteStream:

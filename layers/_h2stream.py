@@ -593,6 +593,21 @@ class H2Request(Request):
         await stream.send(body, deadline=deadline)
         await stream.done(deadline=deadline)
 
+    async def _informational(self, status: int, headers: Headers, deadline: float) -> None:
+        self._send_head([(b":status", _STATUS[status]), *_fields(headers)], end_stream=False)
+        self._stream._can_send = False  # the final head is still to come
+        await trio.lowlevel.checkpoint()
+
+    async def wait_disconnect(self) -> None:
+        """See :meth:`layers.http.Request.wait_disconnect`: returns once the stream was reset or
+        the connection ended."""
+        stream = self._stream
+        while stream._error() is None:
+            ev = stream._rd
+            if ev is None:
+                ev = stream._rd = trio.Event()
+            await ev.wait()
+
     async def _start_response(self, status: int, headers: Headers, deadline: float) -> ByteStream:
         await trio.lowlevel.checkpoint_if_cancelled()
         stream = self._stream

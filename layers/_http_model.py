@@ -51,11 +51,18 @@ class Headers:
         if items == ():  # the common empty case, without the Mapping check below
             self.raw = []
             return
-        if isinstance(items, Headers):
+        cls = items.__class__
+        if cls is list or cls is tuple:  # pairs: no Mapping check (an ABC isinstance is slow)
+            pairs: Iterable[tuple[str | bytes, str | bytes]] = items  # type: ignore[assignment]
+        elif isinstance(items, Headers):
             self.raw = list(items.raw)
             return
-        pairs = items.items() if isinstance(items, Mapping) else items
-        self.raw = [(_b(k).lower(), _b(v)) for k, v in pairs]
+        else:
+            pairs = items.items() if isinstance(items, Mapping) else items
+        self.raw = [
+            (k.lower() if k.__class__ is bytes else _b(k).lower(), v if v.__class__ is bytes else _b(v))
+            for k, v in pairs
+        ]
 
     @classmethod
     def _wire(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
@@ -256,6 +263,27 @@ class Request:
         self._claim(status)
         return await self._start_response(status, Headers(headers), deadline)
 
+    async def send_informational(
+        self, status: int, headers: HeaderInput = (), *, deadline: float = FOREVER
+    ) -> None:
+        """Send an informational response (1xx but 101: ``103 Early Hints`` with ``Link`` fields)
+        before the final one; any number of them. Nothing is sent to an HTTP/1.0 client (which
+        does not know 1xx). ValueError for another status; :class:`~stack.StackError` once the
+        final response started."""
+        if not 100 <= status < 200 or status == 101:
+            raise ValueError(f"not an informational status: {status}")
+        if self.responded:
+            raise StackError(f"{self!r}: the final response already started")
+        await self._informational(status, Headers(headers), deadline)
+
+    async def wait_disconnect(self) -> None:
+        """Return once the client has gone away: HTTP/1.1, the connection ended (closed, reset);
+        HTTP/2, the stream was reset or the connection ended. Call it once the request body was
+        read to its end (it reads what comes next on the connection to notice the end, and gives
+        back any byte of a next request). Cancel it when the response is done: after that the
+        client going away no longer concerns this request."""
+        raise NotImplementedError
+
     def _claim(self, status: int) -> None:
         if self.responded:
             raise StackError(f"{self!r}: a response was already sent ({self.status})")
@@ -268,6 +296,9 @@ class Request:
         raise NotImplementedError
 
     async def _start_response(self, status: int, headers: Headers, deadline: float) -> ByteStream:
+        raise NotImplementedError
+
+    async def _informational(self, status: int, headers: Headers, deadline: float) -> None:
         raise NotImplementedError
 
 

@@ -12,7 +12,10 @@ cache directory (:func:`layers.certs.default_cache_dir`); it says where the cert
 are, so that ``curl --cacert CA https://localhost:8443/`` works. ``--cert``/``--key`` use your own.
 
 With DIR it runs :class:`layers.static.FileApp` (the library's static-file app); without, a page
-showing the connection. Every variant answers a WebSocket echo at :data:`WS_ECHO_PATH`.
+showing the connection. Every variant answers a WebSocket echo at :data:`WS_ECHO_PATH`. With
+``package.module:app`` instead of DIR it runs that ASGI application (:mod:`layers.asgi`; the app
+answers every path, ``--root-path`` says where it is mounted), its lifespan around the serving:
+a startup failure ends the command with one line on stderr and exit status 1.
 
 When ready it prints exactly one line on stdout, ``serving on URL``. It logs one access line per
 request on stderr (peer, method, target, HTTP version, status, body bytes, duration) unless
@@ -27,6 +30,7 @@ chooses.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import html
 import logging
@@ -54,8 +58,9 @@ from stack.cli.common import (
 from stack.compose import Stack
 
 __all__ = [
-    "HELLO", "WS_ECHO_PATH", "add_parser", "check_args", "hello_app", "info_app", "run", "serve",
-    "websocket_echo", "with_access_log", "with_alt_svc", "with_websocket_echo", "without_log",
+    "HELLO", "WS_ECHO_PATH", "add_parser", "check_args", "hello_app", "info_app", "is_asgi_target",
+    "load_asgi_app", "run", "serve", "websocket_echo", "with_access_log", "with_alt_svc", "with_websocket_echo",
+    "without_log",
 ]  # fmt: skip
 
 log = logging.getLogger("stack.cli")
@@ -63,8 +68,8 @@ access_log = logging.getLogger("stack.access")
 
 HELLO = b"Hello, world!"
 
-Handler = Callable[[http.Request], Awaitable[int]]
-"""An app that returns the number of body bytes it sent (for the access log)."""
+Handler = Callable[[http.Request], Awaitable[int | str]]
+"""An app that returns the number of body bytes it sent, or ``"-"``, for the access log."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,7 +181,7 @@ async def websocket_echo(request: http.Request) -> int:
 def with_websocket_echo(handler: Handler) -> Handler:
     """Answer :data:`WS_ECHO_PATH` with :func:`websocket_echo`, everything else with ``handler``."""
 
-    async def app(request: http.Request) -> int:
+    async def app(request: http.Request) -> int | str:
         if request.path == WS_ECHO_PATH:
             return await websocket_echo(request)
         return await handler(request)
@@ -188,15 +193,70 @@ def with_websocket_echo(handler: Handler) -> Handler:
 # serve
 
 
+def is_asgi_target(root: str | None) -> bool:
+    """Does the DIR argument name an ASGI app (``package.module:attribute``) rather than a directory?"""
+    return root is not None and ":" in root and not os.path.isdir(root)
+
+
+def load_asgi_app(target: str) -> Any:
+    """The object ``package.module:attribute`` names, imported with the current directory on the
+    path (as uvicorn does); ValueError saying what is wrong."""
+    import importlib
+
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{target!r} is not package.module:app")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"{module_name} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise ValueError(f"{target} is not callable")
+    return obj
+
+
+def _asgi_handler(args: argparse.Namespace, tls_layer: Any) -> tuple[Handler, Any]:
+    """The handler serving the ASGI app of ``args.root``, and the ASGIApp (for its lifespan)."""
+    from layers.asgi import ASGIApp
+
+    server_cert = None
+    if tls_layer is not None:
+        from layers import certs
+
+        certfile = args.cert or certs.localhost_pair(certs.default_cache_dir())[0]
+        with open(certfile) as f:
+            pem = f.read()
+        end = pem.find("-----END CERTIFICATE-----")
+        server_cert = pem[pem.find("-----BEGIN CERTIFICATE-----") : end + 25] + "\n" if end >= 0 else None
+    asgi_app = ASGIApp(load_asgi_app(args.root), root_path=args.root_path or "", server_cert=server_cert)
+
+    async def handler(request: http.Request) -> str:
+        await asgi_app(request)
+        return "-"
+
+    return handler, asgi_app
+
+
 async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
     """Run the server until a signal (or cancellation); see the module docstring."""
+    asgi_app: Any = None
     if args.hello:
         handler: Handler = hello_app
+    elif is_asgi_target(args.root):
+        handler, asgi_app = _asgi_handler(args, tls_layer)
     elif args.root is not None:
         handler = FileApp(args.root, dotfiles=getattr(args, "dotfiles", False)).handle
     else:
         handler = info_app
-    handler = with_websocket_echo(handler)
+    if asgi_app is None:
+        handler = with_websocket_echo(handler)
     app = without_log(handler) if args.quiet else with_access_log(handler)
     limits = http.DEFAULT_LIMITS
     if args.header_timeout is not None:
@@ -217,18 +277,32 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
         app = with_alt_svc(app)
     stack = Stack(listen, *layers, http.server(app, limits, shutdown, engine=args.engine))
     scheme = "https" if tls_layer is not None else "http"
+    # an ASGI app's lifespan: startup before listening, shutdown once the connections drained
+    lifespan = asgi_app.lifespan() if asgi_app is not None else contextlib.nullcontext()
     with trio.open_signal_receiver(*SIGNALS) as signals:
-        async with trio.open_nursery() as outer:
-            outer.start_soon(on_signals, signals, shutdown, outer.cancel_scope)
-            async with trio.open_nursery() as nursery:  # ends once serve drained and returned
-                addresses = await nursery.start(
-                    functools.partial(stack.serve, shutdown=shutdown, drain_timeout=limits.drain_timeout)
-                )
-                if h3 is not None:  # HTTP/3 on UDP, the same port as the TCP listener
-                    await nursery.start(functools.partial(h3, addresses[0][1]))
-                log.info("%s", engines_line(args.engine))
-                print(f"serving on {url(scheme, addresses[0])}", flush=True)
-            outer.cancel_scope.cancel()
+        try:
+            await lifespan.__aenter__()
+        except Exception as exc:
+            from layers.asgi import LifespanFailure
+            from stack.errors import Broken
+
+            if isinstance(exc, LifespanFailure):  # one line from serve and from each worker, exit status 1
+                raise Broken(str(exc)) from None
+            raise
+        try:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(on_signals, signals, shutdown, outer.cancel_scope)
+                async with trio.open_nursery() as nursery:  # ends once serve drained and returned
+                    addresses = await nursery.start(
+                        functools.partial(stack.serve, shutdown=shutdown, drain_timeout=limits.drain_timeout)
+                    )
+                    if h3 is not None:  # HTTP/3 on UDP, the same port as the TCP listener
+                        await nursery.start(functools.partial(h3, addresses[0][1]))
+                    log.info("%s", engines_line(args.engine))
+                    print(f"serving on {url(scheme, addresses[0])}", flush=True)
+                outer.cancel_scope.cancel()
+        finally:  # (the lifespan shields its own shutdown; a scope here would cross its nursery)
+            await lifespan.__aexit__(None, None, None)
     log.info("stopped")
 
 
@@ -268,7 +342,12 @@ def with_alt_svc(app: http.App) -> http.App:
 def check_args(args: argparse.Namespace) -> str | None:
     """What is wrong with the ``serve`` arguments (None: nothing)."""
     problem = tls_args_problem(args)
-    if problem is None and args.root is not None and not os.path.isdir(args.root):
+    if problem is None and is_asgi_target(args.root):
+        try:
+            load_asgi_app(args.root)
+        except ValueError as exc:
+            problem = str(exc)
+    elif problem is None and args.root is not None and not os.path.isdir(args.root):
         problem = f"{args.root} is not a directory"
     return problem
 
@@ -297,9 +376,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         description="Serve HTTP/1.1 and HTTP/2 over TLS (default) or cleartext. With DIR, serve its files; "
         "without, a page that shows the connection (HTTP version, TLS version, ALPN, SNI, peer).",
     )
-    p.add_argument("root", nargs="?", metavar="DIR", help="directory to serve (default: the connection page)")
+    p.add_argument("root", nargs="?", metavar="DIR|MODULE:APP",
+                   help="directory to serve, or an ASGI app as package.module:app (default: the connection page)")
     p.add_argument("--dotfiles", action="store_true",
                    help="with DIR, serve and list dotfiles (.git, .env...) too (default: hidden, 404)")
+    p.add_argument("--root-path", default="", metavar="PATH",
+                   help="with an ASGI app: the path it is mounted at, behind a proxy (its scopes' root_path)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8443, help="port (default: 8443; 0 picks a free one)")
     p.add_argument("--no-tls", action="store_true", help="serve cleartext HTTP")
