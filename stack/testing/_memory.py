@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import trio
 
-from stack.deadlines import FOREVER
+from stack.deadlines import FOREVER, check_deadline
 from stack.errors import Broken, Closed, StackError
 from stack.streams import ByteStream
 
@@ -99,6 +99,8 @@ class MemoryStream(ByteStream):
 
     async def aclose(self, *, deadline: float | None = None) -> None:
         """FIN plus "I read no more". Bytes already committed stay readable by the peer."""
+        if deadline is not None:
+            check_deadline(deadline)
         if self._closed is None:
             self._closed = "closed"
             self._abort()
