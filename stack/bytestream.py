@@ -43,7 +43,7 @@ import math
 import operator
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, SupportsIndex
 
 import trio
 
@@ -63,7 +63,7 @@ def _size(value: object, name: str, minimum: int) -> int:
 
     The public methods test ``type(value) is not int or value < minimum`` first and call this
     only when that is true, so a plain ``int`` costs one test."""
-    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
         raise TypeError(f"{name} must be an int, not {type(value).__name__} {value!r:.40}")
     n = operator.index(value)
     if n < minimum:
