@@ -99,14 +99,15 @@ class MemoryStream(ByteStream):
 
     async def aclose(self, *, deadline: float | None = None) -> None:
         """FIN plus "I read no more". Bytes already committed stay readable by the peer."""
-        if deadline is not None:
-            check_deadline(deadline)
         if self._closed is None:
             self._closed = "closed"
             self._abort()
+        if deadline is not None:
+            check_deadline(deadline)  # closed all the same: a wrong deadline is the caller's bug
         await trio.lowlevel.checkpoint()
 
     async def detach(self, *, deadline: float = FOREVER) -> ByteStream:
+        check_deadline(deadline)
         raise StackError("memory is the bottom layer: there is nothing below it to detach to")
 
     def reset(self) -> None:
