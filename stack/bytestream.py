@@ -171,7 +171,7 @@ class ByteStream(Stream):
 
         This is how a layer hands back bytes it read ahead when it detaches.
         """
-        if not isinstance(data, bytes | bytearray):
+        if type(data) is not bytes and not isinstance(data, (bytearray, memoryview)):
             data = _bytes_view(data, "unread's data")
         if data:
             self._unread[:0] = data

@@ -48,7 +48,7 @@ def check_deadline(deadline: object, what: str = "deadline") -> None:
 
 def after(seconds: float) -> float:
     """The deadline ``seconds`` from now on trio's clock. ``after(math.inf)`` is ``FOREVER``."""
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         raise TypeError(f"after() needs a number of seconds, not {type(seconds).__name__} {seconds!r:.40}")
     if seconds < 0 or math.isnan(seconds):
         raise ValueError(f"after() needs a number of seconds >= 0, not {seconds!r}")
