@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from stack.deadlines import FOREVER
+from stack.deadlines import FOREVER, check_deadline
 from stack.errors import Broken, Closed, StackError, Timeout
 from stack.streams import ByteStream, Info, Listener
 
@@ -289,9 +289,12 @@ class SocketStream(ByteStream):
         if self._closed is None:
             self._closed = "closed"
             self._abort()
+        if deadline is not None:
+            check_deadline(deadline)  # closed all the same: a wrong deadline is the caller's bug
         await trio.lowlevel.checkpoint()
 
     async def detach(self, *, deadline: float = FOREVER) -> ByteStream:
+        check_deadline(deadline)
         raise StackError(f"{self.kind} is the bottom layer: there is nothing below it to detach to")
 
     def reset(self) -> None:

@@ -28,11 +28,20 @@ class HandshakeError(Broken):
     name asked for), ``protocol_version`` (no TLS version in common), ``no_shared_cipher``,
     ``not_tls`` (the peer does not speak TLS), ``eof`` (the peer closed the connection during the
     handshake), ``failed`` (anything else).
+
+    When a spec parameter would fix it, ``parameter`` names it (``"ca"``, ``"cert"`` of
+    :class:`~layers.tls.client`; ``"client_ca"`` of :class:`~layers.tls.server`) and ``problem``
+    is the message without the ``advice`` (which names the parameter): a program with its own
+    options says what to do in its own words (the command line's ``--cacert``). Else
+    ``parameter`` is ``None`` and ``problem`` is the whole message.
     """
 
-    def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, reason: str, parameter: str | None = None, advice: str = "") -> None:
+        super().__init__(f"{message}; {advice}" if advice else message)
         self.reason = reason
+        self.parameter = parameter
+        self.problem = message
+        self.advice = advice
 
 
 def _ssl_text(exc: BaseException) -> str:
@@ -54,9 +63,11 @@ def _data_error(exc: ssl.SSLError, peer: str = "peer") -> Broken:
         refused = _certificate_alert(text, peer)
         if refused is not None:
             return HandshakeError(
-                f"{refused} (refused after this side's handshake was done: a TLS 1.3 server checks the "
+                f"{refused.problem} (refused after this side's handshake was done: a TLS 1.3 server checks the "
                 "client's certificate after the client's last handshake message)",
                 reason=refused.reason,
+                parameter=refused.parameter,
+                advice=refused.advice,
             )
         return Broken(f"the peer aborted the TLS connection: {text}")
     if isinstance(exc, ssl.SSLEOFError | ssl.SSLSyscallError):
@@ -70,8 +81,10 @@ def _certificate_alert(text: str, peer: str) -> HandshakeError | None:
     lowered = text.lower()
     if "certificate required" in lowered:
         return HandshakeError(
-            f"the {peer} requires a certificate from this side and got none ({text}): give tls.client cert=",
+            f"the {peer} requires a certificate from this side and got none ({text})",
             reason="certificate_required",
+            parameter="cert",
+            advice="present one with tls.client(cert=...)",
         )
     if "unknown ca" in lowered:
         return HandshakeError(
@@ -88,9 +101,10 @@ def _client_certificate_error(code: int, message: str) -> HandshakeError:
     """The server's error for a client certificate that failed verification (OpenSSL's code)."""
     if code in (2, 18, 19, 20, 21):
         return HandshakeError(
-            f"the client's certificate is not trusted ({message}): it was not issued by a CA this server "
-            "trusts; pass client_ca= the CA that issued it",
+            f"the client's certificate is not trusted ({message}): it was not issued by a CA this server trusts",
             reason="unknown_ca",
+            parameter="client_ca",
+            advice="to trust the CA that issued it, give it as tls.server(client_ca=...)",
         )
     if code == 26:  # X509_V_ERR_INVALID_PURPOSE
         return HandshakeError(

@@ -40,6 +40,17 @@ _RECORD = 16384
 SEND_CHUNK = 64 * 1024
 """Plaintext encrypted per send step: four full records, handed to the lower stream in one send."""
 
+_PLAIN_HTTP_BODY = b"This port speaks TLS: use https:// to reach it.\n"
+PLAIN_HTTP_REPLY = (
+    b"HTTP/1.1 400 Bad Request\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\n"
+    b"Connection: close\r\n"
+    b"\r\n%s" % (len(_PLAIN_HTTP_BODY), _PLAIN_HTTP_BODY)
+)
+"""What a TLS server answers a client whose first byte is an ASCII letter (plain HTTP sent to a
+TLS port; a TLS client's first byte is 0x16, a handshake record), as nginx does, before it closes."""
+
 
 class TLSStream(ByteStream):
     """A TLS connection over a lower :class:`~stack.ByteStream`; built by ``client``/``server``
@@ -56,6 +67,7 @@ class TLSStream(ByteStream):
         outgoing: ssl.MemoryBIO,
         *,
         ragged_eofs: bool,
+        plain_http_hint: bool = False,
     ) -> None:
         super().__init__(lower)
         self._ssl = conn
@@ -69,6 +81,7 @@ class TLSStream(ByteStream):
         self._read_error: StackError | None = None  # found while reading ahead; raised by the next receive
         self._recv_flush: trio.Event | None = None  # set while the receiving task sends post-handshake output
         self._reading = False  # a task is inside _recv_some or _recv_into (it may be waiting for ciphertext)
+        self._plain_http_hint = plain_http_hint  # a server: answer plain HTTP with 400 (until the first bytes)
 
     # ---- handshake ---------------------------------------------------------------------
 
@@ -94,6 +107,10 @@ class TLSStream(ByteStream):
             if finished:
                 return
             data = await lower.recv(RECV_SIZE, deadline=deadline)
+            if self._plain_http_hint:
+                self._plain_http_hint = False  # only the first bytes tell
+                if data and 97 <= (data[0] | 0x20) <= 122:  # an ASCII letter (a TLS hello starts 0x16)
+                    await self._refuse_plain_http(deadline)
             hello = conn._hello if isinstance(conn, _Conn) else None
             if hello is not None and len(hello) < _HELLO_LIMIT:
                 hello += data
@@ -102,6 +119,21 @@ class TLSStream(ByteStream):
             else:
                 self._lower_eof = True
                 self._in.write_eof()
+
+    async def _refuse_plain_http(self, deadline: float) -> None:
+        """A client sent plain HTTP (an ASCII letter first) to this TLS server: answer 400 with a
+        hint, best effort within a second, and fail the handshake (the caller closes)."""
+        self._outbuf += PLAIN_HTTP_REPLY
+        with trio.move_on_at(min(deadline, trio.current_time() + 1.0)):
+            try:
+                await self._lower.send_from(self._outbuf, deadline=deadline)
+            except StackError as exc:
+                log.debug("could not answer plain HTTP on the TLS port: %s", exc)
+        raise HandshakeError(
+            "the client does not speak TLS: it sent plain HTTP to this TLS port (answered 400 Bad Request, "
+            "saying to use https://)",
+            reason="not_tls",
+        )
 
     async def _send_alert(self, deadline: float) -> None:
         """Best effort: let the peer see the alert OpenSSL wrote when the handshake failed."""
@@ -435,8 +467,10 @@ class _Check:
             if code in (2, 18, 19, 20, 21):
                 return HandshakeError(
                     f"the server's certificate is not trusted ({message}): it was not issued by a CA this "
-                    "client trusts; pass ca= the CA that issued it",
+                    "client trusts",
                     reason="unknown_ca",
+                    parameter="ca",
+                    advice="to trust the CA that issued it, give it as tls.client(ca=...)",
                 )
             if code in (62, 64):
                 return HandshakeError(
@@ -481,8 +515,10 @@ class _Check:
                     return HandshakeError(f"the server ended the handshake after its hello ({text})", reason="failed")
                 return HandshakeError(
                     f"the server ended the TLS handshake after its hello ({text}): most likely it requires a "
-                    "client certificate and this client has none; give tls.client cert=",
+                    "client certificate and this client has none",
                     reason="certificate_required",
+                    parameter="cert",
+                    advice="present one with tls.client(cert=...)",
                 )
             return HandshakeError(
                 f"the TLS handshake failed: no cipher suite or key exchange in common with the {peer} ({text}); "

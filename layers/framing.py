@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from stack.deadlines import FOREVER
+from stack.deadlines import FOREVER, check_deadline
 from stack.errors import EndOfStream, MessageTooLarge, ProtocolError
 from stack.streams import ByteStream, MessageStream, require
 
@@ -88,6 +88,8 @@ class PrefixStream(_Framed):
         checkpoint (as :meth:`stack.ByteStream.recv_exactly` on buffered bytes): no await per
         message while a burst of small messages is buffered.
         """
+        if type(deadline) is not float or deadline != deadline:
+            check_deadline(deadline)
         if not (self._receiving or self._ended or self._broken is not None or self._closed is not None):
             # The lower stream lends its read-ahead buffer while we may take from it (else it is
             # empty and super().recv raises what it should): take a whole message, no await.
@@ -175,11 +177,13 @@ class prefix:
     max_message: int | None = None
 
     def __post_init__(self) -> None:
-        if self.size not in (1, 2, 4, 8):
+        if type(self.size) is not int or self.size not in (1, 2, 4, 8):
             raise ValueError("prefix size must be 1, 2, 4 or 8 bytes")
         if self.byteorder not in ("big", "little"):
             raise ValueError("byteorder must be 'big' or 'little'")
-        if self.max_message is not None and not 0 <= self.max_message < 256**self.size:
+        if self.max_message is not None and (
+            type(self.max_message) is not int or not 0 <= self.max_message < 256**self.size
+        ):
             raise ValueError(f"max_message must fit in a {self.size}-byte length")
 
     @property
@@ -191,6 +195,7 @@ class prefix:
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> PrefixStream:
         """Wrap ``lower``. No handshake: returns at once."""
+        check_deadline(deadline)
         return PrefixStream(require(lower, ByteStream, "framing.prefix"), self.size, self.byteorder, self.limit)
 
 
@@ -202,9 +207,14 @@ class delimiter:
     max_message: int = 65536
 
     def __post_init__(self) -> None:
+        if not isinstance(self.delim, bytes):
+            raise TypeError(f"delimiter delim must be bytes, not {type(self.delim).__name__}")
         if not self.delim:
             raise ValueError("delimiter must not be empty")
+        if type(self.max_message) is not int or self.max_message < 0:
+            raise ValueError(f"delimiter max_message must be an int >= 0, not {self.max_message!r:.40}")
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> DelimitedStream:
         """Wrap ``lower``. No handshake: returns at once."""
+        check_deadline(deadline)
         return DelimitedStream(require(lower, ByteStream, "framing.delimiter"), self.delim, self.max_message)

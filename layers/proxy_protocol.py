@@ -60,7 +60,7 @@ from typing import Any
 
 import trio
 
-from stack.deadlines import FOREVER
+from stack.deadlines import FOREVER, check_deadline
 from stack.errors import MessageTooLarge, ProtocolError, Timeout
 from stack.passthrough import PassThrough
 from stack.streams import ByteStream, require
@@ -455,6 +455,8 @@ def encode_v2(
                 raise ValueError(f"Unix path {path!r} is over 108 bytes")
             block += raw.ljust(108, b"\0")
     for kind, value in tlvs:
+        if type(kind) is not int or not isinstance(value, bytes | bytearray):
+            raise TypeError(f"a TLV is (type: int, value: bytes), not ({kind!r:.20}, {value!r:.20})")
         if not 0 <= kind <= 0xFF or len(value) > 0xFFFF:
             raise ValueError(f"TLV type {kind!r} with {len(value)} bytes does not fit a v2 TLV")
         block += bytes([kind]) + len(value).to_bytes(2, "big") + value
@@ -498,17 +500,23 @@ class server:
 
     def __post_init__(self) -> None:
         versions = (self.versions,) if isinstance(self.versions, int) else tuple(self.versions)
-        if not versions or not set(versions) <= {1, 2}:
+        if not versions or any(type(v) is not int for v in versions) or not set(versions) <= {1, 2}:
             raise ValueError(f"versions must be 1, 2 or both, not {self.versions!r}")
         object.__setattr__(self, "versions", versions)
-        if not self.header_timeout > 0:
+        t = self.header_timeout
+        if isinstance(t, bool) or not isinstance(t, int | float):
+            raise TypeError(f"header_timeout must be a number of seconds, not {type(t).__name__} {t!r:.40}")
+        if not t > 0:
             raise ValueError("header_timeout must be > 0 seconds")
+        if type(self.max_header) is not int:
+            raise TypeError(f"max_header must be an int, not {type(self.max_header).__name__}")
         if not 16 <= self.max_header <= V2_MAX:
             raise ValueError(f"max_header must be between 16 and {V2_MAX} bytes")
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> ProxyProtocolStream:
         """Read the header (under ``deadline`` and ``header_timeout``); refuse a bad one."""
         lower = require(lower, ByteStream, "proxy_protocol.server")
+        check_deadline(deadline)
         deadline = min(deadline, trio.current_time() + self.header_timeout)
         buf = bytearray()
         done = False
@@ -558,15 +566,19 @@ class client:
     crc32c: bool = False
 
     def __post_init__(self) -> None:
-        if self.version not in (1, 2):
+        if type(self.version) is not int or self.version not in (1, 2):
             raise ValueError(f"version must be 1 or 2, not {self.version!r}")
         if self.version == 1 and (self.local or self.tlvs or self.crc32c):
             raise ValueError("LOCAL, TLVs and CRC32C exist only in PROXY protocol v2")
         for address in (self.source, self.destination):
             if isinstance(address, tuple):
+                if len(address) < 2 or not isinstance(address[0], str) or type(address[1]) is not int:
+                    raise TypeError(f"an address is (ip: str, port: int), a Unix path or None, not {address!r:.60}")
                 ipaddress.ip_address(address[0].split("%")[0])  # ValueError: not an IP address
                 if not 0 <= int(address[1]) <= 65535:
                     raise ValueError(f"port {address[1]!r} is not in 0..65535")
+            elif address is not None and not isinstance(address, str):
+                raise TypeError(f"an address is (ip: str, port: int), a Unix path or None, not {address!r:.60}")
         object.__setattr__(self, "tlvs", tuple(self.tlvs))
         self.header()  # ValueError now rather than on every attach
 
@@ -592,5 +604,6 @@ class client:
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> ProxyProtocolStream:
         """Send the header (under ``deadline``), then carry bytes through."""
         lower = require(lower, ByteStream, "proxy_protocol.client")
+        check_deadline(deadline)
         await lower.send(self.header(), deadline=deadline)
         return ProxyProtocolStream(lower, None, {"proxy_protocol_sent": self.version})

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import trio
 
-from stack.deadlines import FOREVER
+from stack.deadlines import FOREVER, check_deadline
 from stack.errors import Broken, EndOfStream, ProtocolError, Timeout
 from stack.passthrough import PassThrough
 from stack.streams import ByteStream
@@ -105,6 +105,14 @@ class SOCKS5Stream(PassThrough):
     kind = "socks5"
 
 
+def _check_seconds(value: object, name: str) -> None:
+    """A timeout in seconds: a number > 0 (``inf`` allowed), not a bool; else a clear error."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__} {value!r:.40}")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0 seconds, not {value!r}")
+
+
 def _encode_host(host: str) -> bytes:
     """ATYP and address bytes for ``host``: an IP literal as an address, else a domain name."""
     literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
@@ -139,16 +147,21 @@ class connect:
     handshake_timeout: float = HANDSHAKE_TIMEOUT
 
     def __post_init__(self) -> None:
+        if not isinstance(self.host, str):
+            raise TypeError(f"socks5.connect host must be a str, not {type(self.host).__name__}")
+        if type(self.port) is not int:
+            raise TypeError(f"socks5.connect port must be an int, not {type(self.port).__name__} {self.port!r:.40}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port!r} is not in 0..65535")
         _encode_host(self.host)
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together")
         for what, value in (("username", self.username), ("password", self.password)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"socks5.connect {what} must be a str, not {type(value).__name__}")
             if value is not None and not 1 <= len(value.encode("utf-8")) <= 255:
                 raise ValueError(f"the SOCKS5 {what} must be 1 to 255 bytes")
-        if not self.handshake_timeout > 0:
-            raise ValueError("handshake_timeout must be > 0 seconds")
+        _check_seconds(self.handshake_timeout, "handshake_timeout")
 
     @property
     def target(self) -> str:
@@ -163,6 +176,7 @@ class connect:
         """Run the handshake with the proxy on ``lower``; return the stream to the target."""
         if not isinstance(lower, ByteStream):
             raise TypeError(f"socks5.connect attaches to a ByteStream, not {type(lower).__name__}")
+        check_deadline(deadline)
         deadline = min(deadline, trio.current_time() + self.handshake_timeout)
         proxy = lower.info.get("peer")
         try:

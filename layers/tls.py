@@ -24,9 +24,12 @@ Handshake
     :class:`HandshakeError` (a :class:`~stack.Broken`) whose message names the cause and whose
     ``reason`` is a short code: ``"unknown_ca"``, ``"hostname_mismatch"`` (the message lists the
     names the certificate is valid for), ``"no_alpn"``, ``"unrecognized_name"``,
-    ``"protocol_version"``, ``"not_tls"``, ``"eof"``... ``ssl.SSLError`` never escapes. On failure
-    the lower stream is left to the caller (a Stack closes it). On deadline:
-    :class:`~stack.Timeout`.
+    ``"protocol_version"``, ``"not_tls"``, ``"eof"``... ``ssl.SSLError`` never escapes. Where a
+    spec parameter would fix it, ``parameter`` names it (``"ca"``, ``"cert"``, ``"client_ca"``) and
+    ``problem`` is the message without the advice, for programs that say it in their own words
+    (the command line's ``--cacert``). Plain HTTP sent to a server gets ``400 Bad Request`` with a
+    hint to use https:// (``plain_http_hint``). On failure the lower stream is left to the caller
+    (a Stack closes it). On deadline: :class:`~stack.Timeout`.
 
 Client certificates (mutual TLS)
     ``tls.server(..., client_ca=ca)`` asks every client for a certificate and refuses one without
@@ -114,7 +117,7 @@ from dataclasses import KW_ONLY, dataclass, field
 
 import trio
 
-from stack.deadlines import FOREVER
+from stack.deadlines import FOREVER, check_deadline
 from stack.errors import Timeout
 from stack.streams import ByteStream, require
 
@@ -220,6 +223,7 @@ class client:
         what ``lower`` raised. ``lower`` is not closed on failure.
         """
         lower = require(lower, ByteStream, "tls.client")
+        check_deadline(deadline)
         host = self.server_hostname or _host_from_info(lower)
         if host is not None:
             ip = _ip(host)
@@ -278,6 +282,12 @@ class server:
 
     ``context``: your own :class:`ssl.SSLContext`, used as it is (then ``certs``, ``alpn``,
     ``client_ca`` and ``client_cert`` must not be given). Specs compare by identity.
+
+    ``plain_http_hint``: a client whose first byte is an ASCII letter (plain HTTP sent to this TLS
+    port: a TLS client starts with 0x16, a handshake record) is answered ``HTTP/1.1 400 Bad
+    Request`` with the hint "This port speaks TLS: use https://" (as nginx does), and the
+    handshake fails with ``HandshakeError(reason="not_tls")`` (a :class:`~stack.Stack` then closes
+    the connection). ``False``: no answer, only the error.
     """
 
     certs: Certs | None = None
@@ -287,6 +297,7 @@ class server:
     client_cert: ClientCert | None = None
     context: ssl.SSLContext | None = None
     ragged_eofs: bool = False
+    plain_http_hint: bool = True
     _ctx: ssl.SSLContext = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -315,11 +326,14 @@ class server:
         what ``lower`` raised. ``lower`` is not closed on failure.
         """
         lower = require(lower, ByteStream, "tls.server")
+        check_deadline(deadline)
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         conn = self._ctx.wrap_bio(incoming, outgoing, server_side=True)
         if isinstance(conn, _Conn):
             conn._hello = bytearray()
-        stream = TLSStream(lower, conn, incoming, outgoing, ragged_eofs=self.ragged_eofs)
+        stream = TLSStream(
+            lower, conn, incoming, outgoing, ragged_eofs=self.ragged_eofs, plain_http_hint=self.plain_http_hint
+        )
         check = _Check(role="server", host=None, alpn=tuple(self.alpn), check_name=False)
         await _run_handshake(stream, check, deadline, f"with {lower.info.get('peer')!r}")
         sni = conn._sni if isinstance(conn, _Conn) else None

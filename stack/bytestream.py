@@ -40,12 +40,14 @@ The layer above reads what this stream has buffered through :meth:`ByteStream.re
 from __future__ import annotations
 
 import math
+import operator
+import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, SupportsIndex
 
 import trio
 
-from .deadlines import FOREVER, cancel_scope_at
+from .deadlines import FOREVER, cancel_scope_at, check_deadline
 from .errors import Broken, EndOfStream, MessageTooLarge, StackError, Timeout
 from .stream import Stream
 
@@ -53,6 +55,36 @@ __all__ = ["DEFAULT_RECV", "ByteStream"]
 
 DEFAULT_RECV = 65536
 """Default ``max_bytes`` for :meth:`ByteStream.recv`."""
+
+
+def _size(value: object, name: str, minimum: int) -> int:
+    """The slow path of a size argument's check: ``value`` as an ``int`` >= ``minimum``, else
+    :class:`TypeError` (not an integer, or a ``bool``) or :class:`ValueError`, naming it.
+
+    The public methods test ``type(value) is not int or value < minimum`` first and call this
+    only when that is true, so a plain ``int`` costs one test."""
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__} {value!r:.40}")
+    n = operator.index(value)
+    if n < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {n}")
+    return n
+
+
+def _bytes_view(data: object, name: str) -> memoryview:
+    """``memoryview(data)`` as bytes (format ``B``, one dimension), or :class:`TypeError`
+    naming the argument: ``str``, ``int`` and other objects without the buffer protocol."""
+    try:
+        view = memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"{name} must be bytes, a bytearray or a memoryview, not {type(data).__name__} {data!r:.40}"
+        ) from None
+    if view.format != "B" or view.ndim != 1:
+        if not view.c_contiguous:
+            raise TypeError(f"{name} must be a contiguous buffer")
+        view = view.cast("B")
+    return view
 
 
 class ByteStream(Stream):
@@ -139,6 +171,8 @@ class ByteStream(Stream):
 
         This is how a layer hands back bytes it read ahead when it detaches.
         """
+        if type(data) is not bytes and not isinstance(data, (bytearray, memoryview)):
+            data = _bytes_view(data, "unread's data")
         if data:
             self._unread[:0] = data
 
@@ -157,9 +191,12 @@ class ByteStream(Stream):
         """Receive 1..``max_bytes`` bytes; ``b""`` only at the end of the stream (and after it).
 
         On deadline: :class:`Timeout`, nothing consumed. On cancellation: nothing consumed.
+        ``max_bytes`` is a bound, not an allocation: any ``int`` >= 1.
         """
-        if max_bytes < 1:
-            raise ValueError("max_bytes must be at least 1")
+        if type(max_bytes) is not int or max_bytes < 1:
+            max_bytes = _size(max_bytes, "max_bytes", 1)
+        if type(deadline) is not float or deadline != deadline:
+            check_deadline(deadline)
         if self._receiving or self._broken is not None or self._closed is not None:
             self._enter_recv()  # raises Busy, Broken or Closed
         buf = self._unread
@@ -205,7 +242,12 @@ class ByteStream(Stream):
         if type(buffer) is bytearray:
             view: bytearray | memoryview = buffer
         else:
-            view = memoryview(buffer)
+            try:
+                view = memoryview(buffer)
+            except TypeError:
+                raise TypeError(
+                    f"recv_into needs a bytearray or a writable memoryview, not {type(buffer).__name__}"
+                ) from None
             if view.readonly:
                 raise TypeError("recv_into needs a writable buffer")
             if not view.c_contiguous:  # a socket or OpenSSL writes one run of bytes
@@ -215,6 +257,8 @@ class ByteStream(Stream):
         size = len(view)
         if size < 1:
             raise ValueError("recv_into needs a buffer of at least 1 byte")
+        if type(deadline) is not float or deadline != deadline:
+            check_deadline(deadline)
         if self._receiving or self._broken is not None or self._closed is not None:
             self._enter_recv()  # raises Busy, Broken or Closed
         buf = self._unread
@@ -252,8 +296,10 @@ class ByteStream(Stream):
         the bytes that did arrive. On deadline or cancellation nothing is consumed: the bytes
         that arrived stay buffered for the next call.
         """
-        if n < 0:
-            raise ValueError("n must be >= 0")
+        if type(n) is not int or n < 0:
+            n = _size(n, "n", 0)
+        if type(deadline) is not float or deadline != deadline:
+            check_deadline(deadline)
         if self._receiving or self._broken is not None or self._closed is not None:
             self._enter_recv()  # raises Busy, Broken or Closed
         buf = self._unread
@@ -265,6 +311,8 @@ class ByteStream(Stream):
                 out = bytes(buf[:n])
                 del buf[:n]
             return out
+        if n > sys.maxsize:
+            raise ValueError(f"recv_exactly({n}): more bytes than a bytes object can hold")
         self._receiving = True
         try:
             if len(buf) < n:
@@ -300,8 +348,14 @@ class ByteStream(Stream):
         :class:`EndOfStream` with the leftover bytes as ``partial``. On deadline or
         cancellation nothing is consumed.
         """
+        if not isinstance(delim, bytes):
+            delim = bytes(_bytes_view(delim, "delim"))
         if not delim:
             raise ValueError("delim must not be empty")
+        if type(max_bytes) is not int or max_bytes < 1:
+            max_bytes = _size(max_bytes, "max_bytes", 1)
+        if type(deadline) is not float or deadline != deadline:
+            check_deadline(deadline)
         self._enter_recv()
         try:
             buf = self._unread
@@ -340,12 +394,17 @@ class ByteStream(Stream):
         On deadline: :class:`Timeout` with ``sent`` = bytes of ``data`` committed (they will be
         delivered; the rest of ``data`` was not). The stream stays usable.
         """
+        if type(deadline) is not float or deadline != deadline:
+            check_deadline(deadline)
         if self._sending or self._send_closed or self._broken is not None or self._closed is not None:
             self._enter_send()  # raises Busy, Broken or Closed
         self._sending = True
         sent = total = 0
         try:
-            view = memoryview(data)
+            try:
+                view = memoryview(data)
+            except TypeError:
+                view = _bytes_view(data, "data")  # raises the TypeError that names the argument
             if view.format != "B" or view.ndim != 1:
                 view = view.cast("B")
             total = len(view)
@@ -384,6 +443,10 @@ class ByteStream(Stream):
         buffers without losing or repeating a byte. On deadline: :class:`Timeout` with
         ``sent`` = bytes removed from ``buf``.
         """
+        if type(buf) is not bytearray and not isinstance(buf, bytearray):
+            raise TypeError(f"send_from needs a bytearray (it removes what it sends), not {type(buf).__name__}")
+        if type(deadline) is not float or deadline != deadline:
+            check_deadline(deadline)
         if self._sending or self._send_closed or self._broken is not None or self._closed is not None:
             self._enter_send()  # raises Busy, Broken or Closed
         self._sending = True
@@ -421,6 +484,8 @@ class ByteStream(Stream):
     async def detach(self, *, deadline: float = FOREVER) -> ByteStream:
         """Undo this layer; see :meth:`Stream.detach`. Bytes already decoded by this layer and
         not yet received cannot go back below it, so detaching then raises and changes nothing."""
+        if type(deadline) is not float or deadline != deadline:
+            check_deadline(deadline)
         self._check_usable()
         if self._unread:
             raise StackError(

@@ -6,6 +6,11 @@ through every layer a call touches, so "five seconds for this request" means fiv
 however many layers the request crosses. Enclosing trio cancel scopes still apply as usual.
 
 Where the deadline is ``FOREVER`` no cancel scope is made (the hot path stays cheap).
+
+A deadline is an ``int`` or a ``float`` (not a ``bool``, not NaN); anything else is the caller's
+bug, refused at once by :func:`check_deadline` with a message naming the argument, never left to
+hang or to fail somewhere below. The stream base classes check on entry with one cheap test,
+``type(deadline) is not float or deadline != deadline``, and call it only when that is true.
 """
 
 from __future__ import annotations
@@ -19,14 +24,32 @@ import trio
 
 from .errors import Timeout
 
-__all__ = ["FOREVER", "after", "cancel_scope_at", "deadline_scope", "remaining"]
+__all__ = ["FOREVER", "after", "cancel_scope_at", "check_deadline", "deadline_scope", "remaining"]
 
 FOREVER: float = math.inf
 """The deadline that never passes (``math.inf``): the default everywhere."""
 
 
+def check_deadline(deadline: object, what: str = "deadline") -> None:
+    """Raise unless ``deadline`` is a usable deadline: a number (``int`` or ``float``, not a
+    ``bool``) that is not NaN. :class:`TypeError` or :class:`ValueError` naming ``what``.
+
+    The slow path of the base classes' entry check (see the module docstring); a layer's spec
+    calls it in ``attach`` before it starts a handshake. Returns nothing for a valid deadline.
+    """
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+        raise TypeError(
+            f"{what} must be an absolute time on trio's clock (a float such as stack.after(5.0), "
+            f"or stack.FOREVER), not {type(deadline).__name__} {deadline!r:.40}"
+        )
+    if deadline != deadline:  # NaN
+        raise ValueError(f"{what} must not be NaN (use stack.FOREVER for no deadline)")
+
+
 def after(seconds: float) -> float:
     """The deadline ``seconds`` from now on trio's clock. ``after(math.inf)`` is ``FOREVER``."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"after() needs a number of seconds, not {type(seconds).__name__} {seconds!r:.40}")
     if seconds < 0 or math.isnan(seconds):
         raise ValueError(f"after() needs a number of seconds >= 0, not {seconds!r}")
     return trio.current_time() + seconds

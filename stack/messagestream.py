@@ -23,11 +23,25 @@ from typing import Any
 
 import trio
 
-from .deadlines import FOREVER
+from .deadlines import FOREVER, check_deadline
 from .errors import Broken, EndOfStream, Timeout
 from .stream import Stream
 
 __all__ = ["MessageStream"]
+
+
+def _message_bytes(msg: object) -> bytes:
+    """A message given as a bytearray or a memoryview, as bytes; :class:`TypeError` for anything
+    without the buffer protocol (``bytes(5)`` would be five zero bytes, ``bytes("x")`` an error
+    that does not say which argument)."""
+    try:
+        view = memoryview(msg)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"a message must be bytes, a bytearray or a memoryview, not {type(msg).__name__} {msg!r:.40}"
+        ) from None
+    with view:
+        return view.tobytes()
 
 
 class MessageStream(Stream):
@@ -74,14 +88,17 @@ class MessageStream(Stream):
 
         On deadline: :class:`Timeout` with ``committed`` (and ``sent``: ``len(msg)`` or 0).
         A committed message is delivered; its bytes still waiting go first on the next call.
+        ``msg``: bytes, a bytearray or a memoryview (an ``int`` or a ``str`` is a ``TypeError``).
         """
+        if not isinstance(msg, bytes):  # a bytes subclass (udp.Datagram) passes through as it is
+            msg = _message_bytes(msg)
+        if type(deadline) is not float or deadline != deadline:
+            check_deadline(deadline)
         if self._sending or self._send_closed or self._broken is not None or self._closed is not None:
             self._enter_send()  # raises Busy, Broken or Closed
         self._sending = True
         self._message_committed = False
         try:
-            if not isinstance(msg, bytes):  # a bytes subclass (udp.Datagram) passes through as it is
-                msg = bytes(msg)
             try:
                 if deadline == math.inf:  # no cancel scope for FOREVER (the hot path)
                     if self._outbuf:
@@ -109,6 +126,8 @@ class MessageStream(Stream):
 
         On deadline: :class:`Timeout`, nothing consumed; on cancellation, nothing consumed.
         """
+        if type(deadline) is not float or deadline != deadline:
+            check_deadline(deadline)
         if self._receiving or self._broken is not None or self._closed is not None:
             self._enter_recv()  # raises Busy, Broken or Closed
         if self._ended:

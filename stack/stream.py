@@ -29,13 +29,14 @@ and the primitives of its kind (``_recv_some``, ``_send_some``, ``_recv_into`` o
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
 import trio
 
-from .deadlines import FOREVER, cancel_scope_at
+from .deadlines import FOREVER, cancel_scope_at, check_deadline
 from .errors import Broken, Busy, Closed, StackError, Timeout
 
 __all__ = ["CLOSE_GRACE", "Info", "Stream", "require"]
@@ -108,8 +109,12 @@ class Stream:
     """What both kinds of stream share: state, direction guards, ``info``, ``aclose``.
 
     States: open; *done* (this side called ``done()``: sends raise :class:`Closed`, receives
-    go on); *closed* (``aclose()`` or ``detach()`` was called: every call raises
-    :class:`Closed`); *broken* (a failure: every call raises :class:`Broken`).
+    go on); *broken* (a failure: every call raises :class:`Broken`); *closed* (``aclose()`` or
+    ``detach()`` was called: every call raises :class:`Closed`, even if the stream had broken
+    before: a local close wins, as in trio).
+
+    Every public method refuses a wrong argument at once (:class:`TypeError` or
+    :class:`ValueError` naming it), before it looks at the state or waits.
     """
 
     #: Name used in error messages and logs ("tcp", "tls", "prefix", ...).
@@ -151,10 +156,12 @@ class Stream:
     # ---- guards ------------------------------------------------------------------------
 
     def _check_usable(self) -> None:
-        if self._broken is not None:
-            raise Broken(f"{self.kind} stream is broken: {self._broken}") from self._broken
+        # A local close wins over an earlier failure (trio's rule): once this side closed or
+        # detached the stream, every call says "closed"; ``broken`` still tells why it broke.
         if self._closed is not None:
             raise Closed(f"{self.kind} stream was {self._closed} on this side")
+        if self._broken is not None:
+            raise Broken(f"{self.kind} stream is broken: {self._broken}") from self._broken
 
     def _enter_send(self) -> None:
         self._check_usable()
@@ -221,6 +228,8 @@ class Stream:
         ``send`` after it raises :class:`Closed`. On deadline: :class:`Timeout`, and the call
         may be repeated.
         """
+        if type(deadline) is not float or deadline != deadline:
+            check_deadline(deadline)
         if self._send_closed and self._closed is None and self._broken is None:
             return
         self._enter_send()
@@ -244,8 +253,16 @@ class Stream:
         GOAWAY) until ``deadline`` (default: :data:`CLOSE_GRACE` seconds from now); what is not
         done by then is abandoned and the resources are released anyway. A task blocked in
         ``recv`` on this stream gets :class:`Closed`. If the caller is cancelled, the stream is
-        still closed (forcefully) before ``Cancelled`` propagates, as in trio.
+        still closed (forcefully) before ``Cancelled`` propagates, as in trio. A ``deadline``
+        that is not a number (or NaN) closes the stream forcefully, then raises ``TypeError``
+        (``ValueError``).
         """
+        if deadline is not None and (type(deadline) is not float or deadline != deadline):
+            try:
+                check_deadline(deadline)
+            except (TypeError, ValueError):
+                await self.aclose(deadline=-math.inf)  # the caller's bug: release at once, then say so
+                raise
         if self._closed is not None:
             return
         graceful = self._broken is None and not self._sending
@@ -273,6 +290,8 @@ class Stream:
         A layer that cannot be undone cleanly raises a :class:`~stack.StackError` saying why and
         stays as it was. After a successful detach this stream raises :class:`Closed`.
         """
+        if type(deadline) is not float or deadline != deadline:
+            check_deadline(deadline)
         self._check_usable()
         if self._sending or self._receiving:
             raise Busy(f"cannot detach the {self.kind} layer while another task uses it")

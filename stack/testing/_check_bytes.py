@@ -34,7 +34,8 @@ The properties (``skip=`` names those a layer does not claim):
     the other tasks have blocked (if the first send already finished, there is nothing to probe).
 ``broken``
     If the bottom of the stack (following ``.lower``) is a memory or TCP stream, resetting it
-    makes the peer's next receive and send raise ``Broken``, and every later call too.
+    makes the peer's next receive and send raise ``Broken``, and every later call too, until the
+    peer closes its end: then every call raises ``Closed`` (a local close wins, as in trio).
 
 The helpers: :class:`_RecvOp`, :func:`_recv_op` and :func:`_receive_checked` receive with a drawn
 mix of calls, each result checked against what must come next; :func:`_match_bytes` says whether

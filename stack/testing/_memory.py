@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import trio
 
-from stack.deadlines import FOREVER
+from stack.deadlines import FOREVER, check_deadline
 from stack.errors import Broken, Closed, StackError
 from stack.streams import ByteStream
 
@@ -102,9 +102,12 @@ class MemoryStream(ByteStream):
         if self._closed is None:
             self._closed = "closed"
             self._abort()
+        if deadline is not None:
+            check_deadline(deadline)  # closed all the same: a wrong deadline is the caller's bug
         await trio.lowlevel.checkpoint()
 
     async def detach(self, *, deadline: float = FOREVER) -> ByteStream:
+        check_deadline(deadline)
         raise StackError("memory is the bottom layer: there is nothing below it to detach to")
 
     def reset(self) -> None:

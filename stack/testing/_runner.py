@@ -29,7 +29,8 @@ the only one. Settings: see :func:`stack.testing.check_settings`; ``end_of_strea
 
 The shared helpers: :func:`_attempt` runs a call that another task may cancel at a drawn
 :class:`~stack.testing.CancelPoint` (a ``Timeout`` is an outcome, not an error); :func:`_expect`,
-:func:`_check_closed_after_aclose` and :func:`_check_broken` probe the error contract;
+:func:`_check_closed_after_aclose` and :func:`_check_broken` probe the error contract (a broken
+stream that this side then closes raises ``Closed``, not ``Broken``: a local close wins);
 :func:`_using` sets the chaos schedule scaled for a transfer; :func:`_closing` closes whatever an
 example opened, even when cancelled.
 """
@@ -286,6 +287,8 @@ async def _check_broken(s: Stream, calls: list[tuple[str, Callable[[], Awaitable
                 raise AssertionError(f"{what}: expected Broken, but it returned {result!r}")
             assert scope.cancelled_caught
             raise AssertionError(f"{what}: expected Broken, but the call hung")
+    # A local close wins over the earlier failure (trio's rule): after aclose(), Closed.
+    await _check_closed_after_aclose(s, "the broken peer, closed")
 
 
 def _cancel_lists() -> st.SearchStrategy[list[CancelPoint | None]]:
