@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from test_tls_support import certs, client, server
 
 from layers import http, http2, tcp, tls
-from stack import Broken, ByteStream, StackError, Timeout, after, from_trio, to_trio
+from stack import Broken, ByteStream, Closed, StackError, Timeout, after, from_trio, to_trio
 from stack.testing import check_bytestream, memory_pair
 from stack.trio_bridge import TrioBottom, TrioStreamAdapter
 
@@ -258,6 +258,8 @@ async def test_send_cut_by_a_deadline_breaks_the_stream() -> None:
     with pytest.raises(Broken):
         await s.send(b"more")
     await s.aclose()
+    with pytest.raises(Closed):  # a local close wins over the earlier failure (docs/design.md)
+        await s.recv()
     await b.aclose()
 
 

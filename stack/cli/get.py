@@ -34,7 +34,6 @@ import datetime
 import functools
 import math
 import os
-import re
 import shutil
 import socket
 import stat
@@ -377,8 +376,9 @@ def _failure(
 
 def certificate_message(exc: BaseException) -> str:
     """One line for a refused server certificate that tells a command-line user what to do: the
-    library's reason, without its advice for programs (``pass ca=``), then ``--cacert`` / ``-k``."""
-    text = re.sub(r"\s*[:;,]?\s*(it was not issued by|pass|give)\b.*\bca=.*$", "", str(exc)).rstrip(" :;,")
+    library's reason without its advice for programs (``HandshakeError.problem``: the advice names
+    a spec parameter, ``tls.client(ca=...)``), then ``--cacert`` / ``-k``."""
+    text = str(getattr(exc, "problem", None) or exc).rstrip(" :;,")
     if getattr(exc, "reason", None) == "unknown_ca":
         return f"{text}: pass --cacert FILE with the CA that issued it (-k skips the check)"
     return f"{text} (--cacert FILE trusts another CA; -k skips the check)"
