@@ -135,6 +135,8 @@ class QuicConnection:
         self.info = Info(info)
         self._streams: dict[int, QuicStream] = {}
         self._accepted: deque[QuicStream] = deque()
+        self._peer_highest: dict[int, int] = {}
+        self._peer_gaps: set[int] = set()
         self._accept_ev: trio.Event | None = None
         self._failure: StackError | None = None
         self._wake_ev = trio.Event()
@@ -407,6 +409,19 @@ class QuicConnection:
         """A stream the peer opened (``None`` for one of ours that we already forgot)."""
         if bool(stream_id & 1) != self.is_client:  # initiated by us: abandoned, late data
             return None
+        # A stream of the peer's we already had and forgot (late data after it ended or was
+        # abandoned) is not a new stream. Peer streams are numbered in order but their first
+        # bytes may arrive out of order: the ids skipped so far wait in _peer_gaps (at most the
+        # stream limit of them, since the peer cannot open more at once).
+        kind = stream_id & 3
+        highest = self._peer_highest.get(kind, kind - 4)
+        if stream_id <= highest:
+            if stream_id not in self._peer_gaps:
+                return None
+            self._peer_gaps.discard(stream_id)
+        else:
+            self._peer_gaps.update(range(highest + 4, stream_id, 4))
+            self._peer_highest[kind] = stream_id
         uni = bool(stream_id & 2)
         stream = QuicStream(self, stream_id, can_send=not uni, can_recv=True)
         self._streams[stream_id] = stream
