@@ -66,6 +66,11 @@ class QuicLimits:
     (its receive window; updated as the application reads); ``connection_window``: the initial
     connection-wide window. Listener only: ``max_connections`` at once (further Initial packets
     are dropped), ``drain_timeout``: seconds connections get to finish on shutdown.
+    ``datagram_size``: the largest datagram this side sends (1200..16000; default 1350, which
+    every Internet path carries). There is no path MTU discovery and the engine does not lower it
+    to the peer's ``max_udp_payload_size``: raise it only where the path and the peer take larger
+    datagrams, such as loopback between two ends of ours, where 16000 moves bulk data about ten
+    times faster for the same CPU (aioquic's frames break above about 16 KiB).
     """
 
     idle_timeout: float = 30.0
@@ -76,6 +81,11 @@ class QuicLimits:
     connection_window: int = 16 * 1024 * 1024
     max_connections: int = 10_000
     drain_timeout: float = 10.0
+    datagram_size: int = 1350
+
+    def __post_init__(self) -> None:
+        if not 1200 <= self.datagram_size <= 16000:
+            raise ValueError("QuicLimits.datagram_size must be 1200..16000 bytes")
 
 
 DEFAULT_QUIC_LIMITS = QuicLimits()
@@ -125,6 +135,8 @@ class QuicConnection:
         self.info = Info(info)
         self._streams: dict[int, QuicStream] = {}
         self._accepted: deque[QuicStream] = deque()
+        self._peer_highest: dict[int, int] = {}
+        self._peer_gaps: set[int] = set()
         self._accept_ev: trio.Event | None = None
         self._failure: StackError | None = None
         self._wake_ev = trio.Event()
@@ -314,16 +326,20 @@ class QuicConnection:
         datagrams = self._engine.datagrams_to_send(now=trio.current_time())
         if not datagrams:
             return
-        sock = self._sock
-        for data, address in datagrams:
-            try:
-                await sock.sendto(data, address)
-            except (OSError, trio.BusyResourceError) as exc:
-                # UDP: a datagram the kernel refused (or that found the shared socket busy writing
-                # for another connection) is a lost datagram; QUIC's loss recovery sends it again
-                log.debug("quic: sending to %s failed: %s", address, exc)
+        # One pass hands every datagram to the kernel (a datagram it refuses is a lost datagram:
+        # QUIC's loss recovery sends its frames again); only a full send buffer waits.
+        await self._sock.send_batch(datagrams)
         progress, self._progress = self._progress, trio.Event()
         progress.set()
+
+    def datagrams_received(self, datagrams: list[Any]) -> None:
+        """A batch of datagrams (each with its ``address``) for this connection."""
+        engine = self._engine
+        now = trio.current_time()
+        for data in datagrams:
+            engine.receive_datagram(data, data.address, now=now)
+        self._process()
+        self.wake()
 
     # ---- events --------------------------------------------------------------------------
 
@@ -393,6 +409,19 @@ class QuicConnection:
         """A stream the peer opened (``None`` for one of ours that we already forgot)."""
         if bool(stream_id & 1) != self.is_client:  # initiated by us: abandoned, late data
             return None
+        # A stream of the peer's we already had and forgot (late data after it ended or was
+        # abandoned) is not a new stream. Peer streams are numbered in order but their first
+        # bytes may arrive out of order: the ids skipped so far wait in _peer_gaps (at most the
+        # stream limit of them, since the peer cannot open more at once).
+        kind = stream_id & 3
+        highest = self._peer_highest.get(kind, kind - 4)
+        if stream_id <= highest:
+            if stream_id not in self._peer_gaps:
+                return None
+            self._peer_gaps.discard(stream_id)
+        else:
+            self._peer_gaps.update(range(highest + 4, stream_id, 4))
+            self._peer_highest[kind] = stream_id
         uni = bool(stream_id & 2)
         stream = QuicStream(self, stream_id, can_send=not uni, can_recv=True)
         self._streams[stream_id] = stream

@@ -18,6 +18,7 @@ client sent, RFC 9000 8.1) is the engine's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,8 @@ from aioquic.quic.packet import (
     pull_quic_header,
 )
 from aioquic.quic.retry import QuicRetryTokenHandler
+
+from stack.errors import Closed
 
 from ._quic_conn import QuicConnection, QuicLimits
 from ._quic_engine import Engine
@@ -58,7 +61,6 @@ class Endpoint:
         retry: bool,
     ) -> None:
         self._udp = udp
-        self._sock = udp.socket
         self._config = config
         self._limits = limits
         self._handler = handler
@@ -75,23 +77,33 @@ class Endpoint:
         """Take datagrams from the socket until it is closed."""
         udp = self._udp
         while True:
-            dgram = await udp.recv()
-            try:
-                self._datagram(dgram, dgram.address)
-            except Exception:  # a datagram must never end the listener
-                log.exception("quic: a datagram from %s could not be handled", dgram.address)
+            batch: dict[QuicConnection, list[Any]] = {}
+            for dgram in await udp.recv_many():
+                try:
+                    conn = self._datagram(dgram, dgram.address)
+                except Exception:  # a datagram must never end the listener
+                    log.exception("quic: a datagram from %s could not be handled", dgram.address)
+                    continue
+                if conn is not None:
+                    batch.setdefault(conn, []).append(dgram)
+            for conn, dgrams in batch.items():
+                try:
+                    conn.datagrams_received(dgrams)
+                except Exception:
+                    log.exception("quic: datagrams from %s could not be handled", conn.info.get("peer"))
 
-    def _datagram(self, data: bytes, address: Any) -> None:
+    def _datagram(self, data: bytes, address: Any) -> QuicConnection | None:
+        """The connection ``data`` is for (the caller hands it over), or ``None`` once handled
+        here (a new connection, a Retry, a Version Negotiation, a drop)."""
         config = self._config
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=config.connection_id_length)
         except ValueError:
             self.dropped += 1
-            return
+            return None
         conn = self._by_cid.get(header.destination_cid)
         if conn is not None:
-            conn.datagram_received(data, address)
-            return
+            return conn
         if (
             header.packet_type != QuicPacketType.VERSION_NEGOTIATION
             and header.version is not None
@@ -105,14 +117,14 @@ class Endpoint:
                 ),
                 address,
             )
-            return
+            return None
         if header.packet_type != QuicPacketType.INITIAL or len(data) < 1200:
             self.dropped += 1
-            return
+            return None
         if not self.accepting or len(self.connections) >= self._limits.max_connections:
             self.dropped += 1
             log.debug("quic: refused a new connection from %s (full or shutting down)", address)
-            return
+            return None
         original_dcid: bytes = header.destination_cid
         retry_scid: bytes | None = None
         if self._retry is not None:
@@ -134,14 +146,14 @@ class Endpoint:
                     address,
                 )
                 self.retries_sent += 1
-                return
+                return None
             try:
                 original_dcid = self._retry.validate_token(
                     address=address, destination_cid=header.destination_cid, token=header.token, now=trio.current_time()
                 )
             except ValueError:
                 self.dropped += 1
-                return
+                return None
             retry_scid = header.destination_cid
         engine = Engine(
             configuration=config,
@@ -153,7 +165,7 @@ class Endpoint:
         local = self._udp.info.get("local")
         conn = QuicConnection(
             engine,
-            self._sock,
+            self._udp,
             is_client=False,
             limits=limits,
             info={"transport": "quic", "peer": tuple(address[:2]), "local": local, "tls_version": "TLSv1.3"},
@@ -165,6 +177,7 @@ class Endpoint:
         self.connections.add(conn)
         conn.datagram_received(data, address)
         self._nursery.start_soon(self._run, conn, name=f"quic connection {address}")
+        return None
 
     def _by_cid_pop(self, cid: bytes) -> None:
         self._by_cid.pop(cid, None)
@@ -173,10 +186,8 @@ class Endpoint:
         self._nursery.start_soon(self._send_one, data, address)
 
     async def _send_one(self, data: bytes, address: Any) -> None:
-        try:
-            await self._sock.sendto(data, address)
-        except (OSError, trio.BusyResourceError) as exc:
-            log.debug("quic: sending to %s failed: %s", address, exc)
+        with contextlib.suppress(Closed):  # the listener is closing
+            await self._udp.send_batch([(data, address)])
 
     async def _run(self, conn: QuicConnection) -> None:
         try:

@@ -136,7 +136,13 @@ def _load_trust(config: QuicConfiguration, ca: Any) -> None:
 
 
 def _base(
-    alpn: Sequence[str], *, is_client: bool, idle_timeout: float, stream_window: int, max_data: int
+    alpn: Sequence[str],
+    *,
+    is_client: bool,
+    idle_timeout: float,
+    stream_window: int,
+    max_data: int,
+    datagram_size: int = 1350,
 ) -> QuicConfiguration:
     if not alpn:
         raise ValueError("QUIC needs ALPN (RFC 9001 8.1): give alpn=[...], e.g. ['h3']")
@@ -146,7 +152,7 @@ def _base(
         idle_timeout=idle_timeout,
         max_stream_data=stream_window,
         max_data=max_data,
-        max_datagram_size=1350,
+        max_datagram_size=datagram_size,
     )
 
 
@@ -159,9 +165,17 @@ def client_configuration(
     idle_timeout: float,
     stream_window: int,
     max_data: int,
+    datagram_size: int = 1350,
 ) -> QuicConfiguration:
     """The configuration of one client connection (verification on unless ``verify=False``)."""
-    config = _base(alpn, is_client=True, idle_timeout=idle_timeout, stream_window=stream_window, max_data=max_data)
+    config = _base(
+        alpn,
+        is_client=True,
+        idle_timeout=idle_timeout,
+        stream_window=stream_window,
+        max_data=max_data,
+        datagram_size=datagram_size,
+    )
     config.server_name = server_name
     if not verify:
         config.verify_mode = ssl.CERT_NONE
@@ -171,9 +185,22 @@ def client_configuration(
 
 
 def server_configuration(
-    cert: Any, *, alpn: Sequence[str], idle_timeout: float, stream_window: int, max_data: int
+    cert: Any,
+    *,
+    alpn: Sequence[str],
+    idle_timeout: float,
+    stream_window: int,
+    max_data: int,
+    datagram_size: int = 1350,
 ) -> QuicConfiguration:
     """The configuration every connection of one listener shares (one certificate)."""
-    config = _base(alpn, is_client=False, idle_timeout=idle_timeout, stream_window=stream_window, max_data=max_data)
+    config = _base(
+        alpn,
+        is_client=False,
+        idle_timeout=idle_timeout,
+        stream_window=stream_window,
+        max_data=max_data,
+        datagram_size=datagram_size,
+    )
     _load_cert(config, cert)
     return config

@@ -62,6 +62,7 @@ preferred addresses.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -92,6 +93,17 @@ __all__ = [
 log = logging.getLogger("stack.quic")
 
 Handler = Callable[[QuicConnection], Awaitable[None]]
+
+SOCKET_BUFFER = 4 * 1024 * 1024
+"""SO_RCVBUF and SO_SNDBUF of QUIC's UDP sockets (the kernel caps them at rmem_max / wmem_max):
+a burst of a congestion window must fit, or loopback drops what the reader did not take yet."""
+
+
+def _send_buffer(sock: udp.UDPStream) -> None:
+    try:
+        sock.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+    except OSError as exc:  # the kernel's default then
+        log.debug("quic: cannot set SO_SNDBUF: %s", exc)
 
 
 @dataclass(frozen=True)
@@ -138,8 +150,10 @@ class connect:
             idle_timeout=limits.idle_timeout,
             stream_window=limits.stream_window,
             max_data=limits.connection_window,
+            datagram_size=limits.datagram_size,
         )
-        sock = await udp.bind(local, 0).connect()
+        sock = await udp.bind(local, 0, recv_buffer=SOCKET_BUFFER).connect()
+        _send_buffer(sock)
         async with sock:
             engine = Engine(configuration=config)
             engine.set_max_streams(limits.max_streams, limits.max_uni_streams)
@@ -151,7 +165,7 @@ class connect:
                 "server_name": name,
                 "tls_version": "TLSv1.3",
             }
-            conn = QuicConnection(engine, sock.socket, is_client=True, limits=limits, info=info)
+            conn = QuicConnection(engine, sock, is_client=True, limits=limits, info=info)
             # The caller's errors (and the handshake's) are raised outside the nursery, as they
             # are, not inside an exception group.
             error: Exception | None = None
@@ -173,9 +187,7 @@ class connect:
 
 async def _client_reader(sock: udp.UDPStream, conn: QuicConnection) -> None:
     while True:
-        dgram = await sock.recv()
-        assert isinstance(dgram, udp.Datagram)
-        conn.datagram_received(dgram, dgram.address)
+        conn.datagrams_received(await sock.recv_many())
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,6 +216,7 @@ class listen:
             idle_timeout=limits.idle_timeout,
             stream_window=limits.stream_window,
             max_data=limits.connection_window,
+            datagram_size=limits.datagram_size,
         )
         object.__setattr__(self, "_config", config)
 
@@ -216,7 +229,8 @@ class listen:
     ) -> None:
         """Serve ``handler(conn)`` per connection until cancelled or ``shutdown`` is set (then
         gracefully: see the module docstring). ``task_status`` gets the bound address."""
-        sock = await udp.bind(self.host, self.port, recv_buffer=4 * 1024 * 1024, reuse_port=self.reuse_port).connect()
+        sock = await udp.bind(self.host, self.port, recv_buffer=SOCKET_BUFFER, reuse_port=self.reuse_port).connect()
+        _send_buffer(sock)
         async with sock, trio.open_nursery() as nursery:
             endpoint = Endpoint(sock, self._config, self.limits, handler, nursery, retry=self.retry)
             nursery.start_soon(endpoint.read_loop)

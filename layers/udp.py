@@ -113,10 +113,18 @@ class UDPStream(MessageStream):
     kind = "udp"
 
     def __init__(
-        self, sock: trio.socket.SocketType, *, connected: bool, max_datagram: int, info: dict[str, Any]
+        self,
+        sock: trio.socket.SocketType,
+        *,
+        connected: bool,
+        max_datagram: int,
+        info: dict[str, Any],
+        raw: _stdlib_socket.socket | None = None,
     ) -> None:
         super().__init__(None, info)
         self.socket = sock
+        self._raw = raw
+        self._writable: trio.Event | None = None
         self._connected = connected
         self._max = max_datagram
         self._buf = bytearray(max_datagram)
@@ -204,6 +212,101 @@ class UDPStream(MessageStream):
             data = bytes(view[:n])
             return data if self._connected else Datagram(data, address)
 
+    # ---- batches (for protocols that handle many datagrams per wakeup: QUIC) -------------------
+
+    async def recv_many(self, max_count: int = 64) -> list[Datagram]:
+        """Wait for a datagram, then take the ones already waiting too (at most ``max_count``):
+        one wakeup per batch instead of one per datagram. Unconnected mode (each a
+        :class:`Datagram` with its ``address``). No deadline (cancel it): a cancelled call
+        consumed nothing; oversized datagrams are dropped as by ``recv``; after ``aclose``:
+        :class:`~stack.Closed`."""
+        raw = self._raw
+        if raw is None or self._connected:
+            msg = await self.recv()
+            assert isinstance(msg, bytes)
+            return [msg if isinstance(msg, Datagram) else Datagram(msg, self._info.get("peer"))]
+        await trio.lowlevel.checkpoint_if_cancelled()
+        view = self._view
+        out: list[Datagram] = []
+        waited = False
+        while len(out) < max_count:
+            if self._closed is not None:
+                raise Closed("udp socket is closed")
+            try:
+                n, _, flags, address = raw.recvmsg_into([view])
+            except BlockingIOError:
+                if out:
+                    break
+                try:
+                    await trio.lowlevel.wait_readable(raw)
+                except trio.ClosedResourceError as exc:
+                    raise Closed("udp socket was closed while a recv was in progress") from exc
+                waited = True
+                continue
+            except OSError as exc:
+                if out:
+                    break
+                if _closed_error(exc):
+                    raise Closed("udp socket was closed while a recv was in progress") from exc
+                raise Broken(f"udp recv failed: {exc.strerror or exc}") from exc
+            if flags & _MSG_TRUNC:
+                self.dropped += 1
+                log.debug("udp %s: dropped a datagram from %s over max_datagram", self._info.get("local"), address)
+                continue
+            out.append(Datagram(bytes(view[:n]), address))
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # a busy socket never starves the others
+        return out
+
+    async def send_batch(self, datagrams: list[tuple[bytes, Any]]) -> int:
+        """Send ``(data, address)`` pairs in order, best effort: a datagram the kernel refuses
+        (an unreachable address, a size it will not take) is skipped and logged at debug level,
+        as a network would lose it; a full send buffer is waited for. Returns how many the kernel
+        took. For protocols with their own loss recovery (QUIC); several tasks may share the
+        socket. Cancellation: the datagrams not yet handed over are not sent."""
+        raw = self._raw
+        sent = 0
+        if raw is None:
+            for data, address in datagrams:
+                try:
+                    await self.socket.sendto(data, address)
+                    sent += 1
+                except (OSError, trio.BusyResourceError) as exc:
+                    log.debug("udp: sending to %s failed: %s", address, exc)
+            return sent
+        await trio.lowlevel.checkpoint_if_cancelled()
+        i = 0
+        while i < len(datagrams):
+            data, address = datagrams[i]
+            try:
+                raw.sendto(data, address)
+            except BlockingIOError:
+                await self._wait_writable(raw)
+                continue
+            except OSError as exc:
+                if _closed_error(exc):
+                    raise Closed("udp socket is closed") from exc
+                log.debug("udp: sending to %s failed: %s", address, exc)
+            else:
+                sent += 1
+            i += 1
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return sent
+
+    async def _wait_writable(self, raw: _stdlib_socket.socket) -> None:
+        ev = self._writable
+        if ev is not None:  # another task waits for the same socket: wait for its wakeup
+            await ev.wait()
+            return
+        ev = self._writable = trio.Event()
+        try:
+            await trio.lowlevel.wait_writable(raw)
+        except trio.ClosedResourceError as exc:
+            raise Closed("udp socket is closed") from exc
+        finally:
+            self._writable = None
+            ev.set()
+
     # ---- the end -------------------------------------------------------------------------
 
     async def _done(self, deadline: float) -> None:
@@ -239,15 +342,17 @@ async def _resolve(host: str, port: int, passive: bool) -> tuple[int, Any]:
     return family, sockaddr
 
 
-def _socket(family: int, recv_buffer: int | None) -> trio.socket.SocketType:
-    sock = trio.socket.socket(family, _stdlib_socket.SOCK_DGRAM)
+def _socket(family: int, recv_buffer: int | None) -> tuple[trio.socket.SocketType, _stdlib_socket.socket]:
+    """A new UDP socket: the trio socket and the stdlib socket it wraps (one descriptor)."""
+    raw = _stdlib_socket.socket(family, _stdlib_socket.SOCK_DGRAM)
+    sock = trio.socket.from_stdlib_socket(raw)
     if recv_buffer is not None:
         try:
             sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_RCVBUF, recv_buffer)
         except OSError as exc:
             sock.close()
             raise Broken(f"udp: cannot set SO_RCVBUF={recv_buffer}: {exc.strerror or exc}") from exc
-    return sock
+    return sock, raw
 
 
 def _check(max_datagram: int, recv_buffer: int | None) -> None:
@@ -281,7 +386,7 @@ class connect:
     async def connect(self, *, deadline: float = FOREVER) -> UDPStream:
         with trio.move_on_at(deadline):
             family, sockaddr = await _resolve(self.host, self.port, passive=False)
-            sock = _socket(family, self.recv_buffer)
+            sock, raw = _socket(family, self.recv_buffer)
             try:
                 if self.local_address is not None:
                     await sock.bind(self.local_address)
@@ -295,7 +400,7 @@ class connect:
                 "local": _address(sock.getsockname()),
                 "host": self.host,
             }
-            return UDPStream(sock, connected=True, max_datagram=self.max_datagram, info=info)
+            return UDPStream(sock, connected=True, max_datagram=self.max_datagram, info=info, raw=raw)
         raise Timeout(f"udp: connecting to {self.host}:{self.port} timed out")
 
 
@@ -321,7 +426,7 @@ class bind:
     async def connect(self, *, deadline: float = FOREVER) -> UDPStream:
         with trio.move_on_at(deadline):
             family, sockaddr = await _resolve(self.host, self.port, passive=True)
-            sock = _socket(family, self.recv_buffer)
+            sock, raw = _socket(family, self.recv_buffer)
             try:
                 if self.reuse_port:
                     sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEPORT, 1)
@@ -330,7 +435,7 @@ class bind:
                 sock.close()
                 raise Broken(f"udp: cannot bind {self.host}:{self.port}: {exc.strerror or exc}") from exc
             info = {"transport": "udp", "local": _address(sock.getsockname())}
-            return UDPStream(sock, connected=False, max_datagram=self.max_datagram, info=info)
+            return UDPStream(sock, connected=False, max_datagram=self.max_datagram, info=info, raw=raw)
         raise Timeout(f"udp: binding {self.host}:{self.port} timed out")
 
 
@@ -344,7 +449,8 @@ async def pair(
     """
     _check(max_datagram, recv_buffer)
     family, sockaddr = await _resolve(host, 0, passive=True)
-    socks = [_socket(family, recv_buffer), _socket(family, recv_buffer)]
+    made = [_socket(family, recv_buffer), _socket(family, recv_buffer)]
+    socks = [sock for sock, _ in made]
     try:
         for sock in socks:
             await sock.bind(sockaddr)
@@ -355,7 +461,7 @@ async def pair(
             sock.close()
         raise Broken(f"udp: cannot make a pair on {host}: {exc.strerror or exc}") from exc
     ends = []
-    for sock in socks:
+    for sock, raw in made:
         info = {"transport": "udp", "peer": _address(sock.getpeername()), "local": _address(sock.getsockname())}
-        ends.append(UDPStream(sock, connected=True, max_datagram=max_datagram, info=info))
+        ends.append(UDPStream(sock, connected=True, max_datagram=max_datagram, info=info, raw=raw))
     return ends[0], ends[1]

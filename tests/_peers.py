@@ -77,24 +77,30 @@ async def app(scope, receive, send):
 
 
 @asynccontextmanager
-async def hypercorn(tmp_path: Path) -> AsyncIterator[int]:
+async def hypercorn(tmp_path: Path, *, quic: tuple[str, str] | None = None) -> AsyncIterator[int]:
     """hypercorn with its trio worker, serving HYPERCORN_APP on 127.0.0.1 in a child process
-    (started within 30 s, killed at the end); yields the port."""
+    (started within 30 s, killed at the end); yields the port. ``quic=(certfile, keyfile)``:
+    over TLS, and HTTP/3 too (``--quic-bind``): yields the QUIC (UDP) port."""
     if importlib.util.find_spec("hypercorn") is None:
         if os.environ.get("CI"):
             pytest.fail("hypercorn is not installed, and CI is set: .ci/run must install it (the bench extra)")
         pytest.skip("hypercorn is not installed (the interop test runs it; CI installs it)")
     (tmp_path / "duplex_echo.py").write_text(HYPERCORN_APP)
+    extra: list[str] = []
+    ready = rb"Running on http://127\.0\.0\.1:(\d+)"
+    if quic is not None:
+        extra = ["--certfile", quic[0], "--keyfile", quic[1], "--quic-bind", "127.0.0.1:0"]
+        ready = rb"Running on https://127\.0\.0\.1:(\d+) \(QUIC\)"
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "hypercorn", "--worker-class", "trio", "--workers", "0",
-         "--bind", "127.0.0.1:0", "duplex_echo:app"],
+         "--bind", "127.0.0.1:0", *extra, "duplex_echo:app"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         assert process.stdout is not None
         out = bytearray()
         with trio.fail_after(30):
-            while (found := re.search(rb"Running on http://127\.0\.0\.1:(\d+)", out)) is None:
+            while (found := re.search(ready, out)) is None:
                 more = await process.stdout.receive_some()
                 assert more, f"hypercorn exited: {out.decode(errors='replace')}"
                 out += more

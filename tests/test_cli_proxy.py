@@ -247,3 +247,31 @@ async def test_backend_killed_and_restarted_mid_load(site: Path) -> None:
             assert result["started"] - result["done"] <= 4 * 8, result  # only those in flight at the end
             assert result["timeout"] == 0, result
             assert result["2xx"] > 0 and result["5xx"] > 0, result
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTP/3 from clients
+
+
+async def test_http3_through_the_tls_proxy_and_alt_svc(site: Path, tmp_path: Path) -> None:
+    from layers import http3
+
+    certfile, keyfile, cafile = write_pki(tmp_path)
+    with trio.fail_after(120):
+        async with (
+            tcp_backend(site) as (backend, _),
+            proxy(backend, "--cert", certfile, "--key", keyfile) as (url, front),
+        ):
+            port = int(url.rsplit(":", 1)[1])
+            async with http3.open_client("127.0.0.1", port, ca=cafile, server_hostname="localhost") as h3:
+                response = await h3.request("GET", "/hello.txt")
+                assert response.status == 200 and response.http_version == "3"
+                assert await response.read() == b"hello through the proxy\n"
+                assert "trio-stack" in response.headers.get("via", "")
+                response = await h3.request("GET", "/big.bin")
+                assert sha(await response.read()) == sha((site / "big.bin").read_bytes())
+            await front.wait_for(r'"GET /hello.txt HTTP/3" 200 24')
+            get = [PY, "-m", "stack", "get", "--cacert", cafile, "-i", f"https://localhost:{port}/hello.txt"]
+            code, out, _ = await run(*get)
+            assert code == 0
+            assert f'alt-svc: h3=":{port}"'.encode() in out.lower(), out

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from _peers import hypercorn
 
 from layers import http, http3, quic, tcp, tls
 from layers.certs import CA, Leaf
@@ -198,6 +199,32 @@ async def test_our_client_against_aioquic_server(ca: CA, leaf: Leaf, tmp_path: P
         finally:
             process.kill()
             await process.wait()
+
+
+@pytest.mark.interop
+async def test_our_client_against_hypercorn_http3(ca: CA, leaf: Leaf, tmp_path: Path) -> None:
+    """hypercorn 0.18's trio worker (aioquic inside) with an echoing app, one request at a time:
+    with several requests at once hypercorn loses a response's end now and then (the stream's
+    FIN never comes until the idle timeout; aioquic's own client sees it too with 50 at once):
+    we suspect its per-connection send and timer tasks (hypercorn/protocol/quic.py, send_all
+    restarting the timer task) and did not chase it further."""
+    certfile, keyfile = leaf.write(tmp_path, "leaf")
+    with trio.fail_after(TIMEOUT * 3):
+        async with (
+            hypercorn(tmp_path, quic=(certfile, keyfile)) as port,
+            http3.open_client("127.0.0.1", port, ca=ca, server_hostname="localhost") as h3,
+        ):
+            response = await h3.request("GET", "/")
+            assert response.status == 200 and response.http_version == "3"
+            assert await response.read() == b""
+            body = bytes(range(256)) * 400
+            response = await h3.request("POST", "/echo", body=body)
+            assert response.status == 200 and await response.read() == body
+            for i in range(5):
+                response = await h3.request("PUT", "/", body=b"%d;" % i * 500)
+                assert await response.read() == b"%d;" % i * 500
+            response = await h3.request("GET", "/")
+            assert response.status == 200 and await response.read() == b""
 
 
 def test_quic_is_importable_without_the_cli() -> None:

@@ -109,6 +109,39 @@ async def test_trio_checker_on_http2_tunnel_streams() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_trio_checker_on_quic_streams() -> None:
+    """Each pair is a new bidirectional stream (client end, server end) of one QUIC connection;
+    the opener's first byte (consumed here) makes the stream known to the server."""
+    from layers import quic
+    from layers.certs import CA
+
+    ca = CA.new()
+    leaf = ca.issue("localhost", "127.0.0.1")
+    conns: list[quic.QuicConnection] = []
+    got = trio.Event()
+
+    async def handler(conn: quic.QuicConnection) -> None:
+        conns.append(conn)
+        got.set()
+        await conn.ended.wait()
+
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(quic.listen("127.0.0.1", 0, leaf, alpn=["bridge"]).serve, handler)
+        async with quic.connect("127.0.0.1", address[1], alpn=["bridge"], ca=ca).open(deadline=after(10)) as conn:
+            await got.wait()
+
+            async def maker() -> tuple[TrioStreamAdapter, TrioStreamAdapter]:
+                a = conn.open_stream()
+                await a.send(b"\0")
+                b = await conns[0].accept_stream(deadline=after(10))
+                assert await b.recv_exactly(1, deadline=after(10)) == b"\0"
+                return to_trio(a), to_trio(b)
+
+            with trio.fail_after(LIMIT):
+                await trio.testing.check_half_closeable_stream(maker, None)
+        nursery.cancel_scope.cancel()
+
+
 async def test_to_trio_errors_are_trios() -> None:
     a, b = memory_pair()
     ta, tb = to_trio(a), to_trio(b)

@@ -356,3 +356,22 @@ async def test_interop_socat_client_to_our_server() -> None:
                     capture_stderr=True,
                 )
             assert result.stdout == b"HELLO FROM SOCAT"
+
+
+async def test_recv_many_and_send_batch() -> None:
+    server = await udp.bind("127.0.0.1", 0, recv_buffer=1 << 20).connect()
+    client = await udp.bind("127.0.0.1", 0).connect()
+    async with server, client:
+        to = server.info["local"]
+        assert await client.send_batch([(b"%d" % i, to) for i in range(50)]) == 50
+        got: list[bytes] = []
+        with trio.fail_after(5):
+            while len(got) < 50:
+                batch = await server.recv_many(max_count=16)
+                assert 1 <= len(batch) <= 16
+                assert all(d.address == client.info["local"] for d in batch)
+                got += batch
+        assert got == [b"%d" % i for i in range(50)]
+        with trio.move_on_after(0.05) as scope:  # nothing waiting: cancelled, nothing consumed
+            await server.recv_many()
+        assert scope.cancelled_caught

@@ -7,7 +7,8 @@
     python -m stack proxy --listen :8443 --upstream http://10.0.0.5:8000 --cert site.pem --key site.key
 
 The proxy terminates TLS (ALPN ``h2``, ``http/1.1``; or cleartext with HTTP/2 prior-knowledge
-sniffing with ``--no-tls``) and HTTP/2 or HTTP/1.1 from clients, and forwards each request as
+sniffing with ``--no-tls``) and HTTP/2 or HTTP/1.1 from clients (with TLS also HTTP/3, over UDP on
+the same port, advertised with ``Alt-Svc`` as ``serve`` does; ``--no-http3`` turns it off), and forwards each request as
 HTTP/1.1 to one backend, over TCP (``http://host:port``) or a Unix socket (``unix:/path``). The
 forwarding rules, the backend pool and the failures (502, 504, 408) are the library's:
 :mod:`layers.reverse_proxy` documents them; this module turns the arguments into its
@@ -42,6 +43,7 @@ from stack.cli.common import (
     tls_layer,
     url,
 )
+from stack.cli.serve import with_alt_svc
 from stack.compose import Stack
 
 __all__ = ["add_parser", "cmd_proxy", "run_proxy"]
@@ -61,7 +63,11 @@ async def run_proxy(args: argparse.Namespace, layer: Any) -> None:
     limits = http.DEFAULT_LIMITS
     layers: list[Any] = [layer] if layer is not None else []
     listen = tcp.listen(host, port, backlog=4096, defer_accept=DEFER_ACCEPT)  # clients speak first
-    front = Stack(listen, *layers, http.server(app, limits, shutdown, engine=args.engine))
+    h3_app: http.App | None = None
+    tcp_app: http.App = app
+    if layer is not None and not getattr(args, "no_http3", True) and isinstance(layer.certs, tuple):
+        h3_app, tcp_app = app, with_alt_svc(app)  # HTTP/3 on UDP, advertised on HTTP/1.1 and HTTP/2
+    front = Stack(listen, *layers, http.server(tcp_app, limits, shutdown, engine=args.engine))
     scheme = "https" if layer is not None else "http"
     with trio.open_signal_receiver(*SIGNALS) as signals:
         async with trio.open_nursery() as outer:
@@ -72,6 +78,11 @@ async def run_proxy(args: argparse.Namespace, layer: Any) -> None:
                     addresses = await nursery.start(
                         functools.partial(front.serve, shutdown=shutdown, drain_timeout=limits.drain_timeout)
                     )
+                    if h3_app is not None and layer is not None:  # the same port as the TCP listener
+                        from layers import http3
+
+                        h3 = functools.partial(http3.serve, h3_app, host, addresses[0][1], layer.certs)
+                        await nursery.start(functools.partial(h3, limits=limits, shutdown=shutdown))
                     print(f"serving on {url(scheme, addresses[0])}", flush=True)
                     log.info("forwarding to %s; %s", upstream.url, engines_line(args.engine))
             finally:
@@ -93,6 +104,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to listen (port 0: any free port)")
     p.add_argument("--upstream", required=True, metavar="URL", help="the backend: http://host:port or unix:/path")
     p.add_argument("--no-tls", action="store_true", help="cleartext front-end (HTTP/1.1, or HTTP/2 prior knowledge)")
+    p.add_argument("--no-http3", action="store_true",
+                   help="no HTTP/3 (by default, with TLS, it is accepted over UDP on the same port and advertised "
+                   "with Alt-Svc)")
     p.add_argument("--cert", metavar="FILE", help="certificate chain (PEM), instead of the localhost one")
     p.add_argument("--key", metavar="FILE", help="private key (PEM) of --cert")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
