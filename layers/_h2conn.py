@@ -379,18 +379,24 @@ class H2ConnectionBase:
         lower = self.lower
         dispatch = self._dispatch
         while self._failure is None:
+            if core.more_input:
+                # The last step stopped at its budget: let the other tasks run (other
+                # connections, this one's writer and apps), then take the next frames.
+                await trio.lowlevel.checkpoint()
+                data = b""
+            else:
+                try:
+                    data = await lower.recv(RECV_SIZE)
+                except StackError as exc:
+                    self._peer_closed = True
+                    self._fail(Broken(f"HTTP/2 connection lost: {exc}"))
+                    return
+                if not data:
+                    self._peer_closed = True
+                    self._on_eof()
+                    return
             try:
-                data = await lower.recv(RECV_SIZE)
-            except StackError as exc:
-                self._peer_closed = True
-                self._fail(Broken(f"HTTP/2 connection lost: {exc}"))
-                return
-            if not data:
-                self._peer_closed = True
-                self._on_eof()
-                return
-            try:
-                events = core.receive_data(data)
+                events = core.receive_step(data)
             except ProtocolViolation as exc:
                 self._protocol_error(exc)
                 return

@@ -88,6 +88,7 @@ import h2.settings
 from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, H2ConnectionStateMachine
 from h2.events import RequestReceived, StreamEnded
 from h2.stream import H2Stream, StreamClosedBy, StreamInputs, StreamState
+from h2.utilities import SizeLimitDict
 from hpack.hpack import Decoder, Encoder
 from hpack.table import HeaderTable
 from hyperframe.exceptions import InvalidPaddingError
@@ -118,6 +119,15 @@ _HALF_CLOSED_LOCAL = StreamState.HALF_CLOSED_LOCAL
 _CLOSED = StreamState.CLOSED
 _IDLE = StreamState.IDLE
 _FRAME_HEAD = struct.Struct(">BHBBL")  # a frame header: length (3 bytes), type, flags, stream id
+
+STEP_FRAMES = 64
+"""Frames :meth:`H2Core.receive_step` processes at most per call (a frame held up by a header
+block counts once: the block itself is bounded by ``max_continuation_frames``)."""
+
+STEP_HEADER_BYTES = 32 * 1024
+"""Bytes of header blocks (HEADERS, PUSH_PROMISE, CONTINUATION payloads) after which
+:meth:`H2Core.receive_step` stops taking frames (HPACK decoding is the costly part of a frame;
+one block may exceed it, up to the header list limits)."""
 
 ENCODER_TABLE_SIZE = 1024
 """Bytes of HPACK dynamic table our encoder uses (at most; the peer may allow more). hpack
@@ -307,6 +317,29 @@ def _compact(settings: h2.settings.Settings) -> None:
             table[key] = _Slot(values)
 
 
+CLOSED_STREAMS_KEPT = 128
+"""Closed streams whose end (END_STREAM or RST_STREAM, either way) a connection remembers
+exactly, the most recently closed (h2 keeps 65,536: several megabytes on a long-lived
+connection). Frames arriving later on an older closed stream are treated as on a stream we
+reset: ignored, DATA credited to the connection window (RFC 9113 5.1 lets an endpoint stop
+telling such late frames apart)."""
+
+
+class _ClosedStreams(SizeLimitDict):
+    """h2's record of how closed streams ended, holding :data:`CLOSED_STREAMS_KEPT`; it
+    remembers the highest stream id it forgot, per parity (``forgot[sid & 1]``)."""
+
+    def __init__(self) -> None:
+        self.forgot = [0, 0]
+        super().__init__(size_limit=CLOSED_STREAMS_KEPT)
+
+    def _check_size_limit(self) -> None:
+        while len(self) > CLOSED_STREAMS_KEPT:
+            sid, _ = self.popitem(last=False)
+            if sid > self.forgot[sid & 1]:
+                self.forgot[sid & 1] = sid
+
+
 class H2Core(h2.connection.H2Connection):
     """An ``h2.connection.H2Connection`` with the corrections listed in the module docstring.
 
@@ -314,6 +347,9 @@ class H2Core(h2.connection.H2Connection):
     them only after its ACK, we are lenient before it). ``max_concurrent_streams`` is
     advertised but not enforced by h2: the layer refuses streams itself.
     """
+
+    more_input = False
+    """Set by :meth:`receive_step`: it stopped at its budget, complete frames may be waiting."""
 
     def __init__(
         self,
@@ -333,6 +369,7 @@ class H2Core(h2.connection.H2Connection):
         )
         super().__init__(config=config)
         self.state_machine = _StateMachine()
+        self._closed_streams: _ClosedStreams = _ClosedStreams()  # type: ignore[assignment]
         self.incoming_buffer = _FrameBuffer(
             server=not client_side,
             max_frames=max_continuation_frames,
@@ -464,6 +501,18 @@ class H2Core(h2.connection.H2Connection):
         return events  # type: ignore[no-any-return]
 
     def receive_data(self, data: Any) -> list[Any]:
+        """h2's ``receive_data``: every complete frame of ``data`` (and of what was buffered),
+        in as many :meth:`receive_step` as it takes."""
+        events = self.receive_step(data)
+        while self.more_input:
+            events += self.receive_step(b"")
+        return events
+
+    def receive_step(self, data: Any) -> list[Any]:
+        """Buffer ``data`` and process at most :data:`STEP_FRAMES` frames, or header blocks
+        of at most about :data:`STEP_HEADER_BYTES` bytes, whichever comes first; their
+        events. ``more_input`` then says whether complete frames may be left in the buffer
+        (call again with ``b""`` before reading more)."""
         # h2's own loop over the frame buffer, except that a request's HEADERS opening a stream
         # (END_HEADERS, maybe END_STREAM, no other flag; a new odd stream id above the highest
         # seen; a server core in its open state, no header block pending) is read from the
@@ -475,12 +524,19 @@ class H2Core(h2.connection.H2Connection):
         buffer.max_frame_size = limit = self.max_inbound_frame_size
         events: list[Any] = []
         fast = not self.config.client_side
+        frames = STEP_FRAMES
+        block_bytes = STEP_HEADER_BYTES
+        self.more_input = False
         try:
             while True:
                 raw = buffer._data
                 n = len(raw)
                 if n < 9:
                     break
+                if frames <= 0 or block_bytes <= 0:
+                    self.more_input = True
+                    break
+                frames -= 1
                 if (
                     fast
                     and raw[3] == 0x1
@@ -502,12 +558,16 @@ class H2Core(h2.connection.H2Connection):
                         block = bytes(raw[9 : 9 + length])
                         end_stream = raw[4] == 0x5
                         del raw[: 9 + length]
+                        block_bytes -= length
                         events += self._open_request(sid, block, end_stream)
                         continue
+                kind = raw[3]
                 try:
                     frame = next(buffer)
                 except StopIteration:
                     break
+                if kind == 0x1 or kind == 0x5 or kind == 0x9:  # HEADERS, PUSH_PROMISE, CONTINUATION
+                    block_bytes -= n - len(raw)
                 events.extend(self._receive_frame(frame))
         except InvalidPaddingError as e:
             self._terminate_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
@@ -586,6 +646,18 @@ class H2Core(h2.connection.H2Connection):
         stream._initialize_content_length(headers)
         request.headers = headers  # our decoder returns a list of its own
         return events
+
+    def _stream_closed_by(self, stream_id: int) -> StreamClosedBy | None:
+        # h2's, with streams forgotten by ``_ClosedStreams`` taken as reset by us
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            return stream.closed_by  # type: ignore[no-any-return]
+        closed = self._closed_streams
+        if stream_id in closed:
+            return closed[stream_id]  # type: ignore[no-any-return]
+        if stream_id <= closed.forgot[stream_id & 1]:
+            return StreamClosedBy.SEND_RST_STREAM
+        return None
 
     def _handle_data_on_closed_stream(
         self, events: list[Any], exc: h2.exceptions.StreamClosedError, frame: Any

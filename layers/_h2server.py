@@ -139,6 +139,7 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         self._eof = False
         self._idle_since = trio.current_time()
         self._reset_rate = _Rate(limits.rapid_reset_limit, limits.flood_period)
+        self._refused_rate = _Rate(limits.rapid_reset_limit, limits.flood_period)
         self._upgrade_request: H2Request | None = None
         self._batch: deque[H2Request] | None = None  # admitted, for a batch task not started yet
         self._heads: dict[tuple[Any, ...], _Head] = {}  # request heads seen, checked (_make_request)
@@ -154,11 +155,14 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         await self.lower.send_from(out, deadline=deadline)
         events: list[h2.events.Event] = []
         while not events:
-            data = await self.lower.recv(RECV_SIZE, deadline=deadline)
-            if not data:
-                raise Broken("HTTP/2: the client closed the connection before its preface")
+            if core.more_input:
+                data = b""
+            else:
+                data = await self.lower.recv(RECV_SIZE, deadline=deadline)
+                if not data:
+                    raise Broken("HTTP/2: the client closed the connection before its preface")
             try:
-                events = core.receive_data(data)
+                events = core.receive_step(data)  # the rest of a burst waits for the reader
             except ProtocolViolation as exc:
                 await self._flush_direct(trio.current_time() + 1.0)
                 raise ProtocolError(f"HTTP/2: bad client preface: {exc}") from None
@@ -334,6 +338,11 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         if self._active >= self.limits.max_concurrent_streams:
             log.debug("%s: stream %d refused: %d streams active", self.info.get("peer"), sid, self._active)
             core.reset_stream(sid, _REFUSED_STREAM)
+            if self._refused_rate.hit():
+                raise _Calm(
+                    f"stream flood: more than {self.limits.rapid_reset_limit} streams refused past "
+                    f"max_concurrent_streams in {self.limits.flood_period:g}s"
+                )
             return
         request = self._make_request(sid, ev.headers)
         if request is None:
