@@ -369,7 +369,7 @@ class H2Core(h2.connection.H2Connection):
         )
         super().__init__(config=config)
         self.state_machine = _StateMachine()
-        self._closed_streams: _ClosedStreams = _ClosedStreams()  # type: ignore[assignment]
+        self._closed_streams: _ClosedStreams = _ClosedStreams()
         self.incoming_buffer = _FrameBuffer(
             server=not client_side,
             max_frames=max_continuation_frames,
@@ -651,7 +651,7 @@ class H2Core(h2.connection.H2Connection):
         # h2's, with streams forgotten by ``_ClosedStreams`` taken as reset by us
         stream = self.streams.get(stream_id)
         if stream is not None:
-            return stream.closed_by  # type: ignore[no-any-return]
+            return stream.closed_by
         closed = self._closed_streams
         if stream_id in closed:
             return closed[stream_id]  # type: ignore[no-any-return]
