@@ -111,9 +111,10 @@ async def attack(
                     await trio.sleep(0.002)
 
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(honest_client)
+                await trio.sleep(0.005)  # the honest client is under way when the burst arrives
                 start = time.process_time()
                 await c.send_raw(data)
-                nursery.start_soon(honest_client)
                 await _until_processed(c, result)
                 result.cpu = time.process_time() - start
                 done.set()
