@@ -35,7 +35,18 @@ What :class:`H2Core` changes, and why:
   ENHANCE_YOUR_CALM.
 * **Received header lists are checked here** (:func:`check_fields`), in one pass instead of h2's
   chain of generators, and a malformed one is a stream error (RFC 9113 8.1.1) rather than
-  h2's connection error.
+  h2's connection error. A value holding a control character other than HTAB (0x00-0x08,
+  0x0a-0x1f, 0x7f) is malformed (RFC 9110 5.5, which RFC 9113 8.2.1 lets us enforce): it
+  would otherwise be forwarded to a laxer HTTP/1.1 backend, the usual start of a smuggling.
+* **Work per call is bounded** (:meth:`H2Core.receive_step`): at most :data:`STEP_FRAMES`
+  frames or about :data:`STEP_HEADER_BYTES` of header blocks, the rest left buffered
+  (``more_input``) for the layer to take after a checkpoint. A burst of thousands of frames
+  in one read (and h2's work for each) no longer holds the process for the whole read, and
+  the layer's defences (rate limits, the stream limit) act after each step, not after the
+  whole burst.
+* **Closed streams are remembered up to a small constant** (:data:`CLOSED_STREAMS_KEPT`, h2
+  keeps 65,536): a long-lived connection's memory does not grow with the streams it carried.
+  A frame on a stream forgotten since is treated as on a stream we reset (ignored).
 * **Header blocks coded without a table change are remembered** (:class:`_Encoder`,
   :class:`_Decoder`): a repeated request or response head, every field indexed, is the same
   bytes for the same table, so neither side runs hpack's per-field work again until the table
@@ -698,7 +709,7 @@ class H2Core(h2.connection.H2Connection):
 # A violation is a malformed message: a *stream* error of type PROTOCOL_ERROR (8.1.1).
 
 _ILLEGAL_NAME = re.compile(rb"[\x00-\x20A-Z\x7f-\xff]|.:")
-_ILLEGAL_VALUE = re.compile(rb"[\x00\r\n]")
+_ILLEGAL_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # controls but HTAB (RFC 9110 5.5)
 _WS = (0x20, 0x09)
 _CONNECTION_SPECIFIC = frozenset([b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"])
 _checked_names: set[bytes] = set()  # names and (short) values already found valid

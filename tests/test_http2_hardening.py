@@ -27,6 +27,9 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
+import h2.config
+import h2.connection
+import h2.events
 import hpack
 import pytest
 import trio
@@ -45,6 +48,7 @@ from hyperframe.frame import (
 from test_http2_conformance import RawClient, raw_server
 from test_http2_defences import victim
 
+import stack
 from layers import http, http2, tcp
 from layers.http import Limits
 from stack import Stack
@@ -357,3 +361,61 @@ async def test_late_frames_on_long_forgotten_streams_are_ignored(late: str) -> N
         await c.send(frame)
         await c.request(2001)
         assert (await c.response(2001))[0] == 200
+
+
+# =============================================================================================
+# control bytes in field values (issue 17 item 5, RFC 9110 5.5, RFC 9113 8.2.1)
+
+CONTROLS = [0x01, 0x04, 0x08, 0x0A, 0x0D, 0x1F, 0x7F]
+
+
+@pytest.mark.parametrize("byte", CONTROLS, ids=lambda b: f"0x{b:02x}")
+async def test_server_refuses_a_control_byte_in_a_request_field(byte: int) -> None:
+    async with raw_server() as c:
+        await c.send(c.headers(1, [*GET, ("x-smuggle", b"a" + bytes([byte]) + b"b")]))
+        assert await c.error_code(1) == ("rst", 0x1)  # PROTOCOL_ERROR
+        await c.request(3, headers=[*GET, ("x-tab", "a\tb")])  # HTAB is allowed; the connection goes on
+        assert (await c.response(3))[0] == 200
+
+
+async def _raw_h2_server(lower: stack.ByteStream, value: bytes) -> None:
+    """Answers stream 1 with a field ``x-smuggle: value``, with h2's own checks off."""
+    config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False)
+    core = h2.connection.H2Connection(config)
+    core.initiate_connection()
+    await lower.send(core.data_to_send())
+    while True:
+        data = await lower.recv()
+        if not data:
+            return
+        for ev in core.receive_data(data):
+            if isinstance(ev, h2.events.RequestReceived):
+                core.send_headers(ev.stream_id, [(b":status", b"200"), (b"x-smuggle", value)], end_stream=True)
+        await lower.send(core.data_to_send())
+
+
+@pytest.mark.parametrize("byte", CONTROLS, ids=lambda b: f"0x{b:02x}")
+async def test_client_refuses_a_control_byte_in_a_response_field(byte: int) -> None:
+    a, b = memory_pair(capacity=1 << 20)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_raw_h2_server, b, b"a" + bytes([byte]) + b"b")
+        async with await http2.client().attach(a) as conn:
+            with trio.fail_after(5), pytest.raises(stack.ProtocolError):
+                await conn.request("GET", "/")
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("byte", CONTROLS, ids=lambda b: f"0x{b:02x}")
+async def test_a_control_byte_is_never_sent(byte: int) -> None:
+    raised: list[Exception] = []
+
+    async def app(request: http.Request) -> None:
+        try:
+            await request.respond(200, [("x-smuggle", "a" + chr(byte) + "b")], b"")
+        except ValueError as exc:
+            raised.append(exc)
+
+    async with raw_server(app) as c:
+        await c.request(1)
+        assert await c.response(1) == (500, b"")  # the app gave up: nothing of its head went out
+        assert raised and "invalid value" in str(raised[0])
