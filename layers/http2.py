@@ -78,7 +78,8 @@ All HTTP/2 work is done by h2. The layer is split in private modules, this one h
 specs and the names users import:
 
 * ``_h2core.py``: the sans-io part: our corrections to h2 (:class:`~layers._h2core.H2Core`),
-  the checks of received header lists, the parsing of an ``Upgrade: h2c`` request;
+  with ``_h2fields.py``: the checks of received header lists, the parsing of an
+  ``Upgrade: h2c`` request;
 * ``_h2stream.py``: the stream (a ByteStream), the request and response objects, and
   ``StreamOwner``, the short interface through which a stream reaches its connection;
 * ``_h2conn.py``: what both sides' connections share (reader, writer, flow control, settings,
