@@ -10,7 +10,9 @@
   :class:`_Resume`), the first one that suspends keeps the task and the rest move on to a new
   one, each in its own copy of the context.
 * **defences**: REFUSED_STREAM past ``max_concurrent_streams`` (counting handlers still running),
-  rapid-reset counting, the idle timeout (``_recv_deadline`` / ``_on_idle``).
+  and GOAWAY ENHANCE_YOUR_CALM once more than ``rapid_reset_limit`` streams were refused in
+  ``flood_period`` (a stream flood: the rest of the burst is never processed), rapid-reset
+  counting, the idle timeout (``_recv_deadline`` / ``_on_idle``).
 * **shutdown**: the two-step GOAWAY of :meth:`H2ServerConnection.graceful_shutdown` and the
   drain; what an app left unfinished is completed in ``_after_app`` (500, END_STREAM or a reset).
 
