@@ -340,17 +340,24 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         if self._active >= self.limits.max_concurrent_streams:
             log.debug("%s: stream %d refused: %d streams active", self.info.get("peer"), sid, self._active)
             core.reset_stream(sid, _REFUSED_STREAM)
-            if self._refused_rate.hit():
-                raise _Calm(
-                    f"stream flood: more than {self.limits.rapid_reset_limit} streams refused past "
-                    f"max_concurrent_streams in {self.limits.flood_period:g}s"
-                )
+            self._refused("past max_concurrent_streams")
             return
         request = self._make_request(sid, ev.headers)
         if request is None:
             core.reset_stream(sid, _PROTOCOL_ERROR)
+            self._refused("malformed")
             return
         self._admit(request)
+
+    def _refused(self, why: str) -> None:
+        """A stream was refused (over the limit, or malformed: each costs us its decoding and a
+        RST_STREAM, CVE-2019-9514): more than ``rapid_reset_limit`` in ``flood_period`` is a
+        flood, which ends the connection (GOAWAY ENHANCE_YOUR_CALM)."""
+        if self._refused_rate.hit():
+            raise _Calm(
+                f"stream flood: more than {self.limits.rapid_reset_limit} streams refused in "
+                f"{self.limits.flood_period:g}s (the last one {why})"
+            )
 
     def _make_request(self, sid: int, raw: Any) -> H2Request | None:
         """The request of a HEADERS block, or None (after RST_STREAM PROTOCOL_ERROR) if it is

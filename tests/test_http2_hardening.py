@@ -180,6 +180,18 @@ async def test_streams_refused_past_the_limit_stay_below_the_cut() -> None:
     assert r.goaway is None and not r.eof
 
 
+async def test_a_burst_of_malformed_requests_is_cut() -> None:
+    """Each malformed request costs its decoding and a RST_STREAM (CVE-2019-9514, reset flood)."""
+
+    def burst(enc: hpack.Encoder) -> list[Frame | bytes]:
+        bad = enc.encode([*GET, ("X-Upper", "case")])
+        return [HeadersFrame(sid, data=bad, flags=["END_STREAM", "END_HEADERS"]) for sid in range(1, 10001, 2)]
+
+    r = await attack(burst)
+    check(r)
+    calm(r)
+
+
 async def test_continuation_flood_of_tiny_frames() -> None:
     def burst(enc: hpack.Encoder) -> list[Frame | bytes]:
         return [HeadersFrame(1, data=enc.encode(GET)), *[ContinuationFrame(1, data=b"") for _ in range(7000)]]
