@@ -58,7 +58,8 @@ header lists over ``max_header_list_size`` and CONTINUATION floods over
 ``max_continuation_frames``, more than ``rapid_reset_limit`` client resets (or as many streams
 refused, over the limit or malformed), ``ping_flood_limit`` PINGs or ``settings_flood_limit``
 SETTINGS per ``flood_period`` seconds end the connection with GOAWAY ENHANCE_YOUR_CALM; a read
-is processed a bounded number of frames at a time, other connections running in between; a connection with no stream for ``idle_timeout`` seconds is closed with
+is processed a bounded number of frames at a time, other connections running in between; a
+connection with no stream for ``idle_timeout`` seconds is closed with
 GOAWAY NO_ERROR; a peer that does not read what we send for ``send_timeout`` seconds is dropped.
 A protocol error gets GOAWAY with the RFC 9113 error code and ends the connection; the streams
 then raise :class:`~stack.ProtocolError`. A malformed message (bad header list, RFC 9113 8.1.1)
