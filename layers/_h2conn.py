@@ -3,7 +3,9 @@
 One connection is one h2 state machine (:class:`~layers._h2core.H2Core`, attribute ``core``),
 a table of streams, and two tasks in a nursery the side opens (:meth:`H2ConnectionBase.run`):
 
-* **the reader** reads the stream below, feeds h2, and dispatches h2's events to handler
+* **the reader** reads the stream below, feeds h2 in bounded steps (at most
+  :data:`~layers._h2core.STEP_FRAMES` frames each, :meth:`~layers._h2core.H2Core.receive_step`,
+  with a checkpoint before the next step of the same read), and dispatches h2's events to handler
   methods (``_EVENTS`` maps an event type to a method name; each subclass adds its own and
   ``__init_subclass__`` resolves them to functions once). Handlers fill the streams' buffers
   and wake their readers; DATA is acknowledged (WINDOW_UPDATE) only when the application
@@ -379,18 +381,24 @@ class H2ConnectionBase:
         lower = self.lower
         dispatch = self._dispatch
         while self._failure is None:
+            if core.more_input:
+                # The last step stopped at its budget: let the other tasks run (other
+                # connections, this one's writer and apps), then take the next frames.
+                await trio.lowlevel.checkpoint()
+                data = b""
+            else:
+                try:
+                    data = await lower.recv(RECV_SIZE)
+                except StackError as exc:
+                    self._peer_closed = True
+                    self._fail(Broken(f"HTTP/2 connection lost: {exc}"))
+                    return
+                if not data:
+                    self._peer_closed = True
+                    self._on_eof()
+                    return
             try:
-                data = await lower.recv(RECV_SIZE)
-            except StackError as exc:
-                self._peer_closed = True
-                self._fail(Broken(f"HTTP/2 connection lost: {exc}"))
-                return
-            if not data:
-                self._peer_closed = True
-                self._on_eof()
-                return
-            try:
-                events = core.receive_data(data)
+                events = core.receive_step(data)
             except ProtocolViolation as exc:
                 self._protocol_error(exc)
                 return

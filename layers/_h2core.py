@@ -2,9 +2,9 @@
 
 Everything that touches h2's private attributes lives here, so an h2 upgrade that breaks one
 of them breaks one small file (``tests/test_http2_conformance.py`` pins each behaviour). It is
-the sans-io part of the layer: besides :class:`H2Core`, the checks of received header lists
-(:func:`check_fields` and the pseudo-header checks) and the parsing of an HTTP/1.1
-``Upgrade: h2c`` request (:func:`h2c_settings`); nothing here awaits or touches a socket.
+the sans-io part of the layer, with ``_h2fields.py`` (the checks of received header lists and
+the parsing of an HTTP/1.1 ``Upgrade: h2c`` request, re-exported here); nothing here awaits
+or touches a socket.
 
 What :class:`H2Core` changes, and why:
 
@@ -35,7 +35,18 @@ What :class:`H2Core` changes, and why:
   ENHANCE_YOUR_CALM.
 * **Received header lists are checked here** (:func:`check_fields`), in one pass instead of h2's
   chain of generators, and a malformed one is a stream error (RFC 9113 8.1.1) rather than
-  h2's connection error.
+  h2's connection error. A value holding a control character other than HTAB (0x00-0x08,
+  0x0a-0x1f, 0x7f) is malformed (RFC 9110 5.5, which RFC 9113 8.2.1 lets us enforce): it
+  would otherwise be forwarded to a laxer HTTP/1.1 backend, the usual start of a smuggling.
+* **Work per call is bounded** (:meth:`H2Core.receive_step`): at most :data:`STEP_FRAMES`
+  frames or about :data:`STEP_HEADER_BYTES` of header blocks, the rest left buffered
+  (``more_input``) for the layer to take after a checkpoint. A burst of thousands of frames
+  in one read (and h2's work for each) no longer holds the process for the whole read, and
+  the layer's defences (rate limits, the stream limit) act after each step, not after the
+  whole burst.
+* **Closed streams are remembered up to a small constant** (:data:`CLOSED_STREAMS_KEPT`, h2
+  keeps 65,536): a long-lived connection's memory does not grow with the streams it carried.
+  A frame on a stream forgotten since is treated as on a stream we reset (ignored).
 * **Header blocks coded without a table change are remembered** (:class:`_Encoder`,
   :class:`_Decoder`): a repeated request or response head, every field indexed, is the same
   bytes for the same table, so neither side runs hpack's per-field work again until the table
@@ -72,11 +83,8 @@ What :class:`H2Core` changes, and why:
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -88,13 +96,13 @@ import h2.settings
 from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, H2ConnectionStateMachine
 from h2.events import RequestReceived, StreamEnded
 from h2.stream import H2Stream, StreamClosedBy, StreamInputs, StreamState
+from h2.utilities import SizeLimitDict
 from hpack.hpack import Decoder, Encoder
 from hpack.table import HeaderTable
 from hyperframe.exceptions import InvalidPaddingError
 from hyperframe.frame import ContinuationFrame, Frame, RstStreamFrame
 
-if TYPE_CHECKING:
-    from ._http_model import Headers
+from ._h2fields import Malformed, check_fields, check_request_pseudo, check_response_pseudo, h2c_settings
 
 __all__ = [
     "H2Core",
@@ -118,6 +126,15 @@ _HALF_CLOSED_LOCAL = StreamState.HALF_CLOSED_LOCAL
 _CLOSED = StreamState.CLOSED
 _IDLE = StreamState.IDLE
 _FRAME_HEAD = struct.Struct(">BHBBL")  # a frame header: length (3 bytes), type, flags, stream id
+
+STEP_FRAMES = 64
+"""Frames :meth:`H2Core.receive_step` processes at most per call (a frame held up by a header
+block counts once: the block itself is bounded by ``max_continuation_frames``)."""
+
+STEP_HEADER_BYTES = 32 * 1024
+"""Bytes of header blocks (HEADERS, PUSH_PROMISE, CONTINUATION payloads) after which
+:meth:`H2Core.receive_step` stops taking frames (HPACK decoding is the costly part of a frame;
+one block may exceed it, up to the header list limits)."""
 
 ENCODER_TABLE_SIZE = 1024
 """Bytes of HPACK dynamic table our encoder uses (at most; the peer may allow more). hpack
@@ -307,6 +324,29 @@ def _compact(settings: h2.settings.Settings) -> None:
             table[key] = _Slot(values)
 
 
+CLOSED_STREAMS_KEPT = 128
+"""Closed streams whose end (END_STREAM or RST_STREAM, either way) a connection remembers
+exactly, the most recently closed (h2 keeps 65,536: several megabytes on a long-lived
+connection). Frames arriving later on an older closed stream are treated as on a stream we
+reset: ignored, DATA credited to the connection window (RFC 9113 5.1 lets an endpoint stop
+telling such late frames apart)."""
+
+
+class _ClosedStreams(SizeLimitDict):
+    """h2's record of how closed streams ended, holding :data:`CLOSED_STREAMS_KEPT`; it
+    remembers the highest stream id it forgot, per parity (``forgot[sid & 1]``)."""
+
+    def __init__(self) -> None:
+        self.forgot = [0, 0]
+        super().__init__(size_limit=CLOSED_STREAMS_KEPT)
+
+    def _check_size_limit(self) -> None:
+        while len(self) > CLOSED_STREAMS_KEPT:
+            sid, _ = self.popitem(last=False)
+            if sid > self.forgot[sid & 1]:
+                self.forgot[sid & 1] = sid
+
+
 class H2Core(h2.connection.H2Connection):
     """An ``h2.connection.H2Connection`` with the corrections listed in the module docstring.
 
@@ -314,6 +354,9 @@ class H2Core(h2.connection.H2Connection):
     them only after its ACK, we are lenient before it). ``max_concurrent_streams`` is
     advertised but not enforced by h2: the layer refuses streams itself.
     """
+
+    more_input = False
+    """Set by :meth:`receive_step`: it stopped at its budget, complete frames may be waiting."""
 
     def __init__(
         self,
@@ -333,6 +376,7 @@ class H2Core(h2.connection.H2Connection):
         )
         super().__init__(config=config)
         self.state_machine = _StateMachine()
+        self._closed_streams: _ClosedStreams = _ClosedStreams()
         self.incoming_buffer = _FrameBuffer(
             server=not client_side,
             max_frames=max_continuation_frames,
@@ -464,6 +508,18 @@ class H2Core(h2.connection.H2Connection):
         return events  # type: ignore[no-any-return]
 
     def receive_data(self, data: Any) -> list[Any]:
+        """h2's ``receive_data``: every complete frame of ``data`` (and of what was buffered),
+        in as many :meth:`receive_step` as it takes."""
+        events = self.receive_step(data)
+        while self.more_input:
+            events += self.receive_step(b"")
+        return events
+
+    def receive_step(self, data: Any) -> list[Any]:
+        """Buffer ``data`` and process at most :data:`STEP_FRAMES` frames, or header blocks
+        of at most about :data:`STEP_HEADER_BYTES` bytes, whichever comes first; their
+        events. ``more_input`` then says whether complete frames may be left in the buffer
+        (call again with ``b""`` before reading more)."""
         # h2's own loop over the frame buffer, except that a request's HEADERS opening a stream
         # (END_HEADERS, maybe END_STREAM, no other flag; a new odd stream id above the highest
         # seen; a server core in its open state, no header block pending) is read from the
@@ -475,12 +531,19 @@ class H2Core(h2.connection.H2Connection):
         buffer.max_frame_size = limit = self.max_inbound_frame_size
         events: list[Any] = []
         fast = not self.config.client_side
+        frames = STEP_FRAMES
+        block_bytes = STEP_HEADER_BYTES
+        self.more_input = False
         try:
             while True:
                 raw = buffer._data
                 n = len(raw)
                 if n < 9:
                     break
+                if frames <= 0 or block_bytes <= 0:
+                    self.more_input = True
+                    break
+                frames -= 1
                 if (
                     fast
                     and raw[3] == 0x1
@@ -502,12 +565,16 @@ class H2Core(h2.connection.H2Connection):
                         block = bytes(raw[9 : 9 + length])
                         end_stream = raw[4] == 0x5
                         del raw[: 9 + length]
+                        block_bytes -= length
                         events += self._open_request(sid, block, end_stream)
                         continue
+                kind = raw[3]
                 try:
                     frame = next(buffer)
                 except StopIteration:
                     break
+                if kind == 0x1 or kind == 0x5 or kind == 0x9:  # HEADERS, PUSH_PROMISE, CONTINUATION
+                    block_bytes -= n - len(raw)
                 events.extend(self._receive_frame(frame))
         except InvalidPaddingError as e:
             self._terminate_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
@@ -587,6 +654,18 @@ class H2Core(h2.connection.H2Connection):
         request.headers = headers  # our decoder returns a list of its own
         return events
 
+    def _stream_closed_by(self, stream_id: int) -> StreamClosedBy | None:
+        # h2's, with streams forgotten by ``_ClosedStreams`` taken as reset by us
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            return stream.closed_by
+        closed = self._closed_streams
+        if stream_id in closed:
+            return closed[stream_id]  # type: ignore[no-any-return]
+        if stream_id <= closed.forgot[stream_id & 1]:
+            return StreamClosedBy.SEND_RST_STREAM
+        return None
+
     def _handle_data_on_closed_stream(
         self, events: list[Any], exc: h2.exceptions.StreamClosedError, frame: Any
     ) -> tuple[list[Frame], list[Any]]:
@@ -618,147 +697,3 @@ class H2Core(h2.connection.H2Connection):
             if sid > highest:
                 raise h2.exceptions.ProtocolError(f"RST_STREAM on idle stream {sid}")
         return super()._receive_rst_stream_frame(frame)
-
-
-# ---- received header lists ------------------------------------------------------------------
-# h2's own inbound validation (a chain of seven generators per header block) is the single
-# largest cost of a small request; this is the same set of RFC 9113 8.2/8.3 rules in one pass.
-# A violation is a malformed message: a *stream* error of type PROTOCOL_ERROR (8.1.1).
-
-_ILLEGAL_NAME = re.compile(rb"[\x00-\x20A-Z\x7f-\xff]|.:")
-_ILLEGAL_VALUE = re.compile(rb"[\x00\r\n]")
-_WS = (0x20, 0x09)
-_CONNECTION_SPECIFIC = frozenset([b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"])
-_checked_names: set[bytes] = set()  # names and (short) values already found valid
-_checked_values: set[bytes] = {b""}
-
-
-class Malformed(Exception):
-    """A received header list breaks RFC 9113 8.2/8.3; ``str(exc)`` says which rule."""
-
-
-def check_fields(raw: Any, pseudo_allowed: frozenset[bytes]) -> tuple[dict[bytes, bytes], list[tuple[bytes, bytes]]]:
-    """Check a received header list; return ``(pseudo-headers, regular fields)``.
-
-    Regular fields keep their order, multiple ``cookie`` fields are joined with ``"; "``
-    (9113 8.2.3). ``pseudo_allowed`` is the set of pseudo-headers this kind of block may carry
-    (empty for trailers). Raises :class:`Malformed`.
-    """
-    pseudo: dict[bytes, bytes] = {}
-    regular: list[tuple[bytes, bytes]] = []
-    cookies: list[bytes] | None = None
-    names = _checked_names
-    values = _checked_values
-    for name, value in raw:
-        if name not in names:
-            _check_name(name)
-        if value not in values:
-            _check_value(name, value)
-        if name[0] == 0x3A:  # ":"
-            if regular or cookies:
-                raise Malformed(f"pseudo-header {name!r} after a regular field")
-            if name not in pseudo_allowed:
-                raise Malformed(f"pseudo-header {name!r} not allowed here")
-            if name in pseudo:
-                raise Malformed(f"duplicate pseudo-header {name!r}")
-            pseudo[name] = value
-        elif name == b"cookie":
-            if cookies is None:
-                cookies = []
-            cookies.append(value)
-        else:
-            if name == b"te" and value.lower() != b"trailers":
-                raise Malformed(f"te may only be 'trailers', not {value!r}")
-            regular.append((name, value))
-    if cookies:
-        regular.append((b"cookie", b"; ".join(cookies)))
-    return pseudo, regular
-
-
-def _check_name(name: bytes) -> None:
-    if not name:
-        raise Malformed("empty field name")
-    if name[0] == 0x3A:
-        if _ILLEGAL_NAME.search(name, 1) or b":" in name[1:]:
-            raise Malformed(f"invalid pseudo-header name {name!r}")
-    elif _ILLEGAL_NAME.search(name):
-        raise Malformed(f"invalid field name {name!r} (uppercase, a control or non-ASCII character, or ':')")
-    elif name in _CONNECTION_SPECIFIC:
-        raise Malformed(f"connection-specific field {name.decode('latin-1')!r}")
-    if len(_checked_names) < 4096:
-        _checked_names.add(name)
-
-
-def _check_value(name: bytes, value: bytes) -> None:
-    if value and (value[0] in _WS or value[-1] in _WS or _ILLEGAL_VALUE.search(value)):
-        raise Malformed(f"invalid value for {name!r}: {value!r}")
-    if len(value) <= 128 and len(_checked_values) < 4096:  # values repeat: user-agent, :authority
-        _checked_values.add(value)
-
-
-def check_request_pseudo(pseudo: dict[bytes, bytes], regular: list[tuple[bytes, bytes]]) -> None:
-    """The pseudo-header rules of a request (RFC 9113 8.3.1, RFC 8441 4). Raises Malformed."""
-    method = pseudo.get(b":method")
-    if method is None:
-        raise Malformed("no :method")
-    if method == b"CONNECT" and b":protocol" not in pseudo:
-        if b":scheme" in pseudo or b":path" in pseudo:
-            raise Malformed("a CONNECT request may not carry :scheme or :path")
-        if b":authority" not in pseudo:
-            raise Malformed("a CONNECT request needs :authority")
-    else:
-        if b":protocol" in pseudo and method != b"CONNECT":
-            raise Malformed(":protocol is only for CONNECT")
-        path = pseudo.get(b":path")
-        if b":scheme" not in pseudo or path is None:
-            raise Malformed("a request needs :scheme and :path")
-        if not path:
-            raise Malformed("empty :path")
-    authority = pseudo.get(b":authority")
-    host = None
-    for name, value in regular:
-        if name == b"host":
-            if host is not None:
-                raise Malformed("more than one host field")
-            host = value
-    if authority is None and host is None:
-        raise Malformed("neither :authority nor host")
-    if authority is not None and host is not None and authority != host:
-        raise Malformed(f":authority {authority!r} and host {host!r} differ")
-
-
-def check_response_pseudo(pseudo: dict[bytes, bytes]) -> int:
-    """The status of a response head (RFC 9113 8.3.2). Raises Malformed."""
-    status = pseudo.get(b":status")
-    if status is None or len(status) != 3 or not status.isdigit():
-        raise Malformed(f"bad or missing :status {status!r}")
-    return int(status)
-
-
-def h2c_settings(headers: Headers) -> bytes | None:
-    """For an HTTP/1.1 server: the decoded HTTP2-Settings payload if ``headers`` ask for a valid
-    ``Upgrade: h2c`` (RFC 7540 3.2: an ``h2c`` token in Upgrade, ``Connection`` naming
-    ``Upgrade`` and ``HTTP2-Settings``, exactly one well-formed HTTP2-Settings), else ``None``
-    (then serve the request over HTTP/1.1 and ignore the Upgrade)."""
-    upgrade = [t.strip().lower() for v in headers.get_all("upgrade") for t in v.split(",")]
-    if "h2c" not in upgrade:
-        return None
-    connection = {t.strip().lower() for v in headers.get_all("connection") for t in v.split(",")}
-    if not {"upgrade", "http2-settings"} <= connection:
-        return None
-    values = headers.get_all("http2-settings")
-    if len(values) != 1:
-        return None
-    value = values[0].strip().rstrip("=")
-    if not _BASE64URL.fullmatch(value):
-        return None
-    try:
-        payload = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError):
-        return None
-    if len(payload) % 6:
-        return None
-    return payload
-
-
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")

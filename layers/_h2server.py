@@ -10,7 +10,9 @@
   :class:`_Resume`), the first one that suspends keeps the task and the rest move on to a new
   one, each in its own copy of the context.
 * **defences**: REFUSED_STREAM past ``max_concurrent_streams`` (counting handlers still running),
-  rapid-reset counting, the idle timeout (``_recv_deadline`` / ``_on_idle``).
+  and GOAWAY ENHANCE_YOUR_CALM once more than ``rapid_reset_limit`` streams were refused in
+  ``flood_period`` (a stream flood: the rest of the burst is never processed), rapid-reset
+  counting, the idle timeout (``_recv_deadline`` / ``_on_idle``).
 * **shutdown**: the two-step GOAWAY of :meth:`H2ServerConnection.graceful_shutdown` and the
   drain; what an app left unfinished is completed in ``_after_app`` (500, END_STREAM or a reset).
 
@@ -139,6 +141,7 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         self._eof = False
         self._idle_since = trio.current_time()
         self._reset_rate = _Rate(limits.rapid_reset_limit, limits.flood_period)
+        self._refused_rate = _Rate(limits.rapid_reset_limit, limits.flood_period)
         self._upgrade_request: H2Request | None = None
         self._batch: deque[H2Request] | None = None  # admitted, for a batch task not started yet
         self._heads: dict[tuple[Any, ...], _Head] = {}  # request heads seen, checked (_make_request)
@@ -154,11 +157,14 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         await self.lower.send_from(out, deadline=deadline)
         events: list[h2.events.Event] = []
         while not events:
-            data = await self.lower.recv(RECV_SIZE, deadline=deadline)
-            if not data:
-                raise Broken("HTTP/2: the client closed the connection before its preface")
+            if core.more_input:
+                data = b""
+            else:
+                data = await self.lower.recv(RECV_SIZE, deadline=deadline)
+                if not data:
+                    raise Broken("HTTP/2: the client closed the connection before its preface")
             try:
-                events = core.receive_data(data)
+                events = core.receive_step(data)  # the rest of a burst waits for the reader
             except ProtocolViolation as exc:
                 await self._flush_direct(trio.current_time() + 1.0)
                 raise ProtocolError(f"HTTP/2: bad client preface: {exc}") from None
@@ -334,12 +340,24 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         if self._active >= self.limits.max_concurrent_streams:
             log.debug("%s: stream %d refused: %d streams active", self.info.get("peer"), sid, self._active)
             core.reset_stream(sid, _REFUSED_STREAM)
+            self._refused("past max_concurrent_streams")
             return
         request = self._make_request(sid, ev.headers)
         if request is None:
             core.reset_stream(sid, _PROTOCOL_ERROR)
+            self._refused("malformed")
             return
         self._admit(request)
+
+    def _refused(self, why: str) -> None:
+        """A stream was refused (over the limit, or malformed: each costs us its decoding and a
+        RST_STREAM, CVE-2019-9514): more than ``rapid_reset_limit`` in ``flood_period`` is a
+        flood, which ends the connection (GOAWAY ENHANCE_YOUR_CALM)."""
+        if self._refused_rate.hit():
+            raise _Calm(
+                f"stream flood: more than {self.limits.rapid_reset_limit} streams refused in "
+                f"{self.limits.flood_period:g}s (the last one {why})"
+            )
 
     def _make_request(self, sid: int, raw: Any) -> H2Request | None:
         """The request of a HEADERS block, or None (after RST_STREAM PROTOCOL_ERROR) if it is

@@ -44,7 +44,7 @@ _CONNECTION_FIELDS = frozenset(
     [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"]
 )
 _BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")
-_BAD_VALUE = re.compile(rb"[\r\n\x00]|^[ \t]|[ \t]$")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|^[ \t]|[ \t]$")  # controls but HTAB (RFC 9110 5.5)
 _STATUS = {code: str(code).encode() for code in range(100, 600)}
 _NO_BODY_STATUS = frozenset([204, 304])
 

@@ -55,9 +55,11 @@ accepted, lets the streams in flight finish within ``Limits.drain_timeout`` and 
 **Defences** (each a :class:`~layers.http.Limits` knob with a safe default): streams over
 ``max_concurrent_streams`` (counting streams whose handler still runs) get REFUSED_STREAM;
 header lists over ``max_header_list_size`` and CONTINUATION floods over
-``max_continuation_frames``, more than ``rapid_reset_limit`` client resets, ``ping_flood_limit``
-PINGs or ``settings_flood_limit`` SETTINGS per ``flood_period`` seconds end the connection with
-GOAWAY ENHANCE_YOUR_CALM; a connection with no stream for ``idle_timeout`` seconds is closed with
+``max_continuation_frames``, more than ``rapid_reset_limit`` client resets (or as many streams
+refused, over the limit or malformed), ``ping_flood_limit`` PINGs or ``settings_flood_limit``
+SETTINGS per ``flood_period`` seconds end the connection with GOAWAY ENHANCE_YOUR_CALM; a read
+is processed a bounded number of frames at a time, other connections running in between; a
+connection with no stream for ``idle_timeout`` seconds is closed with
 GOAWAY NO_ERROR; a peer that does not read what we send for ``send_timeout`` seconds is dropped.
 A protocol error gets GOAWAY with the RFC 9113 error code and ends the connection; the streams
 then raise :class:`~stack.ProtocolError`. A malformed message (bad header list, RFC 9113 8.1.1)
@@ -78,7 +80,8 @@ All HTTP/2 work is done by h2. The layer is split in private modules, this one h
 specs and the names users import:
 
 * ``_h2core.py``: the sans-io part: our corrections to h2 (:class:`~layers._h2core.H2Core`),
-  the checks of received header lists, the parsing of an ``Upgrade: h2c`` request;
+  with ``_h2fields.py``: the checks of received header lists, the parsing of an
+  ``Upgrade: h2c`` request;
 * ``_h2stream.py``: the stream (a ByteStream), the request and response objects, and
   ``StreamOwner``, the short interface through which a stream reaches its connection;
 * ``_h2conn.py``: what both sides' connections share (reader, writer, flow control, settings,
