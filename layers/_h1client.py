@@ -283,13 +283,14 @@ class _ResponseBody(ByteStream):
             try:
                 with trio.CancelScope(shield=True):
                     drain_deadline = trio.current_time() + DRAIN_TIME
-                    total = len(self._pending) + sum(map(len, self._buffered))
+                    total = len(self._unread) + len(self._pending) + sum(map(len, self._buffered))
                     while not self._complete and total <= MAX_DRAIN:
                         total += len(await conn.read_body(self, drain_deadline))
             except StackError:
                 pass
         self._pending = b""
         self._buffered.clear()
+        self._unread.clear()
         if not self._complete:
             await conn.give_up(Closed("HTTP/1.1: a response was closed before its end, closing the connection"))
 
@@ -669,19 +670,17 @@ class ClientConnection(H1Connection, http.ClientConnection):
         return response
 
     async def _take_buffered(self, body: _ResponseBody, response: Response) -> None:
-        """The body's bytes that came with the head (no request body going): taken now, so a small
-        response is whole without another call into the engine, and its exchange ends at once. A
-        malformed body's error is kept for the ``recv`` that reaches it (after the bytes before it)."""
+        """The body's bytes that came with the head (no request body going): taken now into the
+        body's read-ahead (its ``buffered`` says how many), so a small response is whole without
+        another call into the engine, and its exchange ends at once. A malformed body's error is
+        kept for the ``recv`` that reaches it (after the bytes before it)."""
         engine = self._engine
         try:
             while True:
                 event = engine.next_event()
                 if type(event) is bytes:
-                    if event:
-                        if body._pending:
-                            body._buffered.append(event)
-                        else:
-                            body._pending = event
+                    if event:  # read ahead: ``buffered`` counts it, the next receive returns it
+                        body._unread += event
                     continue
                 if type(event) is list:
                     body._complete = True

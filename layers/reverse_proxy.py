@@ -354,9 +354,11 @@ class ProxyApp:
             if first or (length is not None and length != b"0"):
                 upload = _Upload(request.body, first, self.timeout, scope)
             conn, response, failure = await self._exchange(request, headers, upload, length, scope)
-            if response is not None and _read_whole(request, response):
+            whole = -1 if response is None else _read_whole(request, response)
+            if response is not None and whole >= 0:
                 phase = "body"
-                scope.deadline = trio.current_time() + self.timeout
+                if response.body.buffered < whole:  # (usually it came with the head: no wait, no push)
+                    scope.deadline = trio.current_time() + self.timeout
                 try:
                     data = await _read_small(response)
                 except (StackError, OSError) as exc:
@@ -540,13 +542,18 @@ def _peer(info: Any) -> str:
     return str(peer or "-")
 
 
-def _read_whole(request: http.Request, response: http.Response) -> bool:
-    """Whether the response body is read whole and sent with the head in one write: bodiless
-    (HEAD, 204, 304), or announced as at most :data:`SMALL_BODY` bytes."""
+def _read_whole(request: http.Request, response: http.Response) -> int:
+    """The size of a response body read whole and sent with the head in one write: 0 when
+    bodiless (HEAD, 204, 304), else the announced length if at most :data:`SMALL_BODY` bytes;
+    -1 for a body that streams."""
     if request.method == "HEAD" or response.status in (204, 304):
-        return True
+        return 0
     length = _field(response.headers.raw, b"content-length")
-    return length is not None and length.isdigit() and int(length) <= SMALL_BODY
+    if length is not None and length.isdigit():
+        size = int(length)
+        if size <= SMALL_BODY:
+            return size
+    return -1
 
 
 async def _read_small(response: http.Response) -> bytes:
