@@ -436,7 +436,8 @@ class ClientConnection(H1Connection, http.ClientConnection):
         target or header raises :class:`ValueError` and sends nothing.
         """
         self._check()
-        event, streaming, expect_100 = self._build(method, target, Headers(headers), body)
+        raw = headers.raw if type(headers) is Headers else Headers(headers).raw  # only read: no copy
+        event, streaming, expect_100 = self._build(method, target, raw, body)
         try:
             self._slot.acquire_nowait()
         except trio.WouldBlock:
@@ -486,10 +487,9 @@ class ClientConnection(H1Connection, http.ClientConnection):
             )
         return response
 
-    def _build(self, method: str, target: str, headers: Headers, body: Body) -> tuple[Any, bool, bool]:
-        """The engine's checked request head (framing headers and Host added); whether the body
-        streams; whether it waits for 100 Continue."""
-        raw = headers.raw
+    def _build(self, method: str, target: str, raw: list[tuple[bytes, bytes]], body: Body) -> tuple[Any, bool, bool]:
+        """The engine's checked request head (framing headers and Host added) from the request's
+        fields ``raw`` (read, never kept); whether the body streams; whether it waits for 100 Continue."""
         has_host = has_length = expect_100 = False
         for name, value in raw:
             if name == b"host":
@@ -660,7 +660,7 @@ class ClientConnection(H1Connection, http.ClientConnection):
         body = _ResponseBody(self, self._sender)
         response = Response(status, headers, version, body, reason)
         body._response = response
-        if self._method == b"HEAD" or status in _BODYLESS_STATUS or headers.get("content-length") == "0":
+        if self._method == b"HEAD" or status in _BODYLESS_STATUS or (b"content-length", b"0") in event.fields:
             nxt = engine.next_event()  # a bodiless response ends at once: the next request need not wait
             if type(nxt) is list:
                 body._complete = True
