@@ -372,7 +372,11 @@ class ClientConnection(H1Connection, http.ClientConnection):
         self.authority = authority
         self.scheme = scheme
         self._host = authority.encode("ascii") if authority.isascii() else authority.encode("idna")
-        self._slot = trio.Semaphore(1)
+        # The one exchange at a time: a semaphore of one, without trio.Semaphore's cost per call.
+        # ``_held`` while an exchange has the connection; a request waiting for it parks in
+        # ``_slot_lot`` (made when first needed) and is handed it directly, first come first served.
+        self._held = False
+        self._slot_lot: trio.lowlevel.ParkingLot | None = None
         self._error: StackError | None = None
         self._closed = False
         self._exchange = 0  # the exchange holding the slot (0: none)
@@ -438,15 +442,18 @@ class ClientConnection(H1Connection, http.ClientConnection):
         self._check()
         raw = headers.raw if type(headers) is Headers else Headers(headers).raw  # only read: no copy
         event, streaming, expect_100 = self._build(method, target, raw, body)
-        try:
-            self._slot.acquire_nowait()
-        except trio.WouldBlock:
+        if self._held:  # wait for the slot: the exchange giving it back hands it to us
+            lot = self._slot_lot
+            if lot is None:
+                lot = self._slot_lot = trio.lowlevel.ParkingLot()
             with trio.move_on_at(deadline) as scope:
-                await self._slot.acquire()
+                await lot.park()
             if scope.cancelled_caught:
                 raise Timeout(
                     "HTTP/1.1: waiting for the connection timed out (is a previous response unread?)"
                 ) from None
+        else:
+            self._held = True
         self._exchanges += 1
         self._exchange = exchange = self._exchanges
         self._sender = None
@@ -746,7 +753,11 @@ class ClientConnection(H1Connection, http.ClientConnection):
     def _release(self, exchange: int) -> None:
         if exchange and self._exchange == exchange:
             self._exchange = 0
-            self._slot.release()
+            lot = self._slot_lot
+            if lot:  # handed to the request waiting longest: still held
+                lot.unpark()
+            else:
+                self._held = False
 
     async def give_up(self, exc: StackError) -> None:
         """No more requests on this connection: record why, stop a request body still going,
