@@ -671,16 +671,18 @@ class ClientConnection(H1Connection, http.ClientConnection):
             nxt = engine.next_event()  # a bodiless response ends at once: the next request need not wait
             if type(nxt) is list:
                 body._complete = True
-                await self._end_exchange()
-        elif self._sender is None and engine.buffered:
-            await self._take_buffered(body, response)
+                if not self._ended_now():
+                    await self._end_exchange()
+        elif self._sender is None and engine.buffered and self._take_buffered(body, response):
+            await self._end_exchange()
         return response
 
-    async def _take_buffered(self, body: _ResponseBody, response: Response) -> None:
+    def _take_buffered(self, body: _ResponseBody, response: Response) -> bool:
         """The body's bytes that came with the head (no request body going): taken now into the
         body's read-ahead (its ``buffered`` says how many), so a small response is whole without
         another call into the engine, and its exchange ends at once. A malformed body's error is
-        kept for the ``recv`` that reaches it (after the bytes before it)."""
+        kept for the ``recv`` that reaches it (after the bytes before it). True if the body ended
+        and the exchange is still to be ended (with an await)."""
         engine = self._engine
         try:
             while True:
@@ -693,10 +695,11 @@ class ClientConnection(H1Connection, http.ClientConnection):
                     body._complete = True
                     if event:
                         response.trailers = Headers(event)
-                    await self._end_exchange()
-                return
+                    return not self._ended_now()
+                return False
         except StackError as exc:
             body._failed = exc
+        return False
 
     async def read_body(self, body: _ResponseBody, deadline: float) -> bytes:
         engine = self._engine
@@ -708,12 +711,24 @@ class ClientConnection(H1Connection, http.ClientConnection):
                 body._complete = True
                 if event and body._response is not None:
                     body._response.trailers = Headers(event)
-                await self._end_exchange()
+                if not self._ended_now():
+                    await self._end_exchange()
                 return b""
             if event is None:
                 await self._receive(deadline)
                 continue
             raise ProtocolError(f"HTTP/1.1: unexpected {event!r} in a response body")
+
+    def _ended_now(self) -> bool:
+        """The response ended: end the exchange at once if that is the usual case (no request
+        body task, every request byte sent, the connection kept alive), as :meth:`_end_exchange`
+        would, without a coroutine. False if :meth:`_end_exchange` must run."""
+        engine = self._engine
+        if self._sender is None and not self.outbuf and engine.cycle_done:
+            engine.start_next_cycle()
+            self._release(self._exchange)
+            return True
+        return False
 
     async def _end_exchange(self) -> None:
         """The response ended. If the request body is still going after a 2xx on a kept-alive
