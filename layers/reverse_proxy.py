@@ -83,8 +83,8 @@ from stack.errors import Broken, Closed, EndOfStream, StackError, Timeout
 from ._proxy_pool import BackendPool, Upstream, parse_listen
 
 __all__ = [
-    "CHUNK", "FORWARDED_KEPT", "HOP_BY_HOP", "PSEUDONYM", "SMALL_BODY", "BackendPool", "ProxyApp", "Upstream",
-    "parse_listen", "request_headers", "response_headers",
+    "CHUNK", "FORWARDED_KEPT", "HEADS_KEPT", "HOP_BY_HOP", "PSEUDONYM", "SMALL_BODY", "BackendPool", "ProxyApp",
+    "Upstream", "parse_listen", "request_headers", "response_headers",
 ]  # fmt: skip
 
 log = logging.getLogger("stack.proxy")
@@ -98,6 +98,9 @@ SMALL_BODY = 65536
 
 FORWARDED_KEPT = 256
 """Client connections whose Forwarded value is kept (see ProxyApp._forwarded)."""
+
+HEADS_KEPT = 256
+"""Request and response heads whose forwarded fields are kept, each way (see ProxyApp._request_fields)."""
 
 PSEUDONYM = "trio-stack"
 """How this proxy names itself in Via."""
@@ -279,6 +282,8 @@ class ProxyApp:
         self.access = access
         self.send_proxy = send_proxy  # PROXY protocol version toward the backend (None: no header)
         self._forwarded_kept: dict[int, tuple[Any, str, bytes]] = {}  # id(info): (info, host, Forwarded)
+        self._requests_kept: dict[tuple[Any, ...], list[tuple[bytes, bytes]]] = {}
+        self._responses_kept: dict[tuple[Any, ...], tuple[list[tuple[bytes, bytes]], bool]] = {}
 
     async def __call__(self, request: http.Request) -> None:
         access = self.access and access_log.isEnabledFor(logging.INFO)
@@ -315,6 +320,34 @@ class ProxyApp:
         self._forwarded_kept[id(info)] = (info, host, value)
         return value
 
+    def _request_fields(self, request: http.Request) -> list[tuple[bytes, bytes]]:
+        """:func:`request_headers` of ``request``, kept by what they depend on (the fields as
+        received, the authority, the version, the Forwarded value): clients repeat their heads.
+        At most :data:`HEADS_KEPT` (then all are dropped); the list is shared, so it is only read
+        (the backend client and both engines copy what they keep)."""
+        forwarded = self._forwarded(request)
+        key = (tuple(request.headers.raw), request.authority, request.http_version, forwarded)
+        kept = self._requests_kept.get(key)
+        if kept is None:
+            kept = request_headers(request, forwarded)
+            if len(self._requests_kept) >= HEADS_KEPT:
+                self._requests_kept.clear()
+            self._requests_kept[key] = kept
+        return kept
+
+    def _response_fields(self, response: http.Response) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """:func:`response_headers` of ``response``, kept by its fields and version as for
+        requests (a backend answers with few heads; Date changes once a second). The list is
+        shared: ``respond`` and ``start_response`` copy it."""
+        key = (tuple(response.headers.raw), response.http_version)
+        kept = self._responses_kept.get(key)
+        if kept is None:
+            kept = response_headers(response)
+            if len(self._responses_kept) >= HEADS_KEPT:
+                self._responses_kept.clear()
+            self._responses_kept[key] = kept
+        return kept
+
     def _stack(self, request: http.Request) -> Stack | None:
         """With ``send_proxy``: the pool's stack with a PROXY header for this request's client
         (so the connection is this client's only: it is never kept for another)."""
@@ -333,7 +366,7 @@ class ProxyApp:
         pushed on once more, reading a small response body whole. What runs inside it takes no
         deadline of its own: it is the only cancel scope of a request on this path.
         """
-        headers = http.Headers._wire(request_headers(request, self._forwarded(request)))  # not normalised again
+        headers = http.Headers._wire(self._request_fields(request))  # not normalised again
         raw = request.headers.raw
         length = _field(raw, b"content-length")
         conn: http.ClientConnection | None = None
@@ -388,7 +421,7 @@ class ProxyApp:
         if failure is not None:  # the small body failed
             await self.pool.release(conn, reusable=False)
             return await _error(request, *failure)
-        fields, keep = response_headers(response)
+        fields, keep = self._response_fields(response)
         reusable = keep and self.send_proxy is None
         if data is None:
             ended = [False]
