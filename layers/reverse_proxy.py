@@ -59,8 +59,10 @@ Forwarding rules (RFC 9110 section 7.6):
   in ``allow_connect`` (``--allow-connect``; none by default: 403), piped both ways with
   backpressure.
 
-Cost: a request on the usual path takes one cancel scope (see ``ProxyApp._forward``) and no
-deadline per call below it; CONTRIBUTING ("The proxy") records why. One access line per request
+Cost: an HTTP/1.x request without a body takes no cancel scope: the run's watchdog keeps its
+deadlines and resets the backend connection when one passes (``ProxyApp._forward_bodiless``);
+any other request takes one cancel scope (``ProxyApp._forward``), and no deadline per call
+below it; CONTRIBUTING ("The proxy") records why. One access line per request
 goes to the ``stack.access`` logger (``access=True``, and only when that logger is enabled for
 INFO); the proxy's own events go to ``stack.proxy``.
 """
@@ -79,6 +81,7 @@ from layers import http, tcp
 from stack.compose import Stack
 from stack.deadlines import after
 from stack.errors import Broken, Closed, EndOfStream, StackError, Timeout
+from stack.watchdog import watchdog
 
 from ._proxy_pool import BackendPool, Upstream, parse_listen
 
@@ -260,6 +263,37 @@ class _Upload:
         return bytes(chunk)
 
 
+class _Expiry:
+    """What the watchdog ends when a request without a cancel scope passes its deadline
+    (:meth:`ProxyApp._forward_bodiless`): the backend connection it waits on, reset at the
+    bottom (``reset()``: the socket closes, so the wait on it raises). ``fired`` says it came
+    from us; a connection taken after it fired is reset at once."""
+
+    __slots__ = ("bottom", "fired")
+
+    def __init__(self) -> None:
+        self.bottom: Any = None
+        self.fired = False
+
+    def watch(self, conn: http.ClientConnection) -> None:
+        """Watch ``conn``: its bottom stream (the first below it that can ``reset()``)."""
+        stream = getattr(conn, "lower", None)
+        while stream is not None and not hasattr(stream, "reset"):
+            stream = stream.lower
+        self.bottom = stream
+        if self.fired:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Called by the watchdog's sweeper (a system task): never raises."""
+        self.fired = True
+        if self.bottom is not None:
+            try:
+                self.bottom.reset()
+            except Exception as exc:  # pragma: no cover - a socket closed already
+                log.debug("resetting a late backend connection: %r", exc)
+
+
 class ProxyApp:
     """The app the front-end runs: forwards each request to the backend through ``pool``.
 
@@ -369,6 +403,10 @@ class ProxyApp:
         headers = http.Headers._wire(self._request_fields(request))  # not normalised again
         raw = request.headers.raw
         length = _field(raw, b"content-length")
+        if request.http_version != "2" and (
+            length == b"0" or (length is None and _field(raw, b"transfer-encoding") is None)
+        ):  # an HTTP/1.x request without a body: only the backend is waited on
+            return await self._forward_bodiless(request, headers, length)
         conn: http.ClientConnection | None = None
         response: http.Response | None = None
         data: bytes | None = None  # a small (or bodiless) response body, read whole
@@ -386,7 +424,7 @@ class ProxyApp:
             phase = "backend"
             if first or (length is not None and length != b"0"):
                 upload = _Upload(request.body, first, self.timeout, scope)
-            conn, response, failure = await self._exchange(request, headers, upload, length, scope)
+            conn, response, failure = await self._exchange(request, headers, upload, length, scope.deadline)
             whole = -1 if response is None else _read_whole(request, response)
             if response is not None and whole >= 0:
                 phase = "body"
@@ -415,6 +453,69 @@ class ProxyApp:
             else:
                 log.warning("backend did not answer within %gs", self.timeout)
                 failure = (504, "the backend did not answer in time")
+        return await self._reply(request, conn, response, data, failure, True)
+
+    async def _forward_bodiless(self, request: http.Request, headers: http.Headers, length: bytes | None) -> int:
+        """:meth:`_forward` for a request without a body, where only the backend is waited on:
+        with no cancel scope. The same deadlines (``timeout`` for the answer, then once more for
+        a small body still coming) are kept by the run's watchdog, which resets the backend
+        connection (so the wait on it ends) when one passes (:class:`_Expiry`). The answers and
+        log lines are the scope's: 504 when the backend was too slow."""
+        timeout = self.timeout
+        dog = watchdog()
+        expiry = _Expiry()
+        dog.arm(expiry, trio.current_time() + timeout, expiry, timeout / 8)
+        conn: http.ClientConnection | None = None
+        data: bytes | None = None
+        try:
+            conn, response, failure = await self._exchange(
+                request, headers, None, length, trio.current_time() + timeout, expiry
+            )
+            whole = -1 if response is None else _read_whole(request, response)
+            if response is not None and whole >= 0:
+                if response.body.buffered < whole:  # (usually it came with the head: no wait, no push)
+                    dog.arm(expiry, trio.current_time() + timeout, expiry, timeout / 8)
+                try:
+                    data = await _read_small(response)
+                except (StackError, OSError) as exc:
+                    if expiry.fired:
+                        log.warning("backend failed while sending a response body: the backend did not send its "
+                                    "response body within %gs", timeout)  # fmt: skip
+                        failure = (504, "the backend failed")
+                    else:
+                        log.warning("backend failed while sending a response body: %s", exc)
+                        failure = (504 if isinstance(exc, Timeout) else 502, "the backend failed")
+        except BaseException:  # a cancellation from outside
+            dog.disarm(expiry)
+            if conn is not None:
+                await self.pool.release(conn, reusable=False)
+            raise
+        dog.disarm(expiry)
+        if expiry.fired and failure is None and conn is not None:  # fired as the answer came: as a scope would
+            if data is None:  # the connection was reset under a response still to stream
+                log.warning("backend did not answer within %gs", timeout)
+                failure = (504, "the backend did not answer in time")
+            else:  # the whole answer is here; only the connection is lost
+                await self.pool.release(conn, reusable=False)
+                conn = None
+                assert response is not None
+                fields, _ = self._response_fields(response)
+                await request.respond(response.status, http.Headers._wire(fields), data, deadline=after(timeout))
+                return len(data)
+        return await self._reply(request, conn, response, data, failure, True)
+
+    async def _reply(
+        self,
+        request: http.Request,
+        conn: http.ClientConnection | None,
+        response: http.Response | None,
+        data: bytes | None,
+        failure: tuple[int, str] | None,
+        reusable: bool,
+    ) -> int:
+        """Answer the client: ``failure`` (the connection closed), else the backend's response,
+        with ``data`` as its whole body or streamed (None); the connection goes back to the pool
+        (reused if ``reusable``, the backend keeps it and the response was read to its end)."""
         if conn is None or response is None:
             assert failure is not None
             return await _error(request, *failure)
@@ -422,7 +523,7 @@ class ProxyApp:
             await self.pool.release(conn, reusable=False)
             return await _error(request, *failure)
         fields, keep = self._response_fields(response)
-        reusable = keep and self.send_proxy is None
+        reusable = reusable and keep and self.send_proxy is None
         if data is None:
             ended = [False]
             try:
@@ -440,13 +541,16 @@ class ProxyApp:
         headers: http.Headers,
         upload: _Upload | None,
         length: bytes | None,
-        scope: trio.CancelScope,
+        deadline: float,
+        expiry: _Expiry | None = None,
     ) -> tuple[http.ClientConnection | None, http.Response | None, tuple[int, str] | None]:
         """Send the request (with ``upload`` as its body, if any) to the backend and return the
         connection and the response head, or the failure to answer with. A request that fails on
         a reused connection before anything arrived (the backend had closed it) goes again on a
-        new one when that is safe (no body, or none of it read yet). Cancelled (``scope``'s
-        deadline, say): the connection is closed, never reused."""
+        new one when that is safe (no body, or none of it read yet). Cancelled (the caller's
+        scope's deadline, say): the connection is closed, never reused. ``deadline`` bounds the
+        wait for a pooled connection; ``expiry`` (without a scope) watches the connection taken,
+        and once it fired the answer is 504, never a retry."""
         pool = self.pool
         fresh = self.send_proxy is not None
         body: Any = upload
@@ -457,7 +561,7 @@ class ProxyApp:
             reused = True
             if conn is None:
                 try:
-                    conn, reused = await pool.acquire(deadline=scope.deadline, fresh=fresh, stack=self._stack(request))
+                    conn, reused = await pool.acquire(deadline=deadline, fresh=fresh, stack=self._stack(request))
                 except Timeout as exc:
                     log.warning("backend: %s", exc)
                     return None, None, (504, "the backend did not answer in time")
@@ -465,12 +569,18 @@ class ProxyApp:
                     log.warning("backend unreachable: %s", exc)
                     return None, None, (502, "the backend cannot be reached")
             failure: tuple[int, str] | None = None
+            if expiry is not None:
+                expiry.watch(conn)
             try:
                 return conn, await conn.request(request.method, request.target, headers=headers, body=body), None
             except _ClientFailed as exc:
                 log.info("%s: %s", _peer(request.info), exc)
                 failure = (exc.status, "the request body could not be read")
             except (StackError, OSError) as exc:
+                if expiry is not None and expiry.fired:  # our deadline reset the connection
+                    log.warning("backend did not answer within %gs", self.timeout)
+                    await self.pool.release(conn, reusable=False)
+                    return None, None, (504, "the backend did not answer in time")
                 replayable = upload is None or not upload.started
                 stale = isinstance(exc, EndOfStream | Broken | Closed | OSError) and not isinstance(exc, Timeout)
                 if reused and replayable and stale:
