@@ -283,13 +283,14 @@ class _ResponseBody(ByteStream):
             try:
                 with trio.CancelScope(shield=True):
                     drain_deadline = trio.current_time() + DRAIN_TIME
-                    total = len(self._pending) + sum(map(len, self._buffered))
+                    total = len(self._unread) + len(self._pending) + sum(map(len, self._buffered))
                     while not self._complete and total <= MAX_DRAIN:
                         total += len(await conn.read_body(self, drain_deadline))
             except StackError:
                 pass
         self._pending = b""
         self._buffered.clear()
+        self._unread.clear()
         if not self._complete:
             await conn.give_up(Closed("HTTP/1.1: a response was closed before its end, closing the connection"))
 
@@ -371,7 +372,11 @@ class ClientConnection(H1Connection, http.ClientConnection):
         self.authority = authority
         self.scheme = scheme
         self._host = authority.encode("ascii") if authority.isascii() else authority.encode("idna")
-        self._slot = trio.Semaphore(1)
+        # The one exchange at a time: a semaphore of one, without trio.Semaphore's cost per call.
+        # ``_held`` while an exchange has the connection; a request waiting for it parks in
+        # ``_slot_lot`` (made when first needed) and is handed it directly, first come first served.
+        self._held = False
+        self._slot_lot: trio.lowlevel.ParkingLot | None = None
         self._error: StackError | None = None
         self._closed = False
         self._exchange = 0  # the exchange holding the slot (0: none)
@@ -435,16 +440,20 @@ class ClientConnection(H1Connection, http.ClientConnection):
         target or header raises :class:`ValueError` and sends nothing.
         """
         self._check()
-        event, streaming, expect_100 = self._build(method, target, Headers(headers), body)
-        try:
-            self._slot.acquire_nowait()
-        except trio.WouldBlock:
+        raw = headers.raw if type(headers) is Headers else Headers(headers).raw  # only read: no copy
+        event, streaming, expect_100 = self._build(method, target, raw, body)
+        if self._held:  # wait for the slot: the exchange giving it back hands it to us
+            lot = self._slot_lot
+            if lot is None:
+                lot = self._slot_lot = trio.lowlevel.ParkingLot()
             with trio.move_on_at(deadline) as scope:
-                await self._slot.acquire()
+                await lot.park()
             if scope.cancelled_caught:
                 raise Timeout(
                     "HTTP/1.1: waiting for the connection timed out (is a previous response unread?)"
                 ) from None
+        else:
+            self._held = True
         self._exchanges += 1
         self._exchange = exchange = self._exchanges
         self._sender = None
@@ -485,10 +494,9 @@ class ClientConnection(H1Connection, http.ClientConnection):
             )
         return response
 
-    def _build(self, method: str, target: str, headers: Headers, body: Body) -> tuple[Any, bool, bool]:
-        """The engine's checked request head (framing headers and Host added); whether the body
-        streams; whether it waits for 100 Continue."""
-        raw = headers.raw
+    def _build(self, method: str, target: str, raw: list[tuple[bytes, bytes]], body: Body) -> tuple[Any, bool, bool]:
+        """The engine's checked request head (framing headers and Host added) from the request's
+        fields ``raw`` (read, never kept); whether the body streams; whether it waits for 100 Continue."""
         has_host = has_length = expect_100 = False
         for name, value in raw:
             if name == b"host":
@@ -659,38 +667,39 @@ class ClientConnection(H1Connection, http.ClientConnection):
         body = _ResponseBody(self, self._sender)
         response = Response(status, headers, version, body, reason)
         body._response = response
-        if self._method == b"HEAD" or status in _BODYLESS_STATUS or headers.get("content-length") == "0":
+        if self._method == b"HEAD" or status in _BODYLESS_STATUS or (b"content-length", b"0") in event.fields:
             nxt = engine.next_event()  # a bodiless response ends at once: the next request need not wait
             if type(nxt) is list:
                 body._complete = True
-                await self._end_exchange()
-        elif self._sender is None and engine.buffered:
-            await self._take_buffered(body, response)
+                if not self._ended_now():
+                    await self._end_exchange()
+        elif self._sender is None and engine.buffered and self._take_buffered(body, response):
+            await self._end_exchange()
         return response
 
-    async def _take_buffered(self, body: _ResponseBody, response: Response) -> None:
-        """The body's bytes that came with the head (no request body going): taken now, so a small
-        response is whole without another call into the engine, and its exchange ends at once. A
-        malformed body's error is kept for the ``recv`` that reaches it (after the bytes before it)."""
+    def _take_buffered(self, body: _ResponseBody, response: Response) -> bool:
+        """The body's bytes that came with the head (no request body going): taken now into the
+        body's read-ahead (its ``buffered`` says how many), so a small response is whole without
+        another call into the engine, and its exchange ends at once. A malformed body's error is
+        kept for the ``recv`` that reaches it (after the bytes before it). True if the body ended
+        and the exchange is still to be ended (with an await)."""
         engine = self._engine
         try:
             while True:
                 event = engine.next_event()
                 if type(event) is bytes:
-                    if event:
-                        if body._pending:
-                            body._buffered.append(event)
-                        else:
-                            body._pending = event
+                    if event:  # read ahead: ``buffered`` counts it, the next receive returns it
+                        body._unread += event
                     continue
                 if type(event) is list:
                     body._complete = True
                     if event:
                         response.trailers = Headers(event)
-                    await self._end_exchange()
-                return
+                    return not self._ended_now()
+                return False
         except StackError as exc:
             body._failed = exc
+        return False
 
     async def read_body(self, body: _ResponseBody, deadline: float) -> bytes:
         engine = self._engine
@@ -702,12 +711,24 @@ class ClientConnection(H1Connection, http.ClientConnection):
                 body._complete = True
                 if event and body._response is not None:
                     body._response.trailers = Headers(event)
-                await self._end_exchange()
+                if not self._ended_now():
+                    await self._end_exchange()
                 return b""
             if event is None:
                 await self._receive(deadline)
                 continue
             raise ProtocolError(f"HTTP/1.1: unexpected {event!r} in a response body")
+
+    def _ended_now(self) -> bool:
+        """The response ended: end the exchange at once if that is the usual case (no request
+        body task, every request byte sent, the connection kept alive), as :meth:`_end_exchange`
+        would, without a coroutine. False if :meth:`_end_exchange` must run."""
+        engine = self._engine
+        if self._sender is None and not self.outbuf and engine.cycle_done:
+            engine.start_next_cycle()
+            self._release(self._exchange)
+            return True
+        return False
 
     async def _end_exchange(self) -> None:
         """The response ended. If the request body is still going after a 2xx on a kept-alive
@@ -747,7 +768,11 @@ class ClientConnection(H1Connection, http.ClientConnection):
     def _release(self, exchange: int) -> None:
         if exchange and self._exchange == exchange:
             self._exchange = 0
-            self._slot.release()
+            lot = self._slot_lot
+            if lot:  # handed to the request waiting longest: still held
+                lot.unpark()
+            else:
+                self._held = False
 
     async def give_up(self, exc: StackError) -> None:
         """No more requests on this connection: record why, stop a request body still going,

@@ -48,6 +48,9 @@ class Headers:
     raw: list[tuple[bytes, bytes]]
 
     def __init__(self, items: HeaderInput = ()) -> None:
+        if type(items) is Headers:  # first: ``==`` on a Headers would be a call of __eq__
+            self.raw = list(items.raw)
+            return
         if items == ():  # the common empty case, without the Mapping check below
             self.raw = []
             return

@@ -59,8 +59,10 @@ Forwarding rules (RFC 9110 section 7.6):
   in ``allow_connect`` (``--allow-connect``; none by default: 403), piped both ways with
   backpressure.
 
-Cost: a request on the usual path takes one cancel scope (see ``ProxyApp._forward``) and no
-deadline per call below it; CONTRIBUTING ("The proxy") records why. One access line per request
+Cost: an HTTP/1.x request without a body takes no cancel scope: the run's watchdog keeps its
+deadlines and resets the backend connection when one passes (``ProxyApp._forward_bodiless``);
+any other request takes one cancel scope (``ProxyApp._forward``), and no deadline per call
+below it; CONTRIBUTING ("The proxy") records why. One access line per request
 goes to the ``stack.access`` logger (``access=True``, and only when that logger is enabled for
 INFO); the proxy's own events go to ``stack.proxy``.
 """
@@ -79,12 +81,13 @@ from layers import http, tcp
 from stack.compose import Stack
 from stack.deadlines import after
 from stack.errors import Broken, Closed, EndOfStream, StackError, Timeout
+from stack.watchdog import watchdog
 
 from ._proxy_pool import BackendPool, Upstream, parse_listen
 
 __all__ = [
-    "CHUNK", "FORWARDED_KEPT", "HOP_BY_HOP", "PSEUDONYM", "SMALL_BODY", "BackendPool", "ProxyApp", "Upstream",
-    "parse_listen", "request_headers", "response_headers",
+    "CHUNK", "FORWARDED_KEPT", "HEADS_KEPT", "HOP_BY_HOP", "PSEUDONYM", "SMALL_BODY", "BackendPool", "ProxyApp",
+    "Upstream", "parse_listen", "request_headers", "response_headers",
 ]  # fmt: skip
 
 log = logging.getLogger("stack.proxy")
@@ -98,6 +101,9 @@ SMALL_BODY = 65536
 
 FORWARDED_KEPT = 256
 """Client connections whose Forwarded value is kept (see ProxyApp._forwarded)."""
+
+HEADS_KEPT = 256
+"""Request and response heads whose forwarded fields are kept, each way (see ProxyApp._request_fields)."""
 
 PSEUDONYM = "trio-stack"
 """How this proxy names itself in Via."""
@@ -257,6 +263,37 @@ class _Upload:
         return bytes(chunk)
 
 
+class _Expiry:
+    """What the watchdog ends when a request without a cancel scope passes its deadline
+    (:meth:`ProxyApp._forward_bodiless`): the backend connection it waits on, reset at the
+    bottom (``reset()``: the socket closes, so the wait on it raises). ``fired`` says it came
+    from us; a connection taken after it fired is reset at once."""
+
+    __slots__ = ("bottom", "fired")
+
+    def __init__(self) -> None:
+        self.bottom: Any = None
+        self.fired = False
+
+    def watch(self, conn: http.ClientConnection) -> None:
+        """Watch ``conn``: its bottom stream (the first below it that can ``reset()``)."""
+        stream = getattr(conn, "lower", None)
+        while stream is not None and not hasattr(stream, "reset"):
+            stream = stream.lower
+        self.bottom = stream
+        if self.fired:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Called by the watchdog's sweeper (a system task): never raises."""
+        self.fired = True
+        if self.bottom is not None:
+            try:
+                self.bottom.reset()
+            except Exception as exc:  # pragma: no cover - a socket closed already
+                log.debug("resetting a late backend connection: %r", exc)
+
+
 class ProxyApp:
     """The app the front-end runs: forwards each request to the backend through ``pool``.
 
@@ -279,6 +316,8 @@ class ProxyApp:
         self.access = access
         self.send_proxy = send_proxy  # PROXY protocol version toward the backend (None: no header)
         self._forwarded_kept: dict[int, tuple[Any, str, bytes]] = {}  # id(info): (info, host, Forwarded)
+        self._requests_kept: dict[tuple[Any, ...], list[tuple[bytes, bytes]]] = {}
+        self._responses_kept: dict[tuple[Any, ...], tuple[list[tuple[bytes, bytes]], bool]] = {}
 
     async def __call__(self, request: http.Request) -> None:
         access = self.access and access_log.isEnabledFor(logging.INFO)
@@ -315,6 +354,34 @@ class ProxyApp:
         self._forwarded_kept[id(info)] = (info, host, value)
         return value
 
+    def _request_fields(self, request: http.Request) -> list[tuple[bytes, bytes]]:
+        """:func:`request_headers` of ``request``, kept by what they depend on (the fields as
+        received, the authority, the version, the Forwarded value): clients repeat their heads.
+        At most :data:`HEADS_KEPT` (then all are dropped); the list is shared, so it is only read
+        (the backend client and both engines copy what they keep)."""
+        forwarded = self._forwarded(request)
+        key = (tuple(request.headers.raw), request.authority, request.http_version, forwarded)
+        kept = self._requests_kept.get(key)
+        if kept is None:
+            kept = request_headers(request, forwarded)
+            if len(self._requests_kept) >= HEADS_KEPT:
+                self._requests_kept.clear()
+            self._requests_kept[key] = kept
+        return kept
+
+    def _response_fields(self, response: http.Response) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """:func:`response_headers` of ``response``, kept by its fields and version as for
+        requests (a backend answers with few heads; Date changes once a second). The list is
+        shared: ``respond`` and ``start_response`` copy it."""
+        key = (tuple(response.headers.raw), response.http_version)
+        kept = self._responses_kept.get(key)
+        if kept is None:
+            kept = response_headers(response)
+            if len(self._responses_kept) >= HEADS_KEPT:
+                self._responses_kept.clear()
+            self._responses_kept[key] = kept
+        return kept
+
     def _stack(self, request: http.Request) -> Stack | None:
         """With ``send_proxy``: the pool's stack with a PROXY header for this request's client
         (so the connection is this client's only: it is never kept for another)."""
@@ -333,9 +400,13 @@ class ProxyApp:
         pushed on once more, reading a small response body whole. What runs inside it takes no
         deadline of its own: it is the only cancel scope of a request on this path.
         """
-        headers = http.Headers._wire(request_headers(request, self._forwarded(request)))  # not normalised again
+        headers = http.Headers._wire(self._request_fields(request))  # not normalised again
         raw = request.headers.raw
         length = _field(raw, b"content-length")
+        if request.http_version != "2" and (
+            length == b"0" or (length is None and _field(raw, b"transfer-encoding") is None)
+        ):  # an HTTP/1.x request without a body: only the backend is waited on
+            return await self._forward_bodiless(request, headers, length)
         conn: http.ClientConnection | None = None
         response: http.Response | None = None
         data: bytes | None = None  # a small (or bodiless) response body, read whole
@@ -353,10 +424,12 @@ class ProxyApp:
             phase = "backend"
             if first or (length is not None and length != b"0"):
                 upload = _Upload(request.body, first, self.timeout, scope)
-            conn, response, failure = await self._exchange(request, headers, upload, length, scope)
-            if response is not None and _read_whole(request, response):
+            conn, response, failure = await self._exchange(request, headers, upload, length, scope.deadline)
+            whole = -1 if response is None else _read_whole(request, response)
+            if response is not None and whole >= 0:
                 phase = "body"
-                scope.deadline = trio.current_time() + self.timeout
+                if response.body.buffered < whole:  # (usually it came with the head: no wait, no push)
+                    scope.deadline = trio.current_time() + self.timeout
                 try:
                     data = await _read_small(response)
                 except (StackError, OSError) as exc:
@@ -380,14 +453,77 @@ class ProxyApp:
             else:
                 log.warning("backend did not answer within %gs", self.timeout)
                 failure = (504, "the backend did not answer in time")
+        return await self._reply(request, conn, response, data, failure, True)
+
+    async def _forward_bodiless(self, request: http.Request, headers: http.Headers, length: bytes | None) -> int:
+        """:meth:`_forward` for a request without a body, where only the backend is waited on:
+        with no cancel scope. The same deadlines (``timeout`` for the answer, then once more for
+        a small body still coming) are kept by the run's watchdog, which resets the backend
+        connection (so the wait on it ends) when one passes (:class:`_Expiry`). The answers and
+        log lines are the scope's: 504 when the backend was too slow."""
+        timeout = self.timeout
+        dog = watchdog()
+        expiry = _Expiry()
+        dog.arm(expiry, trio.current_time() + timeout, expiry, timeout / 8)
+        conn: http.ClientConnection | None = None
+        data: bytes | None = None
+        try:
+            conn, response, failure = await self._exchange(
+                request, headers, None, length, trio.current_time() + timeout, expiry
+            )
+            whole = -1 if response is None else _read_whole(request, response)
+            if response is not None and whole >= 0:
+                if response.body.buffered < whole:  # (usually it came with the head: no wait, no push)
+                    dog.arm(expiry, trio.current_time() + timeout, expiry, timeout / 8)
+                try:
+                    data = await _read_small(response)
+                except (StackError, OSError) as exc:
+                    if expiry.fired:
+                        log.warning("backend failed while sending a response body: the backend did not send its "
+                                    "response body within %gs", timeout)  # fmt: skip
+                        failure = (504, "the backend failed")
+                    else:
+                        log.warning("backend failed while sending a response body: %s", exc)
+                        failure = (504 if isinstance(exc, Timeout) else 502, "the backend failed")
+        except BaseException:  # a cancellation from outside
+            dog.disarm(expiry)
+            if conn is not None:
+                await self.pool.release(conn, reusable=False)
+            raise
+        dog.disarm(expiry)
+        if expiry.fired and failure is None and conn is not None:  # fired as the answer came: as a scope would
+            if data is None:  # the connection was reset under a response still to stream
+                log.warning("backend did not answer within %gs", timeout)
+                failure = (504, "the backend did not answer in time")
+            else:  # the whole answer is here; only the connection is lost
+                await self.pool.release(conn, reusable=False)
+                conn = None
+                assert response is not None
+                fields, _ = self._response_fields(response)
+                await request.respond(response.status, http.Headers._wire(fields), data, deadline=after(timeout))
+                return len(data)
+        return await self._reply(request, conn, response, data, failure, True)
+
+    async def _reply(
+        self,
+        request: http.Request,
+        conn: http.ClientConnection | None,
+        response: http.Response | None,
+        data: bytes | None,
+        failure: tuple[int, str] | None,
+        reusable: bool,
+    ) -> int:
+        """Answer the client: ``failure`` (the connection closed), else the backend's response,
+        with ``data`` as its whole body or streamed (None); the connection goes back to the pool
+        (reused if ``reusable``, the backend keeps it and the response was read to its end)."""
         if conn is None or response is None:
             assert failure is not None
             return await _error(request, *failure)
         if failure is not None:  # the small body failed
             await self.pool.release(conn, reusable=False)
             return await _error(request, *failure)
-        fields, keep = response_headers(response)
-        reusable = keep and self.send_proxy is None
+        fields, keep = self._response_fields(response)
+        reusable = reusable and keep and self.send_proxy is None
         if data is None:
             ended = [False]
             try:
@@ -405,13 +541,16 @@ class ProxyApp:
         headers: http.Headers,
         upload: _Upload | None,
         length: bytes | None,
-        scope: trio.CancelScope,
+        deadline: float,
+        expiry: _Expiry | None = None,
     ) -> tuple[http.ClientConnection | None, http.Response | None, tuple[int, str] | None]:
         """Send the request (with ``upload`` as its body, if any) to the backend and return the
         connection and the response head, or the failure to answer with. A request that fails on
         a reused connection before anything arrived (the backend had closed it) goes again on a
-        new one when that is safe (no body, or none of it read yet). Cancelled (``scope``'s
-        deadline, say): the connection is closed, never reused."""
+        new one when that is safe (no body, or none of it read yet). Cancelled (the caller's
+        scope's deadline, say): the connection is closed, never reused. ``deadline`` bounds the
+        wait for a pooled connection; ``expiry`` (without a scope) watches the connection taken,
+        and once it fired the answer is 504, never a retry."""
         pool = self.pool
         fresh = self.send_proxy is not None
         body: Any = upload
@@ -422,7 +561,7 @@ class ProxyApp:
             reused = True
             if conn is None:
                 try:
-                    conn, reused = await pool.acquire(deadline=scope.deadline, fresh=fresh, stack=self._stack(request))
+                    conn, reused = await pool.acquire(deadline=deadline, fresh=fresh, stack=self._stack(request))
                 except Timeout as exc:
                     log.warning("backend: %s", exc)
                     return None, None, (504, "the backend did not answer in time")
@@ -430,12 +569,18 @@ class ProxyApp:
                     log.warning("backend unreachable: %s", exc)
                     return None, None, (502, "the backend cannot be reached")
             failure: tuple[int, str] | None = None
+            if expiry is not None:
+                expiry.watch(conn)
             try:
                 return conn, await conn.request(request.method, request.target, headers=headers, body=body), None
             except _ClientFailed as exc:
                 log.info("%s: %s", _peer(request.info), exc)
                 failure = (exc.status, "the request body could not be read")
             except (StackError, OSError) as exc:
+                if expiry is not None and expiry.fired:  # our deadline reset the connection
+                    log.warning("backend did not answer within %gs", self.timeout)
+                    await self.pool.release(conn, reusable=False)
+                    return None, None, (504, "the backend did not answer in time")
                 replayable = upload is None or not upload.started
                 stale = isinstance(exc, EndOfStream | Broken | Closed | OSError) and not isinstance(exc, Timeout)
                 if reused and replayable and stale:
@@ -540,13 +685,18 @@ def _peer(info: Any) -> str:
     return str(peer or "-")
 
 
-def _read_whole(request: http.Request, response: http.Response) -> bool:
-    """Whether the response body is read whole and sent with the head in one write: bodiless
-    (HEAD, 204, 304), or announced as at most :data:`SMALL_BODY` bytes."""
+def _read_whole(request: http.Request, response: http.Response) -> int:
+    """The size of a response body read whole and sent with the head in one write: 0 when
+    bodiless (HEAD, 204, 304), else the announced length if at most :data:`SMALL_BODY` bytes;
+    -1 for a body that streams."""
     if request.method == "HEAD" or response.status in (204, 304):
-        return True
+        return 0
     length = _field(response.headers.raw, b"content-length")
-    return length is not None and length.isdigit() and int(length) <= SMALL_BODY
+    if length is not None and length.isdigit():
+        size = int(length)
+        if size <= SMALL_BODY:
+            return size
+    return -1
 
 
 async def _read_small(response: http.Response) -> bytes:

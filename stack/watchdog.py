@@ -21,13 +21,21 @@ returned: the caller checks ``scope.cancel_called`` after disarming and treats t
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import trio
 
-__all__ = ["MIN_PERIOD", "Watchdog", "watchdog"]
+__all__ = ["MIN_PERIOD", "Cancellable", "Watchdog", "watchdog"]
 
 MIN_PERIOD = 0.005
 """Seconds: the sweeper never wakes more often than this."""
+
+
+class Cancellable(Protocol):
+    """What an armed wait ends: a :class:`trio.CancelScope`, or anything with ``cancel()`` (the
+    reverse proxy resets a backend connection instead of cancelling a scope)."""
+
+    def cancel(self) -> None: ...
 
 
 class Watchdog:
@@ -36,11 +44,11 @@ class Watchdog:
     __slots__ = ("_armed", "_wake", "period")
 
     def __init__(self) -> None:
-        self._armed: dict[object, tuple[float, trio.CancelScope]] = {}
+        self._armed: dict[object, tuple[float, Cancellable]] = {}
         self._wake: trio.Event | None = None
         self.period = math.inf
 
-    def arm(self, key: object, deadline: float, scope: trio.CancelScope, resolution: float) -> None:
+    def arm(self, key: object, deadline: float, scope: Cancellable, resolution: float) -> None:
         """Cancel ``scope`` once ``deadline`` passed, unless :meth:`disarm` (same ``key``) comes first.
         ``resolution``: how late the cancellation may come, at most."""
         if resolution < self.period:

@@ -20,7 +20,7 @@ import trio
 import trio.testing
 
 from layers import http, tcp
-from layers.reverse_proxy import BackendPool, ProxyApp, Upstream, parse_listen, request_headers
+from layers.reverse_proxy import HEADS_KEPT, BackendPool, ProxyApp, Upstream, parse_listen, request_headers
 from stack import Stack, StackError, after
 from stack.streams import Info
 
@@ -67,6 +67,15 @@ def test_request_headers_and_forwarded_per_connection() -> None:
         assert app._forwarded(request(v6, [], "b.example")) == b'for="[::1]";proto=https;host=b.example'
         assert app._forwarded(request(v4, [], "")) == b"for=10.0.0.1;proto=http"
     assert request_headers(request(Info({}), [], ""))[-1] == (b"forwarded", b"for=unknown;proto=http")
+    # kept per head: the same answer as request_headers, a different one for a different head or
+    # connection, and at most HEADS_KEPT heads
+    for _ in range(2):
+        assert app._request_fields(r) == request_headers(r, app._forwarded(r))
+        assert app._request_fields(r6) == request_headers(r6, app._forwarded(r6))
+    for i in range(HEADS_KEPT + 10):
+        ri = request(v4, [(b"x-n", b"%d" % i)], "a.example")
+        assert app._request_fields(ri)[1] == (b"x-n", b"%d" % i)
+        assert len(app._requests_kept) <= HEADS_KEPT
 
 
 # --------------------------------------------------------------------------------------------------
