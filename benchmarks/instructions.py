@@ -2,6 +2,7 @@
 
     python benchmarks/instructions.py                   # every HTTP/1.1 server, both modes
     python benchmarks/instructions.py --mode close --seconds 30
+    python benchmarks/instructions.py --asgi --mode keep-alive   # the ASGI adapter: uvicorn, ours native, ours ASGI
 
 Each server of ``servers.HTTP1`` runs under ``valgrind --tool=callgrind`` (pinned to CPU 0), with
 ``wrk -t1 -c50`` (pinned to CPU 1) as the load: 3 s of warm-up, then the counters are zeroed
@@ -26,6 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import callgrind, servers
 from benchmarks.harness import Failed, Server, _fill, free_port, run_load
+
+ASGI = [servers.UVICORN_HTTPTOOLS, servers.OURS, servers.OURS_ASGI]
+"""``--asgi``: the baseline (uvicorn), our native API, our ASGI adapter (the same server below)."""
 
 MODES = {"keep-alive": [], "close": ["-H", "Connection: close"]}
 
@@ -59,15 +63,22 @@ def main() -> None:
     parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
     parser.add_argument("--seconds", type=int, default=20, help="wrk duration under callgrind (default: 20)")
     parser.add_argument("--only", metavar="TEXT", help="only the servers whose name contains TEXT")
+    parser.add_argument(
+        "--asgi",
+        action="store_true",
+        help="the raw ASGI hello (benchmarks/peers/asgi_app.py) on uvicorn (httptools+uvloop) and on layers.asgi, "
+        "with our native hello for the adapter's cost, instead of every HTTP/1.1 server",
+    )
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "wrk"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed")
     modes = list(MODES) if args.mode == "both" else [args.mode]
+    chosen = ASGI if args.asgi else [server for server, _ in servers.HTTP1]
     print(f"wrk -t1 -c50 -d{args.seconds}s under callgrind; user-space instructions per request")
     for mode in modes:
         base: float | None = None
-        for server, _ in servers.HTTP1:
+        for server in chosen:
             if args.only and args.only not in server.name:
                 continue
             try:
