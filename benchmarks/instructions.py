@@ -5,7 +5,7 @@
     python benchmarks/instructions.py --asgi --mode keep-alive   # the ASGI adapter: uvicorn, ours native, ours ASGI
 
 Each server of ``servers.HTTP1`` runs under ``valgrind --tool=callgrind`` (pinned to CPU 0), with
-``wrk -t1 -c50`` (pinned to CPU 1) as the load: 3 s of warm-up, then the counters are zeroed
+``wrk -t1 -c50`` (pinned to CPU 1) as the load: 3 s of warm-up (``--warm``), then the counters are zeroed
 (``callgrind_control -z``), ``wrk`` runs for ``--seconds``, and the counters are dumped. The figure
 is user-space instructions executed by the server divided by the requests wrk completed. It leaves
 out what the kernel does (system calls, loopback TCP), so the req/s ratios of ``run.py http1``
@@ -46,13 +46,13 @@ def wrk(port: int, seconds: int, headers: list[str]) -> int:
     return int(m.group(1))
 
 
-def instructions(server: Server, mode: str, seconds: int) -> tuple[int, int]:
+def instructions(server: Server, mode: str, seconds: int, warm: int = 3) -> tuple[int, int]:
     """(instructions, requests) for one server in one mode."""
     port = free_port()
     return callgrind.count(
         _fill(server.cmd, {"port": port}),
         port,
-        lambda: wrk(port, 3, MODES[mode]),  # warm-up: imports, caches, the first connections
+        lambda: wrk(port, warm, MODES[mode]),  # warm-up: imports, caches, the first connections
         lambda: wrk(port, seconds, MODES[mode]),
         what=server.name,
     )
@@ -62,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
     parser.add_argument("--seconds", type=int, default=20, help="wrk duration under callgrind (default: 20)")
+    parser.add_argument("--warm", type=int, default=3, help="wrk warm-up before counting (default: 3)")
     parser.add_argument("--only", metavar="TEXT", help="only the servers whose name contains TEXT")
     parser.add_argument(
         "--asgi",
@@ -82,7 +83,7 @@ def main() -> None:
             if args.only and args.only not in server.name:
                 continue
             try:
-                total, requests = instructions(server, mode, args.seconds)
+                total, requests = instructions(server, mode, args.seconds, args.warm)
             except Failed as exc:
                 print(f"{mode:10} {server.name:22} FAILED: {exc}")
                 continue
