@@ -16,15 +16,8 @@ from __future__ import annotations
 
 from benchmarks import servers
 from benchmarks.bench_http1 import wrk
-from benchmarks.harness import PY, Contender, Group, Server, ServerContender, register
-
-OURS_ASGI = Server(
-    "ours (layers.asgi)",
-    [PY, "-m", "stack", "serve", "benchmarks.peers.asgi_app:app", "--no-tls", "--port", "{port}", "--quiet"],
-    requires=["stack.__main__", "layers.asgi"],
-    probe=[PY, "-m", "stack", "serve", "--help"],
-    ready=r"serving on",
-)
+from benchmarks.harness import Contender, Group, ServerContender, register
+from benchmarks.servers import OURS_ASGI
 
 # Issue 18's targets for ours / peer.
 VERSUS = {servers.HYPERCORN.name: 4.0, servers.UVICORN_HTTPTOOLS.name: 1.0}

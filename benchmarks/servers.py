@@ -63,6 +63,15 @@ OURS_REFERENCE = Server(
     probe=[PY, "-m", "stack", "serve", "--help"],
     ready=r"serving on",
 )
+# The raw ASGI hello app (benchmarks/peers/asgi_app.py, the one the ASGI peers load) on layers.asgi:
+# the `asgi` group's "ours", and `instructions.py --asgi`.
+OURS_ASGI = Server(
+    "ours (layers.asgi)",
+    [PY, "-m", "stack", "serve", "benchmarks.peers.asgi_app:app", "--no-tls", "--port", "{port}", "--quiet"],
+    requires=["stack.__main__", "layers.asgi"],
+    probe=[PY, "-m", "stack", "serve", "--help"],
+    ready=r"serving on",
+)
 # ---------------------------------------------------------------------------------------------------
 
 # ---------------------------------------------------------------------------------------------------

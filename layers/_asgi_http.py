@@ -2,7 +2,8 @@
 
 Theory of operation. :func:`http_scope` builds the scope dict from the request (one dict
 literal; the connection's share comes from :mod:`layers._asgi_scope`). :class:`HTTPCycle` is
-the request's ``receive`` and ``send`` (its bound methods), with no task of its own:
+the request's ``receive`` and ``send`` (its bound methods), with no task of its own (nor
+``__init__`` frame: its starting state is class attributes):
 
 * ``receive`` reads the request body from ``request.body`` one ``recv`` per call, so the client
   is held back by the app's pace (nothing is buffered beyond one read); after the body's end it
@@ -35,7 +36,7 @@ from layers.http import Request
 from stack.errors import StackError
 from stack.streams import ByteStream
 
-__all__ = ["FILE_CHUNK", "RECV_SIZE", "HTTPCycle", "http_scope", "split_target"]
+__all__ = ["FILE_CHUNK", "RECV_SIZE", "HTTPCycle", "http_scope", "new_cycle", "split_target"]
 
 RECV_SIZE = 65536
 """The largest body chunk one ``receive`` returns."""
@@ -45,6 +46,9 @@ FILE_CHUNK = 256 * 1024
 
 # The phases of a response
 NEW, STARTED, STREAMING, TRAILERS, DONE = range(5)
+
+new_cycle = object.__new__
+"""``new_cycle(HTTPCycle)``: a cycle without running ``__init__`` (set its ``request``)."""
 
 
 _TARGETS: dict[tuple[str, str], tuple[str, bytes, bytes]] = {}
@@ -76,47 +80,68 @@ def http_scope(
     request: Request, facts: ConnectionFacts, root_path: str, state: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The ASGI ``http`` scope of ``request``."""
-    path, raw_path, query = split_target(request.target, root_path)
+    split = _TARGETS.get((target := request.target, root_path))  # split_target, inline: per request
+    if split is None:
+        split = split_target(target, root_path)
     headers = request.headers.raw
     version = request.http_version
     if version == "2" and request.authority:  # ASGI: :authority becomes the host field
         headers = [(b"host", request.authority.encode("latin-1")), *(h for h in headers if h[0] != b"host")]
-    scope = {
+    if state is None:
+        return {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": version,
+            "method": request.method,
+            "scheme": request.scheme,
+            "path": split[0],
+            "raw_path": split[1],
+            "query_string": split[2],
+            "root_path": root_path,
+            "headers": headers,
+            "client": facts.client,
+            "server": facts.server,
+            "extensions": facts.extensions,
+        }
+    return {  # the same, with a shallow copy of the lifespan state (one literal: no insertion after)
         "type": "http",
         "asgi": ASGI_VERSION,
         "http_version": version,
         "method": request.method,
         "scheme": request.scheme,
-        "path": path,
-        "raw_path": raw_path,
-        "query_string": query,
+        "path": split[0],
+        "raw_path": split[1],
+        "query_string": split[2],
         "root_path": root_path,
         "headers": headers,
         "client": facts.client,
         "server": facts.server,
         "extensions": facts.extensions,
+        "state": state.copy() if state else {},
     }
-    if state is not None:
-        scope["state"] = state.copy()
-    return scope
 
 
 class HTTPCycle:
-    """``receive`` and ``send`` of one request (see the module docstring)."""
+    """``receive`` and ``send`` of one request (see the module docstring).
 
-    __slots__ = ("body_done", "gone", "headers", "phase", "request", "status", "stream", "trailers", "wants_trailers")
+    Made per request with ``new_cycle(HTTPCycle)`` and ``request`` set (``HTTPCycle(request)``
+    does the same): every other attribute starts as the class's, no ``__init__`` frame runs.
+    """
 
+    # What every cycle starts with (class attributes: set on the instance when they change)
+    phase = NEW
+    body_done = False
+    gone = False
+    stream: ByteStream | None = None
+
+    request: Request
     status: int
     headers: Any
-    wants_trailers: bool
+    wants_trailers: Any  # the start message's "trailers" (only its truth counts)
     trailers: list[tuple[bytes, bytes]]
 
     def __init__(self, request: Request) -> None:
         self.request = request
-        self.phase = NEW
-        self.body_done = False
-        self.gone = False
-        self.stream: ByteStream | None = None
 
     # ---- receive --------------------------------------------------------------------------
 
@@ -140,17 +165,25 @@ class HTTPCycle:
     # ---- send -----------------------------------------------------------------------------
 
     async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.phase != NEW or self.gone:
+                if self.gone:
+                    raise ClientDisconnected("the client is gone")
+                raise RuntimeError("ASGI: http.response.start sent twice")
+            self.status = message["status"]
+            self.headers = message.get("headers", ())
+            self.wants_trailers = message.get("trailers")
+            self.phase = STARTED
+            return
         if self.gone:
             raise ClientDisconnected("the client is gone")
-        kind = message["type"]
         if kind == "http.response.body":
-            body = message.get("body", b"")
-            more = message.get("more_body", False)
             phase = self.phase
-            if phase == STARTED and not more and not self.wants_trailers:
-                self.phase = DONE
+            if phase == STARTED and not message.get("more_body") and not self.wants_trailers:
+                self.phase = DONE  # the whole response in one message: head and body in one write
                 try:
-                    await self.request.respond(self.status, self.headers, body)
+                    await self.request.respond(self.status, self.headers, message.get("body", b""))
                 except StackError as exc:
                     raise self._lost(exc) from exc
                 return
@@ -158,14 +191,7 @@ class HTTPCycle:
                 await self._start()
             elif phase != STREAMING:
                 raise RuntimeError(f"ASGI: http.response.body {self._out_of_order()}")
-            await self._body(body, more)
-        elif kind == "http.response.start":
-            if self.phase != NEW:
-                raise RuntimeError("ASGI: http.response.start sent twice")
-            self.status = message["status"]
-            self.headers = message.get("headers", ())
-            self.wants_trailers = bool(message.get("trailers", False))
-            self.phase = STARTED
+            await self._body(message.get("body", b""), message.get("more_body", False))
         elif kind == "http.response.trailers":
             if self.phase != TRAILERS:
                 raise RuntimeError(f"ASGI: http.response.trailers {self._out_of_order()}")

@@ -71,7 +71,7 @@ from typing import Any
 import trio
 
 from layers import http, tcp
-from layers._asgi_http import STREAMING, TRAILERS, HTTPCycle, http_scope
+from layers._asgi_http import STREAMING, TRAILERS, HTTPCycle, http_scope, new_cycle
 from layers._asgi_lifespan import ASGIApplication, LifespanFailure, run_lifespan
 from layers._asgi_scope import ASGI_VERSION, ClientDisconnected, ConnectionFacts, facts_of
 from layers._asgi_ws import CONNECTING, WebSocketCycle, websocket_scope
@@ -127,10 +127,18 @@ class ASGIApp:
         if facts is None or facts.info is not info:
             facts = facts_of(self._facts, info, self.server_cert)
         method = request.method
-        if (method == "CONNECT" or (method == "GET" and _asks_upgrade(request.headers.raw))) and is_websocket(request):
-            await self._websocket(request, facts)
-            return
-        cycle = HTTPCycle(request)
+        if method == "GET" or method == "CONNECT":
+            upgrade = method == "CONNECT"
+            if not upgrade:
+                for name, _ in request.headers.raw:  # a loop, not any(): no generator per request
+                    if name == b"upgrade":
+                        upgrade = True
+                        break
+            if upgrade and is_websocket(request):
+                await self._websocket(request, facts)
+                return
+        cycle = new_cycle(HTTPCycle)  # (HTTPCycle(request) without an __init__ frame: this is per request)
+        cycle.request = request
         try:
             await self.app(http_scope(request, facts, self.root_path, self.state), cycle.receive, cycle.send)
         except Exception as exc:
@@ -157,13 +165,6 @@ class ASGIApp:
         finally:
             with trio.CancelScope(shield=True):
                 await cycle.finish()
-
-
-def _asks_upgrade(raw: list[tuple[bytes, bytes]]) -> bool:
-    for name, _ in raw:  # noqa: SIM110 - a loop, not any(): no generator per request
-        if name == b"upgrade":
-            return True
-    return False
 
 
 async def serve_asgi(

@@ -3,8 +3,9 @@
 lifespan state) served in this process, with httpx over HTTP/1.1 and HTTP/2, the ``websockets``
 library and curl (103 Early Hints on both versions); and ``python -m stack serve module:app``
 (the lifespan's shutdown after a SIGTERM drains, a startup failure as one line and exit 1);
-Quart-trio when installed; headless Chromium opening a WebSocket over HTTP/2 (extended CONNECT)
-to a Starlette endpoint served by `python -m stack serve module:app` over TLS.
+Quart-trio when installed; headless Chromium loading a FastAPI app served by
+`python -m stack serve module:app` over TLS and opening its WebSocket endpoint, over HTTP/2
+(extended CONNECT) and over HTTP/1.1 (Upgrade; Chromium run with ``--disable-http2``).
 
 The frameworks and clients come with the ``test`` extra; a missing one skips outside CI and fails
 in CI (``CI`` set).
@@ -373,23 +374,25 @@ async def test_quart_trio_routes_and_websocket_on_both_versions() -> None:
                 await w.aclose()
 
 
-# ------------------------------------------------------------- Chromium: WebSocket over HTTP/2
+# ----------------------------------------------- Chromium: a FastAPI app, WebSocket over both versions
 
-CHROMIUM_APP = '''
-from starlette.applications import Starlette
-from starlette.responses import HTMLResponse, PlainTextResponse
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocketDisconnect
+CHROMIUM_APP = """
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse, PlainTextResponse
 
 PAGE = open("page.html").read()
+app = FastAPI()
 
-async def page(request):
-    return HTMLResponse(PAGE)
+@app.get("/", response_class=HTMLResponse)
+async def page():
+    return PAGE
 
-async def result(request):
-    return PlainTextResponse("ok")
+@app.get("/result", response_class=PlainTextResponse)
+async def result():
+    return "ok"
 
-async def echo(ws):
+@app.websocket("/ws/echo")
+async def echo(ws: WebSocket):
     await ws.accept()
     try:
         while True:
@@ -402,20 +405,28 @@ async def echo(ws):
                 await ws.send_bytes(message["bytes"])
     except WebSocketDisconnect:
         pass
+"""
 
-app = Starlette(routes=[Route("/", page), Route("/result", result), WebSocketRoute("/ws/echo", echo)])
-'''
+# Chromium's flags and the first access-log line of the WebSocket, per HTTP version
+CHROMIUM_VERSIONS = {
+    "2": ([], '"CONNECT /ws/echo HTTP/2" 200'),  # extended CONNECT (RFC 8441)
+    "1.1": (["--disable-http2"], '"GET /ws/echo HTTP/1.1" 101'),  # Upgrade
+}
 
 
 @pytest.mark.interop
-async def test_chromium_websocket_over_http2_to_a_starlette_app(tmp_path: Path) -> None:
-    """``python -m stack serve app:app`` over TLS: Chromium speaks HTTP/2 and opens the
-    WebSocket as an extended CONNECT stream (RFC 8441) to the Starlette endpoint."""
-    require("starlette")
+@pytest.mark.parametrize("version", list(CHROMIUM_VERSIONS))
+async def test_chromium_loads_a_fastapi_app_with_websocket(tmp_path: Path, version: str) -> None:
+    """Issue 18's "done when": ``python -m stack serve app:app`` serves a FastAPI app over TLS;
+    Chromium loads its page over HTTP/2 (ALPN h2), or HTTP/1.1 with ``--disable-http2``, and opens
+    the WebSocket to the FastAPI endpoint: an extended CONNECT stream over HTTP/2, an Upgrade over
+    HTTP/1.1. The page reports the echo's result on ``/result``, seen in the access log."""
+    require("fastapi")
     chromium = need("chromium")
     from _peers import CHROMIUM_FLAGS
     from test_websocket_interop import PAGE
 
+    flags, ws_line = CHROMIUM_VERSIONS[version]
     (tmp_path / "page.html").write_text(PAGE)
     (tmp_path / "chromium_app.py").write_text(CHROMIUM_APP)
     env = dict(os.environ)
@@ -437,8 +448,9 @@ async def test_chromium_websocket_over_http2_to_a_starlette_app(tmp_path: Path) 
                 assert chunk, "stack serve exited"
                 out += chunk
             url = re.search(rb"serving on (\S+)", out).group(1).decode()  # type: ignore[union-attr]
+            assert url.startswith("https://"), url
             browser = await trio.lowlevel.open_process(
-                [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", url],
+                [chromium, *CHROMIUM_FLAGS, *flags, f"--user-data-dir={tmp_path / 'profile'}", url],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             buf = b""
@@ -457,5 +469,7 @@ async def test_chromium_websocket_over_http2_to_a_starlette_app(tmp_path: Path) 
                 proc.kill()
                 await proc.wait()
     assert report.startswith("echo=ok kinds=text,binary,text code=1000 clean=true"), (report, lines)
+    page_lines = [line for line in lines if '"GET / HTTP/' in line]
+    assert page_lines and f'"GET / HTTP/{version}" 200' in page_lines[0], lines
     ws_lines = [line for line in lines if "/ws/echo" in line]
-    assert ws_lines and '"CONNECT /ws/echo HTTP/2" 200' in ws_lines[0], lines
+    assert ws_lines and ws_line in ws_lines[0], lines

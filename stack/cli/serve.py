@@ -257,7 +257,10 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
         handler = info_app
     if asgi_app is None:
         handler = with_websocket_echo(handler)
-    app = without_log(handler) if args.quiet else with_access_log(handler)
+    if asgi_app is not None and args.quiet:
+        app: http.App = asgi_app  # an http.App itself: no wrapper per request
+    else:
+        app = without_log(handler) if args.quiet else with_access_log(handler)
     limits = http.DEFAULT_LIMITS
     if args.header_timeout is not None:
         limits = replace(limits, header_timeout=args.header_timeout)
