@@ -7,7 +7,7 @@ bytes after the peer's Close stay ours for ``detach``), and a data frame's size 
 header before it is read (:func:`_frame_header`), so a message over ``max_message`` is refused
 before it is buffered. Sending: every write goes through one lock (:meth:`WebSocket._write`), a
 message is cut into frames of at most :data:`FRAGMENT` payload bytes, and the control frames owed
-(Pings, the last Pong, then our Close once no fragment is left) go between them. A receiving task
+(Pings, the Pongs owed, then our Close once no fragment is left) go between them. A receiving task
 that has control frames to send writes them *while* it waits for data, never before.
 """
 
@@ -39,6 +39,11 @@ RECV = 65536
 FRAGMENT = 65536
 """Payload bytes per frame of an outgoing message: a longer message is sent as several frames
 (RFC 6455 5.4), with the control frames owed sent between them."""
+
+MAX_PONGS = 32
+"""Pongs owed at most: each Ping is answered with its own Pong, but a peer that sends Pings
+faster than it reads our Pongs gets answers to its last 32 only (RFC 6455 5.5.3 allows answering
+only the most recent), so what we owe stays bounded (32 x 125 bytes)."""
 
 ERROR_CLOSE_TIME = 1.0
 """Seconds spent at most sending the Close frame that reports a protocol error."""
@@ -136,7 +141,7 @@ class WebSocket(MessageStream):
         # sending: every write goes through _write, under this lock, frames whole and in order
         self._wlock = trio.Lock()
         self._frames: deque[bytearray] = deque()  # the committed message's frames not sent yet
-        self._pong: bytes | None = None  # the Pong we owe (the last Ping's payload)
+        self._pongs: deque[bytes] = deque(maxlen=MAX_PONGS)  # the Pongs we owe, oldest first
         self._pings_out: list[bytes] = []  # Pings to send
         self._pings: dict[bytes, tuple[trio.Event, list[float]]] = {}  # waiting for their Pong
         self._close_pending: tuple[int | None, str] | None = None  # our Close, not taken yet
@@ -257,7 +262,7 @@ class WebSocket(MessageStream):
             await self._lower.send_from(out, deadline=deadline)
 
     def _take_control(self) -> bytearray | None:
-        """The next control frame owed to the peer (Pings, the Pong, then our Close once no
+        """The next control frame owed to the peer (Pings, the Pongs, then our Close once no
         fragment of a message is left to send), or None."""
         if self._close_sent:
             return None
@@ -267,9 +272,8 @@ class WebSocket(MessageStream):
             if entry is not None:
                 entry[1].append(trio.current_time())
             return self._proto.ping(payload)
-        if self._pong is not None:
-            payload, self._pong = self._pong, None
-            return self._proto.pong(payload)
+        if self._pongs:
+            return self._proto.pong(self._pongs.popleft())
         if self._close_pending is not None and not self._frames:
             code, reason = self._close_pending
             self._close_pending = None
@@ -376,7 +380,7 @@ class WebSocket(MessageStream):
         receiving task that blocked on writing could deadlock with a peer doing the same. The
         writing is cancelled once data arrived; what it committed goes first on the next write.
         """
-        if self._wlock.locked() or not (self._pong is not None or self._pings_out or self._outbuf or self._frames):
+        if self._wlock.locked() or not (self._pongs or self._pings_out or self._outbuf or self._frames):
             chunk = await self._lower.recv(RECV, deadline=deadline)
             self._inbuf += chunk
             return bool(chunk)
@@ -444,7 +448,7 @@ class WebSocket(MessageStream):
                 self._ready = "".join(parts) if op is Opcode.TEXT else b"".join(parts)
         elif op is Opcode.PING:
             assert isinstance(payload, (bytes, bytearray))
-            self._pong = bytes(payload)
+            self._pongs.append(bytes(payload))  # past MAX_PONGS owed, the oldest is dropped
         elif op is Opcode.PONG:
             assert isinstance(payload, (bytes, bytearray))
             entry = self._pings.get(bytes(payload))
@@ -464,7 +468,7 @@ class WebSocket(MessageStream):
         self._fail(exc)
         self._wake_pings()
         if not self._close_sent:
-            self._pong = None
+            self._pongs.clear()
             self._pings_out.clear()
             self._frames.clear()  # the message being sent is given up: Close goes next
             self._close_pending = (code, str(exc)[:60])
