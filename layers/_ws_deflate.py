@@ -26,7 +26,6 @@ import zlib
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 
-
 WINDOW_BITS = 12
 """The largest compression window we use (log2 of its size), whatever the peer allows."""
 

@@ -5,14 +5,17 @@ does the frame rules; this module decides what it is fed and when. Receiving: by
 buffered and fed to wsproto one frame at a time (never past the end of the current frame, so the
 bytes after the peer's Close stay ours for ``detach``), and a data frame's size is checked from its
 header before it is read (:func:`_frame_header`), so a message over ``max_message`` is refused
-before it is buffered. Sending: every write goes through one lock (:meth:`WebSocket._write`), a
-message is cut into frames of at most :data:`FRAGMENT` payload bytes, and the control frames owed
+before it is buffered; at most :data:`FRAMES_PER_STEP` frames are parsed between two checkpoints,
+so a burst of tiny frames cannot hold the event loop, and a fragmented message grows one buffer
+(never a list of pieces). Sending: every write goes through one lock (:meth:`WebSocket._write`),
+a message is cut into frames of at most :data:`FRAGMENT` payload bytes, and the control frames owed
 (Pings, the Pongs owed, then our Close once no fragment is left) go between them. A receiving task
 that has control frames to send writes them *while* it waits for data, never before.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -44,6 +47,11 @@ MAX_PONGS = 32
 """Pongs owed at most: each Ping is answered with its own Pong, but a peer that sends Pings
 faster than it reads our Pongs gets answers to its last 32 only (RFC 6455 5.5.3 allows answering
 only the most recent), so what we owe stays bounded (32 x 125 bytes)."""
+
+FRAMES_PER_STEP = 256
+"""Frames parsed at most between two checkpoints: a read full of tiny frames (a 64 KiB read
+holds up to ~11,000 of them: Pings, empty fragments) is parsed in steps of this many, and the
+other tasks of the process run between the steps."""
 
 ERROR_CLOSE_TIME = 1.0
 """Seconds spent at most sending the Close frame that reports a protocol error."""
@@ -135,7 +143,7 @@ class WebSocket(MessageStream):
         self._frame_left = 0  # bytes of the current frame not fed to wsproto yet
         self._msg_wire = 0  # payload bytes on the wire of the message being received
         self._msg_compressed = False
-        self._parts: list[Any] = []  # pieces of the message being received (all str or all bytes)
+        self._acc: bytearray | io.StringIO | None = None  # the fragmented message being received
         self._ready: Message | None = None  # one whole message, waiting for recv
         self._peer_close: tuple[int, str] | None = None
         # sending: every write goes through _write, under this lock, frames whole and in order
@@ -353,7 +361,7 @@ class WebSocket(MessageStream):
         read from below is in this layer's state before the next await."""
         while True:
             try:
-                self._parse()
+                more = self._parse()
             except MessageTooLarge as exc:
                 await self._give_up(1009, exc, deadline)
             except ParseFailed as exc:
@@ -367,9 +375,12 @@ class WebSocket(MessageStream):
                 self._ready = None
                 return msg
             if self._peer_close is not None:
-                if self._parts or self._frame_left:
+                if self._acc is not None or self._frame_left:
                     raise Broken(f"websocket: the peer closed ({self._peer_close[0]}) in the middle of a message")
                 return None
+            if more:  # a peer's burst of small frames: let the other tasks run between steps
+                await trio.lowlevel.checkpoint()
+                continue
             if not await self._read(deadline):
                 raise Broken("websocket: the connection ended without a Close frame (1006); data may be lost")
 
@@ -399,16 +410,21 @@ class WebSocket(MessageStream):
         except StackError as exc:  # the read beside it meets the same failure and reports it
             log.debug("websocket: writing control frames failed: %s", exc)
 
-    def _parse(self) -> None:
+    def _parse(self) -> bool:
         """Feed wsproto the buffered bytes, never past the end of the current frame, until a
-        message is whole, the peer's Close came, or more bytes are needed."""
+        message is whole, the peer's Close came, or more bytes are needed (then False), or
+        :data:`FRAMES_PER_STEP` frames were begun (then True: the caller yields, then goes on)."""
         buf = self._inbuf
+        budget = FRAMES_PER_STEP
         try:
             while self._ready is None and self._peer_close is None:
                 if self._frame_left == 0:
+                    if not budget:
+                        return True
+                    budget -= 1
                     head = _frame_header(buf, self._pos)
                     if head is None:
-                        return
+                        return False
                     hlen, n, rsv1, opcode, _ = head
                     if opcode <= 2:  # a data frame: check the size before reading it
                         if opcode != 0:
@@ -425,12 +441,13 @@ class WebSocket(MessageStream):
                     self._frame_left = hlen + n
                 take = min(len(buf) - self._pos, self._frame_left)
                 if take <= 0:
-                    return
+                    return False
                 self._proto.receive_bytes(bytes(buf[self._pos : self._pos + take]))
                 self._pos += take
                 self._frame_left -= take
                 for frame in self._proto.received_frames():
                     self._on_frame(frame)
+            return False
         finally:
             if self._pos and (self._pos == len(buf) or self._pos >= RECV):
                 del buf[: self._pos]
@@ -440,12 +457,23 @@ class WebSocket(MessageStream):
         op = frame.opcode
         payload = frame.payload
         if op is Opcode.TEXT or op is Opcode.BINARY:
-            if payload:
-                self._parts.append(payload)
-            if frame.message_finished:
-                parts, self._parts = self._parts, []
+            acc = self._acc
+            if frame.message_finished and acc is None:  # a message in one frame
                 self._msg_wire = 0
-                self._ready = "".join(parts) if op is Opcode.TEXT else b"".join(parts)
+                self._ready = cast(str, payload) if op is Opcode.TEXT else bytes(cast(bytes, payload))
+                return
+            # fragments go into one growing buffer (a list of pieces would cost ~50 bytes per
+            # fragment: a message of 1-byte fragments would take 50x max_message in memory)
+            if acc is None:
+                acc = self._acc = io.StringIO(newline="") if op is Opcode.TEXT else bytearray()
+            if isinstance(acc, bytearray):
+                acc += cast(bytes, payload)
+            else:
+                acc.write(cast(str, payload))
+            if frame.message_finished:
+                self._acc = None
+                self._msg_wire = 0
+                self._ready = bytes(acc) if isinstance(acc, bytearray) else acc.getvalue()
         elif op is Opcode.PING:
             assert isinstance(payload, (bytes, bytearray))
             self._pongs.append(bytes(payload))  # past MAX_PONGS owed, the oldest is dropped
