@@ -376,7 +376,9 @@ class WebSocket(MessageStream):
                 return msg
             if self._peer_close is not None:
                 if self._acc is not None or self._frame_left:
-                    raise Broken(f"websocket: the peer closed ({self._peer_close[0]}) in the middle of a message")
+                    # the message is lost, but the connection is sound: answer the Close (Autobahn 7.1.5)
+                    lost = Broken(f"websocket: the peer closed ({self._peer_close[0]}) in the middle of a message")
+                    await self._give_up(self._echo()[0], lost, deadline)
                 return None
             if more:  # a peer's burst of small frames: let the other tasks run between steps
                 await trio.lowlevel.checkpoint()
@@ -490,16 +492,16 @@ class WebSocket(MessageStream):
             self._wake_pings()  # no Pong comes after the peer's Close
             log.debug("websocket: the peer closed with %s %r", int(code), reason)
 
-    async def _give_up(self, code: int, exc: StackError, deadline: float) -> None:
-        """The peer broke the rules (or the size limit): say so with a Close ``code``, best
-        effort, then raise ``exc``; the WebSocket stays broken."""
+    async def _give_up(self, code: int | None, exc: StackError, deadline: float) -> None:
+        """The peer broke the rules (or the size limit): say so with a Close ``code`` (None: a
+        Close without a code), best effort, then raise ``exc``; the WebSocket stays broken."""
         self._fail(exc)
         self._wake_pings()
         if not self._close_sent:
             self._pongs.clear()
             self._pings_out.clear()
             self._frames.clear()  # the message being sent is given up: Close goes next
-            self._close_pending = (code, str(exc)[:60])
+            self._close_pending = (code, str(exc)[:60] if code is not None else "")
             if not self._wlock.locked():
                 with trio.move_on_at(min(deadline, trio.current_time() + ERROR_CLOSE_TIME)):
                     try:

@@ -213,6 +213,17 @@ async def test_close_in_the_middle_of_a_message_is_broken_not_truncated() -> Non
         await ws.recv(deadline=after(T))
 
 
+async def test_a_close_in_the_middle_of_a_message_is_still_answered_with_a_close() -> None:
+    """The message is lost (Broken), but the connection is sound: the peer gets its Close echoed
+    (Autobahn 7.1.5 wants the closing handshake to complete cleanly)."""
+    ws, peer = await server_ws()
+    await peer.send(frame(0x1, b"part", fin=False) + frame(0x8, close_payload(1000)))
+    with pytest.raises(Broken, match="middle of a message"):
+        await ws.recv(deadline=after(T))
+    opcode, fin, payload = await read_frame(peer)
+    assert (opcode, fin, payload[:2]) == (0x8, True, struct.pack("!H", 1000))
+
+
 # ---- size limits -------------------------------------------------------------------------------
 
 
