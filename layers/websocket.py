@@ -46,7 +46,9 @@ echoes the peer's code). ``aclose()`` sends Close if it was not sent, then the e
 below (``done()`` on it: TCP FIN, HTTP/2 END_STREAM) and closes it; it does not wait for the
 peer's Close (for a complete closing handshake: ``done()``, then ``recv()`` until
 :class:`CloseReceived`, then ``aclose()``). A connection that ends without a Close frame is
-:class:`~stack.Broken` (code 1006: the messages may be truncated).
+:class:`~stack.Broken` (code 1006: the messages may be truncated). A Close that arrives in the
+middle of a fragmented message makes ``recv`` raise :class:`~stack.Broken` too (that message is
+lost), once our Close has answered it.
 
 **Ping.** Pings from the peer are answered with a Pong automatically: by the receiving task while
 it waits for more data (never blocking its reading on the write: two peers that both stopped
