@@ -46,12 +46,15 @@ echoes the peer's code). ``aclose()`` sends Close if it was not sent, then the e
 below (``done()`` on it: TCP FIN, HTTP/2 END_STREAM) and closes it; it does not wait for the
 peer's Close (for a complete closing handshake: ``done()``, then ``recv()`` until
 :class:`CloseReceived`, then ``aclose()``). A connection that ends without a Close frame is
-:class:`~stack.Broken` (code 1006: the messages may be truncated).
+:class:`~stack.Broken` (code 1006: the messages may be truncated). A Close that arrives in the
+middle of a fragmented message makes ``recv`` raise :class:`~stack.Broken` too (that message is
+lost), once our Close has answered it.
 
 **Ping.** Pings from the peer are answered with a Pong automatically: by the receiving task while
 it waits for more data (never blocking its reading on the write: two peers that both stopped
-reading to write could deadlock), or by the next send, done or aclose; when several Pings are
-pending only the last is answered (RFC 6455 5.5.3). ``await ws.ping()`` sends a Ping and returns
+reading to write could deadlock), or by the next send, done or aclose; each Ping gets its own
+Pong, in order (a peer that piles up more than :data:`MAX_PONGS` unanswered Pings gets answers to
+the most recent ones only, as RFC 6455 5.5.3 allows). ``await ws.ping()`` sends a Ping and returns
 the round-trip time in seconds once its Pong was read, which :meth:`WebSocket.recv` does: call it
 while another task receives (or give it a deadline). A Ping still waiting when the peer's Close
 arrives raises :class:`~stack.Closed`. A message longer than :data:`FRAGMENT` bytes goes out as
@@ -99,6 +102,7 @@ from ._ws_handshake import is_websocket as is_websocket
 from ._ws_stream import ERROR_CLOSE_TIME as ERROR_CLOSE_TIME
 from ._ws_stream import FRAGMENT as FRAGMENT  # a copy: the stream reads _ws_stream.FRAGMENT (patch that one)
 from ._ws_stream import MAX_MESSAGE as MAX_MESSAGE
+from ._ws_stream import MAX_PONGS as MAX_PONGS
 from ._ws_stream import RECV as RECV
 from ._ws_stream import CloseReceived as CloseReceived
 from ._ws_stream import Message as Message

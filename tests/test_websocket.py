@@ -213,6 +213,17 @@ async def test_close_in_the_middle_of_a_message_is_broken_not_truncated() -> Non
         await ws.recv(deadline=after(T))
 
 
+async def test_a_close_in_the_middle_of_a_message_is_still_answered_with_a_close() -> None:
+    """The message is lost (Broken), but the connection is sound: the peer gets its Close echoed
+    (Autobahn 7.1.5 wants the closing handshake to complete cleanly)."""
+    ws, peer = await server_ws()
+    await peer.send(frame(0x1, b"part", fin=False) + frame(0x8, close_payload(1000)))
+    with pytest.raises(Broken, match="middle of a message"):
+        await ws.recv(deadline=after(T))
+    opcode, fin, payload = await read_frame(peer)
+    assert (opcode, fin, payload[:2]) == (0x8, True, struct.pack("!H", 1000))
+
+
 # ---- size limits -------------------------------------------------------------------------------
 
 
@@ -384,7 +395,22 @@ async def test_a_peer_ping_is_answered_with_its_payload() -> None:
     assert await ws.recv(deadline=after(T)) == "m"
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ws.recv)  # the Pong goes out while this waits for more
-        assert await read_frame(peer) == (0xA, True, b"again?")  # only the last Ping is answered
+        assert await read_frame(peer) == (0xA, True, b"hello?")  # each Ping gets its own Pong
+        assert await read_frame(peer) == (0xA, True, b"again?")
+        await peer.send(frame(0x1, b"end"))
+
+
+async def test_a_ping_flood_is_answered_with_the_last_max_pongs_pongs_only() -> None:
+    """Each Ping gets its Pong, but what we owe stays bounded: past MAX_PONGS pending, the
+    oldest are dropped (RFC 6455 5.5.3 allows answering only the most recent)."""
+    ws, peer = await server_ws()
+    n = websocket.MAX_PONGS + 10
+    await peer.send(b"".join(frame(0x9, b"%d" % i) for i in range(n)) + frame(0x1, b"m"))
+    assert await ws.recv(deadline=after(T)) == "m"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.recv)
+        got = [await read_frame(peer) for _ in range(websocket.MAX_PONGS)]
+        assert got == [(0xA, True, b"%d" % i) for i in range(10, n)]
         await peer.send(frame(0x1, b"end"))
 
 
