@@ -83,6 +83,9 @@ _CL_LINE = re.compile(rb"\ncontent-length:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t\x20-\x7e\x80-\xff]*)?\r\n")
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""A control byte that may not appear in a field section (RFC 9110 5.5: no CTL in a value but
+HTAB; CR and LF are the line endings, checked by the framing); one search over the whole block."""
 
 
 def reason(status: int) -> bytes:
@@ -299,6 +302,16 @@ def check_head_bytes(head: bytes) -> None:
         raise Refused(400, "obs-fold (a header line continued on the next line)")
 
 
+def check_field_bytes(head: bytes, start: int) -> None:
+    """Refuse (400) a control byte in the header fields of ``head``, searched from ``start`` (the
+    end of the request line, which h11's rules check): RFC 9110 5.5 allows none in a field value
+    but HTAB, and a proxy must never forward one (the usual start of header obfuscation). One
+    search over the whole block, not one per field."""
+    m = CONTROL_BYTE.search(head, start)
+    if m is not None:
+        raise Refused(400, f"control character {head[m.start()]:#04x} in a header field")
+
+
 def check_version(http_version: bytes) -> None:
     """Refuse a version other than HTTP/1.1 and 1.0 (505)."""
     if http_version != b"1.1" and http_version != b"1.0":
@@ -368,6 +381,7 @@ class ReferenceEngine:
 
     def parse_head(self, head: bytes) -> ParsedHead:
         check_head_bytes(head)
+        check_field_bytes(head, head.find(b"\n"))
         h = self._h11
         h.receive_data(head)
         try:

@@ -35,7 +35,15 @@ import httptools
 
 from stack.errors import ProtocolError
 
-from ._h1core import ParsedHead, ReferenceEngine, Trailers, check_version, framed_head
+from ._h1core import (
+    CONTROL_BYTE,
+    ParsedHead,
+    ReferenceEngine,
+    Trailers,
+    check_field_bytes,
+    check_version,
+    framed_head,
+)
 
 __all__ = ["ChunkedDecoder", "FastEngine"]
 
@@ -221,8 +229,11 @@ class FastEngine:
             # message: the next head, on any connection, gets a new parser
             shared.parser = httptools.HttpRequestParser(sink)
         target = sink.url
+        eol = head.find(b"\r\n")
+        if CONTROL_BYTE.search(head, eol) is not None:  # llhttp lets some through; the reference's words
+            check_field_bytes(head, eol)
         # h11 wants exactly "method SP target SP HTTP/x.y" (llhttp lets more spaces through)
-        if head.find(b"\r\n") != len(method) + len(target) + 10 or _TARGET.fullmatch(target) is None:
+        if eol != len(method) + len(target) + 10 or _TARGET.fullmatch(target) is None:
             return self._refer(head)
         hosts = expect = codings = 0
         for i, (name, value) in enumerate(fields):
