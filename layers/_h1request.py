@@ -33,7 +33,8 @@ class RequestOwner(Protocol):
     commits into it, so bytes stay in order). The methods act on the request in progress and
     refuse (:class:`~stack.StackError`) one that is not:
 
-    * ``send_response(request, status, headers, body, deadline)``: a whole response.
+    * ``send_response(request, status, headers, body, deadline)``: a whole response (``headers``
+      as the app gave them).
     * ``start_streamed_response(request, status, headers, deadline)``: the head of a streamed
       response; returns its body stream (or the tunnel, for 101 and a 2xx to CONNECT).
     * ``read_body(body, deadline)``: the next bytes of the request body (``b""`` at its end).
@@ -50,7 +51,7 @@ class RequestOwner(Protocol):
     outbuf: bytearray
 
     async def send_response(
-        self, request: Request, status: int, headers: Headers, body: bytes, deadline: float
+        self, request: Request, status: int, headers: HeaderInput, body: bytes, deadline: float
     ) -> None: ...
 
     async def start_streamed_response(
@@ -92,7 +93,15 @@ class Request(http.Request):
         self.authority = host.decode("latin-1") if host is not None else ""
         self.limits = owner.limits
         self._owner = owner
-        self._keep_alive = head.keep_alive
+        self._head = head
+
+    async def respond(
+        self, status: int, headers: HeaderInput = (), body: bytes = b"", *, deadline: float = FOREVER
+    ) -> None:
+        """See :meth:`layers.http.Request.respond`. The fields go to the connection as given: a
+        response of a shape sent before is framed from the head cache, with no ``Headers`` built."""
+        self._claim(status)
+        await self._owner.send_response(self, status, headers, bytes(body), deadline)
 
     async def _respond(self, status: int, headers: Headers, body: bytes, deadline: float) -> None:
         await self._owner.send_response(self, status, headers, body, deadline)

@@ -53,7 +53,7 @@ from layers._h1core import (
     switch_head,
 )
 from layers._h1request import Request, RequestBody, ResponseStream
-from layers._http_model import App, Headers, Limits
+from layers._http_model import App, HeaderInput, Headers, Limits
 from stack.deadlines import FOREVER
 from stack.errors import Broken, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
 from stack.streams import ByteStream
@@ -174,7 +174,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         run's :class:`~stack.watchdog.Watchdog` (no cancel scope per wait): past its limit the
         wait is cancelled with ``watch``, and :meth:`serve` ends the connection as a timed-out
         wait does here (``self._waited_idle`` says which limit it was)."""
-        if self._current is not None:
+        if self._current is not None and not self._ended_at_once():
             await self._end_cycle()
         if self._ended is not None:
             return None
@@ -184,10 +184,11 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         inbuf = self._inbuf
         try:
             while True:  # one frame for the whole wait: an idle connection holds little
-                head = inbuf.take_head(limits.max_header_bytes)
-                if head is not None:
-                    self._head_started = None
-                    return self._start_request(self._engine.parse_head(head))
+                if inbuf:
+                    head = inbuf.take_head(limits.max_header_bytes)
+                    if head is not None:
+                        self._head_started = None
+                        return self._start_request(self._engine.parse_head(head))
                 idle = not inbuf
                 if not idle and self._head_started is None:
                     self._head_started = trio.current_time()
@@ -218,7 +219,10 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
                             raise self._end(ProtocolError("the client closed the connection in a request head"))
                         self._ended = EndOfStream("the client closed the connection")
                         return None
-                    inbuf += got
+                    head = inbuf.exact_head(got, limits.max_header_bytes)
+                    if head is not None:  # the usual read: one whole head, no copy
+                        self._head_started = None
+                        return self._start_request(self._engine.parse_head(head))
                     continue
                 data = None
                 with trio.move_on_at(min(policy, deadline)) as scope:
@@ -250,7 +254,10 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
                         raise self._end(ProtocolError("the client closed the connection in a request head"))
                     self._ended = EndOfStream("the client closed the connection")
                     return None
-                inbuf += data
+                head = inbuf.exact_head(data, limits.max_header_bytes)
+                if head is not None:
+                    self._head_started = None
+                    return self._start_request(self._engine.parse_head(head))
         except Refused as exc:
             await self._refuse(exc.status, exc.detail)
             raise self._end(ProtocolError(f"request refused with {exc.status}: {exc.detail}")) from None
@@ -349,7 +356,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
 
     # ---- writing responses -----------------------------------------------------------------
 
-    def _head(self, request: Request, status: int, headers: Headers, whole: int | None) -> None:
+    def _head(self, request: Request, status: int, headers: HeaderInput, whole: int | None) -> None:
         """Commit a response head and set the framing of its body (see ``ResponseWriter``), with
         what this connection knows: whether it closes after the response, and why."""
         unread = None
@@ -363,11 +370,11 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         shutdown = self._shutdown
         why = self._frame_head(
             status,
-            headers.raw,
+            headers,
             whole,
             request.method == "HEAD",
             request.http_version == "1.1",
-            self._closing is not None or not request._keep_alive,
+            self._closing is not None or not request._head.keep_alive,
             unread,
             shutdown is not None and shutdown.is_set(),
         )
@@ -399,13 +406,14 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
             raise StackError(f"response body shorter than its Content-Length: {self._left} bytes missing")
 
     async def send_response(
-        self, request: Request, status: int, headers: Headers, body: bytes, deadline: float
+        self, request: Request, status: int, headers: HeaderInput, body: bytes, deadline: float
     ) -> None:
-        """A whole response (``RequestOwner``); a 101 or a 2xx to CONNECT switches protocols."""
+        """A whole response (``RequestOwner``); a 101 or a 2xx to CONNECT switches protocols.
+        ``headers``: as the app gave them (the head cache takes a list of pairs as it is)."""
         if status == 101 or (request.method == "CONNECT" and 200 <= status < 300):
             if body:
                 raise ValueError("a protocol switch response has no body")
-            await self._switch(request, status, headers, deadline)
+            await self._switch(request, status, Headers(headers), deadline)
             return
         self._check_current(request)
         self._head(request, status, headers, len(body))
@@ -421,7 +429,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         if status == 101 or (request.method == "CONNECT" and 200 <= status < 300):
             return await self._switch(request, status, headers, deadline)
         self._check_current(request)
-        self._head(request, status, headers, None)
+        self._head(request, status, headers.raw, None)
         self._state = advance(self._state, START_BODY)
         stream = request._response = ResponseStream(self, request)
         await self.flush(deadline)
@@ -501,14 +509,30 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
                 return
             if not request._body._complete:  # pragma: no cover - a drained body is complete
                 raise EndOfStream("HTTP/1.1: the request did not end cleanly")
-            trailing = self._engine.reset()
-            if trailing:  # pipelined bytes read past the body: they are checked as a head again
-                self._inbuf[:0] = trailing
-            self._state = advance(self._state, NEXT_CYCLE)
-            self._idle_since = trio.current_time()
+            self._next_cycle()
         except StackError as exc:
             self._ended = exc if isinstance(exc, EndOfStream) else EndOfStream(str(exc))
             await self._shutdown_connection()
+
+    def _ended_at_once(self) -> bool:
+        """End the cycle of the current request here, without a coroutine, in the usual case (the
+        response went out whole, the request body was read, nothing closes); False otherwise (then
+        :meth:`_end_cycle` ends it)."""
+        request = self._current
+        assert request is not None
+        if self._state is not DONE or self._closing is not None or self.outbuf or not request._body._complete:
+            return False
+        self._current = None
+        self._next_cycle()
+        return True
+
+    def _next_cycle(self) -> None:
+        """Ready for the next request (the response went out whole, the request body was read)."""
+        trailing = self._engine.reset()
+        if trailing:  # pipelined bytes read past the body: they are checked as a head again
+            self._inbuf[:0] = trailing
+        self._state = advance(self._state, NEXT_CYCLE)
+        self._idle_since = trio.current_time()
 
     async def _drain(self, request: Request) -> None:
         """Read and discard a small unread rest of the request body, or decide to close."""
@@ -603,12 +627,8 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
     async def _dispatch(self, app: App, request: Request) -> bool:
         """Run ``app`` on ``request`` (or hand the connection to HTTP/2 for an h2c upgrade); False
         once the connection ended."""
-        if self.scheme == "http" and "upgrade" in request.headers and await self._h2c(app, request):
+        if request._head.upgrade and self.scheme == "http" and await self._h2c(app, request):
             return False
-        await self._run(app, request)
-        return self._ended is None
-
-    async def _run(self, app: App, request: Request) -> None:
         try:
             await app(request)
         except Exception as exc:
@@ -626,7 +646,9 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
                         self.close_after(f"ending the response failed: {exc}", linger=False)
                 else:
                     self.close_after("the response was not ended", linger=False)
-        await self._end_cycle()
+        if not self._ended_at_once():
+            await self._end_cycle()
+        return self._ended is None
 
     async def _app_failed(self, request: Request, exc: Exception) -> None:
         peer = self.info.get("peer")
@@ -657,7 +679,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         request.responded, request.status = True, status
         body = f"{status} {reason(status).decode()}: {detail}\n".encode()
         headers = Headers([(b"content-type", b"text/plain; charset=utf-8")])
-        self._head(request, status, headers, len(body))
+        self._head(request, status, headers.raw, len(body))
         if not self._discard:
             self.outbuf += body
         self._state = advance(self._state, RESPOND)
