@@ -41,7 +41,6 @@ from ._h1core import (
     ReferenceEngine,
     Trailers,
     check_field_bytes,
-    check_version,
     framed_head,
 )
 
@@ -235,27 +234,47 @@ class FastEngine:
         # h11 wants exactly "method SP target SP HTTP/x.y" (llhttp lets more spaces through)
         if eol != len(method) + len(target) + 10 or _TARGET.fullmatch(target) is None:
             return self._refer(head)
-        hosts = expect = codings = 0
-        for i, (name, value) in enumerate(fields):
+        hosts = codings = 0
+        host = None
+        expect = upgrade = length = False
+        keep_alive = version == b"1.1"
+        for name, value in fields:  # one pass: h11's rules below, and the facts of the head
             if name == b"host":
                 hosts += 1
+                if host is None:
+                    host = value
+            elif name == b"content-length":
+                length = True
             elif name == b"transfer-encoding":
                 if value != b"chunked":
                     if value.lower() != b"chunked":
                         codings += 2
                         continue
-                    fields[i] = (name, b"chunked")  # h11 hands the coding over lower-cased
+                    fields[fields.index((name, value))] = (name, b"chunked")  # h11 lower-cases the coding
                 codings += 1
+            elif name == b"connection":
+                if b"close" in value.lower():
+                    keep_alive = False
+            elif name == b"upgrade":
+                upgrade = True
             elif name == b"expect" and b"100-continue" in value.lower():
-                expect = 1
+                expect = True
         # h11's rules, in h11's words (and before the version check, as h11): exactly one Host in
         # HTTP/1.1, at most one in 1.0; no transfer coding but a single "chunked" (501)
         if (hosts != 1 and (hosts or version == b"1.1")) or codings > 1:
             return self._refer(head)
-        check_version(version)
-        parsed = framed_head(head, method, target, version, fields, bool(expect) and version == b"1.1")
-        self._start_body(parsed)
-        return parsed
+        expect = expect and version == b"1.1"
+        if length or codings or (version != b"1.1" and version != b"1.0"):
+            # a body, or an unusual version: the shared framing checks (505, CL with TE, ...)
+            parsed = framed_head(head, method, target, version, fields, expect)
+            self._start_body(parsed)
+            return parsed
+        # no body (RFC 9112 6.3), HTTP/1.1 or 1.0: what framed_head would return, without its pass
+        self._expect_100 = expect
+        self._left = 0
+        self._chunked = None
+        self._eof = False
+        return ParsedHead(method, target, version, fields, keep_alive, False, None, expect, host, upgrade)
 
     def _refer(self, head: bytes) -> ParsedHead:
         """Parse ``head`` with the reference engine: its decision and its words."""

@@ -20,7 +20,7 @@ from layers._h1core import SEND_CHUNK, ParsedHead
 from layers._http_model import HeaderInput, Headers, Limits
 from stack.deadlines import FOREVER
 from stack.errors import Closed, StackError
-from stack.streams import ByteStream, Info
+from stack.streams import DEFAULT_RECV, ByteStream, Info
 
 __all__ = ["Request", "RequestBody", "RequestOwner", "ResponseStream"]
 
@@ -137,6 +137,16 @@ class RequestBody(ByteStream):
         self._unread = bytearray()
         self._owner = owner
         self._complete = complete
+
+    async def recv(self, max_bytes: int = DEFAULT_RECV, *, deadline: float = FOREVER) -> bytes:
+        """See :meth:`ByteStream.recv`; at the end of the body (at once for a request without
+        one) ``b""`` without the base class's path."""
+        if self._complete and not self._pending and not self._unread and max_bytes >= 1:
+            if self._receiving or self._broken is not None or self._closed is not None:
+                self._enter_recv()  # raises Busy, Broken or Closed
+            self._eof = True
+            return b""
+        return await super().recv(max_bytes, deadline=deadline)
 
     async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
         if not self._pending:

@@ -69,13 +69,15 @@ class _Drainer:
     so no connection needs a task of its own to notice a shutdown.
     """
 
-    __slots__ = ("idle",)
+    __slots__ = ("fired", "idle")
 
     def __init__(self) -> None:
         self.idle: set[trio.CancelScope] = set()
+        self.fired = False  # every scope in ``idle`` then was cancelled
 
     async def run(self, event: trio.Event) -> None:
         await event.wait()
+        self.fired = True
         for scope in list(self.idle):
             scope.cancel()
 
@@ -129,7 +131,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         self._engine: ServerEngine = engine(limits.max_header_bytes)
         super().__init__(lower, limits, self._engine.name)
         self._shutdown = shutdown
-        self._idle_scopes: set[trio.CancelScope] | None = None  # the shutdown drainer's, once known
+        self._drainer: _Drainer | None = None  # the shutdown event's, once known
         self.scheme = "https" if "tls_version" in self.info else "http"
         self._inbuf = HeadBuffer()  # read ahead, not yet given to the engine
         self._head_started: float | None = None  # when the first byte of the awaited head came
@@ -205,15 +207,15 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
                 else:
                     policy = self._idle_since + limits.keepalive_timeout
                 if watch is not None and deadline == FOREVER:  # no frame of its own: an idle connection holds this
-                    waiting = self._arm(watch, policy, idle)
+                    drainer = self._arm(watch, policy, idle)
                     try:
                         got = await lower.recv(RECV)
                     finally:
-                        self._watchdog.disarm(self)  # type: ignore[union-attr]  # set by _arm
-                        if waiting is not None:
-                            waiting.discard(watch)
-                    if watch.cancel_called:  # the limit passed just as the bytes came: timed out all the same
-                        return None
+                        armed = self._watchdog.disarm(self)  # type: ignore[union-attr]  # set by _arm
+                        if drainer is not None:
+                            drainer.idle.discard(watch)
+                    if not armed or (drainer is not None and drainer.fired):
+                        return None  # ``watch`` was cancelled just as the bytes came: timed out all the same
                     if not got:
                         if inbuf:
                             raise self._end(ProtocolError("the client closed the connection in a request head"))
@@ -227,9 +229,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
                 data = None
                 with trio.move_on_at(min(policy, deadline)) as scope:
                     if idle and shutdown is not None:
-                        waiting = self._idle_scopes
-                        if waiting is None:
-                            waiting = self._idle_scopes = _drainer(shutdown).idle
+                        waiting = (self._drainer or self._find_drainer(shutdown)).idle
                         waiting.add(scope)
                         try:
                             data = await lower.recv(RECV)
@@ -262,9 +262,14 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
             await self._refuse(exc.status, exc.detail)
             raise self._end(ProtocolError(f"request refused with {exc.status}: {exc.detail}")) from None
 
-    def _arm(self, watch: trio.CancelScope, policy: float, idle: bool) -> set[trio.CancelScope] | None:
+    def _find_drainer(self, shutdown: trio.Event) -> _Drainer:
+        self._drainer = _drainer(shutdown)
+        return self._drainer
+
+    def _arm(self, watch: trio.CancelScope, policy: float, idle: bool) -> _Drainer | None:
         """Before a wait under the watchdog (see :meth:`_next_request`): arm it for ``policy`` and,
-        idle under a shutdown event, let the drainer cancel ``watch`` too (its set is returned)."""
+        idle under a shutdown event, let the drainer cancel ``watch`` too (the drainer is returned:
+        ``watch`` is in its ``idle`` set)."""
         dog = self._watchdog
         if dog is None:
             dog = self._watchdog = watchdog()
@@ -274,11 +279,9 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         shutdown = self._shutdown
         if not idle or shutdown is None:
             return None
-        waiting = self._idle_scopes
-        if waiting is None:
-            waiting = self._idle_scopes = _drainer(shutdown).idle
-        waiting.add(watch)
-        return waiting
+        drainer = self._drainer or self._find_drainer(shutdown)
+        drainer.idle.add(watch)
+        return drainer
 
     async def _wait_timed_out(self) -> None:
         """The end of a connection whose wait :meth:`serve`'s watchdog cancelled (outside its scope)."""
@@ -420,7 +423,16 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         if body and not self._discard:
             self.outbuf += body
         self._state = advance(self._state, RESPOND)
-        await self.flush(deadline)
+        if self._flushing:  # another task flushes (a 100 Continue): wait for it
+            await self.flush(deadline)
+        else:
+            self._flushing = True
+            try:
+                await self.lower.send_from(self.outbuf, deadline=deadline)
+            finally:
+                self._flushing = False
+                if self._flush_lot is not None:
+                    self._flush_lot.unpark_all()
 
     async def start_streamed_response(
         self, request: Request, status: int, headers: Headers, deadline: float
