@@ -64,22 +64,14 @@ and is back at rest after it (or replaced), so a connection holds no parser whil
 
 
 class _Fields:
-    """llhttp's callbacks for one head: the target, the fields (names lower-cased), and whether
-    the message ended within the head (a request without a body leaves the parser ready for the
-    next one; a body leaves it waiting for bytes we decode ourselves)."""
+    """llhttp's one callback for a head: its fields (names lower-cased). The target is cut from the
+    request line, and whether the message ended within the head follows from its fields (no
+    Content-Length or Transfer-Encoding: no body), so no other callback runs per request."""
 
-    __slots__ = ("complete", "fields", "url")
+    __slots__ = ("fields",)
 
     def __init__(self) -> None:
-        self.url = b""
         self.fields: list[tuple[bytes, bytes]] = []
-        self.complete = False
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # llhttp drops leading whitespace from a value but keeps trailing whitespace (h11 drops both)
@@ -211,29 +203,17 @@ class FastEngine:
         except AttributeError:  # the first head this thread parses
             sink = shared.sink = _Fields()
             parser = shared.parser = httptools.HttpRequestParser(sink)
-        sink.url = b""
-        sink.complete = False
         fields = sink.fields = []
+        switched = False
         try:
             parser.feed_data(head)
         except httptools.HttpParserUpgrade:
-            sink.complete = False  # CONNECT or Upgrade: what follows is not HTTP/1.1's business
+            switched = True  # CONNECT or Upgrade: what follows is not HTTP/1.1's business
         except httptools.HttpParserError:
             shared.parser = httptools.HttpRequestParser(sink)
             return self._refer(head)
         method = parser.get_method()
         version = parser.get_http_version().encode("ascii")
-        if not sink.complete or not parser.should_keep_alive():
-            # llhttp waits for a body (ours to decode), or will refuse what follows a closing
-            # message: the next head, on any connection, gets a new parser
-            shared.parser = httptools.HttpRequestParser(sink)
-        target = sink.url
-        eol = head.find(b"\r\n")
-        if CONTROL_BYTE.search(head, eol) is not None:  # llhttp lets some through; the reference's words
-            check_field_bytes(head, eol)
-        # h11 wants exactly "method SP target SP HTTP/x.y" (llhttp lets more spaces through)
-        if eol != len(method) + len(target) + 10 or _TARGET.fullmatch(target) is None:
-            return self._refer(head)
         hosts = codings = 0
         host = None
         expect = upgrade = length = False
@@ -259,6 +239,23 @@ class FastEngine:
                 upgrade = True
             elif name == b"expect" and b"100-continue" in value.lower():
                 expect = True
+        if switched or length or codings or not keep_alive:
+            # llhttp waits for a body (ours to decode), or will refuse what follows a closing
+            # message: the next head, on any connection, gets a new parser
+            shared.parser = httptools.HttpRequestParser(sink)
+        eol = head.find(b"\r\n")
+        if CONTROL_BYTE.search(head, eol) is not None:  # llhttp lets some through; the reference's words
+            check_field_bytes(head, eol)
+        # h11 wants exactly "method SP target SP HTTP/x.y" (llhttp lets more spaces through)
+        start = len(method) + 1
+        target = head[start : eol - 9]
+        if (
+            head[start - 1] != 0x20
+            or not head.startswith(b" HTTP/", eol - 9)
+            or head[eol - 3 : eol] != version
+            or _TARGET.fullmatch(target) is None
+        ):
+            return self._refer(head)
         # h11's rules, in h11's words (and before the version check, as h11): exactly one Host in
         # HTTP/1.1, at most one in 1.0; no transfer coding but a single "chunked" (501)
         if (hosts != 1 and (hosts or version == b"1.1")) or codings > 1:
@@ -350,8 +347,12 @@ class FastEngine:
         return bytes(self._trailing)
 
     def reset(self) -> bytes:
-        rest = bytes(self._trailing)
-        self._trailing.clear()
+        trailing = self._trailing
+        if trailing:
+            rest = bytes(trailing)
+            trailing.clear()
+        else:
+            rest = b""
         self._left = 0
         self._chunked = None
         self._eof = self._expect_100 = False

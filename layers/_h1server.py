@@ -544,7 +544,8 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         if trailing:  # pipelined bytes read past the body: they are checked as a head again
             self._inbuf[:0] = trailing
         self._state = advance(self._state, NEXT_CYCLE)
-        self._idle_since = trio.current_time()
+        dog = self._watchdog
+        self._idle_since = trio.current_time() if dog is None else dog.now()
 
     async def _drain(self, request: Request) -> None:
         """Read and discard a small unread rest of the request body, or decide to close."""

@@ -33,10 +33,13 @@ MIN_PERIOD = 0.005
 class Watchdog:
     """Cancels the scopes of armed waits whose deadline passed (see the module docstring)."""
 
-    __slots__ = ("_armed", "_wake", "period")
+    __slots__ = ("_armed", "_wake", "now", "period")
 
     def __init__(self) -> None:
         self._armed: dict[object, tuple[float, trio.CancelScope]] = {}
+        #: The run's clock, read in one call (``trio.current_time()`` takes three): for callers
+        #: that compute the deadlines they arm.
+        self.now = trio.lowlevel.current_clock().current_time
         self._wake: trio.Event | None = None
         self.period = math.inf
 
