@@ -236,8 +236,14 @@ class SocketStream(ByteStream):
                 max_bytes = _MAX_RECV
             try:
                 data = _attempt(sock.recv, max_bytes)
-                if data is None:
-                    data = await self._retry(sock.recv, max_bytes, _wait_readable, deadline, "recv")
+                if data is None:  # wait here, not in _retry: an idle connection holds one frame less
+                    self._trio_knows = True
+                    while data is None:
+                        if deadline == math.inf:
+                            await _wait_readable(sock)
+                        else:
+                            await _wait_until(_wait_readable, sock, deadline, self.kind, "recv")
+                        data = _attempt(sock.recv, max_bytes)
                 elif perf_counter() - _last_yield.at >= SCHEDULE_SLICE:  # schedule_point(), inlined
                     await _cancel_shielded_checkpoint()
                     _last_yield.at = perf_counter()
