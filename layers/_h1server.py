@@ -168,14 +168,17 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
             raise type(self._ended)(str(self._ended))
         return request
 
-    async def _next_request(self, deadline: float = FOREVER, watch: trio.CancelScope | None = None) -> Request | None:
+    async def _next_request(
+        self, deadline: float = FOREVER, watch: trio.CancelScope | None = None, got: bytes | None = None
+    ) -> Request | None:
         """:meth:`recv`, returning None where the connection ended cleanly (``self._ended`` says
         why): the normal end of a connection raises nothing.
 
         ``watch``: the scope :meth:`serve` runs the connection in. The limits are then kept by the
         run's :class:`~stack.watchdog.Watchdog` (no cancel scope per wait): past its limit the
         wait is cancelled with ``watch``, and :meth:`serve` ends the connection as a timed-out
-        wait does here (``self._waited_idle`` says which limit it was)."""
+        wait does here (``self._waited_idle`` says which limit it was). ``got``: what :meth:`serve`
+        received while the connection idled (it waits in its own frame: see :meth:`_idle_wait`)."""
         if self._current is not None and not self._ended_at_once():
             await self._end_cycle()
         if self._ended is not None:
@@ -185,6 +188,13 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         shutdown = self._shutdown
         inbuf = self._inbuf
         try:
+            if got is not None:
+                if not got:
+                    self._ended = EndOfStream("the client closed the connection")
+                    return None
+                head = inbuf.exact_head(got, limits.max_header_bytes)
+                if head is not None:  # the usual read: one whole head, no copy
+                    return self._start_request(self._engine.parse_head(head))
             while True:  # one frame for the whole wait: an idle connection holds little
                 if inbuf:
                     head = inbuf.take_head(limits.max_header_bytes)
@@ -620,8 +630,19 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
             del request  # an idle connection keeps nothing of the last request
             with trio.CancelScope() as watch:
                 while True:
+                    got = None
+                    if self._can_idle():  # the idle wait, in this frame: an idle connection holds no other
+                        drainer = self._arm(watch, self._idle_since + self.limits.keepalive_timeout, True)
+                        try:
+                            got = await self.lower.recv(RECV)
+                        finally:
+                            armed = self._watchdog.disarm(self)  # type: ignore[union-attr]  # set by _arm
+                            if drainer is not None:
+                                drainer.idle.discard(watch)
+                        if not armed or (drainer is not None and drainer.fired):
+                            break  # ``watch`` was cancelled just as the bytes came: timed out all the same
                     try:
-                        request = await self._next_request(FOREVER, watch)
+                        request = await self._next_request(FOREVER, watch, got)
                     except StackError as exc:
                         return self._ended_by(exc)
                     if request is None or not await self._dispatch(app, request):
@@ -633,6 +654,18 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
             if self._state is not CLOSED:
                 with trio.CancelScope(shield=True):
                     await self.aclose(deadline=trio.current_time() + 1.0)
+
+    def _can_idle(self) -> bool:
+        """Whether :meth:`serve` waits for the next request itself: the last one is over, nothing
+        is buffered (here or below), the connection goes on and the server is not shutting down."""
+        shutdown = self._shutdown
+        return (
+            self._current is None
+            and self._ended is None
+            and not self._inbuf
+            and not self.lower.buffered
+            and (shutdown is None or not shutdown.is_set())
+        )
 
     def _ended_by(self, exc: StackError) -> None:
         log.debug("connection from %s: %s", self.info.get("peer"), exc)
