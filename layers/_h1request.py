@@ -10,7 +10,8 @@ connection's one output buffer, so bytes stay in order whatever the app does.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 import trio
 
@@ -95,13 +96,15 @@ class Request(http.Request):
         self._owner = owner
         self._head = head
 
-    async def respond(
+    def respond(  # returns the connection's coroutine: the same awaitable
         self, status: int, headers: HeaderInput = (), body: bytes = b"", *, deadline: float = FOREVER
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
         """See :meth:`layers.http.Request.respond`. The fields go to the connection as given: a
-        response of a shape sent before is framed from the head cache, with no ``Headers`` built."""
+        response of a shape sent before is framed from the head cache, with no ``Headers`` built;
+        and the connection's own coroutine is returned, so a response costs no coroutine of its own
+        (the checks run on the call, before the await)."""
         self._claim(status)
-        await self._owner.send_response(self, status, headers, bytes(body), deadline)
+        return self._owner.send_response(self, status, headers, bytes(body), deadline)
 
     async def _respond(self, status: int, headers: Headers, body: bytes, deadline: float) -> None:
         await self._owner.send_response(self, status, headers, body, deadline)
