@@ -188,7 +188,9 @@ class FastEngine:
         # a Content-Length (-1 once its end was reported).
         self._chunked: ChunkedDecoder | None = None
         self._left = 0
-        self._trailing = bytearray()  # body bytes under a Content-Length, then what follows the body
+        # body bytes under a Content-Length, then what follows the body: made on the first such
+        # byte (an idle connection that only took bodyless requests holds none)
+        self._trailing: bytearray | None = None
         self._eof = False
         self._expect_100 = False
 
@@ -300,6 +302,8 @@ class FastEngine:
             self._eof = True
         elif self._chunked is not None:
             self._chunked.feed(data)
+        elif self._trailing is None:
+            self._trailing = bytearray(data)
         else:
             self._trailing += data
 
@@ -313,9 +317,11 @@ class FastEngine:
                 return None
             self._expect_100 = False
             if type(got) is list:  # the end: what follows belongs to the next request
-                self._trailing += chunked.rest()
                 self._chunked = None
                 self._left = -1
+                rest = chunked.rest()
+                if rest:
+                    self.feed(rest)
             return got
         left = self._left
         if left <= 0:
@@ -325,14 +331,14 @@ class FastEngine:
                 return ()
             return None  # the end was reported already
         buf = self._trailing
-        if not buf:
+        if not buf:  # None or empty
             if self._eof:
                 raise ProtocolError("HTTP/1.1 request body: the client closed the connection in the body")
             return None
         self._expect_100 = False
         if len(buf) <= left:
             data = bytes(buf)
-            buf.clear()
+            self._trailing = None
         else:
             data = bytes(buf[:left])
             del buf[:left]
@@ -344,15 +350,12 @@ class FastEngine:
         return self._expect_100
 
     def trailing(self) -> bytes:
-        return bytes(self._trailing)
+        return bytes(self._trailing) if self._trailing else b""
 
     def reset(self) -> bytes:
         trailing = self._trailing
-        if trailing:
-            rest = bytes(trailing)
-            trailing.clear()
-        else:
-            rest = b""
+        rest = bytes(trailing) if trailing else b""
+        self._trailing = None
         self._left = 0
         self._chunked = None
         self._eof = self._expect_100 = False

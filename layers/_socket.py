@@ -167,9 +167,13 @@ class SocketStream(ByteStream):
     """
 
     _primitives_take_deadline = True  # a cancel scope only around an actual wait
+    # The bottom commits nothing it has not sent (send() goes straight to the kernel), so its
+    # outgoing buffer stays empty: one shared, never written, instead of one per connection.
+    _outbuf = bytearray()
 
     def __init__(self, sock: trio.socket.SocketType, kind: str, info: dict[str, Any]) -> None:
         super().__init__(None, info)
+        del self._outbuf  # the class's (above)
         self.kind = kind
         self._trio_sock, self._sock = _unwrap(sock)
         self._lazy = None if "local" in self._info else _LocalAddress(self)
