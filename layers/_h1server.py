@@ -138,8 +138,9 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         self._state = IDLE  # the cycle of the current request (see _h1core's state table)
         self._current: Request | None = None
         self._requests = 0
-        self._attached_at = trio.current_time()
-        self._idle_since = self._attached_at
+        # when the connection last became idle: attached (the first request's header_timeout
+        # counts from it), then the end of each response (the keep-alive timeout's start)
+        self._idle_since = trio.current_time()
         self._expect_100 = False
         self._sent_100 = False
         self._closing: str | None = None  # why the connection closes after this request
@@ -211,7 +212,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
                     inbuf += await lower.recv(RECV)
                     continue
                 if self._requests == 0:
-                    policy = self._attached_at + limits.header_timeout
+                    policy = self._idle_since + limits.header_timeout  # since attach
                 elif self._head_started is not None:
                     policy = self._head_started + limits.header_timeout
                 else:
