@@ -127,6 +127,7 @@ class ReferenceClientEngine:
         self._limit = max_header_bytes
         self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
         self._fed = 0  # bytes fed since the last head was parsed (for its size)
+        self._refused: ProtocolError | None = None  # a head we refused (h11 would take it): sticky
 
     def build_request(self, method: str, target: str, fields: list[tuple[bytes, bytes]]) -> h11.Request:
         try:
@@ -160,6 +161,15 @@ class ReferenceClientEngine:
 
     def next_event(self) -> ResponseHead | bytes | list[tuple[bytes, bytes]] | object | None:
         h = self._h11
+        if self._refused is not None:
+            raise self._refused
+        if h.their_state is h11.SEND_RESPONSE:  # a head is due: refuse control bytes in its fields
+            data = h.trailing_data[0]
+            end = _BLANK_LINE.search(data)
+            why = _control_byte(data[: end.end()]) if end is not None else None
+            if why is not None:
+                self._refused = ProtocolError(f"HTTP/1.1 response: {why}")
+                raise self._refused
         try:
             event: Any = h.next_event()
         except h11.RemoteProtocolError as exc:
@@ -233,6 +243,15 @@ _TARGET = re.compile(rb"[\x21-\x7e]+")
 _DIGITS = re.compile(rb"[0-9]+")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 _FOLD = re.compile(rb"[ \t]+")
+# RFC 9110 5.5: no control byte in a field value but HTAB (CR and LF are line endings); h11 lets
+# most through, and a proxy must never forward one
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _control_byte(block: bytes | bytearray) -> str | None:
+    """Why the fields of the head ``block`` (status line first) are refused for a control byte, or None."""
+    m = _CONTROL.search(block, block.find(b"\n") + 1)
+    return None if m is None else f"control character {block[m.start()]:#04x} in a header field"
 
 # framing of the response body being read
 _NONE, _LENGTH, _CHUNKED, _UNTIL_EOF = range(4)
@@ -567,6 +586,9 @@ class FastClientEngine:
             if end > self._limit:
                 raise _too_large(end, self._limit)
             return head
+        why = _control_byte(block)
+        if why is not None:
+            raise self._fail(why)
         lines = _split_lines(block)
         status_line = _STATUS_LINE.fullmatch(lines[0])
         if status_line is None:

@@ -19,6 +19,8 @@ from stack.errors import Timeout
 from stack.streams import ByteStream, Info
 
 BODY_INFO = {"http_version": "1.1"}
+_INFO: dict[str, dict[str, str]] = {}
+"""A connection's own ``info`` keys by engine name (read-only through :class:`~stack.Info`)."""
 
 
 def split_pending(pending: bytes, max_bytes: int) -> tuple[bytes, bytes]:
@@ -44,7 +46,10 @@ class H1Connection:
         self.outbuf = bytearray()
         self._flushing = False
         self._flush_lot: trio.lowlevel.ParkingLot | None = None
-        self.info = Info({"http_version": "1.1", "http_engine": engine}, lower.info)
+        own = _INFO.get(engine)
+        if own is None:
+            own = _INFO[engine] = {"http_version": "1.1", "http_engine": engine}
+        self.info = Info(own, lower.info)  # the keys of this layer: one dict per engine, shared
 
     async def flush(self, deadline: float) -> None:
         """Push everything committed to ``outbuf`` down, by ``deadline`` (else :class:`~stack.Timeout`;

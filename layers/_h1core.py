@@ -40,7 +40,7 @@ from typing import Protocol
 
 import h11
 
-from layers._http_model import date_header
+from layers._http_model import HeaderInput, Headers, date_header
 from stack.errors import ProtocolError, StackError
 
 # --------------------------------------------------------------------------------------------------
@@ -85,6 +85,9 @@ _CL_LINE = re.compile(rb"\ncontent-length:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t\x20-\x7e\x80-\xff]*)?\r\n")
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""A control byte that may not appear in a field section (RFC 9110 5.5: no CTL in a value but
+HTAB; CR and LF are the line endings, checked by the framing); one search over the whole block."""
 
 
 def reason(status: int) -> bytes:
@@ -183,7 +186,7 @@ class HeadBuffer(bytearray):
         """The complete head at the front (removed from the buffer, the bytes after it stay), or
         None while it is not all there. Empty lines before it are dropped. :class:`Refused` with 400
         for a head that ends in a bare LF, 431 for one over ``limit`` bytes (complete or not)."""
-        while self[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request-line
+        while self.startswith(b"\r\n"):  # RFC 9112 2.2: ignore empty lines before a request-line
             del self[:2]
             self.scan = 0
         if not self:
@@ -195,13 +198,27 @@ class HeadBuffer(bytearray):
             end = m.end()
             if end > limit:
                 raise Refused(431, f"request head is over {limit} bytes")
-            head = bytes(self[:end])
-            del self[:end]
+            if end == len(self):
+                head = bytes(self)
+                self.clear()
+            else:
+                head = bytes(memoryview(self)[:end])
+                del self[:end]
             self.scan = 0
             return head
         if len(self) > limit:
             raise Refused(431, f"request head is over {limit} bytes")
         self.scan = max(0, len(self) - 2)
+        return None
+
+    def exact_head(self, data: bytes, limit: int) -> bytes | None:
+        """``data`` itself when it is exactly one complete head and this buffer is empty (the usual
+        read: no copy); else None, and ``data`` is appended for :meth:`take_head`."""
+        if not self and len(data) <= limit and data.endswith(b"\r\n\r\n") and not data.startswith(b"\r\n"):
+            m = _BLANK_LINE.search(data)
+            if m is not None and m.start() == len(data) - 3:  # the first empty line is the last
+                return data
+        self += data
         return None
 
 
@@ -216,19 +233,12 @@ class ParsedHead:
     header fields as ``(lower-cased name, value)`` byte pairs, in order; ``keep_alive``: the client
     keeps the connection (HTTP/1.1 without ``Connection: close``); ``chunked``: the body is
     chunked; ``content_length``: the declared length, or None; ``expect_100``: the client waits
-    for ``100 Continue``; ``host``: the first Host value, or None.
+    for ``100 Continue``; ``host``: the first Host value, or None; ``upgrade``: an Upgrade field came.
     """
 
     __slots__ = (
-        "chunked",
-        "content_length",
-        "expect_100",
-        "fields",
-        "host",
-        "http_version",
-        "keep_alive",
-        "method",
-        "target",
+        "chunked", "content_length", "expect_100", "fields", "host", "http_version", "keep_alive", "method", "target",
+        "upgrade",
     )
 
     def __init__(
@@ -242,6 +252,7 @@ class ParsedHead:
         content_length: int | None,
         expect_100: bool,
         host: bytes | None = None,
+        upgrade: bool = False,
     ) -> None:
         self.method = method
         self.target = target
@@ -252,6 +263,7 @@ class ParsedHead:
         self.content_length = content_length
         self.expect_100 = expect_100
         self.host = host
+        self.upgrade = upgrade
 
     def __repr__(self) -> str:
         return f"<ParsedHead {self.method!r} {self.target!r} HTTP/{self.http_version.decode()}>"
@@ -309,6 +321,16 @@ def check_head_bytes(head: bytes) -> None:
         raise Refused(400, "obs-fold (a header line continued on the next line)")
 
 
+def check_field_bytes(head: bytes, start: int) -> None:
+    """Refuse (400) a control byte in the header fields of ``head``, searched from ``start`` (the
+    end of the request line, which h11's rules check): RFC 9110 5.5 allows none in a field value
+    but HTAB, and a proxy must never forward one (the usual start of header obfuscation). One
+    search over the whole block, not one per field."""
+    m = CONTROL_BYTE.search(head, start)
+    if m is not None:
+        raise Refused(400, f"control character {head[m.start()]:#04x} in a header field")
+
+
 def check_version(http_version: bytes) -> None:
     """Refuse a version other than HTTP/1.1 and 1.0 (505)."""
     if http_version != b"1.1" and http_version != b"1.0":
@@ -330,7 +352,7 @@ def framed_head(
     """
     if http_version != b"1.1" and http_version != b"1.0":
         check_version(http_version)
-    cl = te = False
+    cl = te = upgrade = False
     keep_alive = http_version == b"1.1"
     host = None
     for name, value in fields:
@@ -341,8 +363,11 @@ def framed_head(
             cl = True
         elif name == b"transfer-encoding":
             te = True
-        elif name == b"connection" and b"close" in value.lower():
-            keep_alive = False
+        elif name == b"connection":
+            if b"close" in value.lower():
+                keep_alive = False
+        elif name == b"upgrade":
+            upgrade = True
     length: int | None = None
     if cl:
         if te:
@@ -355,7 +380,7 @@ def framed_head(
         length = int(values[0])
     if te and http_version == b"1.0":
         raise Refused(400, "Transfer-Encoding in an HTTP/1.0 request")
-    return ParsedHead(method, target, http_version, fields, keep_alive, te, length, expect_100, host)
+    return ParsedHead(method, target, http_version, fields, keep_alive, te, length, expect_100, host, upgrade)
 
 
 class ReferenceEngine:
@@ -378,6 +403,7 @@ class ReferenceEngine:
 
     def parse_head(self, head: bytes) -> ParsedHead:
         check_head_bytes(head)
+        check_field_bytes(head, head.find(b"\n"))
         h = self._h11
         h.receive_data(head)
         try:
@@ -604,7 +630,7 @@ class ResponseWriter:
     def _frame_head(
         self,
         status: int,
-        fields: list[tuple[bytes, bytes]],
+        fields: HeaderInput,
         whole: int | None,
         head_request: bool,
         http11: bool,
@@ -621,13 +647,23 @@ class ResponseWriter:
         fields that contradict the body; then nothing was committed.
 
         A head is built once per shape: everything it depends on is the key of :data:`_HEADS`,
-        and only the Date line is written fresh (once a second, :func:`date_header`).
+        and only the Date line is written fresh (once a second, :func:`date_header`). ``fields``:
+        what the app gave (a list or tuple of pairs is the key as it is, so a repeated response
+        builds no :class:`~layers._http_model.Headers`), or a ``Headers``.
         """
+        if type(fields) is Headers:
+            fields = fields.raw
+        elif type(fields) is not list and type(fields) is not tuple:
+            fields = Headers(fields).raw  # a mapping
         key = (status, *fields, whole, head_request, http11, close, unread, shutting_down)
         try:
-            framed = _HEADS[key]
-        except KeyError:
-            framed = _frame(status, fields, whole, head_request, http11, close, unread, shutting_down)
+            framed = _HEADS.get(key)
+        except TypeError:  # pairs that are not hashable (lists): the key from their bytes
+            fields = Headers(fields).raw
+            key = (status, *fields, whole, head_request, http11, close, unread, shutting_down)
+            framed = _HEADS.get(key)
+        if framed is None:
+            framed = _frame(status, Headers(fields).raw, whole, head_request, http11, close, unread, shutting_down)
             if len(_HEADS) >= _HEADS_MAX:
                 _HEADS.clear()
             _HEADS[key] = framed

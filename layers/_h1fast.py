@@ -35,7 +35,14 @@ import httptools
 
 from stack.errors import ProtocolError
 
-from ._h1core import ParsedHead, ReferenceEngine, Trailers, check_version, framed_head
+from ._h1core import (
+    CONTROL_BYTE,
+    ParsedHead,
+    ReferenceEngine,
+    Trailers,
+    check_field_bytes,
+    framed_head,
+)
 
 __all__ = ["ChunkedDecoder", "FastEngine"]
 
@@ -57,22 +64,14 @@ and is back at rest after it (or replaced), so a connection holds no parser whil
 
 
 class _Fields:
-    """llhttp's callbacks for one head: the target, the fields (names lower-cased), and whether
-    the message ended within the head (a request without a body leaves the parser ready for the
-    next one; a body leaves it waiting for bytes we decode ourselves)."""
+    """llhttp's one callback for a head: its fields (names lower-cased). The target is cut from the
+    request line, and whether the message ended within the head follows from its fields (no
+    Content-Length or Transfer-Encoding: no body), so no other callback runs per request."""
 
-    __slots__ = ("complete", "fields", "url")
+    __slots__ = ("fields",)
 
     def __init__(self) -> None:
-        self.url = b""
         self.fields: list[tuple[bytes, bytes]] = []
-        self.complete = False
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # llhttp drops leading whitespace from a value but keeps trailing whitespace (h11 drops both)
@@ -189,7 +188,9 @@ class FastEngine:
         # a Content-Length (-1 once its end was reported).
         self._chunked: ChunkedDecoder | None = None
         self._left = 0
-        self._trailing = bytearray()  # body bytes under a Content-Length, then what follows the body
+        # body bytes under a Content-Length, then what follows the body: made on the first such
+        # byte (an idle connection that only took bodyless requests holds none)
+        self._trailing: bytearray | None = None
         self._eof = False
         self._expect_100 = False
 
@@ -204,47 +205,75 @@ class FastEngine:
         except AttributeError:  # the first head this thread parses
             sink = shared.sink = _Fields()
             parser = shared.parser = httptools.HttpRequestParser(sink)
-        sink.url = b""
-        sink.complete = False
         fields = sink.fields = []
+        switched = False
         try:
             parser.feed_data(head)
         except httptools.HttpParserUpgrade:
-            sink.complete = False  # CONNECT or Upgrade: what follows is not HTTP/1.1's business
+            switched = True  # CONNECT or Upgrade: what follows is not HTTP/1.1's business
         except httptools.HttpParserError:
             shared.parser = httptools.HttpRequestParser(sink)
             return self._refer(head)
         method = parser.get_method()
         version = parser.get_http_version().encode("ascii")
-        if not sink.complete or not parser.should_keep_alive():
-            # llhttp waits for a body (ours to decode), or will refuse what follows a closing
-            # message: the next head, on any connection, gets a new parser
-            shared.parser = httptools.HttpRequestParser(sink)
-        target = sink.url
-        # h11 wants exactly "method SP target SP HTTP/x.y" (llhttp lets more spaces through)
-        if head.find(b"\r\n") != len(method) + len(target) + 10 or _TARGET.fullmatch(target) is None:
-            return self._refer(head)
-        hosts = expect = codings = 0
-        for i, (name, value) in enumerate(fields):
+        hosts = codings = 0
+        host = None
+        expect = upgrade = length = False
+        keep_alive = version == b"1.1"
+        for name, value in fields:  # one pass: h11's rules below, and the facts of the head
             if name == b"host":
                 hosts += 1
+                if host is None:
+                    host = value
+            elif name == b"content-length":
+                length = True
             elif name == b"transfer-encoding":
                 if value != b"chunked":
                     if value.lower() != b"chunked":
                         codings += 2
                         continue
-                    fields[i] = (name, b"chunked")  # h11 hands the coding over lower-cased
+                    fields[fields.index((name, value))] = (name, b"chunked")  # h11 lower-cases the coding
                 codings += 1
+            elif name == b"connection":
+                if b"close" in value.lower():
+                    keep_alive = False
+            elif name == b"upgrade":
+                upgrade = True
             elif name == b"expect" and b"100-continue" in value.lower():
-                expect = 1
+                expect = True
+        if switched or length or codings or not keep_alive:
+            # llhttp waits for a body (ours to decode), or will refuse what follows a closing
+            # message: the next head, on any connection, gets a new parser
+            shared.parser = httptools.HttpRequestParser(sink)
+        eol = head.find(b"\r\n")
+        if CONTROL_BYTE.search(head, eol) is not None:  # llhttp lets some through; the reference's words
+            check_field_bytes(head, eol)
+        # h11 wants exactly "method SP target SP HTTP/x.y" (llhttp lets more spaces through)
+        start = len(method) + 1
+        target = head[start : eol - 9]
+        if (
+            head[start - 1] != 0x20
+            or not head.startswith(b" HTTP/", eol - 9)
+            or head[eol - 3 : eol] != version
+            or _TARGET.fullmatch(target) is None
+        ):
+            return self._refer(head)
         # h11's rules, in h11's words (and before the version check, as h11): exactly one Host in
         # HTTP/1.1, at most one in 1.0; no transfer coding but a single "chunked" (501)
         if (hosts != 1 and (hosts or version == b"1.1")) or codings > 1:
             return self._refer(head)
-        check_version(version)
-        parsed = framed_head(head, method, target, version, fields, bool(expect) and version == b"1.1")
-        self._start_body(parsed)
-        return parsed
+        expect = expect and version == b"1.1"
+        if length or codings or (version != b"1.1" and version != b"1.0"):
+            # a body, or an unusual version: the shared framing checks (505, CL with TE, ...)
+            parsed = framed_head(head, method, target, version, fields, expect)
+            self._start_body(parsed)
+            return parsed
+        # no body (RFC 9112 6.3), HTTP/1.1 or 1.0: what framed_head would return, without its pass
+        self._expect_100 = expect
+        self._left = 0
+        self._chunked = None
+        self._eof = False
+        return ParsedHead(method, target, version, fields, keep_alive, False, None, expect, host, upgrade)
 
     def _refer(self, head: bytes) -> ParsedHead:
         """Parse ``head`` with the reference engine: its decision and its words."""
@@ -273,6 +302,8 @@ class FastEngine:
             self._eof = True
         elif self._chunked is not None:
             self._chunked.feed(data)
+        elif self._trailing is None:
+            self._trailing = bytearray(data)
         else:
             self._trailing += data
 
@@ -286,9 +317,11 @@ class FastEngine:
                 return None
             self._expect_100 = False
             if type(got) is list:  # the end: what follows belongs to the next request
-                self._trailing += chunked.rest()
                 self._chunked = None
                 self._left = -1
+                rest = chunked.rest()
+                if rest:
+                    self.feed(rest)
             return got
         left = self._left
         if left <= 0:
@@ -298,14 +331,14 @@ class FastEngine:
                 return ()
             return None  # the end was reported already
         buf = self._trailing
-        if not buf:
+        if not buf:  # None or empty
             if self._eof:
                 raise ProtocolError("HTTP/1.1 request body: the client closed the connection in the body")
             return None
         self._expect_100 = False
         if len(buf) <= left:
             data = bytes(buf)
-            buf.clear()
+            self._trailing = None
         else:
             data = bytes(buf[:left])
             del buf[:left]
@@ -317,11 +350,12 @@ class FastEngine:
         return self._expect_100
 
     def trailing(self) -> bytes:
-        return bytes(self._trailing)
+        return bytes(self._trailing) if self._trailing else b""
 
     def reset(self) -> bytes:
-        rest = bytes(self._trailing)
-        self._trailing.clear()
+        trailing = self._trailing
+        rest = bytes(trailing) if trailing else b""
+        self._trailing = None
         self._left = 0
         self._chunked = None
         self._eof = self._expect_100 = False

@@ -10,7 +10,8 @@ connection's one output buffer, so bytes stay in order whatever the app does.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 import trio
 
@@ -20,7 +21,7 @@ from layers._h1core import SEND_CHUNK, ParsedHead
 from layers._http_model import HeaderInput, Headers, Limits
 from stack.deadlines import FOREVER
 from stack.errors import Closed, StackError
-from stack.streams import ByteStream, Info
+from stack.streams import DEFAULT_RECV, ByteStream, Info
 
 __all__ = ["Request", "RequestBody", "RequestOwner", "ResponseStream"]
 
@@ -33,7 +34,8 @@ class RequestOwner(Protocol):
     commits into it, so bytes stay in order). The methods act on the request in progress and
     refuse (:class:`~stack.StackError`) one that is not:
 
-    * ``send_response(request, status, headers, body, deadline)``: a whole response.
+    * ``send_response(request, status, headers, body, deadline)``: a whole response (``headers``
+      as the app gave them).
     * ``start_streamed_response(request, status, headers, deadline)``: the head of a streamed
       response; returns its body stream (or the tunnel, for 101 and a 2xx to CONNECT).
     * ``read_body(body, deadline)``: the next bytes of the request body (``b""`` at its end).
@@ -52,7 +54,7 @@ class RequestOwner(Protocol):
     outbuf: bytearray
 
     async def send_response(
-        self, request: Request, status: int, headers: Headers, body: bytes, deadline: float
+        self, request: Request, status: int, headers: HeaderInput, body: bytes, deadline: float
     ) -> None: ...
 
     async def start_streamed_response(
@@ -98,7 +100,17 @@ class Request(http.Request):
         self.authority = host.decode("latin-1") if host is not None else ""
         self.limits = owner.limits
         self._owner = owner
-        self._keep_alive = head.keep_alive
+        self._head = head
+
+    def respond(  # returns the connection's coroutine: the same awaitable
+        self, status: int, headers: HeaderInput = (), body: bytes = b"", *, deadline: float = FOREVER
+    ) -> Coroutine[Any, Any, None]:
+        """See :meth:`layers.http.Request.respond`. The fields go to the connection as given: a
+        response of a shape sent before is framed from the head cache, with no ``Headers`` built;
+        and the connection's own coroutine is returned, so a response costs no coroutine of its own
+        (the checks run on the call, before the await)."""
+        self._claim(status)
+        return self._owner.send_response(self, status, headers, bytes(body), deadline)
 
     async def _respond(self, status: int, headers: Headers, body: bytes, deadline: float) -> None:
         await self._owner.send_response(self, status, headers, body, deadline)
@@ -141,6 +153,16 @@ class RequestBody(ByteStream):
         self._unread = bytearray()
         self._owner = owner
         self._complete = complete
+
+    async def recv(self, max_bytes: int = DEFAULT_RECV, *, deadline: float = FOREVER) -> bytes:
+        """See :meth:`ByteStream.recv`; at the end of the body (at once for a request without
+        one) ``b""`` without the base class's path."""
+        if self._complete and not self._pending and not self._unread and max_bytes >= 1:
+            if self._receiving or self._broken is not None or self._closed is not None:
+                self._enter_recv()  # raises Busy, Broken or Closed
+            self._eof = True
+            return b""
+        return await super().recv(max_bytes, deadline=deadline)
 
     async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
         if not self._pending:

@@ -53,7 +53,7 @@ from layers._h1core import (
     switch_head,
 )
 from layers._h1request import Request, RequestBody, ResponseStream
-from layers._http_model import App, Headers, Limits
+from layers._http_model import App, HeaderInput, Headers, Limits
 from stack.deadlines import FOREVER
 from stack.errors import Broken, Closed, EndOfStream, MessageTooLarge, ProtocolError, StackError, Timeout
 from stack.streams import ByteStream
@@ -69,13 +69,15 @@ class _Drainer:
     so no connection needs a task of its own to notice a shutdown.
     """
 
-    __slots__ = ("idle",)
+    __slots__ = ("fired", "idle")
 
     def __init__(self) -> None:
         self.idle: set[trio.CancelScope] = set()
+        self.fired = False  # every scope in ``idle`` then was cancelled
 
     async def run(self, event: trio.Event) -> None:
         await event.wait()
+        self.fired = True
         for scope in list(self.idle):
             scope.cancel()
 
@@ -129,15 +131,16 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         self._engine: ServerEngine = engine(limits.max_header_bytes)
         super().__init__(lower, limits, self._engine.name)
         self._shutdown = shutdown
-        self._idle_scopes: set[trio.CancelScope] | None = None  # the shutdown drainer's, once known
+        self._drainer: _Drainer | None = None  # the shutdown event's, once known
         self.scheme = "https" if "tls_version" in self.info else "http"
         self._inbuf = HeadBuffer()  # read ahead, not yet given to the engine
         self._head_started: float | None = None  # when the first byte of the awaited head came
         self._state = IDLE  # the cycle of the current request (see _h1core's state table)
         self._current: Request | None = None
         self._requests = 0
-        self._attached_at = trio.current_time()
-        self._idle_since = self._attached_at
+        # when the connection last became idle: attached (the first request's header_timeout
+        # counts from it), then the end of each response (the keep-alive timeout's start)
+        self._idle_since = trio.current_time()
         self._expect_100 = False
         self._sent_100 = False
         self._closing: str | None = None  # why the connection closes after this request
@@ -166,15 +169,18 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
             raise type(self._ended)(str(self._ended))
         return request
 
-    async def _next_request(self, deadline: float = FOREVER, watch: trio.CancelScope | None = None) -> Request | None:
+    async def _next_request(
+        self, deadline: float = FOREVER, watch: trio.CancelScope | None = None, got: bytes | None = None
+    ) -> Request | None:
         """:meth:`recv`, returning None where the connection ended cleanly (``self._ended`` says
         why): the normal end of a connection raises nothing.
 
         ``watch``: the scope :meth:`serve` runs the connection in. The limits are then kept by the
         run's :class:`~stack.watchdog.Watchdog` (no cancel scope per wait): past its limit the
         wait is cancelled with ``watch``, and :meth:`serve` ends the connection as a timed-out
-        wait does here (``self._waited_idle`` says which limit it was)."""
-        if self._current is not None:
+        wait does here (``self._waited_idle`` says which limit it was). ``got``: what :meth:`serve`
+        received while the connection idled (it waits in its own frame: see :meth:`_idle_wait`)."""
+        if self._current is not None and not self._ended_at_once():
             await self._end_cycle()
         if self._ended is not None:
             return None
@@ -183,11 +189,19 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         shutdown = self._shutdown
         inbuf = self._inbuf
         try:
-            while True:  # one frame for the whole wait: an idle connection holds little
-                head = inbuf.take_head(limits.max_header_bytes)
-                if head is not None:
-                    self._head_started = None
+            if got is not None:
+                if not got:
+                    self._ended = EndOfStream("the client closed the connection")
+                    return None
+                head = inbuf.exact_head(got, limits.max_header_bytes)
+                if head is not None:  # the usual read: one whole head, no copy
                     return self._start_request(self._engine.parse_head(head))
+            while True:  # one frame for the whole wait: an idle connection holds little
+                if inbuf:
+                    head = inbuf.take_head(limits.max_header_bytes)
+                    if head is not None:
+                        self._head_started = None
+                        return self._start_request(self._engine.parse_head(head))
                 idle = not inbuf
                 if not idle and self._head_started is None:
                     self._head_started = trio.current_time()
@@ -198,34 +212,35 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
                     inbuf += await lower.recv(RECV)
                     continue
                 if self._requests == 0:
-                    policy = self._attached_at + limits.header_timeout
+                    policy = self._idle_since + limits.header_timeout  # since attach
                 elif self._head_started is not None:
                     policy = self._head_started + limits.header_timeout
                 else:
                     policy = self._idle_since + limits.keepalive_timeout
                 if watch is not None and deadline == FOREVER:  # no frame of its own: an idle connection holds this
-                    waiting = self._arm(watch, policy, idle)
+                    drainer = self._arm(watch, policy, idle)
                     try:
                         got = await lower.recv(RECV)
                     finally:
-                        self._watchdog.disarm(self)  # type: ignore[union-attr]  # set by _arm
-                        if waiting is not None:
-                            waiting.discard(watch)
-                    if watch.cancel_called:  # the limit passed just as the bytes came: timed out all the same
-                        return None
+                        armed = self._watchdog.disarm(self)  # type: ignore[union-attr]  # set by _arm
+                        if drainer is not None:
+                            drainer.idle.discard(watch)
+                    if not armed or (drainer is not None and drainer.fired):
+                        return None  # ``watch`` was cancelled just as the bytes came: timed out all the same
                     if not got:
                         if inbuf:
                             raise self._end(ProtocolError("the client closed the connection in a request head"))
                         self._ended = EndOfStream("the client closed the connection")
                         return None
-                    inbuf += got
+                    head = inbuf.exact_head(got, limits.max_header_bytes)
+                    if head is not None:  # the usual read: one whole head, no copy
+                        self._head_started = None
+                        return self._start_request(self._engine.parse_head(head))
                     continue
                 data = None
                 with trio.move_on_at(min(policy, deadline)) as scope:
                     if idle and shutdown is not None:
-                        waiting = self._idle_scopes
-                        if waiting is None:
-                            waiting = self._idle_scopes = _drainer(shutdown).idle
+                        waiting = (self._drainer or self._find_drainer(shutdown)).idle
                         waiting.add(scope)
                         try:
                             data = await lower.recv(RECV)
@@ -250,14 +265,22 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
                         raise self._end(ProtocolError("the client closed the connection in a request head"))
                     self._ended = EndOfStream("the client closed the connection")
                     return None
-                inbuf += data
+                head = inbuf.exact_head(data, limits.max_header_bytes)
+                if head is not None:
+                    self._head_started = None
+                    return self._start_request(self._engine.parse_head(head))
         except Refused as exc:
             await self._refuse(exc.status, exc.detail)
             raise self._end(ProtocolError(f"request refused with {exc.status}: {exc.detail}")) from None
 
-    def _arm(self, watch: trio.CancelScope, policy: float, idle: bool) -> set[trio.CancelScope] | None:
+    def _find_drainer(self, shutdown: trio.Event) -> _Drainer:
+        self._drainer = _drainer(shutdown)
+        return self._drainer
+
+    def _arm(self, watch: trio.CancelScope, policy: float, idle: bool) -> _Drainer | None:
         """Before a wait under the watchdog (see :meth:`_next_request`): arm it for ``policy`` and,
-        idle under a shutdown event, let the drainer cancel ``watch`` too (its set is returned)."""
+        idle under a shutdown event, let the drainer cancel ``watch`` too (the drainer is returned:
+        ``watch`` is in its ``idle`` set)."""
         dog = self._watchdog
         if dog is None:
             dog = self._watchdog = watchdog()
@@ -267,11 +290,9 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         shutdown = self._shutdown
         if not idle or shutdown is None:
             return None
-        waiting = self._idle_scopes
-        if waiting is None:
-            waiting = self._idle_scopes = _drainer(shutdown).idle
-        waiting.add(watch)
-        return waiting
+        drainer = self._drainer or self._find_drainer(shutdown)
+        drainer.idle.add(watch)
+        return drainer
 
     async def _wait_timed_out(self) -> None:
         """The end of a connection whose wait :meth:`serve`'s watchdog cancelled (outside its scope)."""
@@ -349,7 +370,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
 
     # ---- writing responses -----------------------------------------------------------------
 
-    def _head(self, request: Request, status: int, headers: Headers, whole: int | None) -> None:
+    def _head(self, request: Request, status: int, headers: HeaderInput, whole: int | None) -> None:
         """Commit a response head and set the framing of its body (see ``ResponseWriter``), with
         what this connection knows: whether it closes after the response, and why."""
         unread = None
@@ -363,11 +384,11 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         shutdown = self._shutdown
         why = self._frame_head(
             status,
-            headers.raw,
+            headers,
             whole,
             request.method == "HEAD",
             request.http_version == "1.1",
-            self._closing is not None or not request._keep_alive,
+            self._closing is not None or not request._head.keep_alive,
             unread,
             shutdown is not None and shutdown.is_set(),
         )
@@ -399,20 +420,30 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
             raise StackError(f"response body shorter than its Content-Length: {self._left} bytes missing")
 
     async def send_response(
-        self, request: Request, status: int, headers: Headers, body: bytes, deadline: float
+        self, request: Request, status: int, headers: HeaderInput, body: bytes, deadline: float
     ) -> None:
-        """A whole response (``RequestOwner``); a 101 or a 2xx to CONNECT switches protocols."""
+        """A whole response (``RequestOwner``); a 101 or a 2xx to CONNECT switches protocols.
+        ``headers``: as the app gave them (the head cache takes a list of pairs as it is)."""
         if status == 101 or (request.method == "CONNECT" and 200 <= status < 300):
             if body:
                 raise ValueError("a protocol switch response has no body")
-            await self._switch(request, status, headers, deadline)
+            await self._switch(request, status, Headers(headers), deadline)
             return
         self._check_current(request)
         self._head(request, status, headers, len(body))
         if body and not self._discard:
             self.outbuf += body
         self._state = advance(self._state, RESPOND)
-        await self.flush(deadline)
+        if self._flushing:  # another task flushes (a 100 Continue): wait for it
+            await self.flush(deadline)
+        else:
+            self._flushing = True
+            try:
+                await self.lower.send_from(self.outbuf, deadline=deadline)
+            finally:
+                self._flushing = False
+                if self._flush_lot is not None:
+                    self._flush_lot.unpark_all()
 
     async def send_informational(self, request: Request, status: int, headers: Headers, deadline: float) -> None:
         """A 1xx response before the final one (``RequestOwner``); nothing to an HTTP/1.0 client."""
@@ -450,7 +481,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         if status == 101 or (request.method == "CONNECT" and 200 <= status < 300):
             return await self._switch(request, status, headers, deadline)
         self._check_current(request)
-        self._head(request, status, headers, None)
+        self._head(request, status, headers.raw, None)
         self._state = advance(self._state, START_BODY)
         stream = request._response = ResponseStream(self, request)
         await self.flush(deadline)
@@ -530,14 +561,31 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
                 return
             if not request._body._complete:  # pragma: no cover - a drained body is complete
                 raise EndOfStream("HTTP/1.1: the request did not end cleanly")
-            trailing = self._engine.reset()
-            if trailing:  # pipelined bytes read past the body: they are checked as a head again
-                self._inbuf[:0] = trailing
-            self._state = advance(self._state, NEXT_CYCLE)
-            self._idle_since = trio.current_time()
+            self._next_cycle()
         except StackError as exc:
             self._ended = exc if isinstance(exc, EndOfStream) else EndOfStream(str(exc))
             await self._shutdown_connection()
+
+    def _ended_at_once(self) -> bool:
+        """End the cycle of the current request here, without a coroutine, in the usual case (the
+        response went out whole, the request body was read, nothing closes); False otherwise (then
+        :meth:`_end_cycle` ends it)."""
+        request = self._current
+        assert request is not None
+        if self._state is not DONE or self._closing is not None or self.outbuf or not request._body._complete:
+            return False
+        self._current = None
+        self._next_cycle()
+        return True
+
+    def _next_cycle(self) -> None:
+        """Ready for the next request (the response went out whole, the request body was read)."""
+        trailing = self._engine.reset()
+        if trailing:  # pipelined bytes read past the body: they are checked as a head again
+            self._inbuf[:0] = trailing
+        self._state = advance(self._state, NEXT_CYCLE)
+        dog = self._watchdog
+        self._idle_since = trio.current_time() if dog is None else dog.now()
 
     async def _drain(self, request: Request) -> None:
         """Read and discard a small unread rest of the request body, or decide to close."""
@@ -612,8 +660,19 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
             del request  # an idle connection keeps nothing of the last request
             with trio.CancelScope() as watch:
                 while True:
+                    got = None
+                    if self._can_idle():  # the idle wait, in this frame: an idle connection holds no other
+                        drainer = self._arm(watch, self._idle_since + self.limits.keepalive_timeout, True)
+                        try:
+                            got = await self.lower.recv(RECV)
+                        finally:
+                            armed = self._watchdog.disarm(self)  # type: ignore[union-attr]  # set by _arm
+                            if drainer is not None:
+                                drainer.idle.discard(watch)
+                        if not armed or (drainer is not None and drainer.fired):
+                            break  # ``watch`` was cancelled just as the bytes came: timed out all the same
                     try:
-                        request = await self._next_request(FOREVER, watch)
+                        request = await self._next_request(FOREVER, watch, got)
                     except StackError as exc:
                         return self._ended_by(exc)
                     if request is None or not await self._dispatch(app, request):
@@ -626,18 +685,26 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
                 with trio.CancelScope(shield=True):
                     await self.aclose(deadline=trio.current_time() + 1.0)
 
+    def _can_idle(self) -> bool:
+        """Whether :meth:`serve` waits for the next request itself: the last one is over, nothing
+        is buffered (here or below), the connection goes on and the server is not shutting down."""
+        shutdown = self._shutdown
+        return (
+            self._current is None
+            and self._ended is None
+            and not self._inbuf
+            and not self.lower.buffered
+            and (shutdown is None or not shutdown.is_set())
+        )
+
     def _ended_by(self, exc: StackError) -> None:
         log.debug("connection from %s: %s", self.info.get("peer"), exc)
 
     async def _dispatch(self, app: App, request: Request) -> bool:
         """Run ``app`` on ``request`` (or hand the connection to HTTP/2 for an h2c upgrade); False
         once the connection ended."""
-        if self.scheme == "http" and "upgrade" in request.headers and await self._h2c(app, request):
+        if request._head.upgrade and self.scheme == "http" and await self._h2c(app, request):
             return False
-        await self._run(app, request)
-        return self._ended is None
-
-    async def _run(self, app: App, request: Request) -> None:
         try:
             await app(request)
         except Exception as exc:
@@ -655,7 +722,9 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
                         self.close_after(f"ending the response failed: {exc}", linger=False)
                 else:
                     self.close_after("the response was not ended", linger=False)
-        await self._end_cycle()
+        if not self._ended_at_once():
+            await self._end_cycle()
+        return self._ended is None
 
     async def _app_failed(self, request: Request, exc: Exception) -> None:
         peer = self.info.get("peer")
@@ -686,7 +755,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         request.responded, request.status = True, status
         body = f"{status} {reason(status).decode()}: {detail}\n".encode()
         headers = Headers([(b"content-type", b"text/plain; charset=utf-8")])
-        self._head(request, status, headers, len(body))
+        self._head(request, status, headers.raw, len(body))
         if not self._discard:
             self.outbuf += body
         self._state = advance(self._state, RESPOND)

@@ -15,7 +15,7 @@ Precision: a deadline fires between 0 and one period late. The period is the sma
 :data:`MIN_PERIOD`. The sweeper sleeps on an event while nothing is armed.
 
 A wait that completes in the same tick as its deadline may find its scope cancelled after the wait
-returned: the caller checks ``scope.cancel_called`` after disarming and treats that as a timeout.
+returned: :meth:`Watchdog.disarm` then returns False, and the caller treats that as a timeout.
 """
 
 from __future__ import annotations
@@ -41,10 +41,13 @@ class Cancellable(Protocol):
 class Watchdog:
     """Cancels the scopes of armed waits whose deadline passed (see the module docstring)."""
 
-    __slots__ = ("_armed", "_wake", "period")
+    __slots__ = ("_armed", "_wake", "now", "period")
 
     def __init__(self) -> None:
         self._armed: dict[object, tuple[float, Cancellable]] = {}
+        #: The run's clock, read in one call (``trio.current_time()`` takes three): for callers
+        #: that compute the deadlines they arm.
+        self.now = trio.lowlevel.current_clock().current_time
         self._wake: trio.Event | None = None
         self.period = math.inf
 
@@ -59,9 +62,10 @@ class Watchdog:
             self._wake = None
             wake.set()
 
-    def disarm(self, key: object) -> None:
-        """Forget the wait armed under ``key`` (nothing happens if there is none)."""
-        self._armed.pop(key, None)
+    def disarm(self, key: object) -> bool:
+        """Forget the wait armed under ``key``; False if there was none (the sweeper fired it: its
+        scope was cancelled, which the caller need not ask the scope)."""
+        return self._armed.pop(key, None) is not None
 
     async def run(self) -> None:
         """The sweeper (a system task): every period, cancel what is due; sleep while nothing is armed."""

@@ -83,25 +83,9 @@ def drive(engine: ClientEngine, method: str, fields: list[tuple[bytes, bytes]], 
 
 
 _NAMES = st.sampled_from([b"Content-Type", b"X-A", b"content-length", b"Transfer-Encoding", b"Connection", b"Bad Name"])
-_VALUES = st.sampled_from(
-    [
-        b"text/plain",
-        b"",
-        b"  v  ",
-        b"5",
-        b"5, 5",
-        b"5, 6",
-        b"-1",
-        b"x",
-        b"chunked",
-        b"Chunked",
-        b"gzip",
-        b"close",
-        b"keep-alive",
-        b"a\x00b",
-        b"1" * 21,
-    ]
-)
+_VALUES = st.sampled_from([b"text/plain", b"", b"  v  ", b"5", b"5, 5", b"5, 6", b"-1", b"x", b"chunked", b"Chunked",
+                           b"gzip", b"close", b"keep-alive", b"a\x00b", b"1" * 21, b"a\x01b", b"\x7f",
+                           b"a\x1b[0m", b"a\tb"])
 
 
 @st.composite
@@ -222,3 +206,25 @@ def test_the_fast_engine_keeps_a_connection_alive() -> None:
         assert engine.next_event() == []
         assert engine.cycle_done
         engine.start_next_cycle()
+
+
+@pytest.mark.parametrize("engine", [ReferenceClientEngine, FastClientEngine])
+@pytest.mark.parametrize("byte", [0x00, 0x01, 0x04, 0x08, 0x0b, 0x1f, 0x7f])
+def test_control_bytes_in_response_fields_are_refused(engine: type[ClientEngine], byte: int) -> None:
+    """RFC 9110 5.5 (issue 17 item 5): a response head with a control byte in a field value is a
+    ProtocolError on both engines (so a proxy never forwards it), and stays refused; HTAB passes."""
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: a%cb\r\n\r\nhi" % byte
+    e = engine(LIMIT)
+    e.send_request(e.build_request("GET", "/", [(b"host", b"a")]))
+    e.send_end()
+    e.receive_data(raw)
+    with pytest.raises(ProtocolError, match=f"control character {byte:#04x} in a header field"):
+        e.next_event()
+    with pytest.raises(ProtocolError):
+        e.next_event()
+    ok = engine(LIMIT)
+    ok.send_request(ok.build_request("GET", "/", [(b"host", b"a")]))
+    ok.send_end()
+    ok.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: a\tb\r\n\r\nhi")
+    head = ok.next_event()
+    assert isinstance(head, ResponseHead) and (b"x-a", b"a\tb") in head.fields
