@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import time
-from types import ModuleType
+from types import SimpleNamespace
 from typing import Any
 
 from layers import certs
@@ -35,15 +35,22 @@ ADDR_C = ("127.0.0.1", 40000)
 ADDR_S = ("127.0.0.1", 4433)
 
 
-def _modules(engine: str) -> dict[str, ModuleType]:
+def _modules(engine: str) -> dict[str, Any]:
+    """``ours``: aioquic with :class:`layers._quic_engine.Engine` (our corrections) as the connection."""
+    package = "aioquic" if engine == "ours" else engine
     names = ("quic.configuration", "quic.connection", "quic.events", "h3.connection", "h3.events", "tls")
-    return {name: importlib.import_module(f"{engine}.{name}") for name in names}
+    mods: dict[str, Any] = {name: importlib.import_module(f"{package}.{name}") for name in names}
+    if engine == "ours":
+        from layers._quic_engine import Engine
+
+        mods["quic.connection"] = SimpleNamespace(QuicConnection=Engine)
+    return mods
 
 
 class Pair:
     """A client and a server connection of one engine, back to back."""
 
-    def __init__(self, mods: dict[str, ModuleType], leaf: Any, ca: Any, datagram: int, alpn: str) -> None:
+    def __init__(self, mods: dict[str, Any], leaf: Any, ca: Any, datagram: int, alpn: str) -> None:
         conf_mod, conn_mod, tls = mods["quic.configuration"], mods["quic.connection"], mods["tls"]
         self.events = mods["quic.events"]
         common: dict[str, Any] = {
@@ -61,9 +68,10 @@ class Pair:
         chain = tls.load_pem_x509_certificates(leaf.cert_pem)
         sconf.certificate, sconf.certificate_chain = chain[0], chain[1:]
         sconf.private_key = tls.load_pem_private_key(leaf.key_pem)
-        self.client = conn_mod.QuicConnection(configuration=cconf)
+        conn_class = conn_mod.QuicConnection
+        self.client = conn_class(configuration=cconf)
         self.server: Any = None
-        self._conn_mod, self._sconf = conn_mod, sconf
+        self._conn_class, self._sconf = conn_class, sconf
         self.offset = 0.0
         self.t0 = time.monotonic()
         self.client.connect(ADDR_S, now=self.now())
@@ -80,9 +88,7 @@ class Pair:
         for data, _ in self.client.datagrams_to_send(now):
             if self.server is None:
                 from_cid = data[6 : 6 + data[5]]
-                self.server = self._conn_mod.QuicConnection(
-                    configuration=self._sconf, original_destination_connection_id=from_cid
-                )
+                self.server = self._conn_class(configuration=self._sconf, original_destination_connection_id=from_cid)
             self.server.receive_datagram(data, ADDR_C, now)
             moved = True
         if self.server is not None:
@@ -123,7 +129,7 @@ class Pair:
         raise RuntimeError("no handshake")
 
 
-def bench_bulk(mods: dict[str, ModuleType], leaf: Any, ca: Any, total: int, datagram: int) -> float:
+def bench_bulk(mods: dict[str, Any], leaf: Any, ca: Any, total: int, datagram: int) -> float:
     pair = Pair(mods, leaf, ca, datagram, "bulk")
     pair.handshake()
     got = {"n": 0, "fin": False}
@@ -163,7 +169,7 @@ def _aioquic_sent(conn: Any, sid: int) -> int:
     return 0 if stream is None else int(stream.sender.highest_offset)
 
 
-def bench_h3(mods: dict[str, ModuleType], leaf: Any, ca: Any, requests: int) -> float:
+def bench_h3(mods: dict[str, Any], leaf: Any, ca: Any, requests: int) -> float:
     pair = Pair(mods, leaf, ca, 1350, "h3")
     pair.handshake()
     h3c, h3e = mods["h3.connection"], mods["h3.events"]
@@ -206,7 +212,7 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=20)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--datagram", type=int, default=1350)
-    parser.add_argument("--engines", default="aioquic,qh3")
+    parser.add_argument("--engines", default="aioquic,ours,qh3", help="ours: aioquic with our Engine subclass")
     args = parser.parse_args()
     ca = certs.CA.new()
     leaf = ca.issue("localhost")
@@ -220,7 +226,7 @@ def main() -> None:
         bulk = bench_bulk(mods, leaf, ca, args.mib * MIB, args.datagram)
         per_req = bench_h3(mods, leaf, ca, args.requests)
         results[engine] = (bulk, per_req)
-        version = getattr(importlib.import_module(engine), "__version__", "?")
+        version = getattr(importlib.import_module(engine if engine != "ours" else "aioquic"), "__version__", "?")
         print(
             f"{engine:8} {version:7}  bulk {bulk / MIB:8.1f} MiB/s ({args.mib} MiB, {args.datagram}-byte datagrams)"
             f"   h3 request {per_req * 1e6:7.1f} us ({args.requests} sequential)"
