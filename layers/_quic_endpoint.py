@@ -96,6 +96,14 @@ class Endpoint:
         """The connection ``data`` is for (the caller hands it over), or ``None`` once handled
         here (a new connection, a Retry, a Version Negotiation, a drop)."""
         config = self._config
+        if data and data[0] & 0xC0 == 0x40:
+            # a short header with its fixed bit (RFC 9000 17.3), almost every datagram: its
+            # connection ID is the bytes after the first, as pull_quic_header would read them
+            cid_length = config.connection_id_length
+            conn = self._by_cid.get(data[1 : 1 + cid_length]) if len(data) > cid_length else None
+            if conn is None:
+                self.dropped += 1
+            return conn
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=config.connection_id_length)
         except ValueError:

@@ -73,13 +73,20 @@ class Engine(QuicConnection):
         return consumed + self.stream_window - stream.max_stream_data_local_sent >= self.stream_window // 2
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
-        if not stream.max_stream_data_local or stream.receiver.is_finished:
+        # aioquic calls this for every stream in every packet it builds: the common case (nothing
+        # due) costs two comparisons, without asking the connection what the stream buffers
+        local = stream.max_stream_data_local
+        if not local:
             return
-        consumed = stream.receiver.starting_offset() - self.buffered(stream.stream_id)
-        target = consumed + self.stream_window
-        if target - stream.max_stream_data_local >= self.stream_window // 2:
-            stream.max_stream_data_local = target
-        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+        receiver = stream.receiver
+        window = self.stream_window
+        delivered = receiver.starting_offset()
+        if delivered + window - local >= window // 2 and not receiver.is_finished:
+            # the most the target can be (nothing buffered) would be due: count what is
+            target = delivered - self.buffered(stream.stream_id) + window
+            if target - local >= window // 2:
+                stream.max_stream_data_local = local = target
+        if stream.max_stream_data_local_sent != local and not receiver.is_finished:
             buf = builder.start_frame(
                 QuicFrameType.MAX_STREAM_DATA,
                 capacity=MAX_STREAM_DATA_FRAME_CAPACITY,

@@ -235,3 +235,24 @@ async def test_peer_closing_the_connection_breaks_its_streams(ca: CA, leaf: Leaf
                 await a.recv(1)
             with pytest.raises(Closed):
                 await b.recv(1)
+
+
+def test_listener_routes_short_headers_by_connection_id(leaf: Leaf) -> None:
+    """The listener's fast path for short-header datagrams routes and drops as the full header
+    parse does: a known connection ID finds its connection; an unknown one, a datagram shorter
+    than a connection ID and one with the fixed bit clear are dropped and counted."""
+    from layers._quic_endpoint import Endpoint
+    from layers._quic_engine import server_configuration
+
+    config = server_configuration(leaf, alpn=["x"], idle_timeout=1.0, stream_window=65536, max_data=65536)
+    endpoint = Endpoint(None, config, QuicLimits(), handler=None, nursery=None, retry=False)  # type: ignore[arg-type]
+    cid = b"\x01" * config.connection_id_length
+    marker: object = object()
+    endpoint._by_cid[cid] = marker  # type: ignore[assignment]
+    assert endpoint._datagram(b"\x41" + cid + b"payload", None) is marker
+    assert endpoint.dropped == 0
+    assert endpoint._datagram(b"\x41" + b"\x02" * len(cid) + b"payload", None) is None
+    assert endpoint._datagram(b"\x41" + cid[:-1], None) is None  # shorter than a connection ID
+    assert endpoint._datagram(b"\x01" + cid + b"payload", None) is None  # fixed bit clear
+    assert endpoint._datagram(b"", None) is None
+    assert endpoint.dropped == 4
