@@ -291,3 +291,43 @@ async def test_graceful_shutdown(tmp_path: Path, signum: signal.Signals) -> None
             r = await idle.request("GET", "/big.bin")
             await r.read()
         assert "shutting down" in server.log
+
+
+class _FakeRequest:
+    """What with_alt_svc touches of a request."""
+
+    http_version = "1.1"
+
+    def __init__(self) -> None:
+        self.info = {"local": ("127.0.0.1", 8443)}
+        self.sent: list[object] = []
+
+    async def respond(self, status: int, headers: object = (), body: bytes = b"", **kw: object) -> None:
+        self.sent.append(headers)
+
+    async def start_response(self, status: int, headers: object = (), **kw: object) -> None:
+        self.sent.append(headers)
+
+
+async def test_alt_svc_leaves_no_reference_cycle() -> None:
+    """with_alt_svc's closures over the request's own methods made a cycle per request: each kept
+    its connection (and a TLS stream's OpenSSL buffers) until a full collection (issue 17's soak)."""
+    import gc
+    import weakref
+
+    from stack.cli.serve import with_alt_svc
+
+    async def app(request: http.Request) -> None:
+        await request.respond(200, [("content-type", "text/plain")], b"hi")
+
+    request = _FakeRequest()
+    gc.disable()
+    try:
+        await with_alt_svc(app)(request)  # type: ignore[arg-type]
+        assert ("alt-svc", 'h3=":8443"; ma=86400') in request.sent[0]  # type: ignore[operator]
+        assert "respond" not in vars(request) and "start_response" not in vars(request)
+        ref = weakref.ref(request)
+        del request
+        assert ref() is None  # freed by reference counting alone
+    finally:
+        gc.enable()

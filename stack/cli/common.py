@@ -14,8 +14,9 @@ reaches into another's privates and the modules import each other in one directi
   :func:`raise_nofile` lifts the file-descriptor limit for many connections.
 * :func:`on_signals` turns SIGINT/SIGTERM into a graceful shutdown (a second signal stops at
   once) and SIGUSR1 into a log line with the number of live trio tasks (:func:`live_tasks`, which
-  ``benchmarks/soak.py`` samples); :func:`url` writes the ``serving on URL`` address; :data:`DEFER_ACCEPT` is the
-  listeners' accept filter delay.
+  ``benchmarks/soak.py`` samples), SIGUSR2 into the growth of Python allocations when tracemalloc
+  traces (:func:`allocation_growth`, a leak hunter's tool); :func:`url` writes the ``serving on
+  URL`` address; :data:`DEFER_ACCEPT` is the listeners' accept filter delay.
 * :func:`failure_line` turns what stopped a server (a port in use, wrapped by trio's nurseries
   in exception groups) into the one line the command prints, instead of a traceback.
 
@@ -38,8 +39,8 @@ from layers import certs, tls
 from stack.errors import StackError
 
 __all__ = [
-    "DEFER_ACCEPT", "SIGNALS", "failure_line", "live_tasks", "on_signals", "raise_nofile", "setup_logging",
-    "tls_args_problem", "tls_layer", "url",
+    "DEFER_ACCEPT", "SIGNALS", "allocation_growth", "failure_line", "live_tasks", "on_signals", "raise_nofile",
+    "setup_logging", "tls_args_problem", "tls_layer", "url",
 ]  # fmt: skip
 
 log = logging.getLogger("stack.cli")
@@ -98,8 +99,35 @@ def url(scheme: str, address: Any) -> str:
     return f"{scheme}://{host}:{port}/"
 
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-"""What a server's :func:`on_signals` takes: SIGINT and SIGTERM stop it, SIGUSR1 logs :func:`live_tasks`."""
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+"""What a server's :func:`on_signals` takes: SIGINT and SIGTERM stop it, SIGUSR1 logs :func:`live_tasks`,
+SIGUSR2 logs :func:`allocation_growth` (with ``PYTHONTRACEMALLOC`` set; otherwise it is ignored)."""
+
+
+def allocation_growth(top: int = 15) -> list[str]:
+    """Where Python memory grew since the previous call (the first call: since tracing started),
+    by line, largest first: ``top`` lines of ``tracemalloc``'s snapshot diff. Empty when tracemalloc
+    is not tracing (set ``PYTHONTRACEMALLOC=1`` in the server's environment to debug a leak)."""
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        return []
+    import gc
+
+    unreachable = gc.collect()  # what only the cycle collector frees is not a leak: free it first
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        (tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib._bootstrap>"))
+    )
+    previous = _snapshots[-1] if _snapshots else None
+    _snapshots[:] = [snapshot]
+    traced, _ = tracemalloc.get_traced_memory()
+    lines = [f"traced {traced / 1e6:.1f} MB after a collection that freed {unreachable} unreachable objects"]
+    if previous is not None:
+        lines += [str(stat) for stat in snapshot.compare_to(previous, "lineno")[:top]]
+    return lines
+
+
+_snapshots: list[Any] = []
 
 
 def live_tasks() -> int:
@@ -122,6 +150,10 @@ async def on_signals(signals: Any, shutdown: trio.Event, scope: trio.CancelScope
     async for signum in signals:
         if signum == signal.SIGUSR1:
             log.info("stats: %d live trio tasks", live_tasks())
+            continue
+        if signum == signal.SIGUSR2:
+            for line in allocation_growth():
+                log.info("allocations: %s", line)
             continue
         if shutdown.is_set():
             log.warning("second signal: stopping now")
