@@ -227,8 +227,8 @@ class SocketStream(ByteStream):
         """See :meth:`ByteStream.recv`."""
         if (
             self._unread or self._eof or self._receiving or self._broken is not None or self._closed is not None
-            or type(max_bytes) is not int or max_bytes < 1
-        ):
+            or type(max_bytes) is not int or max_bytes < 1 or type(deadline) is not float or deadline != deadline
+        ):  # the base's path, and its argument checks
             return await super().recv(max_bytes, deadline=deadline)
         sock = self._sock
         self._receiving = True
@@ -263,7 +263,10 @@ class SocketStream(ByteStream):
 
     async def send_from(self, buf: bytearray, *, deadline: float = FOREVER) -> None:
         """See :meth:`ByteStream.send_from`."""
-        if self._sending or self._send_closed or self._broken is not None or self._closed is not None or self._outbuf:
+        if (
+            self._sending or self._send_closed or self._broken is not None or self._closed is not None or self._outbuf
+            or type(buf) is not bytearray or type(deadline) is not float or deadline != deadline
+        ):  # the base's path, and its argument checks
             return await super().send_from(buf, deadline=deadline)
         sock = self._sock
         self._sending = True
