@@ -1,7 +1,7 @@
 """The conformance kit run on the core's own streams: memory, chaos, TCP, Unix, and framing.
 
 Each test is one ``stack.testing`` check; a failure names the property and hypothesis' smallest
-falsifying example. ``HYPOTHESIS_PROFILE=ci`` runs 200 examples per property, ``dev`` 30.
+falsifying example. ``HYPOTHESIS_PROFILE=ci`` runs 120 examples per property (stack.testing.CI_EXAMPLES), ``dev`` 30.
 """
 
 from __future__ import annotations

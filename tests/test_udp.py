@@ -316,7 +316,7 @@ async def test_interop_socat_echo_server() -> None:
     port = _free_udp_port()
 
     async def body() -> None:
-        for _ in range(100):  # until socat is up (before it binds, our datagrams are refused)
+        for _ in range(300):  # until socat is up (before it binds, our datagrams are refused): 30 s
             async with await udp.connect("127.0.0.1", port).connect() as probe:
                 try:
                     await probe.send(b"ready?")

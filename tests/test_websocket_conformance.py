@@ -2,7 +2,7 @@
 HTTP/1.1 opening handshake (``websocket.server()`` / ``websocket.client()``), permessage-deflate,
 and WebSockets over an HTTP/2 extended CONNECT stream (RFC 8441); detach as the closing handshake.
 
-``HYPOTHESIS_PROFILE=ci`` runs 200 examples per property, ``dev`` 30.
+``HYPOTHESIS_PROFILE=ci`` runs 120 examples per property (stack.testing.CI_EXAMPLES), ``dev`` 30.
 """
 
 from __future__ import annotations
