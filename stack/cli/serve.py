@@ -276,7 +276,7 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
     h3 = None
     if tls_layer is not None and not getattr(args, "no_http3", True) and isinstance(tls_layer.certs, tuple):
         h3 = functools.partial(_serve_http3, app, args.host, cert=tls_layer.certs, limits=limits, shutdown=shutdown)
-        app = with_alt_svc(app)
+        app = with_alt_svc(app, args.port or None)  # port 0: the request's own local port
     stack = Stack(listen, *layers, http.server(app, limits, shutdown, engine=args.engine))
     scheme = "https" if tls_layer is not None else "http"
     # an ASGI app's lifespan: startup before listening, shutdown once the connections drained
@@ -318,30 +318,37 @@ async def _serve_http3(
     await http3.serve(app, host, port, cert, limits=limits, shutdown=shutdown, task_status=task_status)
 
 
-def with_alt_svc(app: http.App) -> http.App:
+def with_alt_svc(app: http.App, port: int | None = None) -> http.App:
     """``app`` answering HTTP/1.1 and HTTP/2 requests with ``Alt-Svc: h3=":PORT"`` (RFC 7838):
-    HTTP/3 is on the same port, over UDP.
+    HTTP/3 is on the same port, over UDP. ``port``: the port to advertise; None reads the
+    request's local port (one ``info`` lookup per request: pass it when it is known).
 
     The request's ``respond`` and ``start_response`` are replaced for the app's call by closures
     over the originals (bound methods of the request): a reference cycle, request -> closure ->
     bound method -> request. It is broken when the app returns: left to the cycle collector, each
     request kept its connection (the TLS stream, OpenSSL's buffers, tens of KiB the collector does
     not count) until a full collection, and the TLS server's memory grew under load (issue 17's
-    soak)."""
+    soak). The header is added to the app's list as given (a list or tuple of pairs: no Headers
+    object per response)."""
+    fixed = None if port is None else ("alt-svc", f'h3=":{port}"; ma=86400')
+
+    def added(headers: Any, alt_svc: tuple[str, str]) -> list[Any]:
+        if type(headers) is list or type(headers) is tuple:
+            return [*headers, alt_svc]
+        return [*http.Headers(headers).raw, (b"alt-svc", alt_svc[1].encode())]
 
     async def advertising(request: http.Request) -> None:
         if request.http_version == "3":
             await app(request)
             return
-        port = request.info.get("local", ("", 0))[1]
-        alt_svc = ("alt-svc", f'h3=":{port}"; ma=86400')
+        alt_svc = fixed or ("alt-svc", f'h3=":{request.info.get("local", ("", 0))[1]}"; ma=86400')
         respond, start_response = request.respond, request.start_response
 
         async def respond_with(status: int, headers: Any = (), body: bytes = b"", **kw: Any) -> None:
-            await respond(status, [*http.Headers(headers), alt_svc], body, **kw)
+            await respond(status, added(headers, alt_svc), body, **kw)
 
         async def start_with(status: int, headers: Any = (), **kw: Any) -> Any:
-            return await start_response(status, [*http.Headers(headers), alt_svc], **kw)
+            return await start_response(status, added(headers, alt_svc), **kw)
 
         request.respond = respond_with  # type: ignore[method-assign]
         request.start_response = start_with  # type: ignore[method-assign]
