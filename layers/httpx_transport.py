@@ -264,20 +264,23 @@ class StackTransport(httpx.AsyncBaseTransport):
             await self._room.acquire_on_behalf_of(object_token := object())
         if scope.cancelled_caught:
             raise httpx.PoolTimeout("no room in the connection pool (limits.max_connections)", request=request)
+        registered = False
         try:
             async with pool.connecting:
                 if pool.h2 is not None:  # it came while we waited for the lock
                     self._room.release_on_behalf_of(object_token)
                     return pool.h2, True
                 conn = await self._connect(origin, url, request, _deadline(timeouts.get("connect")))
+                self._tokens[conn] = object_token  # from here on, closing conn gives the room back
+                registered = True
+                if conn.http_version == "2":  # shared only once it runs (and still under the lock)
+                    assert self._nursery is not None  # _may_h2 offered h2 only with a nursery
+                    await self._nursery.start(self._run_h2, origin, conn)
+                    pool.h2 = conn
         except BaseException:
-            self._room.release_on_behalf_of(object_token)
+            if not registered:  # else the connection's end gives it back (_run_h2, _close)
+                self._room.release_on_behalf_of(object_token)
             raise
-        self._tokens[conn] = object_token
-        if conn.http_version == "2":
-            pool.h2 = conn
-            assert self._nursery is not None  # _may_h2 offered h2 only with a nursery
-            await self._nursery.start(self._run_h2, origin, conn)
         return conn, False
 
     def _may_h2(self, url: httpx.URL) -> bool:
