@@ -87,23 +87,7 @@ def http_scope(
     version = request.http_version
     if version == "2" and request.authority:  # ASGI: :authority becomes the host field
         headers = [(b"host", request.authority.encode("latin-1")), *(h for h in headers if h[0] != b"host")]
-    if state is None:
-        return {
-            "type": "http",
-            "asgi": ASGI_VERSION,
-            "http_version": version,
-            "method": request.method,
-            "scheme": request.scheme,
-            "path": split[0],
-            "raw_path": split[1],
-            "query_string": split[2],
-            "root_path": root_path,
-            "headers": headers,
-            "client": facts.client,
-            "server": facts.server,
-            "extensions": facts.extensions,
-        }
-    return {  # the same, with a shallow copy of the lifespan state (one literal: no insertion after)
+    scope: dict[str, Any] = {
         "type": "http",
         "asgi": ASGI_VERSION,
         "http_version": version,
@@ -117,8 +101,10 @@ def http_scope(
         "client": facts.client,
         "server": facts.server,
         "extensions": facts.extensions,
-        "state": state.copy() if state else {},
     }
+    if state is not None:  # a shallow copy of the lifespan state for each request
+        scope["state"] = state.copy() if state else {}
+    return scope
 
 
 class HTTPCycle:
