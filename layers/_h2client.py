@@ -37,7 +37,16 @@ from stack.streams import ByteStream
 from ._h2conn import FLUSH_GRACE, H2ConnectionBase, StreamRefused
 from ._h2core import Malformed, check_fields, check_response_pseudo, error_name
 from ._h2stream import HIGH_WATER, H2Response, H2Stream, _fields, _h2_fail, _headers
-from ._http_model import Body, ClientConnection, HeaderInput, Headers, Limits, TunnelRefused
+from ._http_model import (
+    Body,
+    ClientConnection,
+    HeaderInput,
+    Headers,
+    Limits,
+    TunnelRefused,
+    request_fields,
+    request_pseudo,
+)
 
 __all__ = ["RETRIES", "H2ClientConnection"]
 
@@ -220,18 +229,6 @@ class H2ClientConnection(H2ConnectionBase, ClientConnection):
         self.wake_writer()
         return stream
 
-    def _request_fields(self, method: str, target: str, headers: HeaderInput) -> list[tuple[bytes, bytes]]:
-        hdrs = Headers(headers)
-        authority = hdrs.get("host") or self.authority
-        fields = [
-            (b":method", method.encode("ascii")),
-            (b":scheme", self.scheme.encode("ascii")),
-            (b":authority", authority.encode("latin-1")),
-            (b":path", target.encode("latin-1")),
-        ]
-        fields += _fields(hdrs)
-        return fields
-
     async def request(
         self,
         method: str,
@@ -266,7 +263,7 @@ class H2ClientConnection(H2ConnectionBase, ClientConnection):
         is bytes (replayable). Read or close every response: unread body bytes hold part of
         the connection window.
         """
-        fields = self._request_fields(method, target, headers)
+        fields = request_fields(method, target, headers, self.scheme, self.authority, _fields)
         data: bytes | None = None
         if isinstance(body, (bytes, bytearray, memoryview)):
             data = bytes(body)
@@ -366,7 +363,8 @@ class H2ClientConnection(H2ConnectionBase, ClientConnection):
         for the head; ``recv`` reads the response body (the two directions are independent,
         so this is also the full-duplex, gRPC-style exchange).
         """
-        return await self._open(self._request_fields(method, target, headers), False, deadline)
+        fields = request_fields(method, target, headers, self.scheme, self.authority, _fields)
+        return await self._open(fields, False, deadline)
 
     async def _extended_connect_fields(
         self, protocol: str, authority: str, path: str, deadline: float
@@ -382,13 +380,7 @@ class H2ClientConnection(H2ConnectionBase, ClientConnection):
         self._check_running()
         if not self.core.remote_settings.enable_connect_protocol:
             raise StackError("the server does not support extended CONNECT (RFC 8441)")
-        return [
-            (b":method", b"CONNECT"),
-            (b":protocol", protocol.encode("ascii")),
-            (b":scheme", self.scheme.encode("ascii")),
-            (b":authority", authority.encode("latin-1")),
-            (b":path", path.encode("latin-1")),
-        ]
+        return request_pseudo("CONNECT", self.scheme, authority, path, protocol)
 
     async def _connect(self, fields: list[tuple[bytes, bytes]], deadline: float) -> tuple[H2Stream, H2Response]:
         """Open a CONNECT stream with ``fields`` and wait for its answer (under ``deadline``);

@@ -33,7 +33,16 @@ from stack.errors import Broken, StackError
 from stack.streams import Info
 
 from ._h3stream import H3Request, H3Response, H3Stream, fields, headers_of
-from ._http_model import App, Body, ClientConnection, HeaderInput, Headers, Limits, ServerConnection, TunnelRefused
+from ._http_model import (
+    App,
+    Body,
+    ClientConnection,
+    HeaderInput,
+    Limits,
+    ServerConnection,
+    TunnelRefused,
+    request_fields,
+)
 from ._quic_conn import QuicConnection
 from ._quic_stream import QuicStream
 
@@ -321,17 +330,6 @@ class H3ClientConnection(H3Base, ClientConnection):
         self.quic.wake()
         return stream
 
-    def _head(self, method: str, target: str, headers: HeaderInput) -> list[tuple[bytes, bytes]]:
-        given = Headers(headers)
-        authority = given.get("host") or self.authority
-        return [
-            (b":method", method.encode("ascii")),
-            (b":scheme", self.scheme.encode("ascii")),
-            (b":authority", authority.encode("latin-1")),
-            (b":path", target.encode("latin-1")),
-            *fields(given),
-        ]
-
     async def request(
         self,
         method: str,
@@ -344,7 +342,8 @@ class H3ClientConnection(H3Base, ClientConnection):
         """Send a request and return the response once its head arrived (see
         :class:`layers.http.ClientConnection`). The body is sent before the response is awaited."""
         empty = body is None or (isinstance(body, (bytes, bytearray, memoryview)) and not body)
-        stream = self.start_request(self._head(method, target, headers), end_stream=empty)
+        head = request_fields(method, target, headers, self.scheme, self.authority, fields)
+        stream = self.start_request(head, end_stream=empty)
         try:
             if not empty:
                 if isinstance(body, (bytes, bytearray, memoryview)):
@@ -365,7 +364,7 @@ class H3ClientConnection(H3Base, ClientConnection):
     ) -> H3Response:
         """An extended CONNECT (RFC 9220) for ``protocol`` at ``path``; the response's body is the
         tunnel (see :meth:`layers.http.ClientConnection.open_tunnel`)."""
-        head = self._head("CONNECT", path, headers)
+        head = request_fields("CONNECT", path, headers, self.scheme, self.authority, fields)
         head.insert(1, (b":protocol", protocol.encode("ascii")))
         stream = self.start_request(head, end_stream=False)
         try:

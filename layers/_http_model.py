@@ -468,3 +468,44 @@ def authority_of(info: Mapping[str, Any]) -> str:
         host = name or (f"[{host}]" if ":" in host else host)
         return f"{host}:{port}"
     return name or "localhost"
+
+
+def request_pseudo(
+    method: str, scheme: str, authority: str, path: str, protocol: str | None = None
+) -> list[tuple[bytes, bytes]]:
+    """The pseudo-header fields of an HTTP/2 or HTTP/3 request, in the order both send them:
+    ``:method`` (ASCII, else ``UnicodeEncodeError``), ``:protocol`` for an extended CONNECT
+    (RFC 8441 / RFC 9220), ``:scheme``, ``:authority`` and ``:path`` (latin-1)."""
+    fields = [
+        (b":method", method.encode("ascii")),
+        (b":scheme", scheme.encode("ascii")),
+        (b":authority", authority.encode("latin-1")),
+        (b":path", path.encode("latin-1")),
+    ]
+    if protocol is not None:
+        fields.insert(1, (b":protocol", protocol.encode("ascii")))
+    return fields
+
+
+def request_fields(
+    method: str,
+    target: str,
+    headers: HeaderInput,
+    scheme: str,
+    authority: str,
+    regular: Callable[[Headers], list[tuple[bytes, bytes]]],
+) -> list[tuple[bytes, bytes]]:
+    """The whole field list of an HTTP/2 or HTTP/3 request: :func:`request_pseudo` (the
+    ``:authority`` is the ``host`` header if given, else ``authority``, the connection's), then
+    ``regular(headers)`` (the version's check of the regular fields, which drops ``host``).
+    The pseudo-fields are written out here rather than through :func:`request_pseudo`: this runs
+    once per request, and one call is all it costs."""
+    given = Headers(headers)
+    fields = [
+        (b":method", method.encode("ascii")),
+        (b":scheme", scheme.encode("ascii")),
+        (b":authority", (given.get("host") or authority).encode("latin-1")),
+        (b":path", target.encode("latin-1")),
+    ]
+    fields += regular(given)
+    return fields
