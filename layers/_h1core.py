@@ -33,6 +33,7 @@ Nothing here allocates per request beyond what parsing needs (one :class:`Parsed
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from http import HTTPStatus
@@ -536,6 +537,15 @@ def field_lines(fields: Sequence[tuple[bytes, bytes]], out: list[bytes]) -> None
         out.append(b"%s: %s\r\n" % (name, value))
 
 
+@functools.lru_cache(maxsize=16)
+def extra_lines(fields: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """The ``name: value`` lines of a server's ``response_headers`` (ValueError as
+    :func:`field_lines`), made once per distinct set (a server's connections share them)."""
+    out: list[bytes] = []
+    field_lines(fields, out)
+    return b"".join(out)
+
+
 def switch_head(status: int, fields: Sequence[tuple[bytes, bytes]]) -> bytes:
     """The head of a protocol switch: 101 as given, a 2xx to CONNECT with a Date."""
     lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason(status))]
@@ -626,6 +636,7 @@ class ResponseWriter:
     _left: int | None = None
     _chunked = False
     _discard = False
+    _extra_lines = b""  # the server's response_headers (extra_lines), after the app's fields
 
     def _frame_head(
         self,
@@ -647,7 +658,8 @@ class ResponseWriter:
         fields that contradict the body; then nothing was committed.
 
         A head is built once per shape: everything it depends on is the key of :data:`_HEADS`,
-        and only the Date line is written fresh (once a second, :func:`date_header`). ``fields``:
+        and only the Date line is written fresh (once a second, :func:`date_header`); the server's
+        ``response_headers`` (``_extra_lines``, made once) go after the app's fields. ``fields``:
         what the app gave (a list or tuple of pairs is the key as it is, so a repeated response
         builds no :class:`~layers._http_model.Headers`), or a ``Headers``.
         """
@@ -670,6 +682,8 @@ class ResponseWriter:
         before, after, dated, self._discard, self._left, self._chunked, why = framed
         out = self.outbuf
         out += before
+        if self._extra_lines:
+            out += self._extra_lines
         if dated:
             out += b"date: %s\r\n" % date_header()
         out += after

@@ -48,6 +48,7 @@ from layers._h1core import (
     ResponseWriter,
     ServerEngine,
     advance,
+    extra_lines,
     raw_response,
     reason,
     switch_head,
@@ -120,6 +121,7 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
     """
 
     http_version = "1.1"
+    _response_headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def __init__(
         self,
@@ -127,7 +129,10 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
         limits: Limits,
         shutdown: trio.Event | None,
         engine: Callable[[int], ServerEngine] = ReferenceEngine,
+        response_headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
+        if response_headers:  # fields every response carries (the spec's, checked), also over h2c
+            self._response_headers, self._extra_lines = response_headers, extra_lines(response_headers)
         self._engine: ServerEngine = engine(limits.max_header_bytes)
         super().__init__(lower, limits, self._engine.name)
         self._shutdown = shutdown
@@ -522,9 +527,10 @@ class ServerConnection(H1Connection, ResponseWriter, http.ServerConnection):
             self._state = advance(self._state, SWITCH)
             self._hand_over()
             self._ended = EndOfStream("HTTP/1.1: the connection switched to HTTP/2 (h2c)")
-            limits, shutdown = self.limits, self._shutdown
+            limits, shutdown, extra = self.limits, self._shutdown, self._response_headers
             await http2.serve_h2c_upgrade(
-                self.lower, request, settings, body, app, limits=limits, shutdown=shutdown, deadline=deadline
+                self.lower, request, settings, body, app, limits=limits, shutdown=shutdown, deadline=deadline,
+                response_headers=extra,
             )
         except StackError as exc:
             log.debug("h2c upgrade from %s: %s", self.info.get("peer"), exc)

@@ -108,7 +108,8 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
     When the connection is lost, apps still running are cancelled (after ``drain_timeout`` if
     the peer only closed its side). ``recv()`` / ``async for request in conn`` work inside
     ``async with conn:`` (or ``nursery.start(conn.run)``) instead. ``graceful_shutdown()``
-    starts the two-step GOAWAY by hand.
+    starts the two-step GOAWAY by hand. ``response_headers``: fields every final response
+    carries after the app's (wire pairs, checked by the spec: :func:`layers._http_model.response_fields`).
     """
 
     is_server = True
@@ -122,6 +123,7 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         shutdown: trio.Event | None = None,
         *,
         enable_connect_protocol: bool = True,
+        response_headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         settings = {
             _SC.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
@@ -132,6 +134,7 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         }
         super().__init__(lower, limits, settings)
         self._shutdown = shutdown
+        self._response_headers = response_headers  # fields every response carries (checked by the spec)
         self._app: App | None = None
         self._queue: deque[H2Request] | None = None  # recv() mode only
         self._queue_lot = _NO_LOT
@@ -385,6 +388,8 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         )
         if protocol is not None:
             request.protocol = protocol
+        if self._response_headers:
+            request._extra_fields = self._response_headers
         stream._owner = request
         return request
 
@@ -541,6 +546,7 @@ async def serve_h2c_upgrade(
     limits: Limits = DEFAULT_LIMITS,
     shutdown: trio.Event | None = None,
     deadline: float = FOREVER,
+    response_headers: tuple[tuple[bytes, bytes], ...] = (),
 ) -> None:
     """Answer ``101 Switching Protocols`` on ``lower`` and serve ``app`` over HTTP/2 there until
     the connection ends, then close it: what an HTTP/1.1 server calls for a request whose
@@ -549,9 +555,10 @@ async def serve_h2c_upgrade(
     ``request``, with its whole ``body`` (read by the caller), becomes stream 1, the app's first
     request. Bytes the HTTP/1.1 parser read past the request must have been pushed back into
     ``lower`` (``lower.unread``). ``deadline`` covers the 101 and the client's preface; a failure
-    there raises, and ``lower`` is the caller's to close.
+    there raises, and ``lower`` is the caller's to close. ``response_headers``: the HTTP/1.1
+    server's (see :class:`H2ServerConnection`).
     """
-    conn = H2ServerConnection(lower, limits, shutdown)
+    conn = H2ServerConnection(lower, limits, shutdown, response_headers=response_headers)
     await conn.handshake(deadline, upgrade_settings=base64.urlsafe_b64encode(settings), prefix=_SWITCHING)
     hop_by_hop = (b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"transfer-encoding")
     headers = _headers([(k, v) for k, v in request.headers.raw if k not in hop_by_hop])
@@ -562,6 +569,8 @@ async def serve_h2c_upgrade(
     upgraded = H2Request(
         stream, request.method, request.target, headers, scheme="http", authority=request.authority, limits=limits
     )
+    if response_headers:
+        upgraded._extra_fields = response_headers
     stream._owner = upgraded
     conn._upgrade_request = upgraded  # admitted once the connection runs (the app needs the nursery)
     try:

@@ -500,6 +500,7 @@ class H2Request(Request):
     responded = False
     status: int | None = None
     http_version = "2"
+    _extra_fields: tuple[tuple[bytes, bytes], ...] = ()  # the server's response_headers
 
     def __init__(
         self,
@@ -542,6 +543,8 @@ class H2Request(Request):
     def _head_of(self, status: int, checked: _Checked, body_length: int | None) -> list[tuple[bytes, bytes]]:
         given, has_date, has_length = checked
         fields = [(b":status", _STATUS[status]), *given]
+        if self._extra_fields:
+            fields += self._extra_fields
         if not has_date:
             fields.append((b"date", date_header()))
         if body_length is not None and not has_length and status not in _NO_BODY_STATUS:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import re
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -509,3 +510,24 @@ def request_fields(
     ]
     fields += regular(given)
     return fields
+
+
+_FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
+_FIELD_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|^[ \t]|[ \t]$")  # what HTTP/1.1 or HTTP/2 refuse
+_WRITER_FIELDS = frozenset(
+    [b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"date"]
+)
+
+
+def response_fields(headers: HeaderInput) -> tuple[tuple[bytes, bytes], ...]:
+    """The ``response_headers`` option of the HTTP server specs as wire pairs (names lower-cased),
+    made once per spec: fields every response of the server carries, added by the response
+    writers after the application's own (``Alt-Svc``, ``Server``...). ValueError for a field the
+    writers own (framing, connection management, ``Date``) or a pseudo-field."""
+    raw = tuple(Headers(headers).raw)
+    for name, value in raw:
+        if name in _WRITER_FIELDS or name.startswith(b":"):
+            raise ValueError(f"response_headers cannot hold {name.decode('latin-1')!r}: the response writers set it")
+        if _FIELD_NAME.fullmatch(name) is None or _FIELD_VALUE_BAD.search(value) is not None:
+            raise ValueError(f"response_headers: invalid field {name!r}: {value[:40]!r}")
+    return raw

@@ -50,6 +50,7 @@ from ._http_model import (
     TunnelRefused,
     authority_of,
     date_header,
+    response_fields,
 )
 
 __all__ = [
@@ -112,13 +113,18 @@ class server:
     event to :meth:`stack.Stack.serve` so the listener stops too. ``engine``: HTTP/1.1's parser,
     ``"auto"`` (the compiled one when it is importable), ``"fast"`` or ``"reference"`` (see
     :data:`layers.http1.ENGINES`); HTTP/2 has one engine, h2 with our corrections.
-    ``conn.info["http_engine"]`` says which one runs on a connection.
+    ``conn.info["http_engine"]`` says which one runs on a connection. ``response_headers``:
+    fields every response of both versions carries after the app's (``Alt-Svc``, ``Server``...),
+    checked and encoded once, when the spec is made (ValueError for an invalid field or one the
+    response writers own: framing, ``Connection``, ``Date``); a 1xx, a 101 and the 2xx that opens
+    a CONNECT tunnel do not carry them.
     """
 
     app: App
     limits: Limits = DEFAULT_LIMITS
     shutdown: trio.Event | None = field(default=None, compare=False)
     engine: str = "auto"
+    response_headers: HeaderInput = ()
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> ServerConnection:
         """Pick the version (ALPN, else sniff the first bytes under ``deadline``) and attach it."""
@@ -136,6 +142,7 @@ class server:
         return conn
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "response_headers", response_fields(self.response_headers))  # hashable
         # Import both versions now, not on the first connection (h2 alone takes tens of ms).
         _ = self._http1, self._http2
 
@@ -145,13 +152,13 @@ class server:
     def _http1(self) -> Any:
         from . import http1
 
-        return http1.server(self.app, self.limits, self.shutdown, self.engine)
+        return http1.server(self.app, self.limits, self.shutdown, self.engine, self.response_headers)
 
     @cached_property
     def _http2(self) -> Any:
         from . import http2
 
-        return http2.server(self.app, self.limits, self.shutdown)
+        return http2.server(self.app, self.limits, self.shutdown, response_headers=self.response_headers)
 
     def handle(self, conn: ServerConnection) -> Awaitable[None]:
         """Run the app on every request of ``conn`` (what :meth:`stack.Stack.serve` awaits): the

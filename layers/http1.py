@@ -161,21 +161,29 @@ class server:
     :meth:`stack.Stack.serve`. ``engine``: the parser, ``"auto"`` (the fast one when it is
     importable), ``"fast"`` or ``"reference"`` (see :data:`ENGINES`); an unknown or unavailable
     name raises ValueError here. ``conn.info["http_engine"]`` says which one runs.
+    ``response_headers``: fields every response carries after the app's (``Alt-Svc``...),
+    checked and encoded once here (ValueError for an invalid one, or one the writer owns, such
+    as ``Content-Length`` or ``Date``); kept as wire pairs.
     """
 
     app: App
     limits: Limits = DEFAULT_LIMITS
     shutdown: trio.Event | None = field(default=None, compare=False)
     engine: str = "auto"
+    response_headers: HeaderInput = ()
+    _extra: tuple[tuple[bytes, bytes], ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         engine_name(self.engine)
+        extra = http.response_fields(self.response_headers)
+        object.__setattr__(self, "response_headers", extra)  # hashable, compared as sent
+        object.__setattr__(self, "_extra", extra)
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> ServerConnection:
         """Wrap ``lower``. No handshake: returns at once; ``header_timeout`` starts now."""
         if not isinstance(lower, ByteStream):
             raise TypeError(f"http1.server attaches to a ByteStream, not {type(lower).__name__}")
-        return ServerConnection(lower, self.limits, self.shutdown, ENGINES[engine_name(self.engine)])
+        return ServerConnection(lower, self.limits, self.shutdown, ENGINES[engine_name(self.engine)], self._extra)
 
     def handle(self, conn: ServerConnection) -> Awaitable[None]:
         """Run the app on every request of ``conn`` (what :meth:`stack.Stack.serve` awaits): the

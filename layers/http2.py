@@ -136,6 +136,7 @@ from ._http_model import (
     Request,
     ServerConnection,
     TunnelRefused,
+    response_fields,
 )
 
 __all__ = [
@@ -187,18 +188,32 @@ class server:
     deadline (a silent or non-HTTP/2 peer fails the attach). ``handle(conn)`` (what
     :meth:`stack.Stack.serve` calls) runs ``conn.serve(app)``. ``shutdown``: see the module
     docstring. ``enable_connect_protocol``: advertise extended CONNECT (RFC 8441).
+    ``response_headers``: fields every final response carries after the app's (``Alt-Svc``...),
+    checked once here (ValueError for an invalid one, or one the writer owns, such as
+    ``Content-Length`` or ``Date``); kept as wire pairs.
     """
 
     app: App
     limits: Limits = DEFAULT_LIMITS
     shutdown: trio.Event | None = field(default=None, compare=False)
     enable_connect_protocol: bool = True
+    response_headers: HeaderInput = ()
+    _extra: tuple[tuple[bytes, bytes], ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        extra = response_fields(self.response_headers)
+        object.__setattr__(self, "response_headers", extra)  # hashable, compared as sent
+        object.__setattr__(self, "_extra", extra)
 
     async def attach(self, lower: ByteStream, *, deadline: float = FOREVER) -> H2ServerConnection:
         if not isinstance(lower, ByteStream):
             raise TypeError(f"http2.server attaches to a ByteStream, not {type(lower).__name__}")
         conn = H2ServerConnection(
-            lower, self.limits, self.shutdown, enable_connect_protocol=self.enable_connect_protocol
+            lower,
+            self.limits,
+            self.shutdown,
+            enable_connect_protocol=self.enable_connect_protocol,
+            response_headers=self._extra,
         )
         await conn.handshake(deadline)
         return conn

@@ -682,9 +682,11 @@ async def _h2_response(lower: ByteStream, core: h2.connection.H2Connection, sid:
 
 
 @contextlib.asynccontextmanager
-async def http_server_on(lower: ByteStream, limits: Limits = http.DEFAULT_LIMITS) -> AsyncIterator[None]:
+async def http_server_on(
+    lower: ByteStream, limits: Limits = http.DEFAULT_LIMITS, response_headers: http.HeaderInput = ()
+) -> AsyncIterator[None]:
     """``http.server(echo_app)`` (version sniffing, HTTP/1.1 with its h2c hand-off) on ``lower``."""
-    spec = http.server(echo_app, limits)
+    spec = http.server(echo_app, limits, response_headers=response_headers)
     async with trio.open_nursery() as nursery:
 
         async def serve() -> None:
@@ -726,6 +728,34 @@ async def test_http1_server_hands_an_h2c_upgrade_with_a_body_to_http2() -> None:
         await a.send(core.data_to_send())
         _, body = await _h2_response(a, core, 3)
         assert body == b"2 2 http up.example"
+        await a.aclose()
+
+
+async def test_h2c_upgrade_keeps_the_servers_response_headers() -> None:
+    """``http.server(response_headers=...)``: the HTTP/1.1 connection hands them to HTTP/2 with
+    an h2c upgrade, for stream 1 (the upgraded request) and the streams after it."""
+    a, b = memory_pair()
+    core = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    settings_header = core.initiate_upgrade_connection()
+    assert settings_header is not None
+    async with http_server_on(b, response_headers=[("x-served-by", "test")]):
+        await a.send(
+            b"GET /info HTTP/1.1\r\nHost: up.example\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: " + settings_header + b"\r\n\r\n"
+        )
+        with trio.fail_after(TIMEOUT):
+            await a.recv_until(b"\r\n\r\n")
+        await a.send(core.data_to_send())
+        head, _ = await _h2_response(a, core, 1)
+        assert (b"x-served-by", b"test") in head
+        core.send_headers(
+            3,
+            [(b":method", b"GET"), (b":path", b"/info"), (b":scheme", b"http"), (b":authority", b"up.example")],
+            end_stream=True,
+        )
+        await a.send(core.data_to_send())
+        head, _ = await _h2_response(a, core, 3)
+        assert (b"x-served-by", b"test") in head
         await a.aclose()
 
 

@@ -17,6 +17,9 @@ reaches into another's privates and the modules import each other in one directi
   ``benchmarks/soak.py`` samples), SIGUSR2 into the growth of Python allocations when tracemalloc
   traces (:func:`allocation_growth`, a leak hunter's tool); :func:`url` writes the ``serving on
   URL`` address; :data:`DEFER_ACCEPT` is the listeners' accept filter delay.
+* :func:`bind_advertising_http3` binds a listener before its server's layers are built, and
+  returns the ``response_headers`` (``Alt-Svc``) that advertise HTTP/3 on its port (``serve``
+  and ``proxy`` with TLS; the port is known then, also for port 0).
 * :func:`failure_line` turns what stopped a server (a port in use, wrapped by trio's nurseries
   in exception groups) into the one line the command prints, instead of a traceback.
 
@@ -37,10 +40,11 @@ import trio
 
 from layers import certs, tls
 from stack.errors import StackError
+from stack.streams import Listener
 
 __all__ = [
-    "DEFER_ACCEPT", "SIGNALS", "allocation_growth", "failure_line", "live_tasks", "on_signals", "raise_nofile",
-    "setup_logging", "tls_args_problem", "tls_layer", "url",
+    "DEFER_ACCEPT", "SIGNALS", "Bound", "allocation_growth", "bind_advertising_http3", "failure_line", "live_tasks",
+    "on_signals", "raise_nofile", "setup_logging", "tls_args_problem", "tls_layer", "url",
 ]  # fmt: skip
 
 log = logging.getLogger("stack.cli")
@@ -161,6 +165,25 @@ async def on_signals(signals: Any, shutdown: trio.Event, scope: trio.CancelScope
             return
         log.warning("%s: shutting down (a second signal stops at once)", signal.Signals(signum).name)
         shutdown.set()
+
+
+class Bound:
+    """A listening source whose listener is already open: ``Stack(Bound(listener), ...)`` serves
+    on it (:meth:`stack.Stack.serve` closes it when it returns)."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+
+    async def listen(self) -> Listener:
+        return self.listener
+
+
+async def bind_advertising_http3(listen: Any) -> tuple[Bound, tuple[tuple[str, str], ...]]:
+    """Open ``listen``'s listener now and return it as a :class:`Bound` source, with the
+    ``response_headers`` of the HTTP server spec that advertise HTTP/3 on UDP on the same port
+    (``Alt-Svc: h3=":PORT"; ma=86400``, RFC 7838): built once, with the port actually bound."""
+    listener = await listen.listen()
+    return Bound(listener), (("alt-svc", f'h3=":{listener.address[1]}"; ma=86400'),)
 
 
 def failure_line(exc: BaseException, where: str) -> str | None:

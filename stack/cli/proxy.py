@@ -35,6 +35,7 @@ from stack.cli.common import (
     DEFER_ACCEPT,
     SIGNALS,
     add_engine_argument,
+    bind_advertising_http3,
     engines_line,
     failure_line,
     on_signals,
@@ -43,7 +44,6 @@ from stack.cli.common import (
     tls_layer,
     url,
 )
-from stack.cli.serve import with_alt_svc
 from stack.compose import Stack
 
 __all__ = ["add_parser", "cmd_proxy", "run_proxy"]
@@ -64,10 +64,12 @@ async def run_proxy(args: argparse.Namespace, layer: Any) -> None:
     layers: list[Any] = [layer] if layer is not None else []
     listen = tcp.listen(host, port, backlog=4096, defer_accept=DEFER_ACCEPT)  # clients speak first
     h3_app: http.App | None = None
-    tcp_app: http.App = app
+    source: Any = listen
+    extra: tuple[tuple[str, str], ...] = ()
     if layer is not None and not getattr(args, "no_http3", True) and isinstance(layer.certs, tuple):
-        h3_app, tcp_app = app, with_alt_svc(app)  # HTTP/3 on UDP, advertised on HTTP/1.1 and HTTP/2
-    front = Stack(listen, *layers, http.server(tcp_app, limits, shutdown, engine=args.engine))
+        h3_app = app  # HTTP/3 on UDP, advertised on HTTP/1.1 and HTTP/2: bound first, for the port
+        source, extra = await bind_advertising_http3(listen)
+    front = Stack(source, *layers, http.server(app, limits, shutdown, engine=args.engine, response_headers=extra))
     scheme = "https" if layer is not None else "http"
     with trio.open_signal_receiver(*SIGNALS) as signals:
         async with trio.open_nursery() as outer:

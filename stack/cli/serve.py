@@ -49,6 +49,7 @@ from stack.cli.common import (
     DEFER_ACCEPT,
     SIGNALS,
     add_engine_argument,
+    bind_advertising_http3,
     engines_line,
     failure_line,
     on_signals,
@@ -59,7 +60,7 @@ from stack.compose import Stack
 
 __all__ = [
     "HELLO", "WS_ECHO_PATH", "add_parser", "check_args", "hello_app", "info_app", "is_asgi_target",
-    "load_asgi_app", "run", "serve", "websocket_echo", "with_access_log", "with_alt_svc", "with_websocket_echo",
+    "load_asgi_app", "run", "serve", "websocket_echo", "with_access_log", "with_websocket_echo",
     "without_log",
 ]  # fmt: skip
 
@@ -276,8 +277,6 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
     h3 = None
     if tls_layer is not None and not getattr(args, "no_http3", True) and isinstance(tls_layer.certs, tuple):
         h3 = functools.partial(_serve_http3, app, args.host, cert=tls_layer.certs, limits=limits, shutdown=shutdown)
-        app = with_alt_svc(app, args.port or None)  # port 0: the request's own local port
-    stack = Stack(listen, *layers, http.server(app, limits, shutdown, engine=args.engine))
     scheme = "https" if tls_layer is not None else "http"
     # an ASGI app's lifespan: startup before listening, shutdown once the connections drained
     lifespan = asgi_app.lifespan() if asgi_app is not None else contextlib.nullcontext()
@@ -292,6 +291,12 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
                 raise Broken(str(exc)) from None
             raise
         try:
+            source: Any = listen
+            extra: tuple[tuple[str, str], ...] = ()
+            if h3 is not None:  # HTTP/3 advertised on HTTP/1.1 and HTTP/2: bound first, for the port
+                source, extra = await bind_advertising_http3(listen)
+            server = http.server(app, limits, shutdown, engine=args.engine, response_headers=extra)
+            stack = Stack(source, *layers, server)
             async with trio.open_nursery() as outer:
                 outer.start_soon(on_signals, signals, shutdown, outer.cancel_scope)
                 async with trio.open_nursery() as nursery:  # ends once serve drained and returned
@@ -316,48 +321,6 @@ async def _serve_http3(
     from layers import http3
 
     await http3.serve(app, host, port, cert, limits=limits, shutdown=shutdown, task_status=task_status)
-
-
-def with_alt_svc(app: http.App, port: int | None = None) -> http.App:
-    """``app`` answering HTTP/1.1 and HTTP/2 requests with ``Alt-Svc: h3=":PORT"`` (RFC 7838):
-    HTTP/3 is on the same port, over UDP. ``port``: the port to advertise; None reads the
-    request's local port (one ``info`` lookup per request: pass it when it is known).
-
-    The request's ``respond`` and ``start_response`` are replaced for the app's call by closures
-    over the originals (bound methods of the request): a reference cycle, request -> closure ->
-    bound method -> request. It is broken when the app returns: left to the cycle collector, each
-    request kept its connection (the TLS stream, OpenSSL's buffers, tens of KiB the collector does
-    not count) until a full collection, and the TLS server's memory grew under load (issue 17's
-    soak). The header is added to the app's list as given (a list or tuple of pairs: no Headers
-    object per response)."""
-    fixed = None if port is None else ("alt-svc", f'h3=":{port}"; ma=86400')
-
-    def added(headers: Any, alt_svc: tuple[str, str]) -> list[Any]:
-        if type(headers) is list or type(headers) is tuple:
-            return [*headers, alt_svc]
-        return [*http.Headers(headers).raw, (b"alt-svc", alt_svc[1].encode())]
-
-    async def advertising(request: http.Request) -> None:
-        if request.http_version == "3":
-            await app(request)
-            return
-        alt_svc = fixed or ("alt-svc", f'h3=":{request.info.get("local", ("", 0))[1]}"; ma=86400')
-        respond, start_response = request.respond, request.start_response
-
-        async def respond_with(status: int, headers: Any = (), body: bytes = b"", **kw: Any) -> None:
-            await respond(status, added(headers, alt_svc), body, **kw)
-
-        async def start_with(status: int, headers: Any = (), **kw: Any) -> Any:
-            return await start_response(status, added(headers, alt_svc), **kw)
-
-        request.respond = respond_with  # type: ignore[method-assign]
-        request.start_response = start_with  # type: ignore[method-assign]
-        try:
-            await app(request)
-        finally:  # break the cycle: the request's own methods again
-            del request.respond, request.start_response
-
-    return advertising
 
 
 def check_args(args: argparse.Namespace) -> str | None:
