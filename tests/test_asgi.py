@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import trio
+from _servers import running
 
 from layers import asgi, http, tcp, tls, websocket
 from layers.certs import CA
@@ -33,13 +34,10 @@ async def served(app: Any, *, leaf: Any = None, root_path: str = "", lifespan: b
     cert = leaf.cert_pem.decode() if leaf is not None else None
     wrapped = asgi.ASGIApp(app if lifespan else no_lifespan(app), root_path=root_path, server_cert=cert)
     shutdown = trio.Event()
+    serve = functools.partial(asgi.serve_asgi, wrapped, "127.0.0.1", 0, tls=tls_spec, shutdown=shutdown)
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            addresses = await nursery.start(
-                functools.partial(asgi.serve_asgi, wrapped, "127.0.0.1", 0, tls=tls_spec, shutdown=shutdown)
-            )
-            yield addresses[0][1]
-            shutdown.set()  # graceful: the lifespan shutdown runs once the connections are gone
+        async with running(serve, shutdown=shutdown) as port:  # graceful: the lifespan shutdown runs last
+            yield port
 
 
 def no_lifespan(app: Any) -> Any:

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import trio
 from _peers import need
+from _servers import running
 
 from layers import asgi
 
@@ -43,11 +44,10 @@ def require(module: str) -> Any:
 @contextlib.asynccontextmanager
 async def served(app: Any) -> AsyncIterator[int]:
     shutdown = trio.Event()
+    serve = functools.partial(asgi.serve_asgi, app, "127.0.0.1", 0, shutdown=shutdown)
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            addresses = await nursery.start(functools.partial(asgi.serve_asgi, app, "127.0.0.1", 0, shutdown=shutdown))
-            yield addresses[0][1]
-            shutdown.set()
+        async with running(serve, shutdown=shutdown) as port:
+            yield port
 
 
 def starlette_app(files: Path, events: list[str]) -> Any:

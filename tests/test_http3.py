@@ -4,7 +4,6 @@ app on HTTP/1.1, HTTP/2 and HTTP/3 at once, and interop with an independent peer
 
 from __future__ import annotations
 
-import functools
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 from _peers import hypercorn
+from _servers import running, serve_h3, serve_http
 
 from layers import http, http3, quic, tcp, tls
 from layers.certs import CA, Leaf
@@ -60,10 +60,8 @@ async def app(request: http.Request) -> None:
 
 @asynccontextmanager
 async def h3_server(leaf: Leaf, **kw: object) -> AsyncIterator[int]:
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(functools.partial(http3.serve, app, "127.0.0.1", 0, leaf, **kw))  # type: ignore[arg-type]
-        yield address[1]
-        nursery.cancel_scope.cancel()
+    async with running(serve_h3(app, leaf, **kw)) as port:
+        yield port
 
 
 async def test_requests_responses_trailers_and_errors(ca: CA, leaf: Leaf) -> None:
@@ -126,12 +124,9 @@ async def test_concurrent_requests_and_an_abandoned_one(ca: CA, leaf: Leaf) -> N
 
 
 async def test_one_app_serves_http1_http2_and_http3_on_one_port(ca: CA, leaf: Leaf) -> None:
+    tcp_server = serve_http(app, tls.server(leaf, alpn=["h2", "http/1.1"]))
     with trio.fail_after(TIMEOUT):
-        tcp_server = Stack(tcp.listen("127.0.0.1", 0), tls.server(leaf, alpn=["h2", "http/1.1"]), http.server(app))
-        async with trio.open_nursery() as nursery:
-            addresses = await nursery.start(tcp_server.serve)
-            port = addresses[0][1]
-            await nursery.start(functools.partial(http3.serve, app, "127.0.0.1", port, leaf))
+        async with running(tcp_server) as port, running(serve_h3(app, leaf, port)):  # HTTP/3 on the same port
             seen = []
             for alpn in (["http/1.1"], ["h2"]):
                 client = Stack(tcp.connect("127.0.0.1", port), tls.client(alpn=alpn, ca=ca), http.client())
@@ -146,7 +141,6 @@ async def test_one_app_serves_http1_http2_and_http3_on_one_port(ca: CA, leaf: Le
                 b"hello over HTTP/2 (2) GET",
                 b"hello over HTTP/3 (3) GET",
             ]
-            nursery.cancel_scope.cancel()
 
 
 async def test_graceful_shutdown_finishes_requests_in_flight(ca: CA, leaf: Leaf) -> None:

@@ -11,13 +11,13 @@ server is ``http3.serve`` in the same process, so its CPU is measured with ``tim
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from _servers import running, serve_h3
 
 from layers import http, http3, quic
 from layers.certs import CA, Leaf
@@ -54,11 +54,8 @@ async def app(request: http.Request) -> None:
 
 @asynccontextmanager
 async def h3_server(leaf: Leaf, quic_limits: quic.QuicLimits = quic.DEFAULT_QUIC_LIMITS) -> AsyncIterator[int]:
-    async with trio.open_nursery() as nursery:
-        serve = functools.partial(http3.serve, app, "127.0.0.1", 0, leaf, quic_limits=quic_limits)
-        address = await nursery.start(serve)
-        yield address[1]
-        nursery.cancel_scope.cancel()
+    async with running(serve_h3(app, leaf, quic_limits=quic_limits)) as port:
+        yield port
 
 
 async def ended(conn: quic.QuicConnection) -> None:

@@ -8,6 +8,7 @@ reuse, HTTP/2 multiplexing, max_connections), timeouts and errors mapped to http
 
 from __future__ import annotations
 
+import functools
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ import httpx
 import pytest
 import trio
 from _peers import need
+from _servers import running, serve_http
 from test_cli_get import free_port, spawn, wait_port
 from test_tls_support import certs
 
@@ -62,12 +64,9 @@ peers: set[object] = set()
 async def our_server(*, use_tls: bool = True) -> AsyncIterator[int]:
     """Our HTTP server (HTTP/1.1 and HTTP/2; over TLS by ALPN, else by sniffing) on 127.0.0.1."""
     layers: list[object] = [tls.server(certs().localhost, alpn=["h2", "http/1.1"])] if use_tls else []
-    server = Stack(tcp.listen("127.0.0.1", 0), *layers, http.server(app))  # type: ignore[arg-type]
-    async with trio.open_nursery() as nursery:
-        [(_, port)] = await nursery.start(server.serve)
+    async with running(serve_http(app, *layers)) as port:
         peers.clear()
         yield port
-        nursery.cancel_scope.cancel()
 
 
 def transport(**kw: object) -> StackTransport:
@@ -181,26 +180,24 @@ async def test_server_closing_without_an_answer_is_a_remote_protocol_error() -> 
         await stream.aclose()  # type: ignore[attr-defined]
 
     with trio.fail_after(LIMIT):
-        async with trio.open_nursery() as nursery:
-            [(_, port)] = await nursery.start(Stack(tcp.listen("127.0.0.1", 0)).serve, rude)
-            async with httpx.AsyncClient(transport=transport()) as client:
-                with pytest.raises(httpx.RemoteProtocolError):
-                    await client.get(f"http://127.0.0.1:{port}/")
-            nursery.cancel_scope.cancel()
+        rude_server = functools.partial(Stack(tcp.listen("127.0.0.1", 0)).serve, rude)
+        async with running(rude_server) as port, httpx.AsyncClient(transport=transport()) as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.get(f"http://127.0.0.1:{port}/")
 
 
 async def test_through_an_http_connect_proxy() -> None:
     with trio.fail_after(LIMIT):
-        async with our_server() as port, trio.open_nursery() as nursery:
+        async with our_server() as port:
             unused = BackendPool(Stack(tcp.connect("127.0.0.1", 9)))
             proxy_app = ProxyApp(unused, allow_connect=[f"localhost:{port}"], access=False)
-            [(_, proxy_port)] = await nursery.start(Stack(tcp.listen("127.0.0.1", 0), http.server(proxy_app)).serve)
-            async with httpx.AsyncClient(transport=transport(proxy=f"http://127.0.0.1:{proxy_port}")) as client:
+            async with running(serve_http(proxy_app)) as proxy_port, httpx.AsyncClient(
+                transport=transport(proxy=f"http://127.0.0.1:{proxy_port}")
+            ) as client:
                 r = await client.get(f"https://localhost:{port}/version")
                 assert r.content == b"2"  # TLS and ALPN end to end, inside the tunnel
                 with pytest.raises(httpx.ProxyError):
                     await client.get(f"https://localhost:{free_port()}/")  # not allowed: 403
-            nursery.cancel_scope.cancel()
 
 
 @pytest.mark.interop
