@@ -27,6 +27,7 @@ from stack.streams import ByteStream, Info
 
 from ._h2core import H2Core
 from ._http_model import HeaderInput, Headers, Limits, Request, Response, date_header
+from ._muxed_stream import ResponseHead, StreamErrors
 
 __all__ = ["HIGH_WATER", "SEND_CHUNK", "H2Request", "H2Response", "H2Stream", "StreamOwner"]
 
@@ -154,7 +155,7 @@ class StreamOwner(Protocol):
         readable)."""
 
 
-class H2Stream(ByteStream):
+class H2Stream(StreamErrors, ResponseHead, ByteStream):
     """One HTTP/2 stream as a :class:`~stack.ByteStream`.
 
     ``recv``: the peer's DATA (request body on the server, response body on the client),
@@ -168,6 +169,7 @@ class H2Stream(ByteStream):
     """
 
     kind = "h2-stream"
+    _version = "HTTP/2"
 
     # What a new stream starts with, as class attributes: a stream is made per request, and
     # only what differs (or is mutable) is set on the instance (``__init__`` does not call
@@ -218,16 +220,6 @@ class H2Stream(ByteStream):
         return f"<H2Stream {self.stream_id} {self._closed or ('broken' if self._broken else 'open')}>"
 
     # ---- state ---------------------------------------------------------------------------
-
-    def _error(self) -> StackError | None:
-        if self._reset is not None:
-            return self._reset
-        failure = self._conn.failure()
-        if failure is not None:
-            return failure
-        if self._closed is not None:
-            return Closed(f"{self.kind} {self.stream_id} was closed on this side")
-        return None
 
     def _check_send(self) -> None:
         err = self._error()
@@ -407,28 +399,6 @@ class H2Stream(ByteStream):
                 conn.reset_stream(self, _NO_ERROR if finished else _CANCEL, None)
             conn.release(self)
         self._wake()
-
-    # ---- client side ---------------------------------------------------------------------
-
-    async def response(self, *, deadline: float = FOREVER) -> H2Response:
-        """Client streams: wait for the response head (after any 1xx) and return it.
-
-        On deadline: :class:`~stack.Timeout` (the stream stays as it was). If the stream was
-        reset or the connection failed first: :class:`~stack.Broken` (or
-        :class:`StreamRefused`).
-        """
-        head = self._head
-        if head is None:
-            raise StackError("response() is for client streams")
-        if not head.is_set():
-            with trio.move_on_at(deadline) as scope:
-                await head.wait()
-            if scope.cancelled_caught:
-                raise Timeout(f"HTTP/2 stream {self.stream_id}: no response head before the deadline")
-        if self._response is None:
-            err = self._error()
-            raise err if err is not None else Broken("HTTP/2 stream ended without a response")
-        return self._response
 
 
 def _pairs(headers: HeaderInput) -> Headers:

@@ -20,10 +20,11 @@ import trio
 from aioquic.h3.connection import H3Connection
 
 from stack.deadlines import FOREVER
-from stack.errors import Broken, StackError, Timeout
+from stack.errors import StackError
 from stack.streams import ByteStream, Info
 
 from ._http_model import HeaderInput, Headers, Limits, Request, Response, date_header
+from ._muxed_stream import ResponseHead
 from ._quic_stream import QuicStream, StreamOwner
 
 __all__ = ["H3Request", "H3Response", "H3Stream", "fields", "headers_of"]
@@ -72,11 +73,12 @@ class H3Owner(StreamOwner, Protocol):
     def wake(self) -> None: ...
 
 
-class H3Stream(QuicStream):
+class H3Stream(ResponseHead, QuicStream):
     """One HTTP/3 request stream (see the module docstring). ``trailers``: the peer's trailers
     once its side ended. ``info``: ``stream_id``, ``http_version="3"``, the connection's keys."""
 
     kind = "h3-stream"
+    _version = "HTTP/3"
     _conn: H3Owner
 
     def __init__(self, conn: H3Owner, stream_id: int, *, can_send: bool) -> None:
@@ -137,20 +139,6 @@ class H3Stream(QuicStream):
             self._trailers_out = Headers(trailers)
         await super().done(deadline=deadline)
 
-    async def response(self, *, deadline: float = FOREVER) -> H3Response:
-        """Client streams: wait for the response head (interim 1xx skipped)."""
-        head = self._head
-        if head is None:
-            raise StackError("response() is for client streams")
-        if not head.is_set():
-            with trio.move_on_at(deadline) as scope:
-                await head.wait()
-            if scope.cancelled_caught:
-                raise Timeout(f"HTTP/3 stream {self.stream_id}: no response head before the deadline")
-        if self._response is None:
-            err = self._error()
-            raise err if err is not None else Broken("HTTP/3 stream ended without a response")
-        return self._response
 
 
 class H3Request(Request):

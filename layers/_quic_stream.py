@@ -26,6 +26,8 @@ import trio
 from stack.errors import Broken, Closed, StackError
 from stack.streams import ByteStream, Info
 
+from ._muxed_stream import StreamErrors
+
 __all__ = ["HIGH_WATER", "SEND_CHUNK", "QuicStream", "StreamOwner"]
 
 HIGH_WATER = 256 * 1024
@@ -65,7 +67,7 @@ class StreamOwner(Protocol):
         """Forget ``stream`` once both directions ended cleanly."""
 
 
-class QuicStream(ByteStream):
+class QuicStream(StreamErrors, ByteStream):
     """One QUIC stream as a :class:`~stack.ByteStream` (see the module docstring).
 
     A unidirectional stream works one way: sending on one we did not open, or receiving on one
@@ -127,16 +129,6 @@ class QuicStream(ByteStream):
         return len(self._in)
 
     # ---- state ---------------------------------------------------------------------------
-
-    def _error(self) -> StackError | None:
-        if self._reset is not None:
-            return self._reset
-        failure = self._conn.failure()
-        if failure is not None:
-            return failure
-        if self._closed is not None:
-            return Closed(f"{self.kind} {self.stream_id} was closed on this side")
-        return None
 
     def _check_send(self) -> None:
         if not self._can_send:
