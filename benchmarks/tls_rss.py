@@ -53,9 +53,15 @@ class Info(ctypes.Structure):
                 "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
 libc.mallinfo2.restype = Info
 def info(*_):
+    import gc, os, ssl
+    garbage = 0
+    if os.environ.get("TLS_RSS_COLLECT"):
+        garbage = gc.collect()
     i = libc.mallinfo2()
+    live = sum(1 for o in gc.get_objects() if isinstance(o, ssl.SSLObject))
     print(f"mallinfo heap={i.arena} used={i.uordblks} free={i.fordblks} top={i.keepcost} "
-          f"mmapped={i.hblkhd} chunks={i.ordblks}", file=sys.stderr, flush=True)
+          f"mmapped={i.hblkhd} chunks={i.ordblks} sslobjects={live} collected={garbage} gc={gc.get_count()}",
+          file=sys.stderr, flush=True)
 signal.signal(signal.SIGWINCH, info)
 signal.signal(signal.SIGURG, lambda *_: (sys.stderr.flush(), libc.malloc_stats(), sys._debugmallocstats()))
 sys.argv = ["stack", *sys.argv[2:]]
@@ -109,8 +115,12 @@ async def run(args: argparse.Namespace) -> int:
         context = ssl.create_default_context(cafile=ca.write(Path(tmp) / "ca.pem"))
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         env.update(item.split("=", 1) for item in args.env)
-        cmd = [sys.executable, "-c", WRAPPER, ";".join(args.set), "serve", "--port", "0", "-q", str(site),
-               "--cert", certfile, "--key", keyfile]  # fmt: skip
+        if args.collect:
+            env["TLS_RSS_COLLECT"] = "1"
+        cmd = [sys.executable, "-c", WRAPPER, ";".join(args.set), "serve", "--port", "0", "-q", str(site)]
+        cmd += ["--no-tls"] if args.clear else ["--cert", certfile, "--key", keyfile]
+        if args.clear:
+            context = None  # type: ignore[assignment]
         log = bytearray()
         async with trio.open_nursery() as nursery:
             proc = await trio.lowlevel.open_process(
@@ -130,7 +140,7 @@ async def run(args: argparse.Namespace) -> int:
             url = out.decode().split()[-1].rstrip("/")
             port = int(url.rsplit(":", 1)[1])
             uris = [url + u for u in URIS]
-            ws = url.replace("https", "wss") + "/ws/echo"
+            ws = url.replace("http", "ws") + "/ws/echo"
             kinds = {
                 "h2": partial(h2load, tally, "h2 tls short", ["-c8", "-m4", "-n1000"], uris),
                 "h1": partial(h2load, tally, "http1.1 tls", ["--h1", "-c8", "-n1000"], uris),
@@ -154,7 +164,7 @@ async def run(args: argparse.Namespace) -> int:
                     await batch()  # type: ignore[operator]
 
             print(f"tls_rss: {url} lanes={args.lanes} set={args.set} env={args.env}", flush=True)
-            print(f"{'time':>6} {'rss MiB':>8} {'[heap]':>7} {'anon':>7} {'used':>6} {'free':>6} {'threads':>7} {'answered':>9} {'aborts':>7}", flush=True)
+            print(f"{'time':>6} {'rss MiB':>8} {'[heap]':>7} {'anon':>7} {'used':>6} {'free':>6} {'ssl/gc':>9} {'threads':>7} {'answered':>9} {'aborts':>7}", flush=True)
             points: list[tuple[float, float]] = []
             async with trio.open_nursery() as lanes:
                 for name in args.lanes.split(","):
@@ -172,10 +182,12 @@ async def run(args: argparse.Namespace) -> int:
                             await trio.sleep(0.05)
                     found = re.search(rb"mallinfo heap=(\d+) used=(\d+) free=(\d+) top=(\d+)", log[seen:])
                     used, free = (int(found[2]) / 2**20, int(found[3]) / 2**20) if found else (0.0, 0.0)
+                    objs = re.search(rb"sslobjects=(\d+) collected=(\d+)", log[seen:])
+                    live = f"{int(objs[1])}/{int(objs[2])}" if objs else "-"
                     phase = "warmup" if now < start + args.warmup else ""
                     if not phase:
                         points.append(((now - start) / 60, rss / 1024))
-                    print(f"{now - start:6.0f} {rss / 1024:8.1f} {heap / 1024:7.1f} {anon / 1024:7.1f} {used:6.1f} {free:6.1f} {threads:7d} {tally.total_answered:9,} "
+                    print(f"{now - start:6.0f} {rss / 1024:8.1f} {heap / 1024:7.1f} {anon / 1024:7.1f} {used:6.1f} {free:6.1f} {live:>9} {threads:7d} {tally.total_answered:9,} "
                           f"{sum(tally.aborted.values()):7,} {phase}", flush=True)  # fmt: skip
                     next_sample = now + args.interval if not phase else start + args.warmup
             await trio.sleep(3)
@@ -218,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--abort-pause", type=float, default=0.5, help="seconds between rounds of 8 aborting clients")
     p.add_argument("--set", action="append", default=[], help="module.NAME=INT set in the server before it starts")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE in the server's environment")
+    p.add_argument("--clear", action="store_true", help="the control: the same clients against a cleartext server")
+    p.add_argument("--collect", action="store_true", help="the server runs gc.collect() before each sample")
     return trio.run(run, p.parse_args(argv))
 
 
