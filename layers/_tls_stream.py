@@ -15,11 +15,13 @@ failure as a :class:`~layers._tls_errors.HandshakeError` with its ``reason``.
 
 OpenSSL's memory for a connection (tens of KiB: the SSL object, its record buffers, the memory
 BIOs) is released when the stream is closed or detached (:meth:`TLSStream._abort` drops the
-references; a task still inside the stream then meets :class:`~stack.Closed`), or when its
-handshake fails, not when the stream object is freed (the ``ssl`` errors our errors are chained
-to lose their tracebacks, whose frames would hold the SSL object): a stream left in a reference cycle (an upper layer keeping the exception
-that ended the connection, whose traceback holds the layer's frames) lives until the cycle
-collector's rare full pass, and under connection churn that held and fragmented the C heap.
+references; a task still inside the stream then meets :class:`~stack.Closed`) or its handshake
+fails, not when the stream object is freed: a server's connection objects often sit in reference
+cycles (an upper layer keeps the exception that ended the connection, whose traceback holds the
+layers' frames) until the collector's rare full pass, and under connection churn the OpenSSL
+state they held piled up and fragmented the C heap (issue 17). For the same reason the ``ssl``
+errors ours are chained to lose their tracebacks (:func:`_untraced`): their frames, the ``ssl``
+module's methods, hold the SSL object.
 """
 
 from __future__ import annotations

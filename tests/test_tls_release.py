@@ -47,7 +47,7 @@ def recording(spec: Any, made: list[weakref.ref[ssl.SSLObject]]) -> Any:
     wrap = ctx.wrap_bio
 
     def wrap_bio(*args: Any, **kw: Any) -> ssl.SSLObject:
-        conn = wrap(*args, **kw)
+        conn: ssl.SSLObject = wrap(*args, **kw)
         made.append(weakref.ref(conn))
         return conn
 
