@@ -41,8 +41,15 @@ from ._tls_names import _cert_names, _name_matches
 
 log = logging.getLogger("stack.tls")
 
-RECV_SIZE = 256 * 1024
-"""Ciphertext asked of the lower stream per receive (OpenSSL's buffer takes it all at once)."""
+RECV_SIZE = 64 * 1024
+"""Ciphertext asked of the lower stream per receive (OpenSSL's buffer takes it all at once).
+
+64 KiB, as the other layers' reads, and below glibc's default mmap threshold (128 KiB): a larger
+``recv`` buffer is mmapped, and freeing one unshrunk (a receive that found nothing, or a full
+one) raises glibc's dynamic threshold, after which every such transient buffer comes from the
+heap and, interleaved with the connections' longer-lived blocks, fragments it (issue 17's soak:
+the TLS server's heap crept; with 256 KiB reads about 3 MiB in 3 minutes of the reproducer
+``benchmarks/tls_rss.py``, with 64 KiB about 1)."""
 
 _RECORD = 16384
 """The most plaintext one TLS record carries, so the most one ``SSLObject.read`` returns."""
