@@ -36,6 +36,10 @@ a sample is taken (their trend is printed, not judged), so for them the check is
 rest*: once idle after the run they are back to their idle values after the warm-up batch; *no
 server errors*: no WARNING, ERROR or traceback in its log; *every honest request answered*: 2xx
 for each request the load generators sent (h2load's counts, our own clients' checks).
+
+When RSS grows, ``benchmarks/tls_rss.py`` runs one server's share of this mix for a few minutes
+and splits RSS into glibc's main heap and the rest, with malloc's in-use and free-but-held bytes
+(how issue 17's TLS growth was found: OpenSSL state held by connections left in reference cycles).
 """
 
 from __future__ import annotations

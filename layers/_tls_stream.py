@@ -12,6 +12,16 @@ the receiving task itself when no task is sending.
 The handshake (:meth:`TLSStream._handshake`) runs under a :class:`_Check`: the host name check
 after OpenSSL's (ours, so that a mismatch lists the certificate's names) and the explanation of a
 failure as a :class:`~layers._tls_errors.HandshakeError` with its ``reason``.
+
+OpenSSL's memory for a connection (tens of KiB: the SSL object, its record buffers, the memory
+BIOs) is released when the stream is closed or detached (:meth:`TLSStream._abort` drops the
+references; a task still inside the stream then meets :class:`~stack.Closed`) or its handshake
+fails, not when the stream object is freed: a server's connection objects often sit in reference
+cycles (an upper layer keeps the exception that ended the connection, whose traceback holds the
+layers' frames) until the collector's rare full pass, and under connection churn the OpenSSL
+state they held piled up and fragmented the C heap (issue 17). For the same reason the ``ssl``
+errors ours are chained to lose their tracebacks (:func:`_untraced`): their frames, the ``ssl``
+module's methods, hold the SSL object.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from typing import cast
 
 import trio
 
-from stack.errors import Broken, ProtocolError, StackError, Timeout
+from stack.errors import Broken, Closed, ProtocolError, StackError, Timeout
 from stack.streams import ByteStream
 
 from ._tls_context import _HELLO_LIMIT, _Conn
@@ -31,8 +41,15 @@ from ._tls_names import _cert_names, _name_matches
 
 log = logging.getLogger("stack.tls")
 
-RECV_SIZE = 256 * 1024
-"""Ciphertext asked of the lower stream per receive (OpenSSL's buffer takes it all at once)."""
+RECV_SIZE = 64 * 1024
+"""Ciphertext asked of the lower stream per receive (OpenSSL's buffer takes it all at once).
+
+64 KiB, as the other layers' reads, and below glibc's default mmap threshold (128 KiB): a larger
+``recv`` buffer is mmapped, and freeing one unshrunk (a receive that found nothing, or a full
+one) raises glibc's dynamic threshold, after which every such transient buffer comes from the
+heap and, interleaved with the connections' longer-lived blocks, fragments it (issue 17's soak:
+the TLS server's heap crept; with 256 KiB reads about 3 MiB in 3 minutes of the reproducer
+``benchmarks/tls_rss.py``, with 64 KiB about 1)."""
 
 _RECORD = 16384
 """The most plaintext one TLS record carries, so the most one ``SSLObject.read`` returns."""
@@ -50,6 +67,26 @@ PLAIN_HTTP_REPLY = (
 )
 """What a TLS server answers a client whose first byte is an ASCII letter (plain HTTP sent to a
 TLS port; a TLS client's first byte is 0x16, a handshake record), as nginx does, before it closes."""
+
+
+class _Released:
+    """What a closed :class:`TLSStream` holds instead of its SSL object and memory BIOs, so that
+    OpenSSL frees them at once: any use raises :class:`~stack.Closed` (only a task that was
+    inside the stream when it was closed can get here; a new call is refused before)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> object:
+        raise Closed("the tls stream was closed")
+
+
+_RELEASED = _Released()
+
+
+def _untraced(exc: ssl.SSLError) -> ssl.SSLError:
+    """``exc`` without its traceback, to chain as a cause: the traceback's frames (the ``ssl``
+    module's methods) hold the SSL object, and the stream's error outlives its close."""
+    return exc.with_traceback(None)
 
 
 class TLSStream(ByteStream):
@@ -86,20 +123,24 @@ class TLSStream(ByteStream):
     # ---- handshake ---------------------------------------------------------------------
 
     async def _handshake(self, deadline: float, check: _Check) -> None:
-        conn = self._ssl
+        # No local for the SSL object: a failure's traceback holds this frame, and the object
+        # must go when the stream releases it (``_abort``), not when the exception does.
         lower = self._lower
         while True:
             try:
-                conn.do_handshake()
+                self._ssl.do_handshake()
                 finished = True
             except ssl.SSLWantReadError:
                 finished = False
             except ssl.SSLError as exc:
-                error = check.failure(exc, conn)
-                await self._send_alert(deadline)
-                raise error from exc
+                error = check.failure(exc, self._ssl)
+                try:
+                    await self._send_alert(deadline)
+                    raise error from _untraced(exc)
+                finally:
+                    del error  # no cycle through this frame: the SSL object goes with the exception
             if finished:
-                check.verify(conn)  # before our last flight goes: a refused server never sees our Finished
+                check.verify(self._ssl)  # before our last flight goes: a refused server never sees our Finished
             if self._out.pending:
                 self._outbuf += self._out.read()
             if self._outbuf:
@@ -111,9 +152,10 @@ class TLSStream(ByteStream):
                 self._plain_http_hint = False  # only the first bytes tell
                 if data and 97 <= (data[0] | 0x20) <= 122:  # an ASCII letter (a TLS hello starts 0x16)
                     await self._refuse_plain_http(deadline)
-            hello = conn._hello if isinstance(conn, _Conn) else None
-            if hello is not None and len(hello) < _HELLO_LIMIT:
-                hello += data
+            conn = self._ssl
+            if isinstance(conn, _Conn) and conn._hello is not None and len(conn._hello) < _HELLO_LIMIT:
+                conn._hello += data
+            del conn
             if data:
                 self._in.write(data)
             else:
@@ -204,13 +246,13 @@ class TLSStream(ByteStream):
         if isinstance(exc, ssl.SSLZeroReturnError):
             return
         if not isinstance(exc, ssl.SSLEOFError | ssl.SSLSyscallError) or not self._lower_eof:
-            raise _data_error(exc, "client" if self._ssl.server_side else "server") from exc
+            raise _data_error(exc, "client" if self._ssl.server_side else "server") from _untraced(exc)
         self._ragged_eof = True
         if not self._ragged_eofs:
             raise Broken(
                 "the peer closed the connection without close_notify: the data may be truncated "
                 "(use ragged_eofs=True only for protocols that delimit their own data)"
-            ) from exc
+            ) from _untraced(exc)
         log.debug("tls: the peer closed the connection without close_notify (ragged_eofs=True)")
 
     def _may_decrypt(self) -> bool:
@@ -360,13 +402,19 @@ class TLSStream(ByteStream):
         try:
             n = self._ssl.write(memoryview(data)[:SEND_CHUNK] if n > SEND_CHUNK else data)
         except ssl.SSLWantReadError as exc:  # only a renegotiation could want to read; we refuse those
-            raise ProtocolError("the peer tried to renegotiate TLS, which is not supported") from exc
+            raise ProtocolError("the peer tried to renegotiate TLS, which is not supported") from _untraced(exc)
         except ssl.SSLError as exc:
-            raise _data_error(exc) from exc
+            raise _data_error(exc) from _untraced(exc)
         self._outbuf += self._out.read()
         return n
 
     # ---- ending ------------------------------------------------------------------------
+
+    def _abort(self) -> None:
+        """Closed or detached: let OpenSSL free this connection's memory now (see the module
+        docstring), whatever still refers to this stream."""
+        self._ssl = cast(ssl.SSLObject, _RELEASED)
+        self._in = self._out = cast(ssl.MemoryBIO, _RELEASED)
 
     def _send_close_notify(self) -> None:
         """Queue our close_notify in OpenSSL's outgoing buffer (once); the next flush sends it."""
@@ -379,7 +427,7 @@ class TLSStream(ByteStream):
         except ssl.SSLWantReadError:
             pass  # ours is queued; the peer's has not come yet
         except ssl.SSLError as exc:
-            raise _data_error(exc) from exc
+            raise _data_error(exc) from _untraced(exc)
         self._close_notify_sent = True
 
     async def _done(self, deadline: float) -> None:

@@ -156,13 +156,19 @@ def _host_from_info(lower: ByteStream) -> str | None:
 
 
 async def _run_handshake(stream: TLSStream, check: _Check, deadline: float, who: str) -> None:
+    """The handshake under ``deadline``; when it fails, OpenSSL's memory for the connection is
+    released at once (the exception's traceback holds the stream for as long as it is kept)."""
     try:
-        with trio.move_on_at(deadline) as scope:
-            await stream._handshake(deadline, check)
-    except Timeout:
-        raise Timeout(f"TLS handshake {who} timed out") from None
-    if scope.cancelled_caught:
-        raise Timeout(f"TLS handshake {who} timed out")
+        try:
+            with trio.move_on_at(deadline) as scope:
+                await stream._handshake(deadline, check)
+        except Timeout:
+            raise Timeout(f"TLS handshake {who} timed out") from None
+        if scope.cancelled_caught:
+            raise Timeout(f"TLS handshake {who} timed out")
+    except BaseException:
+        stream._abort()
+        raise
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,12 +243,14 @@ class client:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         conn = self._ctx.wrap_bio(incoming, outgoing, server_side=False, server_hostname=host)
         stream = TLSStream(lower, conn, incoming, outgoing, ragged_eofs=self.ragged_eofs)
+        del conn, incoming, outgoing  # only the stream holds them: a failed handshake releases them
         check_name = ours and self.verify
         has_cert = self.cert is not None
         check = _Check(role="client", host=host, alpn=tuple(self.alpn), check_name=check_name, has_cert=has_cert)
         await _run_handshake(stream, check, deadline, f"with {host or lower.info.get('peer')!r}")
         stream._fill_info(host)
-        log.debug("tls client: %s %s alpn=%r with %s", conn.version(), conn.cipher(), stream.info["alpn"], host)
+        log.debug("tls client: %s %s alpn=%r with %s", stream.info["tls_version"], stream.info["cipher"],
+                  stream.info["alpn"], host)  # fmt: skip
         return stream
 
 
@@ -334,8 +342,10 @@ class server:
         stream = TLSStream(
             lower, conn, incoming, outgoing, ragged_eofs=self.ragged_eofs, plain_http_hint=self.plain_http_hint
         )
+        del conn, incoming, outgoing  # only the stream holds them: a failed handshake releases them
         check = _Check(role="server", host=None, alpn=tuple(self.alpn), check_name=False)
         await _run_handshake(stream, check, deadline, f"with {lower.info.get('peer')!r}")
+        conn = stream._ssl
         sni = conn._sni if isinstance(conn, _Conn) else None
         stream._fill_info(sni)
         log.debug("tls server: %s %s alpn=%r sni=%r", conn.version(), conn.cipher(), stream.info["alpn"], sni)
