@@ -27,8 +27,8 @@ SOCKS5: the longest reply, then 8 MiB               0.002 s       0.00 s
 
 The bounds (:data:`CPU_BOUND`, :data:`LATENCY_BOUND`) leave room for a slower CI host. The work
 between two waits is bounded by what one read brings: the TLS layer decrypts at most
-``tls.RECV_SIZE`` (256 KiB) of ciphertext per read (at most about 11,400 records of 23 bytes,
-~25 ms), the HTTP/1.1 server parses one read of its lower stream at a time, the PROXY header is
+``tls.RECV_SIZE`` (64 KiB) of ciphertext per read (at most about 2,850 records of 23 bytes,
+~6 ms), the HTTP/1.1 server parses one read of its lower stream at a time, the PROXY header is
 at most ``max_header`` (64 KiB) parsed once whole, and the SOCKS5 handshake reads a fixed
 number of small fields (the flood stays unread in the lower stream, at most one read ahead).
 
