@@ -29,12 +29,72 @@ import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from aioquic import tls as aioquic_tls
+from aioquic.buffer import Buffer, size_uint_var
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
-from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.packet import QuicFrameType, QuicPacketType, pull_quic_transport_parameters
+from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilderStop
+from aioquic.quic.recovery import QuicPacketPacer, QuicPacketRecovery
+
+from ._quic_pmtu import PEER_DEFAULT, Search
 from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
 
 __all__ = ["Engine", "client_configuration", "server_configuration"]
+
+PACING_BURST = 0.002
+"""Seconds of the pacing rate one burst may send (:class:`Pacer`)."""
+
+PACING_MAX_BURST = 256
+"""At most this many datagrams in one paced burst."""
+
+
+class Pacer(QuicPacketPacer):
+    """aioquic's pacer with bursts of at least :data:`PACING_BURST` seconds of its rate.
+
+    aioquic lets a burst be 16 datagrams at most; but a paced sender sleeps on trio's clock,
+    whose wakeups come a millisecond apart at best (epoll's timeout is whole milliseconds), so
+    once 16 datagrams take less than that to send at the pacing rate (1350-byte datagrams above
+    about 20 MB/s) the sender sends below its own rate, whatever the congestion window. As
+    quinn's pacer does, a burst may carry two milliseconds of the rate (at most
+    :data:`PACING_MAX_BURST` datagrams), so each wakeup sends what the rate allows since the last.
+    """
+
+    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        super().update_rate(congestion_window, smoothed_rtt)
+        packet_time = self.packet_time
+        if packet_time is not None:
+            burst = min(PACING_BURST, PACING_MAX_BURST * packet_time)
+            if self.bucket_max < burst:
+                self.bucket_max = burst
+
+
+class Recovery(QuicPacketRecovery):
+    """aioquic's loss recovery, for which a lost path MTU probe is no congestion signal
+    (RFC 9000 14.4): its bytes leave the bytes in flight, the window stays."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pacer = Pacer(max_datagram_size=kwargs["max_datagram_size"])
+        self.probes: set[int] = set()
+        """Packet numbers of the path MTU probes in flight."""
+
+    def _on_packets_lost(self, *, packets: Any, space: Any, now: float, **kwargs: Any) -> None:
+        probes = self.probes
+        if probes:
+            packets = list(packets)
+            lost = {p.packet_number for p in packets} & probes
+            if lost:
+                probes -= lost
+                super()._on_packets_lost(
+                    packets=[p for p in packets if p.packet_number in lost], space=space, now=now, congestion_event=False
+                )
+                packets = [p for p in packets if p.packet_number not in lost]
+        super()._on_packets_lost(packets=packets, space=space, now=now, **kwargs)
+
+
+_BIG_FRAMES = 16383 - 64
+"""Above this datagram size STREAM frames carry a 4-byte length (aioquic writes 2 bytes)."""
 
 
 class Engine(QuicConnection):
@@ -46,6 +106,153 @@ class Engine(QuicConnection):
 
     buffered: Callable[[int], int] = staticmethod(lambda stream_id: 0)
     stream_window: int = 1024 * 1024
+
+    max_udp_payload = 65507
+    """The largest datagram we receive (our UDP sockets' buffer), announced to the peer as the
+    ``max_udp_payload_size`` transport parameter."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        config = self._configuration
+        self._loss = Recovery(
+            congestion_control_algorithm=config.congestion_control_algorithm,
+            initial_rtt=config.initial_rtt,
+            max_datagram_size=self._max_datagram_size,
+            peer_completed_address_validation=not self._is_client,
+            quic_logger=self._quic_logger,
+            send_probe=self._send_probe,
+            logger=self._logger,
+        )
+        self.pmtu: Search | None = None
+        """The path MTU search while one runs (:meth:`start_pmtud`)."""
+        self.peer_max_udp_payload = PEER_DEFAULT
+        self._probing = 0
+
+    # ---- path MTU discovery (layers._quic_pmtu) ----------------------------------------------
+
+    def start_pmtud(self, route: int | None, limit: int) -> None:
+        """Search for a larger datagram size, up to the smallest of ``route`` (the local route's
+        payload; ``None``: unknown, no search), ``limit`` and the peer's max_udp_payload_size."""
+        if route is None:
+            return
+        top = min(route, limit, self.peer_max_udp_payload)
+        if top > self._max_datagram_size:
+            self.pmtu = Search(self._max_datagram_size, top)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        pmtu = self.pmtu
+        if pmtu is not None and self._handshake_confirmed and not self._close_pending:
+            size = pmtu.next_probe()
+            if size is not None and self._loss.congestion_window - self._loss.bytes_in_flight >= size:
+                return self._send_probe_of(size, now) + super().datagrams_to_send(now=now)
+        return super().datagrams_to_send(now=now)
+
+    def _send_probe_of(self, size: int, now: float) -> list[tuple[bytes, Any]]:
+        assert self.pmtu is not None
+        saved, self._max_datagram_size, self._probing = self._max_datagram_size, size, size
+        number = self._packet_number
+        try:
+            out = super().datagrams_to_send(now=now)
+        finally:
+            self._max_datagram_size, self._probing = saved, 0
+        if self._packet_number != number:
+            self._loss.probes.add(number)
+            self.pmtu.sent()
+        return out
+
+    def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
+        size = self._probing
+        if not size:
+            return super()._write_application(builder, network_path, now)
+        # a probe: one 1-RTT packet of exactly `size` bytes, PING and PADDING (RFC 9000 14.4)
+        builder.start_packet(QuicPacketType.ONE_RTT, self._cryptos[aioquic_tls.Epoch.ONE_RTT])
+        builder.start_frame(
+            QuicFrameType.PING, handler=self._on_probe_delivery, handler_args=(size, builder.packet_number)
+        )
+        pad = builder.remaining_flight_space
+        if pad > 0:
+            builder.start_frame(QuicFrameType.PADDING, capacity=pad).push_bytes(bytes(pad - 1))
+        raise QuicPacketBuilderStop
+
+    def _on_probe_delivery(self, delivery: QuicDeliveryState, size: int, number: int) -> None:
+        pmtu = self.pmtu
+        if pmtu is None:
+            return
+        if delivery == QuicDeliveryState.ACKED:
+            self._loss.probes.discard(number)
+            pmtu.acked(size)
+            if pmtu.current > self._max_datagram_size:
+                self._set_datagram_size(pmtu.current)
+        else:
+            pmtu.lost(size)
+        if pmtu.done:
+            self.pmtu = None
+
+    def _set_datagram_size(self, size: int) -> None:
+        """Send datagrams of up to ``size`` bytes from now on; the congestion controller and the
+        pacer count in the new size (RFC 9002 7.2: the initial window follows it)."""
+        self._logger.debug("path MTU: datagrams of %d bytes", size)
+        self._max_datagram_size = size
+        loss = self._loss
+        loss._pacer._max_datagram_size = size
+        cc: Any = loss._cc
+        cc._max_datagram_size = size
+        if hasattr(cc, "additive_increase_factor"):  # cubic
+            cc.additive_increase_factor = size
+        initial = min(10 * size, max(14720, 2 * size))
+        if cc.ssthresh is None and cc.congestion_window < initial:
+            cc.congestion_window = initial
+        if loss._rtt_initialized:
+            loss._pacer.update_rate(congestion_window=cc.congestion_window, smoothed_rtt=loss._rtt_smoothed)
+
+    def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
+        super()._parse_transport_parameters(data, from_session_ticket)
+        size = pull_quic_transport_parameters(Buffer(data=data)).max_udp_payload_size
+        if size is not None:
+            self.peer_max_udp_payload = size
+
+    def _serialize_transport_parameters(self) -> bytes:
+        # aioquic announces no max_udp_payload_size (the default, 65527, is more than an IPv4
+        # socket of ours takes): one more parameter at the end (RFC 9000 18: id, length, value)
+        value = Buffer(capacity=8)
+        value.push_uint_var(self.max_udp_payload)
+        extra = Buffer(capacity=16)
+        extra.push_uint_var(0x03)
+        extra.push_uint_var(value.tell())
+        extra.push_bytes(value.data)
+        return super()._serialize_transport_parameters() + extra.data
+
+    def _write_stream_frame(self, builder: Any, space: Any, stream: Any, max_offset: int) -> int:
+        if self._max_datagram_size <= _BIG_FRAMES:
+            return super()._write_stream_frame(builder, space, stream, max_offset)
+        # aioquic writes a STREAM frame's length in 2 bytes (at most 16383 bytes of data): in a
+        # larger datagram the frame fills it with a 4-byte length
+        sender = stream.sender
+        offset = sender.next_offset
+        overhead = 5 + size_uint_var(stream.stream_id) + (size_uint_var(offset) if offset else 0)
+        previous = sender.highest_offset
+        frame = sender.get_frame(builder.remaining_flight_space - overhead, max_offset)
+        if frame is None:
+            return 0
+        frame_type = QuicFrameType.STREAM_BASE | 2
+        if frame.offset:
+            frame_type |= 4
+        if frame.fin:
+            frame_type |= 1
+        buf = builder.start_frame(
+            frame_type,
+            capacity=overhead,
+            handler=sender.on_data_delivery,
+            handler_args=(frame.offset, frame.offset + len(frame.data), frame.fin),
+        )
+        buf.push_uint_var(stream.stream_id)
+        if frame.offset:
+            buf.push_uint_var(frame.offset)
+        buf.push_uint32(len(frame.data) | 0x80000000)
+        buf.push_bytes(frame.data)
+        if self._quic_logger is not None:
+            builder.quic_logger_frames.append(self._quic_logger.encode_stream_frame(frame, stream_id=stream.stream_id))
+        return int(sender.highest_offset - previous)
 
     def set_max_streams(self, bidi: int, uni: int) -> None:
         """How many streams of each kind the peer may have open at once (before the handshake)."""

@@ -77,6 +77,7 @@ from . import udp
 from ._quic_conn import DEFAULT_QUIC_LIMITS, QuicConnection, QuicLimits
 from ._quic_endpoint import Endpoint
 from ._quic_engine import Engine, client_configuration, server_configuration
+from ._quic_pmtu import set_dont_fragment
 from ._quic_stream import HIGH_WATER, SEND_CHUNK, QuicStream
 
 __all__ = [
@@ -100,10 +101,12 @@ a burst of a congestion window must fit, or loopback drops what the reader did n
 
 
 def _send_buffer(sock: udp.UDPStream) -> None:
+    """SO_SNDBUF, and Don't Fragment (RFC 9000 14; :mod:`layers._quic_pmtu`)."""
     try:
         sock.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
     except OSError as exc:  # the kernel's default then
         log.debug("quic: cannot set SO_SNDBUF: %s", exc)
+    set_dont_fragment(sock.socket)
 
 
 @dataclass(frozen=True)
