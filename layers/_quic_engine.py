@@ -130,6 +130,11 @@ class Engine(QuicConnection):
 
     # ---- path MTU discovery (layers._quic_pmtu) ----------------------------------------------
 
+    @property
+    def datagram_size(self) -> int:
+        """The largest datagram sent now (the safe size until path MTU discovery raised it)."""
+        return int(self._max_datagram_size)
+
     def start_pmtud(self, route: int | None, limit: int) -> None:
         """Search for a larger datagram size, up to the smallest of ``route`` (the local route's
         payload; ``None``: unknown, no search), ``limit`` and the peer's max_udp_payload_size."""
@@ -143,21 +148,30 @@ class Engine(QuicConnection):
         pmtu = self.pmtu
         if pmtu is not None and self._handshake_confirmed and not self._close_pending:
             size = pmtu.next_probe()
-            if size is not None and self._loss.congestion_window - self._loss.bytes_in_flight >= size:
+            loss = self._loss
+            # within the congestion window, or alone in flight (an endpoint that mostly receives
+            # never has the window for it; one packet, as a loss-recovery probe would be)
+            if size is not None and (loss.congestion_window - loss.bytes_in_flight >= size or not loss.bytes_in_flight):
                 return self._send_probe_of(size, now) + super().datagrams_to_send(now=now)
         return super().datagrams_to_send(now=now)
 
     def _send_probe_of(self, size: int, now: float) -> list[tuple[bytes, Any]]:
         assert self.pmtu is not None
-        saved, self._max_datagram_size, self._probing = self._max_datagram_size, size, size
+        # aioquic lets a probe (_probe_pending) fill a whole datagram whatever the window says
+        saved = self._max_datagram_size, self._probe_pending
+        self._max_datagram_size, self._probe_pending, self._probing = size, True, size
         number = self._packet_number
         try:
             out = super().datagrams_to_send(now=now)
         finally:
-            self._max_datagram_size, self._probing = saved, 0
+            (self._max_datagram_size, self._probe_pending), self._probing = saved, 0
         if self._packet_number != number:
-            self._loss.probes.add(number)
-            self.pmtu.sent()
+            if len(out[0][0]) == size:
+                self._loss.probes.add(number)
+                self.pmtu.sent()
+            else:  # not a probe of that size after all (nothing to learn from it)
+                self._logger.debug("path MTU: a probe of %d bytes came out at %d", size, len(out[0][0]))
+                self.pmtu = None
         return out
 
     def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
