@@ -83,7 +83,10 @@ def main() -> None:
     leaf = ca.issue("localhost", "127.0.0.1")
     for _ in range(args.runs):
         r = trio.run(one_run, args.mib, limits, leaf, ca)
-        print(f"{args.mib} MiB: {r['mib_s']:.1f} MiB/s wall, {r['cpu_ms_per_mib']:.1f} ms CPU per MiB, datagram {r['datagram']}")
+        print(
+            f"{args.mib} MiB: {r['mib_s']:.1f} MiB/s wall, {r['cpu_ms_per_mib']:.1f} ms CPU per MiB, "
+            f"datagram {r['datagram']}"
+        )
 
 
 if __name__ == "__main__":

@@ -30,15 +30,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aioquic import tls as aioquic_tls
-from aioquic.buffer import Buffer, size_uint_var
+from aioquic._buffer import Buffer
+from aioquic.buffer import size_uint_var
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
 from aioquic.quic.packet import QuicFrameType, QuicPacketType, pull_quic_transport_parameters
 from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilderStop
 from aioquic.quic.recovery import QuicPacketPacer, QuicPacketRecovery
+from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
 
 from ._quic_pmtu import PEER_DEFAULT, Search
-from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
 
 __all__ = ["Engine", "client_configuration", "server_configuration"]
 
@@ -87,7 +88,10 @@ class Recovery(QuicPacketRecovery):
             if lost:
                 probes -= lost
                 super()._on_packets_lost(
-                    packets=[p for p in packets if p.packet_number in lost], space=space, now=now, congestion_event=False
+                    packets=[p for p in packets if p.packet_number in lost],
+                    space=space,
+                    now=now,
+                    congestion_event=False,
                 )
                 packets = [p for p in packets if p.packet_number not in lost]
         super()._on_packets_lost(packets=packets, space=space, now=now, **kwargs)
@@ -114,7 +118,7 @@ class Engine(QuicConnection):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         config = self._configuration
-        self._loss = Recovery(
+        self._loss = loss = Recovery(
             congestion_control_algorithm=config.congestion_control_algorithm,
             initial_rtt=config.initial_rtt,
             max_datagram_size=self._max_datagram_size,
@@ -123,6 +127,7 @@ class Engine(QuicConnection):
             send_probe=self._send_probe,
             logger=self._logger,
         )
+        self._probes = loss.probes
         self.pmtu: Search | None = None
         """The path MTU search while one runs (:meth:`start_pmtud`)."""
         self.peer_max_udp_payload = PEER_DEFAULT
@@ -167,7 +172,7 @@ class Engine(QuicConnection):
             (self._max_datagram_size, self._probe_pending), self._probing = saved, 0
         if self._packet_number != number:
             if len(out[0][0]) == size:
-                self._loss.probes.add(number)
+                self._probes.add(number)
                 self.pmtu.sent()
             else:  # not a probe of that size after all (nothing to learn from it)
                 self._logger.debug("path MTU: a probe of %d bytes came out at %d", size, len(out[0][0]))
@@ -193,7 +198,7 @@ class Engine(QuicConnection):
         if pmtu is None:
             return
         if delivery == QuicDeliveryState.ACKED:
-            self._loss.probes.discard(number)
+            self._probes.discard(number)
             pmtu.acked(size)
             if pmtu.current > self._max_datagram_size:
                 self._set_datagram_size(pmtu.current)
