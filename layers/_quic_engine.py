@@ -3,9 +3,9 @@ corrections, and the building of its configuration from our certificate helpers.
 
 Theory of operation: aioquic does all of QUIC (packets, TLS 1.3, loss recovery, congestion
 control, flow control, connection IDs) and does no I/O; :mod:`layers._quic_conn` feeds it
-datagrams and timer expiries and sends what it produces. Two things aioquic decides differently
-from our stream contract are corrected here, in one subclass, so the rest of the layer never
-touches aioquic's private state:
+datagrams and timer expiries and sends what it produces. What aioquic decides differently from
+our stream contract, or does not do, is corrected here, in one subclass, so the rest of the
+layer never touches aioquic's private state:
 
 * **Receive windows follow consumption.** aioquic doubles a stream's receive window whenever the
   peer has sent half of it, whatever the application read, so a peer could make us buffer without
@@ -17,9 +17,19 @@ touches aioquic's private state:
   (``max_streams``; aioquic grants one more per finished stream, RFC 9000 4.6) and a view of how
   much of a stream's committed data has not yet left (``unsent``), which bounds what a sender
   commits beyond what the network took.
+* **Path MTU discovery** (:mod:`layers._quic_pmtu` has the search and the route's MTU): the
+  probes (one 1-RTT packet of PING and PADDING of exactly the size tried, RFC 9000 14.4), the
+  raising of the datagram size once one is acknowledged (aioquic's congestion controller and pacer
+  count in the new size; RFC 9002 7.2's initial window follows it), :class:`Recovery`, for which a
+  lost probe is no congestion signal, our ``max_udp_payload_size`` transport parameter (aioquic
+  sends none) and the peer's read (aioquic checks it, keeps nothing), and STREAM frames with a
+  4-byte length in datagrams over 16 KiB (aioquic writes 2 bytes: at most 16383 bytes a frame).
+* **Pacing bursts** (:class:`Pacer`): two milliseconds of the pacing rate, as quinn does, so a
+  sender woken by trio's millisecond clock can keep its own rate.
 
-All of this reads attributes of aioquic 1.x (``_streams``, ``_local_max_streams_bidi`` ...): the
-dependency is pinned to ``aioquic>=1.2,<2`` and ``tests/test_quic.py`` exercises each of them.
+All of this reads attributes of aioquic 1.x (``_streams``, ``_local_max_streams_bidi``,
+``_loss``, ``_max_datagram_size`` ...): the dependency is pinned to ``aioquic>=1.2,<2`` and
+``tests/test_quic.py`` and ``tests/test_quic_pmtu.py`` exercise each of them.
 """
 
 from __future__ import annotations
