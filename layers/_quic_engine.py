@@ -46,7 +46,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
 from aioquic.quic.packet import QuicFrameType, QuicPacketType, pull_quic_transport_parameters
 from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilderStop
-from aioquic.quic.recovery import QuicPacketPacer, QuicPacketRecovery
+from aioquic.quic.recovery import K_MICRO_SECOND, K_SECOND, QuicPacketPacer, QuicPacketRecovery
 from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
 
 from ._quic_pmtu import PEER_DEFAULT, Search
@@ -72,12 +72,14 @@ class Pacer(QuicPacketPacer):
     """
 
     def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
-        super().update_rate(congestion_window, smoothed_rtt)
-        packet_time = self.packet_time
-        if packet_time is not None:
-            burst = min(PACING_BURST, PACING_MAX_BURST * packet_time)
-            if self.bucket_max < burst:
-                self.bucket_max = burst
+        # aioquic's formula (recovery.QuicPacketPacer), the burst at least PACING_BURST
+        rate = congestion_window / max(smoothed_rtt, K_MICRO_SECOND)
+        size = self._max_datagram_size
+        self.packet_time = packet_time = max(K_MICRO_SECOND, min(size / rate, K_SECOND))
+        bucket_max = max(2 * size, min(congestion_window // 4, 16 * size)) / rate
+        self.bucket_max = bucket_max = max(bucket_max, min(PACING_BURST, PACING_MAX_BURST * packet_time))
+        if self.bucket_time > bucket_max:
+            self.bucket_time = bucket_max
 
 
 class Recovery(QuicPacketRecovery):
@@ -90,21 +92,33 @@ class Recovery(QuicPacketRecovery):
         self.probes: set[int] = set()
         """Packet numbers of the path MTU probes in flight."""
 
-    def _on_packets_lost(self, *, packets: Any, space: Any, now: float, **kwargs: Any) -> None:
-        probes = self.probes
-        if probes:
-            packets = list(packets)
-            lost = {p.packet_number for p in packets} & probes
-            if lost:
-                probes -= lost
-                super()._on_packets_lost(
-                    packets=[p for p in packets if p.packet_number in lost],
-                    space=space,
-                    now=now,
-                    congestion_event=False,
-                )
-                packets = [p for p in packets if p.packet_number not in lost]
-        super()._on_packets_lost(packets=packets, space=space, now=now, **kwargs)
+    def track_probe(self, number: int) -> None:
+        """Packet ``number`` is a path MTU probe (until :meth:`forget_probe`)."""
+        self.probes.add(number)
+        self.__dict__["_on_packets_lost"] = self._on_packets_lost_probing
+
+    def forget_probe(self, number: int) -> None:
+        self.probes.discard(number)
+        if not self.probes:
+            self.__dict__.pop("_on_packets_lost", None)
+
+    def _on_packets_lost_probing(self, *, packets: Any, space: Any, now: float, **kwargs: Any) -> None:
+        """``_on_packets_lost`` while probes are in flight (only then: aioquic calls it for
+        every ACK)."""
+        packets = list(packets)
+        lost = {p.packet_number for p in packets} & self.probes
+        if lost:
+            for number in lost:
+                self.forget_probe(number)
+            QuicPacketRecovery._on_packets_lost(
+                self,
+                packets=[p for p in packets if p.packet_number in lost],
+                space=space,
+                now=now,
+                congestion_event=False,
+            )
+            packets = [p for p in packets if p.packet_number not in lost]
+        QuicPacketRecovery._on_packets_lost(self, packets=packets, space=space, now=now, **kwargs)
 
 
 _BIG_FRAMES = 16383 - 64
@@ -128,7 +142,7 @@ class Engine(QuicConnection):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         config = self._configuration
-        self._loss = loss = Recovery(
+        self._loss = self._recovery = Recovery(
             congestion_control_algorithm=config.congestion_control_algorithm,
             initial_rtt=config.initial_rtt,
             max_datagram_size=self._max_datagram_size,
@@ -137,7 +151,6 @@ class Engine(QuicConnection):
             send_probe=self._send_probe,
             logger=self._logger,
         )
-        self._probes = loss.probes
         self.pmtu: Search | None = None
         """The path MTU search while one runs (:meth:`start_pmtud`)."""
         self.peer_max_udp_payload = PEER_DEFAULT
@@ -158,8 +171,18 @@ class Engine(QuicConnection):
         top = min(route, limit, self.peer_max_udp_payload)
         if top > self._max_datagram_size:
             self.pmtu = Search(self._max_datagram_size, top)
+            self._install("datagrams_to_send", self._datagrams_to_send_probing)
 
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+    def _install(self, name: str, method: Callable[..., Any] | None) -> None:
+        """Shadow aioquic's method ``name`` on this connection only (``None``: stop): what only a
+        path MTU search or large datagrams need costs the other connections nothing per packet."""
+        if method is None:
+            self.__dict__.pop(name, None)
+        else:
+            self.__dict__[name] = method
+
+    def _datagrams_to_send_probing(self, now: float) -> list[tuple[bytes, Any]]:
+        """``datagrams_to_send`` while a path MTU search runs: a probe first when one is due."""
         pmtu = self.pmtu
         if pmtu is not None and self._handshake_confirmed and not self._close_pending:
             size = pmtu.next_probe()
@@ -167,33 +190,34 @@ class Engine(QuicConnection):
             # within the congestion window, or alone in flight (an endpoint that mostly receives
             # never has the window for it; one packet, as a loss-recovery probe would be)
             if size is not None and (loss.congestion_window - loss.bytes_in_flight >= size or not loss.bytes_in_flight):
-                return self._send_probe_of(size, now) + super().datagrams_to_send(now=now)
-        return super().datagrams_to_send(now=now)
+                return self._send_probe_of(size, now) + QuicConnection.datagrams_to_send(self, now=now)
+        return QuicConnection.datagrams_to_send(self, now=now)
 
     def _send_probe_of(self, size: int, now: float) -> list[tuple[bytes, Any]]:
         assert self.pmtu is not None
         # aioquic lets a probe (_probe_pending) fill a whole datagram whatever the window says
         saved = self._max_datagram_size, self._probe_pending
         self._max_datagram_size, self._probe_pending, self._probing = size, True, size
+        self._install("_write_application", self._write_probe)
         number = self._packet_number
         try:
-            out = super().datagrams_to_send(now=now)
+            out = QuicConnection.datagrams_to_send(self, now=now)
         finally:
             (self._max_datagram_size, self._probe_pending), self._probing = saved, 0
+            self._install("_write_application", None)
         if self._packet_number != number:
             if len(out[0][0]) == size:
-                self._probes.add(number)
+                self._recovery.track_probe(number)
                 self.pmtu.sent()
             else:  # not a probe of that size after all (nothing to learn from it)
                 self._logger.debug("path MTU: a probe of %d bytes came out at %d", size, len(out[0][0]))
-                self.pmtu = None
+                self._end_search()
         return out
 
-    def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
+    def _write_probe(self, builder: Any, network_path: Any, now: float) -> None:
+        """``_write_application`` while a probe is built: one 1-RTT packet of exactly the size
+        tried, PING and PADDING (RFC 9000 14.4)."""
         size = self._probing
-        if not size:
-            return super()._write_application(builder, network_path, now)
-        # a probe: one 1-RTT packet of exactly `size` bytes, PING and PADDING (RFC 9000 14.4)
         builder.start_packet(QuicPacketType.ONE_RTT, self._cryptos[aioquic_tls.Epoch.ONE_RTT])
         builder.start_frame(
             QuicFrameType.PING, handler=self._on_probe_delivery, handler_args=(size, builder.packet_number)
@@ -208,20 +232,25 @@ class Engine(QuicConnection):
         if pmtu is None:
             return
         if delivery == QuicDeliveryState.ACKED:
-            self._probes.discard(number)
+            self._recovery.forget_probe(number)
             pmtu.acked(size)
             if pmtu.current > self._max_datagram_size:
                 self._set_datagram_size(pmtu.current)
         else:
             pmtu.lost(size)
         if pmtu.done:
-            self.pmtu = None
+            self._end_search()
+
+    def _end_search(self) -> None:
+        self.pmtu = None
+        self._install("datagrams_to_send", None)
 
     def _set_datagram_size(self, size: int) -> None:
         """Send datagrams of up to ``size`` bytes from now on; the congestion controller and the
         pacer count in the new size (RFC 9002 7.2: the initial window follows it)."""
         self._logger.debug("path MTU: datagrams of %d bytes", size)
         self._max_datagram_size = size
+        self._install("_write_stream_frame", self._write_big_stream_frame if size > _BIG_FRAMES else None)
         loss = self._loss
         loss._pacer._max_datagram_size = size
         cc: Any = loss._cc
@@ -251,9 +280,8 @@ class Engine(QuicConnection):
         extra.push_bytes(value.data)
         return super()._serialize_transport_parameters() + extra.data
 
-    def _write_stream_frame(self, builder: Any, space: Any, stream: Any, max_offset: int) -> int:
-        if self._max_datagram_size <= _BIG_FRAMES:
-            return super()._write_stream_frame(builder, space, stream, max_offset)
+    def _write_big_stream_frame(self, builder: Any, space: Any, stream: Any, max_offset: int) -> int:
+        """``_write_stream_frame`` once datagrams are over :data:`_BIG_FRAMES` bytes."""
         # aioquic writes a STREAM frame's length in 2 bytes (at most 16383 bytes of data): in a
         # larger datagram the frame fills it with a 4-byte length
         sender = stream.sender
