@@ -3,9 +3,9 @@ corrections, and the building of its configuration from our certificate helpers.
 
 Theory of operation: aioquic does all of QUIC (packets, TLS 1.3, loss recovery, congestion
 control, flow control, connection IDs) and does no I/O; :mod:`layers._quic_conn` feeds it
-datagrams and timer expiries and sends what it produces. Two things aioquic decides differently
-from our stream contract are corrected here, in one subclass, so the rest of the layer never
-touches aioquic's private state:
+datagrams and timer expiries and sends what it produces. What aioquic decides differently from
+our stream contract, or does not do, is corrected here, in one subclass, so the rest of the
+layer never touches aioquic's private state:
 
 * **Receive windows follow consumption.** aioquic doubles a stream's receive window whenever the
   peer has sent half of it, whatever the application read, so a peer could make us buffer without
@@ -17,9 +17,19 @@ touches aioquic's private state:
   (``max_streams``; aioquic grants one more per finished stream, RFC 9000 4.6) and a view of how
   much of a stream's committed data has not yet left (``unsent``), which bounds what a sender
   commits beyond what the network took.
+* **Path MTU discovery** (:mod:`layers._quic_pmtu` has the search and the route's MTU): the
+  probes (one 1-RTT packet of PING and PADDING of exactly the size tried, RFC 9000 14.4), the
+  raising of the datagram size once one is acknowledged (aioquic's congestion controller and pacer
+  count in the new size; RFC 9002 7.2's initial window follows it), :class:`Recovery`, for which a
+  lost probe is no congestion signal, our ``max_udp_payload_size`` transport parameter (aioquic
+  sends none) and the peer's read (aioquic checks it, keeps nothing), and STREAM frames with a
+  4-byte length in datagrams over 16 KiB (aioquic writes 2 bytes: at most 16383 bytes a frame).
+* **Pacing bursts** (:class:`Pacer`): two milliseconds of the pacing rate, as quinn does, so a
+  sender woken by trio's millisecond clock can keep its own rate.
 
-All of this reads attributes of aioquic 1.x (``_streams``, ``_local_max_streams_bidi`` ...): the
-dependency is pinned to ``aioquic>=1.2,<2`` and ``tests/test_quic.py`` exercises each of them.
+All of this reads attributes of aioquic 1.x (``_streams``, ``_local_max_streams_bidi``,
+``_loss``, ``_max_datagram_size`` ...): the dependency is pinned to ``aioquic>=1.2,<2`` and
+``tests/test_quic.py`` and ``tests/test_quic_pmtu.py`` exercise each of them.
 """
 
 from __future__ import annotations
@@ -29,12 +39,90 @@ import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from aioquic import tls as aioquic_tls
+from aioquic._buffer import Buffer
+from aioquic.buffer import size_uint_var
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
-from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.packet import QuicFrameType, QuicPacketType, pull_quic_transport_parameters
+from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilderStop
+from aioquic.quic.recovery import K_MICRO_SECOND, K_SECOND, QuicPacketPacer, QuicPacketRecovery
 from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
 
+from ._quic_pmtu import PEER_DEFAULT, Search
+
 __all__ = ["Engine", "client_configuration", "server_configuration"]
+
+PACING_BURST = 0.002
+"""Seconds of the pacing rate one burst may send (:class:`Pacer`)."""
+
+PACING_MAX_BURST = 256
+"""At most this many datagrams in one paced burst."""
+
+
+class Pacer(QuicPacketPacer):
+    """aioquic's pacer with bursts of at least :data:`PACING_BURST` seconds of its rate.
+
+    aioquic lets a burst be 16 datagrams at most; but a paced sender sleeps on trio's clock,
+    whose wakeups come a millisecond apart at best (epoll's timeout is whole milliseconds), so
+    once 16 datagrams take less than that to send at the pacing rate (1350-byte datagrams above
+    about 20 MB/s) the sender sends below its own rate, whatever the congestion window. As
+    quinn's pacer does, a burst may carry two milliseconds of the rate (at most
+    :data:`PACING_MAX_BURST` datagrams), so each wakeup sends what the rate allows since the last.
+    """
+
+    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        # aioquic's formula (recovery.QuicPacketPacer), the burst at least PACING_BURST
+        rate = congestion_window / max(smoothed_rtt, K_MICRO_SECOND)
+        size = self._max_datagram_size
+        self.packet_time = packet_time = max(K_MICRO_SECOND, min(size / rate, K_SECOND))
+        bucket_max = max(2 * size, min(congestion_window // 4, 16 * size)) / rate
+        self.bucket_max = bucket_max = max(bucket_max, min(PACING_BURST, PACING_MAX_BURST * packet_time))
+        if self.bucket_time > bucket_max:
+            self.bucket_time = bucket_max
+
+
+class Recovery(QuicPacketRecovery):
+    """aioquic's loss recovery, for which a lost path MTU probe is no congestion signal
+    (RFC 9000 14.4): its bytes leave the bytes in flight, the window stays."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pacer = Pacer(max_datagram_size=kwargs["max_datagram_size"])
+        self.probes: set[int] = set()
+        """Packet numbers of the path MTU probes in flight."""
+
+    def track_probe(self, number: int) -> None:
+        """Packet ``number`` is a path MTU probe (until :meth:`forget_probe`)."""
+        self.probes.add(number)
+        self.__dict__["_on_packets_lost"] = self._on_packets_lost_probing
+
+    def forget_probe(self, number: int) -> None:
+        self.probes.discard(number)
+        if not self.probes:
+            self.__dict__.pop("_on_packets_lost", None)
+
+    def _on_packets_lost_probing(self, *, packets: Any, space: Any, now: float, **kwargs: Any) -> None:
+        """``_on_packets_lost`` while probes are in flight (only then: aioquic calls it for
+        every ACK)."""
+        packets = list(packets)
+        lost = {p.packet_number for p in packets} & self.probes
+        if lost:
+            for number in lost:
+                self.forget_probe(number)
+            QuicPacketRecovery._on_packets_lost(
+                self,
+                packets=[p for p in packets if p.packet_number in lost],
+                space=space,
+                now=now,
+                congestion_event=False,
+            )
+            packets = [p for p in packets if p.packet_number not in lost]
+        QuicPacketRecovery._on_packets_lost(self, packets=packets, space=space, now=now, **kwargs)
+
+
+_BIG_FRAMES = 16383 - 64
+"""Above this datagram size STREAM frames carry a 4-byte length (aioquic writes 2 bytes)."""
 
 
 class Engine(QuicConnection):
@@ -46,6 +134,182 @@ class Engine(QuicConnection):
 
     buffered: Callable[[int], int] = staticmethod(lambda stream_id: 0)
     stream_window: int = 1024 * 1024
+
+    max_udp_payload = 65507
+    """The largest datagram we receive (our UDP sockets' buffer), announced to the peer as the
+    ``max_udp_payload_size`` transport parameter."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        config = self._configuration
+        self._loss = self._recovery = Recovery(
+            congestion_control_algorithm=config.congestion_control_algorithm,
+            initial_rtt=config.initial_rtt,
+            max_datagram_size=self._max_datagram_size,
+            peer_completed_address_validation=not self._is_client,
+            quic_logger=self._quic_logger,
+            send_probe=self._send_probe,
+            logger=self._logger,
+        )
+        self.pmtu: Search | None = None
+        """The path MTU search while one runs (:meth:`start_pmtud`)."""
+        self.peer_max_udp_payload = PEER_DEFAULT
+        self._probing = 0
+
+    # ---- path MTU discovery (layers._quic_pmtu) ----------------------------------------------
+
+    @property
+    def datagram_size(self) -> int:
+        """The largest datagram sent now (the safe size until path MTU discovery raised it)."""
+        return int(self._max_datagram_size)
+
+    def start_pmtud(self, route: int | None, limit: int) -> None:
+        """Search for a larger datagram size, up to the smallest of ``route`` (the local route's
+        payload; ``None``: unknown, no search), ``limit`` and the peer's max_udp_payload_size."""
+        if route is None:
+            return
+        top = min(route, limit, self.peer_max_udp_payload)
+        if top > self._max_datagram_size:
+            self.pmtu = Search(self._max_datagram_size, top)
+            self._install("datagrams_to_send", self._datagrams_to_send_probing)
+
+    def _install(self, name: str, method: Callable[..., Any] | None) -> None:
+        """Shadow aioquic's method ``name`` on this connection only (``None``: stop): what only a
+        path MTU search or large datagrams need costs the other connections nothing per packet."""
+        if method is None:
+            self.__dict__.pop(name, None)
+        else:
+            self.__dict__[name] = method
+
+    def _datagrams_to_send_probing(self, now: float) -> list[tuple[bytes, Any]]:
+        """``datagrams_to_send`` while a path MTU search runs: a probe first when one is due."""
+        pmtu = self.pmtu
+        if pmtu is not None and self._handshake_confirmed and not self._close_pending:
+            size = pmtu.next_probe()
+            loss = self._loss
+            # within the congestion window, or alone in flight (an endpoint that mostly receives
+            # never has the window for it; one packet, as a loss-recovery probe would be)
+            if size is not None and (loss.congestion_window - loss.bytes_in_flight >= size or not loss.bytes_in_flight):
+                return self._send_probe_of(size, now) + QuicConnection.datagrams_to_send(self, now=now)
+        return QuicConnection.datagrams_to_send(self, now=now)
+
+    def _send_probe_of(self, size: int, now: float) -> list[tuple[bytes, Any]]:
+        assert self.pmtu is not None
+        # aioquic lets a probe (_probe_pending) fill a whole datagram whatever the window says
+        saved = self._max_datagram_size, self._probe_pending
+        self._max_datagram_size, self._probe_pending, self._probing = size, True, size
+        self._install("_write_application", self._write_probe)
+        number = self._packet_number
+        try:
+            out = QuicConnection.datagrams_to_send(self, now=now)
+        finally:
+            (self._max_datagram_size, self._probe_pending), self._probing = saved, 0
+            self._install("_write_application", None)
+        if self._packet_number != number:
+            if len(out[0][0]) == size:
+                self._recovery.track_probe(number)
+                self.pmtu.sent()
+            else:  # not a probe of that size after all (nothing to learn from it)
+                self._logger.debug("path MTU: a probe of %d bytes came out at %d", size, len(out[0][0]))
+                self._end_search()
+        return out
+
+    def _write_probe(self, builder: Any, network_path: Any, now: float) -> None:
+        """``_write_application`` while a probe is built: one 1-RTT packet of exactly the size
+        tried, PING and PADDING (RFC 9000 14.4)."""
+        size = self._probing
+        builder.start_packet(QuicPacketType.ONE_RTT, self._cryptos[aioquic_tls.Epoch.ONE_RTT])
+        builder.start_frame(
+            QuicFrameType.PING, handler=self._on_probe_delivery, handler_args=(size, builder.packet_number)
+        )
+        pad = builder.remaining_flight_space
+        if pad > 0:
+            builder.start_frame(QuicFrameType.PADDING, capacity=pad).push_bytes(bytes(pad - 1))
+        raise QuicPacketBuilderStop
+
+    def _on_probe_delivery(self, delivery: QuicDeliveryState, size: int, number: int) -> None:
+        pmtu = self.pmtu
+        if pmtu is None:
+            return
+        if delivery == QuicDeliveryState.ACKED:
+            self._recovery.forget_probe(number)
+            pmtu.acked(size)
+            if pmtu.current > self._max_datagram_size:
+                self._set_datagram_size(pmtu.current)
+        else:
+            pmtu.lost(size)
+        if pmtu.done:
+            self._end_search()
+
+    def _end_search(self) -> None:
+        self.pmtu = None
+        self._install("datagrams_to_send", None)
+
+    def _set_datagram_size(self, size: int) -> None:
+        """Send datagrams of up to ``size`` bytes from now on; the congestion controller and the
+        pacer count in the new size (RFC 9002 7.2: the initial window follows it)."""
+        self._logger.debug("path MTU: datagrams of %d bytes", size)
+        self._max_datagram_size = size
+        self._install("_write_stream_frame", self._write_big_stream_frame if size > _BIG_FRAMES else None)
+        loss = self._loss
+        loss._pacer._max_datagram_size = size
+        cc: Any = loss._cc
+        cc._max_datagram_size = size
+        if hasattr(cc, "additive_increase_factor"):  # cubic
+            cc.additive_increase_factor = size
+        initial = min(10 * size, max(14720, 2 * size))
+        if cc.ssthresh is None and cc.congestion_window < initial:
+            cc.congestion_window = initial
+        if loss._rtt_initialized:
+            loss._pacer.update_rate(congestion_window=cc.congestion_window, smoothed_rtt=loss._rtt_smoothed)
+
+    def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
+        super()._parse_transport_parameters(data, from_session_ticket)
+        size = pull_quic_transport_parameters(Buffer(data=data)).max_udp_payload_size
+        if size is not None:
+            self.peer_max_udp_payload = size
+
+    def _serialize_transport_parameters(self) -> bytes:
+        # aioquic announces no max_udp_payload_size (the default, 65527, is more than an IPv4
+        # socket of ours takes): one more parameter at the end (RFC 9000 18: id, length, value)
+        value = Buffer(capacity=8)
+        value.push_uint_var(self.max_udp_payload)
+        extra = Buffer(capacity=16)
+        extra.push_uint_var(0x03)
+        extra.push_uint_var(value.tell())
+        extra.push_bytes(value.data)
+        return super()._serialize_transport_parameters() + extra.data
+
+    def _write_big_stream_frame(self, builder: Any, space: Any, stream: Any, max_offset: int) -> int:
+        """``_write_stream_frame`` once datagrams are over :data:`_BIG_FRAMES` bytes."""
+        # aioquic writes a STREAM frame's length in 2 bytes (at most 16383 bytes of data): in a
+        # larger datagram the frame fills it with a 4-byte length
+        sender = stream.sender
+        offset = sender.next_offset
+        overhead = 5 + size_uint_var(stream.stream_id) + (size_uint_var(offset) if offset else 0)
+        previous = sender.highest_offset
+        frame = sender.get_frame(builder.remaining_flight_space - overhead, max_offset)
+        if frame is None:
+            return 0
+        frame_type = QuicFrameType.STREAM_BASE | 2
+        if frame.offset:
+            frame_type |= 4
+        if frame.fin:
+            frame_type |= 1
+        buf = builder.start_frame(
+            frame_type,
+            capacity=overhead,
+            handler=sender.on_data_delivery,
+            handler_args=(frame.offset, frame.offset + len(frame.data), frame.fin),
+        )
+        buf.push_uint_var(stream.stream_id)
+        if frame.offset:
+            buf.push_uint_var(frame.offset)
+        buf.push_uint32(len(frame.data) | 0x80000000)
+        buf.push_bytes(frame.data)
+        if self._quic_logger is not None:
+            builder.quic_logger_frames.append(self._quic_logger.encode_stream_frame(frame, stream_id=stream.stream_id))
+        return int(sender.highest_offset - previous)
 
     def set_max_streams(self, bidi: int, uni: int) -> None:
         """How many streams of each kind the peer may have open at once (before the handshake)."""

@@ -51,12 +51,23 @@ engine's; ``QuicLimits`` bounds connections (``max_connections``), streams per c
 handshake time and idle time; ``shutdown`` (an event) stops accepting, sets every connection's
 ``closing`` event and gives handlers ``drain_timeout`` seconds before closing them.
 
+**Datagram size.** Connections start at ``QuicLimits.datagram_size`` (1350 bytes, which any
+Internet path carries) and, with ``QuicLimits.pmtu`` (on by default), run path MTU discovery
+(DPLPMTUD, RFC 8899 / RFC 9000 14.3; :mod:`layers._quic_pmtu`): where the system tells the local
+route's MTU (Linux ``IP_MTU``), a PING+PADDING probe of the larger size is sent once the handshake
+is confirmed, and the size is raised only once the peer acknowledged it, never above the peer's
+``max_udp_payload_size`` (ours is announced: 65507) nor ``QuicLimits.max_datagram_size``. On
+loopback that is 65507-byte datagrams after one probe: aioquic's cost is per packet, so bulk moves
+about ten times the data per CPU second. Datagrams leave with Don't Fragment set (RFC 9000 14).
+Elsewhere (macOS, Windows) the size stays at the safe one.
+
 **What is not supported.** 0-RTT and session resumption (no session tickets are issued or
 used); active migration by our client (the client keeps its socket; a server's peer that migrates
 or changes connection ID is followed, path validation being the engine's); several certificates
 by SNI on one listener; stateless resets and the closing/draining period after our own close
 (we send CONNECTION_CLOSE once and forget the connection); DATAGRAM frames (RFC 9221); ECN;
-preferred addresses.
+preferred addresses; ICMP Packet Too Big and PMTU black-hole detection (a path whose MTU shrinks
+mid-connection loses the larger packets until loss recovery gives up).
 """
 
 from __future__ import annotations
@@ -77,6 +88,7 @@ from . import udp
 from ._quic_conn import DEFAULT_QUIC_LIMITS, QuicConnection, QuicLimits
 from ._quic_endpoint import Endpoint
 from ._quic_engine import Engine, client_configuration, server_configuration
+from ._quic_pmtu import set_dont_fragment
 from ._quic_stream import HIGH_WATER, SEND_CHUNK, QuicStream
 
 __all__ = [
@@ -100,10 +112,12 @@ a burst of a congestion window must fit, or loopback drops what the reader did n
 
 
 def _send_buffer(sock: udp.UDPStream) -> None:
+    """SO_SNDBUF, and Don't Fragment (RFC 9000 14; :mod:`layers._quic_pmtu`)."""
     try:
         sock.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
     except OSError as exc:  # the kernel's default then
         log.debug("quic: cannot set SO_SNDBUF: %s", exc)
+    set_dont_fragment(sock.socket)
 
 
 @dataclass(frozen=True)

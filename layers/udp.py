@@ -253,7 +253,7 @@ class UDPStream(MessageStream):
                 self.dropped += 1
                 log.debug("udp %s: dropped a datagram from %s over max_datagram", self._info.get("local"), address)
                 continue
-            out.append(Datagram(bytes(view[:n]), address))
+            out.append(Datagram(view[:n], address))  # one copy, out of the receive buffer
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()  # a busy socket never starves the others
         return out
