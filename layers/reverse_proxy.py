@@ -403,9 +403,11 @@ class ProxyApp:
         headers = http.Headers._wire(self._request_fields(request))  # not normalised again
         raw = request.headers.raw
         length = _field(raw, b"content-length")
-        if request.http_version != "2" and (
-            length == b"0" or (length is None and _field(raw, b"transfer-encoding") is None)
-        ):  # an HTTP/1.x request without a body: only the backend is waited on
+        if (
+            (length == b"0" or (length is None and _field(raw, b"transfer-encoding") is None))
+            if request.http_version != "2"  # HTTP/2: END_STREAM came with the HEADERS
+            else (length is None or length == b"0") and getattr(request.body, "ended", False)
+        ):  # a request without a body: only the backend is waited on
             return await self._forward_bodiless(request, headers, length)
         conn: http.ClientConnection | None = None
         response: http.Response | None = None
