@@ -72,7 +72,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import trio
@@ -392,14 +392,10 @@ class ProxyApp:
         header = proxy_protocol.client.from_info(request.info, self.send_proxy)
         return Stack(self.pool.stack.source, header, *self.pool.stack.layers)
 
-    async def _forward(self, request: http.Request) -> int:
-        """Forward one request: the backend's answer, or 400, 408, 502 or 504 of our own.
-
-        One cancel scope bounds reading the start of the request body and the backend exchange
-        up to the response head (``timeout`` seconds, pushed on by every upload chunk), then,
-        pushed on once more, reading a small response body whole. What runs inside it takes no
-        deadline of its own: it is the only cancel scope of a request on this path.
-        """
+    def _forward(self, request: http.Request) -> Coroutine[Any, Any, int]:
+        """Forward one request: the backend's answer, or 400, 408, 502 or 504 of our own. This
+        returns the coroutine that does it (:meth:`_forward_bodiless` for a request without a
+        body, else :meth:`_forward_body`): one coroutine frame less on every resume."""
         headers = http.Headers._wire(self._request_fields(request))  # not normalised again
         raw = request.headers.raw
         length = _field(raw, b"content-length")
@@ -408,7 +404,18 @@ class ProxyApp:
             if request.http_version != "2"  # HTTP/2: END_STREAM came with the HEADERS
             else (length is None or length == b"0") and getattr(request.body, "ended", False)
         ):  # a request without a body: only the backend is waited on
-            return await self._forward_bodiless(request, headers, length)
+            return self._forward_bodiless(request, headers, length)
+        return self._forward_body(request, headers, length)
+
+    async def _forward_body(self, request: http.Request, headers: http.Headers, length: bytes | None) -> int:
+        """:meth:`_forward` for a request that has a body (or may have one).
+
+        One cancel scope bounds reading the start of the request body and the backend exchange
+        up to the response head (``timeout`` seconds, pushed on by every upload chunk), then,
+        pushed on once more, reading a small response body whole. What runs inside it takes no
+        deadline of its own: it is the only cancel scope of a request on this path.
+        """
+        raw = request.headers.raw
         conn: http.ClientConnection | None = None
         response: http.Response | None = None
         data: bytes | None = None  # a small (or bodiless) response body, read whole
@@ -466,17 +473,16 @@ class ProxyApp:
         timeout = self.timeout
         dog = watchdog()
         expiry = _Expiry()
-        dog.arm(expiry, trio.current_time() + timeout, expiry, timeout / 8)
+        deadline = dog.now() + timeout
+        dog.arm(expiry, deadline, expiry, timeout / 8)
         conn: http.ClientConnection | None = None
         data: bytes | None = None
         try:
-            conn, response, failure = await self._exchange(
-                request, headers, None, length, trio.current_time() + timeout, expiry
-            )
+            conn, response, failure = await self._exchange(request, headers, None, length, deadline, expiry)
             whole = -1 if response is None else _read_whole(request, response)
             if response is not None and whole >= 0:
                 if response.body.buffered < whole:  # (usually it came with the head: no wait, no push)
-                    dog.arm(expiry, trio.current_time() + timeout, expiry, timeout / 8)
+                    dog.arm(expiry, dog.now() + timeout, expiry, timeout / 8)
                 try:
                     data = await _read_small(response)
                 except (StackError, OSError) as exc:
