@@ -223,15 +223,25 @@ class _ResponseBody(ByteStream):
 
     kind = "http1-response-body"
 
+    # The state every body starts in, as ByteStream's __init__ would set it (not called: this is
+    # per response). A response body never sends (``_send_some`` refuses), so its outgoing buffer
+    # is never written; ``info`` is the connection's (the property below), never ``_info``.
+    _info: dict[str, Any] = {}  # noqa: RUF012 - never written
+    _outbuf = bytearray()
+    _sending = _receiving = _send_closed = _eof = False
+    _closed: str | None = None
+    _broken: BaseException | None = None
+    _response: Response | None = None
+    _pending = b""
+    _buffered: deque[bytes] | None = None  # read while request() finished sending (no nursery); made then
+    _complete = False
+    _failed: StackError | None = None  # the engine's error after the bytes taken with the head
+
     def __init__(self, conn: ResponseOwner, sender: _BodySender | None) -> None:
-        super().__init__(conn.lower)
+        self._lower = conn.lower
+        self._unread = bytearray()
         self._conn = conn
         self._sender = sender
-        self._response: Response | None = None
-        self._pending = b""
-        self._buffered: deque[bytes] = deque()  # read while request() finished sending (no nursery)
-        self._complete = False
-        self._failed: StackError | None = None  # the engine's error after the bytes taken with the head
 
     @property
     def info(self) -> Info:
@@ -283,13 +293,13 @@ class _ResponseBody(ByteStream):
             try:
                 with trio.CancelScope(shield=True):
                     drain_deadline = trio.current_time() + DRAIN_TIME
-                    total = len(self._unread) + len(self._pending) + sum(map(len, self._buffered))
+                    total = len(self._unread) + len(self._pending) + sum(map(len, self._buffered or ()))
                     while not self._complete and total <= MAX_DRAIN:
                         total += len(await conn.read_body(self, drain_deadline))
             except StackError:
                 pass
         self._pending = b""
-        self._buffered.clear()
+        self._buffered = None
         self._unread.clear()
         if not self._complete:
             await conn.give_up(Closed("HTTP/1.1: a response was closed before its end, closing the connection"))
@@ -617,6 +627,8 @@ class ClientConnection(H1Connection, http.ClientConnection):
                         break
                     data = await self.read_body(body, deadline)
                     if data:
+                        if body._buffered is None:
+                            body._buffered = deque()
                         body._buffered.append(data)
                         kept += len(data)
                         if kept > DUPLEX_BUFFER:
