@@ -216,6 +216,11 @@ def response_headers(response: http.Response) -> tuple[list[tuple[bytes, bytes]]
 # the app
 
 
+_Kept = tuple[http.Headers, bool, int]
+"""What is kept per response head (:meth:`ProxyApp._response_fields`): the fields to forward, whether
+the backend keeps the connection, the body size announced if it is read whole (else -1)."""
+
+
 class _ClientFailed(Exception):
     """The client (not the backend) failed while its request body was being forwarded;
     ``status`` is the answer it gets (408 when it was too slow, else 400)."""
@@ -317,7 +322,7 @@ class ProxyApp:
         self.send_proxy = send_proxy  # PROXY protocol version toward the backend (None: no header)
         self._forwarded_kept: dict[int, tuple[Any, str, bytes]] = {}  # id(info): (info, host, Forwarded)
         self._requests_kept: dict[tuple[Any, ...], list[tuple[bytes, bytes]]] = {}
-        self._responses_kept: dict[tuple[Any, ...], tuple[list[tuple[bytes, bytes]], bool]] = {}
+        self._responses_kept: dict[tuple[Any, ...], _Kept] = {}
 
     async def __call__(self, request: http.Request) -> None:
         access = self.access and access_log.isEnabledFor(logging.INFO)
@@ -369,14 +374,16 @@ class ProxyApp:
             self._requests_kept[key] = kept
         return kept
 
-    def _response_fields(self, response: http.Response) -> tuple[list[tuple[bytes, bytes]], bool]:
-        """:func:`response_headers` of ``response``, kept by its fields and version as for
-        requests (a backend answers with few heads; Date changes once a second). The list is
-        shared: ``respond`` and ``start_response`` copy it."""
+    def _response_fields(self, response: http.Response) -> _Kept:
+        """:func:`response_headers` of ``response`` (as ``Headers`` over the list) and the body
+        size it announces if it is read whole (:func:`_announced`), kept by its fields and version
+        as for requests (a backend answers with few heads; Date changes once a second). The
+        fields are shared: ``respond`` and ``start_response`` copy them."""
         key = (tuple(response.headers.raw), response.http_version)
         kept = self._responses_kept.get(key)
         if kept is None:
-            kept = response_headers(response)
+            fields, keep = response_headers(response)
+            kept = (http.Headers._wire(fields), keep, _announced(response))
             if len(self._responses_kept) >= HEADS_KEPT:
                 self._responses_kept.clear()
             self._responses_kept[key] = kept
@@ -419,6 +426,7 @@ class ProxyApp:
         conn: http.ClientConnection | None = None
         response: http.Response | None = None
         data: bytes | None = None  # a small (or bodiless) response body, read whole
+        kept: _Kept | None = None
         upload: _Upload | None = None
         failure: tuple[int, str] | None = None
         phase = "client"
@@ -434,7 +442,9 @@ class ProxyApp:
             if first or (length is not None and length != b"0"):
                 upload = _Upload(request.body, first, self.timeout, scope)
             conn, response, failure = await self._exchange(request, headers, upload, length, scope.deadline)
-            whole = -1 if response is None else _read_whole(request, response)
+            if response is not None:
+                kept = self._response_fields(response)
+                whole = _read_whole(request, response, kept[2])
             if response is not None and whole >= 0:
                 phase = "body"
                 if response.body.buffered < whole:  # (usually it came with the head: no wait, no push)
@@ -462,7 +472,7 @@ class ProxyApp:
             else:
                 log.warning("backend did not answer within %gs", self.timeout)
                 failure = (504, "the backend did not answer in time")
-        return await self._reply(request, conn, response, data, failure, True)
+        return await self._reply(request, conn, response, kept, data, failure, True)
 
     async def _forward_bodiless(self, request: http.Request, headers: http.Headers, length: bytes | None) -> int:
         """:meth:`_forward` for a request without a body, where only the backend is waited on:
@@ -477,9 +487,12 @@ class ProxyApp:
         dog.arm(expiry, deadline, expiry, timeout / 8)
         conn: http.ClientConnection | None = None
         data: bytes | None = None
+        kept: _Kept | None = None
         try:
             conn, response, failure = await self._exchange(request, headers, None, length, deadline, expiry)
-            whole = -1 if response is None else _read_whole(request, response)
+            if response is not None:
+                kept = self._response_fields(response)
+                whole = _read_whole(request, response, kept[2])
             if response is not None and whole >= 0:
                 if response.body.buffered < whole:  # (usually it came with the head: no wait, no push)
                     dog.arm(expiry, dog.now() + timeout, expiry, timeout / 8)
@@ -506,41 +519,42 @@ class ProxyApp:
             else:  # the whole answer is here; only the connection is lost
                 await self.pool.release(conn, reusable=False)
                 conn = None
-                assert response is not None
-                fields, _ = self._response_fields(response)
-                await request.respond(response.status, http.Headers._wire(fields), data, deadline=after(timeout))
+                assert response is not None and kept is not None
+                await request.respond(response.status, kept[0], data, deadline=after(timeout))
                 return len(data)
-        return await self._reply(request, conn, response, data, failure, True)
+        return await self._reply(request, conn, response, kept, data, failure, True)
 
     async def _reply(
         self,
         request: http.Request,
         conn: http.ClientConnection | None,
         response: http.Response | None,
+        kept: _Kept | None,
         data: bytes | None,
         failure: tuple[int, str] | None,
         reusable: bool,
     ) -> int:
         """Answer the client: ``failure`` (the connection closed), else the backend's response,
         with ``data`` as its whole body or streamed (None); the connection goes back to the pool
-        (reused if ``reusable``, the backend keeps it and the response was read to its end)."""
-        if conn is None or response is None:
+        (reused if ``reusable``, the backend keeps it and the response was read to its end);
+        ``kept``: the response's :meth:`_response_fields`."""
+        if conn is None or response is None or kept is None:
             assert failure is not None
             return await _error(request, *failure)
         if failure is not None:  # the small body failed
             await self.pool.release(conn, reusable=False)
             return await _error(request, *failure)
-        fields, keep = self._response_fields(response)
+        fields, keep, _ = kept
         reusable = reusable and keep and self.send_proxy is None
         if data is None:
             ended = [False]
             try:
-                return await self._stream(request, response, http.Headers._wire(fields), ended)
+                return await self._stream(request, response, fields, ended)
             finally:
                 await self.pool.release(conn, reusable=reusable and ended[0])
         if not (reusable and self.pool._keep(conn)):  # the whole body is here: the connection is free already
             await self.pool.release(conn, reusable=False)
-        await request.respond(response.status, http.Headers._wire(fields), data, deadline=after(self.timeout))
+        await request.respond(response.status, fields, data, deadline=after(self.timeout))
         return len(data)
 
     async def _exchange(
@@ -693,12 +707,16 @@ def _peer(info: Any) -> str:
     return str(peer or "-")
 
 
-def _read_whole(request: http.Request, response: http.Response) -> int:
+def _read_whole(request: http.Request, response: http.Response, announced: int) -> int:
     """The size of a response body read whole and sent with the head in one write: 0 when
-    bodiless (HEAD, 204, 304), else the announced length if at most :data:`SMALL_BODY` bytes;
-    -1 for a body that streams."""
+    bodiless (HEAD, 204, 304), else ``announced`` (:func:`_announced`); -1 for a body that streams."""
     if request.method == "HEAD" or response.status in (204, 304):
         return 0
+    return announced
+
+
+def _announced(response: http.Response) -> int:
+    """The length ``response`` announces if it is at most :data:`SMALL_BODY` bytes, else -1."""
     length = _field(response.headers.raw, b"content-length")
     if length is not None and length.isdigit():
         size = int(length)
