@@ -59,9 +59,10 @@ Forwarding rules (RFC 9110 section 7.6):
   in ``allow_connect`` (``--allow-connect``; none by default: 403), piped both ways with
   backpressure.
 
-Cost: an HTTP/1.x request without a body takes no cancel scope: the run's watchdog keeps its
-deadlines and resets the backend connection when one passes (``ProxyApp._forward_bodiless``);
-any other request takes one cancel scope (``ProxyApp._forward``), and no deadline per call
+Cost: a request without a body (HTTP/1.x without Content-Length and Transfer-Encoding, HTTP/2
+whose HEADERS ended the stream) takes no cancel scope: the run's watchdog keeps its deadlines
+and resets the backend connection when one passes (``ProxyApp._forward_bodiless``); any other
+request takes one cancel scope (``ProxyApp._forward_body``), and no deadline per call
 below it; CONTRIBUTING ("The proxy") records why. One access line per request
 goes to the ``stack.access`` logger (``access=True``, and only when that logger is enabled for
 INFO); the proxy's own events go to ``stack.proxy``.
