@@ -246,6 +246,37 @@ async def test_504_in_process_and_the_proxy_goes_on() -> None:
             assert (response.status, await response.read()) == (200, b"ok /fine")
 
 
+async def test_http2_request_ended_with_its_headers_takes_no_scope(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HTTP/2 request whose HEADERS ended the stream (``H2Stream.ended``) goes as a bodiless
+    HTTP/1.x one, without a cancel scope: the watchdog keeps its deadline (a slow backend is a
+    504, and the proxy goes on), an empty POST reaches the backend with an empty body. A request
+    whose body follows its HEADERS keeps the scope."""
+    paths: list[str] = []
+    for name in ("_forward_bodiless", "_forward_body"):
+        method = getattr(ProxyApp, name)
+
+        def spy(self: ProxyApp, *args: Any, _method: Any = method, _name: str = name) -> Any:
+            paths.append(_name)
+            return _method(self, *args)
+
+        monkeypatch.setattr(ProxyApp, name, spy)
+    backend = Backend()
+    with trio.fail_after(30):
+        async with in_process_proxy(backend, backend_timeout=0.5) as (port, pool), await client(port, h2=True) as conn:
+            response = await conn.request("GET", "/slow", deadline=after(5))
+            assert response.status == 504 and response.headers["via"] == "2 trio-stack"
+            await response.read()
+            response = await conn.request("POST", "/empty", deadline=after(5))
+            assert (response.status, response.headers["x-body"], await response.read()) == (200, "0", b"ok /empty")
+            assert paths == ["_forward_bodiless", "_forward_bodiless"]
+            response = await conn.request("POST", "/up", body=b"abc", deadline=after(5))
+            assert (response.status, response.headers["x-body"], await response.read()) == (200, "3", b"ok /up")
+            assert paths[2:] == ["_forward_body"]
+            response = await conn.request("GET", "/fine", deadline=after(5))
+            assert (response.status, await response.read()) == (200, b"ok /fine")
+            assert pool.idle >= 1
+
+
 async def test_backend_stalling_in_a_response_body() -> None:
     """A small body is read whole before the head goes out: a stall is a 504. A large one
     streams: a stall aborts the response (HTTP/1.1 closes, HTTP/2 resets the stream). Neither
