@@ -248,6 +248,12 @@ class _ResponseBody(ByteStream):
         """The connection's ``info`` (asked of it each time, never copied per response)."""
         return self._conn.info
 
+    @property
+    def ended(self) -> bool:
+        """True once the body ended and every byte of it was read: ``recv`` returns ``b""``
+        without waiting (a small body that came with its head is whole once its bytes are taken)."""
+        return self._complete and not self._pending and not self._unread and not self._buffered
+
     async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
         if not self._pending:
             if self._buffered:

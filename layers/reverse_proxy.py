@@ -728,13 +728,17 @@ def _announced(response: http.Response) -> int:
 
 async def _read_small(response: http.Response) -> bytes:
     """The whole body of a response announced as small (or bodiless); :class:`~stack.Broken` if
-    it is longer than that. No deadline of its own: the caller's cancel scope bounds it."""
+    it is longer than that. No deadline of its own: the caller's cancel scope (or the watchdog)
+    bounds it. A body that says it ``ended`` (the HTTP/1.1 client's, once its last bytes were
+    taken) is not asked once more for its end."""
     body = response.body
     first = await body.recv(CHUNK)
     if not first:
         return b""
     if len(first) > SMALL_BODY:
         raise Broken(f"the backend sent more than the {SMALL_BODY} bytes it announced")
+    if getattr(body, "ended", False):  # the usual case: the whole body came with the head
+        return first
     chunk = await body.recv(CHUNK)
     if not chunk:  # the usual case: the whole body in one piece
         return first

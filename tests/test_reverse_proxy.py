@@ -277,6 +277,29 @@ async def test_http2_request_ended_with_its_headers_takes_no_scope(monkeypatch: 
             assert pool.idle >= 1
 
 
+async def test_a_small_http1_response_body_says_when_it_ended() -> None:
+    """``ended`` of the HTTP/1.1 client's response body (what the proxy reads a small body by):
+    false while bytes or the end are still to come, true once every byte of a whole body was taken."""
+    backend = Backend()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await backend.start(nursery)
+            async with await Stack(tcp.connect("127.0.0.1", backend.port), http.client()).connect(
+                deadline=after(5)
+            ) as conn:
+                response = await conn.request("GET", "/fine", deadline=after(5))
+                body = cast(Any, response.body)
+                assert not body.ended
+                assert await body.recv(1, deadline=after(5)) == b"o"
+                assert not body.ended
+                assert await body.recv(100, deadline=after(5)) == b"k /fine"
+                assert body.ended and await body.recv(100) == b""
+                response = await conn.request("GET", "/large", deadline=after(5))
+                assert not cast(Any, response.body).ended
+                await response.aclose()
+            nursery.cancel_scope.cancel()
+
+
 async def test_backend_stalling_in_a_response_body() -> None:
     """A small body is read whole before the head goes out: a stall is a 504. A large one
     streams: a stall aborts the response (HTTP/1.1 closes, HTTP/2 resets the stream). Neither
