@@ -114,6 +114,9 @@ HOP_BY_HOP = frozenset(
 )
 """Fields never forwarded (plus every ``proxy-*`` field and those the Connection header names)."""
 
+_HTTP1 = ("1.1", "1.0")
+"""The versions whose requests say in their fields whether a body follows."""
+
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
 """Methods sent without Content-Length when the request has no body."""
 
@@ -409,7 +412,7 @@ class ProxyApp:
         length = _field(raw, b"content-length")
         if (
             (length == b"0" or (length is None and _field(raw, b"transfer-encoding") is None))
-            if request.http_version != "2"  # HTTP/2: END_STREAM came with the HEADERS
+            if request.http_version in _HTTP1  # else HTTP/2 (END_STREAM came with the HEADERS) or 3 (not known)
             else (length is None or length == b"0") and getattr(request.body, "ended", False)
         ):  # a request without a body: only the backend is waited on
             return self._forward_bodiless(request, headers, length)

@@ -78,6 +78,29 @@ def test_request_headers_and_forwarded_per_connection() -> None:
         assert len(app._requests_kept) <= HEADS_KEPT
 
 
+def test_which_requests_go_without_a_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP/1.x by its framing fields; HTTP/2 by its stream having ended with the HEADERS (and no
+    Content-Length but 0); any other version (HTTP/3) takes the path that reads the body."""
+    monkeypatch.setattr(ProxyApp, "_forward_bodiless", lambda self, *args: "bodiless")
+    monkeypatch.setattr(ProxyApp, "_forward_body", lambda self, *args: "body")
+    app = ProxyApp(cast(BackendPool, None), access=False)
+    info = Info({"peer": ("10.0.0.1", 5000)})
+
+    def path(version: str, fields: list[tuple[bytes, bytes]], ended: bool | None = None) -> Any:
+        body = SimpleNamespace() if ended is None else SimpleNamespace(ended=ended)
+        request = SimpleNamespace(info=info, headers=http.Headers._wire(fields), authority="a", http_version=version,
+                                  body=body)  # fmt: skip
+        return app._forward(cast(http.Request, request))
+
+    for version in ("1.1", "1.0"):
+        assert path(version, []) == path(version, [(b"content-length", b"0")]) == "bodiless"
+        assert path(version, [(b"content-length", b"3")]) == "body"
+        assert path(version, [(b"transfer-encoding", b"chunked")]) == "body"
+    assert path("2", [], ended=True) == path("2", [(b"content-length", b"0")], ended=True) == "bodiless"
+    assert path("2", [], ended=False) == path("2", [(b"content-length", b"3")], ended=True) == "body"
+    assert path("3", []) == path("3", [(b"content-length", b"0")]) == "body"
+
+
 # --------------------------------------------------------------------------------------------------
 # in process: the pool and the forwarding rules
 
