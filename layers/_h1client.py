@@ -15,6 +15,7 @@ version-agnostic Upgrade. A response body reaches its connection only through
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any, Self
@@ -360,6 +361,8 @@ class ClientConnection(H1Connection, http.ClientConnection):
                         break
                     data = await self.read_body(body, deadline)
                     if data:
+                        if body._buffered is None:
+                            body._buffered = deque()
                         body._buffered.append(data)
                         kept += len(data)
                         if kept > DUPLEX_BUFFER:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -233,20 +233,36 @@ class _ResponseBody(ByteStream):
 
     kind = "http1-response-body"
 
+    # The state every body starts in, as ByteStream's __init__ would set it (not called: this is
+    # per response). A response body never sends (``_send_some`` refuses), so its outgoing buffer
+    # is never written; ``info`` is the connection's (the property below), never ``_info``.
+    _info: dict[str, Any] = {}  # noqa: RUF012 - never written
+    _outbuf = bytearray()
+    _sending = _receiving = _send_closed = _eof = False
+    _closed: str | None = None
+    _broken: BaseException | None = None
+    _response: Response | None = None
+    _pending = b""
+    _buffered: deque[bytes] | None = None  # read while request() finished sending (no nursery); made then
+    _complete = False
+    _failed: StackError | None = None  # the engine's error after the bytes taken with the head
+
     def __init__(self, conn: ResponseOwner, sender: _BodySender | None) -> None:
-        super().__init__(conn.lower)
+        self._lower = conn.lower
+        self._unread = bytearray()
         self._conn = conn
         self._sender = sender
-        self._response: Response | None = None
-        self._pending = b""
-        self._buffered: deque[bytes] = deque()  # read while request() finished sending (no nursery)
-        self._complete = False
-        self._failed: StackError | None = None  # the engine's error after the bytes taken with the head
 
     @property
     def info(self) -> Info:
         """The connection's ``info`` (asked of it each time, never copied per response)."""
         return self._conn.info
+
+    @property
+    def ended(self) -> bool:
+        """True once the body ended and every byte of it was read: ``recv`` returns ``b""``
+        without waiting (a small body that came with its head is whole once its bytes are taken)."""
+        return self._complete and not self._pending and not self._unread and not self._buffered
 
     async def _recv_some(self, max_bytes: int, deadline: float) -> bytes:
         if not self._pending:
@@ -293,13 +309,13 @@ class _ResponseBody(ByteStream):
             try:
                 with trio.CancelScope(shield=True):
                     drain_deadline = trio.current_time() + DRAIN_TIME
-                    total = len(self._unread) + len(self._pending) + sum(map(len, self._buffered))
+                    total = len(self._unread) + len(self._pending) + sum(map(len, self._buffered or ()))
                     while not self._complete and total <= MAX_DRAIN:
                         total += len(await conn.read_body(self, drain_deadline))
             except StackError:
                 pass
         self._pending = b""
-        self._buffered.clear()
+        self._buffered = None
         self._unread.clear()
         if not self._complete:
             await conn.give_up(Closed("HTTP/1.1: a response was closed before its end, closing the connection"))

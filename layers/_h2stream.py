@@ -216,6 +216,13 @@ class H2Stream(StreamErrors, ResponseHead, ByteStream):
         this stream does not touch it)."""
         return self._conn.lower
 
+    @property
+    def ended(self) -> bool:
+        """True once the peer ended its side and every byte of it was read: ``recv`` returns
+        ``b""`` without waiting. A request whose HEADERS carried END_STREAM has no body: its
+        stream is ``ended`` when the app gets it."""
+        return self._in_ended and not self._in and not self._unread
+
     def __repr__(self) -> str:
         return f"<H2Stream {self.stream_id} {self._closed or ('broken' if self._broken else 'open')}>"
 

@@ -59,9 +59,10 @@ Forwarding rules (RFC 9110 section 7.6):
   in ``allow_connect`` (``--allow-connect``; none by default: 403), piped both ways with
   backpressure.
 
-Cost: an HTTP/1.x request without a body takes no cancel scope: the run's watchdog keeps its
-deadlines and resets the backend connection when one passes (``ProxyApp._forward_bodiless``);
-any other request takes one cancel scope (``ProxyApp._forward``), and no deadline per call
+Cost: a request without a body (HTTP/1.x without Content-Length and Transfer-Encoding, HTTP/2
+whose HEADERS ended the stream) takes no cancel scope: the run's watchdog keeps its deadlines
+and resets the backend connection when one passes (``ProxyApp._forward_bodiless``); any other
+request takes one cancel scope (``ProxyApp._forward_body``), and no deadline per call
 below it; CONTRIBUTING ("The proxy") records why. One access line per request
 goes to the ``stack.access`` logger (``access=True``, and only when that logger is enabled for
 INFO); the proxy's own events go to ``stack.proxy``.
@@ -72,7 +73,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import trio
@@ -112,6 +113,9 @@ HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "proxy-connection", "expect"}
 )
 """Fields never forwarded (plus every ``proxy-*`` field and those the Connection header names)."""
+
+_HTTP1 = ("1.1", "1.0")
+"""The versions whose requests say in their fields whether a body follows."""
 
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
 """Methods sent without Content-Length when the request has no body."""
@@ -216,6 +220,11 @@ def response_headers(response: http.Response) -> tuple[list[tuple[bytes, bytes]]
 # the app
 
 
+_Kept = tuple[http.Headers, bool, int]
+"""What is kept per response head (:meth:`ProxyApp._response_fields`): the fields to forward, whether
+the backend keeps the connection, the body size announced if it is read whole (else -1)."""
+
+
 class _ClientFailed(Exception):
     """The client (not the backend) failed while its request body was being forwarded;
     ``status`` is the answer it gets (408 when it was too slow, else 400)."""
@@ -317,7 +326,7 @@ class ProxyApp:
         self.send_proxy = send_proxy  # PROXY protocol version toward the backend (None: no header)
         self._forwarded_kept: dict[int, tuple[Any, str, bytes]] = {}  # id(info): (info, host, Forwarded)
         self._requests_kept: dict[tuple[Any, ...], list[tuple[bytes, bytes]]] = {}
-        self._responses_kept: dict[tuple[Any, ...], tuple[list[tuple[bytes, bytes]], bool]] = {}
+        self._responses_kept: dict[tuple[Any, ...], _Kept] = {}
 
     async def __call__(self, request: http.Request) -> None:
         access = self.access and access_log.isEnabledFor(logging.INFO)
@@ -369,14 +378,16 @@ class ProxyApp:
             self._requests_kept[key] = kept
         return kept
 
-    def _response_fields(self, response: http.Response) -> tuple[list[tuple[bytes, bytes]], bool]:
-        """:func:`response_headers` of ``response``, kept by its fields and version as for
-        requests (a backend answers with few heads; Date changes once a second). The list is
-        shared: ``respond`` and ``start_response`` copy it."""
+    def _response_fields(self, response: http.Response) -> _Kept:
+        """:func:`response_headers` of ``response`` (as ``Headers`` over the list) and the body
+        size it announces if it is read whole (:func:`_announced`), kept by its fields and version
+        as for requests (a backend answers with few heads; Date changes once a second). The
+        fields are shared: ``respond`` and ``start_response`` copy them."""
         key = (tuple(response.headers.raw), response.http_version)
         kept = self._responses_kept.get(key)
         if kept is None:
-            kept = response_headers(response)
+            fields, keep = response_headers(response)
+            kept = (http.Headers._wire(fields), keep, _announced(response))
             if len(self._responses_kept) >= HEADS_KEPT:
                 self._responses_kept.clear()
             self._responses_kept[key] = kept
@@ -392,24 +403,34 @@ class ProxyApp:
         header = proxy_protocol.client.from_info(request.info, self.send_proxy)
         return Stack(self.pool.stack.source, header, *self.pool.stack.layers)
 
-    async def _forward(self, request: http.Request) -> int:
-        """Forward one request: the backend's answer, or 400, 408, 502 or 504 of our own.
+    def _forward(self, request: http.Request) -> Coroutine[Any, Any, int]:
+        """Forward one request: the backend's answer, or 400, 408, 502 or 504 of our own. This
+        returns the coroutine that does it (:meth:`_forward_bodiless` for a request without a
+        body, else :meth:`_forward_body`): one coroutine frame less on every resume."""
+        headers = http.Headers._wire(self._request_fields(request))  # not normalised again
+        raw = request.headers.raw
+        length = _field(raw, b"content-length")
+        if (
+            (length == b"0" or (length is None and _field(raw, b"transfer-encoding") is None))
+            if request.http_version in _HTTP1  # else HTTP/2 (END_STREAM came with the HEADERS) or 3 (not known)
+            else (length is None or length == b"0") and getattr(request.body, "ended", False)
+        ):  # a request without a body: only the backend is waited on
+            return self._forward_bodiless(request, headers, length)
+        return self._forward_body(request, headers, length)
+
+    async def _forward_body(self, request: http.Request, headers: http.Headers, length: bytes | None) -> int:
+        """:meth:`_forward` for a request that has a body (or may have one).
 
         One cancel scope bounds reading the start of the request body and the backend exchange
         up to the response head (``timeout`` seconds, pushed on by every upload chunk), then,
         pushed on once more, reading a small response body whole. What runs inside it takes no
         deadline of its own: it is the only cancel scope of a request on this path.
         """
-        headers = http.Headers._wire(self._request_fields(request))  # not normalised again
         raw = request.headers.raw
-        length = _field(raw, b"content-length")
-        if request.http_version != "2" and (
-            length == b"0" or (length is None and _field(raw, b"transfer-encoding") is None)
-        ):  # an HTTP/1.x request without a body: only the backend is waited on
-            return await self._forward_bodiless(request, headers, length)
         conn: http.ClientConnection | None = None
         response: http.Response | None = None
         data: bytes | None = None  # a small (or bodiless) response body, read whole
+        kept: _Kept | None = None
         upload: _Upload | None = None
         failure: tuple[int, str] | None = None
         phase = "client"
@@ -425,7 +446,9 @@ class ProxyApp:
             if first or (length is not None and length != b"0"):
                 upload = _Upload(request.body, first, self.timeout, scope)
             conn, response, failure = await self._exchange(request, headers, upload, length, scope.deadline)
-            whole = -1 if response is None else _read_whole(request, response)
+            if response is not None:
+                kept = self._response_fields(response)
+                whole = _read_whole(request, response, kept[2])
             if response is not None and whole >= 0:
                 phase = "body"
                 if response.body.buffered < whole:  # (usually it came with the head: no wait, no push)
@@ -453,7 +476,7 @@ class ProxyApp:
             else:
                 log.warning("backend did not answer within %gs", self.timeout)
                 failure = (504, "the backend did not answer in time")
-        return await self._reply(request, conn, response, data, failure, True)
+        return await self._reply(request, conn, response, kept, data, failure, True)
 
     async def _forward_bodiless(self, request: http.Request, headers: http.Headers, length: bytes | None) -> int:
         """:meth:`_forward` for a request without a body, where only the backend is waited on:
@@ -464,17 +487,19 @@ class ProxyApp:
         timeout = self.timeout
         dog = watchdog()
         expiry = _Expiry()
-        dog.arm(expiry, trio.current_time() + timeout, expiry, timeout / 8)
+        deadline = dog.now() + timeout
+        dog.arm(expiry, deadline, expiry, timeout / 8)
         conn: http.ClientConnection | None = None
         data: bytes | None = None
+        kept: _Kept | None = None
         try:
-            conn, response, failure = await self._exchange(
-                request, headers, None, length, trio.current_time() + timeout, expiry
-            )
-            whole = -1 if response is None else _read_whole(request, response)
+            conn, response, failure = await self._exchange(request, headers, None, length, deadline, expiry)
+            if response is not None:
+                kept = self._response_fields(response)
+                whole = _read_whole(request, response, kept[2])
             if response is not None and whole >= 0:
                 if response.body.buffered < whole:  # (usually it came with the head: no wait, no push)
-                    dog.arm(expiry, trio.current_time() + timeout, expiry, timeout / 8)
+                    dog.arm(expiry, dog.now() + timeout, expiry, timeout / 8)
                 try:
                     data = await _read_small(response)
                 except (StackError, OSError) as exc:
@@ -498,41 +523,42 @@ class ProxyApp:
             else:  # the whole answer is here; only the connection is lost
                 await self.pool.release(conn, reusable=False)
                 conn = None
-                assert response is not None
-                fields, _ = self._response_fields(response)
-                await request.respond(response.status, http.Headers._wire(fields), data, deadline=after(timeout))
+                assert response is not None and kept is not None
+                await request.respond(response.status, kept[0], data, deadline=after(timeout))
                 return len(data)
-        return await self._reply(request, conn, response, data, failure, True)
+        return await self._reply(request, conn, response, kept, data, failure, True)
 
     async def _reply(
         self,
         request: http.Request,
         conn: http.ClientConnection | None,
         response: http.Response | None,
+        kept: _Kept | None,
         data: bytes | None,
         failure: tuple[int, str] | None,
         reusable: bool,
     ) -> int:
         """Answer the client: ``failure`` (the connection closed), else the backend's response,
         with ``data`` as its whole body or streamed (None); the connection goes back to the pool
-        (reused if ``reusable``, the backend keeps it and the response was read to its end)."""
-        if conn is None or response is None:
+        (reused if ``reusable``, the backend keeps it and the response was read to its end);
+        ``kept``: the response's :meth:`_response_fields`."""
+        if conn is None or response is None or kept is None:
             assert failure is not None
             return await _error(request, *failure)
         if failure is not None:  # the small body failed
             await self.pool.release(conn, reusable=False)
             return await _error(request, *failure)
-        fields, keep = self._response_fields(response)
+        fields, keep, _ = kept
         reusable = reusable and keep and self.send_proxy is None
         if data is None:
             ended = [False]
             try:
-                return await self._stream(request, response, http.Headers._wire(fields), ended)
+                return await self._stream(request, response, fields, ended)
             finally:
                 await self.pool.release(conn, reusable=reusable and ended[0])
         if not (reusable and self.pool._keep(conn)):  # the whole body is here: the connection is free already
             await self.pool.release(conn, reusable=False)
-        await request.respond(response.status, http.Headers._wire(fields), data, deadline=after(self.timeout))
+        await request.respond(response.status, fields, data, deadline=after(self.timeout))
         return len(data)
 
     async def _exchange(
@@ -685,12 +711,16 @@ def _peer(info: Any) -> str:
     return str(peer or "-")
 
 
-def _read_whole(request: http.Request, response: http.Response) -> int:
+def _read_whole(request: http.Request, response: http.Response, announced: int) -> int:
     """The size of a response body read whole and sent with the head in one write: 0 when
-    bodiless (HEAD, 204, 304), else the announced length if at most :data:`SMALL_BODY` bytes;
-    -1 for a body that streams."""
+    bodiless (HEAD, 204, 304), else ``announced`` (:func:`_announced`); -1 for a body that streams."""
     if request.method == "HEAD" or response.status in (204, 304):
         return 0
+    return announced
+
+
+def _announced(response: http.Response) -> int:
+    """The length ``response`` announces if it is at most :data:`SMALL_BODY` bytes, else -1."""
     length = _field(response.headers.raw, b"content-length")
     if length is not None and length.isdigit():
         size = int(length)
@@ -701,13 +731,17 @@ def _read_whole(request: http.Request, response: http.Response) -> int:
 
 async def _read_small(response: http.Response) -> bytes:
     """The whole body of a response announced as small (or bodiless); :class:`~stack.Broken` if
-    it is longer than that. No deadline of its own: the caller's cancel scope bounds it."""
+    it is longer than that. No deadline of its own: the caller's cancel scope (or the watchdog)
+    bounds it. A body that says it ``ended`` (the HTTP/1.1 client's, once its last bytes were
+    taken) is not asked once more for its end."""
     body = response.body
     first = await body.recv(CHUNK)
     if not first:
         return b""
     if len(first) > SMALL_BODY:
         raise Broken(f"the backend sent more than the {SMALL_BODY} bytes it announced")
+    if getattr(body, "ended", False):  # the usual case: the whole body came with the head
+        return first
     chunk = await body.recv(CHUNK)
     if not chunk:  # the usual case: the whole body in one piece
         return first

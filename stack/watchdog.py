@@ -12,7 +12,9 @@ whose limit passed closes, or sends 408 and closes).
 
 Precision: a deadline fires between 0 and one period late. The period is the smallest
 ``resolution`` any arm asked for (a connection asks for a fraction of its limit), never below
-:data:`MIN_PERIOD`. The sweeper sleeps on an event while nothing is armed.
+:data:`MIN_PERIOD`; an arm that lowers it also brings the sweeper's current sleep forward (a
+sleep begun with a longer period would otherwise make a shorter limit fire that much late).
+The sweeper sleeps on an event while nothing is armed.
 
 A wait that completes in the same tick as its deadline may find its scope cancelled after the wait
 returned: :meth:`Watchdog.disarm` then returns False, and the caller treats that as a timeout.
@@ -41,7 +43,7 @@ class Cancellable(Protocol):
 class Watchdog:
     """Cancels the scopes of armed waits whose deadline passed (see the module docstring)."""
 
-    __slots__ = ("_armed", "_wake", "now", "period")
+    __slots__ = ("_armed", "_nap", "_wake", "now", "period")
 
     def __init__(self) -> None:
         self._armed: dict[object, tuple[float, Cancellable]] = {}
@@ -49,13 +51,17 @@ class Watchdog:
         #: that compute the deadlines they arm.
         self.now = trio.lowlevel.current_clock().current_time
         self._wake: trio.Event | None = None
+        self._nap: trio.CancelScope | None = None  # the sweeper's sleep between two sweeps
         self.period = math.inf
 
     def arm(self, key: object, deadline: float, scope: Cancellable, resolution: float) -> None:
         """Cancel ``scope`` once ``deadline`` passed, unless :meth:`disarm` (same ``key``) comes first.
         ``resolution``: how late the cancellation may come, at most."""
         if resolution < self.period:
-            self.period = max(resolution, MIN_PERIOD)
+            self.period = period = max(resolution, MIN_PERIOD)
+            nap = self._nap
+            if nap is not None:  # sleeping the longer period: wake up by the new one
+                nap.deadline = min(nap.deadline, self.now() + period)
         self._armed[key] = (deadline, scope)
         wake = self._wake
         if wake is not None:
@@ -74,7 +80,9 @@ class Watchdog:
             if not armed:
                 self._wake = trio.Event()
                 await self._wake.wait()
-            await trio.sleep(self.period)
+            with trio.CancelScope(deadline=self.now() + self.period) as self._nap:  # as trio.sleep does
+                await trio.sleep_forever()
+            self._nap = None
             now = trio.current_time()
             due = [key for key, (deadline, _) in armed.items() if deadline <= now]
             for key in due:

@@ -78,6 +78,29 @@ def test_request_headers_and_forwarded_per_connection() -> None:
         assert len(app._requests_kept) <= HEADS_KEPT
 
 
+def test_which_requests_go_without_a_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP/1.x by its framing fields; HTTP/2 by its stream having ended with the HEADERS (and no
+    Content-Length but 0); any other version (HTTP/3) takes the path that reads the body."""
+    monkeypatch.setattr(ProxyApp, "_forward_bodiless", lambda self, *args: "bodiless")
+    monkeypatch.setattr(ProxyApp, "_forward_body", lambda self, *args: "body")
+    app = ProxyApp(cast(BackendPool, None), access=False)
+    info = Info({"peer": ("10.0.0.1", 5000)})
+
+    def path(version: str, fields: list[tuple[bytes, bytes]], ended: bool | None = None) -> Any:
+        body = SimpleNamespace() if ended is None else SimpleNamespace(ended=ended)
+        request = SimpleNamespace(info=info, headers=http.Headers._wire(fields), authority="a", http_version=version,
+                                  body=body)  # fmt: skip
+        return app._forward(cast(http.Request, request))
+
+    for version in ("1.1", "1.0"):
+        assert path(version, []) == path(version, [(b"content-length", b"0")]) == "bodiless"
+        assert path(version, [(b"content-length", b"3")]) == "body"
+        assert path(version, [(b"transfer-encoding", b"chunked")]) == "body"
+    assert path("2", [], ended=True) == path("2", [(b"content-length", b"0")], ended=True) == "bodiless"
+    assert path("2", [], ended=False) == path("2", [(b"content-length", b"3")], ended=True) == "body"
+    assert path("3", []) == path("3", [(b"content-length", b"0")]) == "body"
+
+
 # --------------------------------------------------------------------------------------------------
 # in process: the pool and the forwarding rules
 
@@ -244,6 +267,60 @@ async def test_504_in_process_and_the_proxy_goes_on() -> None:
             await response.read()
             response = await conn.request("GET", "/fine", deadline=after(5))
             assert (response.status, await response.read()) == (200, b"ok /fine")
+
+
+async def test_http2_request_ended_with_its_headers_takes_no_scope(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HTTP/2 request whose HEADERS ended the stream (``H2Stream.ended``) goes as a bodiless
+    HTTP/1.x one, without a cancel scope: the watchdog keeps its deadline (a slow backend is a
+    504, and the proxy goes on), an empty POST reaches the backend with an empty body. A request
+    whose body follows its HEADERS keeps the scope."""
+    paths: list[str] = []
+    for name in ("_forward_bodiless", "_forward_body"):
+        method = getattr(ProxyApp, name)
+
+        def spy(self: ProxyApp, *args: Any, _method: Any = method, _name: str = name) -> Any:
+            paths.append(_name)
+            return _method(self, *args)
+
+        monkeypatch.setattr(ProxyApp, name, spy)
+    backend = Backend()
+    with trio.fail_after(30):
+        async with in_process_proxy(backend, backend_timeout=0.5) as (port, pool), await client(port, h2=True) as conn:
+            response = await conn.request("GET", "/slow", deadline=after(5))
+            assert response.status == 504 and response.headers["via"] == "2 trio-stack"
+            await response.read()
+            response = await conn.request("POST", "/empty", deadline=after(5))
+            assert (response.status, response.headers["x-body"], await response.read()) == (200, "0", b"ok /empty")
+            assert paths == ["_forward_bodiless", "_forward_bodiless"]
+            response = await conn.request("POST", "/up", body=b"abc", deadline=after(5))
+            assert (response.status, response.headers["x-body"], await response.read()) == (200, "3", b"ok /up")
+            assert paths[2:] == ["_forward_body"]
+            response = await conn.request("GET", "/fine", deadline=after(5))
+            assert (response.status, await response.read()) == (200, b"ok /fine")
+            assert pool.idle >= 1
+
+
+async def test_a_small_http1_response_body_says_when_it_ended() -> None:
+    """``ended`` of the HTTP/1.1 client's response body (what the proxy reads a small body by):
+    false while bytes or the end are still to come, true once every byte of a whole body was taken."""
+    backend = Backend()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await backend.start(nursery)
+            async with await Stack(tcp.connect("127.0.0.1", backend.port), http.client()).connect(
+                deadline=after(5)
+            ) as conn:
+                response = await conn.request("GET", "/fine", deadline=after(5))
+                body = cast(Any, response.body)
+                assert not body.ended
+                assert await body.recv(1, deadline=after(5)) == b"o"
+                assert not body.ended
+                assert await body.recv(100, deadline=after(5)) == b"k /fine"
+                assert body.ended and await body.recv(100) == b""
+                response = await conn.request("GET", "/large", deadline=after(5))
+                assert not cast(Any, response.body).ended
+                await response.aclose()
+            nursery.cancel_scope.cancel()
 
 
 async def test_backend_stalling_in_a_response_body() -> None:
