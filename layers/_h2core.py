@@ -84,6 +84,7 @@ What :class:`H2Core` changes, and why:
 from __future__ import annotations
 
 import struct
+import time
 from typing import Any
 
 import h2.config
@@ -94,7 +95,17 @@ import h2.exceptions
 import h2.frame_buffer
 import h2.settings
 from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, H2ConnectionStateMachine
-from h2.events import RequestReceived, StreamEnded
+from h2.events import (
+    DataReceived,
+    InformationalResponseReceived,
+    PushedStreamReceived,
+    RequestReceived,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
 from h2.stream import H2Stream, StreamClosedBy, StreamInputs, StreamState
 from h2.utilities import SizeLimitDict
 from hpack.hpack import Decoder, Encoder
@@ -135,6 +146,30 @@ STEP_HEADER_BYTES = 32 * 1024
 """Bytes of header blocks (HEADERS, PUSH_PROMISE, CONTINUATION payloads) after which
 :meth:`H2Core.receive_step` stops taking frames (HPACK decoding is the costly part of a frame;
 one block may exceed it, up to the header list limits)."""
+
+PROGRESS_CREDIT = 16
+"""No-progress frames a frame that gives the application something takes off the count
+(:meth:`H2Core.receive_step`): a peer keeps its allowance as long as it sends at most this many
+frames of nothing per request head, non-empty DATA, trailers or stream end."""
+
+WINDOW_CREDIT = 2
+"""WINDOW_UPDATE frames each DATA frame we send pays for (one for the stream, one for the
+connection: a peer acknowledging every frame we send is honest); at most ``no_progress_limit``
+are banked."""
+
+_PROGRESS_EVENTS = frozenset(
+    {
+        RequestReceived,
+        ResponseReceived,
+        InformationalResponseReceived,
+        TrailersReceived,
+        StreamEnded,
+        StreamReset,
+        PushedStreamReceived,
+    }
+)
+"""The first event of a frame that gives the application something (a head, trailers, an end;
+a reset ends a stream the application holds, and resets are bounded on their own)."""
 
 ENCODER_TABLE_SIZE = 1024
 """Bytes of HPACK dynamic table our encoder uses (at most; the peer may allow more). hpack
@@ -365,6 +400,8 @@ class H2Core(h2.connection.H2Connection):
         settings: dict[h2.settings.SettingCodes, int],
         max_continuation_frames: int,
         max_header_list_size: int,
+        no_progress_limit: int = 1000,
+        no_progress_period: float = 10.0,
     ) -> None:
         config = h2.config.H2Configuration(
             client_side=client_side,
@@ -390,6 +427,11 @@ class H2Core(h2.connection.H2Connection):
         self.encoder = _Encoder()
         self.encoder.header_table_size = ENCODER_TABLE_SIZE
         _compact(self.remote_settings)
+        self.no_progress = 0  # the no-progress count (see receive_step)
+        self.window_credit = 0  # WINDOW_UPDATEs paid for by the DATA frames we sent
+        self._np_limit = no_progress_limit
+        self._np_rate = no_progress_limit / no_progress_period if no_progress_period > 0 else 0.0
+        self._np_since = time.monotonic()
 
     def initiate_connection(self) -> None:
         """Queue the preface and our SETTINGS; then stop h2 enforcing the stream limit itself."""
@@ -476,7 +518,50 @@ class H2Core(h2.connection.H2Connection):
             out += body
             stream.outbound_flow_control_window -= n
             self.outbound_flow_control_window -= n
+            if self.window_credit < self._np_limit:
+                self.window_credit += WINDOW_CREDIT
         return True
+
+    def send_data(self, stream_id: int, data: Any, end_stream: bool = False, pad_length: Any = None) -> None:
+        """h2's, counting the WINDOW_UPDATEs the frame pays for (:data:`WINDOW_CREDIT`)."""
+        super().send_data(stream_id, data, end_stream, pad_length)
+        if data and self.window_credit < self._np_limit:
+            self.window_credit += WINDOW_CREDIT
+
+    # ---- the no-progress budget -----------------------------------------------------------
+
+    def _count_frame(self, events: list[Any]) -> None:
+        """Account for one received frame by the events it gave: a frame that gives the
+        application nothing adds one to ``no_progress``, one that gives it something takes
+        :data:`PROGRESS_CREDIT` off (see :meth:`receive_step`)."""
+        if events:
+            first = events[0]
+            kind = first.__class__
+            if kind in _PROGRESS_EVENTS or (kind is DataReceived and (first.data or len(events) > 1)):
+                if self.no_progress:
+                    self.no_progress = max(0, self.no_progress - PROGRESS_CREDIT)
+                return
+            if kind is WindowUpdated and self.window_credit > 0:
+                self.window_credit -= 1
+                return
+        self.no_progress += 1
+        if self.no_progress > self._np_limit:
+            self._over_budget()
+
+    def _over_budget(self) -> None:
+        """``no_progress`` passed the limit: first let it leak (``no_progress_limit`` per
+        ``no_progress_period`` seconds since the last time it leaked), then, if it is still
+        over, end the connection (ENHANCE_YOUR_CALM)."""
+        now = time.monotonic()
+        leaked = int((now - self._np_since) * self._np_rate)
+        if leaked > 0:
+            self._np_since = now
+            self.no_progress = max(0, self.no_progress - leaked)
+        if self.no_progress > self._np_limit:
+            raise h2.exceptions.DenialOfServiceError(
+                f"no-progress flood: more than {self._np_limit} frames that carried nothing for the application "
+                "(WINDOW_UPDATE, PRIORITY, PING, SETTINGS, empty DATA, frames on closed streams, ...)"
+            )
 
     # ---- corrections --------------------------------------------------------------------
 
@@ -567,6 +652,8 @@ class H2Core(h2.connection.H2Connection):
                         del raw[: 9 + length]
                         block_bytes -= length
                         events += self._open_request(sid, block, end_stream)
+                        if self.no_progress:
+                            self.no_progress = max(0, self.no_progress - PROGRESS_CREDIT)
                         continue
                 kind = raw[3]
                 try:
@@ -575,7 +662,9 @@ class H2Core(h2.connection.H2Connection):
                     break
                 if kind == 0x1 or kind == 0x5 or kind == 0x9:  # HEADERS, PUSH_PROMISE, CONTINUATION
                     block_bytes -= n - len(raw)
-                events.extend(self._receive_frame(frame))
+                new = self._receive_frame(frame)
+                self._count_frame(new)
+                events += new
         except InvalidPaddingError as e:
             self._terminate_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
             raise h2.exceptions.ProtocolError("Received frame with invalid padding.") from e
