@@ -111,13 +111,14 @@ from h2.utilities import SizeLimitDict
 from hpack.hpack import Decoder, Encoder
 from hpack.table import HeaderTable
 from hyperframe.exceptions import InvalidPaddingError
-from hyperframe.frame import ContinuationFrame, Frame, RstStreamFrame
+from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, RstStreamFrame
 
 from ._h2fields import Malformed, check_fields, check_request_pseudo, check_response_pseudo, h2c_settings
 
 __all__ = [
     "H2Core",
     "Malformed",
+    "NoProgressFlood",
     "ProtocolViolation",
     "check_fields",
     "check_request_pseudo",
@@ -175,6 +176,11 @@ ENCODER_TABLE_SIZE = 1024
 """Bytes of HPACK dynamic table our encoder uses (at most; the peer may allow more). hpack
 searches its table linearly for every field it encodes, and a server adds a new ``date``
 entry every second: a small table keeps that search short."""
+
+
+class NoProgressFlood(h2.exceptions.DenialOfServiceError):
+    """The peer sent more frames that give the application nothing than its allowance
+    (``no_progress_limit``): the connection ends with GOAWAY ENHANCE_YOUR_CALM, saying why."""
 
 
 def error_name(code: int | None) -> str:
@@ -558,7 +564,7 @@ class H2Core(h2.connection.H2Connection):
             self._np_since = now
             self.no_progress = max(0, self.no_progress - leaked)
         if self.no_progress > self._np_limit:
-            raise h2.exceptions.DenialOfServiceError(
+            raise NoProgressFlood(
                 f"no-progress flood: more than {self._np_limit} frames that carried nothing for the application "
                 "(WINDOW_UPDATE, PRIORITY, PING, SETTINGS, empty DATA, frames on closed streams, ...)"
             )
@@ -668,10 +674,22 @@ class H2Core(h2.connection.H2Connection):
         except InvalidPaddingError as e:
             self._terminate_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
             raise h2.exceptions.ProtocolError("Received frame with invalid padding.") from e
+        except NoProgressFlood as e:
+            self._terminate_connection(e.error_code, str(e).encode()[:256])
+            raise
         except h2.exceptions.ProtocolError as e:
             self._terminate_connection(e.error_code)
             raise
         return events
+
+    def _terminate_connection(self, error_code: Any, additional_data: bytes = b"") -> None:
+        # h2's, with the GOAWAY's debug data (why we end the connection) when there is some
+        f = GoAwayFrame(0)
+        f.last_stream_id = self.highest_inbound_stream_id
+        f.error_code = error_code
+        f.additional_data = additional_data
+        self.state_machine.process_input(ConnectionInputs.SEND_GOAWAY)
+        self._prepare_for_sending([f])
 
     def _receive_headers_frame(self, frame: Any) -> tuple[list[Frame], list[Any]]:
         sid = frame.stream_id
