@@ -44,6 +44,14 @@ What :class:`H2Core` changes, and why:
   in one read (and h2's work for each) no longer holds the process for the whole read, and
   the layer's defences (rate limits, the stream limit) act after each step, not after the
   whole burst.
+* **Frames that give the application nothing are budgeted** (``no_progress_limit``, CVE-2019-9512,
+  9515, 9518 and kin): :meth:`H2Core.receive_step` classes every frame by the events it gave
+  (``_count_frame``); one that brings no head, non-empty DATA, trailers, end or reset adds one
+  to ``no_progress`` (a WINDOW_UPDATE does not while DATA we sent pays for it:
+  :data:`WINDOW_CREDIT` per DATA frame), one that does takes :data:`PROGRESS_CREDIT` off, the
+  count leaks ``no_progress_limit`` per ``no_progress_period`` seconds, and past the limit the
+  connection ends with GOAWAY ENHANCE_YOUR_CALM (:class:`NoProgressFlood`, the reason as debug
+  data).
 * **Closed streams are remembered up to a small constant** (:data:`CLOSED_STREAMS_KEPT`, h2
   keeps 65,536): a long-lived connection's memory does not grow with the streams it carried.
   A frame on a stream forgotten since is treated as on a stream we reset (ignored).
