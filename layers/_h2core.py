@@ -92,7 +92,6 @@ What :class:`H2Core` changes, and why:
 from __future__ import annotations
 
 import struct
-import time
 from typing import Any
 
 import h2.config
@@ -103,17 +102,7 @@ import h2.exceptions
 import h2.frame_buffer
 import h2.settings
 from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, H2ConnectionStateMachine
-from h2.events import (
-    DataReceived,
-    InformationalResponseReceived,
-    PushedStreamReceived,
-    RequestReceived,
-    ResponseReceived,
-    StreamEnded,
-    StreamReset,
-    TrailersReceived,
-    WindowUpdated,
-)
+from h2.events import RequestReceived, StreamEnded
 from h2.stream import H2Stream, StreamClosedBy, StreamInputs, StreamState
 from h2.utilities import SizeLimitDict
 from hpack.hpack import Decoder, Encoder
@@ -121,6 +110,7 @@ from hpack.table import HeaderTable
 from hyperframe.exceptions import InvalidPaddingError
 from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, RstStreamFrame
 
+from ._h2budget import PROGRESS_CREDIT, WINDOW_CREDIT, NoProgressBudget, NoProgressFlood
 from ._h2fields import Malformed, check_fields, check_request_pseudo, check_response_pseudo, h2c_settings
 
 __all__ = [
@@ -156,39 +146,10 @@ STEP_HEADER_BYTES = 32 * 1024
 :meth:`H2Core.receive_step` stops taking frames (HPACK decoding is the costly part of a frame;
 one block may exceed it, up to the header list limits)."""
 
-PROGRESS_CREDIT = 16
-"""No-progress frames a frame that gives the application something takes off the count
-(:meth:`H2Core.receive_step`): a peer keeps its allowance as long as it sends at most this many
-frames of nothing per request head, non-empty DATA, trailers or stream end."""
-
-WINDOW_CREDIT = 2
-"""WINDOW_UPDATE frames each DATA frame we send pays for (one for the stream, one for the
-connection: a peer acknowledging every frame we send is honest); at most ``no_progress_limit``
-are banked."""
-
-_PROGRESS_EVENTS = frozenset(
-    {
-        RequestReceived,
-        ResponseReceived,
-        InformationalResponseReceived,
-        TrailersReceived,
-        StreamEnded,
-        StreamReset,
-        PushedStreamReceived,
-    }
-)
-"""The first event of a frame that gives the application something (a head, trailers, an end;
-a reset ends a stream the application holds, and resets are bounded on their own)."""
-
 ENCODER_TABLE_SIZE = 1024
 """Bytes of HPACK dynamic table our encoder uses (at most; the peer may allow more). hpack
 searches its table linearly for every field it encodes, and a server adds a new ``date``
 entry every second: a small table keeps that search short."""
-
-
-class NoProgressFlood(h2.exceptions.DenialOfServiceError):
-    """The peer sent more frames that give the application nothing than its allowance
-    (``no_progress_limit``): the connection ends with GOAWAY ENHANCE_YOUR_CALM, saying why."""
 
 
 def error_name(code: int | None) -> str:
@@ -396,7 +357,7 @@ class _ClosedStreams(SizeLimitDict):
                 self.forgot[sid & 1] = sid
 
 
-class H2Core(h2.connection.H2Connection):
+class H2Core(NoProgressBudget, h2.connection.H2Connection):
     """An ``h2.connection.H2Connection`` with the corrections listed in the module docstring.
 
     ``settings`` are the local settings to advertise (applied at once: the peer may rely on
@@ -441,11 +402,7 @@ class H2Core(h2.connection.H2Connection):
         self.encoder = _Encoder()
         self.encoder.header_table_size = ENCODER_TABLE_SIZE
         _compact(self.remote_settings)
-        self.no_progress = 0  # the no-progress count (see receive_step)
-        self.window_credit = 0  # WINDOW_UPDATEs paid for by the DATA frames we sent
-        self._np_limit = no_progress_limit
-        self._np_rate = no_progress_limit / no_progress_period if no_progress_period > 0 else 0.0
-        self._np_since = time.monotonic()
+        self._budget_init(no_progress_limit, no_progress_period)
 
     def initiate_connection(self) -> None:
         """Queue the preface and our SETTINGS; then stop h2 enforcing the stream limit itself."""
@@ -541,41 +498,6 @@ class H2Core(h2.connection.H2Connection):
         super().send_data(stream_id, data, end_stream, pad_length)
         if data and self.window_credit < self._np_limit:
             self.window_credit += WINDOW_CREDIT
-
-    # ---- the no-progress budget -----------------------------------------------------------
-
-    def _count_frame(self, events: list[Any]) -> None:
-        """Account for one received frame by the events it gave: a frame that gives the
-        application nothing adds one to ``no_progress``, one that gives it something takes
-        :data:`PROGRESS_CREDIT` off (see :meth:`receive_step`)."""
-        if events:
-            first = events[0]
-            kind = first.__class__
-            if kind in _PROGRESS_EVENTS or (kind is DataReceived and (first.data or len(events) > 1)):
-                if self.no_progress:
-                    self.no_progress = max(0, self.no_progress - PROGRESS_CREDIT)
-                return
-            if kind is WindowUpdated and self.window_credit > 0:
-                self.window_credit -= 1
-                return
-        self.no_progress += 1
-        if self.no_progress > self._np_limit:
-            self._over_budget()
-
-    def _over_budget(self) -> None:
-        """``no_progress`` passed the limit: first let it leak (``no_progress_limit`` per
-        ``no_progress_period`` seconds since the last time it leaked), then, if it is still
-        over, end the connection (ENHANCE_YOUR_CALM)."""
-        now = time.monotonic()
-        leaked = int((now - self._np_since) * self._np_rate)
-        if leaked > 0:
-            self._np_since = now
-            self.no_progress = max(0, self.no_progress - leaked)
-        if self.no_progress > self._np_limit:
-            raise NoProgressFlood(
-                f"no-progress flood: more than {self._np_limit} frames that carried nothing for the application "
-                "(WINDOW_UPDATE, PRIORITY, PING, SETTINGS, empty DATA, frames on closed streams, ...)"
-            )
 
     # ---- corrections --------------------------------------------------------------------
 
