@@ -180,7 +180,13 @@ class ReferenceClientEngine:
         if kind is h11.Data:
             return bytes(event.data)
         if kind is h11.EndOfMessage:
-            return list(event.headers)
+            trailers = list(event.headers)
+            if trailers:
+                why = _control_in_trailers(trailers)
+                if why is not None:
+                    self._refused = ProtocolError(f"HTTP/1.1 response: {why}")
+                    raise self._refused
+            return trailers
         if event is h11.NEED_DATA:
             return None
         if kind is h11.Response or kind is h11.InformationalResponse:
@@ -208,7 +214,8 @@ class ReferenceClientEngine:
     @property
     def cycle_done(self) -> bool:
         h = self._h11
-        return h.our_state is h11.DONE and h.their_state is h11.DONE
+        # (not after refused trailers: h11 had ended the response before we saw them)
+        return h.our_state is h11.DONE and h.their_state is h11.DONE and self._refused is None
 
     @property
     def idle(self) -> bool:
@@ -252,6 +259,15 @@ def _control_byte(block: bytes | bytearray) -> str | None:
     """Why the fields of the head ``block`` (status line first) are refused for a control byte, or None."""
     m = _CONTROL.search(block, block.find(b"\n") + 1)
     return None if m is None else f"control character {block[m.start()]:#04x} in a header field"
+
+def _control_in_trailers(trailers: list[tuple[bytes, bytes]]) -> str | None:
+    """Why ``trailers`` (parsed fields) are refused for a control byte in a value, or None."""
+    for _, value in trailers:
+        m = _CONTROL.search(value)
+        if m is not None:
+            return f"control character {value[m.start()]:#04x} in a trailer field"
+    return None
+
 
 # framing of the response body being read
 _NONE, _LENGTH, _CHUNKED, _UNTIL_EOF = range(4)
@@ -738,6 +754,9 @@ class FastClientEngine:
                 trailers = _field_lines(_split_lines(block))
             except ValueError as exc:
                 raise self._fail(str(exc)) from None
+            why = _control_in_trailers(trailers)
+            if why is not None:
+                raise self._fail(why)
             return self._end(trailers)
 
     def _chunk_need(self) -> None:

@@ -465,7 +465,8 @@ class _ChunkedCheck:
 
     Chunk-size lines must be ``1*16HEXDIG [";" chunk-ext] CRLF`` (h11 refuses whitespace before
     the ";" too); chunk data must be followed by CRLF; trailer lines must end in CRLF, with no
-    obs-fold, and fit in ``limit`` bytes in all. Stops checking at the end of the body (what
+    obs-fold and no control byte (:data:`CONTROL_BYTE`, as in heads), and fit in ``limit``
+    bytes in all. Stops checking at the end of the body (what
     follows is the next request, checked as a head).
     """
 
@@ -523,6 +524,9 @@ class _ChunkedCheck:
             self._trailer_bytes += len(line)
             if self._trailer_bytes > self._limit:
                 raise ProtocolError("chunked body: trailer section too large")
+            m = CONTROL_BYTE.search(line, 0, len(line) - 2)  # h11 lets most through, as in heads
+            if m is not None:
+                raise ProtocolError(f"chunked body: control character {line[m.start()]:#04x} in a trailer field")
 
 
 # --------------------------------------------------------------------------------------------------

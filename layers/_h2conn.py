@@ -136,6 +136,8 @@ class H2ConnectionBase:
             settings=settings,
             max_continuation_frames=limits.max_continuation_frames,
             max_header_list_size=limits.max_header_list_size,
+            no_progress_limit=limits.no_progress_limit,
+            no_progress_period=limits.flood_period,
         )
         self.info = Info({"http_version": "2", "http_engine": "reference"}, lower.info)  # HTTP/2 has one
         self._streams: dict[int, H2Stream] = {}

@@ -44,6 +44,14 @@ What :class:`H2Core` changes, and why:
   in one read (and h2's work for each) no longer holds the process for the whole read, and
   the layer's defences (rate limits, the stream limit) act after each step, not after the
   whole burst.
+* **Frames that give the application nothing are budgeted** (``no_progress_limit``, CVE-2019-9512,
+  9515, 9518 and kin): :meth:`H2Core.receive_step` classes every frame by the events it gave
+  (``_count_frame``); one that brings no head, non-empty DATA, trailers, end or reset adds one
+  to ``no_progress`` (a WINDOW_UPDATE does not while DATA we sent pays for it:
+  :data:`WINDOW_CREDIT` per DATA frame), one that does takes :data:`PROGRESS_CREDIT` off, the
+  count leaks ``no_progress_limit`` per ``no_progress_period`` seconds, and past the limit the
+  connection ends with GOAWAY ENHANCE_YOUR_CALM (:class:`NoProgressFlood`, the reason as debug
+  data).
 * **Closed streams are remembered up to a small constant** (:data:`CLOSED_STREAMS_KEPT`, h2
   keeps 65,536): a long-lived connection's memory does not grow with the streams it carried.
   A frame on a stream forgotten since is treated as on a stream we reset (ignored).
@@ -100,13 +108,15 @@ from h2.utilities import SizeLimitDict
 from hpack.hpack import Decoder, Encoder
 from hpack.table import HeaderTable
 from hyperframe.exceptions import InvalidPaddingError
-from hyperframe.frame import ContinuationFrame, Frame, RstStreamFrame
+from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, RstStreamFrame
 
+from ._h2budget import PROGRESS_CREDIT, WINDOW_CREDIT, NoProgressBudget, NoProgressFlood
 from ._h2fields import Malformed, check_fields, check_request_pseudo, check_response_pseudo, h2c_settings
 
 __all__ = [
     "H2Core",
     "Malformed",
+    "NoProgressFlood",
     "ProtocolViolation",
     "check_fields",
     "check_request_pseudo",
@@ -347,7 +357,7 @@ class _ClosedStreams(SizeLimitDict):
                 self.forgot[sid & 1] = sid
 
 
-class H2Core(h2.connection.H2Connection):
+class H2Core(NoProgressBudget, h2.connection.H2Connection):
     """An ``h2.connection.H2Connection`` with the corrections listed in the module docstring.
 
     ``settings`` are the local settings to advertise (applied at once: the peer may rely on
@@ -365,6 +375,8 @@ class H2Core(h2.connection.H2Connection):
         settings: dict[h2.settings.SettingCodes, int],
         max_continuation_frames: int,
         max_header_list_size: int,
+        no_progress_limit: int = 1000,
+        no_progress_period: float = 10.0,
     ) -> None:
         config = h2.config.H2Configuration(
             client_side=client_side,
@@ -390,6 +402,7 @@ class H2Core(h2.connection.H2Connection):
         self.encoder = _Encoder()
         self.encoder.header_table_size = ENCODER_TABLE_SIZE
         _compact(self.remote_settings)
+        self._budget_init(no_progress_limit, no_progress_period)
 
     def initiate_connection(self) -> None:
         """Queue the preface and our SETTINGS; then stop h2 enforcing the stream limit itself."""
@@ -476,7 +489,15 @@ class H2Core(h2.connection.H2Connection):
             out += body
             stream.outbound_flow_control_window -= n
             self.outbound_flow_control_window -= n
+            if self.window_credit < self._np_limit:
+                self.window_credit += WINDOW_CREDIT
         return True
+
+    def send_data(self, stream_id: int, data: Any, end_stream: bool = False, pad_length: Any = None) -> None:
+        """h2's, counting the WINDOW_UPDATEs the frame pays for (:data:`WINDOW_CREDIT`)."""
+        super().send_data(stream_id, data, end_stream, pad_length)
+        if data and self.window_credit < self._np_limit:
+            self.window_credit += WINDOW_CREDIT
 
     # ---- corrections --------------------------------------------------------------------
 
@@ -567,6 +588,8 @@ class H2Core(h2.connection.H2Connection):
                         del raw[: 9 + length]
                         block_bytes -= length
                         events += self._open_request(sid, block, end_stream)
+                        if self.no_progress:
+                            self.no_progress = max(0, self.no_progress - PROGRESS_CREDIT)
                         continue
                 kind = raw[3]
                 try:
@@ -575,14 +598,28 @@ class H2Core(h2.connection.H2Connection):
                     break
                 if kind == 0x1 or kind == 0x5 or kind == 0x9:  # HEADERS, PUSH_PROMISE, CONTINUATION
                     block_bytes -= n - len(raw)
-                events.extend(self._receive_frame(frame))
+                new = self._receive_frame(frame)
+                self._count_frame(new)
+                events += new
         except InvalidPaddingError as e:
             self._terminate_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
             raise h2.exceptions.ProtocolError("Received frame with invalid padding.") from e
+        except NoProgressFlood as e:
+            self._terminate_connection(e.error_code, str(e).encode()[:256])
+            raise
         except h2.exceptions.ProtocolError as e:
             self._terminate_connection(e.error_code)
             raise
         return events
+
+    def _terminate_connection(self, error_code: Any, additional_data: bytes = b"") -> None:
+        # h2's, with the GOAWAY's debug data (why we end the connection) when there is some
+        f = GoAwayFrame(0)
+        f.last_stream_id = self.highest_inbound_stream_id
+        f.error_code = error_code
+        f.additional_data = additional_data
+        self.state_machine.process_input(ConnectionInputs.SEND_GOAWAY)
+        self._prepare_for_sending([f])
 
     def _receive_headers_frame(self, frame: Any) -> tuple[list[Frame], list[Any]]:
         sid = frame.stream_id

@@ -128,7 +128,11 @@ class Limits:
       ``connection_window`` (receive windows; data is acknowledged as the app consumes it),
       ``max_frame_size``, ``rapid_reset_limit`` resets per ``flood_period`` seconds before
       GOAWAY ENHANCE_YOUR_CALM (CVE-2023-44487), ``ping_flood_limit`` and
-      ``settings_flood_limit`` per ``flood_period``, ``max_continuation_frames`` per header
+      ``settings_flood_limit`` per ``flood_period``, ``no_progress_limit``: frames that give
+      the application nothing (WINDOW_UPDATE not paid for by DATA we sent, PRIORITY, PING,
+      SETTINGS, empty DATA, frames on closed streams, unknown types, ...) beyond what the
+      allowance regains (``no_progress_limit`` per ``flood_period``, and 16 per frame that
+      delivers a head, data, trailers or an end), ``max_continuation_frames`` per header
       block, ``send_timeout`` (a peer that never opens its window loses the stream),
       ``idle_timeout`` (a connection with no streams).
     """
@@ -147,6 +151,7 @@ class Limits:
     ping_flood_limit: int = 100
     settings_flood_limit: int = 100
     flood_period: float = 10.0
+    no_progress_limit: int = 1000
     max_continuation_frames: int = 32
     send_timeout: float = 30.0
     idle_timeout: float = 300.0

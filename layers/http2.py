@@ -57,7 +57,11 @@ accepted, lets the streams in flight finish within ``Limits.drain_timeout`` and 
 header lists over ``max_header_list_size`` and CONTINUATION floods over
 ``max_continuation_frames``, more than ``rapid_reset_limit`` client resets (or as many streams
 refused, over the limit or malformed), ``ping_flood_limit`` PINGs or ``settings_flood_limit``
-SETTINGS per ``flood_period`` seconds end the connection with GOAWAY ENHANCE_YOUR_CALM; a read
+SETTINGS per ``flood_period`` seconds, and more than ``no_progress_limit`` frames that give the
+application nothing (PRIORITY, PING, SETTINGS, empty DATA, frames on closed streams, WINDOW_UPDATEs
+not paid for by DATA we sent, ...; the count leaks ``no_progress_limit`` per ``flood_period`` and
+loses 16 per frame that brings a head, data, trailers or an end) end the connection with GOAWAY
+ENHANCE_YOUR_CALM, on both sides; a read
 is processed a bounded number of frames at a time, other connections running in between; a
 connection with no stream for ``idle_timeout`` seconds is closed with
 GOAWAY NO_ERROR; a peer that does not read what we send for ``send_timeout`` seconds is dropped.

@@ -61,6 +61,7 @@ def _chunked_body(draw: st.DrawFn) -> tuple[bytes, str]:
                 "bare-lf",
                 "no-crlf",
                 "bad-trailer",
+                "ctl-trailer",
                 "leading-zeros",
                 "space-size",
                 "bare-lf-end",
@@ -87,6 +88,8 @@ def _chunked_body(draw: st.DrawFn) -> tuple[bytes, str]:
         last += b"X-Trailer: yes\r\n"
     elif kind == "bad-trailer":
         last += b"X-Trailer\x01: yes\r\n"
+    elif kind == "ctl-trailer":  # a control byte in a trailer value (RFC 9110 5.5), as in heads
+        last += b"X-Trailer: " + draw(st.sampled_from(ODD_VALUES)) + b"\r\n"
     last += b"\n" if kind == "bare-lf-end" else b"\r\n"
     return out + last, f"chunked:{kind}"
 

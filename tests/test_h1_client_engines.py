@@ -138,7 +138,8 @@ def responses(draw: st.DrawFn) -> tuple[str, list[tuple[bytes, bytes]], bytes]:
             at += n
         last = draw(st.sampled_from([b"0\r\n", b"00000000000000000000\r\n", b"1" * 21 + b"\r\n", b"0\n"]))
         trailer = draw(
-            st.sampled_from([b"", b"T: v\r\n", b"T: v\n", b" fold\r\n", b"content-length: x\r\n", b"Bad Name: v\r\n"])
+            st.sampled_from([b"", b"T: v\r\n", b"T: v\n", b" fold\r\n", b"content-length: x\r\n", b"Bad Name: v\r\n",
+                             b"T: a\x01b\r\n", b"T: \x7f\r\n", b"T: a\x1b[0m\r\n", b"T: a\tb\r\n"])
         )
         body = b"".join(chunks) + last + trailer + b"\r\n"
     tail = draw(st.sampled_from([b"", b"", b"HTTP/1.1 200 OK\r\n\r\n", b"junk"]))
@@ -155,6 +156,7 @@ def responses(draw: st.DrawFn) -> tuple[str, list[tuple[bytes, bytes]], bytes]:
 @example(("GET", [], b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"), [])
 @example(("HEAD", [], b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"), [])
 @example(("GET", [], b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nT: v\r\n\r\n"), [20, 50])
+@example(("GET", [], b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nT: a\x01b\r\n\r\n"), [])
 @example(("GET", [], b"HTTP/1.1 200 OK\r\n\r\nuntil the end"), [21])
 @example(("CONNECT", [], b"HTTP/1.1 200 OK\r\n\r\ntunnel bytes"), [])
 @example(("GET", [(b"upgrade", b"x")], b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 S\r\n\r\nraw"), [3])

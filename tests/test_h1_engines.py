@@ -100,6 +100,8 @@ def drive(engine: ServerEngine, raw: bytes, cuts: list[int]) -> Outcome:
     Shape(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nT: v\r\n\r\nX", ()), [5]
 )
 @example(Shape(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n", ()), [])
+@example(Shape(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: a\x01b\r\n\r\n", ()), [])
+@example(Shape(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: \x7f\r\n\r\n", ()), [9])
 def test_engines_agree(shape: Shape, cuts: list[int]) -> None:
     ref = drive(ReferenceEngine(LIMIT), shape.raw, cuts)
     fast = drive(FastEngine(LIMIT), shape.raw, cuts)

@@ -144,7 +144,7 @@ async def test_ping_flood() -> None:
 
 async def test_ping_flood_from_a_client_that_never_reads_stops_our_reading() -> None:
     """Each PING makes 17 bytes of ACK: a client that never reads cannot grow our buffer."""
-    limits = Limits(ping_flood_limit=10**9, send_timeout=1.0)
+    limits = Limits(ping_flood_limit=10**9, no_progress_limit=10**9, send_timeout=1.0)
     async with victim(limits) as v:
         c = await v.attacker()
         await c.handshake()
