@@ -183,9 +183,9 @@ class ClientConnection(H1Connection, http.ClientConnection):
         seconds). A Host header is added from ``authority`` unless given. An invalid method,
         target or header raises :class:`ValueError` and sends nothing.
         """
-        self._check()
         raw = headers.raw if type(headers) is Headers else Headers(headers).raw  # only read: no copy
-        event, streaming, expect_100 = self._build(method, target, raw, body)
+        event, streaming, expect_100 = self._build(method, target, raw, body)  # bad arguments first
+        self._check()
         if self._held:  # wait for the slot: the exchange giving it back hands it to us
             lot = self._slot_lot
             if lot is None:

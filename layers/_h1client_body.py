@@ -274,6 +274,7 @@ class _ResponseBody(ByteStream):
                 failed = self._failed
                 if failed is not None:  # met when the bytes that came with the head were taken
                     self._failed = None
+                    await self._conn.give_up(Broken(f"HTTP/1.1: an earlier response broke: {failed}"))
                     raise failed
                 sender = self._sender
                 if sender is not None and sender.failure is not None:
@@ -286,6 +287,10 @@ class _ResponseBody(ByteStream):
                             raise sender.broken() from sender.failure
                         if not isinstance(exc, Timeout):  # the response broke: no use sending on
                             await sender.stop()
+                    if not isinstance(exc, Timeout):  # the connection is unusable: later requests raise at once
+                        broke = f"HTTP/1.1: an earlier response broke: {exc}"
+                        why = exc if isinstance(exc, (Broken, Closed)) else Broken(broke)
+                        await self._conn.give_up(why)
                     raise
         out, self._pending = split_pending(self._pending, max_bytes)
         return out

@@ -121,6 +121,33 @@ async def test_h1_client_refuses_a_control_byte_in_a_trailer(engine: str, byte: 
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-End: a\x01b\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    ],
+    ids=["trailer", "chunk-size"],
+)
+async def test_h1_client_after_a_broken_response_body_a_next_request_raises_at_once(engine: str, raw: bytes) -> None:
+    """A response body that broke (ProtocolError) leaves the connection unusable: the next request
+    raises Broken at once instead of waiting for the exchange's slot forever (the body was never
+    closed by the caller)."""
+    _needs(engine)
+    a, b = memory_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_h1_raw_server, b, raw)
+        conn = await http1.client(engine=engine).attach(a)
+        response = await conn.request("GET", "/")
+        with trio.fail_after(5), pytest.raises(ProtocolError):
+            await response.read()
+        with trio.fail_after(5), pytest.raises(stack.Broken, match="earlier response broke"):
+            await conn.request("GET", "/again")
+        await conn.aclose()
+        nursery.cancel_scope.cancel()
+
+
 # ---- HTTP/2 --------------------------------------------------------------------------------------
 
 GET = [(":method", "POST"), (":scheme", "http"), (":authority", "test"), (":path", "/")]
