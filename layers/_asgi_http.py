@@ -1,9 +1,9 @@
 """One ASGI ``http`` request on one of our requests: the scope, ``receive`` and ``send``.
 
-Theory of operation. :func:`http_scope` builds the scope dict from the request (one dict
-literal; the connection's share comes from :mod:`layers._asgi_scope`). :class:`HTTPCycle` is
+Theory of operation. :func:`http_scope` builds the scope dict from the request: a copy of the
+connection's template (:mod:`layers._asgi_scope`) with the request's own values set. :class:`HTTPCycle` is
 the request's ``receive`` and ``send`` (its bound methods), with no task of its own (nor
-``__init__`` frame: its starting state is class attributes):
+``__init__`` frame on the server's path):
 
 * ``receive`` reads the request body from ``request.body`` one ``recv`` per call, so the client
   is held back by the app's pace (nothing is buffered beyond one read); after the body's end it
@@ -31,7 +31,7 @@ from urllib.parse import unquote
 
 import trio
 
-from layers._asgi_scope import ASGI_VERSION, ClientDisconnected, ConnectionFacts
+from layers._asgi_scope import ClientDisconnected, ConnectionFacts
 from layers.http import Request
 from stack.errors import StackError
 from stack.streams import ByteStream
@@ -48,7 +48,7 @@ FILE_CHUNK = 256 * 1024
 NEW, STARTED, STREAMING, TRAILERS, DONE = range(5)
 
 new_cycle = object.__new__
-"""``new_cycle(HTTPCycle)``: a cycle without running ``__init__`` (set its ``request``)."""
+"""``new_cycle(HTTPCycle)``: a cycle without running ``__init__`` (set what it sets)."""
 
 
 _TARGETS: dict[tuple[str, str], tuple[str, bytes, bytes]] = {}
@@ -87,40 +87,35 @@ def http_scope(
     version = request.http_version
     if version == "2" and request.authority:  # ASGI: :authority becomes the host field
         headers = [(b"host", request.authority.encode("latin-1")), *(h for h in headers if h[0] != b"host")]
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": ASGI_VERSION,
-        "http_version": version,
-        "method": request.method,
-        "scheme": request.scheme,
-        "path": split[0],
-        "raw_path": split[1],
-        "query_string": split[2],
-        "root_path": root_path,
-        "headers": headers,
-        "client": facts.client,
-        "server": facts.server,
-        "extensions": facts.extensions,
-    }
-    if state is not None:  # a shallow copy of the lifespan state for each request
+    if state is None:
+        scope = facts.http_scope.copy()  # every key in place: the stores below insert none
+    else:  # a shallow copy of the lifespan state for each request
+        scope = facts.http_scope_state.copy()
         scope["state"] = state.copy() if state else {}
+    scope["http_version"] = version
+    scope["method"] = request.method
+    scope["scheme"] = request.scheme
+    scope["path"], scope["raw_path"], scope["query_string"] = split
+    scope["root_path"] = root_path
+    scope["headers"] = headers
     return scope
 
 
 class HTTPCycle:
     """``receive`` and ``send`` of one request (see the module docstring).
 
-    Made per request with ``new_cycle(HTTPCycle)`` and ``request`` set (``HTTPCycle(request)``
-    does the same): every other attribute starts as the class's, no ``__init__`` frame runs.
+    ``HTTPCycle(request)``; per request, :class:`layers.asgi.ASGIApp` makes it with
+    ``new_cycle(HTTPCycle)`` and sets the five attributes ``__init__`` sets itself (no
+    ``__init__`` frame). Slots: every attribute read and write is a specialized slot access.
     """
 
-    # What every cycle starts with (class attributes: set on the instance when they change)
-    phase = NEW
-    body_done = False
-    gone = False
-    stream: ByteStream | None = None
+    __slots__ = ("body_done", "gone", "headers", "phase", "request", "status", "stream", "trailers", "wants_trailers")
 
     request: Request
+    phase: int
+    body_done: bool
+    gone: bool
+    stream: ByteStream | None
     status: int
     headers: Any
     wants_trailers: Any  # the start message's "trailers" (only its truth counts)
@@ -128,6 +123,9 @@ class HTTPCycle:
 
     def __init__(self, request: Request) -> None:
         self.request = request
+        self.phase = NEW
+        self.body_done = self.gone = False
+        self.stream = None
 
     # ---- receive --------------------------------------------------------------------------
 

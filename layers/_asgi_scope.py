@@ -7,7 +7,9 @@ make one per connection). :class:`ConnectionFacts` holds what the scopes need fr
 small table keyed by the identity of that ``info`` (an ``Info`` is not hashable; the table
 holds the ``info`` itself, so an id is never reused while it is in the table) and emptied when
 it grows past :data:`_MAX_CONNECTIONS`, so a request pays a dict lookup, not a walk through
-the layers' info maps. The ``tls`` extension follows the ASGI TLS extension: ``tls_version``
+the layers' info maps. It also holds the connection's ``http`` scope as a template, every key
+in place: a request's scope is a copy of it (a C-level clone, no key inserted) with the request's
+own values set. The ``tls`` extension follows the ASGI TLS extension: ``tls_version``
 and ``cipher_suite`` as the integers of the TLS registries, ``client_cert_chain`` as PEM (the
 peer's leaf certificate: the layers keep no more of the chain), ``server_cert`` as given to
 :class:`layers.asgi.ASGIApp` (the TLS layer does not expose its own).
@@ -72,7 +74,7 @@ def _address(addr: Any) -> list[Any] | None:
 class ConnectionFacts:
     """What the scopes of one connection share (see the module docstring)."""
 
-    __slots__ = ("client", "extensions", "info", "secure", "server", "ws_extensions")
+    __slots__ = ("client", "extensions", "http_scope", "http_scope_state", "info", "secure", "server", "ws_extensions")
 
     def __init__(self, info: Any, server_cert: str | None) -> None:
         self.info = info
@@ -89,6 +91,25 @@ class ConnectionFacts:
             ext["tls"] = ws["tls"] = tls_extension(info, server_cert)
         self.extensions = ext
         self.ws_extensions = ws
+        # The http scope of this connection's requests, every key there (the request's own
+        # values are placeholders, replaced in the copy): a request copies it (one C-level
+        # clone, no key inserted) and sets its own eight (``layers._asgi_http.http_scope``).
+        self.http_scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/",
+            "raw_path": b"/",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [],
+            "client": self.client,
+            "server": self.server,
+            "extensions": ext,
+        }
+        self.http_scope_state = {**self.http_scope, "state": {}}  # the same, when the app has a lifespan
 
 
 def facts_of(table: dict[int, ConnectionFacts], info: Any, server_cert: str | None) -> ConnectionFacts:

@@ -71,7 +71,7 @@ from typing import Any
 import trio
 
 from layers import http, tcp
-from layers._asgi_http import STREAMING, TRAILERS, HTTPCycle, http_scope, new_cycle
+from layers._asgi_http import DONE, NEW, STREAMING, TRAILERS, HTTPCycle, http_scope, new_cycle
 from layers._asgi_lifespan import ASGIApplication, LifespanFailure, run_lifespan
 from layers._asgi_scope import ASGI_VERSION, ClientDisconnected, ConnectionFacts, facts_of
 from layers._asgi_ws import CONNECTING, WebSocketCycle, websocket_scope
@@ -137,8 +137,11 @@ class ASGIApp:
             if upgrade and is_websocket(request):
                 await self._websocket(request, facts)
                 return
-        cycle = new_cycle(HTTPCycle)  # (HTTPCycle(request) without an __init__ frame: this is per request)
+        cycle = new_cycle(HTTPCycle)  # HTTPCycle(request) without an __init__ frame: this is per request
         cycle.request = request
+        cycle.phase = NEW
+        cycle.body_done = cycle.gone = False
+        cycle.stream = None
         try:
             await self.app(http_scope(request, facts, self.root_path, self.state), cycle.receive, cycle.send)
         except Exception as exc:
@@ -150,7 +153,8 @@ class ASGIApp:
                 log.error("ASGI app failed on %r after its response started", request, exc_info=exc)
             await cycle.abandon()
             return
-        if cycle.phase in (STREAMING, TRAILERS) and not cycle.gone:
+        phase = cycle.phase
+        if phase != DONE and STREAMING <= phase <= TRAILERS and not cycle.gone:  # (no tuple built)
             log.error("ASGI app returned in the middle of its response to %r: abandoned", request)
             await cycle.abandon()
 
@@ -194,4 +198,3 @@ async def serve_asgi(
             functools.partial(stack.serve, shutdown=shutdown, drain_timeout=limits.drain_timeout)
         )
         task_status.started(addresses)
-
