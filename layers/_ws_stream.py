@@ -466,6 +466,18 @@ class WebSocket(MessageStream):
                                 size=self._msg_wire + n,
                             )
                         self._msg_wire += n
+                        if (
+                            opcode == 0
+                            and not head[4]  # fin
+                            and self._acc is not None
+                            and (hlen == 6 or (hlen == 8 and n >= 126))  # masked, minimal length
+                            and not self.client
+                            and not buf[self._pos] & 0x70  # no RSV bit
+                            and self._pos + hlen + n <= len(buf)
+                        ):
+                            self._continuation(buf, self._pos + hlen, n)
+                            self._pos += hlen + n
+                            continue
                     self._frame_left = hlen + n
                 take = min(len(buf) - self._pos, self._frame_left)
                 if take <= 0:
@@ -480,6 +492,39 @@ class WebSocket(MessageStream):
             if self._pos and (self._pos == len(buf) or self._pos >= RECV):
                 del buf[: self._pos]
                 self._pos = 0
+
+    def _continuation(self, buf: bytearray, start: int, n: int) -> None:
+        """A whole, masked, non-final continuation frame of the message being received, whose
+        payload is ``buf[start : start + n]`` (its mask the 4 bytes before): what wsproto would do
+        with it, without its per-frame objects and copies. Between two frames wsproto keeps no
+        state but the message's (the kind, the UTF-8 decoder) and the extension's, used here as
+        it would use them; the fragments of a large message (Autobahn 12.*: 256-byte fragments)
+        cost ~3x less this way."""
+        payload: bytes = bytes(buf[start : start + n])
+        if n:
+            key = buf[start - 4 : start]
+            mask = int.from_bytes((key * ((n >> 2) + 1))[:n], "big")
+            payload = (int.from_bytes(payload, "big") ^ mask).to_bytes(n, "big")
+        proto = self._proto
+        for ext in proto.extensions:  # permessage-deflate (the only extension we negotiate)
+            if isinstance(ext, PerMessageDeflate):
+                ext._inbound_is_compressible = True  # as its frame_inbound_header sets it for a continuation
+            out = ext.frame_inbound_payload_data(proto, payload)
+            if isinstance(out, CloseReason):
+                raise ParseFailed("error in extension", out)
+            payload = out
+        acc = self._acc
+        decoder = proto._message_decoder.decoder
+        if decoder is None:
+            assert isinstance(acc, bytearray)
+            acc += payload
+            return
+        try:
+            text = decoder.decode(payload, False)
+        except UnicodeDecodeError as exc:
+            raise ParseFailed(str(exc), CloseReason.INVALID_FRAME_PAYLOAD_DATA) from None
+        assert isinstance(acc, io.StringIO)
+        acc.write(text)
 
     def _on_frame(self, frame: Frame) -> None:
         op = frame.opcode
