@@ -196,6 +196,7 @@ def check(workdir: Path, outcome: dict[str, object]) -> None:
 def test_autobahn_suite_over_cleartext_and_tls(tmp_path: Path) -> None:
     """Every Autobahn case accepted: the whole suite over ws://, all but 9.*, 12.* and 13.* over
     wss:// (see the module docstring: in CI the run was started beside pytest by .ci/run)."""
+    import pytest
     from _peers import need
 
     background = os.environ.get("AUTOBAHN_BACKGROUND")
@@ -210,7 +211,22 @@ def test_autobahn_suite_over_cleartext_and_tls(tmp_path: Path) -> None:
         failed = workdir / "failed.txt"
         assert not failed.exists(), f"the background Autobahn run failed to start:\n{failed.read_text()}"
         time.sleep(1.0)
+        if not done.exists() and not _alive(workdir):
+            pytest.fail(f"the background Autobahn run in {workdir} died without a result (see {workdir}.log)")
     check(workdir, json.loads(done.read_text()))
+
+
+def _alive(workdir: Path) -> bool:
+    """Is the background run's process (its pid in ``workdir / "pid"``) still running? A zombie is not."""
+    try:
+        pid = int((workdir / "pid").read_text())
+    except (OSError, ValueError):
+        return True  # not written yet
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def main(argv: list[str]) -> int:
@@ -221,6 +237,7 @@ def main(argv: list[str]) -> int:
 
     workdir = Path(argv[1])
     workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "pid").write_text(str(os.getpid()))
     try:
         wstest = shutil.which("wstest")
         if wstest is None:
