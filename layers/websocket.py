@@ -54,7 +54,9 @@ lost), once our Close has answered it.
 it waits for more data (never blocking its reading on the write: two peers that both stopped
 reading to write could deadlock), or by the next send, done or aclose; each Ping gets its own
 Pong, in order (a peer that piles up more than :data:`MAX_PONGS` unanswered Pings gets answers to
-the most recent ones only, as RFC 6455 5.5.3 allows). ``await ws.ping()`` sends a Ping and returns
+the most recent ones only, as RFC 6455 5.5.3 allows). A peer that sends more than
+:data:`PING_FLOOD` Pings within about a second is flooding: the Pongs owed go out, then Close 1008
+(policy violation), and ``recv`` raises :class:`~stack.ProtocolError`. ``await ws.ping()`` sends a Ping and returns
 the round-trip time in seconds once its Pong was read, which :meth:`WebSocket.recv` does: call it
 while another task receives (or give it a deadline). A Ping still waiting when the peer's Close
 arrives raises :class:`~stack.Closed`. A message longer than :data:`FRAGMENT` bytes goes out as
@@ -103,6 +105,7 @@ from ._ws_stream import ERROR_CLOSE_TIME as ERROR_CLOSE_TIME
 from ._ws_stream import FRAGMENT as FRAGMENT  # a copy: the stream reads _ws_stream.FRAGMENT (patch that one)
 from ._ws_stream import MAX_MESSAGE as MAX_MESSAGE
 from ._ws_stream import MAX_PONGS as MAX_PONGS
+from ._ws_stream import PING_FLOOD as PING_FLOOD
 from ._ws_stream import RECV as RECV
 from ._ws_stream import CloseReceived as CloseReceived
 from ._ws_stream import Message as Message

@@ -274,12 +274,6 @@ def _message_calls(layer: str) -> st.SearchStrategy[Call]:
     )
 
 
-# The WebSocket layer's own send and recv (layers/_ws_stream.py, not the base's) raise at once but
-# leave a deadline of the wrong type to trio, whose message does not name it ("must be real number,
-# not str"): accepted here until that layer calls stack.deadlines.check_deadline on entry.
-UNNAMED = {("websocket", "send"), ("websocket", "recv")}
-
-
 async def _refused_at_once(s: Stream, call: Call, layer: str = "") -> None:
     method = getattr(s, call.method)
     with trio.fail_after(CALL_LIMIT):  # a hang is a failure (trio.TooSlowError)
@@ -289,8 +283,6 @@ async def _refused_at_once(s: Stream, call: Call, layer: str = "") -> None:
                 result = await result
         except (TypeError, ValueError) as exc:
             text = str(exc)
-            if (layer, call.method) in UNNAMED and "deadline" in call.kwargs:
-                return
             assert any(name in text for name in call.names), f"{call!r}: {exc!r} does not name {call.names}"
             return
     raise AssertionError(f"{s!r}.{call!r} returned {result!r} instead of raising")

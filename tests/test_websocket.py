@@ -138,6 +138,49 @@ async def test_fragments_are_reassembled_with_a_ping_between_them() -> None:
     assert await read_frame(peer) == (0x1, True, b"next")
 
 
+@pytest.mark.parametrize("deflate", [False, True])
+async def test_many_small_fragments_are_reassembled_text_and_binary(deflate: bool) -> None:
+    """Continuation frames whole in the buffer take the layer's own path (unmask, inflate, decode):
+    a character split across fragments, empty fragments, a Ping between them, with and without
+    permessage-deflate (one compressed message cut into 7-byte fragments)."""
+    text = "h\u00e9llo \u2603 w\u00f6rld " * 20
+    data = os.urandom(1000)
+    kw = {"deflate": "permessage-deflate"} if deflate else {}
+    ws, peer = await server_ws(**kw)
+
+    def fragments(opcode: int, payload: bytes) -> bytes:
+        rsv1 = deflate
+        if deflate:
+            c = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+            payload = (c.compress(payload) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        pieces = [payload[i : i + 7] for i in range(0, len(payload), 7)]
+        wire = frame(opcode, pieces[0], fin=False, rsv1=rsv1) + frame(0x0, b"", fin=False) + frame(0x9, b"p")
+        wire += b"".join(frame(0x0, piece, fin=False) for piece in pieces[1:-1])
+        return wire + frame(0x0, pieces[-1])
+
+    await peer.send(fragments(0x1, text.encode()) + fragments(0x2, data))
+    assert await ws.recv(deadline=after(T)) == text
+    assert await ws.recv(deadline=after(T)) == data
+
+
+@pytest.mark.parametrize(
+    ("middle", "code"),
+    [
+        (frame(0x0, b"\xff\xfe", fin=False), 1007),  # invalid UTF-8 in a middle fragment
+        (frame(0x0, b"x", fin=False, mask=False), 1002),  # an unmasked middle fragment
+        (frame(0x0, b"x", fin=False, rsv1=True), 1002),  # RSV1 on a continuation
+        (frame(0x1, b"x", fin=False), 1002),  # a new message before the end of this one
+    ],
+)
+async def test_a_bad_middle_fragment_is_refused_with_the_rfc_code(middle: bytes, code: int) -> None:
+    ws, peer = await server_ws()
+    await peer.send(frame(0x1, b"ab", fin=False) + frame(0x0, b"cd", fin=False) + middle + frame(0x0, b"e"))
+    with pytest.raises(ProtocolError):
+        await ws.recv(deadline=after(T))
+    opcode, _, payload = await read_frame(peer)
+    assert opcode == 0x8 and payload[:2] == struct.pack("!H", code)
+
+
 # ---- closing -----------------------------------------------------------------------------------
 
 

@@ -221,3 +221,40 @@ async def test_a_deflate_bomb_is_cut_at_max_message_while_inflating() -> None:
     async with server() as port:
         _, _, back = await check(port, bomb, BOMB_CPU_BOUND, deflate=True)
         assert back[:1] == b"\x88" and back[2:4] == b"\x03\xf1", back[:40]  # Close 1009: too big
+
+
+
+PING_FLOOD_CPU_BOUND = 0.5  # seconds of server CPU for a 4 MiB flood (measured 0.04 s; 1.3 s per MiB before the cap)
+
+
+async def test_a_ping_flood_past_the_threshold_is_closed_with_1008() -> None:
+    """Pings past ``PING_FLOOD`` within a second: the Pongs owed (at most MAX_PONGS), then Close
+    1008, and the connection ends. A 4 MiB flood (~700,000 Pings; the server reads a few
+    thousand before it closes) costs the server a small, fixed amount of CPU however long the
+    peer would go on; a burst of 3 x PING_FLOOD Pings in one write shows what is sent back (with
+    the whole burst read, the server's close is a FIN, not a reset that would discard it)."""
+    from layers.websocket import MAX_PONGS, PING_FLOOD
+
+    def pings() -> bytes:
+        one = frame(0x9)
+        return one * (4 * ATTACK_BYTES // len(one))
+
+    async with server() as port:
+        await check(port, pings, PING_FLOOD_CPU_BOUND)
+        back = b""
+        with trio.fail_after(T):
+            s = await open_websocket(port, False)
+            async with s:
+                await s.send_all(frame(0x9) * (3 * PING_FLOOD))
+                try:
+                    while chunk := await s.receive_some():
+                        back += chunk
+                except trio.BrokenResourceError:
+                    pass
+    pongs = 0
+    while back[:2] == b"\x8a\x00":  # the Pongs owed (empty, unmasked), then the Close
+        pongs += 1
+        back = back[2:]
+    assert pongs <= MAX_PONGS <= PING_FLOOD, pongs
+    assert back[:1] == b"\x88" and back[2:4] == (1008).to_bytes(2, "big"), back[:40]
+    assert b"Ping flood" in back[:40], back[:40]
