@@ -376,9 +376,7 @@ class Engine(QuicConnection):
             return self._connection_credit_due()
         window = stream.__dict__.get("recv_window", self.stream_window)
         consumed = stream.receiver.starting_offset() - self.buffered(stream_id)
-        return (
-            consumed + window - stream.max_stream_data_local_sent >= window // 2 or self._connection_credit_due()
-        )
+        return consumed + window - stream.max_stream_data_local_sent >= window // 2 or self._connection_credit_due()
 
     def _connection_consumed(self) -> int:
         """Bytes of the whole connection the application consumed (or that were discarded)."""
