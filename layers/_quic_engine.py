@@ -444,6 +444,7 @@ class Engine(QuicConnection):
                 attrs["recv_window_at"] = self._now
                 if grown != window:
                     attrs["recv_window"] = window = grown
+                    self._logger.debug("stream %d receive window grown to %d", stream.stream_id, window)
                 stream.max_stream_data_local = local = consumed + window
         if stream.max_stream_data_local_sent != local and not receiver.is_finished:
             buf = builder.start_frame(
