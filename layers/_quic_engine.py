@@ -395,11 +395,13 @@ class Engine(QuicConnection):
 
     def _write_connection_limits(self, builder: Any, space: Any) -> None:
         # aioquic doubles MAX_DATA once half of it was received, read or not: ours grants
-        # consumed + window, the window auto-tuned (credit_due), computed only after a read
+        # consumed + window, the window auto-tuned (credit_due), computed after a read, or while
+        # the peer has under a quarter window of credit left (bytes that arrived on a stream
+        # nobody reads any more, after STOP_SENDING, count as consumed without a read)
         limit = self._local_max_data
-        if self._reads:
+        window = self.connection_window
+        if self._reads or limit.value - limit.used < window // 4:
             self._reads = False
-            window = self.connection_window
             if limit.used + window - limit.value >= window // 2:
                 consumed = self._connection_consumed()
                 if consumed + window - limit.value >= window // 2:
