@@ -166,3 +166,14 @@ def test_a_slow_reader_keeps_the_initial_windows(ca: CA, leaf: Leaf) -> None:
     assert run.largest_window == WINDOW
     assert server.connection_window == CONN_WINDOW
     assert run.most_unread <= WINDOW  # an unread stream holds at most its window
+
+
+def test_limits_validate_the_caps() -> None:
+    from layers.quic import QuicLimits
+
+    assert QuicLimits().max_stream_window == 16 * 1024 * KIB
+    assert QuicLimits().max_connection_window == 32 * 1024 * KIB
+    with pytest.raises(ValueError):
+        QuicLimits(stream_window=4 * 1024 * KIB, max_stream_window=1024 * KIB)
+    with pytest.raises(ValueError):
+        QuicLimits(max_connection_window=KIB)
