@@ -430,14 +430,20 @@ class Engine(QuicConnection):
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
         # aioquic calls this for every stream in every packet it builds: the common case (nothing
-        # due) costs two comparisons, without asking the connection what the stream buffers
+        # due) costs two comparisons, without looking up the stream's window nor asking the
+        # connection what the stream buffers. An update is due once local - consumed <= window / 2,
+        # and window <= local (local = consumed then + window), so not before 2 * delivered >= local
         local = stream.max_stream_data_local
         if not local:
             return
         receiver = stream.receiver
-        window = stream.__dict__.get("recv_window", self.stream_window)
         delivered = receiver.starting_offset()
-        if delivered + window - local >= window // 2 and not receiver.is_finished:
+        if 2 * delivered < local:
+            pass
+        elif (
+            delivered + (window := stream.__dict__.get("recv_window", self.stream_window)) - local >= window // 2
+            and not receiver.is_finished
+        ):
             # the most the target can be (nothing buffered) would be due: count what is
             consumed = delivered - self.buffered(stream.stream_id)
             if consumed + window - local >= window // 2:
