@@ -374,7 +374,7 @@ class Engine(QuicConnection):
         stream = self._streams.get(stream_id)
         if stream is None or not stream.max_stream_data_local:
             return self._connection_credit_due()
-        window = stream.__dict__.get("recv_window", self.stream_window)
+        window = getattr(stream, "recv_window", self.stream_window)
         consumed = stream.receiver.starting_offset() - self.buffered(stream_id)
         return consumed + window - stream.max_stream_data_local_sent >= window // 2 or self._connection_credit_due()
 
@@ -441,17 +441,18 @@ class Engine(QuicConnection):
         if 2 * delivered < local:
             pass
         elif (
-            delivered + (window := stream.__dict__.get("recv_window", self.stream_window)) - local >= window // 2
+            delivered + (window := getattr(stream, "recv_window", self.stream_window)) - local >= window // 2
             and not receiver.is_finished
         ):
             # the most the target can be (nothing buffered) would be due: count what is
             consumed = delivered - self.buffered(stream.stream_id)
             if consumed + window - local >= window // 2:
-                attrs = stream.__dict__
-                grown = self._grown(window, self.max_stream_window, attrs.get("recv_window_at"))
-                attrs["recv_window_at"] = self._now
+                # (getattr and setattr: reading a stream's __dict__ would make CPython build one
+                # for an object that keeps its attributes inline, slowing all of them down)
+                grown = self._grown(window, self.max_stream_window, getattr(stream, "recv_window_at", None))
+                stream.recv_window_at = self._now
                 if grown != window:
-                    attrs["recv_window"] = window = grown
+                    stream.recv_window = window = grown
                     self._logger.debug("stream %d receive window grown to %d", stream.stream_id, window)
                 stream.max_stream_data_local = local = consumed + window
         if stream.max_stream_data_local_sent != local and not receiver.is_finished:

@@ -108,7 +108,7 @@ class Run:
             return
         stream = server._streams.get(self.sid)
         if stream is not None:
-            window = stream.__dict__.get("recv_window", WINDOW)
+            window = getattr(stream, "recv_window", WINDOW)
             assert stream.max_stream_data_local <= self.read + window
             self.largest_window = max(self.largest_window, window)
         assert server._local_max_data.value <= self.read + server.connection_window
