@@ -64,9 +64,14 @@ class QuicLimits:
     handshake. ``max_streams``: bidirectional streams the peer may have open at once (more are
     refused by QUIC flow control itself: the peer cannot open them); ``max_uni_streams`` the same
     for unidirectional ones (HTTP/3 needs 3). ``stream_window``: bytes a stream buffers unread
-    (its receive window; updated as the application reads); ``connection_window``: the initial
-    connection-wide window. Listener only: ``max_connections`` at once (further Initial packets
-    are dropped), ``drain_timeout``: seconds connections get to finish on shutdown.
+    (its initial receive window; credit is granted as the application reads); ``connection_window``:
+    the initial connection-wide window (credit granted as the application reads any stream).
+    Receive-window auto-tuning: a window whose previous update went out less than two round trips
+    before is doubled (the reader is faster than the window lets the peer send), up to
+    ``max_stream_window`` (16 MiB) and ``max_connection_window`` (32 MiB); what is buffered unread
+    stays bounded by the caps, since credit only follows what was read. Listener only:
+    ``max_connections`` at once (further Initial packets are dropped), ``drain_timeout``: seconds
+    connections get to finish on shutdown.
     ``datagram_size``: the datagram size a connection starts with (1200..16000; default 1350,
     which every Internet path carries). ``pmtu``: path MTU discovery (RFC 8899 / RFC 9000 14.3,
     :mod:`layers._quic_pmtu`): once the handshake is confirmed, where the system tells the local
@@ -83,6 +88,8 @@ class QuicLimits:
     max_uni_streams: int = 8
     stream_window: int = 1024 * 1024
     connection_window: int = 16 * 1024 * 1024
+    max_stream_window: int = 16 * 1024 * 1024
+    max_connection_window: int = 32 * 1024 * 1024
     max_connections: int = 10_000
     drain_timeout: float = 10.0
     datagram_size: int = 1350
@@ -94,6 +101,8 @@ class QuicLimits:
             raise ValueError("QuicLimits.datagram_size must be 1200..16000 bytes")
         if not self.datagram_size <= self.max_datagram_size <= 65507:
             raise ValueError("QuicLimits.max_datagram_size must be datagram_size..65507 bytes")
+        if self.max_stream_window < self.stream_window or self.max_connection_window < self.connection_window:
+            raise ValueError("QuicLimits: max_stream_window / max_connection_window are at least the initial windows")
 
 
 DEFAULT_QUIC_LIMITS = QuicLimits()
@@ -162,7 +171,10 @@ class QuicConnection:
         self.on_cid_issued: Callable[[bytes], None] | None = None
         self.on_cid_retired: Callable[[bytes], None] | None = None
         engine.buffered = self._buffered
+        engine.buffered_total = self._buffered_total
         engine.stream_window = limits.stream_window
+        engine.max_stream_window = limits.max_stream_window
+        engine.max_connection_window = limits.max_connection_window
 
     def __repr__(self) -> str:
         state = "failed" if self._failure else "open"
@@ -204,6 +216,7 @@ class QuicConnection:
         except ValueError:  # the engine already forgot the stream
             pass
         self._streams.pop(sid, None)
+        engine.credit_due(sid)  # what it buffered is free: the connection's credit may be due
         self.wake()
 
     def release_if_done(self, stream: QuicStream) -> None:
@@ -233,6 +246,9 @@ class QuicConnection:
     def _buffered(self, stream_id: int) -> int:
         stream = self._streams.get(stream_id)
         return stream._buffered_in() if stream is not None else 0
+
+    def _buffered_total(self) -> int:
+        return sum(stream._buffered_in() for stream in self._streams.values())
 
     # ---- the public API ------------------------------------------------------------------
 

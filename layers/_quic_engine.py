@@ -7,12 +7,16 @@ datagrams and timer expiries and sends what it produces. What aioquic decides di
 our stream contract, or does not do, is corrected here, in one subclass, so the rest of the
 layer never touches aioquic's private state:
 
-* **Receive windows follow consumption.** aioquic doubles a stream's receive window whenever the
-  peer has sent half of it, whatever the application read, so a peer could make us buffer without
-  bound. :class:`Engine` grants a stream ``consumed + window`` instead (``consumed`` being what
-  the application took from our :class:`~layers._quic_stream.QuicStream`), so an unread stream
-  holds at most one window, as an HTTP/2 stream does. (The connection-wide limit keeps aioquic's
-  doubling; the stream limit times the stream windows bounds what is buffered.)
+* **Receive windows follow consumption, auto-tuned.** aioquic doubles a stream's receive window
+  whenever the peer has sent half of it, and the connection's likewise, whatever the application
+  read, so a peer could make us buffer without bound. :class:`Engine` grants a stream
+  ``consumed + window`` instead (``consumed`` being what the application took from our
+  :class:`~layers._quic_stream.QuicStream`), and the connection ``consumed + window`` over all its
+  streams, so an unread stream holds at most its window, as an HTTP/2 stream does, and the whole
+  connection at most the connection's. A window is doubled, up to ``max_stream_window`` /
+  ``max_connection_window``, when its previous update went out less than :data:`TUNE_RTTS` round
+  trips before (the reader took half a window in that time, so the window, not the reader, holds
+  the transfer back: quiche's and Chromium's rule); a slow or idle reader keeps the initial one.
 * **Knobs aioquic has no setting for**: the number of streams a peer may open at once
   (``max_streams``; aioquic grants one more per finished stream, RFC 9000 4.6) and a view of how
   much of a stream's committed data has not yet left (``unsent``), which bounds what a sender
@@ -43,7 +47,11 @@ from aioquic import tls as aioquic_tls
 from aioquic._buffer import Buffer
 from aioquic.buffer import size_uint_var
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
+from aioquic.quic.connection import (
+    CONNECTION_LIMIT_FRAME_CAPACITY,
+    MAX_STREAM_DATA_FRAME_CAPACITY,
+    QuicConnection,
+)
 from aioquic.quic.packet import QuicFrameType, QuicPacketType, pull_quic_transport_parameters
 from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilderStop
 from aioquic.quic.recovery import K_MICRO_SECOND, K_SECOND, QuicPacketPacer, QuicPacketRecovery
@@ -52,6 +60,10 @@ from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
 from ._quic_pmtu import PEER_DEFAULT, Search
 
 __all__ = ["Engine", "client_configuration", "server_configuration"]
+
+TUNE_RTTS = 2
+"""A receive window is doubled when its previous update was granted less than this many round
+trips ago (quiche's and Chromium's rule)."""
 
 PACING_BURST = 0.002
 """Seconds of the pacing rate one burst may send (:class:`Pacer`)."""
@@ -133,7 +145,12 @@ class Engine(QuicConnection):
     """
 
     buffered: Callable[[int], int] = staticmethod(lambda stream_id: 0)
+    buffered_total: Callable[[], int] = staticmethod(lambda: 0)
+    """How many bytes of all streams were delivered and not yet taken (set like ``buffered``)."""
     stream_window: int = 1024 * 1024
+    """A stream's initial receive window (each stream's own, once grown: ``recv_window``)."""
+    max_stream_window: int = 16 * 1024 * 1024
+    max_connection_window: int = 32 * 1024 * 1024
 
     max_udp_payload = 65507
     """The largest datagram we receive (our UDP sockets' buffer), announced to the peer as the
@@ -155,6 +172,11 @@ class Engine(QuicConnection):
         """The path MTU search while one runs (:meth:`start_pmtud`)."""
         self.peer_max_udp_payload = PEER_DEFAULT
         self._probing = 0
+        self.connection_window = int(config.max_data)
+        """The connection's receive window now (auto-tuned up to ``max_connection_window``)."""
+        self._connection_window_at: float | None = None
+        self._reads = False
+        self._now = 0.0
 
     # ---- path MTU discovery (layers._quic_pmtu) ----------------------------------------------
 
@@ -327,29 +349,112 @@ class Engine(QuicConnection):
         sender = stream.sender
         return max(0, sender._buffer_stop - sender.highest_offset)
 
+    # ---- receive windows: credit follows consumption, auto-tuned -----------------------------
+
+    def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
+        self._now = now  # the window auto-tuning's clock (aioquic passes no time further down)
+        QuicConnection._write_application(self, builder, network_path, now)
+
+    def _grown(self, window: int, cap: int, last: float | None) -> int:
+        """``window``, doubled (up to ``cap``) when the previous update of it was granted less
+        than :data:`TUNE_RTTS` round trips ago: the reader consumes it faster than the peer can
+        be told, so the window, not the reader, is what limits the transfer."""
+        if last is None or window >= cap:
+            return window
+        loss = self._loss
+        rtt = loss._rtt_smoothed if loss._rtt_initialized else self._configuration.initial_rtt
+        if self._now - last < TUNE_RTTS * rtt:
+            return min(2 * window, cap)
+        return window
+
     def credit_due(self, stream_id: int) -> bool:
-        """Whether the application consumed enough of ``stream_id`` for a window update to be
-        worth sending (half a window)."""
+        """Whether the application consumed enough of ``stream_id`` (or of the connection) for
+        a window update to be worth sending (half a window)."""
+        self._reads = True
         stream = self._streams.get(stream_id)
         if stream is None or not stream.max_stream_data_local:
-            return False
+            return self._connection_credit_due()
+        window = getattr(stream, "recv_window", self.stream_window)
         consumed = stream.receiver.starting_offset() - self.buffered(stream_id)
-        return consumed + self.stream_window - stream.max_stream_data_local_sent >= self.stream_window // 2
+        return consumed + window - stream.max_stream_data_local_sent >= window // 2 or self._connection_credit_due()
+
+    def _connection_consumed(self) -> int:
+        """Bytes of the whole connection the application consumed (or that were discarded)."""
+        undelivered = 0
+        for stream in self._streams.values():
+            receiver = stream.receiver
+            undelivered += receiver.highest_offset - receiver.starting_offset()
+        return int(self._local_max_data.used - undelivered - self.buffered_total())
+
+    def _connection_credit_due(self) -> bool:
+        limit = self._local_max_data
+        window = self.connection_window
+        if limit.used + window - limit.sent < window // 2:
+            return False  # not even if everything received was consumed
+        return self._connection_consumed() + window - limit.sent >= window // 2
+
+    def _write_connection_limits(self, builder: Any, space: Any) -> None:
+        # aioquic doubles MAX_DATA once half of it was received, read or not: ours grants
+        # consumed + window, the window auto-tuned (credit_due), computed after a read, or while
+        # the peer has under a quarter window of credit left (bytes that arrived on a stream
+        # nobody reads any more, after STOP_SENDING, count as consumed without a read)
+        limit = self._local_max_data
+        window = self.connection_window
+        if self._reads or limit.value - limit.used < window // 4:
+            self._reads = False
+            if limit.used + window - limit.value >= window // 2:
+                consumed = self._connection_consumed()
+                if consumed + window - limit.value >= window // 2:
+                    grown = self._grown(window, self.max_connection_window, self._connection_window_at)
+                    self._connection_window_at = self._now
+                    if grown != window:
+                        self.connection_window = window = grown
+                        self._logger.debug("connection receive window grown to %d", window)
+                    limit.value = consumed + window
+        for lim in (limit, self._local_max_streams_bidi, self._local_max_streams_uni):
+            if lim is not limit and lim.sent - lim.used >= lim.value - lim.sent:
+                continue  # aioquic's batching of MAX_STREAMS
+            if lim.value != lim.sent:
+                buf = builder.start_frame(
+                    lim.frame_type,
+                    capacity=CONNECTION_LIMIT_FRAME_CAPACITY,
+                    handler=self._on_connection_limit_delivery,
+                    handler_args=(lim,),
+                )
+                buf.push_uint_var(lim.value)
+                lim.sent = lim.value
+                if self._quic_logger is not None:
+                    builder.quic_logger_frames.append(
+                        self._quic_logger.encode_connection_limit_frame(frame_type=lim.frame_type, maximum=lim.value)
+                    )
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
         # aioquic calls this for every stream in every packet it builds: the common case (nothing
-        # due) costs two comparisons, without asking the connection what the stream buffers
+        # due) costs two comparisons, without looking up the stream's window nor asking the
+        # connection what the stream buffers. An update is due once local - consumed <= window / 2,
+        # and window <= local (local = consumed then + window), so not before 2 * delivered >= local
         local = stream.max_stream_data_local
         if not local:
             return
         receiver = stream.receiver
-        window = self.stream_window
         delivered = receiver.starting_offset()
-        if delivered + window - local >= window // 2 and not receiver.is_finished:
+        if 2 * delivered < local:
+            pass
+        elif (
+            delivered + (window := getattr(stream, "recv_window", self.stream_window)) - local >= window // 2
+            and not receiver.is_finished
+        ):
             # the most the target can be (nothing buffered) would be due: count what is
-            target = delivered - self.buffered(stream.stream_id) + window
-            if target - local >= window // 2:
-                stream.max_stream_data_local = local = target
+            consumed = delivered - self.buffered(stream.stream_id)
+            if consumed + window - local >= window // 2:
+                # (getattr and setattr: reading a stream's __dict__ would make CPython build one
+                # for an object that keeps its attributes inline, slowing all of them down)
+                grown = self._grown(window, self.max_stream_window, getattr(stream, "recv_window_at", None))
+                stream.recv_window_at = self._now
+                if grown != window:
+                    stream.recv_window = window = grown
+                    self._logger.debug("stream %d receive window grown to %d", stream.stream_id, window)
+                stream.max_stream_data_local = local = consumed + window
         if stream.max_stream_data_local_sent != local and not receiver.is_finished:
             buf = builder.start_frame(
                 QuicFrameType.MAX_STREAM_DATA,

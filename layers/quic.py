@@ -40,8 +40,10 @@ times out consumes nothing; a send commits at most 64 KiB per step and only whil
 256 KiB of the stream wait to leave, so ``Timeout.sent`` is exact and memory bounded; ``done()`` is
 a FIN; ``aclose()`` before both directions ended abandons the stream (RESET_STREAM and
 STOP_SENDING, the connection unharmed); a peer's reset makes the stream :class:`~stack.Broken`.
-Receive windows follow what the application reads (``QuicLimits.stream_window`` per stream), so a
-slow reader stalls only its own stream and buffers at most one window.
+Receive windows follow what the application reads (``QuicLimits.stream_window`` per stream,
+``connection_window`` for the connection), so a slow reader stalls only its own stream and buffers
+at most one window; a window a reader takes faster than the peer can be told (an update due within
+two round trips of the previous one) doubles, up to ``max_stream_window`` / ``max_connection_window``.
 
 **Server endpoint.** One UDP socket; connections demultiplexed by connection ID; new
 connections only from a client Initial of at least 1200 bytes; ``retry=True`` validates client
