@@ -62,6 +62,9 @@ _SC = h2.settings.SettingCodes
 _REQUEST_PSEUDO = frozenset([b":method", b":scheme", b":authority", b":path", b":protocol"])
 _HEAD_CACHE = 64
 """Request heads remembered per connection, checked and decoded (see ``_make_request``)."""
+_DIRECT_RUN = 64
+"""Requests admitted straight into a task of their own once an app of a batch suspended (then
+a batch probes again: see ``_run_batch``)."""
 _Head = tuple[str, str, tuple[tuple[bytes, bytes], ...], str, str, str | None]
 
 
@@ -149,6 +152,7 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         self._upgrade_request: H2Request | None = None
         self._batch: deque[H2Request] | None = None  # admitted, for a batch task not started yet
         self._heads: dict[tuple[Any, ...], _Head] = {}  # request heads seen, checked (_make_request)
+        self._direct = 0  # requests still to start in a task of their own (an app suspended)
 
     # ---- handshake -------------------------------------------------------------------------
 
@@ -431,12 +435,17 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         app = self._app
         nursery = self._nursery
         if app is not None and nursery is not None:
-            batch = self._batch
-            if batch is None:
-                batch = self._batch = deque()
-                nursery.start_soon(self._run_batch, app, batch, name=f"h2 streams from {sid}")
+            if self._direct:  # an app suspended lately: a task of its own, run in the next round
+                self._direct -= 1
+                nursery.start_soon(self._handle_request, app, request, name="h2 stream")
                 self._kicked += 1
-            batch.append(request)
+            else:
+                batch = self._batch
+                if batch is None:
+                    batch = self._batch = deque()
+                    nursery.start_soon(self._run_batch, app, batch, name=f"h2 streams from {sid}")
+                    self._kicked += 1
+                batch.append(request)
         else:
             assert self._queue is not None  # recv() mode: run() made it
             self._queue.append(request)
@@ -473,6 +482,7 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
                 self._spawn_each(app, batch)
                 raise
             self._spawn_each(app, batch)
+            self._direct = _DIRECT_RUN
             await _Resume(coro, trap, context)
             return
 
