@@ -7,8 +7,9 @@
   *admitted*: handed to the app (``serve(app)``) or queued for :meth:`H2ServerConnection.recv`.
 * **the batching of apps** (CONTRIBUTING, "The requests of one read share a task"): the requests
   admitted by one read share a task; each app call is stepped by hand (``_run_batch``,
-  :class:`_Resume`), the first one that suspends keeps the task and the rest move on to a new
-  one, each in its own copy of the context.
+  :class:`_Resume`), the first one that suspends keeps the task and each of the rest gets a task
+  of its own in the same scheduling round (their answers then leave in one write), each app in
+  its own copy of the context.
 * **defences**: REFUSED_STREAM past ``max_concurrent_streams`` (counting handlers still running),
   and GOAWAY ENHANCE_YOUR_CALM once more than ``rapid_reset_limit`` streams were refused in
   ``flood_period`` (a stream flood: the rest of the burst is never processed), rapid-reset
@@ -61,6 +62,9 @@ _SC = h2.settings.SettingCodes
 _REQUEST_PSEUDO = frozenset([b":method", b":scheme", b":authority", b":path", b":protocol"])
 _HEAD_CACHE = 64
 """Request heads remembered per connection, checked and decoded (see ``_make_request``)."""
+_DIRECT_RUN = 64
+"""Requests admitted straight into a task of their own once an app of a batch suspended (then
+a batch probes again: see ``_run_batch``)."""
 _Head = tuple[str, str, tuple[tuple[bytes, bytes], ...], str, str, str | None]
 
 
@@ -148,6 +152,7 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         self._upgrade_request: H2Request | None = None
         self._batch: deque[H2Request] | None = None  # admitted, for a batch task not started yet
         self._heads: dict[tuple[Any, ...], _Head] = {}  # request heads seen, checked (_make_request)
+        self._direct = 0  # requests still to start in a task of their own (an app suspended)
 
     # ---- handshake -------------------------------------------------------------------------
 
@@ -430,12 +435,17 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         app = self._app
         nursery = self._nursery
         if app is not None and nursery is not None:
-            batch = self._batch
-            if batch is None:
-                batch = self._batch = deque()
-                nursery.start_soon(self._run_batch, app, batch, name=f"h2 streams from {sid}")
+            if self._direct:  # an app suspended lately: a task of its own, run in the next round
+                self._direct -= 1
+                nursery.start_soon(self._handle_request, app, request, name="h2 stream")
                 self._kicked += 1
-            batch.append(request)
+            else:
+                batch = self._batch
+                if batch is None:
+                    batch = self._batch = deque()
+                    nursery.start_soon(self._run_batch, app, batch, name=f"h2 streams from {sid}")
+                    self._kicked += 1
+                batch.append(request)
         else:
             assert self._queue is not None  # recv() mode: run() made it
             self._queue.append(request)
@@ -450,10 +460,14 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         exit), and most apps answer a small request without ever suspending. So the requests
         admitted in one read share a task: each app call is stepped by hand, and one that
         finishes without suspending costs no task at all. The first one that suspends (or
-        raises through, e.g. Cancelled) keeps this task for itself and the rest of the batch
-        moves on to a new task at once, so every stream still runs concurrently with the others
-        and is never held up by another one's app. Each app runs in a copy of the context, as
-        in a task of its own (context variables it sets do not leak to the next request).
+        raises through, e.g. Cancelled) keeps this task for itself, and every other request of
+        the batch gets a task of its own at once (``_handle_request`` itself, no wrapper): an
+        app that awaits (a proxy waiting for its backend) most likely awaits for the next
+        request too, and started in the same scheduling round, their answers come back in the
+        same round and leave in one write (handed on as one batch, each app would start a round
+        after the previous one, and each answer cost a send of its own). Each app runs in a
+        copy of the context, as in a task of its own (context variables it sets do not leak to
+        the next request).
         """
         if self._batch is batch:
             self._batch = None  # requests admitted from now on start a new batch
@@ -465,13 +479,21 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
             except StopIteration:
                 continue
             except BaseException:
-                if batch and self._nursery is not None:
-                    self._nursery.start_soon(self._run_batch, app, batch, name="h2 streams")
+                self._spawn_each(app, batch)
                 raise
-            if batch and self._nursery is not None:
-                self._nursery.start_soon(self._run_batch, app, batch, name="h2 streams")
+            self._spawn_each(app, batch)
+            self._direct = _DIRECT_RUN
             await _Resume(coro, trap, context)
             return
+
+    def _spawn_each(self, app: App, batch: deque[H2Request]) -> None:
+        """A task for each request of ``batch`` (emptied), started in this scheduling round."""
+        nursery = self._nursery
+        if nursery is not None:
+            start = nursery.start_soon
+            handle = self._handle_request
+            while batch:
+                start(handle, app, batch.popleft(), name="h2 stream")
 
     async def _handle_request(self, app: App, request: H2Request) -> None:
         failed: BaseException | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -958,3 +959,36 @@ def test_response_header_lists_given_again_are_remembered_checked() -> None:
         with pytest.raises(ValueError, match="invalid value"):
             _h2stream._checked_input(bad)
     assert tuple(bad) not in _h2stream._KNOWN_HEADS
+
+
+async def test_awaiting_apps_each_get_a_task_and_a_fresh_context() -> None:
+    # Once an app suspends, the next requests start in tasks of their own (then a batch probes
+    # again): every request still gets its answer, runs in a fresh copy of the context, and an
+    # app that fails still gets its stream a 500, whichever way it was started.
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[str] = []
+
+    async def app(request: http.Request) -> None:
+        seen.append(var.get())
+        var.set(request.path)
+        n = int(request.path[1:])
+        if n % 3:
+            await trio.lowlevel.checkpoint()
+        if n % 7 == 0:
+            raise RuntimeError("boom")
+        await request.respond(200, [], request.path.encode())
+
+    async with h2_pair(app) as conn:
+        results: dict[int, tuple[int, bytes]] = {}
+
+        async def one(i: int) -> None:
+            r = await conn.request("GET", f"/{i}")
+            results[i] = (r.status, await r.read())
+
+        with trio.fail_after(TIMEOUT):
+            for start in range(0, 200, 10):  # 10 in flight, as h2load -m10
+                async with trio.open_nursery() as nursery:
+                    for i in range(start, start + 10):
+                        nursery.start_soon(one, i)
+    assert results == {i: (500, b"") if i % 7 == 0 else (200, f"/{i}".encode()) for i in range(200)}
+    assert seen == ["unset"] * 200
