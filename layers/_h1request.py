@@ -76,6 +76,18 @@ class RequestOwner(Protocol):
     def close_after(self, why: str, *, linger: bool = True) -> None: ...
 
 
+class _WireHeaders:
+    """``Request.headers``, made on first use from the parsed head's field list (names already
+    lower-case bytes) and then kept in the instance: a request whose app never asks for its
+    headers builds no :class:`Headers`. A non-data descriptor, so assigning ``headers`` works."""
+
+    def __get__(self, request: Request | None, owner: type | None = None) -> Headers:
+        if request is None:  # on the class (introspection)
+            return self  # type: ignore[return-value]
+        headers = request.__dict__["headers"] = Headers._wire(request._head.fields)
+        return headers
+
+
 class Request(http.Request):
     """A request on an HTTP/1.1 server connection (see :class:`layers.http.Request`).
 
@@ -87,11 +99,11 @@ class Request(http.Request):
     status: int | None = None
     trailers = Headers()  # replaced, never changed in place, when trailers arrive
     _response: ResponseStream | None = None
+    headers = _WireHeaders()  # a Headers once read
 
     def __init__(self, owner: RequestOwner, head: ParsedHead, body: RequestBody) -> None:
         self.method = head.method.decode("ascii")
         self.target = head.target.decode("ascii")
-        self.headers = Headers._wire(head.fields)
         self.http_version = "1.1" if head.http_version == b"1.1" else "1.0"
         self.body = self._body = body
         self.info = owner.info

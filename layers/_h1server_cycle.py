@@ -13,8 +13,9 @@ request, its body and its response stream reach their connection through.
 
 The serve loop (waiting for heads under the limits, the watchdog and the shutdown event, running
 the app on each request, its failures) is :class:`~layers._h1server.ServerConnection`'s, in
-``_h1server.py``. Every change of the request's state goes through :func:`~layers._h1core.advance`
-on the core's state table.
+``_h1server.py``. Every change of the request's state follows the core's state table: through
+:func:`~layers._h1core.advance`, but for the three transitions of the usual keep-alive cycle, taken
+inline where the current state is the usual one (the table is checked to keep them).
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class ServerCycle(H1Connection, ResponseWriter):
         self._watchdog: Watchdog | None = None  # the run's, once serve() waited
 
     def _start_request(self, head: ParsedHead) -> Request:
-        self._state = advance(self._state, REQUEST)
+        state = self._state  # the usual transitions of a cycle are taken without a call (see _h1core)
+        self._state = AWAIT_RESPONSE if state is IDLE else advance(state, REQUEST)
         self._expect_100 = head.expect_100
         self._sent_100 = False
         # Neither Content-Length nor Transfer-Encoding: no body (RFC 9112 6.3), and the engine is
@@ -215,7 +217,8 @@ class ServerCycle(H1Connection, ResponseWriter):
         self._head(request, status, headers, len(body))
         if body and not self._discard:
             self.outbuf += body
-        self._state = advance(self._state, RESPOND)
+        state = self._state
+        self._state = DONE if state is AWAIT_RESPONSE else advance(state, RESPOND)
         if self._flushing:  # another task flushes (a 100 Continue): wait for it
             await self.flush(deadline)
         else:
@@ -340,7 +343,8 @@ class ServerCycle(H1Connection, ResponseWriter):
         trailing = self._engine.reset()
         if trailing:  # pipelined bytes read past the body: they are checked as a head again
             self._inbuf[:0] = trailing
-        self._state = advance(self._state, NEXT_CYCLE)
+        state = self._state
+        self._state = IDLE if state is DONE else advance(state, NEXT_CYCLE)
         dog = self._watchdog
         self._idle_since = trio.current_time() if dog is None else dog.now()
 
