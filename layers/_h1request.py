@@ -84,8 +84,8 @@ class _WireHeaders:
     def __get__(self, request: Request | None, owner: type | None = None) -> Headers:
         if request is None:  # on the class (introspection)
             return self  # type: ignore[return-value]
-        headers = request.__dict__["headers"] = Headers._wire(request._head.fields)
-        return headers
+        headers = request.headers = Headers._wire(request._head.fields)  # into the instance (not via
+        return headers  # __dict__, which would turn its inline attribute values into a dict)
 
 
 class Request(http.Request):
