@@ -121,7 +121,11 @@ class Request(http.Request):
         response of a shape sent before is framed from the head cache, with no ``Headers`` built;
         and the connection's own coroutine is returned, so a response costs no coroutine of its own
         (the checks run on the call, before the await)."""
-        self._claim(status)
+        if self.responded or not 200 <= status <= 599:  # _claim, inline for a final status
+            self._claim(status)  # raises, or claims a 101
+        else:
+            self.responded = True
+            self.status = status
         return self._owner.send_response(self, status, headers, bytes(body), deadline)
 
     async def _respond(self, status: int, headers: Headers, body: bytes, deadline: float) -> None:

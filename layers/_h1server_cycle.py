@@ -214,7 +214,22 @@ class ServerCycle(H1Connection, ResponseWriter):
             return
         if request is not self._current:  # _check_current, inline: this is per request
             self._check_current(request)
-        self._head(request, status, headers, len(body))
+        if request._body._complete:  # _head, inline in the usual case (this is per request)
+            shutdown = self._shutdown
+            why = self._frame_head(
+                status,
+                headers,
+                len(body),
+                request.method == "HEAD",
+                request.http_version == "1.1",
+                self._closing is not None or not request._head.keep_alive,
+                None,
+                shutdown is not None and shutdown.is_set(),
+            )
+            if why is not None:
+                self.close_after(why, linger=False)
+        else:
+            self._head(request, status, headers, len(body))
         if body and not self._discard:
             self.outbuf += body
         state = self._state
