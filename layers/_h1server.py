@@ -30,6 +30,7 @@ from layers._h1core import (
     AWAIT_RESPONSE,
     CLOSED,
     DONE,
+    IDLE,
     RECV,
     SEND_BODY,
     SWITCH,
@@ -437,8 +438,13 @@ class ServerConnection(ServerCycle, http.ServerConnection):
             and not self.outbuf
             and current._body._complete
         ):
-            self._current = None
-            self._next_cycle()
+            self._current = None  # _next_cycle, inline (the state is DONE: NEXT_CYCLE makes it IDLE)
+            trailing = self._engine.reset()
+            if trailing:  # pipelined bytes read past the body: they are checked as a head again
+                self._inbuf[:0] = trailing
+            self._state = IDLE
+            dog = self._watchdog
+            self._idle_since = trio.current_time() if dog is None else dog.now()
         else:
             await self._end_cycle()
         return self._ended is None
