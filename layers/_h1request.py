@@ -165,6 +165,7 @@ class RequestBody(ByteStream):
     _request: Request | None = None
 
     def __init__(self, owner: RequestOwner, complete: bool) -> None:
+        # (the server connection sets these four itself, without calling this: keep them together)
         self._lower = owner.lower
         self._unread = bytearray()
         self._owner = owner

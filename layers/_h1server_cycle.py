@@ -63,6 +63,7 @@ from stack.streams import ByteStream
 from stack.watchdog import Watchdog
 
 log = logging.getLogger("stack.http1")
+_new = object.__new__
 
 
 class ServerCycle(H1Connection, ResponseWriter):
@@ -103,7 +104,11 @@ class ServerCycle(H1Connection, ResponseWriter):
         # Neither Content-Length nor Transfer-Encoding: no body (RFC 9112 6.3), and the engine is
         # not asked for the end it would report: the end of the request body is
         # ``body._complete``. A zero Content-Length ends here too.
-        body = RequestBody(self, not head.chunked and not head.content_length)
+        body = _new(RequestBody)  # RequestBody.__init__, inline: no call through the type per request
+        body._lower = self.lower
+        body._unread = bytearray()
+        body._owner = self
+        body._complete = not head.chunked and not head.content_length
         request = Request(self, head, body)
         body._request = request
         self._current = request
