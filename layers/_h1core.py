@@ -151,7 +151,14 @@ TRANSITIONS: dict[str, dict[str, str]] = {
     NEXT_CYCLE: {DONE: IDLE},
     CLOSE: {state: CLOSED for state in STATES},
 }
-"""event -> {state -> next state}: every legal transition; anything else is illegal."""
+"""event -> {state -> next state}: every legal transition; anything else is illegal.
+
+The server takes the three transitions of the usual keep-alive cycle (REQUEST from IDLE, RESPOND
+from AWAIT_RESPONSE, NEXT_CYCLE from DONE) inline, without calling :func:`advance` (this is per
+request); the table must keep them as they are (checked below), and every other goes through
+:func:`advance`."""
+assert TRANSITIONS[REQUEST][IDLE] is AWAIT_RESPONSE and TRANSITIONS[RESPOND][AWAIT_RESPONSE] is DONE
+assert TRANSITIONS[NEXT_CYCLE][DONE] is IDLE
 
 
 class IllegalTransition(StackError):

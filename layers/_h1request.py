@@ -76,6 +76,18 @@ class RequestOwner(Protocol):
     def close_after(self, why: str, *, linger: bool = True) -> None: ...
 
 
+class _WireHeaders:
+    """``Request.headers``, made on first use from the parsed head's field list (names already
+    lower-case bytes) and then kept in the instance: a request whose app never asks for its
+    headers builds no :class:`Headers`. A non-data descriptor, so assigning ``headers`` works."""
+
+    def __get__(self, request: Request | None, owner: type | None = None) -> Headers:
+        if request is None:  # on the class (introspection)
+            return self  # type: ignore[return-value]
+        headers = request.headers = Headers._wire(request._head.fields)  # into the instance (not via
+        return headers  # __dict__, which would turn its inline attribute values into a dict)
+
+
 class Request(http.Request):
     """A request on an HTTP/1.1 server connection (see :class:`layers.http.Request`).
 
@@ -87,11 +99,11 @@ class Request(http.Request):
     status: int | None = None
     trailers = Headers()  # replaced, never changed in place, when trailers arrive
     _response: ResponseStream | None = None
+    headers = _WireHeaders()  # a Headers once read
 
     def __init__(self, owner: RequestOwner, head: ParsedHead, body: RequestBody) -> None:
         self.method = head.method.decode("ascii")
         self.target = head.target.decode("ascii")
-        self.headers = Headers._wire(head.fields)
         self.http_version = "1.1" if head.http_version == b"1.1" else "1.0"
         self.body = self._body = body
         self.info = owner.info
@@ -109,7 +121,11 @@ class Request(http.Request):
         response of a shape sent before is framed from the head cache, with no ``Headers`` built;
         and the connection's own coroutine is returned, so a response costs no coroutine of its own
         (the checks run on the call, before the await)."""
-        self._claim(status)
+        if self.responded or not 200 <= status <= 599:  # _claim, inline for a final status
+            self._claim(status)  # raises, or claims a 101
+        else:
+            self.responded = True
+            self.status = status
         return self._owner.send_response(self, status, headers, bytes(body), deadline)
 
     async def _respond(self, status: int, headers: Headers, body: bytes, deadline: float) -> None:
@@ -149,6 +165,7 @@ class RequestBody(ByteStream):
     _request: Request | None = None
 
     def __init__(self, owner: RequestOwner, complete: bool) -> None:
+        # (the server connection sets these four itself, without calling this: keep them together)
         self._lower = owner.lower
         self._unread = bytearray()
         self._owner = owner

@@ -29,6 +29,8 @@ from layers import _http_model as http
 from layers._h1core import (
     AWAIT_RESPONSE,
     CLOSED,
+    DONE,
+    IDLE,
     RECV,
     SEND_BODY,
     SWITCH,
@@ -342,11 +344,31 @@ class ServerConnection(ServerCycle, http.ServerConnection):
             if request is None or not await self._dispatch(app, request):
                 return
             del request  # an idle connection keeps nothing of the last request
+            keepalive = self.limits.keepalive_timeout
+            resolution = keepalive / 8  # as _arm's for an idle wait
+            max_head = self.limits.max_header_bytes
+            shutdown = self._shutdown
             with trio.CancelScope() as watch:
                 while True:
                     got = None
-                    if self._can_idle():  # the idle wait, in this frame: an idle connection holds no other
-                        drainer = self._arm(watch, self._idle_since + self.limits.keepalive_timeout, True)
+                    if (  # _can_idle, inline (this is per request): the idle wait, in this frame
+                        self._current is None
+                        and self._ended is None
+                        and not self._inbuf
+                        and not self.lower.buffered
+                        and (shutdown is None or not shutdown.is_set())
+                    ):
+                        dog = self._watchdog
+                        if dog is None:
+                            drainer = self._arm(watch, self._idle_since + keepalive, True)
+                        else:  # _arm, inline
+                            dog.arm(self, self._idle_since + keepalive, watch, resolution)
+                            self._waited_idle = True
+                            if shutdown is None:
+                                drainer = None
+                            else:
+                                drainer = self._drainer or self._find_drainer(shutdown)
+                                drainer.idle.add(watch)
                         try:
                             got = await self.lower.recv(RECV)
                         finally:
@@ -356,7 +378,7 @@ class ServerConnection(ServerCycle, http.ServerConnection):
                         if not armed or (drainer is not None and drainer.fired):
                             break  # ``watch`` was cancelled just as the bytes came: timed out all the same
                         if got:  # the usual read, one whole head: parsed here (no _next_request coroutine)
-                            head = self._inbuf.exact_head(got, self.limits.max_header_bytes)
+                            head = self._inbuf.exact_head(got, max_head)
                             if head is not None:
                                 try:
                                     request = self._start_request(self._engine.parse_head(head))
@@ -383,18 +405,6 @@ class ServerConnection(ServerCycle, http.ServerConnection):
                 with trio.CancelScope(shield=True):
                     await self.aclose(deadline=trio.current_time() + 1.0)
 
-    def _can_idle(self) -> bool:
-        """Whether :meth:`serve` waits for the next request itself: the last one is over, nothing
-        is buffered (here or below), the connection goes on and the server is not shutting down."""
-        shutdown = self._shutdown
-        return (
-            self._current is None
-            and self._ended is None
-            and not self._inbuf
-            and not self.lower.buffered
-            and (shutdown is None or not shutdown.is_set())
-        )
-
     def _ended_by(self, exc: StackError) -> None:
         log.debug("connection from %s: %s", self.info.get("peer"), exc)
 
@@ -420,7 +430,22 @@ class ServerConnection(ServerCycle, http.ServerConnection):
                         self.close_after(f"ending the response failed: {exc}", linger=False)
                 else:
                     self.close_after("the response was not ended", linger=False)
-        if not self._ended_at_once():
+        current = self._current  # _ended_at_once, inline (this is per request)
+        if (
+            current is not None
+            and self._state is DONE
+            and self._closing is None
+            and not self.outbuf
+            and current._body._complete
+        ):
+            self._current = None  # _next_cycle, inline (the state is DONE: NEXT_CYCLE makes it IDLE)
+            trailing = self._engine.reset()
+            if trailing:  # pipelined bytes read past the body: they are checked as a head again
+                self._inbuf[:0] = trailing
+            self._state = IDLE
+            dog = self._watchdog
+            self._idle_since = trio.current_time() if dog is None else dog.now()
+        else:
             await self._end_cycle()
         return self._ended is None
 

@@ -13,8 +13,9 @@ request, its body and its response stream reach their connection through.
 
 The serve loop (waiting for heads under the limits, the watchdog and the shutdown event, running
 the app on each request, its failures) is :class:`~layers._h1server.ServerConnection`'s, in
-``_h1server.py``. Every change of the request's state goes through :func:`~layers._h1core.advance`
-on the core's state table.
+``_h1server.py``. Every change of the request's state follows the core's state table: through
+:func:`~layers._h1core.advance`, but for the three transitions of the usual keep-alive cycle, taken
+inline where the current state is the usual one (the table is checked to keep them).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from stack.streams import ByteStream
 from stack.watchdog import Watchdog
 
 log = logging.getLogger("stack.http1")
+_new = object.__new__
 
 
 class ServerCycle(H1Connection, ResponseWriter):
@@ -95,13 +97,18 @@ class ServerCycle(H1Connection, ResponseWriter):
         self._watchdog: Watchdog | None = None  # the run's, once serve() waited
 
     def _start_request(self, head: ParsedHead) -> Request:
-        self._state = advance(self._state, REQUEST)
+        state = self._state  # the usual transitions of a cycle are taken without a call (see _h1core)
+        self._state = AWAIT_RESPONSE if state is IDLE else advance(state, REQUEST)
         self._expect_100 = head.expect_100
         self._sent_100 = False
         # Neither Content-Length nor Transfer-Encoding: no body (RFC 9112 6.3), and the engine is
         # not asked for the end it would report: the end of the request body is
         # ``body._complete``. A zero Content-Length ends here too.
-        body = RequestBody(self, not head.chunked and not head.content_length)
+        body = _new(RequestBody)  # RequestBody.__init__, inline: no call through the type per request
+        body._lower = self.lower
+        body._unread = bytearray()
+        body._owner = self
+        body._complete = not head.chunked and not head.content_length
         request = Request(self, head, body)
         body._request = request
         self._current = request
@@ -212,10 +219,26 @@ class ServerCycle(H1Connection, ResponseWriter):
             return
         if request is not self._current:  # _check_current, inline: this is per request
             self._check_current(request)
-        self._head(request, status, headers, len(body))
+        if request._body._complete:  # _head, inline in the usual case (this is per request)
+            shutdown = self._shutdown
+            why = self._frame_head(
+                status,
+                headers,
+                len(body),
+                request.method == "HEAD",
+                request.http_version == "1.1",
+                self._closing is not None or not request._head.keep_alive,
+                None,
+                shutdown is not None and shutdown.is_set(),
+            )
+            if why is not None:
+                self.close_after(why, linger=False)
+        else:
+            self._head(request, status, headers, len(body))
         if body and not self._discard:
             self.outbuf += body
-        self._state = advance(self._state, RESPOND)
+        state = self._state
+        self._state = DONE if state is AWAIT_RESPONSE else advance(state, RESPOND)
         if self._flushing:  # another task flushes (a 100 Continue): wait for it
             await self.flush(deadline)
         else:
@@ -340,7 +363,8 @@ class ServerCycle(H1Connection, ResponseWriter):
         trailing = self._engine.reset()
         if trailing:  # pipelined bytes read past the body: they are checked as a head again
             self._inbuf[:0] = trailing
-        self._state = advance(self._state, NEXT_CYCLE)
+        state = self._state
+        self._state = IDLE if state is DONE else advance(state, NEXT_CYCLE)
         dog = self._watchdog
         self._idle_since = trio.current_time() if dog is None else dog.now()
 
