@@ -344,10 +344,7 @@ class ServerConnection(ServerCycle, http.ServerConnection):
             if request is None or not await self._dispatch(app, request):
                 return
             del request  # an idle connection keeps nothing of the last request
-            keepalive = self.limits.keepalive_timeout
-            resolution = keepalive / 8  # as _arm's for an idle wait
-            max_head = self.limits.max_header_bytes
-            shutdown = self._shutdown
+            # No more locals than these: every slot of this frame is held by every idle connection.
             with trio.CancelScope() as watch:
                 while True:
                     got = None
@@ -356,19 +353,9 @@ class ServerConnection(ServerCycle, http.ServerConnection):
                         and self._ended is None
                         and not self._inbuf
                         and not self.lower.buffered
-                        and (shutdown is None or not shutdown.is_set())
+                        and (self._shutdown is None or not self._shutdown.is_set())
                     ):
-                        dog = self._watchdog
-                        if dog is None:
-                            drainer = self._arm(watch, self._idle_since + keepalive, True)
-                        else:  # _arm, inline
-                            dog.arm(self, self._idle_since + keepalive, watch, resolution)
-                            self._waited_idle = True
-                            if shutdown is None:
-                                drainer = None
-                            else:
-                                drainer = self._drainer or self._find_drainer(shutdown)
-                                drainer.idle.add(watch)
+                        drainer = self._arm(watch, self._idle_since + self.limits.keepalive_timeout, True)
                         try:
                             got = await self.lower.recv(RECV)
                         finally:
@@ -378,10 +365,10 @@ class ServerConnection(ServerCycle, http.ServerConnection):
                         if not armed or (drainer is not None and drainer.fired):
                             break  # ``watch`` was cancelled just as the bytes came: timed out all the same
                         if got:  # the usual read, one whole head: parsed here (no _next_request coroutine)
-                            head = self._inbuf.exact_head(got, max_head)
-                            if head is not None:
+                            got = self._inbuf.exact_head(got, self.limits.max_header_bytes)
+                            if got is not None:
                                 try:
-                                    request = self._start_request(self._engine.parse_head(head))
+                                    request = self._start_request(self._engine.parse_head(got))
                                 except Refused as exc:
                                     return self._ended_by(await self._refused(exc))
                                 except StackError as exc:  # (as _next_request's caller below)
@@ -390,7 +377,7 @@ class ServerConnection(ServerCycle, http.ServerConnection):
                                     break
                                 del request
                                 continue
-                            got = None  # appended to the read-ahead: _next_request goes on from there
+                            # else appended to the read-ahead: _next_request goes on from there
                     try:
                         request = await self._next_request(FOREVER, watch, got)
                     except StackError as exc:
