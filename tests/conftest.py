@@ -17,6 +17,7 @@ from hypothesis import settings
 
 import stack.testing  # registers the "ci" and "dev" profiles
 from layers import http1
+from layers.certs import CA, Leaf
 
 settings.load_profile(os.environ.get(stack.testing.PROFILE_ENV, "dev"))
 
@@ -51,3 +52,15 @@ def h1_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     if engine == "reference" and "fast" in http1.ENGINES:
         monkeypatch.delitem(http1.ENGINES, "fast")
     yield engine or http1.engine_name("auto")
+
+
+@pytest.fixture(scope="session")
+def ca() -> CA:
+    """A throwaway test CA (one per run); a module that needs its own defines ``ca`` itself."""
+    return CA.new()
+
+
+@pytest.fixture(scope="session")
+def leaf(ca: CA) -> Leaf:
+    """A leaf certificate from :func:`ca` for ``localhost`` and ``127.0.0.1``."""
+    return ca.issue("localhost", "127.0.0.1")

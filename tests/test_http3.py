@@ -23,16 +23,6 @@ TIMEOUT = 15.0
 PEER = str(Path(__file__).with_name("_h3_peer.py"))
 
 
-@pytest.fixture(scope="module")
-def ca() -> CA:
-    return CA.new()
-
-
-@pytest.fixture(scope="module")
-def leaf(ca: CA) -> Leaf:
-    return ca.issue("localhost", "127.0.0.1")
-
-
 async def app(request: http.Request) -> None:
     """/ -> which version; /echo -> the body back with a trailer; /stream?n -> n chunks and
     trailers; /boom -> raises; /forget -> returns without answering; /slow -> waits for ever."""

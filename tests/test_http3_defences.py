@@ -26,16 +26,6 @@ from stack import Broken, Timeout
 TIMEOUT = 20.0
 
 
-@pytest.fixture(scope="module")
-def ca() -> CA:
-    return CA.new()
-
-
-@pytest.fixture(scope="module")
-def leaf(ca: CA) -> Leaf:
-    return ca.issue("localhost", "127.0.0.1")
-
-
 sent_by_app: list[int] = []
 
 

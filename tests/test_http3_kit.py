@@ -30,16 +30,6 @@ SKIP = ("closed",)
 EXAMPLES = settings(max_examples=10)
 
 
-@pytest.fixture(scope="module")
-def ca() -> CA:
-    return CA.new()
-
-
-@pytest.fixture(scope="module")
-def leaf(ca: CA) -> Leaf:
-    return ca.issue("localhost", "127.0.0.1")
-
-
 class _Pairs:
     """Makes connected pairs of HTTP/3 request streams on one connection, one request each."""
 

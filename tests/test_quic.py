@@ -23,16 +23,6 @@ from stack.testing import check_bytestream
 TIMEOUT = 10.0
 
 
-@pytest.fixture(scope="module")
-def ca() -> CA:
-    return CA.new()
-
-
-@pytest.fixture(scope="module")
-def leaf(ca: CA) -> Leaf:
-    return ca.issue("localhost", "127.0.0.1")
-
-
 @dataclass
 class Server:
     port: int

@@ -21,21 +21,9 @@ from aioquic.quic.packet import pull_quic_transport_parameters
 
 from layers import _quic_pmtu, udp
 from layers._quic_engine import Engine
-from layers.certs import CA, Leaf
 from layers.quic import QuicConnection, QuicLimits
 from stack import after
 from tests.test_quic import TIMEOUT, client, server
-
-
-@pytest.fixture(scope="module")
-def ca() -> CA:
-    return CA.new()
-
-
-@pytest.fixture(scope="module")
-def leaf(ca: CA) -> Leaf:
-    return ca.issue("localhost", "127.0.0.1")
-
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the route MTU is read on Linux only")
 

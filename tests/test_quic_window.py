@@ -30,16 +30,6 @@ CONN_WINDOW, MAX_CONN_WINDOW = 256 * KIB, 2048 * KIB
 ADDR_C, ADDR_S = ("10.0.0.1", 1111), ("10.0.0.2", 4433)
 
 
-@pytest.fixture(scope="module")
-def ca() -> CA:
-    return CA.new()
-
-
-@pytest.fixture(scope="module")
-def leaf(ca: CA) -> Leaf:
-    return ca.issue("localhost")
-
-
 class Run:
     """One transfer of ``total`` bytes; ``read_every`` / ``read_size``: the reader takes at most
     ``read_size`` bytes every ``read_every`` virtual seconds (``read_size=None``: all, on arrival)."""
