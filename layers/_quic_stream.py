@@ -98,6 +98,13 @@ class QuicStream(StreamErrors, ByteStream):
         kind = "uni" if self.stream_id & 2 else "bidi"
         return Info({"stream_id": self.stream_id, "quic_stream": kind}, self._conn.info)
 
+    @property
+    def ended(self) -> bool:
+        """True once the peer ended its side (a FIN) and every byte of it was read: ``recv``
+        returns ``b""`` without waiting. An HTTP/3 request whose HEADERS came with the FIN has no
+        body: its stream is ``ended`` when the app gets it (the reverse proxy's bodiless path)."""
+        return self._in_ended and not self._in and not self._unread
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.stream_id} {self._closed or ('broken' if self._broken else 'open')}>"
 

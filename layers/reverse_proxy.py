@@ -412,7 +412,7 @@ class ProxyApp:
         length = _field(raw, b"content-length")
         if (
             (length == b"0" or (length is None and _field(raw, b"transfer-encoding") is None))
-            if request.http_version in _HTTP1  # else HTTP/2 (END_STREAM came with the HEADERS) or 3 (not known)
+            if request.http_version in _HTTP1  # else HTTP/2 or 3: the stream ended with the HEADERS
             else (length is None or length == b"0") and getattr(request.body, "ended", False)
         ):  # a request without a body: only the backend is waited on
             return self._forward_bodiless(request, headers, length)

@@ -88,6 +88,28 @@ async def test_requests_responses_trailers_and_errors(ca: CA, leaf: Leaf) -> Non
                 await response.read()
 
 
+async def test_a_request_ended_with_its_headers_is_ended_when_the_app_gets_it(ca: CA, leaf: Leaf) -> None:
+    """``request.body.ended`` (what the reverse proxy's bodiless path asks): True for a GET whose
+    HEADERS carried the FIN, False for a POST whose body is still to be read, True once read."""
+    seen: list[tuple[str, bool, bool]] = []
+
+    async def app(request: http.Request) -> None:
+        before = bool(getattr(request.body, "ended", None))
+        while await request.body.recv():
+            pass
+        seen.append((request.method, before, bool(getattr(request.body, "ended", None))))
+        await request.respond(204)
+
+    with trio.fail_after(TIMEOUT):
+        async with running(serve_h3(app, leaf)) as port, http3.open_client("127.0.0.1", port, ca=ca) as h3:
+            for method, body in (("GET", None), ("POST", b"x" * 100_000)):
+                response = await h3.request(method, "/", body=body)
+                assert response.status == 204
+                await response.read()
+    assert seen[0] == ("GET", True, True)
+    assert seen[1][0] == "POST" and seen[1][2] is True
+
+
 async def test_concurrent_requests_and_an_abandoned_one(ca: CA, leaf: Leaf) -> None:
     with trio.fail_after(TIMEOUT):
         async with h3_server(leaf) as port, http3.open_client("127.0.0.1", port, ca=ca) as h3:
