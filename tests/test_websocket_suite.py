@@ -6,6 +6,7 @@ permessage-deflate accepted when offered), then writes its JSON report
 (``reports/servers/index.json``: per case ``behavior`` and ``behaviorClose``). Every case must be
 ``OK``, ``NON-STRICT`` or ``INFORMATIONAL`` (and its closing behaviour ``OK`` or
 ``INFORMATIONAL``); ``FAILED`` and ``UNIMPLEMENTED`` fail the test, naming the cases.
+(CI exports ``AUTOBAHN_TLS_WHOLE=1``: there the wss:// run is the whole suite too.)
 
 What runs (:data:`CLEARTEXT_CASES`, :data:`TLS_CASES`): every one of the suite's 517 cases over
 ``ws://`` (``serve --no-tls``), the performance cases 9.* and all of the compression cases 12.*
