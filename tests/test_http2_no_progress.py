@@ -27,6 +27,7 @@ import h2.events
 import hpack
 import pytest
 import trio
+from _h2raw import OnEvent, raw_h2_server
 from hyperframe.frame import (
     DataFrame,
     Frame,
@@ -213,33 +214,20 @@ async def test_a_slow_trickle_is_absorbed_by_the_leak() -> None:
 # ---- the client side -------------------------------------------------------------------------
 
 
-async def _flooding_server(lower: stack.ByteStream, flood: bytes, seen: list[int]) -> None:
-    """An h2 server that answers stream 1 with a body it never ends, sends ``flood``, and
-    records the error code of any GOAWAY it receives."""
-    config = h2.config.H2Configuration(client_side=False, header_encoding=None)
-    core = h2.connection.H2Connection(config)
-    core.initiate_connection()
-    await lower.send(core.data_to_send())
-    while True:
-        try:
-            data = await lower.recv()
-        except stack.StackError:
-            return
-        if not data:
-            return
-        for ev in core.receive_data(data):
-            if isinstance(ev, h2.events.RequestReceived):
-                core.send_headers(ev.stream_id, [(b":status", b"200")])
-                core.send_data(ev.stream_id, b"partial")
-                await lower.send(core.data_to_send() + flood)
-            elif isinstance(ev, h2.events.ConnectionTerminated):
-                seen.append(int(ev.error_code or 0))
-        out = core.data_to_send()
-        if out:
-            try:
-                await lower.send(out)
-            except stack.StackError:
-                return
+def _flooding(flood: bytes, seen: list[int]) -> OnEvent:
+    """An h2 server's events (see tests/_h2raw.py): stream 1 answered with a body it never ends,
+    then ``flood``; the error code of any GOAWAY it receives recorded in ``seen``."""
+
+    def on_event(core: h2.connection.H2Connection, ev: h2.events.Event) -> bytes:
+        if isinstance(ev, h2.events.RequestReceived):
+            core.send_headers(ev.stream_id, [(b":status", b"200")])
+            core.send_data(ev.stream_id, b"partial")
+            return flood
+        if isinstance(ev, h2.events.ConnectionTerminated):
+            seen.append(int(ev.error_code or 0))
+        return b""
+
+    return on_event
 
 
 CLIENT_FLOODS = {
@@ -255,7 +243,7 @@ async def test_our_client_cuts_a_flooding_server(kind: str) -> None:
     a, b = memory_pair(capacity=1 << 22)
     seen: list[int] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_flooding_server, b, CLIENT_FLOODS[kind], seen)
+        nursery.start_soon(raw_h2_server, b, _flooding(CLIENT_FLOODS[kind], seen))
         async with await http2.client(Limits(no_progress_limit=LIMIT)).attach(a) as conn:
             with trio.fail_after(5), pytest.raises(stack.StackError):
                 r = await conn.request("GET", "/")

@@ -12,6 +12,7 @@ HTAB passes everywhere.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import h2.config
@@ -19,6 +20,7 @@ import h2.connection
 import h2.events
 import pytest
 import trio
+from _h2raw import OnEvent, raw_h2_server
 from hyperframe.frame import DataFrame
 from test_http2_conformance import raw_server
 
@@ -182,34 +184,26 @@ async def test_h2_server_refuses_a_control_byte_in_trailers(byte: int) -> None:
     assert seen[-1].get("x-sum") == "a\tb"
 
 
-async def _h2_raw_server(lower: stack.ByteStream, value: bytes) -> None:
-    """Answers every request with a body and trailers ``x-end: value`` (h2's checks off)."""
-    config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False)
-    core = h2.connection.H2Connection(config)
-    core.initiate_connection()
-    await lower.send(core.data_to_send())
-    while True:
-        try:
-            data = await lower.recv()
-        except stack.StackError:
-            return
-        if not data:
-            return
-        for ev in core.receive_data(data):
-            if isinstance(ev, h2.events.RequestReceived):
-                core.send_headers(ev.stream_id, [(b":status", b"200")])
-                core.send_data(ev.stream_id, b"abc")
-                core.send_headers(ev.stream_id, [(b"x-end", value)], end_stream=True)
-        out = core.data_to_send()
-        if out:
-            await lower.send(out)
+def _trailers(value: bytes) -> OnEvent:
+    """An h2 server's events (see tests/_h2raw.py): every request answered with a body and
+    trailers ``x-end: value`` (run with h2's outbound checks off)."""
+
+    def on_event(core: h2.connection.H2Connection, ev: h2.events.Event) -> bytes:
+        if isinstance(ev, h2.events.RequestReceived):
+            core.send_headers(ev.stream_id, [(b":status", b"200")])
+            core.send_data(ev.stream_id, b"abc")
+            core.send_headers(ev.stream_id, [(b"x-end", value)], end_stream=True)
+        return b""
+
+    return on_event
 
 
 @pytest.mark.parametrize("byte", [*CONTROLS, 0x09], ids=lambda b: f"0x{b:02x}")
 async def test_h2_client_refuses_a_control_byte_in_trailers(byte: int) -> None:
     a, b = memory_pair(capacity=1 << 20)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_h2_raw_server, b, b"a" + bytes([byte]) + b"b")
+        serve = functools.partial(raw_h2_server, validate_outbound=False)
+        nursery.start_soon(serve, b, _trailers(b"a" + bytes([byte]) + b"b"))
         async with await http2.client().attach(a) as conn:
             response = await conn.request("GET", "/")
             if byte == 0x09:
