@@ -135,7 +135,7 @@ async def _recv_op(stream: ByteStream, op: _RecvOp, rest: bytes, floor: int, dea
             assert buffer[0] == buffer[m + 1] == 0xA5, f"{who}: recv_into wrote outside its buffer"
             data = bytes(buffer[1 : n + 1])
         if not rest:
-            assert data == b"", f"{who}: recv({m}) after every byte arrived returned {_short(data)}, not b''"
+            assert data == b"", f"{who}: recv({m}) after every byte arrived returned {_short(data)}, expected b''"
         else:
             assert data, f"{who}: recv({m}) returned b'' (end of stream) with {len(rest)} bytes still to come"
             assert len(data) <= m, f"{who}: recv({m}) returned {len(data)} bytes"
@@ -153,7 +153,7 @@ async def _recv_op(stream: ByteStream, op: _RecvOp, rest: bytes, floor: int, dea
                 f"{who}: recv_exactly({n}) at the end: partial={_short(exc.partial)}, expected {_short(rest)}"
             )
             return exc.partial
-        assert n <= len(rest), f"{who}: recv_exactly({n}) returned with only {len(rest)} bytes sent"
+        assert n <= len(rest), f"{who}: recv_exactly({n}) returned with only {len(rest)} bytes sent, expected EndOfStream"
         assert data == rest[:n], f"{who}: recv_exactly({n}) returned {_short(data)}, expected {_short(rest[:n])}"
         return data
     mx = max(op.size, floor)
@@ -174,7 +174,7 @@ async def _recv_op(stream: ByteStream, op: _RecvOp, rest: bytes, floor: int, dea
         return b""
     except EndOfStream as exc:
         assert expected == "end", f"{what} raised EndOfStream, expected {expected!r}"
-        assert exc.partial == rest, f"{what}: EndOfStream.partial={_short(exc.partial)}"
+        assert exc.partial == rest, f"{what}: EndOfStream.partial={_short(exc.partial)}, expected {_short(rest)}"
         return exc.partial
     assert data == expected, f"{what} returned {_short(data)}, expected {expected!r}"
     return data
@@ -218,7 +218,7 @@ async def _receive_checked(
         stalled += 1
     for _ in range(2):
         tail = await stream.recv()
-        assert tail == b"", f"{who}: after all {len(expected)} bytes, recv() returned {_short(tail)}, not b''"
+        assert tail == b"", f"{who}: after all {len(expected)} bytes, recv() returned {_short(tail)}, expected b''"
 
 
 async def _send_chunked(stream: ByteStream, data: bytes, sizes: Sequence[int], floor: int, finish: bool = True) -> None:
