@@ -440,7 +440,9 @@ class H2ConnectionBase:
     def _protocol_error(self, exc: Exception) -> None:
         code = getattr(exc, "error_code", _PROTOCOL_ERROR)
         detail = f"HTTP/2 protocol error from the peer ({error_name(code)}): {exc}"
-        log.info("%s: %s", self.info.get("peer"), detail)
+        # A flood (ENHANCE_YOUR_CALM) is logged as the other flood cuts are (_calm): a warning.
+        level = logging.WARNING if code == _ENHANCE_YOUR_CALM else logging.INFO
+        log.log(level, "%s: %s", self.info.get("peer"), detail)
         self._goaway_sent = True  # h2 queued the GOAWAY
         self._fail(ProtocolError(detail))
 
