@@ -59,9 +59,15 @@ register(
         baseline=servers.H2_SERVERS[0][0].name,
         contenders=[
             # issue 5: ours >= 0.95 of the hand-written server (and >= 4x hypercorn-trio: see notes)
-            ServerContender(server.name, server, h2load, tools=["h2load"],
-                            target=0.95 if server is servers.OURS and target is None else target,
-                            ours=server is servers.OURS, versus=VERSUS.get(server.name))
+            ServerContender(
+                server.name,
+                server,
+                h2load,
+                tools=["h2load"],
+                target=0.95 if server is servers.OURS and target is None else target,
+                ours=server is servers.OURS,
+                versus=VERSUS.get(server.name),
+            )
             for server, target in servers.H2_SERVERS
         ],
         rounds=3,

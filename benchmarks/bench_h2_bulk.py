@@ -42,16 +42,21 @@ SIZE = 100 * 1024 * 1024
 BODY = b"\x5a" * SIZE  # allocated at import, in each server process (and the runner: cheap, one buffer)
 HEADERS = [("content-type", "application/octet-stream"), ("content-length", str(SIZE))]
 
-HAND = Server("h2 (hand-written)", [PY, "-m", "benchmarks.bench_h2_bulk", "serve-hand", "--port", "{port}"],
-              ready=r"serving on")
+HAND = Server(
+    "h2 (hand-written)", [PY, "-m", "benchmarks.bench_h2_bulk", "serve-hand", "--port", "{port}"], ready=r"serving on"
+)
 HYPERCORN = Server(
     "hypercorn-trio",
     [PY, "-m", "hypercorn", *servers.HYPERCORN_ARGS, "--bind", "127.0.0.1:{port}", "benchmarks.bench_h2_bulk:asgi_app"],
     requires=["hypercorn.trio"],
     ready=r"Running on",
 )
-OURS = Server("ours (layers.http2)", [PY, "-m", "benchmarks.bench_h2_bulk", "serve-ours", "--port", "{port}"],
-              requires=["layers.http2"], ready=r"serving on")
+OURS = Server(
+    "ours (layers.http2)",
+    [PY, "-m", "benchmarks.bench_h2_bulk", "serve-ours", "--port", "{port}"],
+    requires=["layers.http2"],
+    ready=r"serving on",
+)
 
 
 def download(server: Running, settings: Settings) -> Measurement:
@@ -90,8 +95,9 @@ register(
 async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """hypercorn's contender: the whole body in one message."""
     if scope["type"] == "http":
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(k.encode(), v.encode()) for k, v in HEADERS]})
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(k.encode(), v.encode()) for k, v in HEADERS]}
+        )
         await send({"type": "http.response.body", "body": BODY})
     elif scope["type"] == "lifespan":
         while True:

@@ -85,8 +85,11 @@ def request(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
             raise Failed(f"ALPN chose {sock.selected_alpn_protocol()!r}, not h2")
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         conn.initiate_connection()
-        conn.send_headers(1, [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"https"),
-                              (b":authority", b"localhost")], end_stream=True)
+        conn.send_headers(
+            1,
+            [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"https"), (b":authority", b"localhost")],
+            end_stream=True,
+        )
         sock.sendall(conn.data_to_send())
         done = False
         while not done:

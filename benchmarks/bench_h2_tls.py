@@ -49,8 +49,19 @@ HAND = Server(
 )
 HYPERCORN = Server(
     "hypercorn-trio TLS",
-    [PY, "-m", "hypercorn", *servers.HYPERCORN_ARGS, "--certfile", CERT, "--keyfile", KEY,
-     "--bind", "127.0.0.1:{port}", "benchmarks.peers.hypercorn_app:app"],
+    [
+        PY,
+        "-m",
+        "hypercorn",
+        *servers.HYPERCORN_ARGS,
+        "--certfile",
+        CERT,
+        "--keyfile",
+        KEY,
+        "--bind",
+        "127.0.0.1:{port}",
+        "benchmarks.peers.hypercorn_app:app",
+    ],
     requires=["hypercorn.trio"],
     ready=r"Running on",
 )
@@ -104,8 +115,15 @@ register(
         unit="req/s",
         baseline=HAND.name,
         contenders=[
-            ServerContender(server.name, server, h2load_tls, target=target, tools=["h2load"],
-                            ours=server is OURS, versus=VERSUS.get(server.name))
+            ServerContender(
+                server.name,
+                server,
+                h2load_tls,
+                target=target,
+                tools=["h2load"],
+                ours=server is OURS,
+                versus=VERSUS.get(server.name),
+            )
             for server, target in TLS_SERVERS
         ],
         rounds=3,

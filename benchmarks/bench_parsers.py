@@ -72,11 +72,15 @@ H1_REQUESTS = {
     "POST-CL": _head(
         b"POST /api/items HTTP/1.1",
         [*GET_FIELDS[:5], (b"content-type", b"text/plain"), (b"content-length", b"13")],
-    ) + BODY,
+    )
+    + BODY,
     "POST-chunked": _head(
         b"POST /api/items HTTP/1.1",
         [*GET_FIELDS[:5], (b"content-type", b"text/plain"), (b"transfer-encoding", b"chunked")],
-    ) + b"d\r\n" + BODY + b"\r\n0\r\n\r\n",
+    )
+    + b"d\r\n"
+    + BODY
+    + b"\r\n0\r\n\r\n",
 }
 RESPONSE_FIELDS = [
     (b"content-type", b"text/plain; charset=utf-8"),
@@ -533,8 +537,15 @@ def callgrind_per_op(name: str, n: int, outdir: str) -> float:
     for count in (n, 2 * n):
         out = os.path.join(outdir, f"cg.{count}")
         cmd = [
-            "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-            sys.executable, os.path.abspath(__file__), "--child", name, "--child-n", str(count),
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            os.path.abspath(__file__),
+            "--child",
+            name,
+            "--child-n",
+            str(count),
         ]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with open(out, errors="replace") as f:
@@ -561,8 +572,10 @@ def main() -> None:
         return
     if args.callgrind and shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed")
-    print(f"python {sys.version.split()[0]}; " + ", ".join(
-        f"{d} {version(d)}" for d in ("h11", "httptools", "zttp", "h2", "jh2", "hpack", "fast-hpack")))
+    print(
+        f"python {sys.version.split()[0]}; "
+        + ", ".join(f"{d} {version(d)}" for d in ("h11", "httptools", "zttp", "h2", "jh2", "hpack", "fast-hpack"))
+    )
     skipped: set[str] = set()
     header = f"{'case':44} {'library':22} {'ns/op':>9}" + (f" {'instr/op':>10}" if args.callgrind else "")
     print(header)

@@ -58,8 +58,9 @@ async def main() -> None:
         outer_server = Stack(tcp.listen("127.0.0.1", 0), tls.server(OUTER, alpn=["h2"]), http.server(proxy_app))
         (host, port), *_ = await nursery.start(outer_server.serve)
 
-        outer = Stack(tcp.connect(host, port), tls.client(server_hostname="proxy.test", ca=ca, alpn=["h2"]),
-                      http.client())
+        outer = Stack(
+            tcp.connect(host, port), tls.client(server_hostname="proxy.test", ca=ca, alpn=["h2"]), http.client()
+        )
         async with await outer.connect(deadline=after(5)) as conn:
             print(f"outer connection: TLS {conn.info['tls_version']}, ALPN {conn.info['alpn']}")
             tunnel = await conn.connect_tunnel("inner.test:443", deadline=after(5))

@@ -28,8 +28,20 @@ ODD_TRANSFER_ENCODINGS = [b"Chunked", b"gzip, chunked", b"chunked, gzip", b"iden
 NAMES = [b"Accept", b"User-Agent", b"X-Custom", b"Cookie", b"Accept-Encoding", b"If-None-Match", b"A"]
 ODD_NAMES = [b"X Y", b"X(Y", b"", b"X\x00", b"\xffX", b"X:Y", b" X"]
 VALUES = [b"text/html", b"a b", b"*/*", b"v;q=0.9", b"", b"a\tb", b"  padded  ", b"\xe2\x82\xac"]
-ODD_VALUES = [b"a\x01b", b"a\x00b", b"a\x7fb", b"a\x1fb", b"a\x08b", b"a\rb", b"a\nb", b"\x04", b"a\x0bb", b"a\x0cb",
-              b"\x1b[31m", b"ab\x7f"]
+ODD_VALUES = [
+    b"a\x01b",
+    b"a\x00b",
+    b"a\x7fb",
+    b"a\x1fb",
+    b"a\x08b",
+    b"a\rb",
+    b"a\nb",
+    b"\x04",
+    b"a\x0bb",
+    b"a\x0cb",
+    b"\x1b[31m",
+    b"ab\x7f",
+]
 
 
 @dataclass(frozen=True)

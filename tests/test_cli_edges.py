@@ -192,4 +192,3 @@ async def test_get_certificate_error_points_at_cacert(tmp_path: Path) -> None:
             result = await stack("get", f"https://localhost:{port}/text", "--cacert", cafile)
             assert (result.returncode, result.stdout) == (0, b"plain text\n")
         nursery.cancel_scope.cancel()
-

@@ -223,7 +223,6 @@ async def test_a_deflate_bomb_is_cut_at_max_message_while_inflating() -> None:
         assert back[:1] == b"\x88" and back[2:4] == b"\x03\xf1", back[:40]  # Close 1009: too big
 
 
-
 PING_FLOOD_CPU_BOUND = 0.5  # seconds of server CPU for a 4 MiB flood (measured 0.04 s; 1.3 s per MiB before the cap)
 
 

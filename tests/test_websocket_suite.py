@@ -68,7 +68,11 @@ def serve(*args: str) -> Iterator[str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     process = subprocess.Popen(
         [sys.executable, "-m", "stack", "serve", "--port", "0", "-q", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=str(ROOT), env=env, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=str(ROOT),
+        env=env,
+        text=True,
     )
     try:
         assert process.stdout is not None

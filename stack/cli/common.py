@@ -215,8 +215,12 @@ ENGINES = ("auto", "fast", "reference")
 
 def add_engine_argument(p: argparse.ArgumentParser) -> None:
     """``--engine auto|fast|reference``: HTTP/1.1's parser (HTTP/2 has one)."""
-    p.add_argument("--engine", choices=ENGINES, default="auto",
-                   help="HTTP/1.1 parser: fast (llhttp, compiled), reference (h11), auto: fast when installed")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="HTTP/1.1 parser: fast (llhttp, compiled), reference (h11), auto: fast when installed",
+    )
 
 
 def engines_line(engine: str) -> str:

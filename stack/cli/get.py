@@ -171,30 +171,70 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("url", metavar="URL", help="http:// or https:// URL")
     trust = p.add_mutually_exclusive_group()
     trust.add_argument("-k", "--insecure", action="store_true", help="do not check the server's certificate")
-    trust.add_argument("--cacert", metavar="FILE",
-                       help="trust the CA certificates in FILE (PEM) instead of the system's")
+    trust.add_argument(
+        "--cacert", metavar="FILE", help="trust the CA certificates in FILE (PEM) instead of the system's"
+    )
     version = p.add_mutually_exclusive_group()
     version.add_argument("--http1", "--http1.1", dest="http1", action="store_true", help="speak HTTP/1.1 only")
-    version.add_argument("--http3", action="store_true",
-                         help="speak HTTP/3 over QUIC (UDP to the URL's port; https only)")
-    version.add_argument("--http2", action="store_true",
-                         help="HTTP/2: over TLS prefer it (the default), in cleartext use prior knowledge")
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="tell the connection's story on stderr (-vv: also debug logging)")
+    version.add_argument(
+        "--http3", action="store_true", help="speak HTTP/3 over QUIC (UDP to the URL's port; https only)"
+    )
+    version.add_argument(
+        "--http2",
+        action="store_true",
+        help="HTTP/2: over TLS prefer it (the default), in cleartext use prior knowledge",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="tell the connection's story on stderr (-vv: also debug logging)",
+    )
     p.add_argument("-o", "--output", metavar="FILE", help="write the body to FILE instead of stdout")
-    p.add_argument("--engine", choices=ENGINES, default="auto",
-                   help="HTTP/1.1 engine: fast, reference (h11), auto: fast (the default)")
-    p.add_argument("-X", "--request", dest="method", metavar="METHOD",
-                   help="request method (default: GET, or POST with -d)")
-    p.add_argument("-d", "--data", action="append", metavar="DATA",
-                   help="request body (@FILE reads a file, @- stdin); repeated, joined with '&'")
-    p.add_argument("-H", "--header", dest="headers", action="append", type=_header, default=[], metavar="'NAME: VALUE'",
-                   help="extra request header (repeatable)")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="HTTP/1.1 engine: fast, reference (h11), auto: fast (the default)",
+    )
+    p.add_argument(
+        "-X", "--request", dest="method", metavar="METHOD", help="request method (default: GET, or POST with -d)"
+    )
+    p.add_argument(
+        "-d",
+        "--data",
+        action="append",
+        metavar="DATA",
+        help="request body (@FILE reads a file, @- stdin); repeated, joined with '&'",
+    )
+    p.add_argument(
+        "-H",
+        "--header",
+        dest="headers",
+        action="append",
+        type=_header,
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="extra request header (repeatable)",
+    )
     p.add_argument("-i", "--include", action="store_true", help="write the response head before the body")
-    p.add_argument("--timeout", "-m", "--max-time", dest="timeout", type=float, metavar="SECONDS",
-                   help="deadline for the whole transfer (default: none)")
-    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="deadline to connect, TLS handshake included (default: 30)")
+    p.add_argument(
+        "--timeout",
+        "-m",
+        "--max-time",
+        dest="timeout",
+        type=float,
+        metavar="SECONDS",
+        help="deadline for the whole transfer (default: none)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="deadline to connect, TLS handshake included (default: 30)",
+    )
     p.add_argument("--unix-socket", metavar="PATH", help="connect to this Unix socket instead of the URL's host")
     p.add_argument("-s", "--silent", action="store_true", help="no progress bar and no error message")
     p.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)  # tests: the bar without a terminal
@@ -429,11 +469,20 @@ def build_stack(args: argparse.Namespace, target: Target) -> Stack:
     layers: list[Any] = []
     if target.scheme == "https":
         alpn = ["http/1.1"] if args.http1 else ["h2", "http/1.1"]
-        layers.append(tls.client(server_hostname=target.host, alpn=alpn, verify=not args.insecure,
-                                 ca=args.cacert, ragged_eofs=True))
+        layers.append(
+            tls.client(
+                server_hostname=target.host, alpn=alpn, verify=not args.insecure, ca=args.cacert, ragged_eofs=True
+            )
+        )
     prior = bool(args.http2) and target.scheme == "http"
-    layers.append(http.client(authority=target.authority, scheme=target.scheme, prior_knowledge=prior,
-                              engine=getattr(args, "engine", "auto")))
+    layers.append(
+        http.client(
+            authority=target.authority,
+            scheme=target.scheme,
+            prior_knowledge=prior,
+            engine=getattr(args, "engine", "auto"),
+        )
+    )
     return Stack(bottom, *layers)
 
 
@@ -548,8 +597,15 @@ async def get(args: argparse.Namespace) -> int:
 
 
 async def _transfer(
-    args: argparse.Namespace, target: Target, stack: Stack, story: Story, out: Output, method: str,
-    headers: list[tuple[str, str]], data: bytes | None, deadline: float,
+    args: argparse.Namespace,
+    target: Target,
+    stack: Stack,
+    story: Story,
+    out: Output,
+    method: str,
+    headers: list[tuple[str, str]],
+    data: bytes | None,
+    deadline: float,
 ) -> http.Response:
     """Connect, send the request, write the response to ``out``; return the response (read)."""
     connect_deadline = min(deadline, after(args.connect_timeout))
@@ -684,4 +740,3 @@ def _quiet_stdout() -> None:
         os.close(fd)
     except (OSError, ValueError):
         pass
-

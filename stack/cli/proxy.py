@@ -55,10 +55,16 @@ async def run_proxy(args: argparse.Namespace, layer: Any) -> None:
     """Run the proxy until a signal (or cancellation); see the module docstring."""
     host, port = parse_listen(args.listen)
     upstream = Upstream.parse(args.upstream)
-    pool = BackendPool(upstream.stack(), size=args.pool_size, idle_timeout=args.pool_idle,
-                       connect_timeout=args.connect_timeout)
-    app = ProxyApp(pool, timeout=args.timeout, allow_connect=args.allow_connect, access=not args.quiet,
-                   send_proxy=getattr(args, "send_proxy", None))
+    pool = BackendPool(
+        upstream.stack(), size=args.pool_size, idle_timeout=args.pool_idle, connect_timeout=args.connect_timeout
+    )
+    app = ProxyApp(
+        pool,
+        timeout=args.timeout,
+        allow_connect=args.allow_connect,
+        access=not args.quiet,
+        send_proxy=getattr(args, "send_proxy", None),
+    )
     shutdown = trio.Event()
     limits = http.DEFAULT_LIMITS
     layers: list[Any] = [layer] if layer is not None else []
@@ -106,26 +112,59 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to listen (port 0: any free port)")
     p.add_argument("--upstream", required=True, metavar="URL", help="the backend: http://host:port or unix:/path")
     p.add_argument("--no-tls", action="store_true", help="cleartext front-end (HTTP/1.1, or HTTP/2 prior knowledge)")
-    p.add_argument("--no-http3", action="store_true",
-                   help="no HTTP/3 (by default, with TLS, it is accepted over UDP on the same port and advertised "
-                   "with Alt-Svc)")
+    p.add_argument(
+        "--no-http3",
+        action="store_true",
+        help="no HTTP/3 (by default, with TLS, it is accepted over UDP on the same port and advertised with Alt-Svc)",
+    )
     p.add_argument("--cert", metavar="FILE", help="certificate chain (PEM), instead of the localhost one")
     p.add_argument("--key", metavar="FILE", help="private key (PEM) of --cert")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="seconds the backend has to answer, and between body chunks (default: 60): else 504")
-    p.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS",
-                   help="seconds to connect to the backend (default: 5): else 504")
-    p.add_argument("--pool-size", type=int, default=64, metavar="N",
-                   help="most backend connections open at once (default: 64)")
-    p.add_argument("--pool-idle", type=float, default=10.0, metavar="SECONDS",
-                   help="seconds an unused backend connection is kept (default: 10)")
-    p.add_argument("--send-proxy", dest="send_proxy", action="store_const", const=1,
-                   help="send a PROXY protocol v1 header with the client's address to the backend "
-                   "(one backend connection per request)")
-    p.add_argument("--send-proxy-v2", dest="send_proxy", action="store_const", const=2,
-                   help="the same with a PROXY protocol v2 header")
-    p.add_argument("--allow-connect", action="append", default=[], metavar="HOST:PORT",
-                   help="let CONNECT tunnel to HOST:PORT (repeatable; none by default)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds the backend has to answer, and between body chunks (default: 60): else 504",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds to connect to the backend (default: 5): else 504",
+    )
+    p.add_argument(
+        "--pool-size", type=int, default=64, metavar="N", help="most backend connections open at once (default: 64)"
+    )
+    p.add_argument(
+        "--pool-idle",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds an unused backend connection is kept (default: 10)",
+    )
+    p.add_argument(
+        "--send-proxy",
+        dest="send_proxy",
+        action="store_const",
+        const=1,
+        help="send a PROXY protocol v1 header with the client's address to the backend "
+        "(one backend connection per request)",
+    )
+    p.add_argument(
+        "--send-proxy-v2",
+        dest="send_proxy",
+        action="store_const",
+        const=2,
+        help="the same with a PROXY protocol v2 header",
+    )
+    p.add_argument(
+        "--allow-connect",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="let CONNECT tunnel to HOST:PORT (repeatable; none by default)",
+    )
     add_engine_argument(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no access log")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")

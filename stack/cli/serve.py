@@ -110,11 +110,9 @@ async def info_app(request: http.Request) -> int:
         ("Method", "GET" if request.method == "HEAD" else request.method),
         ("Target", request.target),
     ]
-    cells = "\n".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
-    )
+    cells = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     page = (
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>trio-stack</title></head>\n"
+        '<!doctype html>\n<html><head><meta charset="utf-8"><title>trio-stack</title></head>\n'
         f"<body><h1>trio-stack</h1>\n<table>\n{cells}\n</table>\n</body></html>\n"
     ).encode()
     await request.respond(200, [("content-type", "text/html; charset=utf-8")], page)
@@ -313,8 +311,6 @@ async def serve(args: argparse.Namespace, tls_layer: Any) -> None:
     log.info("stopped")
 
 
-
-
 async def _serve_http3(
     app: http.App, host: str, port: int, *, cert: Any, limits: Any, shutdown: trio.Event, task_status: Any
 ) -> None:
@@ -360,28 +356,53 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         description="Serve HTTP/1.1 and HTTP/2 over TLS (default) or cleartext. With DIR, serve its files; "
         "without, a page that shows the connection (HTTP version, TLS version, ALPN, SNI, peer).",
     )
-    p.add_argument("root", nargs="?", metavar="DIR|MODULE:APP",
-                   help="directory to serve, or an ASGI app as package.module:app (default: the connection page)")
-    p.add_argument("--dotfiles", action="store_true",
-                   help="with DIR, serve and list dotfiles (.git, .env...) too (default: hidden, 404)")
-    p.add_argument("--root-path", default="", metavar="PATH",
-                   help="with an ASGI app: the path it is mounted at, behind a proxy (its scopes' root_path)")
+    p.add_argument(
+        "root",
+        nargs="?",
+        metavar="DIR|MODULE:APP",
+        help="directory to serve, or an ASGI app as package.module:app (default: the connection page)",
+    )
+    p.add_argument(
+        "--dotfiles",
+        action="store_true",
+        help="with DIR, serve and list dotfiles (.git, .env...) too (default: hidden, 404)",
+    )
+    p.add_argument(
+        "--root-path",
+        default="",
+        metavar="PATH",
+        help="with an ASGI app: the path it is mounted at, behind a proxy (its scopes' root_path)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8443, help="port (default: 8443; 0 picks a free one)")
     p.add_argument("--no-tls", action="store_true", help="serve cleartext HTTP")
-    p.add_argument("--no-http3", action="store_true",
-                   help="no HTTP/3 (by default, with TLS, it is served over UDP on the same port and advertised "
-                   "with Alt-Svc)")
+    p.add_argument(
+        "--no-http3",
+        action="store_true",
+        help="no HTTP/3 (by default, with TLS, it is served over UDP on the same port and advertised with Alt-Svc)",
+    )
     p.add_argument("--cert", metavar="FILE", help="certificate chain (PEM), instead of the localhost one")
     p.add_argument("--key", metavar="FILE", help="private key (PEM) of --cert")
-    p.add_argument("--proxy-protocol", action="store_true",
-                   help="expect a PROXY protocol v1 or v2 header on every connection (behind HAProxy...)")
-    p.add_argument("--header-timeout", type=float, metavar="SECONDS",
-                   help="seconds a request head may take to arrive (default: 10)")
+    p.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="expect a PROXY protocol v1 or v2 header on every connection (behind HAProxy...)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="seconds a request head may take to arrive (default: 10)",
+    )
     add_engine_argument(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no access log")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     p.add_argument("--hello", action="store_true", help=argparse.SUPPRESS)  # the benchmarks' 13-byte body
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="run N processes sharing the port (SO_REUSEPORT), supervised (default: 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N processes sharing the port (SO_REUSEPORT), supervised (default: 1)",
+    )
     return p

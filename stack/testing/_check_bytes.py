@@ -153,7 +153,9 @@ async def _recv_op(stream: ByteStream, op: _RecvOp, rest: bytes, floor: int, dea
                 f"{who}: recv_exactly({n}) at the end: partial={_short(exc.partial)}, expected {_short(rest)}"
             )
             return exc.partial
-        assert n <= len(rest), f"{who}: recv_exactly({n}) returned with only {len(rest)} bytes sent, expected EndOfStream"
+        assert n <= len(rest), (
+            f"{who}: recv_exactly({n}) returned with only {len(rest)} bytes sent, expected EndOfStream"
+        )
         assert data == rest[:n], f"{who}: recv_exactly({n}) returned {_short(data)}, expected {_short(rest[:n])}"
         return data
     mx = max(op.size, floor)
