@@ -41,6 +41,12 @@ __all__ = ["DEFAULT_QUIC_LIMITS", "QuicConnection", "QuicLimits"]
 
 log = logging.getLogger("stack.quic")
 
+HOLD_ROUNDS = 2
+"""Scheduling rounds the driver waits for a writer to add to a held-back tail (``_send_held``)."""
+
+MAX_HOLDS = 8
+"""Passes in a row that may hold a tail back before it is sent whatever comes."""
+
 _ALERT_REASONS = {
     48: "unknown_ca",
     42: "bad_certificate",
@@ -162,6 +168,8 @@ class QuicConnection:
         self._handshaken = False
         self._terminated = trio.Event()
         self._stop_driving = False
+        self._wakes = 0
+        self._holds = 0
         self._pings: dict[int, trio.Event] = {}
         self._ping_ids = itertools.count(1)
         self.closing = trio.Event()
@@ -313,6 +321,7 @@ class QuicConnection:
 
     def wake(self) -> None:
         """Something was queued in the engine: let the driver send it."""
+        self._wakes += 1
         self._wake_ev.set()
 
     def datagram_received(self, data: bytes, address: Any) -> None:
@@ -335,8 +344,13 @@ class QuicConnection:
                     self._process()
                 await self._transmit()
                 if self._stop_driving or self._terminated.is_set():
+                    engine.cork = False
                     await self._transmit()  # what was queued while the last one waited (a CONNECTION_CLOSE)
                     return
+                if engine.held:
+                    await self._send_held()
+                else:
+                    self._holds = 0
                 timer = engine.get_timer()
                 with trio.move_on_at(math.inf if timer is None else timer):
                     await self._wake_ev.wait()
@@ -345,6 +359,28 @@ class QuicConnection:
                 self._failure = Closed("the QUIC connection's driver stopped")
                 self._fail_all()
             self._terminated.set()
+
+    async def _send_held(self) -> None:
+        """The engine held back a stream's small tail (``Engine.cork``): let the writer run for
+        :data:`HOLD_ROUNDS` scheduling rounds; if anything woke the driver meanwhile (the writer
+        committed more), the next pass sends it all (a full datagram, not a full one and a few
+        bytes) and may hold a tail again, at most :data:`MAX_HOLDS` times in a row; otherwise the
+        tail leaves now."""
+        engine = self._engine
+        engine.held = False
+        wakes = self._wakes
+        self._holds += 1
+        if self._holds <= MAX_HOLDS:
+            for _ in range(HOLD_ROUNDS):
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                if self._wakes != wakes:
+                    return  # _wake_ev is set: the loop comes round at once
+        self._holds = 0
+        engine.cork = False
+        try:
+            await self._transmit()
+        finally:
+            engine.cork = True
 
     async def _transmit(self) -> None:
         datagrams = self._engine.datagrams_to_send(now=trio.current_time())

@@ -28,8 +28,9 @@ layer never touches aioquic's private state:
   lost probe is no congestion signal, our ``max_udp_payload_size`` transport parameter (aioquic
   sends none) and the peer's read (aioquic checks it, keeps nothing), and STREAM frames with a
   4-byte length in datagrams over 16 KiB (aioquic writes 2 bytes: at most 16383 bytes a frame).
-* **Pacing bursts** (:class:`Pacer`): two milliseconds of the pacing rate, as quinn does, so a
-  sender woken by trio's millisecond clock can keep its own rate.
+* **Pacing** (:class:`Pacer`): bursts of two milliseconds of the pacing rate, as quinn does, so
+  a sender woken by trio's millisecond clock can keep its own rate; the rate 1.25 times the
+  window per round trip (RFC 9002 7.7), twice it in slow start (Linux TCP's ratios; aioquic: 1).
 
 All of this reads attributes of aioquic 1.x (``_streams``, ``_local_max_streams_bidi``,
 ``_loss``, ``_max_datagram_size`` ...): the dependency is pinned to ``aioquic>=1.2,<2`` and
@@ -71,6 +72,19 @@ PACING_BURST = 0.002
 PACING_MAX_BURST = 256
 """At most this many datagrams in one paced burst."""
 
+PACING_GAIN = 1.25
+"""The pacing rate is this times the congestion window per smoothed round trip (RFC 9002 7.7's
+N; aioquic paces at 1, which the RFC says can leave the window unused when round trips vary)."""
+
+PACING_GAIN_SS = 2.0
+"""The same in slow start (Linux TCP's ``pacing_ss_ratio``): the window doubles each round trip,
+so pacing at 1.25 would hold the sender below the window it has."""
+
+
+def initial_window(size: int) -> int:
+    """The initial congestion window for datagrams of ``size`` bytes (RFC 9002 7.2)."""
+    return min(10 * size, max(14720, 2 * size))
+
 
 class Pacer(QuicPacketPacer):
     """aioquic's pacer with bursts of at least :data:`PACING_BURST` seconds of its rate.
@@ -83,9 +97,15 @@ class Pacer(QuicPacketPacer):
     :data:`PACING_MAX_BURST` datagrams), so each wakeup sends what the rate allows since the last.
     """
 
+    cc: Any = None
+    """The congestion controller (set by :class:`Recovery`): slow start paces faster."""
+
     def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
-        # aioquic's formula (recovery.QuicPacketPacer), the burst at least PACING_BURST
-        rate = congestion_window / max(smoothed_rtt, K_MICRO_SECOND)
+        # aioquic's formula (recovery.QuicPacketPacer) times PACING_GAIN, the burst at least
+        # PACING_BURST
+        cc = self.cc
+        gain = PACING_GAIN_SS if cc is None or cc.ssthresh is None or congestion_window < cc.ssthresh else PACING_GAIN
+        rate = gain * congestion_window / max(smoothed_rtt, K_MICRO_SECOND)
         size = self._max_datagram_size
         self.packet_time = packet_time = max(K_MICRO_SECOND, min(size / rate, K_SECOND))
         bucket_max = max(2 * size, min(congestion_window // 4, 16 * size)) / rate
@@ -101,6 +121,7 @@ class Recovery(QuicPacketRecovery):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._pacer = Pacer(max_datagram_size=kwargs["max_datagram_size"])
+        self._pacer.cc = self._cc
         self.probes: set[int] = set()
         """Packet numbers of the path MTU probes in flight."""
 
@@ -177,6 +198,12 @@ class Engine(QuicConnection):
         self._connection_window_at: float | None = None
         self._reads = False
         self._now = 0.0
+        self.cork = True
+        """Hold back the small tail of a stream that has no FIN yet, once datagrams are large
+        (a writer of 64 KiB chunks would otherwise send a full datagram and a few-byte one for
+        each): the driver sends it when the writer commits nothing more (``held``)."""
+        self.held = False
+        """A stream's small tail was held back by the last ``datagrams_to_send``."""
 
     # ---- path MTU discovery (layers._quic_pmtu) ----------------------------------------------
 
@@ -210,9 +237,16 @@ class Engine(QuicConnection):
             size = pmtu.next_probe()
             loss = self._loss
             # within the congestion window, or alone in flight (an endpoint that mostly receives
-            # never has the window for it; one packet, as a loss-recovery probe would be)
-            if size is not None and (loss.congestion_window - loss.bytes_in_flight >= size or not loss.bytes_in_flight):
-                return self._send_probe_of(size, now) + QuicConnection.datagrams_to_send(self, now=now)
+            # never has the window for it; one packet, as a loss-recovery probe would be); in
+            # slow start before any loss, within the initial window the probe's size would have
+            # (RFC 9002 7.2: two datagrams of that size): a sender that starts at once would
+            # otherwise wait several round trips of small packets for a window of 64 KiB
+            if size is not None:
+                window = loss.congestion_window
+                if loss._cc.ssthresh is None:
+                    window = max(window, initial_window(size))
+                if window - loss.bytes_in_flight >= size or not loss.bytes_in_flight:
+                    return self._send_probe_of(size, now) + QuicConnection.datagrams_to_send(self, now=now)
         return QuicConnection.datagrams_to_send(self, now=now)
 
     def _send_probe_of(self, size: int, now: float) -> list[tuple[bytes, Any]]:
@@ -279,7 +313,7 @@ class Engine(QuicConnection):
         cc._max_datagram_size = size
         if hasattr(cc, "additive_increase_factor"):  # cubic
             cc.additive_increase_factor = size
-        initial = min(10 * size, max(14720, 2 * size))
+        initial = initial_window(size)
         if cc.ssthresh is None and cc.congestion_window < initial:
             cc.congestion_window = initial
         if loss._rtt_initialized:
@@ -308,6 +342,16 @@ class Engine(QuicConnection):
         # larger datagram the frame fills it with a 4-byte length
         sender = stream.sender
         offset = sender.next_offset
+        if (
+            self.cork
+            and sender._buffer_fin is None
+            and 0 < 2 * (sender._buffer_stop - offset) < builder.remaining_flight_space
+            and builder.packet_is_empty
+        ):
+            # the tail of what the writer committed so far, alone in a packet of its own: held
+            # back while the driver lets the writer commit more (QuicConnection.drive)
+            self.held = True
+            return 0
         overhead = 5 + size_uint_var(stream.stream_id) + (size_uint_var(offset) if offset else 0)
         previous = sender.highest_offset
         frame = sender.get_frame(builder.remaining_flight_space - overhead, max_offset)
