@@ -205,8 +205,8 @@ class QuicConnection:
         if self._failure is None:
             await self._progress.wait()
 
-    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-        self._engine.send_stream_data(stream_id, data, end_stream)
+    def send_stream_data(self, stream_id: int, data: bytes | memoryview | bytearray, end_stream: bool) -> None:
+        self._engine.send_stream_data(stream_id, data, end_stream)  # type: ignore[arg-type]  # copied in
         self.wake()
 
     def consumed(self, stream: QuicStream) -> None:
@@ -443,6 +443,7 @@ class QuicConnection:
             self._info["alpn"] = event.alpn_protocol
             self._info["session_resumed"] = event.session_resumed
             self._handshake.set()
+            self._engine.lighten_crypto()
             limits = self.limits
             if limits.pmtu:
                 self._engine.start_pmtud(route_payload(self._info.get("peer")), limits.max_datagram_size)

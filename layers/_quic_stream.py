@@ -19,7 +19,7 @@ Subclasses (the HTTP/3 request stream) change how bytes are committed (``_commit
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -54,8 +54,8 @@ class StreamOwner(Protocol):
     async def wait_progress(self) -> None:
         """Wait until the driver sent something or the connection ended."""
 
-    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-        """Commit ``data`` (and the FIN) to the engine."""
+    def send_stream_data(self, stream_id: int, data: bytes | memoryview | bytearray, end_stream: bool) -> None:
+        """Commit ``data`` (and the FIN) to the engine, which copies it before returning."""
 
     def consumed(self, stream: QuicStream) -> None:
         """The application took bytes from ``stream``: send a window update when one is due."""
@@ -76,6 +76,13 @@ class QuicStream(StreamErrors, ByteStream):
     """
 
     kind = "quic-stream"
+    _commits_views = True
+    """``send`` hands aioquic a view of the caller's bytes (it copies them into the stream's
+    buffer at once); a subclass with its own ``_commit`` gets ``bytes``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._commits_views = cls._commit is QuicStream._commit
 
     def __init__(self, conn: StreamOwner, stream_id: int, *, can_send: bool, can_recv: bool) -> None:
         super().__init__(None, {})
@@ -193,7 +200,10 @@ class QuicStream(StreamErrors, ByteStream):
                 break
             await conn.wait_progress()
         n = min(len(data), SEND_CHUNK)
-        self._commit(bytes(data[:n]))
+        if self._commits_views:
+            conn.send_stream_data(self.stream_id, data[:n], False)  # aioquic copies it in at once
+        else:
+            self._commit(bytes(data[:n]))
         await trio.lowlevel.cancel_shielded_checkpoint()
         return n
 
