@@ -58,6 +58,7 @@ from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilderStop
 from aioquic.quic.recovery import K_MICRO_SECOND, K_SECOND, QuicPacketPacer, QuicPacketRecovery
 from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
 
+from ._quic_copies import BULK, SendBuffer, lighten_header_protection, prime_heap
 from ._quic_pmtu import PEER_DEFAULT, Search
 
 __all__ = ["Engine", "client_configuration", "server_configuration"]
@@ -112,52 +113,6 @@ class Pacer(QuicPacketPacer):
         self.bucket_max = bucket_max = max(bucket_max, min(PACING_BURST, PACING_MAX_BURST * packet_time))
         if self.bucket_time > bucket_max:
             self.bucket_time = bucket_max
-
-
-try:  # aioquic >= 1.7: header protection in Python (before: a C extension, left as it is)
-    from aioquic._crypto import HeaderProtection as _HeaderProtection
-except ImportError:  # pragma: no cover
-    _HeaderProtection = None  # type: ignore[assignment,misc]
-_PYTHON_HP = _HeaderProtection is not None and hasattr(_HeaderProtection, "_mask")
-
-
-class HeaderProtection(_HeaderProtection if _PYTHON_HP else object):  # type: ignore[misc]
-    """aioquic's header protection (RFC 9001 5.4) without copying each packet three times.
-
-    aioquic's ``apply`` joins header and payload, copies that into a ``bytearray`` to change
-    the header's few bytes and copies it back to ``bytes``; ``remove`` copies the whole packet
-    to unmask its header. Here only the header is copied and masked, and joined to the payload
-    once; ``remove`` copies the header alone. At 64 KiB datagrams that is two copies of 64 KiB
-    less per packet sent and one per packet received. Installed on a connection's 1-RTT keys
-    once the handshake completed (:meth:`Engine.lighten_crypto`), by setting the class of
-    aioquic's objects (same state, these two methods), and only where aioquic's header
-    protection is the Python class whose ``_mask`` these rely on.
-    """
-
-    def apply(self, plain_header: bytes, protected_payload: bytes) -> bytes:
-        pn_length = (plain_header[0] & 0x03) + 1
-        pn_offset = len(plain_header) - pn_length
-        sample_offset = 4 - pn_length  # PACKET_NUMBER_LENGTH_MAX
-        mask = self._mask(protected_payload[sample_offset : sample_offset + 16])
-        header = bytearray(plain_header)
-        header[0] ^= mask[0] & (0x0F if header[0] & 0x80 else 0x1F)
-        for i in range(pn_length):
-            header[pn_offset + i] ^= mask[1 + i]
-        return bytes(header) + protected_payload
-
-    def remove(self, packet: bytes, pn_offset: int) -> tuple[bytes, int]:
-        sample_offset = pn_offset + 4  # PACKET_NUMBER_LENGTH_MAX
-        if sample_offset + 16 > len(packet):
-            return super().remove(packet, pn_offset)  # type: ignore[no-any-return]  # its error
-        mask = self._mask(packet[sample_offset : sample_offset + 16])
-        header = bytearray(packet[:sample_offset])
-        header[0] ^= mask[0] & (0x0F if header[0] & 0x80 else 0x1F)
-        pn_length = (header[0] & 0x03) + 1
-        pn_truncated = 0
-        for i in range(pn_length):
-            header[pn_offset + i] ^= mask[1 + i]
-            pn_truncated = header[pn_offset + i] | (pn_truncated << 8)
-        return bytes(header[: pn_offset + pn_length]), pn_truncated
 
 
 class Recovery(QuicPacketRecovery):
@@ -353,6 +308,8 @@ class Engine(QuicConnection):
         self._logger.debug("path MTU: datagrams of %d bytes", size)
         self._max_datagram_size = size
         self._install("_write_stream_frame", self._write_big_stream_frame if size > _BIG_FRAMES else None)
+        if size > _BIG_FRAMES:
+            prime_heap()
         loss = self._loss
         loss._pacer._max_datagram_size = size
         cc: Any = loss._cc
@@ -424,14 +381,16 @@ class Engine(QuicConnection):
         return int(sender.highest_offset - previous)
 
     def lighten_crypto(self) -> None:
-        """Our :class:`HeaderProtection` for the 1-RTT keys (once the handshake completed)."""
-        if not _PYTHON_HP:
-            return
+        """Our header protection on the 1-RTT keys, once the handshake completed
+        (:mod:`layers._quic_copies`)."""
         pair = self._cryptos.get(aioquic_tls.Epoch.ONE_RTT)
-        for context in (pair.send, pair.recv) if pair is not None else ():
-            hp = getattr(context, "hp", None)
-            if type(hp) is _HeaderProtection:
-                hp.__class__ = HeaderProtection
+        if pair is not None:
+            lighten_header_protection((pair.send, pair.recv))
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        QuicConnection.send_stream_data(self, stream_id, data, end_stream)
+        if len(data) >= BULK:  # a bulk stream: our send buffer (layers._quic_copies)
+            SendBuffer.install(self._streams[stream_id].sender)
 
     def set_max_streams(self, bidi: int, uni: int) -> None:
         """How many streams of each kind the peer may have open at once (before the handshake)."""

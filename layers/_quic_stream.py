@@ -201,7 +201,11 @@ class QuicStream(StreamErrors, ByteStream):
             await conn.wait_progress()
         n = min(len(data), SEND_CHUNK)
         if self._commits_views:
-            conn.send_stream_data(self.stream_id, data[:n], False)  # aioquic copies it in at once
+            # the caller's bytes object itself when it is sent whole (a bulk stream's buffer keeps
+            # it: layers._quic_copies), else a view (copied in before this returns)
+            whole = data.obj if type(data) is memoryview and len(data) == n else None
+            chunk = whole if type(whole) is bytes and len(whole) == n else data[:n]
+            conn.send_stream_data(self.stream_id, chunk, False)
         else:
             self._commit(bytes(data[:n]))
         await trio.lowlevel.cancel_shielded_checkpoint()
