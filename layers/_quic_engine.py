@@ -426,6 +426,21 @@ class Engine(QuicConnection):
             return min(2 * window, cap)
         return window
 
+    def _regrant(
+        self, consumed: int, window: int, granted: int, cap: int, last: float | None, what: int | str
+    ) -> tuple[int, int]:
+        """The limit to grant and the window, for a receive window (``what``: a stream id or
+        ``"connection"``) of which ``consumed`` bytes were taken, ``granted`` being the limit the
+        peer has: ``(granted, window)`` while less than half a window is to be granted, else
+        ``consumed + window`` with the window grown first when the last update was recent
+        (:meth:`_grown`, its last update at ``last``, at most ``cap``)."""
+        if consumed + window - granted < window // 2:
+            return granted, window
+        grown = self._grown(window, cap, last)
+        if grown != window:
+            self._logger.debug("%s receive window grown to %d", f"stream {what}" if type(what) is int else what, grown)
+        return consumed + grown, grown
+
     def credit_due(self, stream_id: int) -> bool:
         """Whether the application consumed enough of ``stream_id`` (or of the connection) for
         a window update to be worth sending (half a window)."""
@@ -462,14 +477,14 @@ class Engine(QuicConnection):
         if self._reads or limit.value - limit.used < window // 4:
             self._reads = False
             if limit.used + window - limit.value >= window // 2:
-                consumed = self._connection_consumed()
-                if consumed + window - limit.value >= window // 2:
-                    grown = self._grown(window, self.max_connection_window, self._connection_window_at)
+                value, grown = self._regrant(
+                    self._connection_consumed(), window, limit.value, self.max_connection_window,
+                    self._connection_window_at, "connection",
+                )  # fmt: skip
+                if value != limit.value:
                     self._connection_window_at = self._now
-                    if grown != window:
-                        self.connection_window = window = grown
-                        self._logger.debug("connection receive window grown to %d", window)
-                    limit.value = consumed + window
+                    self.connection_window = grown
+                    limit.value = value
         for lim in (limit, self._local_max_streams_bidi, self._local_max_streams_uni):
             if lim is not limit and lim.sent - lim.used >= lim.value - lim.sent:
                 continue  # aioquic's batching of MAX_STREAMS
@@ -504,16 +519,17 @@ class Engine(QuicConnection):
             and not receiver.is_finished
         ):
             # the most the target can be (nothing buffered) would be due: count what is
-            consumed = delivered - self.buffered(stream.stream_id)
-            if consumed + window - local >= window // 2:
-                # (getattr and setattr: reading a stream's __dict__ would make CPython build one
-                # for an object that keeps its attributes inline, slowing all of them down)
-                grown = self._grown(window, self.max_stream_window, getattr(stream, "recv_window_at", None))
+            # (getattr and setattr: reading a stream's __dict__ would make CPython build one for
+            # an object that keeps its attributes inline, slowing all of them down)
+            value, grown = self._regrant(
+                delivered - self.buffered(stream.stream_id), window, local, self.max_stream_window,
+                getattr(stream, "recv_window_at", None), stream.stream_id,
+            )  # fmt: skip
+            if value != local:
                 stream.recv_window_at = self._now
                 if grown != window:
-                    stream.recv_window = window = grown
-                    self._logger.debug("stream %d receive window grown to %d", stream.stream_id, window)
-                stream.max_stream_data_local = local = consumed + window
+                    stream.recv_window = grown
+                stream.max_stream_data_local = local = value
         if stream.max_stream_data_local_sent != local and not receiver.is_finished:
             buf = builder.start_frame(
                 QuicFrameType.MAX_STREAM_DATA,
