@@ -394,10 +394,7 @@ class QuicConnection:
 
     def datagrams_received(self, datagrams: list[Any]) -> None:
         """A batch of datagrams (each with its ``address``) for this connection."""
-        engine = self._engine
-        now = trio.current_time()
-        for data in datagrams:
-            engine.receive_datagram(data, data.address, now=now)
+        self._engine.receive_batch(datagrams, trio.current_time())
         self._process()
         self.wake()
 

@@ -82,6 +82,8 @@ PACING_GAIN_SS = 2.0
 so pacing at 1.25 would hold the sender below the window it has."""
 
 
+QUICK_ACK_BYTES = 16 * 1024 * 1024
+
 def initial_window(size: int) -> int:
     """The initial congestion window for datagrams of ``size`` bytes (RFC 9002 7.2)."""
     return min(10 * size, max(14720, 2 * size))
@@ -199,6 +201,7 @@ class Engine(QuicConnection):
         self._connection_window_at: float | None = None
         self._reads = False
         self._now = 0.0
+        self._unacked = 0
         self.cork = True
         """Hold back the small tail of a stream that has no FIN yet, once datagrams are large
         (a writer of 64 KiB chunks would otherwise send a full datagram and a few-byte one for
@@ -379,6 +382,20 @@ class Engine(QuicConnection):
         if self._quic_logger is not None:
             builder.quic_logger_frames.append(self._quic_logger.encode_stream_frame(frame, stream_id=stream.stream_id))
         return int(sender.highest_offset - previous)
+
+    def receive_batch(self, datagrams: Sequence[Any], now: float) -> None:
+        """``receive_datagram`` for each of these (each with its ``address``), then an ACK due
+        at once rather than after aioquic's ack delay once :data:`ACK_EVERY` packets wait for
+        one (RFC 9000 13.2.2: after at least two ack-eliciting packets)."""
+        space = self._spaces.get(aioquic_tls.Epoch.ONE_RTT)
+        if space is not None and space.ack_at is None:
+            self._unacked = 0
+        for data in datagrams:
+            self.receive_datagram(data, data.address, now=now)
+        if space is not None and space.ack_at is not None and self._local_max_data.used < QUICK_ACK_BYTES:
+            self._unacked += len(datagrams)
+            if self._unacked >= 2 and space.ack_at > now:
+                space.ack_at = now
 
     def lighten_crypto(self) -> None:
         """Our header protection on the 1-RTT keys, once the handshake completed
