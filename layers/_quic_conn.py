@@ -9,6 +9,9 @@ connection (:meth:`QuicConnection.drive`) is the only place datagrams leave: it 
 engine has to send, runs the engine's timer (retransmission, ACK delay, idle timeout), and sleeps
 until something is queued (:meth:`wake`) or the timer fires. Streams commit bytes into the engine
 and wake the driver; the driver's :meth:`wait_progress` lets senders wait for the bytes to leave.
+When the engine held back a stream's few-byte tail (``Engine.cork``: a writer of 64 KiB chunks
+in 64 KiB datagrams would otherwise send a full datagram and a tiny one per write), the driver
+gives the writer :data:`HOLD_ROUNDS` scheduling rounds to commit more before the tail leaves alone.
 
 An application protocol that needs the raw stream events (HTTP/3, whose framing aioquic's
 ``H3Connection`` does on the engine itself) installs ``event_hook``: it sees every event first

@@ -28,6 +28,17 @@ layer never touches aioquic's private state:
   lost probe is no congestion signal, our ``max_udp_payload_size`` transport parameter (aioquic
   sends none) and the peer's read (aioquic checks it, keeps nothing), and STREAM frames with a
   4-byte length in datagrams over 16 KiB (aioquic writes 2 bytes: at most 16383 bytes a frame).
+  A probe may go while the window is still the initial one if it fits the initial window of its
+  own size (RFC 9002 7.2: two such datagrams), so a sender that starts at once does not send
+  several round trips of small packets first.
+* **Bulk sending** (datagrams over 16 KiB): the few-byte tail a 64 KiB write leaves after a full
+  datagram is held back (``cork``/``held``) while :class:`~layers._quic_conn.QuicConnection`'s
+  driver lets the writer commit more (a third of the datagrams were such tails); a bulk stream's
+  send buffer and the 1-RTT header protection copy less (:mod:`layers._quic_copies`).
+* **ACKs in slow start**: during the first :data:`QUICK_ACK_BYTES` received, an ACK is due at
+  once after two packets (RFC 9000 13.2.2; Linux's quick ACKs) rather than after aioquic's ack
+  delay (1 ms, a millisecond or two on trio's clock, added to every round trip the window needs
+  to grow); then aioquic's delayed ACKs (fewer ACKs for the sender to process).
 * **Pacing** (:class:`Pacer`): bursts of two milliseconds of the pacing rate, as quinn does, so
   a sender woken by trio's millisecond clock can keep its own rate; the rate 1.25 times the
   window per round trip (RFC 9002 7.7), twice it in slow start (Linux TCP's ratios; aioquic: 1).
@@ -83,6 +94,7 @@ so pacing at 1.25 would hold the sender below the window it has."""
 
 
 QUICK_ACK_BYTES = 16 * 1024 * 1024
+"""Stream bytes a connection receives with an ACK every two packets (:meth:`Engine.receive_batch`)."""
 
 def initial_window(size: int) -> int:
     """The initial congestion window for datagrams of ``size`` bytes (RFC 9002 7.2)."""
