@@ -110,7 +110,7 @@ class _Side(trio.abc.Instrument):
         from layers import _quic_engine, udp
 
         counts = self.counts
-        send_batch, recv_many = udp.UDPStream.send_batch, udp.UDPStream.recv_many
+        send_batch, recv_batch = udp.UDPStream.send_batch, udp.UDPStream.recv_batch
         lost, ack = _quic_engine.Recovery._on_packets_lost, Aioquic._write_ack_frame
 
         async def counted_send(stream: Any, datagrams: list[Any]) -> int:
@@ -118,7 +118,7 @@ class _Side(trio.abc.Instrument):
             return int(await send_batch(stream, datagrams))
 
         async def counted_recv(stream: Any, max_count: int = 64) -> list[Any]:
-            out = await recv_many(stream, max_count)
+            out = await recv_batch(stream, max_count)
             counts["datagrams_received"] += len(out)
             return out
 
@@ -132,7 +132,7 @@ class _Side(trio.abc.Instrument):
             ack(conn, *args, **kw)
 
         udp.UDPStream.send_batch = counted_send  # type: ignore[method-assign,assignment]
-        udp.UDPStream.recv_many = counted_recv  # type: ignore[method-assign,assignment]
+        udp.UDPStream.recv_batch = counted_recv  # type: ignore[method-assign,assignment]
         _quic_engine.Recovery._on_packets_lost = counted_lost  # type: ignore[method-assign,assignment]
         Aioquic._write_ack_frame = counted_ack  # type: ignore[method-assign,assignment]
 

@@ -395,8 +395,8 @@ class QuicConnection:
         progress, self._progress = self._progress, trio.Event()
         progress.set()
 
-    def datagrams_received(self, datagrams: list[Any]) -> None:
-        """A batch of datagrams (each with its ``address``) for this connection."""
+    def datagrams_received(self, datagrams: list[tuple[bytes, Any]]) -> None:
+        """A batch of ``(datagram, address)`` pairs for this connection."""
         self._engine.receive_batch(datagrams, trio.current_time())
         self._process()
         self.wake()

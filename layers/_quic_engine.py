@@ -396,14 +396,14 @@ class Engine(QuicConnection):
         return int(sender.highest_offset - previous)
 
     def receive_batch(self, datagrams: Sequence[Any], now: float) -> None:
-        """``receive_datagram`` for each of these (each with its ``address``), then an ACK due
+        """``receive_datagram`` for each of these ``(data, address)`` pairs, then an ACK due
         at once rather than after aioquic's ack delay once :data:`ACK_EVERY` packets wait for
         one (RFC 9000 13.2.2: after at least two ack-eliciting packets)."""
         space = self._spaces.get(aioquic_tls.Epoch.ONE_RTT)
         if space is not None and space.ack_at is None:
             self._unacked = 0
-        for data in datagrams:
-            self.receive_datagram(data, data.address, now=now)
+        for data, address in datagrams:
+            self.receive_datagram(data, address, now=now)
         if space is not None and space.ack_at is not None and self._local_max_data.used < QUICK_ACK_BYTES:
             self._unacked += len(datagrams)
             if self._unacked >= 2 and space.ack_at > now:
