@@ -35,7 +35,7 @@ layer never touches aioquic's private state:
   datagram is held back (``cork``/``held``) while :class:`~layers._quic_conn.QuicConnection`'s
   driver lets the writer commit more (a third of the datagrams were such tails); a bulk stream's
   send buffer and the 1-RTT header protection copy less (:mod:`layers._quic_copies`).
-* **ACKs in slow start**: during the first :data:`QUICK_ACK_BYTES` received, an ACK is due at
+* **ACKs in slow start**: for the first :data:`QUICK_ACKS` packets received, an ACK is due at
   once after two packets (RFC 9000 13.2.2; Linux's quick ACKs) rather than after aioquic's ack
   delay (1 ms, a millisecond or two on trio's clock, added to every round trip the window needs
   to grow); then aioquic's delayed ACKs (fewer ACKs for the sender to process).
@@ -93,8 +93,9 @@ PACING_GAIN_SS = 2.0
 so pacing at 1.25 would hold the sender below the window it has."""
 
 
-QUICK_ACK_BYTES = 16 * 1024 * 1024
-"""Stream bytes a connection receives with an ACK every two packets (:meth:`Engine.receive_batch`)."""
+QUICK_ACKS = 256
+"""The first packets a connection receives are acknowledged every two (:meth:`Engine.receive_batch`):
+the slow start of 64 KiB datagrams (131 KB to 8 MB), or its first round trips at 1350 bytes."""
 
 def initial_window(size: int) -> int:
     """The initial congestion window for datagrams of ``size`` bytes (RFC 9002 7.2)."""
@@ -404,7 +405,7 @@ class Engine(QuicConnection):
             self._unacked = 0
         for data, address in datagrams:
             self.receive_datagram(data, address, now=now)
-        if space is not None and space.ack_at is not None and self._local_max_data.used < QUICK_ACK_BYTES:
+        if space is not None and space.ack_at is not None and space.largest_received_packet < QUICK_ACKS:
             self._unacked += len(datagrams)
             if self._unacked >= 2 and space.ack_at > now:
                 space.ack_at = now
