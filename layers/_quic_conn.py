@@ -231,7 +231,7 @@ class QuicConnection:
         self.wake()
 
     def release_if_done(self, stream: QuicStream) -> None:
-        if stream._local_ended and stream._in_ended and not stream._in:
+        if stream._local_ended and stream._in_ended and not stream._in and not stream._first:
             self._streams.pop(stream.stream_id, None)
 
     def register(self, stream: QuicStream) -> None:
@@ -246,7 +246,7 @@ class QuicConnection:
         held, self._accepted = self._accepted, deque()
         for stream in held:
             self._streams.pop(stream.stream_id, None)
-            data, stream._in = bytes(stream._in), bytearray()
+            data, stream._first, stream._in = stream._first + bytes(stream._in), b"", bytearray()
             if data or stream._in_ended:
                 hook(qe.StreamDataReceived(data=data, end_stream=stream._in_ended, stream_id=stream.stream_id))
 
