@@ -235,6 +235,8 @@ class Engine(QuicConnection):
         if route is None:
             return
         top = min(route, limit, self.peer_max_udp_payload)
+        if top > _BIG_FRAMES:
+            prime_heap()  # datagrams of 64 KiB may come and go, both ways (layers._quic_copies)
         if top > self._max_datagram_size:
             self.pmtu = Search(self._max_datagram_size, top)
             self._install("datagrams_to_send", self._datagrams_to_send_probing)
@@ -324,8 +326,6 @@ class Engine(QuicConnection):
         self._logger.debug("path MTU: datagrams of %d bytes", size)
         self._max_datagram_size = size
         self._install("_write_stream_frame", self._write_big_stream_frame if size > _BIG_FRAMES else None)
-        if size > _BIG_FRAMES:
-            prime_heap()
         loss = self._loss
         loss._pacer._max_datagram_size = size
         cc: Any = loss._cc
