@@ -9,6 +9,9 @@ connection (:meth:`QuicConnection.drive`) is the only place datagrams leave: it 
 engine has to send, runs the engine's timer (retransmission, ACK delay, idle timeout), and sleeps
 until something is queued (:meth:`wake`) or the timer fires. Streams commit bytes into the engine
 and wake the driver; the driver's :meth:`wait_progress` lets senders wait for the bytes to leave.
+When the engine held back a stream's few-byte tail (``Engine.cork``: a writer of 64 KiB chunks
+in 64 KiB datagrams would otherwise send a full datagram and a tiny one per write), the driver
+gives the writer :data:`HOLD_ROUNDS` scheduling rounds to commit more before the tail leaves alone.
 
 An application protocol that needs the raw stream events (HTTP/3, whose framing aioquic's
 ``H3Connection`` does on the engine itself) installs ``event_hook``: it sees every event first
@@ -40,6 +43,12 @@ from .tls import HandshakeError
 __all__ = ["DEFAULT_QUIC_LIMITS", "QuicConnection", "QuicLimits"]
 
 log = logging.getLogger("stack.quic")
+
+HOLD_ROUNDS = 2
+"""Scheduling rounds the driver waits for a writer to add to a held-back tail (``_send_held``)."""
+
+MAX_HOLDS = 8
+"""Passes in a row that may hold a tail back before it is sent whatever comes."""
 
 _ALERT_REASONS = {
     48: "unknown_ca",
@@ -162,6 +171,8 @@ class QuicConnection:
         self._handshaken = False
         self._terminated = trio.Event()
         self._stop_driving = False
+        self._wakes = 0
+        self._holds = 0
         self._pings: dict[int, trio.Event] = {}
         self._ping_ids = itertools.count(1)
         self.closing = trio.Event()
@@ -197,8 +208,8 @@ class QuicConnection:
         if self._failure is None:
             await self._progress.wait()
 
-    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-        self._engine.send_stream_data(stream_id, data, end_stream)
+    def send_stream_data(self, stream_id: int, data: bytes | memoryview | bytearray, end_stream: bool) -> None:
+        self._engine.send_stream_data(stream_id, data, end_stream)  # type: ignore[arg-type]  # copied in
         self.wake()
 
     def consumed(self, stream: QuicStream) -> None:
@@ -220,7 +231,7 @@ class QuicConnection:
         self.wake()
 
     def release_if_done(self, stream: QuicStream) -> None:
-        if stream._local_ended and stream._in_ended and not stream._in:
+        if stream._local_ended and stream._in_ended and not stream._in and not stream._first:
             self._streams.pop(stream.stream_id, None)
 
     def register(self, stream: QuicStream) -> None:
@@ -235,7 +246,7 @@ class QuicConnection:
         held, self._accepted = self._accepted, deque()
         for stream in held:
             self._streams.pop(stream.stream_id, None)
-            data, stream._in = bytes(stream._in), bytearray()
+            data, stream._first, stream._in = stream._first + bytes(stream._in), b"", bytearray()
             if data or stream._in_ended:
                 hook(qe.StreamDataReceived(data=data, end_stream=stream._in_ended, stream_id=stream.stream_id))
 
@@ -313,6 +324,7 @@ class QuicConnection:
 
     def wake(self) -> None:
         """Something was queued in the engine: let the driver send it."""
+        self._wakes += 1
         self._wake_ev.set()
 
     def datagram_received(self, data: bytes, address: Any) -> None:
@@ -335,8 +347,13 @@ class QuicConnection:
                     self._process()
                 await self._transmit()
                 if self._stop_driving or self._terminated.is_set():
+                    engine.cork = False
                     await self._transmit()  # what was queued while the last one waited (a CONNECTION_CLOSE)
                     return
+                if engine.held:
+                    await self._send_held()
+                else:
+                    self._holds = 0
                 timer = engine.get_timer()
                 with trio.move_on_at(math.inf if timer is None else timer):
                     await self._wake_ev.wait()
@@ -345,6 +362,28 @@ class QuicConnection:
                 self._failure = Closed("the QUIC connection's driver stopped")
                 self._fail_all()
             self._terminated.set()
+
+    async def _send_held(self) -> None:
+        """The engine held back a stream's small tail (``Engine.cork``): let the writer run for
+        :data:`HOLD_ROUNDS` scheduling rounds; if anything woke the driver meanwhile (the writer
+        committed more), the next pass sends it all (a full datagram, not a full one and a few
+        bytes) and may hold a tail again, at most :data:`MAX_HOLDS` times in a row; otherwise the
+        tail leaves now."""
+        engine = self._engine
+        engine.held = False
+        wakes = self._wakes
+        self._holds += 1
+        if self._holds <= MAX_HOLDS:
+            for _ in range(HOLD_ROUNDS):
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                if self._wakes != wakes:
+                    return  # _wake_ev is set: the loop comes round at once
+        self._holds = 0
+        engine.cork = False
+        try:
+            await self._transmit()
+        finally:
+            engine.cork = True
 
     async def _transmit(self) -> None:
         datagrams = self._engine.datagrams_to_send(now=trio.current_time())
@@ -356,12 +395,9 @@ class QuicConnection:
         progress, self._progress = self._progress, trio.Event()
         progress.set()
 
-    def datagrams_received(self, datagrams: list[Any]) -> None:
-        """A batch of datagrams (each with its ``address``) for this connection."""
-        engine = self._engine
-        now = trio.current_time()
-        for data in datagrams:
-            engine.receive_datagram(data, data.address, now=now)
+    def datagrams_received(self, datagrams: list[tuple[bytes, Any]]) -> None:
+        """A batch of ``(datagram, address)`` pairs for this connection."""
+        self._engine.receive_batch(datagrams, trio.current_time())
         self._process()
         self.wake()
 
@@ -407,6 +443,7 @@ class QuicConnection:
             self._info["alpn"] = event.alpn_protocol
             self._info["session_resumed"] = event.session_resumed
             self._handshake.set()
+            self._engine.lighten_crypto()
             limits = self.limits
             if limits.pmtu:
                 self._engine.start_pmtud(route_payload(self._info.get("peer")), limits.max_datagram_size)

@@ -77,12 +77,12 @@ class Endpoint:
         """Take datagrams from the socket until it is closed."""
         udp = self._udp
         while True:
-            batch: dict[QuicConnection, list[Any]] = {}
-            for dgram in await udp.recv_many():
+            batch: dict[QuicConnection, list[tuple[bytes, Any]]] = {}
+            for dgram in await udp.recv_batch():
                 try:
-                    conn = self._datagram(dgram, dgram.address)
+                    conn = self._datagram(*dgram)
                 except Exception:  # a datagram must never end the listener
-                    log.exception("quic: a datagram from %s could not be handled", dgram.address)
+                    log.exception("quic: a datagram from %s could not be handled", dgram[1])
                     continue
                 if conn is not None:
                     batch.setdefault(conn, []).append(dgram)

@@ -28,8 +28,20 @@ layer never touches aioquic's private state:
   lost probe is no congestion signal, our ``max_udp_payload_size`` transport parameter (aioquic
   sends none) and the peer's read (aioquic checks it, keeps nothing), and STREAM frames with a
   4-byte length in datagrams over 16 KiB (aioquic writes 2 bytes: at most 16383 bytes a frame).
-* **Pacing bursts** (:class:`Pacer`): two milliseconds of the pacing rate, as quinn does, so a
-  sender woken by trio's millisecond clock can keep its own rate.
+  A probe may go while the window is still the initial one if it fits the initial window of its
+  own size (RFC 9002 7.2: two such datagrams), so a sender that starts at once does not send
+  several round trips of small packets first.
+* **Bulk sending** (datagrams over 16 KiB): the few-byte tail a 64 KiB write leaves after a full
+  datagram is held back (``cork``/``held``) while :class:`~layers._quic_conn.QuicConnection`'s
+  driver lets the writer commit more (a third of the datagrams were such tails); a bulk stream's
+  send buffer and the 1-RTT header protection copy less (:mod:`layers._quic_copies`).
+* **ACKs in slow start**: for the first :data:`QUICK_ACKS` packets received, an ACK is due at
+  once after two packets (RFC 9000 13.2.2; Linux's quick ACKs) rather than after aioquic's ack
+  delay (1 ms, a millisecond or two on trio's clock, added to every round trip the window needs
+  to grow); then aioquic's delayed ACKs (fewer ACKs for the sender to process).
+* **Pacing** (:class:`Pacer`): bursts of two milliseconds of the pacing rate, as quinn does, so
+  a sender woken by trio's millisecond clock can keep its own rate; the rate 1.25 times the
+  window per round trip (RFC 9002 7.7), twice it in slow start (Linux TCP's ratios; aioquic: 1).
 
 All of this reads attributes of aioquic 1.x (``_streams``, ``_local_max_streams_bidi``,
 ``_loss``, ``_max_datagram_size`` ...): the dependency is pinned to ``aioquic>=1.2,<2`` and
@@ -57,6 +69,7 @@ from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilderStop
 from aioquic.quic.recovery import K_MICRO_SECOND, K_SECOND, QuicPacketPacer, QuicPacketRecovery
 from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
 
+from ._quic_copies import BULK, SendBuffer, lighten_header_protection, prime_heap
 from ._quic_pmtu import PEER_DEFAULT, Search
 
 __all__ = ["Engine", "client_configuration", "server_configuration"]
@@ -71,6 +84,23 @@ PACING_BURST = 0.002
 PACING_MAX_BURST = 256
 """At most this many datagrams in one paced burst."""
 
+PACING_GAIN = 1.25
+"""The pacing rate is this times the congestion window per smoothed round trip (RFC 9002 7.7's
+N; aioquic paces at 1, which the RFC says can leave the window unused when round trips vary)."""
+
+PACING_GAIN_SS = 2.0
+"""The same in slow start (Linux TCP's ``pacing_ss_ratio``): the window doubles each round trip,
+so pacing at 1.25 would hold the sender below the window it has."""
+
+
+QUICK_ACKS = 256
+"""The first packets a connection receives are acknowledged every two (:meth:`Engine.receive_batch`):
+the slow start of 64 KiB datagrams (131 KB to 8 MB), or its first round trips at 1350 bytes."""
+
+def initial_window(size: int) -> int:
+    """The initial congestion window for datagrams of ``size`` bytes (RFC 9002 7.2)."""
+    return min(10 * size, max(14720, 2 * size))
+
 
 class Pacer(QuicPacketPacer):
     """aioquic's pacer with bursts of at least :data:`PACING_BURST` seconds of its rate.
@@ -83,9 +113,15 @@ class Pacer(QuicPacketPacer):
     :data:`PACING_MAX_BURST` datagrams), so each wakeup sends what the rate allows since the last.
     """
 
+    cc: Any = None
+    """The congestion controller (set by :class:`Recovery`): slow start paces faster."""
+
     def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
-        # aioquic's formula (recovery.QuicPacketPacer), the burst at least PACING_BURST
-        rate = congestion_window / max(smoothed_rtt, K_MICRO_SECOND)
+        # aioquic's formula (recovery.QuicPacketPacer) times PACING_GAIN, the burst at least
+        # PACING_BURST
+        cc = self.cc
+        gain = PACING_GAIN_SS if cc is None or cc.ssthresh is None or congestion_window < cc.ssthresh else PACING_GAIN
+        rate = gain * congestion_window / max(smoothed_rtt, K_MICRO_SECOND)
         size = self._max_datagram_size
         self.packet_time = packet_time = max(K_MICRO_SECOND, min(size / rate, K_SECOND))
         bucket_max = max(2 * size, min(congestion_window // 4, 16 * size)) / rate
@@ -101,6 +137,7 @@ class Recovery(QuicPacketRecovery):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._pacer = Pacer(max_datagram_size=kwargs["max_datagram_size"])
+        self._pacer.cc = self._cc
         self.probes: set[int] = set()
         """Packet numbers of the path MTU probes in flight."""
 
@@ -177,6 +214,13 @@ class Engine(QuicConnection):
         self._connection_window_at: float | None = None
         self._reads = False
         self._now = 0.0
+        self._unacked = 0
+        self.cork = True
+        """Hold back the small tail of a stream that has no FIN yet, once datagrams are large
+        (a writer of 64 KiB chunks would otherwise send a full datagram and a few-byte one for
+        each): the driver sends it when the writer commits nothing more (``held``)."""
+        self.held = False
+        """A stream's small tail was held back by the last ``datagrams_to_send``."""
 
     # ---- path MTU discovery (layers._quic_pmtu) ----------------------------------------------
 
@@ -191,6 +235,8 @@ class Engine(QuicConnection):
         if route is None:
             return
         top = min(route, limit, self.peer_max_udp_payload)
+        if top > _BIG_FRAMES:
+            prime_heap()  # datagrams of 64 KiB may come and go, both ways (layers._quic_copies)
         if top > self._max_datagram_size:
             self.pmtu = Search(self._max_datagram_size, top)
             self._install("datagrams_to_send", self._datagrams_to_send_probing)
@@ -210,9 +256,16 @@ class Engine(QuicConnection):
             size = pmtu.next_probe()
             loss = self._loss
             # within the congestion window, or alone in flight (an endpoint that mostly receives
-            # never has the window for it; one packet, as a loss-recovery probe would be)
-            if size is not None and (loss.congestion_window - loss.bytes_in_flight >= size or not loss.bytes_in_flight):
-                return self._send_probe_of(size, now) + QuicConnection.datagrams_to_send(self, now=now)
+            # never has the window for it; one packet, as a loss-recovery probe would be); in
+            # slow start before any loss, within the initial window the probe's size would have
+            # (RFC 9002 7.2: two datagrams of that size): a sender that starts at once would
+            # otherwise wait several round trips of small packets for a window of 64 KiB
+            if size is not None:
+                window = loss.congestion_window
+                if loss._cc.ssthresh is None:
+                    window = max(window, initial_window(size))
+                if window - loss.bytes_in_flight >= size or not loss.bytes_in_flight:
+                    return self._send_probe_of(size, now) + QuicConnection.datagrams_to_send(self, now=now)
         return QuicConnection.datagrams_to_send(self, now=now)
 
     def _send_probe_of(self, size: int, now: float) -> list[tuple[bytes, Any]]:
@@ -279,7 +332,7 @@ class Engine(QuicConnection):
         cc._max_datagram_size = size
         if hasattr(cc, "additive_increase_factor"):  # cubic
             cc.additive_increase_factor = size
-        initial = min(10 * size, max(14720, 2 * size))
+        initial = initial_window(size)
         if cc.ssthresh is None and cc.congestion_window < initial:
             cc.congestion_window = initial
         if loss._rtt_initialized:
@@ -308,6 +361,16 @@ class Engine(QuicConnection):
         # larger datagram the frame fills it with a 4-byte length
         sender = stream.sender
         offset = sender.next_offset
+        if (
+            self.cork
+            and sender._buffer_fin is None
+            and 0 < 2 * (sender._buffer_stop - offset) < builder.remaining_flight_space
+            and builder.packet_is_empty
+        ):
+            # the tail of what the writer committed so far, alone in a packet of its own: held
+            # back while the driver lets the writer commit more (QuicConnection.drive)
+            self.held = True
+            return 0
         overhead = 5 + size_uint_var(stream.stream_id) + (size_uint_var(offset) if offset else 0)
         previous = sender.highest_offset
         frame = sender.get_frame(builder.remaining_flight_space - overhead, max_offset)
@@ -332,6 +395,32 @@ class Engine(QuicConnection):
         if self._quic_logger is not None:
             builder.quic_logger_frames.append(self._quic_logger.encode_stream_frame(frame, stream_id=stream.stream_id))
         return int(sender.highest_offset - previous)
+
+    def receive_batch(self, datagrams: Sequence[Any], now: float) -> None:
+        """``receive_datagram`` for each of these ``(data, address)`` pairs, then an ACK due
+        at once rather than after aioquic's ack delay once :data:`ACK_EVERY` packets wait for
+        one (RFC 9000 13.2.2: after at least two ack-eliciting packets)."""
+        space = self._spaces.get(aioquic_tls.Epoch.ONE_RTT)
+        if space is not None and space.ack_at is None:
+            self._unacked = 0
+        for data, address in datagrams:
+            self.receive_datagram(data, address, now=now)
+        if space is not None and space.ack_at is not None and space.largest_received_packet < QUICK_ACKS:
+            self._unacked += len(datagrams)
+            if self._unacked >= 2 and space.ack_at > now:
+                space.ack_at = now
+
+    def lighten_crypto(self) -> None:
+        """Our header protection on the 1-RTT keys, once the handshake completed
+        (:mod:`layers._quic_copies`)."""
+        pair = self._cryptos.get(aioquic_tls.Epoch.ONE_RTT)
+        if pair is not None:
+            lighten_header_protection((pair.send, pair.recv))
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        QuicConnection.send_stream_data(self, stream_id, data, end_stream)
+        if len(data) >= BULK:  # a bulk stream: our send buffer (layers._quic_copies)
+            SendBuffer.install(self._streams[stream_id].sender)
 
     def set_max_streams(self, bidi: int, uni: int) -> None:
         """How many streams of each kind the peer may have open at once (before the handshake)."""
@@ -366,6 +455,21 @@ class Engine(QuicConnection):
         if self._now - last < TUNE_RTTS * rtt:
             return min(2 * window, cap)
         return window
+
+    def _regrant(
+        self, consumed: int, window: int, granted: int, cap: int, last: float | None, what: int | str
+    ) -> tuple[int, int]:
+        """The limit to grant and the window, for a receive window (``what``: a stream id or
+        ``"connection"``) of which ``consumed`` bytes were taken, ``granted`` being the limit the
+        peer has: ``(granted, window)`` while less than half a window is to be granted, else
+        ``consumed + window`` with the window grown first when the last update was recent
+        (:meth:`_grown`, its last update at ``last``, at most ``cap``)."""
+        if consumed + window - granted < window // 2:
+            return granted, window
+        grown = self._grown(window, cap, last)
+        if grown != window:
+            self._logger.debug("%s receive window grown to %d", f"stream {what}" if type(what) is int else what, grown)
+        return consumed + grown, grown
 
     def credit_due(self, stream_id: int) -> bool:
         """Whether the application consumed enough of ``stream_id`` (or of the connection) for
@@ -403,14 +507,14 @@ class Engine(QuicConnection):
         if self._reads or limit.value - limit.used < window // 4:
             self._reads = False
             if limit.used + window - limit.value >= window // 2:
-                consumed = self._connection_consumed()
-                if consumed + window - limit.value >= window // 2:
-                    grown = self._grown(window, self.max_connection_window, self._connection_window_at)
+                value, grown = self._regrant(
+                    self._connection_consumed(), window, limit.value, self.max_connection_window,
+                    self._connection_window_at, "connection",
+                )  # fmt: skip
+                if value != limit.value:
                     self._connection_window_at = self._now
-                    if grown != window:
-                        self.connection_window = window = grown
-                        self._logger.debug("connection receive window grown to %d", window)
-                    limit.value = consumed + window
+                    self.connection_window = grown
+                    limit.value = value
         for lim in (limit, self._local_max_streams_bidi, self._local_max_streams_uni):
             if lim is not limit and lim.sent - lim.used >= lim.value - lim.sent:
                 continue  # aioquic's batching of MAX_STREAMS
@@ -445,16 +549,17 @@ class Engine(QuicConnection):
             and not receiver.is_finished
         ):
             # the most the target can be (nothing buffered) would be due: count what is
-            consumed = delivered - self.buffered(stream.stream_id)
-            if consumed + window - local >= window // 2:
-                # (getattr and setattr: reading a stream's __dict__ would make CPython build one
-                # for an object that keeps its attributes inline, slowing all of them down)
-                grown = self._grown(window, self.max_stream_window, getattr(stream, "recv_window_at", None))
+            # (getattr and setattr: reading a stream's __dict__ would make CPython build one for
+            # an object that keeps its attributes inline, slowing all of them down)
+            value, grown = self._regrant(
+                delivered - self.buffered(stream.stream_id), window, local, self.max_stream_window,
+                getattr(stream, "recv_window_at", None), stream.stream_id,
+            )  # fmt: skip
+            if value != local:
                 stream.recv_window_at = self._now
                 if grown != window:
-                    stream.recv_window = window = grown
-                    self._logger.debug("stream %d receive window grown to %d", stream.stream_id, window)
-                stream.max_stream_data_local = local = consumed + window
+                    stream.recv_window = grown
+                stream.max_stream_data_local = local = value
         if stream.max_stream_data_local_sent != local and not receiver.is_finished:
             buf = builder.start_frame(
                 QuicFrameType.MAX_STREAM_DATA,

@@ -2,8 +2,8 @@
 ``_quic_conn.py``; :mod:`layers.quic`'s docstring states the semantics).
 
 Theory of operation: a stream does no I/O of its own, as an HTTP/2 stream does not. ``recv``
-waits for what the connection put in its buffer (``_in``) when aioquic delivered it, and takes
-from it without an ``await`` in between, so a receive that times out consumes nothing; what the
+waits for what the connection put in its buffer (``_first``, then ``_in``) when aioquic delivered
+it, and takes from it without an ``await`` in between, so a receive that times out consumes nothing; what the
 application takes is what the engine's receive window follows (``_quic_engine.Engine``).
 ``send`` commits at most :data:`SEND_CHUNK` bytes to aioquic per step, and only while fewer than
 :data:`HIGH_WATER` committed bytes of this stream wait to leave, then wakes the connection's
@@ -19,7 +19,7 @@ Subclasses (the HTTP/3 request stream) change how bytes are committed (``_commit
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -35,6 +35,10 @@ HIGH_WATER = 256 * 1024
 
 SEND_CHUNK = 64 * 1024
 """Most bytes one ``send`` step commits."""
+
+BIG_DATA = 16 * 1024
+"""Delivered bytes at least this many, arriving while nothing is buffered, are handed to the
+reader as the object aioquic delivered (``QuicStream._first``) rather than copied in and out."""
 
 
 class StreamOwner(Protocol):
@@ -55,7 +59,8 @@ class StreamOwner(Protocol):
         """Wait until the driver sent something or the connection ended."""
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-        """Commit ``data`` (and the FIN) to the engine."""
+        """Commit ``data`` (and the FIN) to the engine. A :class:`layers.quic.QuicConnection`
+        also takes a view (the engine copies it before returning)."""
 
     def consumed(self, stream: QuicStream) -> None:
         """The application took bytes from ``stream``: send a window update when one is due."""
@@ -76,12 +81,27 @@ class QuicStream(StreamErrors, ByteStream):
     """
 
     kind = "quic-stream"
+    _commits_views = True
+    """``send`` hands aioquic a view of the caller's bytes (it copies them into the stream's
+    buffer at once); a subclass with its own ``_commit`` gets ``bytes``."""
+
+    _takes_first = True
+    """:data:`BIG_DATA` bytes or more that arrive while nothing is buffered are kept as the
+    ``bytes`` aioquic delivered (``_first``) and handed to the reader as they are (a
+    ``bytearray`` copied them in and out); a subclass that counts what it buffers its own way
+    (``_buffered_in``) keeps to ``_in``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._commits_views = cls._commit is QuicStream._commit
+        cls._takes_first = cls._buffered_in is QuicStream._buffered_in
 
     def __init__(self, conn: StreamOwner, stream_id: int, *, can_send: bool, can_recv: bool) -> None:
         super().__init__(None, {})
         self._conn = conn
         self.stream_id = stream_id
         self._in = bytearray()
+        self._first = b""  # bytes delivered before those in _in, kept as aioquic gave them
         self._in_ended = False
         self._can_send = can_send
         self._can_recv = can_recv
@@ -103,7 +123,7 @@ class QuicStream(StreamErrors, ByteStream):
         """True once the peer ended its side (a FIN) and every byte of it was read: ``recv``
         returns ``b""`` without waiting. An HTTP/3 request whose HEADERS came with the FIN has no
         body: its stream is ``ended`` when the app gets it (the reverse proxy's bodiless path)."""
-        return self._in_ended and not self._in and not self._unread
+        return self._in_ended and not self._in and not self._first and not self._unread
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.stream_id} {self._closed or ('broken' if self._broken else 'open')}>"
@@ -112,7 +132,10 @@ class QuicStream(StreamErrors, ByteStream):
 
     def _on_data(self, data: bytes, end: bool) -> None:
         if data:
-            self._in += data
+            if len(data) >= BIG_DATA and self._takes_first and not self._first and not self._in:
+                self._first = data  # no copy: a reader takes this very object
+            else:
+                self._in += data
         if end:
             self._in_ended = True
         self._wake()
@@ -133,7 +156,7 @@ class QuicStream(StreamErrors, ByteStream):
             ev.set()
 
     def _buffered_in(self) -> int:
-        return len(self._in)
+        return len(self._first) + len(self._in)
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -155,6 +178,14 @@ class QuicStream(StreamErrors, ByteStream):
         if not self._can_recv:
             raise StackError(f"{self.kind} {self.stream_id} is unidirectional from this side: it cannot receive")
         while True:
+            head = self._first
+            if head:  # what came while nothing was buffered: given as it is when it fits
+                if len(head) <= max_bytes:
+                    self._first = b""
+                else:
+                    head, self._first = head[:max_bytes], head[max_bytes:]
+                self._conn.consumed(self)
+                return head
             buf = self._in
             if buf:
                 if len(buf) <= max_bytes:
@@ -193,7 +224,14 @@ class QuicStream(StreamErrors, ByteStream):
                 break
             await conn.wait_progress()
         n = min(len(data), SEND_CHUNK)
-        self._commit(bytes(data[:n]))
+        if self._commits_views:
+            # the caller's bytes object itself when it is sent whole (a bulk stream's buffer keeps
+            # it: layers._quic_copies), else a view (copied in before this returns)
+            whole = data.obj if type(data) is memoryview and len(data) == n else None
+            chunk = whole if type(whole) is bytes and len(whole) == n else data[:n]
+            conn.send_stream_data(self.stream_id, chunk, False)  # type: ignore[arg-type]  # a view is fine
+        else:
+            self._commit(bytes(data[:n]))
         await trio.lowlevel.cancel_shielded_checkpoint()
         return n
 

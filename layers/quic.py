@@ -203,7 +203,7 @@ class connect:
 
 async def _client_reader(sock: udp.UDPStream, conn: QuicConnection) -> None:
     while True:
-        conn.datagrams_received(await sock.recv_many())
+        conn.datagrams_received(await sock.recv_batch())
 
 
 @dataclass(frozen=True, eq=False)

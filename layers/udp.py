@@ -220,20 +220,28 @@ class UDPStream(MessageStream):
         :class:`Datagram` with its ``address``). No deadline (cancel it): a cancelled call
         consumed nothing; oversized datagrams are dropped as by ``recv``; after ``aclose``:
         :class:`~stack.Closed`."""
-        raw = self._raw
-        if raw is None or self._connected:
+        if self._raw is None or self._connected:
             msg = await self.recv()
             assert isinstance(msg, bytes)
             return [msg if isinstance(msg, Datagram) else Datagram(msg, self._info.get("peer"))]
+        return [Datagram(data, address) for data, address in await self.recv_batch(max_count)]
+
+    async def recv_batch(self, max_count: int = 64) -> list[tuple[bytes, Any]]:
+        """``recv_many`` as ``(data, address)`` pairs, ``data`` plain ``bytes`` received into its
+        own object (no copy after the kernel's; a :class:`Datagram` is a second copy, and slicing
+        one, a ``bytes`` subclass, copies where slicing ``bytes`` whole does not)."""
+        raw = self._raw
+        if raw is None or self._connected:
+            return [(bytes(d), d.address) for d in await self.recv_many(max_count)]
         await trio.lowlevel.checkpoint_if_cancelled()
-        view = self._view
-        out: list[Datagram] = []
+        size = self._max + 1  # one more: a datagram over max_datagram comes back with MSG_TRUNC
+        out: list[tuple[bytes, Any]] = []
         waited = False
         while len(out) < max_count:
             if self._closed is not None:
                 raise Closed("udp socket is closed")
             try:
-                n, _, flags, address = raw.recvmsg_into([view])
+                data, _, flags, address = raw.recvmsg(size)
             except BlockingIOError:
                 if out:
                     break
@@ -249,11 +257,11 @@ class UDPStream(MessageStream):
                 if _closed_error(exc):
                     raise Closed("udp socket was closed while a recv was in progress") from exc
                 raise Broken(f"udp recv failed: {exc.strerror or exc}") from exc
-            if flags & _MSG_TRUNC:
+            if flags & _MSG_TRUNC or len(data) > self._max:
                 self.dropped += 1
                 log.debug("udp %s: dropped a datagram from %s over max_datagram", self._info.get("local"), address)
                 continue
-            out.append(Datagram(view[:n], address))  # one copy, out of the receive buffer
+            out.append((data, address))
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()  # a busy socket never starves the others
         return out

@@ -375,3 +375,22 @@ async def test_recv_many_and_send_batch() -> None:
         with trio.move_on_after(0.05) as scope:  # nothing waiting: cancelled, nothing consumed
             await server.recv_many()
         assert scope.cancelled_caught
+
+
+async def test_recv_batch_gives_plain_bytes_and_drops_oversized() -> None:
+    server = await udp.bind("127.0.0.1", 0, recv_buffer=1 << 20, max_datagram=1000).connect()
+    client = await udp.bind("127.0.0.1", 0).connect()
+    async with server, client:
+        to = server.info["local"]
+        sizes = [1, 1000, 1001, 5000, 0, 999]
+        assert await client.send_batch([(b"x" * n, to) for n in sizes]) == len(sizes)
+        got: list[tuple[bytes, object]] = []
+        with trio.fail_after(5):
+            while len(got) < 4:
+                got += await server.recv_batch(max_count=3)
+        assert [len(d) for d, _ in got] == [1, 1000, 0, 999]  # 1001 and 5000 bytes: over max_datagram
+        assert all(type(d) is bytes and a == client.info["local"] for d, a in got)
+        assert server.dropped == 2
+        with trio.move_on_after(0.05) as scope:
+            await server.recv_batch()
+        assert scope.cancelled_caught
