@@ -18,6 +18,7 @@ import trio
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import pull_quic_transport_parameters
+from aioquic.quic.recovery import QuicPacketRecovery
 
 from layers import _quic_pmtu, udp
 from layers._quic_engine import Engine
@@ -138,6 +139,16 @@ async def test_a_path_dropping_large_datagrams_ends_the_search_below(
         return int(await send_batch(self, [(d, a) for d, a in datagrams if len(d) <= path]))
 
     monkeypatch.setattr(udp.UDPStream, "send_batch", lossy)
+    congestion: list[int] = []  # sizes of the packets reported lost as congestion
+    on_lost: Callable[..., None] = QuicPacketRecovery._on_packets_lost
+
+    def recording(self: QuicPacketRecovery, *, packets: Any, congestion_event: bool = True, **kw: Any) -> None:
+        packets = list(packets)
+        if congestion_event:
+            congestion.extend(p.sent_bytes for p in packets if p.in_flight)
+        on_lost(self, packets=packets, congestion_event=congestion_event, **kw)
+
+    monkeypatch.setattr(QuicPacketRecovery, "_on_packets_lost", recording)
     limits = QuicLimits()
     async with (
         server(leaf, limits=limits) as srv,
@@ -155,6 +166,8 @@ async def test_a_path_dropping_large_datagrams_ends_the_search_below(
         size = conn.engine.datagram_size
         assert path - _quic_pmtu.SEARCH_DONE <= size <= path
         assert max(sent) > path  # probes above it were sent, and lost
-        assert conn.engine._loss._cc.ssthresh is None  # no lost probe reduced the window
+        # No lost probe was a congestion signal (a real loss of an ordinary packet, rare on a
+        # loaded host, may be one: it does not fail the test).
+        assert all(n <= path for n in congestion), congestion
         await a.send(b"y" * 200_000)
         assert await b.recv_exactly(200_000) == b"y" * 200_000
