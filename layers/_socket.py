@@ -292,6 +292,67 @@ class SocketStream(ByteStream):
         finally:
             self._sending = False
 
+    async def send_and_recv(
+        self, buf: bytearray, max_bytes: int = DEFAULT_RECV, *, deadline: float = FOREVER
+    ) -> bytes:
+        """``send_from(buf)``, then ``recv(max_bytes)``: for a caller that sends a request and
+        then waits for its answer (an HTTP/1.1 client), with the same results, errors and
+        deadline. Two things differ, both costs only: the receive waits for readability before
+        its first attempt (an answer cannot have come the moment its request left, so a receive
+        tried at once is "would block", a system call and an exception for nothing), and there
+        is no schedule point between the two (that wait is a full checkpoint). Anything unusual
+        (buffered bytes, a stream not plainly usable, a bytes ``buf``) takes the two calls."""
+        if (
+            self._unread or self._eof or self._receiving or self._sending or self._send_closed
+            or self._broken is not None or self._closed is not None or self._outbuf
+            or type(buf) is not bytearray or type(max_bytes) is not int or max_bytes < 1
+            or type(deadline) is not float or deadline != deadline
+        ):  # fmt: skip
+            await self.send_from(buf, deadline=deadline)
+            return await self.recv(max_bytes, deadline=deadline)
+        sock = self._sock
+        self._sending = True
+        before = len(buf)
+        try:
+            await _checkpoint_if_cancelled()
+            while buf:
+                try:
+                    if deadline != math.inf and deadline <= _current_time():
+                        raise Timeout(f"{self.kind} send timed out")
+                    n = _attempt(sock.send, buf)
+                    if n is None:
+                        n = await self._retry(sock.send, buf, _wait_writable, deadline, "send")
+                except Timeout:
+                    sent = before - len(buf)
+                    raise Timeout(f"{self.kind} send timed out after {sent} of {before} bytes", sent=sent) from None
+                except (OSError, trio.ClosedResourceError) as exc:
+                    raise self._failed(exc, "send") from exc
+                del buf[:n]
+        finally:
+            self._sending = False
+        if max_bytes > _MAX_RECV:
+            max_bytes = _MAX_RECV
+        self._receiving = True
+        self._trio_knows = True
+        try:
+            try:
+                data = None
+                while data is None:
+                    if deadline == math.inf:
+                        await _wait_readable(sock)
+                    else:
+                        await _wait_until(_wait_readable, sock, deadline, self.kind, "recv")
+                    data = _attempt(sock.recv, max_bytes)
+            except Timeout:  # an OSError too (TimeoutError), but ours: nothing was done
+                raise
+            except (OSError, trio.ClosedResourceError) as exc:
+                raise self._failed(exc, "recv") from exc
+            if not data:
+                self._eof = True
+            return data
+        finally:
+            self._receiving = False
+
     def _failed(self, exc: BaseException, what: str) -> StackError:
         """The error for a failed socket call; a Broken one marks the stream broken (as the base does)."""
         err = _translate(exc, self.kind, what)
