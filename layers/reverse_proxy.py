@@ -732,10 +732,16 @@ def _announced(response: http.Response) -> int:
 async def _read_small(response: http.Response) -> bytes:
     """The whole body of a response announced as small (or bodiless); :class:`~stack.Broken` if
     it is longer than that. No deadline of its own: the caller's cancel scope (or the watchdog)
-    bounds it. A body that says it ``ended`` (the HTTP/1.1 client's, once its last bytes were
-    taken) is not asked once more for its end."""
+    bounds it. Bytes the body has read ahead are taken from its buffer (``readahead``: what a
+    receive would return first, without the call), and a body that says it ``ended`` (the
+    HTTP/1.1 client's, once its last bytes were taken) is not asked once more for its end."""
     body = response.body
-    first = await body.recv(CHUNK)
+    ahead = body.readahead()  # the usual case: the body came with the head; taken without a receive
+    if ahead and len(ahead) <= CHUNK:
+        first = bytes(ahead)
+        ahead.clear()
+    else:
+        first = await body.recv(CHUNK)
     if not first:
         return b""
     if len(first) > SMALL_BODY:
