@@ -73,7 +73,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Coroutine, Iterable
 from typing import Any
 
 import trio
@@ -328,9 +328,20 @@ class ProxyApp:
         self._requests_kept: dict[tuple[Any, ...], list[tuple[bytes, bytes]]] = {}
         self._responses_kept: dict[tuple[Any, ...], _Kept] = {}
 
-    async def __call__(self, request: http.Request) -> None:
-        access = self.access and access_log.isEnabledFor(logging.INFO)
-        t0 = time.perf_counter() if access else 0.0
+    def __call__(self, request: http.Request) -> Awaitable[None]:
+        """Forward ``request`` (the app's call: ``await app(request)``). This returns the
+        coroutine that does it, :meth:`_forward`'s (or :meth:`_tunnel`'s), wrapped in one that
+        writes the access line only when that line is written: one coroutine frame less on every
+        resume of a request otherwise."""
+        if self.access and access_log.isEnabledFor(logging.INFO):
+            return self._logged(request)
+        if request.method == "CONNECT":
+            return self._tunnel(request)  # type: ignore[return-value]  # (its result is not looked at)
+        return self._forward(request)  # type: ignore[return-value]
+
+    async def _logged(self, request: http.Request) -> None:
+        """:meth:`__call__`, and the access line."""
+        t0 = time.perf_counter()
         sent = 0
         try:
             if request.method == "CONNECT":
@@ -338,13 +349,12 @@ class ProxyApp:
             else:
                 sent = await self._forward(request)
         finally:
-            if access:
-                access_log.info(
-                    '%s "%s %s HTTP/%s" %s %s %.1fms',
-                    _peer(request.info), request.method, request.target, request.http_version,
-                    request.status if request.status is not None else "-", sent,
-                    (time.perf_counter() - t0) * 1000,
-                )  # fmt: skip
+            access_log.info(
+                '%s "%s %s HTTP/%s" %s %s %.1fms',
+                _peer(request.info), request.method, request.target, request.http_version,
+                request.status if request.status is not None else "-", sent,
+                (time.perf_counter() - t0) * 1000,
+            )  # fmt: skip
 
     # ---- forwarding ------------------------------------------------------------------------
 
