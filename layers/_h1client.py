@@ -253,24 +253,19 @@ class ClientConnection(H1Connection, http.ClientConnection):
         head is sent as it is again (both engines' are immutable), the fields are not looked
         through again."""
         if body is None:
-            key = (method, target, *raw)
             built = self._built
             if built is None:
                 built = self._built = {}
-            else:
-                try:
-                    result = built.get(key)
-                except TypeError:  # an unhashable field (a list pair): not kept
-                    return self._build_new(method, target, raw, body)
-                if result is not None:
-                    return result
-            result = self._build_new(method, target, raw, body)
-            if len(built) >= _BUILT_KEPT:
-                built.clear()
+            key = (method, target, *raw)
             try:
+                result = built.get(key)
+            except TypeError:  # an unhashable field (a list pair): not kept
+                return self._build_new(method, target, raw, body)
+            if result is None:
+                result = self._build_new(method, target, raw, body)
+                if len(built) >= _BUILT_KEPT:
+                    built.clear()
                 built[key] = result
-            except TypeError:
-                pass
             return result
         return self._build_new(method, target, raw, body)
 

@@ -452,7 +452,7 @@ def _checked_input(headers: HeaderInput) -> _Checked:
     first seen; one that does not pass the checks is never remembered)."""
     cls = headers.__class__
     if cls is Headers:
-        return _checked_wire(headers)
+        return _checked_wire(headers)  # type: ignore[arg-type]  # (its class is Headers)
     if cls is not list and cls is not tuple:
         return _checked(_pairs(headers))
     try:

@@ -500,10 +500,28 @@ class ProxyApp:
         deadline = dog.now() + timeout
         dog.arm(expiry, deadline, expiry, timeout / 8)
         conn: http.ClientConnection | None = None
+        response: http.Response | None
         data: bytes | None = None
         kept: _Kept | None = None
         try:
-            conn, response, failure = await self._exchange(request, headers, None, length, deadline, expiry)
+            # _exchange's usual case inline (a kept connection answers): one coroutine frame less
+            conn = None if self.send_proxy is not None else self.pool._take()
+            if conn is None:
+                conn, response, failure = await self._exchange(request, headers, None, length, deadline, expiry)
+            else:
+                expiry.watch(conn)
+                try:
+                    response = await conn.request(
+                        request.method, request.target, headers=headers, body=_request_body(request, None, length)
+                    )
+                    failure = None
+                except BaseException as exc:  # (a cancellation: re-raised by _failed once conn is closed)
+                    taken, conn, response = conn, None, None  # _failed closes it
+                    failure = await self._failed(request, taken, exc, True, None, expiry)
+                    if failure is None:  # a kept connection the backend had closed: a new one
+                        conn, response, failure = await self._exchange(
+                            request, headers, None, length, deadline, expiry, fresh=True
+                        )
             if response is not None:
                 kept = self._response_fields(response)
                 whole = _read_whole(request, response, kept[2])
@@ -579,6 +597,8 @@ class ProxyApp:
         length: bytes | None,
         deadline: float,
         expiry: _Expiry | None = None,
+        *,
+        fresh: bool = False,
     ) -> tuple[http.ClientConnection | None, http.Response | None, tuple[int, str] | None]:
         """Send the request (with ``upload`` as its body, if any) to the backend and return the
         connection and the response head, or the failure to answer with. A request that fails on
@@ -586,12 +606,11 @@ class ProxyApp:
         new one when that is safe (no body, or none of it read yet). Cancelled (the caller's
         scope's deadline, say): the connection is closed, never reused. ``deadline`` bounds the
         wait for a pooled connection; ``expiry`` (without a scope) watches the connection taken,
-        and once it fired the answer is 504, never a retry."""
+        and once it fired the answer is 504, never a retry. ``fresh``: a new connection (a
+        pooled one just failed)."""
         pool = self.pool
-        fresh = self.send_proxy is not None
-        body: Any = upload
-        if upload is None and length is None and request.method not in _NO_BODY_METHODS:
-            body = b""  # an empty body the backend should see as Content-Length: 0
+        fresh = fresh or self.send_proxy is not None
+        body = _request_body(request, upload, length)
         while True:
             conn = None if fresh else pool._take()  # the usual case, without acquire's coroutine
             reused = True
@@ -604,35 +623,52 @@ class ProxyApp:
                 except (StackError, OSError) as exc:
                     log.warning("backend unreachable: %s", exc)
                     return None, None, (502, "the backend cannot be reached")
-            failure: tuple[int, str] | None = None
             if expiry is not None:
                 expiry.watch(conn)
             try:
                 return conn, await conn.request(request.method, request.target, headers=headers, body=body), None
-            except _ClientFailed as exc:
-                log.info("%s: %s", _peer(request.info), exc)
-                failure = (exc.status, "the request body could not be read")
-            except (StackError, OSError) as exc:
-                if expiry is not None and expiry.fired:  # our deadline reset the connection
-                    log.warning("backend did not answer within %gs", self.timeout)
-                    await self.pool.release(conn, reusable=False)
-                    return None, None, (504, "the backend did not answer in time")
+            except BaseException as exc:  # (a cancellation: re-raised by _failed once conn is closed)
+                failure = await self._failed(request, conn, exc, reused, upload, expiry)
+            if failure is not None:
+                return None, None, failure
+            fresh = True
+
+    async def _failed(
+        self,
+        request: http.Request,
+        conn: http.ClientConnection,
+        exc: BaseException,
+        reused: bool,
+        upload: _Upload | None,
+        expiry: _Expiry | None,
+    ) -> tuple[int, str] | None:
+        """The exchange on ``conn`` raised ``exc``: close ``conn``, and return the failure to
+        answer with, or None when the request goes again on a new connection (see
+        :meth:`_exchange`); ``exc`` is raised again when it is not the backend's or the
+        client's (a cancellation)."""
+        failure: tuple[int, str] | None = None
+        if isinstance(exc, _ClientFailed):
+            log.info("%s: %s", _peer(request.info), exc)
+            failure = (exc.status, "the request body could not be read")
+        elif isinstance(exc, StackError | OSError):
+            if expiry is not None and expiry.fired:  # our deadline reset the connection
+                log.warning("backend did not answer within %gs", self.timeout)
+                failure = (504, "the backend did not answer in time")
+            else:
                 replayable = upload is None or not upload.started
                 stale = isinstance(exc, EndOfStream | Broken | Closed | OSError) and not isinstance(exc, Timeout)
                 if reused and replayable and stale:
                     log.debug("a kept-alive backend connection had closed (%s): retrying on a new one", exc)
-                    fresh = True
                 elif isinstance(exc, Timeout):
                     failure = (504, "the backend did not answer in time")
                 else:
                     log.warning("backend failed: %s", exc)
                     failure = (502, "the backend failed")
-            except BaseException:
-                await self.pool.release(conn, reusable=False)
-                raise
+        else:
             await self.pool.release(conn, reusable=False)
-            if failure is not None:
-                return None, None, failure
+            raise exc
+        await self.pool.release(conn, reusable=False)
+        return failure
 
     async def _stream(
         self, request: http.Request, response: http.Response, headers: http.Headers, ended: list[bool]
@@ -719,6 +755,14 @@ def _peer(info: Any) -> str:
         host = str(peer[0])
         return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
     return str(peer or "-")
+
+
+def _request_body(request: http.Request, upload: _Upload | None, length: bytes | None) -> Any:
+    """The body the backend client sends: ``upload``; without one, none (None), except an empty
+    one (``b""``: Content-Length: 0) for a method that is not usually bodiless and said nothing."""
+    if upload is None and length is None and request.method not in _NO_BODY_METHODS:
+        return b""
+    return upload
 
 
 def _read_whole(request: http.Request, response: http.Response, announced: int) -> int:
