@@ -138,6 +138,8 @@ class ClientConnection(H1Connection, http.ClientConnection):
         self._built: dict[tuple[Any, ...], tuple[Any, bool, bool]] | None = None
         # the stream below's send-then-receive, when it has one (a socket: SocketStream.send_and_recv)
         self._send_and_recv: Callable[..., Awaitable[bytes]] | None = getattr(lower, "send_and_recv", None)
+        # the engine's whole-body take, when it has one (FastClientEngine.take_whole)
+        self._take_whole: Callable[[], bytes | None] | None = getattr(engine, "take_whole", None)
 
     def __repr__(self) -> str:
         return f"<http1.ClientConnection {self.authority}>"
@@ -477,6 +479,14 @@ class ClientConnection(H1Connection, http.ClientConnection):
         kept for the ``recv`` that reaches it (after the bytes before it). True if the body ended
         and the exchange is still to be ended (with an await)."""
         engine = self._engine
+        take = self._take_whole
+        if take is not None:  # the fast engine: a body framed by its length, whole, in one call
+            data = take()
+            if data is not None:
+                if data:
+                    body._unread += data
+                body._complete = True
+                return not self._ended_now()
         try:
             while True:
                 event = engine.next_event()
