@@ -594,8 +594,9 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
             if stream._rd is not None or stream._wr is not None or stream._head is not None:
                 stream._wake()  # a task still waits on the stream (nothing to wake otherwise)
             self._active -= 1
-            self._update_idle()
-            self._maybe_done()
+            if not self._active:  # (both do nothing while a stream is active)
+                self._update_idle()
+                self._maybe_done()
             log.debug("%s %s HTTP/2 stream %d -> %s", request.method, request.target, stream.stream_id, request.status)
 
 
