@@ -9,7 +9,8 @@
   admitted by one read share a task; each app call is stepped by hand (``_run_batch``,
   :class:`_Resume`), the first one that suspends keeps the task and each of the rest gets a task
   of its own in the same scheduling round (their answers then leave in one write), each app in
-  its own copy of the context.
+  its own copy of the context. Such a task, once its app returned, waits to be handed the next
+  request that needs one (``_worker``, ``_hand_over``) instead of exiting.
 * **defences**: REFUSED_STREAM past ``max_concurrent_streams`` (counting handlers still running),
   and GOAWAY ENHANCE_YOUR_CALM once more than ``rapid_reset_limit`` streams were refused in
   ``flood_period`` (a stream flood: the rest of the burst is never processed), rapid-reset

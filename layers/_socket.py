@@ -17,6 +17,12 @@ schedule point "for increased efficiency"). A yield costs about as much as the s
 follows, so this halves the cost of small sends; a task looping on I/O that never blocks still
 lets the others run at least every :data:`SCHEDULE_SLICE` seconds, and a deadline that passes
 meanwhile is seen at the next yield.
+
+**A request and its answer.** :meth:`SocketStream.send_and_recv` is ``send_from`` then ``recv``
+for a caller that waits for the answer to what it sent (the HTTP/1.1 client): it waits for
+readability before its first receive, since an answer cannot be there the moment its request
+left (a receive tried then is "would block": a system call and an exception for nothing), and
+makes no schedule point in between (that wait is the checkpoint).
 """
 
 from __future__ import annotations

@@ -71,7 +71,6 @@ INFO); the proxy's own events go to ``stack.proxy``.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Awaitable, Coroutine, Iterable
 from typing import Any
@@ -84,6 +83,7 @@ from stack.deadlines import after
 from stack.errors import Broken, Closed, EndOfStream, StackError, Timeout
 from stack.watchdog import watchdog
 
+from ._proxy_fields import HOP_BY_HOP, PSEUDONYM, field_value, forwarded_value, request_headers, response_headers
 from ._proxy_pool import BackendPool, Upstream, parse_listen
 
 __all__ = [
@@ -106,114 +106,11 @@ FORWARDED_KEPT = 256
 HEADS_KEPT = 256
 """Request and response heads whose forwarded fields are kept, each way (see ProxyApp._request_fields)."""
 
-PSEUDONYM = "trio-stack"
-"""How this proxy names itself in Via."""
-
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "proxy-connection", "expect"}
-)
-"""Fields never forwarded (plus every ``proxy-*`` field and those the Connection header names)."""
-
 _HTTP1 = ("1.1", "1.0")
 """The versions whose requests say in their fields whether a body follows."""
 
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
 """Methods sent without Content-Length when the request has no body."""
-
-
-# --------------------------------------------------------------------------------------------------
-# headers
-
-
-_DROP = frozenset(name.encode("latin-1") for name in HOP_BY_HOP) | {b"host"}
-"""Names never forwarded as they are, as on the wire (Host is written first, from the authority)."""
-
-_VIA = {version: f"{version} {PSEUDONYM}".encode("latin-1") for version in ("1.0", "1.1", "2")}
-
-_TOKEN = re.compile(r"[\w!#$%&'*+.^`|~-]+")
-"""An RFC 7230 token; ``\\w`` matches what ``str.isalnum()`` accepts, and ``_``."""
-
-
-def _via(version: str) -> bytes:
-    via = _VIA.get(version)
-    return via if via is not None else f"{version} {PSEUDONYM}".encode("latin-1")
-
-
-_NO_TOKENS: frozenset[bytes] = frozenset()
-
-
-def _field(raw: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The first value of ``name`` (lower-case, as on the wire) in ``raw``, or None."""
-    for k, v in raw:
-        if k == name:
-            return v
-    return None
-
-
-def _end_to_end(headers: http.Headers) -> tuple[list[tuple[bytes, bytes]], frozenset[bytes]]:
-    """The fields of ``headers`` without the hop-by-hop ones (and without Host), and the tokens
-    of its Connection fields (lower-case bytes). One pass over the raw fields; the Connection
-    tokens are only worked out when a Connection field is there (on the wire names are
-    lower-case already)."""
-    raw = headers.raw
-    out = [field for field in raw if field[0] not in _DROP and not field[0].startswith(b"proxy-")]
-    if len(out) == len(raw):
-        return out, _NO_TOKENS
-    values = [v for k, v in raw if k == b"connection"]
-    if not values:  # only Host (always there in HTTP/1.1) or other fixed names were dropped
-        return out, _NO_TOKENS
-    tokens = frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
-    if tokens:
-        out = [field for field in out if field[0] not in tokens]
-    return out, tokens
-
-
-def _node(info: Any) -> str:
-    """The client as an RFC 7239 node: ``for=1.2.3.4``, ``for="[::1]"``, or ``for=unknown``."""
-    peer = info.get("peer")
-    if isinstance(peer, tuple) and peer:
-        host = str(peer[0])
-        return f'"[{host}]"' if ":" in host else host
-    return "unknown"
-
-
-def _quoted(value: str) -> str:
-    if _TOKEN.fullmatch(value):
-        return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _forwarded(info: Any, host: str) -> bytes:
-    proto = "https" if "tls_version" in info else "http"
-    forwarded = f"for={_node(info)};proto={proto}" + (f";host={_quoted(host)}" if host else "")
-    return forwarded.encode("latin-1")
-
-
-def request_headers(request: http.Request, forwarded: bytes | None = None) -> list[tuple[bytes, bytes]]:
-    """What goes to the backend: Host, the end-to-end fields, Via and Forwarded added
-    (``forwarded``: its value, if the caller has it already)."""
-    host = request.authority
-    fields, _ = _end_to_end(request.headers)
-    if len(fields) > 1:  # (one field cannot be two Cookie fields)
-        cookies = [v for k, v in fields if k == b"cookie"]
-        if len(cookies) > 1:  # HTTP/2 splits Cookie; HTTP/1.1 wants one field (RFC 9113 8.2.3)
-            at = next(i for i, (k, _) in enumerate(fields) if k == b"cookie")
-            fields = [(k, v) for k, v in fields if k != b"cookie"]
-            fields.insert(at, (b"cookie", b"; ".join(cookies)))
-    return [
-        *([(b"host", host.encode("latin-1"))] if host else ()),
-        *fields,
-        (b"via", _via(request.http_version)),
-        (b"forwarded", forwarded if forwarded is not None else _forwarded(request.info, host)),
-    ]
-
-
-def response_headers(response: http.Response) -> tuple[list[tuple[bytes, bytes]], bool]:
-    """What goes back to the client (the end-to-end fields, Via added), and whether the backend
-    keeps the connection (not HTTP/1.0, no ``Connection: close``)."""
-    out, tokens = _end_to_end(response.headers)
-    out.append((b"via", _via(response.http_version)))
-    return out, response.http_version != "1.0" and b"close" not in tokens
 
 
 # --------------------------------------------------------------------------------------------------
@@ -369,7 +266,7 @@ class ProxyApp:
             return kept[2]
         if len(self._forwarded_kept) >= FORWARDED_KEPT:
             self._forwarded_kept.clear()
-        value = _forwarded(info, host)
+        value = forwarded_value(info, host)
         self._forwarded_kept[id(info)] = (info, host, value)
         return value
 
@@ -419,9 +316,9 @@ class ProxyApp:
         body, else :meth:`_forward_body`): one coroutine frame less on every resume."""
         headers = http.Headers._wire(self._request_fields(request))  # not normalised again
         raw = request.headers.raw
-        length = _field(raw, b"content-length")
+        length = field_value(raw, b"content-length")
         if (
-            (length == b"0" or (length is None and _field(raw, b"transfer-encoding") is None))
+            (length == b"0" or (length is None and field_value(raw, b"transfer-encoding") is None))
             if request.http_version in _HTTP1  # else HTTP/2 or 3: the stream ended with the HEADERS
             else (length is None or length == b"0") and getattr(request.body, "ended", False)
         ):  # a request without a body: only the backend is waited on
@@ -446,7 +343,7 @@ class ProxyApp:
         phase = "client"
         with trio.CancelScope(deadline=trio.current_time() + self.timeout) as scope:
             first = b""
-            if length is None and (request.http_version == "2" or _field(raw, b"transfer-encoding") is not None):
+            if length is None and (request.http_version == "2" or field_value(raw, b"transfer-encoding") is not None):
                 try:  # a body of unknown length (chunked, or HTTP/2), maybe empty: look at its start
                     first = await request.body.recv(CHUNK)
                 except StackError as exc:
@@ -775,7 +672,7 @@ def _read_whole(request: http.Request, response: http.Response, announced: int) 
 
 def _announced(response: http.Response) -> int:
     """The length ``response`` announces if it is at most :data:`SMALL_BODY` bytes, else -1."""
-    length = _field(response.headers.raw, b"content-length")
+    length = field_value(response.headers.raw, b"content-length")
     if length is not None and length.isdigit():
         size = int(length)
         if size <= SMALL_BODY:
