@@ -22,7 +22,8 @@ meanwhile is seen at the next yield.
 for a caller that waits for the answer to what it sent (the HTTP/1.1 client): it waits for
 readability before its first receive, since an answer cannot be there the moment its request
 left (a receive tried then is "would block": a system call and an exception for nothing), and
-makes no schedule point in between (that wait is the checkpoint).
+makes no schedule point in between (that wait is the checkpoint), unless one is due anyway: then
+it yields first and tries.
 """
 
 from __future__ import annotations
@@ -303,11 +304,13 @@ class SocketStream(ByteStream):
     ) -> bytes:
         """``send_from(buf)``, then ``recv(max_bytes)``: for a caller that sends a request and
         then waits for its answer (an HTTP/1.1 client), with the same results, errors and
-        deadline. Two things differ, both costs only: the receive waits for readability before
-        its first attempt (an answer cannot have come the moment its request left, so a receive
-        tried at once is "would block", a system call and an exception for nothing), and there
-        is no schedule point between the two (that wait is a full checkpoint). Anything unusual
-        (buffered bytes, a stream not plainly usable, a bytes ``buf``) takes the two calls."""
+        deadline. One thing differs, a cost only: an answer cannot have come the moment its
+        request left (a receive tried then is "would block", a system call and an exception for
+        nothing), so the receive waits for readability before its first attempt, and that wait is
+        the checkpoint: no schedule point between the two. Only when the send's schedule point
+        is due anyway (:data:`SCHEDULE_SLICE`) does it yield first and then try (the answer may
+        have come meanwhile). Anything unusual (buffered bytes, a stream not plainly usable, a
+        bytes ``buf``) takes the two calls."""
         if (
             self._unread or self._eof or self._receiving or self._sending or self._send_closed
             or self._broken is not None or self._closed is not None or self._outbuf
@@ -339,10 +342,17 @@ class SocketStream(ByteStream):
         if max_bytes > _MAX_RECV:
             max_bytes = _MAX_RECV
         self._receiving = True
-        self._trio_knows = True
         try:
             try:
                 data = None
+                if perf_counter() - _last_yield.at >= SCHEDULE_SLICE:  # the send's schedule point is due:
+                    await _cancel_shielded_checkpoint()  # time passes there, so the answer may come
+                    _last_yield.at = perf_counter()
+                    if deadline != math.inf and deadline <= _current_time():
+                        raise Timeout(f"{self.kind} recv timed out")
+                    data = _attempt(sock.recv, max_bytes)
+                if data is None:
+                    self._trio_knows = True
                 while data is None:
                     if deadline == math.inf:
                         await _wait_readable(sock)
