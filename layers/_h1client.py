@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, Self
 
@@ -37,6 +37,9 @@ from stack.streams import ByteStream
 log = logging.getLogger("stack.http1")
 
 _BODYLESS_STATUS = BODYLESS_STATUS
+
+_BUILT_KEPT = 32
+"""Bodiless request heads a connection keeps built (see ``ClientConnection._build``)."""
 
 
 class ClientConnection(H1Connection, http.ClientConnection):
@@ -130,6 +133,13 @@ class ClientConnection(H1Connection, http.ClientConnection):
         self._status = 0  # the current exchange's response status
         self._nursery: trio.Nursery | None = None
         self._exit_stack: AsyncExitStack | None = None
+        # _build's results for bodiless requests, by (method, target, fields): a client (a proxy)
+        # repeats its request heads. Made on first use; at most _BUILT_KEPT, then all dropped.
+        self._built: dict[tuple[Any, ...], tuple[Any, bool, bool]] | None = None
+        # the stream below's send-then-receive, when it has one (a socket: SocketStream.send_and_recv)
+        self._send_and_recv: Callable[..., Awaitable[bytes]] | None = getattr(lower, "send_and_recv", None)
+        # the engine's whole-body take, when it has one (FastClientEngine.take_whole)
+        self._take_whole: Callable[[], bytes | None] | None = getattr(engine, "take_whole", None)
 
     def __repr__(self) -> str:
         return f"<http1.ClientConnection {self.authority}>"
@@ -240,7 +250,31 @@ class ClientConnection(H1Connection, http.ClientConnection):
 
     def _build(self, method: str, target: str, raw: list[tuple[bytes, bytes]], body: Body) -> tuple[Any, bool, bool]:
         """The engine's checked request head (framing headers and Host added) from the request's
-        fields ``raw`` (read, never kept); whether the body streams; whether it waits for 100 Continue."""
+        fields ``raw`` (read, never kept); whether the body streams; whether it waits for 100 Continue.
+        Without a body (None), the result is kept by method, target and fields: the engine's
+        head is sent as it is again (both engines' are immutable), the fields are not looked
+        through again."""
+        if body is None:
+            built = self._built
+            if built is None:
+                built = self._built = {}
+            key = (method, target, *raw)
+            try:
+                result = built.get(key)
+            except TypeError:  # an unhashable field (a list pair): not kept
+                return self._build_new(method, target, raw, body)
+            if result is None:
+                result = self._build_new(method, target, raw, body)
+                if len(built) >= _BUILT_KEPT:
+                    built.clear()
+                built[key] = result
+            return result
+        return self._build_new(method, target, raw, body)
+
+    def _build_new(
+        self, method: str, target: str, raw: list[tuple[bytes, bytes]], body: Body
+    ) -> tuple[Any, bool, bool]:
+        """:meth:`_build`, without the kept results."""
         has_host = has_length = expect_100 = False
         for name, value in raw:
             if name == b"host":
@@ -276,10 +310,25 @@ class ClientConnection(H1Connection, http.ClientConnection):
         else:
             if len(out) <= INLINE_SEND:  # head and body in one write, then the response
                 send_error: StackError | None = None
-                try:
-                    await self.flush(deadline)
-                except Broken as exc:  # the server may have answered early (413...) and closed: read it
-                    send_error = exc
+                exchange = self._send_and_recv
+                if exchange is not None and not self._flushing and not engine.buffered:
+                    # the socket's send-then-wait-for-the-answer (see SocketStream.send_and_recv)
+                    try:
+                        data = await exchange(out, RECV, deadline=deadline)
+                    except Broken as exc:
+                        if not out:  # the receive failed
+                            raise
+                        send_error = exc
+                    else:
+                        if not data and not engine.buffered:
+                            raise EndOfStream("HTTP/1.1: the server closed the connection without responding")
+                        engine.receive_data(data)
+                        return await self._response(await self._read_head(deadline))
+                else:
+                    try:
+                        await self.flush(deadline)
+                    except Broken as exc:  # the server may have answered early (413...) and closed: read it
+                        send_error = exc
                 try:
                     head = await self._read_head(deadline)
                 except StackError:
@@ -430,6 +479,14 @@ class ClientConnection(H1Connection, http.ClientConnection):
         kept for the ``recv`` that reaches it (after the bytes before it). True if the body ended
         and the exchange is still to be ended (with an await)."""
         engine = self._engine
+        take = self._take_whole
+        if take is not None:  # the fast engine: a body framed by its length, whole, in one call
+            data = take()
+            if data is not None:
+                if data:
+                    body._unread += data
+                body._complete = True
+                return not self._ended_now()
         try:
             while True:
                 event = engine.next_event()

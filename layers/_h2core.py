@@ -91,6 +91,7 @@ What :class:`H2Core` changes, and why:
 
 from __future__ import annotations
 
+import operator
 import struct
 from typing import Any
 
@@ -134,6 +135,8 @@ _OPEN = StreamState.OPEN
 _HALF_CLOSED_REMOTE = StreamState.HALF_CLOSED_REMOTE
 _HALF_CLOSED_LOCAL = StreamState.HALF_CLOSED_LOCAL
 _CLOSED = StreamState.CLOSED
+_CONTENT_LENGTH = b"content-length"
+_NAME_OF = operator.itemgetter(0)
 _IDLE = StreamState.IDLE
 _FRAME_HEAD = struct.Struct(">BHBBL")  # a frame header: length (3 bytes), type, flags, stream id
 
@@ -687,7 +690,8 @@ class H2Core(NoProgressBudget, h2.connection.H2Connection):
             else:
                 machine.state = _OPEN
                 events = [request]
-        stream._initialize_content_length(headers)
+        if _CONTENT_LENGTH in map(_NAME_OF, headers):  # (else h2's scan finds none: the default stays)
+            stream._initialize_content_length(headers)
         request.headers = headers  # our decoder returns a list of its own
         return events
 

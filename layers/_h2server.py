@@ -9,7 +9,8 @@
   admitted by one read share a task; each app call is stepped by hand (``_run_batch``,
   :class:`_Resume`), the first one that suspends keeps the task and each of the rest gets a task
   of its own in the same scheduling round (their answers then leave in one write), each app in
-  its own copy of the context.
+  its own copy of the context. Such a task, once its app returned, waits to be handed the next
+  request that needs one (``_worker``, ``_hand_over``) instead of exiting.
 * **defences**: REFUSED_STREAM past ``max_concurrent_streams`` (counting handlers still running),
   and GOAWAY ENHANCE_YOUR_CALM once more than ``rapid_reset_limit`` streams were refused in
   ``flood_period`` (a stream flood: the rest of the burst is never processed), rapid-reset
@@ -35,6 +36,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import outcome
 import trio
 
 from stack.deadlines import FOREVER
@@ -65,7 +67,11 @@ _HEAD_CACHE = 64
 _DIRECT_RUN = 64
 """Requests admitted straight into a task of their own once an app of a batch suspended (then
 a batch probes again: see ``_run_batch``)."""
+_IDLE_WORKERS = 32
+"""Stream tasks a connection keeps waiting for the next request once theirs is done (see ``_worker``)."""
 _Head = tuple[str, str, tuple[tuple[bytes, bytes], ...], str, str, str | None]
+_Value = outcome.Value
+_reschedule = trio.lowlevel.reschedule
 
 
 class _Resume:
@@ -153,6 +159,8 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         self._batch: deque[H2Request] | None = None  # admitted, for a batch task not started yet
         self._heads: dict[tuple[Any, ...], _Head] = {}  # request heads seen, checked (_make_request)
         self._direct = 0  # requests still to start in a task of their own (an app suspended)
+        # stream tasks waiting for a request, each with the context it started in (_worker)
+        self._workers: list[tuple[trio.lowlevel.Task, contextvars.Context]] = []
 
     # ---- handshake -------------------------------------------------------------------------
 
@@ -437,7 +445,10 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         if app is not None and nursery is not None:
             if self._direct:  # an app suspended lately: a task of its own, run in the next round
                 self._direct -= 1
-                nursery.start_soon(self._handle_request, app, request, name="h2 stream")
+                if self._workers:  # one that finished its request and waits for the next
+                    self._hand_over(request)
+                else:
+                    nursery.start_soon(self._worker, app, request, name="h2 stream")
                 self._kicked += 1
             else:
                 batch = self._batch
@@ -491,9 +502,47 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         nursery = self._nursery
         if nursery is not None:
             start = nursery.start_soon
-            handle = self._handle_request
+            worker = self._worker
+            workers = self._workers
             while batch:
-                start(handle, app, batch.popleft(), name="h2 stream")
+                if workers:
+                    self._hand_over(batch.popleft())
+                else:
+                    start(worker, app, batch.popleft(), name="h2 stream")
+
+    async def _worker(self, app: App, request: H2Request) -> None:
+        """A stream task: run the app for ``request``, then, instead of exiting, wait (at most
+        :data:`_IDLE_WORKERS` of them per connection) for ``_admit`` to hand it the next request
+        that needs a task of its own (:meth:`_hand_over`: no new task and no task exit, which
+        cost more than the hand-over). Each request runs in a fresh copy of the context the task
+        started in, as in a task of its own: context variables an app sets never reach the next
+        request. Cancelled while waiting (the connection ends), it leaves the list and exits."""
+        entry = (trio.lowlevel.current_task(), contextvars.copy_context())  # (the context untouched)
+        workers = self._workers
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            for i, waiting in enumerate(workers):
+                if waiting is entry:
+                    del workers[i]
+                    break
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        while True:
+            await self._handle_request(app, request)
+            del request  # (nothing of a finished request stays referenced by a waiting worker)
+            if len(workers) >= _IDLE_WORKERS or self._closing or self._failure is not None or self._eof:
+                return
+            workers.append(entry)
+            request = await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _hand_over(self, request: H2Request) -> None:
+        """Hand ``request`` to a waiting :meth:`_worker` (the last one to wait): it runs it in
+        the next scheduling round, in a fresh copy of its starting context. trio steps a task
+        in the context its ``context`` attribute holds at that step, so the copy takes effect
+        at the worker's very next step, before the app runs."""
+        task, context = self._workers.pop()
+        task.context = context.copy()
+        _reschedule(task, _Value(request))
 
     async def _handle_request(self, app: App, request: H2Request) -> None:
         failed: BaseException | None = None
@@ -546,8 +595,9 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
             if stream._rd is not None or stream._wr is not None or stream._head is not None:
                 stream._wake()  # a task still waits on the stream (nothing to wake otherwise)
             self._active -= 1
-            self._update_idle()
-            self._maybe_done()
+            if not self._active:  # (both do nothing while a stream is active)
+                self._update_idle()
+                self._maybe_done()
             log.debug("%s %s HTTP/2 stream %d -> %s", request.method, request.target, stream.stream_id, request.status)
 
 

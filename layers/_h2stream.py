@@ -451,6 +451,8 @@ def _checked_input(headers: HeaderInput) -> _Checked:
     application answers with the same few header lists: at most ``_KNOWN_HEADS_MAX``, the
     first seen; one that does not pass the checks is never remembered)."""
     cls = headers.__class__
+    if cls is Headers:
+        return _checked_wire(headers)  # type: ignore[arg-type]  # (its class is Headers)
     if cls is not list and cls is not tuple:
         return _checked(_pairs(headers))
     try:
@@ -462,6 +464,28 @@ def _checked_input(headers: HeaderInput) -> _Checked:
         known = _checked(_pairs(headers))
         if len(_KNOWN_HEADS) < _KNOWN_HEADS_MAX:
             _KNOWN_HEADS[key] = known
+    return known
+
+
+_KNOWN_WIRE: dict[tuple[Any, ...], _Checked] = {}
+_KNOWN_WIRE_MAX = 256
+
+
+def _checked_wire(headers: Headers) -> _Checked:
+    """``_checked(headers)``, remembered by the fields for a :class:`Headers` given again (a proxy
+    forwards the same few response heads, one object each, but they change with the backend's
+    Date: at most ``_KNOWN_WIRE_MAX``, then all are dropped; one that does not pass the checks
+    is never remembered)."""
+    try:
+        key = tuple(headers.raw)
+        known = _KNOWN_WIRE.get(key)
+    except TypeError:  # a pair that cannot be hashed (a list)
+        return _checked(headers)
+    if known is None:
+        known = _checked(headers)
+        if len(_KNOWN_WIRE) >= _KNOWN_WIRE_MAX:
+            _KNOWN_WIRE.clear()
+        _KNOWN_WIRE[key] = known
     return known
 
 

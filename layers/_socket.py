@@ -17,6 +17,13 @@ schedule point "for increased efficiency"). A yield costs about as much as the s
 follows, so this halves the cost of small sends; a task looping on I/O that never blocks still
 lets the others run at least every :data:`SCHEDULE_SLICE` seconds, and a deadline that passes
 meanwhile is seen at the next yield.
+
+**A request and its answer.** :meth:`SocketStream.send_and_recv` is ``send_from`` then ``recv``
+for a caller that waits for the answer to what it sent (the HTTP/1.1 client): it waits for
+readability before its first receive, since an answer cannot be there the moment its request
+left (a receive tried then is "would block": a system call and an exception for nothing), and
+makes no schedule point in between (that wait is the checkpoint), unless one is due anyway: then
+it yields first and tries.
 """
 
 from __future__ import annotations
@@ -291,6 +298,76 @@ class SocketStream(ByteStream):
                 del buf[:n]
         finally:
             self._sending = False
+
+    async def send_and_recv(
+        self, buf: bytearray, max_bytes: int = DEFAULT_RECV, *, deadline: float = FOREVER
+    ) -> bytes:
+        """``send_from(buf)``, then ``recv(max_bytes)``: for a caller that sends a request and
+        then waits for its answer (an HTTP/1.1 client), with the same results, errors and
+        deadline. One thing differs, a cost only: an answer cannot have come the moment its
+        request left (a receive tried then is "would block", a system call and an exception for
+        nothing), so the receive waits for readability before its first attempt, and that wait is
+        the checkpoint: no schedule point between the two. Only when the send's schedule point
+        is due anyway (:data:`SCHEDULE_SLICE`) does it yield first and then try (the answer may
+        have come meanwhile). Anything unusual (buffered bytes, a stream not plainly usable, a
+        bytes ``buf``) takes the two calls."""
+        if (
+            self._unread or self._eof or self._receiving or self._sending or self._send_closed
+            or self._broken is not None or self._closed is not None or self._outbuf
+            or type(buf) is not bytearray or type(max_bytes) is not int or max_bytes < 1
+            or type(deadline) is not float or deadline != deadline
+        ):  # fmt: skip
+            await self.send_from(buf, deadline=deadline)
+            return await self.recv(max_bytes, deadline=deadline)
+        sock = self._sock
+        self._sending = True
+        before = len(buf)
+        try:
+            await _checkpoint_if_cancelled()
+            while buf:
+                try:
+                    if deadline != math.inf and deadline <= _current_time():
+                        raise Timeout(f"{self.kind} send timed out")
+                    n = _attempt(sock.send, buf)
+                    if n is None:
+                        n = await self._retry(sock.send, buf, _wait_writable, deadline, "send")
+                except Timeout:
+                    sent = before - len(buf)
+                    raise Timeout(f"{self.kind} send timed out after {sent} of {before} bytes", sent=sent) from None
+                except (OSError, trio.ClosedResourceError) as exc:
+                    raise self._failed(exc, "send") from exc
+                del buf[:n]
+        finally:
+            self._sending = False
+        if max_bytes > _MAX_RECV:
+            max_bytes = _MAX_RECV
+        self._receiving = True
+        try:
+            try:
+                data = None
+                if perf_counter() - _last_yield.at >= SCHEDULE_SLICE:  # the send's schedule point is due:
+                    await _cancel_shielded_checkpoint()  # time passes there, so the answer may come
+                    _last_yield.at = perf_counter()
+                    if deadline != math.inf and deadline <= _current_time():
+                        raise Timeout(f"{self.kind} recv timed out")
+                    data = _attempt(sock.recv, max_bytes)
+                if data is None:
+                    self._trio_knows = True
+                while data is None:
+                    if deadline == math.inf:
+                        await _wait_readable(sock)
+                    else:
+                        await _wait_until(_wait_readable, sock, deadline, self.kind, "recv")
+                    data = _attempt(sock.recv, max_bytes)
+            except Timeout:  # an OSError too (TimeoutError), but ours: nothing was done
+                raise
+            except (OSError, trio.ClosedResourceError) as exc:
+                raise self._failed(exc, "recv") from exc
+            if not data:
+                self._eof = True
+            return data
+        finally:
+            self._receiving = False
 
     def _failed(self, exc: BaseException, what: str) -> StackError:
         """The error for a failed socket call; a Broken one marks the stream broken (as the base does)."""

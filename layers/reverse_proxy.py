@@ -71,9 +71,8 @@ INFO); the proxy's own events go to ``stack.proxy``.
 from __future__ import annotations
 
 import logging
-import re
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Coroutine, Iterable
 from typing import Any
 
 import trio
@@ -84,6 +83,7 @@ from stack.deadlines import after
 from stack.errors import Broken, Closed, EndOfStream, StackError, Timeout
 from stack.watchdog import watchdog
 
+from ._proxy_fields import HOP_BY_HOP, PSEUDONYM, field_value, forwarded_value, request_headers, response_headers
 from ._proxy_pool import BackendPool, Upstream, parse_listen
 
 __all__ = [
@@ -106,114 +106,11 @@ FORWARDED_KEPT = 256
 HEADS_KEPT = 256
 """Request and response heads whose forwarded fields are kept, each way (see ProxyApp._request_fields)."""
 
-PSEUDONYM = "trio-stack"
-"""How this proxy names itself in Via."""
-
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "proxy-connection", "expect"}
-)
-"""Fields never forwarded (plus every ``proxy-*`` field and those the Connection header names)."""
-
 _HTTP1 = ("1.1", "1.0")
 """The versions whose requests say in their fields whether a body follows."""
 
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
 """Methods sent without Content-Length when the request has no body."""
-
-
-# --------------------------------------------------------------------------------------------------
-# headers
-
-
-_DROP = frozenset(name.encode("latin-1") for name in HOP_BY_HOP) | {b"host"}
-"""Names never forwarded as they are, as on the wire (Host is written first, from the authority)."""
-
-_VIA = {version: f"{version} {PSEUDONYM}".encode("latin-1") for version in ("1.0", "1.1", "2")}
-
-_TOKEN = re.compile(r"[\w!#$%&'*+.^`|~-]+")
-"""An RFC 7230 token; ``\\w`` matches what ``str.isalnum()`` accepts, and ``_``."""
-
-
-def _via(version: str) -> bytes:
-    via = _VIA.get(version)
-    return via if via is not None else f"{version} {PSEUDONYM}".encode("latin-1")
-
-
-_NO_TOKENS: frozenset[bytes] = frozenset()
-
-
-def _field(raw: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The first value of ``name`` (lower-case, as on the wire) in ``raw``, or None."""
-    for k, v in raw:
-        if k == name:
-            return v
-    return None
-
-
-def _end_to_end(headers: http.Headers) -> tuple[list[tuple[bytes, bytes]], frozenset[bytes]]:
-    """The fields of ``headers`` without the hop-by-hop ones (and without Host), and the tokens
-    of its Connection fields (lower-case bytes). One pass over the raw fields; the Connection
-    tokens are only worked out when a Connection field is there (on the wire names are
-    lower-case already)."""
-    raw = headers.raw
-    out = [field for field in raw if field[0] not in _DROP and not field[0].startswith(b"proxy-")]
-    if len(out) == len(raw):
-        return out, _NO_TOKENS
-    values = [v for k, v in raw if k == b"connection"]
-    if not values:  # only Host (always there in HTTP/1.1) or other fixed names were dropped
-        return out, _NO_TOKENS
-    tokens = frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
-    if tokens:
-        out = [field for field in out if field[0] not in tokens]
-    return out, tokens
-
-
-def _node(info: Any) -> str:
-    """The client as an RFC 7239 node: ``for=1.2.3.4``, ``for="[::1]"``, or ``for=unknown``."""
-    peer = info.get("peer")
-    if isinstance(peer, tuple) and peer:
-        host = str(peer[0])
-        return f'"[{host}]"' if ":" in host else host
-    return "unknown"
-
-
-def _quoted(value: str) -> str:
-    if _TOKEN.fullmatch(value):
-        return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _forwarded(info: Any, host: str) -> bytes:
-    proto = "https" if "tls_version" in info else "http"
-    forwarded = f"for={_node(info)};proto={proto}" + (f";host={_quoted(host)}" if host else "")
-    return forwarded.encode("latin-1")
-
-
-def request_headers(request: http.Request, forwarded: bytes | None = None) -> list[tuple[bytes, bytes]]:
-    """What goes to the backend: Host, the end-to-end fields, Via and Forwarded added
-    (``forwarded``: its value, if the caller has it already)."""
-    host = request.authority
-    fields, _ = _end_to_end(request.headers)
-    if len(fields) > 1:  # (one field cannot be two Cookie fields)
-        cookies = [v for k, v in fields if k == b"cookie"]
-        if len(cookies) > 1:  # HTTP/2 splits Cookie; HTTP/1.1 wants one field (RFC 9113 8.2.3)
-            at = next(i for i, (k, _) in enumerate(fields) if k == b"cookie")
-            fields = [(k, v) for k, v in fields if k != b"cookie"]
-            fields.insert(at, (b"cookie", b"; ".join(cookies)))
-    return [
-        *([(b"host", host.encode("latin-1"))] if host else ()),
-        *fields,
-        (b"via", _via(request.http_version)),
-        (b"forwarded", forwarded if forwarded is not None else _forwarded(request.info, host)),
-    ]
-
-
-def response_headers(response: http.Response) -> tuple[list[tuple[bytes, bytes]], bool]:
-    """What goes back to the client (the end-to-end fields, Via added), and whether the backend
-    keeps the connection (not HTTP/1.0, no ``Connection: close``)."""
-    out, tokens = _end_to_end(response.headers)
-    out.append((b"via", _via(response.http_version)))
-    return out, response.http_version != "1.0" and b"close" not in tokens
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,9 +225,20 @@ class ProxyApp:
         self._requests_kept: dict[tuple[Any, ...], list[tuple[bytes, bytes]]] = {}
         self._responses_kept: dict[tuple[Any, ...], _Kept] = {}
 
-    async def __call__(self, request: http.Request) -> None:
-        access = self.access and access_log.isEnabledFor(logging.INFO)
-        t0 = time.perf_counter() if access else 0.0
+    def __call__(self, request: http.Request) -> Awaitable[None]:
+        """Forward ``request`` (the app's call: ``await app(request)``). This returns the
+        coroutine that does it, :meth:`_forward`'s (or :meth:`_tunnel`'s), wrapped in one that
+        writes the access line only when that line is written: one coroutine frame less on every
+        resume of a request otherwise."""
+        if self.access and access_log.isEnabledFor(logging.INFO):
+            return self._logged(request)
+        if request.method == "CONNECT":
+            return self._tunnel(request)  # type: ignore[return-value]  # (its result is not looked at)
+        return self._forward(request)  # type: ignore[return-value]
+
+    async def _logged(self, request: http.Request) -> None:
+        """:meth:`__call__`, and the access line."""
+        t0 = time.perf_counter()
         sent = 0
         try:
             if request.method == "CONNECT":
@@ -338,13 +246,12 @@ class ProxyApp:
             else:
                 sent = await self._forward(request)
         finally:
-            if access:
-                access_log.info(
-                    '%s "%s %s HTTP/%s" %s %s %.1fms',
-                    _peer(request.info), request.method, request.target, request.http_version,
-                    request.status if request.status is not None else "-", sent,
-                    (time.perf_counter() - t0) * 1000,
-                )  # fmt: skip
+            access_log.info(
+                '%s "%s %s HTTP/%s" %s %s %.1fms',
+                _peer(request.info), request.method, request.target, request.http_version,
+                request.status if request.status is not None else "-", sent,
+                (time.perf_counter() - t0) * 1000,
+            )  # fmt: skip
 
     # ---- forwarding ------------------------------------------------------------------------
 
@@ -359,7 +266,7 @@ class ProxyApp:
             return kept[2]
         if len(self._forwarded_kept) >= FORWARDED_KEPT:
             self._forwarded_kept.clear()
-        value = _forwarded(info, host)
+        value = forwarded_value(info, host)
         self._forwarded_kept[id(info)] = (info, host, value)
         return value
 
@@ -409,9 +316,9 @@ class ProxyApp:
         body, else :meth:`_forward_body`): one coroutine frame less on every resume."""
         headers = http.Headers._wire(self._request_fields(request))  # not normalised again
         raw = request.headers.raw
-        length = _field(raw, b"content-length")
+        length = field_value(raw, b"content-length")
         if (
-            (length == b"0" or (length is None and _field(raw, b"transfer-encoding") is None))
+            (length == b"0" or (length is None and field_value(raw, b"transfer-encoding") is None))
             if request.http_version in _HTTP1  # else HTTP/2 or 3: the stream ended with the HEADERS
             else (length is None or length == b"0") and getattr(request.body, "ended", False)
         ):  # a request without a body: only the backend is waited on
@@ -436,7 +343,7 @@ class ProxyApp:
         phase = "client"
         with trio.CancelScope(deadline=trio.current_time() + self.timeout) as scope:
             first = b""
-            if length is None and (request.http_version == "2" or _field(raw, b"transfer-encoding") is not None):
+            if length is None and (request.http_version == "2" or field_value(raw, b"transfer-encoding") is not None):
                 try:  # a body of unknown length (chunked, or HTTP/2), maybe empty: look at its start
                     first = await request.body.recv(CHUNK)
                 except StackError as exc:
@@ -490,10 +397,28 @@ class ProxyApp:
         deadline = dog.now() + timeout
         dog.arm(expiry, deadline, expiry, timeout / 8)
         conn: http.ClientConnection | None = None
+        response: http.Response | None
         data: bytes | None = None
         kept: _Kept | None = None
         try:
-            conn, response, failure = await self._exchange(request, headers, None, length, deadline, expiry)
+            # _exchange's usual case inline (a kept connection answers): one coroutine frame less
+            conn = None if self.send_proxy is not None else self.pool._take()
+            if conn is None:
+                conn, response, failure = await self._exchange(request, headers, None, length, deadline, expiry)
+            else:
+                expiry.watch(conn)
+                try:
+                    response = await conn.request(
+                        request.method, request.target, headers=headers, body=_request_body(request, None, length)
+                    )
+                    failure = None
+                except BaseException as exc:  # (a cancellation: re-raised by _failed once conn is closed)
+                    taken, conn, response = conn, None, None  # _failed closes it
+                    failure = await self._failed(request, taken, exc, True, None, expiry)
+                    if failure is None:  # a kept connection the backend had closed: a new one
+                        conn, response, failure = await self._exchange(
+                            request, headers, None, length, deadline, expiry, fresh=True
+                        )
             if response is not None:
                 kept = self._response_fields(response)
                 whole = _read_whole(request, response, kept[2])
@@ -569,6 +494,8 @@ class ProxyApp:
         length: bytes | None,
         deadline: float,
         expiry: _Expiry | None = None,
+        *,
+        fresh: bool = False,
     ) -> tuple[http.ClientConnection | None, http.Response | None, tuple[int, str] | None]:
         """Send the request (with ``upload`` as its body, if any) to the backend and return the
         connection and the response head, or the failure to answer with. A request that fails on
@@ -576,12 +503,11 @@ class ProxyApp:
         new one when that is safe (no body, or none of it read yet). Cancelled (the caller's
         scope's deadline, say): the connection is closed, never reused. ``deadline`` bounds the
         wait for a pooled connection; ``expiry`` (without a scope) watches the connection taken,
-        and once it fired the answer is 504, never a retry."""
+        and once it fired the answer is 504, never a retry. ``fresh``: a new connection (a
+        pooled one just failed)."""
         pool = self.pool
-        fresh = self.send_proxy is not None
-        body: Any = upload
-        if upload is None and length is None and request.method not in _NO_BODY_METHODS:
-            body = b""  # an empty body the backend should see as Content-Length: 0
+        fresh = fresh or self.send_proxy is not None
+        body = _request_body(request, upload, length)
         while True:
             conn = None if fresh else pool._take()  # the usual case, without acquire's coroutine
             reused = True
@@ -594,35 +520,52 @@ class ProxyApp:
                 except (StackError, OSError) as exc:
                     log.warning("backend unreachable: %s", exc)
                     return None, None, (502, "the backend cannot be reached")
-            failure: tuple[int, str] | None = None
             if expiry is not None:
                 expiry.watch(conn)
             try:
                 return conn, await conn.request(request.method, request.target, headers=headers, body=body), None
-            except _ClientFailed as exc:
-                log.info("%s: %s", _peer(request.info), exc)
-                failure = (exc.status, "the request body could not be read")
-            except (StackError, OSError) as exc:
-                if expiry is not None and expiry.fired:  # our deadline reset the connection
-                    log.warning("backend did not answer within %gs", self.timeout)
-                    await self.pool.release(conn, reusable=False)
-                    return None, None, (504, "the backend did not answer in time")
+            except BaseException as exc:  # (a cancellation: re-raised by _failed once conn is closed)
+                failure = await self._failed(request, conn, exc, reused, upload, expiry)
+            if failure is not None:
+                return None, None, failure
+            fresh = True
+
+    async def _failed(
+        self,
+        request: http.Request,
+        conn: http.ClientConnection,
+        exc: BaseException,
+        reused: bool,
+        upload: _Upload | None,
+        expiry: _Expiry | None,
+    ) -> tuple[int, str] | None:
+        """The exchange on ``conn`` raised ``exc``: close ``conn``, and return the failure to
+        answer with, or None when the request goes again on a new connection (see
+        :meth:`_exchange`); ``exc`` is raised again when it is not the backend's or the
+        client's (a cancellation)."""
+        failure: tuple[int, str] | None = None
+        if isinstance(exc, _ClientFailed):
+            log.info("%s: %s", _peer(request.info), exc)
+            failure = (exc.status, "the request body could not be read")
+        elif isinstance(exc, StackError | OSError):
+            if expiry is not None and expiry.fired:  # our deadline reset the connection
+                log.warning("backend did not answer within %gs", self.timeout)
+                failure = (504, "the backend did not answer in time")
+            else:
                 replayable = upload is None or not upload.started
                 stale = isinstance(exc, EndOfStream | Broken | Closed | OSError) and not isinstance(exc, Timeout)
                 if reused and replayable and stale:
                     log.debug("a kept-alive backend connection had closed (%s): retrying on a new one", exc)
-                    fresh = True
                 elif isinstance(exc, Timeout):
                     failure = (504, "the backend did not answer in time")
                 else:
                     log.warning("backend failed: %s", exc)
                     failure = (502, "the backend failed")
-            except BaseException:
-                await self.pool.release(conn, reusable=False)
-                raise
+        else:
             await self.pool.release(conn, reusable=False)
-            if failure is not None:
-                return None, None, failure
+            raise exc
+        await self.pool.release(conn, reusable=False)
+        return failure
 
     async def _stream(
         self, request: http.Request, response: http.Response, headers: http.Headers, ended: list[bool]
@@ -711,6 +654,14 @@ def _peer(info: Any) -> str:
     return str(peer or "-")
 
 
+def _request_body(request: http.Request, upload: _Upload | None, length: bytes | None) -> Any:
+    """The body the backend client sends: ``upload``; without one, none (None), except an empty
+    one (``b""``: Content-Length: 0) for a method that is not usually bodiless and said nothing."""
+    if upload is None and length is None and request.method not in _NO_BODY_METHODS:
+        return b""
+    return upload
+
+
 def _read_whole(request: http.Request, response: http.Response, announced: int) -> int:
     """The size of a response body read whole and sent with the head in one write: 0 when
     bodiless (HEAD, 204, 304), else ``announced`` (:func:`_announced`); -1 for a body that streams."""
@@ -721,7 +672,7 @@ def _read_whole(request: http.Request, response: http.Response, announced: int) 
 
 def _announced(response: http.Response) -> int:
     """The length ``response`` announces if it is at most :data:`SMALL_BODY` bytes, else -1."""
-    length = _field(response.headers.raw, b"content-length")
+    length = field_value(response.headers.raw, b"content-length")
     if length is not None and length.isdigit():
         size = int(length)
         if size <= SMALL_BODY:
@@ -732,10 +683,16 @@ def _announced(response: http.Response) -> int:
 async def _read_small(response: http.Response) -> bytes:
     """The whole body of a response announced as small (or bodiless); :class:`~stack.Broken` if
     it is longer than that. No deadline of its own: the caller's cancel scope (or the watchdog)
-    bounds it. A body that says it ``ended`` (the HTTP/1.1 client's, once its last bytes were
-    taken) is not asked once more for its end."""
+    bounds it. Bytes the body has read ahead are taken from its buffer (``readahead``: what a
+    receive would return first, without the call), and a body that says it ``ended`` (the
+    HTTP/1.1 client's, once its last bytes were taken) is not asked once more for its end."""
     body = response.body
-    first = await body.recv(CHUNK)
+    ahead = body.readahead()  # the usual case: the body came with the head; taken without a receive
+    if ahead and len(ahead) <= CHUNK:
+        first = bytes(ahead)
+        ahead.clear()
+    else:
+        first = await body.recv(CHUNK)
     if not first:
         return b""
     if len(first) > SMALL_BODY:

@@ -210,6 +210,32 @@ def test_the_fast_engine_keeps_a_connection_alive() -> None:
         engine.start_next_cycle()
 
 
+def test_the_fast_engines_take_whole_is_next_event_twice() -> None:
+    # take_whole (the client's usual small response in one call) leaves the engine as the body's
+    # bytes and its end from next_event would; a body not all there is left to next_event.
+    for answer, whole in [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1", b"hi"),  # bytes after it stay
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", b"hi"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nhi", None),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", None),
+    ]:
+        engines = []
+        for take in (True, False):
+            engine = FastClientEngine(LIMIT)
+            engine.send_request(engine.build_request("GET", "/", [(b"host", b"a")]))
+            engine.send_end()
+            engine.receive_data(answer)
+            assert isinstance(engine.next_event(), ResponseHead)
+            if take:
+                assert engine.take_whole() == whole
+            elif whole is not None:
+                assert engine.next_event() == whole
+                assert engine.next_event() == []
+            engines.append(engine)
+        a, b = engines
+        assert (a.cycle_done, a.trailing, a._received, a._left) == (b.cycle_done, b.trailing, b._received, b._left)
+
+
 @pytest.mark.parametrize("engine", [ReferenceClientEngine, FastClientEngine])
 @pytest.mark.parametrize("byte", [0x00, 0x01, 0x04, 0x08, 0x0b, 0x1f, 0x7f])
 def test_control_bytes_in_response_fields_are_refused(engine: type[ClientEngine], byte: int) -> None:

@@ -17,12 +17,19 @@ them behind ``tcp.listen`` (and ``tls.server``).
 
 When ready it prints ``serving on URL``; one access line per request goes to the ``stack.access``
 logger (stderr) unless ``--quiet``. SIGINT or SIGTERM stops it gracefully, as ``serve``.
+
+The command (not the library) tunes Python's cycle collector for a process that holds many
+requests in flight: what start-up made (modules, classes) is frozen out of the collections, and
+the youngest generation is collected every :data:`GC_THRESHOLD` allocations instead of 700 (a
+collection walks every young object still alive, and a proxy keeps each request's objects alive
+while it waits for its backend: about 5% of a proxied request's instructions went there).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import logging
 import sys
 from typing import Any
@@ -46,9 +53,12 @@ from stack.cli.common import (
 )
 from stack.compose import Stack
 
-__all__ = ["add_parser", "cmd_proxy", "run_proxy"]
+__all__ = ["GC_THRESHOLD", "add_parser", "cmd_proxy", "run_proxy"]
 
 log = logging.getLogger("stack.proxy")
+
+GC_THRESHOLD = (20_000, 50, 50)
+"""The cycle collector's thresholds in the proxy process (``gc.set_threshold``; see the module docstring)."""
 
 
 async def run_proxy(args: argparse.Namespace, layer: Any) -> None:
@@ -196,6 +206,10 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"proxy: cannot set up TLS: {exc}", file=sys.stderr)
         return 1
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
     try:
         trio.run(run_proxy, args, layer)
     except KeyboardInterrupt:  # pragma: no cover - the signal receiver normally takes it
@@ -206,4 +220,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
             raise
         print(f"proxy: {line}", file=sys.stderr)
         return 1
+    finally:  # (for a caller in the same process)
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
     return 0
