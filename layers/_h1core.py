@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Protocol
@@ -633,6 +634,17 @@ def _frame(
     return b"".join(lines), b"".join(after), not has_date, bodyless, left, chunked and not bodyless, why
 
 
+_time = time.time
+_date_line: tuple[int, bytes] = (0, b"")
+"""(second, the ``date:`` field line of that second): what ``_frame_head`` writes."""
+
+
+def _new_date_line() -> tuple[int, bytes]:
+    global _date_line
+    _date_line = (int(_time()), b"date: %s\r\n" % date_header())
+    return _date_line
+
+
 class ResponseWriter:
     """Frames one response at a time into ``outbuf`` (a connection's buffer of committed bytes).
 
@@ -695,8 +707,11 @@ class ResponseWriter:
         out += before
         if self._extra_lines:
             out += self._extra_lines
-        if dated:
-            out += b"date: %s\r\n" % date_header()
+        if dated:  # the Date line of this second, made once a second (date_header's clock, inline)
+            line = _date_line
+            if line[0] != int(_time()):
+                line = _new_date_line()
+            out += line[1]
         out += after
         return why
 

@@ -109,7 +109,19 @@ class ServerCycle(H1Connection, ResponseWriter):
         body._unread = bytearray()
         body._owner = self
         body._complete = not head.chunked and not head.content_length
-        request = Request(self, head, body)
+        request = _new(Request)  # Request.__init__, inline (as the body above): keep the two together
+        request.method = head.method.decode("ascii")
+        request.target = head.target.decode("ascii")
+        request.http_version = "1.1" if head.http_version == b"1.1" else "1.0"
+        request.body = request._body = body
+        request.info = self.info
+        request.scheme = self.scheme
+        host = head.host
+        request.authority = host.decode("latin-1") if host is not None else ""
+        request.limits = self.limits
+        request._owner = self
+        request._head = head
+        request.raw_headers = head.fields
         body._request = request
         self._current = request
         self._requests += 1
