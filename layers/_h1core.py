@@ -690,12 +690,14 @@ class ResponseWriter:
             fields = fields.raw
         elif type(fields) is not list and type(fields) is not tuple:
             fields = Headers(fields).raw  # a mapping
-        key = (status, *fields, whole, head_request, http11, close, unread, shutting_down)
+        # (the fields as one tuple in the key: cheaper than unpacking them into it)
+        key = (status, fields if type(fields) is tuple else tuple(fields), whole, head_request, http11, close, unread,
+               shutting_down)
         try:
             framed = _HEADS.get(key)
         except TypeError:  # pairs that are not hashable (lists): the key from their bytes
             fields = Headers(fields).raw
-            key = (status, *fields, whole, head_request, http11, close, unread, shutting_down)
+            key = (status, tuple(fields), whole, head_request, http11, close, unread, shutting_down)
             framed = _HEADS.get(key)
         if framed is None:
             framed = _frame(status, Headers(fields).raw, whole, head_request, http11, close, unread, shutting_down)
