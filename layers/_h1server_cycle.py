@@ -134,12 +134,12 @@ class ServerCycle(H1Connection, ResponseWriter):
         request.body = request._body = body
         request.info = self.info
         request.scheme = self.scheme
-        raw = head.host
-        if raw is None:
+        host = head.host
+        if host is None:
             request.authority = ""
         else:
-            text = _LATIN1.get(raw)
-            request.authority = text if text is not None else _decoded(_LATIN1, raw, "latin-1")
+            text = _LATIN1.get(host)
+            request.authority = text if text is not None else _decoded(_LATIN1, host, "latin-1")
         request.limits = self.limits
         request._owner = self
         request._head = head
