@@ -130,7 +130,7 @@ class Request(http.Request):
         else:
             self.responded = True
             self.status = status
-        return self._owner.send_response(self, status, headers, bytes(body), deadline)
+        return self._owner.send_response(self, status, headers, body if type(body) is bytes else bytes(body), deadline)
 
     async def _respond(self, status: int, headers: Headers, body: bytes, deadline: float) -> None:
         await self._owner.send_response(self, status, headers, body, deadline)

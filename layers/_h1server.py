@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from types import FunctionType, MethodType
 
 import trio
 
@@ -332,6 +333,8 @@ class ServerConnection(ServerCycle, http.ServerConnection):
         the connection is closed by then. Cancellation closes the connection.
         """
         watch: trio.CancelScope | None = None
+        if type(type(app).__call__) is FunctionType:  # an instance of a class with a Python __call__ (ASGIApp):
+            app = MethodType(type(app).__call__, app)  # bound once, a request calls a method, not the instance
         try:
             # The first request needs no scope (with deferred accept its head is already here; if
             # not, the wait gets one); a connection kept alive then runs in one scope, which the
