@@ -51,8 +51,9 @@ new_cycle = object.__new__
 """``new_cycle(HTTPCycle)``: a cycle without running ``__init__`` (set what it sets)."""
 
 
-TARGETS: dict[tuple[str, str], tuple[str, bytes, bytes]] = {}
-""":func:`split_target`'s memory, by (target, root_path) (read directly where a call per request counts)."""
+TARGETS: dict[str | tuple[str, str], tuple[str, bytes, bytes]] = {}
+""":func:`split_target`'s memory, by ``target`` when ``root_path`` is empty, else by ``(target, root_path)``
+(no tuple for the usual empty ``root_path``; read directly where a call per request counts)."""
 _TARGETS_MAX = 1024
 
 
@@ -60,7 +61,7 @@ def split_target(target: str, root_path: str) -> tuple[str, bytes, bytes]:
     """``(path, raw_path, query_string)`` of a request-target: ``path`` percent-decoded (UTF-8)
     with ``root_path`` in front, ``raw_path`` as sent. Remembered (at most :data:`_TARGETS_MAX`
     targets, then forgotten all at once): clients repeat their targets."""
-    key = (target, root_path)
+    key = (target, root_path) if root_path else target
     split = TARGETS.get(key)
     if split is None:
         if len(TARGETS) >= _TARGETS_MAX:
@@ -81,7 +82,8 @@ def http_scope(
     request: Request, facts: ConnectionFacts, root_path: str, state: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The ASGI ``http`` scope of ``request``."""
-    split = TARGETS.get((target := request.target, root_path))  # split_target, inline: per request
+    target = request.target
+    split = TARGETS.get((target, root_path) if root_path else target)  # split_target, inline: per request
     if split is None:
         split = split_target(target, root_path)
     headers = request.raw_headers

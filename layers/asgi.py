@@ -139,7 +139,8 @@ class ASGIApp:
                 return
         # http_scope(request, facts, self.root_path, self.state), inline: this is per request
         root_path = self.root_path
-        split = TARGETS.get((target := request.target, root_path))
+        target = request.target
+        split = TARGETS.get((target, root_path) if root_path else target)  # TARGETS' key
         if split is None:
             split = split_target(target, root_path)
         version = request.http_version
