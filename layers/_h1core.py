@@ -223,9 +223,10 @@ class HeadBuffer(bytearray):
     def exact_head(self, data: bytes, limit: int) -> bytes | None:
         """``data`` itself when it is exactly one complete head and this buffer is empty (the usual
         read: no copy); else None, and ``data`` is appended for :meth:`take_head`."""
-        if not self and len(data) <= limit and data.endswith(b"\r\n\r\n") and not data.startswith(b"\r\n"):
+        if not self and 0 < len(data) <= limit and data[0] != 13:  # (a CR first: empty lines first, take_head's)
             m = _BLANK_LINE.search(data)
-            if m is not None and m.start() == len(data) - 3:  # the first empty line is the last
+            # the first empty line is the last and ends the data, with CRLF: one head, as take_head cuts it
+            if m is not None and m.start() == len(data) - 3 and m.end() == len(data):
                 return data
         self += data
         return None
