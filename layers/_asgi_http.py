@@ -36,7 +36,7 @@ from layers.http import Request
 from stack.errors import StackError
 from stack.streams import ByteStream
 
-__all__ = ["FILE_CHUNK", "RECV_SIZE", "HTTPCycle", "http_scope", "new_cycle", "split_target"]
+__all__ = ["FILE_CHUNK", "RECV_SIZE", "TARGETS", "HTTPCycle", "http_scope", "new_cycle", "split_target"]
 
 RECV_SIZE = 65536
 """The largest body chunk one ``receive`` returns."""
@@ -51,7 +51,9 @@ new_cycle = object.__new__
 """``new_cycle(HTTPCycle)``: a cycle without running ``__init__`` (set what it sets)."""
 
 
-_TARGETS: dict[tuple[str, str], tuple[str, bytes, bytes]] = {}
+TARGETS: dict[str | tuple[str, str], tuple[str, bytes, bytes]] = {}
+""":func:`split_target`'s memory, by ``target`` when ``root_path`` is empty, else by ``(target, root_path)``
+(no tuple for the usual empty ``root_path``; read directly where a call per request counts)."""
 _TARGETS_MAX = 1024
 
 
@@ -59,12 +61,12 @@ def split_target(target: str, root_path: str) -> tuple[str, bytes, bytes]:
     """``(path, raw_path, query_string)`` of a request-target: ``path`` percent-decoded (UTF-8)
     with ``root_path`` in front, ``raw_path`` as sent. Remembered (at most :data:`_TARGETS_MAX`
     targets, then forgotten all at once): clients repeat their targets."""
-    key = (target, root_path)
-    split = _TARGETS.get(key)
+    key = (target, root_path) if root_path else target
+    split = TARGETS.get(key)
     if split is None:
-        if len(_TARGETS) >= _TARGETS_MAX:
-            _TARGETS.clear()
-        split = _TARGETS[key] = _split_target(target, root_path)
+        if len(TARGETS) >= _TARGETS_MAX:
+            TARGETS.clear()
+        split = TARGETS[key] = _split_target(target, root_path)
     return split
 
 
@@ -80,10 +82,11 @@ def http_scope(
     request: Request, facts: ConnectionFacts, root_path: str, state: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The ASGI ``http`` scope of ``request``."""
-    split = _TARGETS.get((target := request.target, root_path))  # split_target, inline: per request
+    target = request.target
+    split = TARGETS.get((target, root_path) if root_path else target)  # split_target, inline: per request
     if split is None:
         split = split_target(target, root_path)
-    headers = request.headers.raw
+    headers = request.raw_headers
     version = request.http_version
     if version == "2" and request.authority:  # ASGI: :authority becomes the host field
         headers = [(b"host", request.authority.encode("latin-1")), *(h for h in headers if h[0] != b"host")]

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Protocol
@@ -222,9 +223,10 @@ class HeadBuffer(bytearray):
     def exact_head(self, data: bytes, limit: int) -> bytes | None:
         """``data`` itself when it is exactly one complete head and this buffer is empty (the usual
         read: no copy); else None, and ``data`` is appended for :meth:`take_head`."""
-        if not self and len(data) <= limit and data.endswith(b"\r\n\r\n") and not data.startswith(b"\r\n"):
+        if not self and 0 < len(data) <= limit and data[0] != 13:  # (a CR first: empty lines first, take_head's)
             m = _BLANK_LINE.search(data)
-            if m is not None and m.start() == len(data) - 3:  # the first empty line is the last
+            # the first empty line is the last and ends the data, with CRLF: one head, as take_head cuts it
+            if m is not None and m.start() == len(data) - 3 and m.end() == len(data):
                 return data
         self += data
         return None
@@ -633,6 +635,17 @@ def _frame(
     return b"".join(lines), b"".join(after), not has_date, bodyless, left, chunked and not bodyless, why
 
 
+_time = time.time
+_date_line: tuple[int, bytes] = (0, b"")
+"""(second, the ``date:`` field line of that second): what ``_frame_head`` writes."""
+
+
+def _new_date_line() -> tuple[int, bytes]:
+    global _date_line
+    _date_line = (int(_time()), b"date: %s\r\n" % date_header())
+    return _date_line
+
+
 class ResponseWriter:
     """Frames one response at a time into ``outbuf`` (a connection's buffer of committed bytes).
 
@@ -678,12 +691,14 @@ class ResponseWriter:
             fields = fields.raw
         elif type(fields) is not list and type(fields) is not tuple:
             fields = Headers(fields).raw  # a mapping
-        key = (status, *fields, whole, head_request, http11, close, unread, shutting_down)
+        # (the fields as one tuple in the key: cheaper than unpacking them into it)
+        key = (status, fields if type(fields) is tuple else tuple(fields), whole, head_request, http11, close, unread,
+               shutting_down)
         try:
             framed = _HEADS.get(key)
         except TypeError:  # pairs that are not hashable (lists): the key from their bytes
             fields = Headers(fields).raw
-            key = (status, *fields, whole, head_request, http11, close, unread, shutting_down)
+            key = (status, tuple(fields), whole, head_request, http11, close, unread, shutting_down)
             framed = _HEADS.get(key)
         if framed is None:
             framed = _frame(status, Headers(fields).raw, whole, head_request, http11, close, unread, shutting_down)
@@ -695,8 +710,11 @@ class ResponseWriter:
         out += before
         if self._extra_lines:
             out += self._extra_lines
-        if dated:
-            out += b"date: %s\r\n" % date_header()
+        if dated:  # the Date line of this second, made once a second (date_header's clock, inline)
+            line = _date_line
+            if line[0] != int(_time()):
+                line = _new_date_line()
+            out += line[1]
         out += after
         return why
 

@@ -100,8 +100,11 @@ class Request(http.Request):
     trailers = Headers()  # replaced, never changed in place, when trailers arrive
     _response: ResponseStream | None = None
     headers = _WireHeaders()  # a Headers once read
+    # the parsed head's fields, set per request (no Headers built); here, in place of the model's property
+    raw_headers: list[tuple[bytes, bytes]] = None  # type: ignore[assignment]
 
     def __init__(self, owner: RequestOwner, head: ParsedHead, body: RequestBody) -> None:
+        # (the server connection sets these itself, without calling this: keep them together)
         self.method = head.method.decode("ascii")
         self.target = head.target.decode("ascii")
         self.http_version = "1.1" if head.http_version == b"1.1" else "1.0"
@@ -113,6 +116,7 @@ class Request(http.Request):
         self.limits = owner.limits
         self._owner = owner
         self._head = head
+        self.raw_headers = head.fields
 
     def respond(  # returns the connection's coroutine: the same awaitable
         self, status: int, headers: HeaderInput = (), body: bytes = b"", *, deadline: float = FOREVER
@@ -126,7 +130,7 @@ class Request(http.Request):
         else:
             self.responded = True
             self.status = status
-        return self._owner.send_response(self, status, headers, bytes(body), deadline)
+        return self._owner.send_response(self, status, headers, body if type(body) is bytes else bytes(body), deadline)
 
     async def _respond(self, status: int, headers: Headers, body: bytes, deadline: float) -> None:
         await self._owner.send_response(self, status, headers, body, deadline)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from types import FunctionType, MethodType
 
 import trio
 
@@ -332,6 +333,8 @@ class ServerConnection(ServerCycle, http.ServerConnection):
         the connection is closed by then. Cancellation closes the connection.
         """
         watch: trio.CancelScope | None = None
+        if type(type(app).__call__) is FunctionType:  # an instance of a class with a Python __call__ (ASGIApp):
+            app = MethodType(type(app).__call__, app)  # bound once, a request calls a method, not the instance
         try:
             # The first request needs no scope (with deferred accept its head is already here; if
             # not, the wait gets one); a connection kept alive then runs in one scope, which the
@@ -373,7 +376,17 @@ class ServerConnection(ServerCycle, http.ServerConnection):
                                     return self._ended_by(await self._refused(exc))
                                 except StackError as exc:  # (as _next_request's caller below)
                                     return self._ended_by(exc)
-                                if not await self._dispatch(app, request):
+                                # _dispatch, inline (this is per request: no coroutine of its own)
+                                if request._head.upgrade and self.scheme == "http" and await self._h2c(app, request):
+                                    break
+                                try:
+                                    await app(request)
+                                except Exception as exc:
+                                    await self._app_failed(request, exc)
+                                else:
+                                    if not self._cycle_ended():
+                                        await self._finish_cycle(request)
+                                if self._ended is not None:
                                     break
                                 del request
                                 continue
@@ -397,7 +410,7 @@ class ServerConnection(ServerCycle, http.ServerConnection):
 
     async def _dispatch(self, app: App, request: Request) -> bool:
         """Run ``app`` on ``request`` (or hand the connection to HTTP/2 for an h2c upgrade); False
-        once the connection ended."""
+        once the connection ended. (The serve loop's usual path has this inline.)"""
         if request._head.upgrade and self.scheme == "http" and await self._h2c(app, request):
             return False
         try:
@@ -405,38 +418,57 @@ class ServerConnection(ServerCycle, http.ServerConnection):
         except Exception as exc:
             await self._app_failed(request, exc)
         else:
-            if self._state is AWAIT_RESPONSE:
-                log.error("app returned without responding to %r from %s", request, self.info.get("peer"))
-                await self._error_response(request, 500, "the application did not respond")
-            elif self._state is SEND_BODY:
-                stream = request._response
-                if stream is not None and stream._closed is None and stream.broken is None:
-                    try:
-                        await stream.done(deadline=trio.current_time() + self.limits.send_timeout)
-                    except (StackError, ValueError) as exc:
-                        self.close_after(f"ending the response failed: {exc}", linger=False)
-                else:
-                    self.close_after("the response was not ended", linger=False)
-        current = self._current  # _ended_at_once, inline (this is per request)
-        if (
-            current is not None
-            and self._state is DONE
-            and self._closing is None
-            and not self.outbuf
-            and current._body._complete
-        ):
-            self._current = None  # _next_cycle, inline (the state is DONE: NEXT_CYCLE makes it IDLE)
-            trailing = self._engine.reset()
-            if trailing:  # pipelined bytes read past the body: they are checked as a head again
-                self._inbuf[:0] = trailing
-            self._state = IDLE
-            dog = self._watchdog
-            self._idle_since = trio.current_time() if dog is None else dog.now()
-        else:
-            await self._end_cycle()
+            if not self._cycle_ended():
+                await self._finish_cycle(request)
         return self._ended is None
 
+    def _cycle_ended(self) -> bool:
+        """After the app: end the cycle here, without a coroutine, in the usual case (the response
+        went out whole and was flushed, the request body was read, nothing closes); False when
+        :meth:`_finish_cycle` must end it."""
+        current = self._current
+        if (
+            current is None
+            or self._state is not DONE
+            or self._closing is not None
+            or self.outbuf
+            or not current._body._complete
+        ):
+            return False
+        self._current = None  # _next_cycle, inline (the state is DONE: NEXT_CYCLE makes it IDLE)
+        trailing = self._engine.reset()
+        if trailing:  # pipelined bytes read past the body: they are checked as a head again
+            self._inbuf[:0] = trailing
+        self._state = IDLE
+        dog = self._watchdog
+        self._idle_since = trio.current_time() if dog is None else dog.now()
+        return True
+
+    async def _finish_cycle(self, request: Request) -> None:
+        """After the app returned, when :meth:`_cycle_ended` could not end the cycle: a 500 for an
+        app that did not respond, the end of a streamed response it left open, then the cycle's end."""
+        if self._state is AWAIT_RESPONSE:
+            log.error("app returned without responding to %r from %s", request, self.info.get("peer"))
+            await self._error_response(request, 500, "the application did not respond")
+        elif self._state is SEND_BODY:
+            stream = request._response
+            if stream is not None and stream._closed is None and stream.broken is None:
+                try:
+                    await stream.done(deadline=trio.current_time() + self.limits.send_timeout)
+                except (StackError, ValueError) as exc:
+                    self.close_after(f"ending the response failed: {exc}", linger=False)
+            else:
+                self.close_after("the response was not ended", linger=False)
+        if not self._cycle_ended():
+            await self._end_cycle()
+
     async def _app_failed(self, request: Request, exc: Exception) -> None:
+        """After the app raised: answer the failure (see :meth:`serve`), then the cycle's end."""
+        await self._answer_failure(request, exc)
+        if not self._cycle_ended():
+            await self._end_cycle()
+
+    async def _answer_failure(self, request: Request, exc: Exception) -> None:
         peer = self.info.get("peer")
         if isinstance(exc, MessageTooLarge):
             log.info("request %r from %s: %s (413)", request, peer, exc)

@@ -65,6 +65,22 @@ from stack.watchdog import Watchdog
 log = logging.getLogger("stack.http1")
 _new = object.__new__
 
+_ASCII: dict[bytes, str] = {}
+_LATIN1: dict[bytes, str] = {}
+"""Methods and targets (ASCII), Host values (Latin-1) decoded, by their bytes: a request reads them
+from here (a dict lookup costs a third of a decode); at most :data:`_DECODED_MAX` each, then
+forgotten all at once."""
+_DECODED_MAX = 1024
+
+
+def _decoded(table: dict[bytes, str], raw: bytes, encoding: str) -> str:
+    """``raw.decode(encoding)`` (raising as it does), remembered in ``table``."""
+    text = raw.decode(encoding)
+    if len(table) >= _DECODED_MAX:
+        table.clear()
+    table[raw] = text
+    return text
+
 
 class ServerCycle(H1Connection, ResponseWriter):
     """The state of an HTTP/1.1 server connection and the cycle of its requests (see the module
@@ -109,7 +125,25 @@ class ServerCycle(H1Connection, ResponseWriter):
         body._unread = bytearray()
         body._owner = self
         body._complete = not head.chunked and not head.content_length
-        request = Request(self, head, body)
+        request = _new(Request)  # Request.__init__, inline (as the body above): keep the two together
+        text = _ASCII.get(raw := head.method)  # the decoded strings, remembered: clients repeat them
+        request.method = text if text is not None else _decoded(_ASCII, raw, "ascii")
+        text = _ASCII.get(raw := head.target)
+        request.target = text if text is not None else _decoded(_ASCII, raw, "ascii")
+        request.http_version = "1.1" if head.http_version == b"1.1" else "1.0"
+        request.body = request._body = body
+        request.info = self.info
+        request.scheme = self.scheme
+        host = head.host
+        if host is None:
+            request.authority = ""
+        else:
+            text = _LATIN1.get(host)
+            request.authority = text if text is not None else _decoded(_LATIN1, host, "latin-1")
+        request.limits = self.limits
+        request._owner = self
+        request._head = head
+        request.raw_headers = head.fields
         body._request = request
         self._current = request
         self._requests += 1

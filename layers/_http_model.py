@@ -228,6 +228,13 @@ class Request:
         self.trailers = Headers()
 
     @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The header fields as received: lower-cased ``(name, value)`` byte pairs, the list
+        ``headers.raw`` starts from (do not change it). HTTP/1.1 gives it without building
+        ``headers``."""
+        return self.headers.raw
+
+    @property
     def path(self) -> str:
         """The target up to ``?`` (``"*"`` for ``OPTIONS *``; the authority for CONNECT)."""
         return self.target.split("?", 1)[0]

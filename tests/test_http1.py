@@ -171,6 +171,22 @@ async def test_request_attributes(nursery: trio.Nursery) -> None:
     assert r.info["http_version"] == "1.1" and r.info["transport"] == "memory"
 
 
+async def test_request_raw_headers_are_the_fields_as_received(nursery: trio.Nursery) -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(request: http.Request) -> None:
+        seen.append(request.raw_headers)  # before ``headers`` is built, then after
+        seen.append(request.headers.raw)
+        await request.respond(204)
+
+    c = await serving(nursery, app)
+    for _ in range(2):  # (the second request reads its method and target from the decoded ones remembered)
+        await c.send(b"GET /r HTTP/1.1\r\nHost: x\r\nX-A: 1 \r\n\r\n")
+        response, _ = await read_response(c)
+        assert response.status_code == 204
+    assert seen[0] == seen[1] == seen[2] == [(b"host", b"x"), (b"x-a", b"1")]
+
+
 async def test_head_response_has_no_body(nursery: trio.Nursery) -> None:
     async def app(request: http.Request) -> None:
         await request.respond(200, [("content-type", "text/plain")], b"twelve bytes")

@@ -30,6 +30,12 @@ def test_limits_defaults() -> None:
     assert Limits(header_timeout=1).header_timeout == 1
 
 
+def test_raw_headers_of_the_model_are_headers_raw() -> None:
+    a, _ = memory_pair()
+    request = http.Request("GET", "/", Headers([("X-A", "1")]), "1.1", a, a.info)
+    assert request.raw_headers == [(b"x-a", b"1")] and request.raw_headers is request.headers.raw
+
+
 def test_date_header_is_an_http_date() -> None:
     assert date_header().endswith(b" GMT") and len(date_header()) == 29
 
