@@ -226,8 +226,9 @@ class ReferenceClientEngine:
 
     @property
     def peer_closing(self) -> bool:
+        # (not after refused trailers either: as for cycle_done, that response never ended)
         state = self._h11.their_state
-        return state is h11.MUST_CLOSE or state is h11.CLOSED
+        return (state is h11.MUST_CLOSE or state is h11.CLOSED) and self._refused is None
 
     @property
     def cycle_done(self) -> bool:

@@ -83,9 +83,29 @@ def drive(engine: ClientEngine, method: str, fields: list[tuple[bytes, bytes]], 
 
 
 _NAMES = st.sampled_from([b"Content-Type", b"X-A", b"content-length", b"Transfer-Encoding", b"Connection", b"Bad Name"])
-_VALUES = st.sampled_from([b"text/plain", b"", b"  v  ", b"5", b"5, 5", b"5, 6", b"-1", b"x", b"chunked", b"Chunked",
-                           b"gzip", b"close", b"keep-alive", b"a\x00b", b"1" * 21, b"a\x01b", b"\x7f",
-                           b"a\x1b[0m", b"a\tb"])
+_VALUES = st.sampled_from(
+    [
+        b"text/plain",
+        b"",
+        b"  v  ",
+        b"5",
+        b"5, 5",
+        b"5, 6",
+        b"-1",
+        b"x",
+        b"chunked",
+        b"Chunked",
+        b"gzip",
+        b"close",
+        b"keep-alive",
+        b"a\x00b",
+        b"1" * 21,
+        b"a\x01b",
+        b"\x7f",
+        b"a\x1b[0m",
+        b"a\tb",
+    ]
+)
 
 
 @st.composite
@@ -138,8 +158,20 @@ def responses(draw: st.DrawFn) -> tuple[str, list[tuple[bytes, bytes]], bytes]:
             at += n
         last = draw(st.sampled_from([b"0\r\n", b"00000000000000000000\r\n", b"1" * 21 + b"\r\n", b"0\n"]))
         trailer = draw(
-            st.sampled_from([b"", b"T: v\r\n", b"T: v\n", b" fold\r\n", b"content-length: x\r\n", b"Bad Name: v\r\n",
-                             b"T: a\x01b\r\n", b"T: \x7f\r\n", b"T: a\x1b[0m\r\n", b"T: a\tb\r\n"])
+            st.sampled_from(
+                [
+                    b"",
+                    b"T: v\r\n",
+                    b"T: v\n",
+                    b" fold\r\n",
+                    b"content-length: x\r\n",
+                    b"Bad Name: v\r\n",
+                    b"T: a\x01b\r\n",
+                    b"T: \x7f\r\n",
+                    b"T: a\x1b[0m\r\n",
+                    b"T: a\tb\r\n",
+                ]
+            )
         )
         body = b"".join(chunks) + last + trailer + b"\r\n"
     tail = draw(st.sampled_from([b"", b"", b"HTTP/1.1 200 OK\r\n\r\n", b"junk"]))
@@ -157,6 +189,9 @@ def responses(draw: st.DrawFn) -> tuple[str, list[tuple[bytes, bytes]], bytes]:
 @example(("HEAD", [], b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"), [])
 @example(("GET", [], b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nT: v\r\n\r\n"), [20, 50])
 @example(("GET", [], b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nT: a\x01b\r\n\r\n"), [])
+@example(
+    ("GET", [], b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n\x00\r\n0\r\nT: a\x01b\r\n\r\n"), []
+)  # (found in CI)
 @example(("GET", [], b"HTTP/1.1 200 OK\r\n\r\nuntil the end"), [21])
 @example(("CONNECT", [], b"HTTP/1.1 200 OK\r\n\r\ntunnel bytes"), [])
 @example(("GET", [(b"upgrade", b"x")], b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 S\r\n\r\nraw"), [3])
@@ -237,7 +272,7 @@ def test_the_fast_engines_take_whole_is_next_event_twice() -> None:
 
 
 @pytest.mark.parametrize("engine", [ReferenceClientEngine, FastClientEngine])
-@pytest.mark.parametrize("byte", [0x00, 0x01, 0x04, 0x08, 0x0b, 0x1f, 0x7f])
+@pytest.mark.parametrize("byte", [0x00, 0x01, 0x04, 0x08, 0x0B, 0x1F, 0x7F])
 def test_control_bytes_in_response_fields_are_refused(engine: type[ClientEngine], byte: int) -> None:
     """RFC 9110 5.5 (issue 17 item 5): a response head with a control byte in a field value is a
     ProtocolError on both engines (so a proxy never forwards it), and stays refused; HTAB passes."""
