@@ -35,6 +35,7 @@ def _control_byte(block: bytes | bytearray) -> str | None:
     m = _CONTROL.search(block, block.find(b"\n") + 1)
     return None if m is None else f"control character {block[m.start()]:#04x} in a header field"
 
+
 def _control_in_trailers(trailers: list[tuple[bytes, bytes]]) -> str | None:
     """Why ``trailers`` (parsed fields) are refused for a control byte in a value, or None."""
     for _, value in trailers:

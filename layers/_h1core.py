@@ -247,7 +247,15 @@ class ParsedHead:
     """
 
     __slots__ = (
-        "chunked", "content_length", "expect_100", "fields", "host", "http_version", "keep_alive", "method", "target",
+        "chunked",
+        "content_length",
+        "expect_100",
+        "fields",
+        "host",
+        "http_version",
+        "keep_alive",
+        "method",
+        "target",
         "upgrade",
     )
 
@@ -692,8 +700,16 @@ class ResponseWriter:
         elif type(fields) is not list and type(fields) is not tuple:
             fields = Headers(fields).raw  # a mapping
         # (the fields as one tuple in the key: cheaper than unpacking them into it)
-        key = (status, fields if type(fields) is tuple else tuple(fields), whole, head_request, http11, close, unread,
-               shutting_down)
+        key = (
+            status,
+            fields if type(fields) is tuple else tuple(fields),
+            whole,
+            head_request,
+            http11,
+            close,
+            unread,
+            shutting_down,
+        )
         try:
             framed = _HEADS.get(key)
         except TypeError:  # pairs that are not hashable (lists): the key from their bytes

@@ -313,7 +313,14 @@ class ServerConnection(ServerCycle, http.ServerConnection):
             self._ended = EndOfStream("HTTP/1.1: the connection switched to HTTP/2 (h2c)")
             limits, shutdown, extra = self.limits, self._shutdown, self._response_headers
             await http2.serve_h2c_upgrade(
-                self.lower, request, settings, body, app, limits=limits, shutdown=shutdown, deadline=deadline,
+                self.lower,
+                request,
+                settings,
+                body,
+                app,
+                limits=limits,
+                shutdown=shutdown,
+                deadline=deadline,
                 response_headers=extra,
             )
         except StackError as exc:

@@ -140,7 +140,6 @@ class H3Stream(ResponseHead, QuicStream):
         await super().done(deadline=deadline)
 
 
-
 class H3Request(Request):
     """A request received over HTTP/3 (see :class:`layers.http.Request`); ``stream_id``;
     ``protocol`` (the ``:protocol`` of an extended CONNECT, else ``None``)."""

@@ -279,9 +279,7 @@ class Request:
         self._claim(status)
         return await self._start_response(status, Headers(headers), deadline)
 
-    async def send_informational(
-        self, status: int, headers: HeaderInput = (), *, deadline: float = FOREVER
-    ) -> None:
+    async def send_informational(self, status: int, headers: HeaderInput = (), *, deadline: float = FOREVER) -> None:
         """Send an informational response (1xx but 101: ``103 Early Hints`` with ``Link`` fields)
         before the final one; any number of them. Nothing is sent to an HTTP/1.0 client (which
         does not know 1xx). ValueError for another status; :class:`~stack.StackError` once the

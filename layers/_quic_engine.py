@@ -97,6 +97,7 @@ QUICK_ACKS = 256
 """The first packets a connection receives are acknowledged every two (:meth:`Engine.receive_batch`):
 the slow start of 64 KiB datagrams (131 KB to 8 MB), or its first round trips at 1350 bytes."""
 
+
 def initial_window(size: int) -> int:
     """The initial congestion window for datagrams of ``size`` bytes (RFC 9002 7.2)."""
     return min(10 * size, max(14720, 2 * size))

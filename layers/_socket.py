@@ -233,8 +233,15 @@ class SocketStream(ByteStream):
     async def recv(self, max_bytes: int = DEFAULT_RECV, *, deadline: float = FOREVER) -> bytes:
         """See :meth:`ByteStream.recv`."""
         if (
-            self._unread or self._eof or self._receiving or self._broken is not None or self._closed is not None
-            or type(max_bytes) is not int or max_bytes < 1 or type(deadline) is not float or deadline != deadline
+            self._unread
+            or self._eof
+            or self._receiving
+            or self._broken is not None
+            or self._closed is not None
+            or type(max_bytes) is not int
+            or max_bytes < 1
+            or type(deadline) is not float
+            or deadline != deadline
         ):  # the base's path, and its argument checks
             return await super().recv(max_bytes, deadline=deadline)
         sock = self._sock
@@ -271,8 +278,14 @@ class SocketStream(ByteStream):
     async def send_from(self, buf: bytearray, *, deadline: float = FOREVER) -> None:
         """See :meth:`ByteStream.send_from`."""
         if (
-            self._sending or self._send_closed or self._broken is not None or self._closed is not None or self._outbuf
-            or type(buf) is not bytearray or type(deadline) is not float or deadline != deadline
+            self._sending
+            or self._send_closed
+            or self._broken is not None
+            or self._closed is not None
+            or self._outbuf
+            or type(buf) is not bytearray
+            or type(deadline) is not float
+            or deadline != deadline
         ):  # the base's path, and its argument checks
             return await super().send_from(buf, deadline=deadline)
         sock = self._sock
@@ -299,9 +312,7 @@ class SocketStream(ByteStream):
         finally:
             self._sending = False
 
-    async def send_and_recv(
-        self, buf: bytearray, max_bytes: int = DEFAULT_RECV, *, deadline: float = FOREVER
-    ) -> bytes:
+    async def send_and_recv(self, buf: bytearray, max_bytes: int = DEFAULT_RECV, *, deadline: float = FOREVER) -> bytes:
         """``send_from(buf)``, then ``recv(max_bytes)``: for a caller that sends a request and
         then waits for its answer (an HTTP/1.1 client), with the same results, errors and
         deadline. One thing differs, a cost only: an answer cannot have come the moment its

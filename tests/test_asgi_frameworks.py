@@ -250,7 +250,7 @@ async def test_curl_sees_early_hints(version: str) -> None:
 
 # ---------------------------------------------------------------------------------- the command
 
-CLI_APP = '''
+CLI_APP = """
 import os, trio
 
 async def app(scope, receive, send):
@@ -273,7 +273,7 @@ async def app(scope, receive, send):
     body = f"{scope['root_path']} {scope['path']} {scope['state']['n']}".encode()
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": body})
-'''
+"""
 
 
 async def start_cli(tmp_path: Path, *args: str, env: dict[str, str]) -> trio.Process:

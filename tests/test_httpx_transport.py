@@ -127,9 +127,7 @@ async def test_h2_multiplexes_100_concurrent_requests_on_one_connection() -> Non
 
 async def test_cleartext_http2_prior_knowledge() -> None:
     with trio.fail_after(LIMIT):
-        async with our_server(use_tls=False) as port, httpx.AsyncClient(
-            transport=transport(http1=False)
-        ) as client:
+        async with our_server(use_tls=False) as port, httpx.AsyncClient(transport=transport(http1=False)) as client:
             r = await client.get(f"http://127.0.0.1:{port}/version")
             assert (r.content, r.http_version) == (b"2", "HTTP/2")
 
@@ -154,9 +152,10 @@ async def test_timeouts_map_to_httpx() -> None:
 
 async def test_pool_timeout_when_max_connections_are_busy() -> None:
     with trio.fail_after(LIMIT):
-        async with our_server(use_tls=False) as port, httpx.AsyncClient(
-            transport=transport(limits=httpx.Limits(max_connections=1))
-        ) as client:
+        async with (
+            our_server(use_tls=False) as port,
+            httpx.AsyncClient(transport=transport(limits=httpx.Limits(max_connections=1))) as client,
+        ):
             async with client.stream("GET", f"http://127.0.0.1:{port}/big"):  # holds the only one
                 with pytest.raises(httpx.PoolTimeout):
                     await client.get(f"http://127.0.0.1:{port}/", timeout=httpx.Timeout(5, pool=0.2))
@@ -191,9 +190,10 @@ async def test_through_an_http_connect_proxy() -> None:
         async with our_server() as port:
             unused = BackendPool(Stack(tcp.connect("127.0.0.1", 9)))
             proxy_app = ProxyApp(unused, allow_connect=[f"localhost:{port}"], access=False)
-            async with running(serve_http(proxy_app)) as proxy_port, httpx.AsyncClient(
-                transport=transport(proxy=f"http://127.0.0.1:{proxy_port}")
-            ) as client:
+            async with (
+                running(serve_http(proxy_app)) as proxy_port,
+                httpx.AsyncClient(transport=transport(proxy=f"http://127.0.0.1:{proxy_port}")) as client,
+            ):
                 r = await client.get(f"https://localhost:{port}/version")
                 assert r.content == b"2"  # TLS and ALPN end to end, inside the tunnel
                 with pytest.raises(httpx.ProxyError):
