@@ -71,7 +71,7 @@ from typing import Any
 import trio
 
 from layers import http, tcp
-from layers._asgi_http import DONE, NEW, STREAMING, TARGETS, TRAILERS, HTTPCycle, http_scope, new_cycle, split_target
+from layers._asgi_http import DONE, NEW, STREAMING, TRAILERS, HTTPCycle, http_scope, new_cycle
 from layers._asgi_lifespan import ASGIApplication, LifespanFailure, run_lifespan
 from layers._asgi_scope import ASGI_VERSION, ClientDisconnected, ConnectionFacts, facts_of
 from layers._asgi_ws import CONNECTING, WebSocketCycle, websocket_scope
@@ -137,28 +137,7 @@ class ASGIApp:
             if upgrade and is_websocket(request):
                 await self._websocket(request, facts)
                 return
-        # http_scope(request, facts, self.root_path, self.state), inline: this is per request
-        root_path = self.root_path
-        target = request.target
-        split = TARGETS.get((target, root_path) if root_path else target)  # TARGETS' key
-        if split is None:
-            split = split_target(target, root_path)
-        version = request.http_version
-        if version == "2" and request.authority:
-            scope = http_scope(request, facts, root_path, self.state)
-        else:
-            state = self.state
-            if state is None:
-                scope = facts.http_scope.copy()  # every key in place: the stores below insert none
-            else:  # a shallow copy of the lifespan state for each request
-                scope = facts.http_scope_state.copy()
-                scope["state"] = state.copy() if state else {}
-            scope["http_version"] = version
-            scope["method"] = method
-            scope["scheme"] = request.scheme
-            scope["path"], scope["raw_path"], scope["query_string"] = split
-            scope["root_path"] = root_path
-            scope["headers"] = request.raw_headers
+        scope = http_scope(request, facts, self.root_path, self.state)
         cycle = new_cycle(HTTPCycle)  # HTTPCycle(request) without an __init__ frame: this is per request
         cycle.request = request
         cycle.phase = NEW
