@@ -399,7 +399,7 @@ class Engine(QuicConnection):
 
     def receive_batch(self, datagrams: Sequence[Any], now: float) -> None:
         """``receive_datagram`` for each of these ``(data, address)`` pairs, then an ACK due
-        at once rather than after aioquic's ack delay once :data:`ACK_EVERY` packets wait for
+        at once rather than after aioquic's ack delay once two packets wait for
         one (RFC 9000 13.2.2: after at least two ack-eliciting packets)."""
         space = self._spaces.get(aioquic_tls.Epoch.ONE_RTT)
         if space is not None and space.ack_at is None:
