@@ -55,18 +55,24 @@ TARGETS: dict[str | tuple[str, str], tuple[str, bytes, bytes]] = {}
 """:func:`split_target`'s memory, by ``target`` when ``root_path`` is empty, else by ``(target, root_path)``
 (no tuple for the usual empty ``root_path``; read directly where a call per request counts)."""
 _TARGETS_MAX = 1024
+_TARGET_KEPT_LEN = 256
+"""Only targets of at most this many characters are remembered: the memory stays under ~1 MiB
+whatever clients send (64 KiB targets, 1,024 of them, would hold hundreds of MiB)."""
 
 
 def split_target(target: str, root_path: str) -> tuple[str, bytes, bytes]:
     """``(path, raw_path, query_string)`` of a request-target: ``path`` percent-decoded (UTF-8)
     with ``root_path`` in front, ``raw_path`` as sent. Remembered (at most :data:`_TARGETS_MAX`
-    targets, then forgotten all at once): clients repeat their targets."""
+    targets of at most :data:`_TARGET_KEPT_LEN` characters, then forgotten all at once): clients
+    repeat their targets."""
     key = (target, root_path) if root_path else target
     split = TARGETS.get(key)
     if split is None:
-        if len(TARGETS) >= _TARGETS_MAX:
-            TARGETS.clear()
-        split = TARGETS[key] = _split_target(target, root_path)
+        split = _split_target(target, root_path)
+        if len(target) <= _TARGET_KEPT_LEN:
+            if len(TARGETS) >= _TARGETS_MAX:
+                TARGETS.clear()
+            TARGETS[key] = split
     return split
 
 

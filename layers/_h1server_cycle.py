@@ -71,14 +71,18 @@ _LATIN1: dict[bytes, str] = {}
 from here (a dict lookup costs a third of a decode); at most :data:`_DECODED_MAX` each, then
 forgotten all at once."""
 _DECODED_MAX = 1024
+_DECODED_LEN = 256
+"""Only values of at most this many bytes are remembered: the tables stay under ~1 MiB whatever
+clients send (1,024 targets of 64 KiB would hold over 100 MiB)."""
 
 
 def _decoded(table: dict[bytes, str], raw: bytes, encoding: str) -> str:
-    """``raw.decode(encoding)`` (raising as it does), remembered in ``table``."""
+    """``raw.decode(encoding)`` (raising as it does), remembered in ``table`` when short."""
     text = raw.decode(encoding)
-    if len(table) >= _DECODED_MAX:
-        table.clear()
-    table[raw] = text
+    if len(raw) <= _DECODED_LEN:
+        if len(table) >= _DECODED_MAX:
+            table.clear()
+        table[raw] = text
     return text
 
 

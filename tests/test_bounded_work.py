@@ -380,3 +380,23 @@ async def test_socks5_reply_flood() -> None:
             if conn is not None:
                 await conn.aclose()
     check(cpu, worst, "a SOCKS5 reply followed by 8 MiB")
+
+
+def test_the_servers_remembered_strings_stay_small() -> None:
+    """The HTTP/1.1 server remembers decoded methods, targets and Host values, and the ASGI
+    bridge split targets, process-wide (clients repeat them): a client sending long unique
+    targets must not make those tables hold megabytes (1,024 targets of 64 KiB would be over
+    100 MiB)."""
+    from layers import _asgi_http, _h1server_cycle
+
+    table: dict[bytes, str] = {}
+    for i in range(2_000):
+        raw = b"/%d/" % i + b"x" * (16 if i % 2 else 4_000)
+        assert _h1server_cycle._decoded(table, raw, "ascii") == raw.decode()
+    assert table and all(len(key) <= 256 for key in table) and len(table) <= 1_024
+    for i in range(2_000):
+        target = f"/{i}/" + "y" * (16 if i % 2 else 4_000) + "?q=1"
+        path, raw_path, query = _asgi_http.split_target(target, "")
+        assert (raw_path, query) == (target.split("?")[0].encode(), b"q=1") and path == target.split("?")[0]
+    assert all(len(key if type(key) is str else key[0]) <= 256 for key in _asgi_http.TARGETS)
+    assert _asgi_http.split_target("/short?q=1", "") is _asgi_http.split_target("/short?q=1", "")
