@@ -41,6 +41,11 @@ _BODYLESS_STATUS = BODYLESS_STATUS
 _BUILT_KEPT = 32
 """Bodiless request heads a connection keeps built (see ``ClientConnection._build``)."""
 
+_BUILT_KEPT_BYTES = 4096
+"""Only heads whose target and fields come to at most this many bytes are kept: a proxy's
+backend connections forward what clients send, and 32 heads of 64 KiB on each of them would
+hold megabytes per connection."""
+
 
 class ClientConnection(H1Connection, http.ClientConnection):
     """The client side of one HTTP/1.1 connection (see :class:`layers.http.ClientConnection`).
@@ -265,9 +270,10 @@ class ClientConnection(H1Connection, http.ClientConnection):
                 return self._build_new(method, target, raw, body)
             if result is None:
                 result = self._build_new(method, target, raw, body)
-                if len(built) >= _BUILT_KEPT:
-                    built.clear()
-                built[key] = result
+                if len(target) + sum(len(n) + len(v) for n, v in raw) <= _BUILT_KEPT_BYTES:
+                    if len(built) >= _BUILT_KEPT:
+                        built.clear()
+                    built[key] = result
             return result
         return self._build_new(method, target, raw, body)
 

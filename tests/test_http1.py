@@ -1027,3 +1027,25 @@ async def test_client_says_which_engine_runs(client_engine: str) -> None:
         assert (await http1.client(engine=name).attach(a)).info["http_engine"] == name
     with pytest.raises(ValueError, match="unknown engine"):
         http1.client(engine="nope")
+
+
+async def test_client_keeps_only_small_built_heads() -> None:
+    """A bodiless request's built head is kept for the next one alike (a proxy's backend
+    connection repeats them), but only a small one: a proxy forwards what clients send, and
+    32 heads of 64 KiB kept on each backend connection would be megabytes each."""
+    a, b = memory_pair()
+    conn = await http1.client(authority="example.test").attach(a)
+
+    async def answer() -> None:
+        for _ in range(3):
+            await b.recv_until(b"\r\n\r\n", max_bytes=65536)
+            await b.send(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+
+    async with trio.open_nursery() as n:
+        n.start_soon(answer)
+        with trio.fail_after(5):
+            for target in ("/" + "x" * 5000, "/short", "/short"):
+                r = await conn.request("GET", target)
+                assert r.status == 200 and await r.read() == b""
+    kept = conn._built or {}
+    assert [key[1] for key in kept] == ["/short"]
