@@ -469,13 +469,16 @@ def _checked_input(headers: HeaderInput) -> _Checked:
 
 _KNOWN_WIRE: dict[tuple[Any, ...], _Checked] = {}
 _KNOWN_WIRE_MAX = 256
+_KNOWN_WIRE_BYTES = 4096
+"""Only heads whose fields come to at most this many bytes are remembered (a backend's 64 KiB
+heads, 256 of them, would hold megabytes process-wide)."""
 
 
 def _checked_wire(headers: Headers) -> _Checked:
     """``_checked(headers)``, remembered by the fields for a :class:`Headers` given again (a proxy
     forwards the same few response heads, one object each, but they change with the backend's
-    Date: at most ``_KNOWN_WIRE_MAX``, then all are dropped; one that does not pass the checks
-    is never remembered)."""
+    Date: at most ``_KNOWN_WIRE_MAX`` of at most ``_KNOWN_WIRE_BYTES``, then all are dropped; one
+    that does not pass the checks is never remembered)."""
     try:
         key = tuple(headers.raw)
         known = _KNOWN_WIRE.get(key)
@@ -483,9 +486,10 @@ def _checked_wire(headers: Headers) -> _Checked:
         return _checked(headers)
     if known is None:
         known = _checked(headers)
-        if len(_KNOWN_WIRE) >= _KNOWN_WIRE_MAX:
-            _KNOWN_WIRE.clear()
-        _KNOWN_WIRE[key] = known
+        if sum(len(n) + len(v) for n, v in key) <= _KNOWN_WIRE_BYTES:
+            if len(_KNOWN_WIRE) >= _KNOWN_WIRE_MAX:
+                _KNOWN_WIRE.clear()
+            _KNOWN_WIRE[key] = known
     return known
 
 

@@ -400,3 +400,10 @@ def test_the_servers_remembered_strings_stay_small() -> None:
         assert (raw_path, query) == (target.split("?")[0].encode(), b"q=1") and path == target.split("?")[0]
     assert all(len(key if type(key) is str else key[0]) <= 256 for key in _asgi_http.TARGETS)
     assert _asgi_http.split_target("/short?q=1", "") is _asgi_http.split_target("/short?q=1", "")
+    # the HTTP/2 stream's checked response heads given as Headers (a proxy forwards a backend's)
+    from layers import _h2stream
+    from layers.http import Headers
+
+    for i in range(300):
+        _h2stream._checked_wire(Headers([("x-n", str(i)), ("x-big", "z" * (16 if i % 2 else 8_000))]))
+    assert _h2stream._KNOWN_WIRE and all(sum(len(n) + len(v) for n, v in k) <= 4096 for k in _h2stream._KNOWN_WIRE)
