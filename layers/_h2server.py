@@ -64,6 +64,9 @@ _SC = h2.settings.SettingCodes
 _REQUEST_PSEUDO = frozenset([b":method", b":scheme", b":authority", b":path", b":protocol"])
 _HEAD_CACHE = 64
 """Request heads remembered per connection, checked and decoded (see ``_make_request``)."""
+_HEAD_CACHE_BYTES = 4096
+"""Only request heads whose fields come to at most this many bytes are remembered (64 heads of
+the largest a client may send would hold megabytes per connection for its lifetime)."""
 _DIRECT_RUN = 64
 """Requests admitted straight into a task of their own once an app of a batch suspended (then
 a batch probes again: see ``_run_batch``)."""
@@ -379,14 +382,19 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         """The request of a HEADERS block, or None (after RST_STREAM PROTOCOL_ERROR) if it is
         malformed (RFC 9113 8.1.1). A head already seen on this connection (a client repeats
         its requests' fields) is not checked and decoded again: its parts are remembered (at
-        most ``_HEAD_CACHE``, never one with ``:protocol``, whose check reads the settings)."""
+        most ``_HEAD_CACHE`` of at most ``_HEAD_CACHE_BYTES``, never one with ``:protocol``, whose
+        check reads the settings)."""
         key = tuple(raw)
         head = self._heads.get(key)
         if head is None:
             head = self._parse_head(sid, raw)
             if head is None:
                 return None
-            if head[5] is None and len(self._heads) < _HEAD_CACHE:
+            if (
+                head[5] is None
+                and len(self._heads) < _HEAD_CACHE
+                and sum(len(n) + len(v) for n, v in key) <= _HEAD_CACHE_BYTES
+            ):
                 self._heads[key] = head
         method, target, regular, scheme, authority, protocol = head
         stream = H2Stream(self, sid, can_send=False)

@@ -941,6 +941,9 @@ async def test_a_repeated_request_head_is_checked_once_and_each_request_has_its_
     request = conn._make_request(9, tunnel)
     assert request is not None and request.protocol == "websocket" and request.method == "CONNECT"
     assert len(conn._heads) == 1  # a head with :protocol is checked each time
+    big = [*raw, (b"x-big", b"b" * 5000)]
+    assert conn._make_request(11, big) is not None and conn._make_request(13, big) is not None
+    assert len(conn._heads) == 1  # a large head is checked each time: 64 of them per connection would be megabytes
 
 
 def test_response_header_lists_given_again_are_remembered_checked() -> None:
