@@ -29,7 +29,7 @@ from layers._h1client_body import _BodySender, _ResponseBody
 from layers._h1client_engines import ClientEngine, ReferenceClientEngine, ResponseHead
 from layers._h1conn import H1Connection, _Tunnel
 from layers._h1core import BODYLESS_STATUS, DUPLEX_BUFFER, INLINE_SEND, RECV
-from layers._http_model import Body, HeaderInput, Headers, Limits, Response, TunnelRefused
+from layers._http_model import Body, HeaderInput, Headers, Limits, Response, TunnelRefused, small_fields
 from stack.deadlines import FOREVER
 from stack.errors import Broken, Busy, Closed, EndOfStream, ProtocolError, StackError, Timeout
 from stack.streams import ByteStream
@@ -40,11 +40,6 @@ _BODYLESS_STATUS = BODYLESS_STATUS
 
 _BUILT_KEPT = 32
 """Bodiless request heads a connection keeps built (see ``ClientConnection._build``)."""
-
-_BUILT_KEPT_BYTES = 4096
-"""Only heads whose target and fields come to at most this many bytes are kept: a proxy's
-backend connections forward what clients send, and 32 heads of 64 KiB on each of them would
-hold megabytes per connection."""
 
 
 class ClientConnection(H1Connection, http.ClientConnection):
@@ -270,7 +265,7 @@ class ClientConnection(H1Connection, http.ClientConnection):
                 return self._build_new(method, target, raw, body)
             if result is None:
                 result = self._build_new(method, target, raw, body)
-                if len(target) + sum(len(n) + len(v) for n, v in raw) <= _BUILT_KEPT_BYTES:
+                if small_fields(raw, len(target)):  # (a proxy's backend connection forwards what clients send)
                     if len(built) >= _BUILT_KEPT:
                         built.clear()
                     built[key] = result

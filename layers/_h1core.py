@@ -42,7 +42,7 @@ from typing import Protocol
 
 import h11
 
-from layers._http_model import HeaderInput, Headers, date_header
+from layers._http_model import HeaderInput, Headers, date_header, small_fields
 from stack.errors import ProtocolError, StackError
 
 # --------------------------------------------------------------------------------------------------
@@ -718,9 +718,10 @@ class ResponseWriter:
             framed = _HEADS.get(key)
         if framed is None:
             framed = _frame(status, Headers(fields).raw, whole, head_request, http11, close, unread, shutting_down)
-            if len(_HEADS) >= _HEADS_MAX:
-                _HEADS.clear()
-            _HEADS[key] = framed
+            if small_fields(key[1]):  # (an app may echo what a client sent)
+                if len(_HEADS) >= _HEADS_MAX:
+                    _HEADS.clear()
+                _HEADS[key] = framed
         before, after, dated, self._discard, self._left, self._chunked, why = framed
         out = self.outbuf
         out += before

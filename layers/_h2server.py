@@ -46,7 +46,7 @@ from stack.streams import ByteStream
 from ._h2conn import RECV_SIZE, H2ConnectionBase, _Calm, _Rate
 from ._h2core import Malformed, ProtocolViolation, check_fields, check_request_pseudo, error_name
 from ._h2stream import _EMPTY, H2Request, H2Stream, _headers
-from ._http_model import DEFAULT_LIMITS, App, Limits, Request, ServerConnection
+from ._http_model import DEFAULT_LIMITS, App, Limits, Request, ServerConnection, small_fields
 
 __all__ = ["PING_WAIT", "H2ServerConnection", "serve_h2c_upgrade"]
 
@@ -64,9 +64,6 @@ _SC = h2.settings.SettingCodes
 _REQUEST_PSEUDO = frozenset([b":method", b":scheme", b":authority", b":path", b":protocol"])
 _HEAD_CACHE = 64
 """Request heads remembered per connection, checked and decoded (see ``_make_request``)."""
-_HEAD_CACHE_BYTES = 4096
-"""Only request heads whose fields come to at most this many bytes are remembered (64 heads of
-the largest a client may send would hold megabytes per connection for its lifetime)."""
 _DIRECT_RUN = 64
 """Requests admitted straight into a task of their own once an app of a batch suspended (then
 a batch probes again: see ``_run_batch``)."""
@@ -382,7 +379,7 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         """The request of a HEADERS block, or None (after RST_STREAM PROTOCOL_ERROR) if it is
         malformed (RFC 9113 8.1.1). A head already seen on this connection (a client repeats
         its requests' fields) is not checked and decoded again: its parts are remembered (at
-        most ``_HEAD_CACHE`` of at most ``_HEAD_CACHE_BYTES``, never one with ``:protocol``, whose
+        most ``_HEAD_CACHE``, each of at most ``REMEMBERED_FIELDS_MAX`` bytes, never one with ``:protocol``, whose
         check reads the settings)."""
         key = tuple(raw)
         head = self._heads.get(key)
@@ -390,11 +387,7 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
             head = self._parse_head(sid, raw)
             if head is None:
                 return None
-            if (
-                head[5] is None
-                and len(self._heads) < _HEAD_CACHE
-                and sum(len(n) + len(v) for n, v in key) <= _HEAD_CACHE_BYTES
-            ):
+            if head[5] is None and len(self._heads) < _HEAD_CACHE and small_fields(key):
                 self._heads[key] = head
         method, target, regular, scheme, authority, protocol = head
         stream = H2Stream(self, sid, can_send=False)

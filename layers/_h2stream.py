@@ -26,7 +26,7 @@ from stack.errors import Broken, Closed, StackError, Timeout
 from stack.streams import ByteStream, Info
 
 from ._h2core import H2Core
-from ._http_model import HeaderInput, Headers, Limits, Request, Response, date_header
+from ._http_model import HeaderInput, Headers, Limits, Request, Response, date_header, small_fields
 from ._muxed_stream import ResponseHead, StreamErrors
 
 __all__ = ["HIGH_WATER", "SEND_CHUNK", "H2Request", "H2Response", "H2Stream", "StreamOwner"]
@@ -462,22 +462,19 @@ def _checked_input(headers: HeaderInput) -> _Checked:
         return _checked(_pairs(headers))
     if known is None:
         known = _checked(_pairs(headers))
-        if len(_KNOWN_HEADS) < _KNOWN_HEADS_MAX:
+        if len(_KNOWN_HEADS) < _KNOWN_HEADS_MAX and small_fields(key):
             _KNOWN_HEADS[key] = known
     return known
 
 
 _KNOWN_WIRE: dict[tuple[Any, ...], _Checked] = {}
 _KNOWN_WIRE_MAX = 256
-_KNOWN_WIRE_BYTES = 4096
-"""Only heads whose fields come to at most this many bytes are remembered (a backend's 64 KiB
-heads, 256 of them, would hold megabytes process-wide)."""
 
 
 def _checked_wire(headers: Headers) -> _Checked:
     """``_checked(headers)``, remembered by the fields for a :class:`Headers` given again (a proxy
     forwards the same few response heads, one object each, but they change with the backend's
-    Date: at most ``_KNOWN_WIRE_MAX`` of at most ``_KNOWN_WIRE_BYTES``, then all are dropped; one
+    Date: at most ``_KNOWN_WIRE_MAX`` of at most ``REMEMBERED_FIELDS_MAX`` bytes, then all are dropped; one
     that does not pass the checks is never remembered)."""
     try:
         key = tuple(headers.raw)
@@ -486,7 +483,7 @@ def _checked_wire(headers: Headers) -> _Checked:
         return _checked(headers)
     if known is None:
         known = _checked(headers)
-        if sum(len(n) + len(v) for n, v in key) <= _KNOWN_WIRE_BYTES:
+        if small_fields(key):
             if len(_KNOWN_WIRE) >= _KNOWN_WIRE_MAX:
                 _KNOWN_WIRE.clear()
             _KNOWN_WIRE[key] = known

@@ -15,7 +15,7 @@ import email.utils
 import logging
 import re
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -456,6 +456,22 @@ class ClientConnection:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+REMEMBERED_FIELDS_MAX = 4096
+"""The caches that remember a head by its fields (response heads built once per shape, request
+heads checked once per connection or kept built by a client, a proxy's forwarded fields) take
+only heads whose fields come to at most this many bytes: what a peer sends can be 64 KiB a head,
+and a few hundred of those kept would be megabytes."""
+
+
+def small_fields(fields: Iterable[Sequence[str | bytes]], extra: int = 0) -> bool:
+    """Whether ``fields`` (and ``extra`` bytes more) fit :data:`REMEMBERED_FIELDS_MAX`: called
+    when a cache misses, never on a hit."""
+    size = extra
+    for name, value in fields:
+        size += len(name) + len(value)
+    return size <= REMEMBERED_FIELDS_MAX
 
 
 _date_cache: tuple[int, bytes] = (0, b"")

@@ -83,6 +83,7 @@ from stack.deadlines import after
 from stack.errors import Broken, Closed, EndOfStream, StackError, Timeout
 from stack.watchdog import watchdog
 
+from ._http_model import small_fields
 from ._proxy_fields import HOP_BY_HOP, PSEUDONYM, field_value, forwarded_value, request_headers, response_headers
 from ._proxy_pool import BackendPool, Upstream, parse_listen
 
@@ -280,9 +281,10 @@ class ProxyApp:
         kept = self._requests_kept.get(key)
         if kept is None:
             kept = request_headers(request, forwarded)
-            if len(self._requests_kept) >= HEADS_KEPT:
-                self._requests_kept.clear()
-            self._requests_kept[key] = kept
+            if small_fields(key[0]):  # (what clients send: up to 64 KiB a head)
+                if len(self._requests_kept) >= HEADS_KEPT:
+                    self._requests_kept.clear()
+                self._requests_kept[key] = kept
         return kept
 
     def _response_fields(self, response: http.Response) -> _Kept:
@@ -295,9 +297,10 @@ class ProxyApp:
         if kept is None:
             fields, keep = response_headers(response)
             kept = (http.Headers._wire(fields), keep, _announced(response))
-            if len(self._responses_kept) >= HEADS_KEPT:
-                self._responses_kept.clear()
-            self._responses_kept[key] = kept
+            if small_fields(key[0]):
+                if len(self._responses_kept) >= HEADS_KEPT:
+                    self._responses_kept.clear()
+                self._responses_kept[key] = kept
         return kept
 
     def _stack(self, request: http.Request) -> Stack | None:

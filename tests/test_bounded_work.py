@@ -407,3 +407,5 @@ def test_the_servers_remembered_strings_stay_small() -> None:
     for i in range(300):
         _h2stream._checked_wire(Headers([("x-n", str(i)), ("x-big", "z" * (16 if i % 2 else 8_000))]))
     assert _h2stream._KNOWN_WIRE and all(sum(len(n) + len(v) for n, v in k) <= 4096 for k in _h2stream._KNOWN_WIRE)
+    _h2stream._checked_input([("x-big", "q" * 8_000)])
+    assert all(sum(len(n) + len(v) for n, v in k) <= 4096 for k in _h2stream._KNOWN_HEADS)

@@ -1049,3 +1049,20 @@ async def test_client_keeps_only_small_built_heads() -> None:
                 assert r.status == 200 and await r.read() == b""
     kept = conn._built or {}
     assert [key[1] for key in kept] == ["/short"]
+
+
+async def test_response_heads_built_once_are_only_small_ones(nursery: trio.Nursery) -> None:
+    """Response heads are built once per shape and remembered process-wide; an app that echoes
+    what a client sent (here a 5,000-byte header) must not make that memory grow with it."""
+    from layers import _h1core
+
+    async def echo_header(request: http.Request) -> None:
+        await request.respond(200, [("x-echo", request.target)], b"ok")
+
+    c = await serving(nursery, echo_header)
+    for target in ("/" + "e" * 5000, "/small"):
+        await c.send(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        response, body = await read_response(c)
+        assert response.status_code == 200 and body == b"ok" and header(response, "x-echo") == target
+    assert all(len(str(key[1])) < 5000 for key in _h1core._HEADS)
+    assert any(key[1] == (("x-echo", "/small"),) for key in _h1core._HEADS)
