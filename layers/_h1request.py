@@ -103,20 +103,11 @@ class Request(http.Request):
     # the parsed head's fields, set per request (no Headers built); here, in place of the model's property
     raw_headers: list[tuple[bytes, bytes]] = None  # type: ignore[assignment]
 
-    def __init__(self, owner: RequestOwner, head: ParsedHead, body: RequestBody) -> None:
-        # (the server connection sets these itself, without calling this: keep them together)
-        self.method = head.method.decode("ascii")
-        self.target = head.target.decode("ascii")
-        self.http_version = "1.1" if head.http_version == b"1.1" else "1.0"
-        self.body = self._body = body
-        self.info = owner.info
-        self.scheme = owner.scheme
-        host = head.host
-        self.authority = host.decode("latin-1") if host is not None else ""
-        self.limits = owner.limits
-        self._owner = owner
-        self._head = head
-        self.raw_headers = head.fields
+    # No __init__: the server connection makes each request (ServerCycle._start_request sets
+    # method, target, http_version, body, info, scheme, authority, limits and these three).
+    _owner: RequestOwner
+    _head: ParsedHead
+    _body: RequestBody
 
     def respond(  # returns the connection's coroutine: the same awaitable
         self, status: int, headers: HeaderInput = (), body: bytes = b"", *, deadline: float = FOREVER
@@ -168,12 +159,11 @@ class RequestBody(ByteStream):
     _pending = b""
     _request: Request | None = None
 
-    def __init__(self, owner: RequestOwner, complete: bool) -> None:
-        # (the server connection sets these four itself, without calling this: keep them together)
-        self._lower = owner.lower
-        self._unread = bytearray()
-        self._owner = owner
-        self._complete = complete
+    # No __init__: the server connection makes each body (ServerCycle._start_request sets these).
+    _lower: ByteStream
+    _unread: bytearray
+    _owner: RequestOwner
+    _complete: bool
 
     async def recv(self, max_bytes: int = DEFAULT_RECV, *, deadline: float = FOREVER) -> bytes:
         """See :meth:`ByteStream.recv`; at the end of the body (at once for a request without

@@ -124,12 +124,12 @@ class ServerCycle(H1Connection, ResponseWriter):
         # Neither Content-Length nor Transfer-Encoding: no body (RFC 9112 6.3), and the engine is
         # not asked for the end it would report: the end of the request body is
         # ``body._complete``. A zero Content-Length ends here too.
-        body = _new(RequestBody)  # RequestBody.__init__, inline: no call through the type per request
+        body = _new(RequestBody)  # (RequestBody has no __init__: made here only, no call per request)
         body._lower = self.lower
         body._unread = bytearray()
         body._owner = self
         body._complete = not head.chunked and not head.content_length
-        request = _new(Request)  # Request.__init__, inline (as the body above): keep the two together
+        request = _new(Request)  # (Request has no __init__ either: made here only)
         text = _ASCII.get(raw := head.method)  # the decoded strings, remembered: clients repeat them
         request.method = text if text is not None else _decoded(_ASCII, raw, "ascii")
         text = _ASCII.get(raw := head.target)
