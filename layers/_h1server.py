@@ -443,6 +443,8 @@ class ServerConnection(ServerCycle, http.ServerConnection):
         ):
             return False
         self._current = None  # _next_cycle, inline (the state is DONE: NEXT_CYCLE makes it IDLE)
+        if current._response is not None:  # a streamed response's stream and its request: no cycle left
+            current._response = None
         trailing = self._engine.reset()
         if trailing:  # pipelined bytes read past the body: they are checked as a head again
             self._inbuf[:0] = trailing

@@ -148,7 +148,6 @@ class ServerCycle(H1Connection, ResponseWriter):
         request._owner = self
         request._head = head
         request.raw_headers = head.fields
-        body._request = request
         self._current = request
         self._requests += 1
         return request
@@ -167,8 +166,8 @@ class ServerCycle(H1Connection, ResponseWriter):
                 return got
             if got is not None:
                 body._complete = True
-                if body._request is not None and got:
-                    body._request.trailers = Headers(got)
+                if got:
+                    body._trailers = Headers(got)
                 return b""
             if (
                 self._expect_100
@@ -361,6 +360,7 @@ class ServerCycle(H1Connection, ResponseWriter):
         next request, or close the connection. Never raises a StackError (it records why it ended)."""
         request, self._current = self._current, None
         assert request is not None
+        request._response = None  # a streamed response's stream and its request: no cycle left (see Request)
         try:
             if self.outbuf:
                 await self.flush(trio.current_time() + self.limits.send_timeout)
@@ -393,6 +393,8 @@ class ServerCycle(H1Connection, ResponseWriter):
         if self._state is not DONE or self._closing is not None or self.outbuf or not request._body._complete:
             return False
         self._current = None
+        if request._response is not None:  # (as _end_cycle)
+            request._response = None
         self._next_cycle()
         return True
 
