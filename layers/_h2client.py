@@ -183,7 +183,6 @@ class H2ClientConnection(H2ConnectionBase, ClientConnection):
             return
         response = H2Response(status, _headers(regular), stream)
         stream._response = response
-        stream._owner = response
         if stream._head is not None:
             stream._head.set()
             self._kicked += 1

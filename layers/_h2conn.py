@@ -500,10 +500,7 @@ class H2ConnectionBase:
             except Malformed as exc:
                 self._malformed(stream, f"malformed trailers: {exc}")
                 return
-            trailers = _headers(regular)
-            stream.trailers = trailers
-            if stream._owner is not None:
-                stream._owner.trailers = trailers
+            stream.trailers = _headers(regular)  # the request's or response's (their trailers property)
 
     def _malformed(self, stream: H2Stream, detail: str) -> None:
         """A malformed message on ``stream``: RST_STREAM PROTOCOL_ERROR (RFC 9113 8.1.1)."""

@@ -404,7 +404,6 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
             request.protocol = protocol
         if self._response_headers:
             request._extra_fields = self._response_headers
-        stream._owner = request
         return request
 
     def _parse_head(self, sid: int, raw: Any) -> _Head | None:
@@ -644,7 +643,6 @@ async def serve_h2c_upgrade(
     )
     if response_headers:
         upgraded._extra_fields = response_headers
-    stream._owner = upgraded
     conn._upgrade_request = upgraded  # admitted once the connection runs (the app needs the nursery)
     try:
         await conn.serve(app)

@@ -196,7 +196,6 @@ class H2Stream(StreamErrors, ResponseHead, ByteStream):
     # client side only
     _head: trio.Event | None = None
     _response: H2Response | None = None
-    _owner: H2Request | H2Response | None = None  # gets .trailers
 
     def __init__(self, conn: StreamOwner, stream_id: int, *, can_send: bool) -> None:
         # ByteStream.__init__'s mutable attribute (the rest are the class's defaults above)
@@ -525,9 +524,17 @@ class H2Request(Request):
         self.scheme = scheme
         self.authority = authority or (headers.get("host") or "")
         self.limits = limits
-        self.trailers = _headers([])
         self._stream = stream
         self.stream_id = stream.stream_id
+
+    @property  # kept by the stream: a request and its stream hold no reference cycle (each would be
+    def trailers(self) -> Headers:  # garbage for the cycle collector, a collection every few hundred)
+        """The request's trailers, once its body has ended (empty if none)."""
+        return self._stream.trailers
+
+    @trailers.setter
+    def trailers(self, value: Headers) -> None:
+        self._stream.trailers = value
 
     async def respond(
         self, status: int, headers: HeaderInput = (), body: bytes = b"", *, deadline: float = FOREVER
@@ -643,3 +650,12 @@ class H2Response(Response):
     def __init__(self, status: int, headers: Headers, body: H2Stream) -> None:
         super().__init__(status, headers, "2", body)
         self.stream_id = body.stream_id
+
+    @property  # kept by the stream (as H2Request's)
+    def trailers(self) -> Headers:
+        """The response's trailers, once its body has ended (empty if none)."""
+        return self.body.trailers
+
+    @trailers.setter
+    def trailers(self, value: Headers) -> None:
+        self.body.trailers = value

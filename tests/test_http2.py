@@ -995,3 +995,32 @@ async def test_awaiting_apps_each_get_a_task_and_a_fresh_context() -> None:
                         nursery.start_soon(one, i)
     assert results == {i: (500, b"") if i % 7 == 0 else (200, f"/{i}".encode()) for i in range(200)}
     assert seen == ["unset"] * 200
+
+
+async def test_finished_requests_leave_no_cyclic_garbage() -> None:
+    """A request and its stream are freed by reference counting once the stream is done (the
+    trailers are the stream's): garbage in a cycle would cost a collection every few hundred
+    requests. (The client's response and its stream still hold each other.)"""
+    import gc
+
+    async with h2_pair() as conn:
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(3):
+                assert await (await conn.request("GET", "/")).read() == b"Hello, world!"
+                stream = await conn.start_request("POST", "/trailers")
+                await stream.send(b"payload")
+                await stream.done(trailers=[("x-sum", "42")])
+                assert await (await stream.response()).read() == b"payload|42"
+                del stream
+            await trio.testing.wait_all_tasks_blocked()
+            gc.collect()
+            server_side = [o for o in gc.garbage if type(o) is http2.H2Request]
+            server_side += [o for o in gc.garbage if type(o).__name__ == "H2Stream" and o._response is None]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        assert not server_side
