@@ -462,7 +462,6 @@ class ClientConnection(H1Connection, http.ClientConnection):
             return Response(status, headers, version, _Tunnel(self.lower), reason)
         body = _ResponseBody(self, self._sender)
         response = Response(status, headers, version, body, reason)
-        body._response = response
         if self._method == b"HEAD" or status in _BODYLESS_STATUS or (b"content-length", b"0") in event.fields:
             nxt = engine.next_event()  # a bodiless response ends at once: the next request need not wait
             if type(nxt) is list:
@@ -471,6 +470,8 @@ class ClientConnection(H1Connection, http.ClientConnection):
                     await self._end_exchange()
         elif self._sender is None and engine.buffered and self._take_buffered(body, response):
             await self._end_exchange()
+        if not body._complete:  # for the trailers read_body may meet; until then the two hold each
+            body._response = response  # other (a complete body keeps no cycle for the collector)
         return response
 
     def _take_buffered(self, body: _ResponseBody, response: Response) -> bool:
@@ -513,8 +514,10 @@ class ClientConnection(H1Connection, http.ClientConnection):
                 return event
             if type(event) is list:
                 body._complete = True
-                if event and body._response is not None:
-                    body._response.trailers = Headers(event)
+                if body._response is not None:
+                    if event:
+                        body._response.trailers = Headers(event)
+                    body._response = None  # no cycle left for the collector
                 if not self._ended_now():
                     await self._end_exchange()
                 return b""

@@ -1101,3 +1101,37 @@ async def test_finished_requests_leave_no_cyclic_garbage(nursery: trio.Nursery) 
         gc.garbage.clear()
         gc.enable()
     assert not kinds & {"Request", "RequestBody", "ResponseStream", "ParsedHead"}, kinds
+
+
+async def test_client_responses_read_to_their_end_leave_no_cyclic_garbage(nursery: trio.Nursery) -> None:
+    """A response and its body hold each other only until the body ends (the trailers go to the
+    response then): a read response is freed by reference counting, like the server's requests."""
+    import gc
+
+    async def app(request: http.Request) -> None:
+        if request.target == "/streamed":
+            stream = await request.start_response(200)
+            await stream.send(b"abc")
+            await stream.done(trailers={"x-end": "yes"})  # type: ignore[call-arg]
+        else:
+            await request.respond(200, body=b"whole")
+
+    conn = await client_server(nursery, app)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(3):
+            response = await conn.request("GET", "/")
+            assert await response.read() == b"whole"
+            response = await conn.request("GET", "/streamed")
+            assert await response.read() == b"abc" and response.trailers.get("x-end") == "yes"
+        del response
+        gc.collect()
+        kinds = {type(o).__name__ for o in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert not kinds & {"Response", "_ResponseBody", "Request", "RequestBody", "ResponseStream"}, kinds
+    await conn.aclose()
