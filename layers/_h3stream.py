@@ -89,12 +89,9 @@ class H3Stream(ResponseHead, QuicStream):
         self.trailers = Headers()
         self._head: trio.Event | None = None  # client: the response head arrived
         self._response: H3Response | None = None
-        self._owner: H3Request | H3Response | None = None  # gets .trailers too
 
     def _on_trailers(self, trailers: Headers) -> None:
-        self.trailers = trailers
-        if self._owner is not None:
-            self._owner.trailers = trailers
+        self.trailers = trailers  # the request's or response's (their trailers property)
 
     @property
     def info(self) -> Info:
@@ -158,14 +155,22 @@ class H3Request(Request):
         protocol: str | None,
         limits: Limits,
     ) -> None:
+        self._stream = stream  # first: the base's __init__ sets the trailers, which are the stream's
         super().__init__(
             method, target, headers, "3", stream, stream.info, scheme=scheme, authority=authority, limits=limits
         )
         self.info = stream._conn.h3_info
-        self._stream = stream
-        stream._owner = self
         self.stream_id = stream.stream_id
         self.protocol = protocol
+
+    @property  # kept by the stream: a request and its stream hold no reference cycle (as HTTP/2's)
+    def trailers(self) -> Headers:
+        """The request's trailers, once its body has ended (empty if none)."""
+        return self._stream.trailers
+
+    @trailers.setter
+    def trailers(self, value: Headers) -> None:
+        self._stream.trailers = value
 
     def _send_head(self, status: int, headers: Headers, body_length: int | None, end_stream: bool) -> None:
         stream = self._stream
@@ -215,5 +220,13 @@ class H3Response(Response):
 
     def __init__(self, status: int, headers: Headers, body: H3Stream) -> None:
         super().__init__(status, headers, "3", body)
-        body._owner = self
         self.stream_id = body.stream_id
+
+    @property  # kept by the stream (as H3Request's)
+    def trailers(self) -> Headers:
+        """The response's trailers, once its body has ended (empty if none)."""
+        return self.body.trailers
+
+    @trailers.setter
+    def trailers(self, value: Headers) -> None:
+        self.body.trailers = value

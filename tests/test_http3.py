@@ -235,3 +235,30 @@ async def test_our_client_against_hypercorn_http3(ca: CA, leaf: Leaf, tmp_path: 
 
 def test_quic_is_importable_without_the_cli() -> None:
     assert quic.QuicStream.kind == "quic-stream"
+
+
+async def test_finished_requests_leave_no_cyclic_garbage(ca: CA, leaf: Leaf) -> None:
+    """As over HTTP/1.1 and HTTP/2: a request and its stream are freed by reference counting
+    once done (the trailers are the stream's), a response read to its end with its stream too."""
+    import gc
+
+    with trio.fail_after(TIMEOUT):
+        async with h3_server(leaf) as port, http3.open_client("127.0.0.1", port, ca=ca) as h3:
+            gc.collect()
+            gc.disable()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                for _ in range(3):
+                    response = await h3.request("GET", "/")
+                    assert await response.read() == b"hello over HTTP/3 (3) GET"
+                    response = await h3.request("POST", "/echo", body=b"abc")
+                    assert await response.read() == b"abc" and response.trailers.get("x-length") == "3"
+                del response
+                await trio.sleep(0.1)  # the server's side of the last stream ends
+                gc.collect()
+                kinds = {type(o).__name__ for o in gc.garbage}
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+                gc.enable()
+    assert "H3Request" not in kinds, kinds
