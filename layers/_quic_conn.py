@@ -246,7 +246,8 @@ class QuicConnection:
         held, self._accepted = self._accepted, deque()
         for stream in held:
             self._streams.pop(stream.stream_id, None)
-            data, stream._first, stream._in = stream._first + bytes(stream._in), b"", bytearray()
+            data = stream._take_queued() + bytes(stream._in)
+            stream._in = bytearray()
             if data or stream._in_ended:
                 hook(qe.StreamDataReceived(data=data, end_stream=stream._in_ended, stream_id=stream.stream_id))
 
