@@ -184,3 +184,23 @@ class SendBuffer:
         chunk = chunks[i]
         pieces.append(memoryview(chunk)[: last - ends[i] + len(chunk)])
         return b"".join(pieces)
+
+    def copy_into(self, target: memoryview, start: int) -> None:
+        """Copy the ``len(target)`` bytes from offset ``start`` into ``target`` (a frame's data
+        straight into the plaintext of its packet: :mod:`layers._quic_bulk`)."""
+        first = self._origin + start
+        last = first + len(target)
+        if start < 0 or last > self._end:
+            raise IndexError("outside the send buffer")
+        ends, chunks = self._ends, self._chunks
+        i = bisect_right(ends, first, self._head)
+        pos = 0
+        while first < last:
+            chunk = chunks[i]
+            begin = ends[i] - len(chunk)
+            stop = min(ends[i], last)
+            n = stop - first
+            target[pos : pos + n] = memoryview(chunk)[first - begin : stop - begin]
+            pos += n
+            first = stop
+            i += 1

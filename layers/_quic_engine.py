@@ -69,6 +69,7 @@ from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilderStop
 from aioquic.quic.recovery import K_MICRO_SECOND, K_SECOND, QuicPacketPacer, QuicPacketRecovery
 from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
 
+from ._quic_bulk import bulk_ready, write_bulk
 from ._quic_copies import BULK, SendBuffer, lighten_header_protection, prime_heap
 from ._quic_pmtu import PEER_DEFAULT, Search
 
@@ -222,6 +223,7 @@ class Engine(QuicConnection):
         each): the driver sends it when the writer commits nothing more (``held``)."""
         self.held = False
         """A stream's small tail was held back by the last ``datagrams_to_send``."""
+        self._plain: bytearray | None = None
 
     # ---- path MTU discovery (layers._quic_pmtu) ----------------------------------------------
 
@@ -443,7 +445,36 @@ class Engine(QuicConnection):
 
     def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
         self._now = now  # the window auto-tuning's clock (aioquic passes no time further down)
+        if self._max_datagram_size > _BIG_FRAMES:  # a bulk stream's packets: ours (layers._quic_bulk)
+            stream = bulk_ready(self, builder, network_path, now)
+            if stream is not None and write_bulk(self, builder, stream, now):
+                return
         QuicConnection._write_application(self, builder, network_path, now)
+
+    def bulk_plain(self, size: int) -> bytearray:
+        """The plaintext buffer :func:`~layers._quic_bulk.write_bulk` reuses (``size`` bytes)."""
+        plain = self._plain
+        if plain is None or len(plain) < size:
+            plain = self._plain = bytearray(size)
+        return plain
+
+    def limits_quiet(self) -> bool:
+        """Whether :meth:`_write_connection_limits` and :meth:`_write_stream_limits` would write
+        nothing and change nothing in a packet built now (:func:`~layers._quic_bulk.bulk_ready`)."""
+        limit = self._local_max_data
+        if self._reads or limit.value - limit.used < self.connection_window // 4:
+            return False
+        for lim in (limit, self._local_max_streams_bidi, self._local_max_streams_uni):
+            if lim.value != lim.sent and (lim is limit or lim.sent - lim.used < lim.value - lim.sent):
+                return False
+        for stream in self._streams.values():
+            local = stream.max_stream_data_local
+            if local and (
+                2 * stream.receiver.starting_offset() >= local
+                or (stream.max_stream_data_local_sent != local and not stream.receiver.is_finished)
+            ):
+                return False
+        return True
 
     def _grown(self, window: int, cap: int, last: float | None) -> int:
         """``window``, doubled (up to ``cap``) when the previous update of it was granted less

@@ -3,8 +3,8 @@
 
 Theory of operation: a stream does no I/O of its own, as an HTTP/2 stream does not. ``recv``
 waits for what the connection put in its buffer (``_first``, then ``_queue``, then ``_in``) when
-aioquic delivered it, and takes from it without an ``await`` in between, so a receive that times out consumes nothing; what the
-application takes is what the engine's receive window follows (``_quic_engine.Engine``).
+aioquic delivered it, and takes from it without an ``await`` in between, so a receive that times
+out consumes nothing; what the application takes is what the engine's receive window follows (``_quic_engine.Engine``).
 ``send`` commits at most :data:`SEND_CHUNK` bytes to aioquic per step, and only while fewer than
 :data:`HIGH_WATER` committed bytes of this stream wait to leave, then wakes the connection's
 driver; the commit happens after the last ``await``, so an interrupted step commits nothing and
