@@ -155,11 +155,7 @@ def write_bulk(conn: Any, builder: Any, stream: Any, now: float) -> bool:
                 sender.buffer_is_empty = True
             break  # (a FIN alone: aioquic's)
         start = first.start
-        if (
-            conn.cork
-            and sender._buffer_fin is None
-            and 0 < 2 * (sender._buffer_stop - start) < room
-        ):
+        if conn.cork and sender._buffer_fin is None and 0 < 2 * (sender._buffer_stop - start) < room:
             conn.held = True  # Engine._write_big_stream_frame's rule
             done = True
             break
