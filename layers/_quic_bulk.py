@@ -40,23 +40,25 @@ byte for byte the packets aioquic builds, and whole transfers through lossy path
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from aioquic import tls as aioquic_tls
 from aioquic.buffer import size_uint_var
 from aioquic.quic.packet import PACKET_FIXED_BIT, QuicPacketType
 from aioquic.quic.packet_builder import PACKET_NUMBER_SEND_SIZE, QuicSentPacket
+from aioquic.quic.stream import StreamFinishedError
 
 from ._quic_copies import PYTHON_HP, SendBuffer
 
-__all__ = ["bulk_ready", "write_bulk"]
+__all__ = ["bulk_ready", "stream_payload", "write_bulk"]
 
 _ONE_RTT = aioquic_tls.Epoch.ONE_RTT
 _TAG = 16
 _PN_BITS = PACKET_NUMBER_SEND_SIZE - 1  # the packet number's length - 1, in the first byte
 
 
-def _varint(value: int) -> bytes:
+def _uint_var(value: int) -> bytes:
     if value < 0x40:
         return value.to_bytes(1, "big")
     if value < 0x4000:
@@ -134,7 +136,7 @@ def write_bulk(conn: Any, builder: Any, stream: Any, now: float) -> bool:
     head = first_byte.to_bytes(1, "big") + peer_cid
     header_size = len(head) + PACKET_NUMBER_SEND_SIZE
     sample = header_size + 4 - PACKET_NUMBER_SEND_SIZE  # RFC 9001 5.4.2: pn offset + 4
-    sid = _varint(stream.stream_id)
+    sid = _uint_var(stream.stream_id)
     capacity = builder._buffer_capacity
     plain = conn.bulk_plain(capacity)
     view = memoryview(plain)
@@ -175,7 +177,7 @@ def write_bulk(conn: Any, builder: Any, stream: Any, now: float) -> bool:
         # the frame: type, stream id, offset, 4-byte length, data (what Engine writes)
         frame = (0x0A | (4 if start else 0) | (1 if fin else 0)).to_bytes(1, "big") + sid
         if start:
-            frame += _varint(start)
+            frame += _uint_var(start)
         frame += ((stop - start) | 0x80000000).to_bytes(4, "big")
         size = len(frame) + stop - start
         view[: len(frame)] = frame
@@ -221,3 +223,58 @@ def write_bulk(conn: Any, builder: Any, stream: Any, now: float) -> bool:
             queue.remove(stream)
             queue.append(stream)
     return done
+
+
+# ---------------------------------------------------------------- receiving
+
+
+class _Frame:
+    """What aioquic's ``_handle_stream_frame`` reads of a STREAM frame's buffer (its varints in
+    order, then its data), parsed already: the data is handed over as it was sliced, once."""
+
+    __slots__ = ("_data", "pull_uint_var")
+
+    def __init__(self, fields: list[int], data: bytes) -> None:
+        self.pull_uint_var = iter(fields).__next__
+        self._data = data
+
+    def pull_bytes(self, length: int) -> bytes:
+        return self._data
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The variable-length integer at ``pos`` and the position after it (IndexError: truncated)."""
+    first = data[pos]
+    size = 1 << (first >> 6)
+    if pos + size > len(data):
+        raise IndexError
+    value = first & 0x3F
+    for i in range(pos + 1, pos + size):
+        value = (value << 8) | data[i]
+    return value, pos + size
+
+
+def stream_payload(conn: Any, context: Any, plain: bytes) -> bool:
+    """Handle a 1-RTT payload that is one STREAM frame with a length, exactly filling it (what a
+    bulk sender's packets are, ours and aioquic's alike) through aioquic's own
+    ``_handle_stream_frame``, without aioquic's ``_payload_received`` (its ``Buffer`` copies the
+    payload, then the frame's data out of it): True when handled; False for any other payload,
+    left to aioquic whole (it also raises the errors of a malformed one)."""
+    frame_type = plain[0]
+    if frame_type & 0xFA != 0x0A:  # STREAM (0x08-0x0f) with the LEN bit
+        return False
+    try:
+        stream_id, pos = _varint(plain, 1)
+        fields = [stream_id]
+        if frame_type & 4:
+            offset, pos = _varint(plain, pos)
+            fields.append(offset)
+        length, pos = _varint(plain, pos)
+    except IndexError:
+        return False
+    if pos + length != len(plain):
+        return False
+    fields.append(length)
+    with contextlib.suppress(StreamFinishedError):  # as aioquic: no state left for the stream, ignored
+        conn._handle_stream_frame(context, frame_type, _Frame(fields, plain[pos:]))
+    return True

@@ -69,7 +69,7 @@ from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilderStop
 from aioquic.quic.recovery import K_MICRO_SECOND, K_SECOND, QuicPacketPacer, QuicPacketRecovery
 from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
 
-from ._quic_bulk import bulk_ready, write_bulk
+from ._quic_bulk import bulk_ready, stream_payload, write_bulk
 from ._quic_copies import BULK, SendBuffer, lighten_header_protection, prime_heap
 from ._quic_pmtu import PEER_DEFAULT, Search
 
@@ -450,6 +450,18 @@ class Engine(QuicConnection):
             if stream is not None and write_bulk(self, builder, stream, now):
                 return
         QuicConnection._write_application(self, builder, network_path, now)
+
+    def _payload_received(self, context: Any, plain: bytes, crypto_frame_required: bool = False) -> tuple[bool, bool]:
+        # a payload of one big STREAM frame: without aioquic's frame loop (layers._quic_bulk)
+        if (
+            len(plain) > BULK
+            and context.epoch == aioquic_tls.Epoch.ONE_RTT
+            and not crypto_frame_required
+            and self._quic_logger is None
+            and stream_payload(self, context, plain)
+        ):
+            return True, False  # ack-eliciting, not probing
+        return QuicConnection._payload_received(self, context, plain, crypto_frame_required)
 
     def bulk_plain(self, size: int) -> bytearray:
         """The plaintext buffer :func:`~layers._quic_bulk.write_bulk` reuses (``size`` bytes)."""
