@@ -34,7 +34,12 @@ layer never touches aioquic's private state:
 * **Bulk sending** (datagrams over 16 KiB): the few-byte tail a 64 KiB write leaves after a full
   datagram is held back (``cork``/``held``) while :class:`~layers._quic_conn.QuicConnection`'s
   driver lets the writer commit more (a third of the datagrams were such tails); a bulk stream's
-  send buffer and the 1-RTT header protection copy less (:mod:`layers._quic_copies`).
+  send buffer and the 1-RTT header protection copy less (:mod:`layers._quic_copies`). When the
+  only thing to send is one bulk stream's data, ``_write_application`` builds its packets itself
+  (:func:`~layers._quic_bulk.write_bulk`: aioquic's packets byte for byte, without its packet
+  builder's per-packet Python and copies), and a received 1-RTT payload of one STREAM frame goes
+  to aioquic's ``_handle_stream_frame`` without ``_payload_received``'s frame loop and its copy
+  (:func:`~layers._quic_bulk.stream_payload`); anything else stays aioquic's.
 * **ACKs in slow start**: for the first :data:`QUICK_ACKS` packets received, an ACK is due at
   once after two packets (RFC 9000 13.2.2; Linux's quick ACKs) rather than after aioquic's ack
   delay (1 ms, a millisecond or two on trio's clock, added to every round trip the window needs
@@ -45,7 +50,8 @@ layer never touches aioquic's private state:
 
 All of this reads attributes of aioquic 1.x (``_streams``, ``_local_max_streams_bidi``,
 ``_loss``, ``_max_datagram_size`` ...): the dependency is pinned to ``aioquic>=1.2,<2`` and
-``tests/test_quic.py`` and ``tests/test_quic_pmtu.py`` exercise each of them.
+``tests/test_quic.py``, ``tests/test_quic_pmtu.py`` and ``tests/test_quic_bulk.py`` (the bulk
+path against aioquic's own packet builder, byte for byte) exercise each of them.
 """
 
 from __future__ import annotations
