@@ -28,8 +28,9 @@ pacer after each packet, the served stream moved to the end of the queue); the f
 taken from the stream sender's pending ranges as aioquic's ``get_frame`` takes it. The copies: the
 stream's bytes into one reused plaintext buffer (from :class:`~layers._quic_copies.SendBuffer`'s
 chunks, no intermediate object), AES-GCM encrypting from it straight into the datagram
-(``encrypt_into``), the header protected in place. The datagram is a ``bytearray`` (what
-``sendto`` takes as well).
+(``encrypt_into``), the header protected in place. The datagram is that ``bytearray`` when the
+engine's driver says it only hands datagrams to ``sendto`` (``Engine.sends_buffers``, set by
+:class:`~layers._quic_conn.QuicConnection`), else ``bytes`` (aioquic's type: one more copy).
 
 Relies on aioquic 1.x internals (the builder's ``_packets``/``_datagrams``/``_flight_bytes``/
 ``_packet_number``, the sender's ``_pending``/``_buffer_start``/``_buffer_fin``/``_pending_eof``,
@@ -140,6 +141,7 @@ def write_bulk(conn: Any, builder: Any, stream: Any, now: float) -> bool:
     capacity = builder._buffer_capacity
     plain = conn.bulk_plain(capacity)
     view = memoryview(plain)
+    as_buffers = conn.sends_buffers
     sent = False
     done = False
     while True:
@@ -211,7 +213,7 @@ def write_bulk(conn: Any, builder: Any, stream: Any, now: float) -> bool:
         )
         packet.delivery_handlers.append((sender.on_data_delivery, (start, stop, fin)))
         builder._packets.append(packet)
-        builder._datagrams.append(datagram)
+        builder._datagrams.append(datagram if as_buffers else bytes(datagram))
         builder._flight_bytes += len(datagram)
         builder._total_bytes += len(datagram)
         builder._packet_number = number + 1

@@ -183,6 +183,7 @@ class QuicConnection:
         self.on_cid_retired: Callable[[bytes], None] | None = None
         engine.buffered = self._buffered
         engine.buffered_total = self._buffered_total
+        engine.sends_buffers = True  # _transmit hands datagrams to sendto, which takes a bytearray
         engine.stream_window = limits.stream_window
         engine.max_stream_window = limits.max_stream_window
         engine.max_connection_window = limits.max_connection_window

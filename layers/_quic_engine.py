@@ -197,6 +197,11 @@ class Engine(QuicConnection):
     max_stream_window: int = 16 * 1024 * 1024
     max_connection_window: int = 32 * 1024 * 1024
 
+    sends_buffers = False
+    """``datagrams_to_send`` may return a bulk packet as the ``bytearray`` it was encrypted into
+    (:mod:`layers._quic_bulk`) rather than as ``bytes`` (aioquic's type: ``receive_datagram``
+    takes no ``bytearray``): set by a driver that only hands them to ``sendto``."""
+
     max_udp_payload = 65507
     """The largest datagram we receive (our UDP sockets' buffer), announced to the peer as the
     ``max_udp_payload_size`` transport parameter."""
