@@ -235,6 +235,9 @@ class Engine(QuicConnection):
         self.held = False
         """A stream's small tail was held back by the last ``datagrams_to_send``."""
         self._plain: bytearray | None = None
+        self._bulk = False
+        """A stream of this connection took a :class:`~layers._quic_copies.SendBuffer` (only then
+        may ``_write_application`` find a bulk stream: :func:`~layers._quic_bulk.bulk_ready`)."""
 
     # ---- path MTU discovery (layers._quic_pmtu) ----------------------------------------------
 
@@ -435,6 +438,7 @@ class Engine(QuicConnection):
         QuicConnection.send_stream_data(self, stream_id, data, end_stream)
         if len(data) >= BULK:  # a bulk stream: our send buffer (layers._quic_copies)
             SendBuffer.install(self._streams[stream_id].sender)
+            self._bulk = True
 
     def set_max_streams(self, bidi: int, uni: int) -> None:
         """How many streams of each kind the peer may have open at once (before the handshake)."""
@@ -456,7 +460,7 @@ class Engine(QuicConnection):
 
     def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
         self._now = now  # the window auto-tuning's clock (aioquic passes no time further down)
-        if self._max_datagram_size > _BIG_FRAMES:  # a bulk stream's packets: ours (layers._quic_bulk)
+        if self._bulk and self._max_datagram_size > _BIG_FRAMES:  # a bulk stream's packets: ours (layers._quic_bulk)
             stream = bulk_ready(self, builder, network_path, now)
             if stream is not None and write_bulk(self, builder, stream, now):
                 return
