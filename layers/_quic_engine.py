@@ -43,7 +43,9 @@ layer never touches aioquic's private state:
 * **ACKs in slow start**: for the first :data:`QUICK_ACKS` packets received, an ACK is due at
   once after two packets (RFC 9000 13.2.2; Linux's quick ACKs) rather than after aioquic's ack
   delay (1 ms, a millisecond or two on trio's clock, added to every round trip the window needs
-  to grow); then aioquic's delayed ACKs (fewer ACKs for the sender to process).
+  to grow); then aioquic's delayed ACKs (fewer ACKs for the sender to process). A datagram
+  larger than any received before (the peer's path MTU probe, whose sender waits for its ACK to
+  send larger ones) is acknowledged at once too.
 * **Pacing** (:class:`Pacer`): bursts of two milliseconds of the pacing rate, as quinn does, so
   a sender woken by trio's millisecond clock can keep its own rate; the rate 1.25 times the
   window per round trip (RFC 9002 7.7), twice it in slow start (Linux TCP's ratios; aioquic: 1).
@@ -235,6 +237,7 @@ class Engine(QuicConnection):
         self.held = False
         """A stream's small tail was held back by the last ``datagrams_to_send``."""
         self._plain: bytearray | None = None
+        self._largest_datagram = 1200  # the largest datagram received (RFC 9000 14.1: at least 1200)
         self._bulk = False
         """A stream of this connection took a :class:`~layers._quic_copies.SendBuffer` (only then
         may ``_write_application`` find a bulk stream: :func:`~layers._quic_bulk.bulk_ready`)."""
@@ -420,12 +423,21 @@ class Engine(QuicConnection):
         space = self._spaces.get(aioquic_tls.Epoch.ONE_RTT)
         if space is not None and space.ack_at is None:
             self._unacked = 0
+        largest = self._largest_datagram
         for data, address in datagrams:
             self.receive_datagram(data, address, now=now)
-        if space is not None and space.ack_at is not None and space.largest_received_packet < QUICK_ACKS:
-            self._unacked += len(datagrams)
-            if self._unacked >= 2 and space.ack_at > now:
+            if len(data) > largest:
+                largest = len(data)
+        if space is not None and space.ack_at is not None and space.ack_at > now:
+            if largest > self._largest_datagram:
+                # larger than any before: the peer's path MTU probe (or its first datagram of a
+                # size it just learnt), whose ACK it waits for to send larger: acknowledged at once
                 space.ack_at = now
+            elif space.largest_received_packet < QUICK_ACKS:
+                self._unacked += len(datagrams)
+                if self._unacked >= 2:
+                    space.ack_at = now
+        self._largest_datagram = largest
 
     def lighten_crypto(self) -> None:
         """Our header protection on the 1-RTT keys, once the handshake completed

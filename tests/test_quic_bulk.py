@@ -26,6 +26,7 @@ from aioquic.quic.packet_builder import QuicPacketBuilder
 
 from layers import _quic_bulk, _quic_copies
 from layers._quic_engine import Engine, client_configuration, server_configuration
+from layers._quic_pmtu import Search
 from layers.certs import CA, Leaf
 
 pytestmark = pytest.mark.skipif(not _quic_copies.PYTHON_HP, reason="aioquic's header protection is not Python here")
@@ -231,3 +232,30 @@ def test_control_frames_and_a_second_stream_hand_calls_back_to_aioquic(ca: CA, l
         pair2.transfer({0: 3 * 1024 * 1024}, midway=midway)
         assert pair2.checked == pair2.bulk_datagrams > 20
         assert True in used and False in used
+
+
+def test_a_datagram_larger_than_any_before_is_acknowledged_at_once(ca: CA, leaf: Leaf) -> None:
+    # the peer's path MTU probe: its sender waits for this ACK to send larger datagrams
+    pair = Pair(ca, leaf)
+    while not pair.client._handshake_confirmed:
+        pair.step()
+    server = pair.server
+    assert server is not None
+    for _ in range(300):  # past the quick ACKs of slow start (Engine.receive_batch)
+        pair.client.send_ping(1)
+        pair.step()
+    space = server._spaces[ONE_RTT]
+    assert space.largest_received_packet >= 256
+    server.datagrams_to_send(pair.now + 1)  # nothing waits for an ACK now
+    assert space.ack_at is None
+    pair.client.pmtu = Search(1350, BIG)
+    probe = pair.client._send_probe_of(20000, pair.now)
+    assert len(probe) == 1 and len(probe[0][0]) == 20000
+    server.receive_batch([(probe[0][0], ADDR_C)], pair.now)
+    assert space.ack_at == pair.now
+    server.datagrams_to_send(pair.now)  # the ACK
+    assert space.ack_at is None
+    pair.client.send_ping(2)  # a smaller datagram after it: aioquic's ack delay again
+    later = pair.now + 0.01
+    server.receive_batch([(data, ADDR_C) for data, _ in pair.client.datagrams_to_send(later)], later)
+    assert space.ack_at is not None and space.ack_at > later
