@@ -437,7 +437,10 @@ class Engine(QuicConnection):
                 self._unacked += len(datagrams)
                 if self._unacked >= 2:
                     space.ack_at = now
-        self._largest_datagram = largest
+        if largest > self._largest_datagram:
+            if largest > _BIG_FRAMES >= self._largest_datagram:
+                self._install("_payload_received", self._payload_received_bulk)
+            self._largest_datagram = largest
 
     def lighten_crypto(self) -> None:
         """Our header protection on the 1-RTT keys, once the handshake completed
@@ -478,8 +481,12 @@ class Engine(QuicConnection):
                 return
         QuicConnection._write_application(self, builder, network_path, now)
 
-    def _payload_received(self, context: Any, plain: bytes, crypto_frame_required: bool = False) -> tuple[bool, bool]:
-        # a payload of one big STREAM frame: without aioquic's frame loop (layers._quic_bulk)
+    def _payload_received_bulk(
+        self, context: Any, plain: bytes, crypto_frame_required: bool = False
+    ) -> tuple[bool, bool]:
+        """``_payload_received`` once a datagram over :data:`_BIG_FRAMES` bytes came
+        (:meth:`receive_batch` installs it): a payload of one big STREAM frame goes without
+        aioquic's frame loop (:func:`~layers._quic_bulk.stream_payload`)."""
         if (
             len(plain) > BULK
             and context.epoch == aioquic_tls.Epoch.ONE_RTT
