@@ -25,6 +25,7 @@ from aioquic.quic.packet import QuicPacketType
 from aioquic.quic.packet_builder import QuicPacketBuilder
 
 from layers import _quic_bulk, _quic_copies
+from layers import _quic_engine as engine_module
 from layers._quic_engine import Engine, client_configuration, server_configuration
 from layers._quic_pmtu import Search
 from layers.certs import CA, Leaf
@@ -220,8 +221,6 @@ def test_control_frames_and_a_second_stream_hand_calls_back_to_aioquic(ca: CA, l
     def midway(pair: Pair) -> None:
         pair.client.send_ping(1)
         pair.client._cryptos[ONE_RTT].update_key()  # a key update: aioquic's packets carry it
-
-    import layers._quic_engine as engine_module
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(engine_module, "bulk_ready", watched)
