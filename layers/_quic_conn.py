@@ -183,6 +183,7 @@ class QuicConnection:
         self.on_cid_retired: Callable[[bytes], None] | None = None
         engine.buffered = self._buffered
         engine.buffered_total = self._buffered_total
+        engine.sends_buffers = True  # _transmit hands datagrams to sendto, which takes a bytearray
         engine.stream_window = limits.stream_window
         engine.max_stream_window = limits.max_stream_window
         engine.max_connection_window = limits.max_connection_window
@@ -246,7 +247,8 @@ class QuicConnection:
         held, self._accepted = self._accepted, deque()
         for stream in held:
             self._streams.pop(stream.stream_id, None)
-            data, stream._first, stream._in = stream._first + bytes(stream._in), b"", bytearray()
+            data = stream._take_queued() + bytes(stream._in)
+            stream._in = bytearray()
             if data or stream._in_ended:
                 hook(qe.StreamDataReceived(data=data, end_stream=stream._in_ended, stream_id=stream.stream_id))
 
@@ -351,7 +353,8 @@ class QuicConnection:
                     await self._transmit()  # what was queued while the last one waited (a CONNECTION_CLOSE)
                     return
                 if engine.held:
-                    await self._send_held()
+                    if await self._send_held():
+                        continue  # the writer committed more: sent now (the hold yielded already)
                 else:
                     self._holds = 0
                 timer = engine.get_timer()
@@ -363,12 +366,14 @@ class QuicConnection:
                 self._fail_all()
             self._terminated.set()
 
-    async def _send_held(self) -> None:
+    async def _send_held(self) -> bool:
         """The engine held back a stream's small tail (``Engine.cork``): let the writer run for
         :data:`HOLD_ROUNDS` scheduling rounds; if anything woke the driver meanwhile (the writer
         committed more), the next pass sends it all (a full datagram, not a full one and a few
         bytes) and may hold a tail again, at most :data:`MAX_HOLDS` times in a row; otherwise the
-        tail leaves now."""
+        tail leaves now. True when woken: the driver then goes round at once (these rounds were
+        its yield; a sleep on its set event would cost a cancel scope and one more round per
+        datagram of a bulk writer)."""
         engine = self._engine
         engine.held = False
         wakes = self._wakes
@@ -377,13 +382,14 @@ class QuicConnection:
             for _ in range(HOLD_ROUNDS):
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 if self._wakes != wakes:
-                    return  # _wake_ev is set: the loop comes round at once
+                    return True  # woken: the driver's loop comes round at once, without sleeping
         self._holds = 0
         engine.cork = False
         try:
             await self._transmit()
         finally:
             engine.cork = True
+        return False
 
     async def _transmit(self) -> None:
         datagrams = self._engine.datagrams_to_send(now=trio.current_time())

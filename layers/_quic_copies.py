@@ -13,6 +13,9 @@ interface aioquic uses, so aioquic's own code runs unchanged around it:
   on a connection's 1-RTT keys once the handshake completed, by setting the ``__class__`` of
   aioquic's objects (same state, these two methods), and only where aioquic's header protection
   is the Python class whose ``_mask`` it relies on (aioquic >= 1.7; before, a C extension).
+  The same keys' ``CryptoContext`` becomes a :class:`RecvContext` likewise: it decrypts a
+  received packet's payload from a view rather than from a copy of it (aioquic slices it out).
+  A key update (RFC 9001 6) makes new contexts of aioquic's own: they work as before.
 * :class:`SendBuffer`: a stream sender's ``_buffer`` (what was committed and is not yet
   acknowledged). aioquic's is a ``bytearray`` appended at the end and cut at the front as
   acknowledgements come: CPython then copies all of it (megabytes, at a bulk sender's windows)
@@ -33,12 +36,15 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import Any
 
+from aioquic.quic.crypto import CryptoContext, KeyUnavailableError, next_key_phase
+from aioquic.quic.packet import decode_packet_number, is_long_header
+
 try:  # aioquic >= 1.7: header protection in Python
     from aioquic._crypto import HeaderProtection as _HeaderProtection
 except ImportError:  # pragma: no cover
     _HeaderProtection = None  # type: ignore[assignment,misc]
 
-__all__ = ["BULK", "HeaderProtection", "SendBuffer", "lighten_header_protection", "prime_heap"]
+__all__ = ["BULK", "HeaderProtection", "RecvContext", "SendBuffer", "lighten_header_protection", "prime_heap"]
 
 PYTHON_HP = _HeaderProtection is not None and hasattr(_HeaderProtection, "_mask")
 
@@ -101,13 +107,41 @@ def prime_heap() -> None:
 
 
 def lighten_header_protection(contexts: Any) -> None:
-    """Give each of these aioquic ``CryptoContext`` objects our :class:`HeaderProtection`."""
+    """Give each of these aioquic ``CryptoContext`` objects our :class:`HeaderProtection`, and
+    our :class:`RecvContext`'s ``decrypt_packet``."""
     if not PYTHON_HP:
         return
     for context in contexts:
         hp = getattr(context, "hp", None)
         if type(hp) is _HeaderProtection:
             hp.__class__ = HeaderProtection
+        if type(context) is CryptoContext:
+            context.__class__ = RecvContext
+
+
+class RecvContext(CryptoContext):
+    """aioquic's ``CryptoContext`` whose ``decrypt_packet`` decrypts the payload from a view of
+    the packet: aioquic slices it out (a copy of the whole packet) for the AEAD, which reads
+    any buffer. Otherwise aioquic's code, line for line (aioquic 1.x ``quic/crypto.py``)."""
+
+    def decrypt_packet(
+        self, packet: bytes, encrypted_offset: int, expected_packet_number: int
+    ) -> tuple[bytes, bytes, int, bool]:
+        if self.aead is None:
+            raise KeyUnavailableError("Decryption key is not available")
+        assert self.hp is not None
+        plain_header, packet_number = self.hp.remove(packet, encrypted_offset)
+        first_byte = plain_header[0]
+        pn_length = (first_byte & 0x03) + 1
+        packet_number = decode_packet_number(packet_number, pn_length * 8, expected_packet_number)
+        crypto: CryptoContext = self
+        if not is_long_header(first_byte):
+            key_phase = (first_byte & 4) >> 2
+            if key_phase != self.key_phase:
+                crypto = next_key_phase(self)
+        assert crypto.aead is not None
+        payload = crypto.aead.decrypt(memoryview(packet)[len(plain_header) :], plain_header, packet_number)  # type: ignore[arg-type]  # any buffer
+        return plain_header, payload, packet_number, crypto != self
 
 
 class SendBuffer:
@@ -184,3 +218,23 @@ class SendBuffer:
         chunk = chunks[i]
         pieces.append(memoryview(chunk)[: last - ends[i] + len(chunk)])
         return b"".join(pieces)
+
+    def copy_into(self, target: memoryview, start: int) -> None:
+        """Copy the ``len(target)`` bytes from offset ``start`` into ``target`` (a frame's data
+        straight into the plaintext of its packet: :mod:`layers._quic_bulk`)."""
+        first = self._origin + start
+        last = first + len(target)
+        if start < 0 or last > self._end:
+            raise IndexError("outside the send buffer")
+        ends, chunks = self._ends, self._chunks
+        i = bisect_right(ends, first, self._head)
+        pos = 0
+        while first < last:
+            chunk = chunks[i]
+            begin = ends[i] - len(chunk)
+            stop = min(ends[i], last)
+            n = stop - first
+            target[pos : pos + n] = memoryview(chunk)[first - begin : stop - begin]
+            pos += n
+            first = stop
+            i += 1

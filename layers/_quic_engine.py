@@ -34,18 +34,26 @@ layer never touches aioquic's private state:
 * **Bulk sending** (datagrams over 16 KiB): the few-byte tail a 64 KiB write leaves after a full
   datagram is held back (``cork``/``held``) while :class:`~layers._quic_conn.QuicConnection`'s
   driver lets the writer commit more (a third of the datagrams were such tails); a bulk stream's
-  send buffer and the 1-RTT header protection copy less (:mod:`layers._quic_copies`).
+  send buffer and the 1-RTT header protection copy less (:mod:`layers._quic_copies`). When the
+  only thing to send is one bulk stream's data, ``_write_application`` builds its packets itself
+  (:func:`~layers._quic_bulk.write_bulk`: aioquic's packets byte for byte, without its packet
+  builder's per-packet Python and copies), and a received 1-RTT payload of one STREAM frame goes
+  to aioquic's ``_handle_stream_frame`` without ``_payload_received``'s frame loop and its copy
+  (:func:`~layers._quic_bulk.stream_payload`); anything else stays aioquic's.
 * **ACKs in slow start**: for the first :data:`QUICK_ACKS` packets received, an ACK is due at
   once after two packets (RFC 9000 13.2.2; Linux's quick ACKs) rather than after aioquic's ack
   delay (1 ms, a millisecond or two on trio's clock, added to every round trip the window needs
-  to grow); then aioquic's delayed ACKs (fewer ACKs for the sender to process).
+  to grow); then aioquic's delayed ACKs (fewer ACKs for the sender to process). A datagram
+  larger than any received before (the peer's path MTU probe, whose sender waits for its ACK to
+  send larger ones) is acknowledged at once too.
 * **Pacing** (:class:`Pacer`): bursts of two milliseconds of the pacing rate, as quinn does, so
   a sender woken by trio's millisecond clock can keep its own rate; the rate 1.25 times the
   window per round trip (RFC 9002 7.7), twice it in slow start (Linux TCP's ratios; aioquic: 1).
 
 All of this reads attributes of aioquic 1.x (``_streams``, ``_local_max_streams_bidi``,
 ``_loss``, ``_max_datagram_size`` ...): the dependency is pinned to ``aioquic>=1.2,<2`` and
-``tests/test_quic.py`` and ``tests/test_quic_pmtu.py`` exercise each of them.
+``tests/test_quic.py``, ``tests/test_quic_pmtu.py`` and ``tests/test_quic_bulk.py`` (the bulk
+path against aioquic's own packet builder, byte for byte) exercise each of them.
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilderStop
 from aioquic.quic.recovery import K_MICRO_SECOND, K_SECOND, QuicPacketPacer, QuicPacketRecovery
 from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
 
+from ._quic_bulk import bulk_ready, stream_payload, write_bulk
 from ._quic_copies import BULK, SendBuffer, lighten_header_protection, prime_heap
 from ._quic_pmtu import PEER_DEFAULT, Search
 
@@ -190,6 +199,11 @@ class Engine(QuicConnection):
     max_stream_window: int = 16 * 1024 * 1024
     max_connection_window: int = 32 * 1024 * 1024
 
+    sends_buffers = False
+    """``datagrams_to_send`` may return a bulk packet as the ``bytearray`` it was encrypted into
+    (:mod:`layers._quic_bulk`) rather than as ``bytes`` (aioquic's type: ``receive_datagram``
+    takes no ``bytearray``): set by a driver that only hands them to ``sendto``."""
+
     max_udp_payload = 65507
     """The largest datagram we receive (our UDP sockets' buffer), announced to the peer as the
     ``max_udp_payload_size`` transport parameter."""
@@ -222,6 +236,11 @@ class Engine(QuicConnection):
         each): the driver sends it when the writer commits nothing more (``held``)."""
         self.held = False
         """A stream's small tail was held back by the last ``datagrams_to_send``."""
+        self._plain: bytearray | None = None
+        self._largest_datagram = 1200  # the largest datagram received (RFC 9000 14.1: at least 1200)
+        self._bulk = False
+        """A stream of this connection took a :class:`~layers._quic_copies.SendBuffer` (only then
+        may ``_write_application`` find a bulk stream: :func:`~layers._quic_bulk.bulk_ready`)."""
 
     # ---- path MTU discovery (layers._quic_pmtu) ----------------------------------------------
 
@@ -404,12 +423,24 @@ class Engine(QuicConnection):
         space = self._spaces.get(aioquic_tls.Epoch.ONE_RTT)
         if space is not None and space.ack_at is None:
             self._unacked = 0
+        largest = self._largest_datagram
         for data, address in datagrams:
             self.receive_datagram(data, address, now=now)
-        if space is not None and space.ack_at is not None and space.largest_received_packet < QUICK_ACKS:
-            self._unacked += len(datagrams)
-            if self._unacked >= 2 and space.ack_at > now:
+            if len(data) > largest:
+                largest = len(data)
+        if space is not None and space.ack_at is not None and space.ack_at > now:
+            if largest > self._largest_datagram:
+                # larger than any before: the peer's path MTU probe (or its first datagram of a
+                # size it just learnt), whose ACK it waits for to send larger: acknowledged at once
                 space.ack_at = now
+            elif space.largest_received_packet < QUICK_ACKS:
+                self._unacked += len(datagrams)
+                if self._unacked >= 2:
+                    space.ack_at = now
+        if largest > self._largest_datagram:
+            if largest > _BIG_FRAMES >= self._largest_datagram:
+                self._install("_payload_received", self._payload_received_bulk)
+            self._largest_datagram = largest
 
     def lighten_crypto(self) -> None:
         """Our header protection on the 1-RTT keys, once the handshake completed
@@ -422,6 +453,7 @@ class Engine(QuicConnection):
         QuicConnection.send_stream_data(self, stream_id, data, end_stream)
         if len(data) >= BULK:  # a bulk stream: our send buffer (layers._quic_copies)
             SendBuffer.install(self._streams[stream_id].sender)
+            self._bulk = True
 
     def set_max_streams(self, bidi: int, uni: int) -> None:
         """How many streams of each kind the peer may have open at once (before the handshake)."""
@@ -443,7 +475,52 @@ class Engine(QuicConnection):
 
     def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
         self._now = now  # the window auto-tuning's clock (aioquic passes no time further down)
+        if self._bulk and self._max_datagram_size > _BIG_FRAMES:  # a bulk stream's packets: ours (layers._quic_bulk)
+            stream = bulk_ready(self, builder, network_path, now)
+            if stream is not None and write_bulk(self, builder, stream, now):
+                return
         QuicConnection._write_application(self, builder, network_path, now)
+
+    def _payload_received_bulk(
+        self, context: Any, plain: bytes, crypto_frame_required: bool = False
+    ) -> tuple[bool, bool]:
+        """``_payload_received`` once a datagram over :data:`_BIG_FRAMES` bytes came
+        (:meth:`receive_batch` installs it): a payload of one big STREAM frame goes without
+        aioquic's frame loop (:func:`~layers._quic_bulk.stream_payload`)."""
+        if (
+            len(plain) > BULK
+            and context.epoch == aioquic_tls.Epoch.ONE_RTT
+            and not crypto_frame_required
+            and self._quic_logger is None
+            and stream_payload(self, context, plain)
+        ):
+            return True, False  # ack-eliciting, not probing
+        return QuicConnection._payload_received(self, context, plain, crypto_frame_required)
+
+    def bulk_plain(self, size: int) -> bytearray:
+        """The plaintext buffer :func:`~layers._quic_bulk.write_bulk` reuses (``size`` bytes)."""
+        plain = self._plain
+        if plain is None or len(plain) < size:
+            plain = self._plain = bytearray(size)
+        return plain
+
+    def limits_quiet(self) -> bool:
+        """Whether :meth:`_write_connection_limits` and :meth:`_write_stream_limits` would write
+        nothing and change nothing in a packet built now (:func:`~layers._quic_bulk.bulk_ready`)."""
+        limit = self._local_max_data
+        if self._reads or limit.value - limit.used < self.connection_window // 4:
+            return False
+        for lim in (limit, self._local_max_streams_bidi, self._local_max_streams_uni):
+            if lim.value != lim.sent and (lim is limit or lim.sent - lim.used < lim.value - lim.sent):
+                return False
+        for stream in self._streams.values():
+            local = stream.max_stream_data_local
+            if local and (
+                2 * stream.receiver.starting_offset() >= local
+                or (stream.max_stream_data_local_sent != local and not stream.receiver.is_finished)
+            ):
+                return False
+        return True
 
     def _grown(self, window: int, cap: int, last: float | None) -> int:
         """``window``, doubled (up to ``cap``) when the previous update of it was granted less

@@ -2,9 +2,9 @@
 ``_quic_conn.py``; :mod:`layers.quic`'s docstring states the semantics).
 
 Theory of operation: a stream does no I/O of its own, as an HTTP/2 stream does not. ``recv``
-waits for what the connection put in its buffer (``_first``, then ``_in``) when aioquic delivered
-it, and takes from it without an ``await`` in between, so a receive that times out consumes nothing; what the
-application takes is what the engine's receive window follows (``_quic_engine.Engine``).
+waits for what the connection put in its buffer (``_first``, then ``_queue``, then ``_in``) when
+aioquic delivered it, and takes from it without an ``await`` in between, so a receive that times
+out consumes nothing; what the application takes is what the engine's receive window follows (``_quic_engine.Engine``).
 ``send`` commits at most :data:`SEND_CHUNK` bytes to aioquic per step, and only while fewer than
 :data:`HIGH_WATER` committed bytes of this stream wait to leave, then wakes the connection's
 driver; the commit happens after the last ``await``, so an interrupted step commits nothing and
@@ -19,6 +19,7 @@ Subclasses (the HTTP/3 request stream) change how bytes are committed (``_commit
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Protocol
 
 import trio
@@ -38,7 +39,9 @@ SEND_CHUNK = 64 * 1024
 
 BIG_DATA = 16 * 1024
 """Delivered bytes at least this many, arriving while nothing is buffered, are handed to the
-reader as the object aioquic delivered (``QuicStream._first``) rather than copied in and out."""
+reader as the object aioquic delivered (``QuicStream._first``) rather than copied in and out;
+what arrives after them while the reader has not taken them is queued as delivered too
+(``QuicStream._queue``): a bulk receiver gets several datagrams' worth per batch."""
 
 
 class StreamOwner(Protocol):
@@ -87,9 +90,10 @@ class QuicStream(StreamErrors, ByteStream):
 
     _takes_first = True
     """:data:`BIG_DATA` bytes or more that arrive while nothing is buffered are kept as the
-    ``bytes`` aioquic delivered (``_first``) and handed to the reader as they are (a
-    ``bytearray`` copied them in and out); a subclass that counts what it buffers its own way
-    (``_buffered_in``) keeps to ``_in``."""
+    ``bytes`` aioquic delivered (``_first``), and what follows them while they wait as the
+    ``bytes`` delivered too (``_queue``, ``_queued`` bytes), each handed to the reader as it is
+    (a ``bytearray`` copied them in and out, and cut its front on each read); a subclass that
+    counts what it buffers its own way (``_buffered_in``) keeps to ``_in``."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -101,7 +105,9 @@ class QuicStream(StreamErrors, ByteStream):
         self._conn = conn
         self.stream_id = stream_id
         self._in = bytearray()
-        self._first = b""  # bytes delivered before those in _in, kept as aioquic gave them
+        self._first = b""  # bytes delivered before those in _queue and _in, kept as aioquic gave them
+        self._queue: deque[bytes] | None = None  # delivered after _first (only while _first is not empty)
+        self._queued = 0  # bytes in _queue
         self._in_ended = False
         self._can_send = can_send
         self._can_recv = can_recv
@@ -132,7 +138,15 @@ class QuicStream(StreamErrors, ByteStream):
 
     def _on_data(self, data: bytes, end: bool) -> None:
         if data:
-            if len(data) >= BIG_DATA and self._takes_first and not self._first and not self._in:
+            if self._in or not self._takes_first:
+                self._in += data
+            elif self._first:  # no copy: queued behind it, taken by a reader as it is
+                queue = self._queue
+                if queue is None:
+                    queue = self._queue = deque()
+                queue.append(data)
+                self._queued += len(data)
+            elif len(data) >= BIG_DATA:
                 self._first = data  # no copy: a reader takes this very object
             else:
                 self._in += data
@@ -156,7 +170,17 @@ class QuicStream(StreamErrors, ByteStream):
             ev.set()
 
     def _buffered_in(self) -> int:
-        return len(self._first) + len(self._in)
+        return len(self._first) + self._queued + len(self._in)
+
+    def _take_queued(self) -> bytes:
+        """Everything in ``_first`` and ``_queue``, joined, now taken from them."""
+        data = self._first
+        if self._queue:
+            data = b"".join([data, *self._queue])
+            self._queue.clear()
+            self._queued = 0
+        self._first = b""
+        return data
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -181,7 +205,12 @@ class QuicStream(StreamErrors, ByteStream):
             head = self._first
             if head:  # what came while nothing was buffered: given as it is when it fits
                 if len(head) <= max_bytes:
-                    self._first = b""
+                    queue = self._queue
+                    if queue:  # the next one takes its place (_queue only holds bytes after _first)
+                        self._first = nxt = queue.popleft()
+                        self._queued -= len(nxt)
+                    else:
+                        self._first = b""
                 else:
                     head, self._first = head[:max_bytes], head[max_bytes:]
                 self._conn.consumed(self)

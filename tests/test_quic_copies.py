@@ -2,8 +2,9 @@
 
 The header protection is checked byte for byte against aioquic's (apply, then remove, on random
 headers of both forms and every packet-number length); the send buffer against a ``bytearray``
-under the three operations aioquic's stream sender does (append, cut at the front, slice), in
-random sequences, and through a whole QUIC transfer with retransmissions (a lossy path).
+under the three operations aioquic's stream sender does (append, cut at the front, slice) and
+the bulk path's copy of a range, in random sequences, and through a whole QUIC transfer with
+retransmissions (a lossy path).
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ def test_send_buffer_is_a_bytearray(ops: list[Any]) -> None:
         else:
             a, b = sorted(op[1:])
             assert bytes(ours[a:b]) == bytes(theirs[a:b])
+            if b <= len(theirs):  # the bulk path's copy of a frame's bytes (layers._quic_bulk)
+                target = bytearray(b - a + 2)
+                ours.copy_into(memoryview(target)[1 : 1 + b - a], a)
+                assert target == b"\0" + theirs[a:b] + b"\0"
         assert len(ours) == len(theirs)
     assert ours[:] == bytes(theirs)
 
