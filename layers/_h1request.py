@@ -98,6 +98,7 @@ class Request(http.Request):
     responded = False
     status: int | None = None
     _response: ResponseStream | None = None  # a streamed response's, until the cycle ends
+    trailers = http.BodyTrailers()  # the body's, once it ended
     headers = _WireHeaders()  # a Headers once read
     # the parsed head's fields, set per request (no Headers built); here, in place of the model's property
     raw_headers: list[tuple[bytes, bytes]] = None  # type: ignore[assignment]
@@ -107,15 +108,6 @@ class Request(http.Request):
     _owner: RequestOwner
     _head: ParsedHead
     _body: RequestBody
-
-    @property  # kept by the body: a request and its body hold no reference cycle (each would be garbage
-    def trailers(self) -> Headers:  # for the cycle collector, a collection every few hundred requests)
-        """The request's trailer fields, once its body has ended (empty if none)."""
-        return self._body._trailers
-
-    @trailers.setter
-    def trailers(self, value: Headers) -> None:
-        self._body._trailers = value
 
     def respond(  # returns the connection's coroutine: the same awaitable
         self, status: int, headers: HeaderInput = (), body: bytes = b"", *, deadline: float = FOREVER
@@ -165,7 +157,7 @@ class RequestBody(ByteStream):
     _closed: str | None = None
     _broken: BaseException | None = None
     _pending = b""
-    _trailers = Headers()  # the request's (Request.trailers): replaced, never changed in place
+    trailers = Headers()  # the request's trailer fields, once the body ended: replaced, never changed in place
 
     # No __init__: the server connection makes each body (ServerCycle._start_request sets these).
     _lower: ByteStream

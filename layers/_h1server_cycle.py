@@ -167,7 +167,7 @@ class ServerCycle(H1Connection, ResponseWriter):
             if got is not None:
                 body._complete = True
                 if got:
-                    body._trailers = Headers(got)
+                    body.trailers = Headers(got)
                 return b""
             if (
                 self._expect_100

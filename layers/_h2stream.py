@@ -26,7 +26,7 @@ from stack.errors import Broken, Closed, StackError, Timeout
 from stack.streams import ByteStream, Info
 
 from ._h2core import H2Core
-from ._http_model import HeaderInput, Headers, Limits, Request, Response, date_header, small_fields
+from ._http_model import BodyTrailers, HeaderInput, Headers, Limits, Request, Response, date_header, small_fields
 from ._muxed_stream import ResponseHead, StreamErrors
 
 __all__ = ["HIGH_WATER", "SEND_CHUNK", "H2Request", "H2Response", "H2Stream", "StreamOwner"]
@@ -501,6 +501,7 @@ class H2Request(Request):
     responded = False
     status: int | None = None
     http_version = "2"
+    trailers = BodyTrailers()  # the stream's, once its body ended
     _extra_fields: tuple[tuple[bytes, bytes], ...] = ()  # the server's response_headers
 
     def __init__(
@@ -526,15 +527,6 @@ class H2Request(Request):
         self.limits = limits
         self._stream = stream
         self.stream_id = stream.stream_id
-
-    @property  # kept by the stream: a request and its stream hold no reference cycle (each would be
-    def trailers(self) -> Headers:  # garbage for the cycle collector, a collection every few hundred)
-        """The request's trailers, once its body has ended (empty if none)."""
-        return self._stream.trailers
-
-    @trailers.setter
-    def trailers(self, value: Headers) -> None:
-        self._stream.trailers = value
 
     async def respond(
         self, status: int, headers: HeaderInput = (), body: bytes = b"", *, deadline: float = FOREVER
@@ -646,16 +638,8 @@ class H2Response(Response):
     """A response received over HTTP/2 (see :class:`layers.http.Response`); ``stream_id``."""
 
     body: H2Stream
+    trailers = BodyTrailers()  # the stream's, once its body ended
 
     def __init__(self, status: int, headers: Headers, body: H2Stream) -> None:
         super().__init__(status, headers, "2", body)
         self.stream_id = body.stream_id
-
-    @property  # kept by the stream (as H2Request's)
-    def trailers(self) -> Headers:
-        """The response's trailers, once its body has ended (empty if none)."""
-        return self.body.trailers
-
-    @trailers.setter
-    def trailers(self, value: Headers) -> None:
-        self.body.trailers = value

@@ -23,7 +23,7 @@ from stack.deadlines import FOREVER
 from stack.errors import StackError
 from stack.streams import ByteStream, Info
 
-from ._http_model import HeaderInput, Headers, Limits, Request, Response, date_header
+from ._http_model import BodyTrailers, HeaderInput, Headers, Limits, Request, Response, date_header
 from ._muxed_stream import ResponseHead
 from ._quic_stream import QuicStream, StreamOwner
 
@@ -142,6 +142,7 @@ class H3Request(Request):
     ``protocol`` (the ``:protocol`` of an extended CONNECT, else ``None``)."""
 
     http_version = "3"
+    trailers = BodyTrailers()  # the stream's, once its body ended
 
     def __init__(
         self,
@@ -155,22 +156,13 @@ class H3Request(Request):
         protocol: str | None,
         limits: Limits,
     ) -> None:
-        self._stream = stream  # first: the base's __init__ sets the trailers, which are the stream's
         super().__init__(
             method, target, headers, "3", stream, stream.info, scheme=scheme, authority=authority, limits=limits
         )
         self.info = stream._conn.h3_info
+        self._stream = stream
         self.stream_id = stream.stream_id
         self.protocol = protocol
-
-    @property  # kept by the stream: a request and its stream hold no reference cycle (as HTTP/2's)
-    def trailers(self) -> Headers:
-        """The request's trailers, once its body has ended (empty if none)."""
-        return self._stream.trailers
-
-    @trailers.setter
-    def trailers(self, value: Headers) -> None:
-        self._stream.trailers = value
 
     def _send_head(self, status: int, headers: Headers, body_length: int | None, end_stream: bool) -> None:
         stream = self._stream
@@ -217,16 +209,8 @@ class H3Response(Response):
     """A response received over HTTP/3 (see :class:`layers.http.Response`); ``stream_id``."""
 
     body: H3Stream
+    trailers = BodyTrailers()  # the stream's, once its body ended
 
     def __init__(self, status: int, headers: Headers, body: H3Stream) -> None:
         super().__init__(status, headers, "3", body)
         self.stream_id = body.stream_id
-
-    @property  # kept by the stream (as H3Request's)
-    def trailers(self) -> Headers:
-        """The response's trailers, once its body has ended (empty if none)."""
-        return self.body.trailers
-
-    @trailers.setter
-    def trailers(self, value: Headers) -> None:
-        self.body.trailers = value

@@ -316,6 +316,22 @@ class Request:
         raise NotImplementedError
 
 
+class BodyTrailers:
+    """``trailers`` kept by the message's body stream (``body.trailers``), for a version whose body
+    receives them (an HTTP/2 or HTTP/3 stream, the HTTP/1.1 request body): the message reads and
+    sets them there, so the message and its body hold no reference cycle (one per request would
+    make every request garbage for the cycle collector)."""
+
+    def __get__(self, message: Any, owner: type | None = None) -> Headers:
+        if message is None:  # on the class (introspection)
+            return self  # type: ignore[return-value]
+        trailers: Headers = message.body.trailers
+        return trailers
+
+    def __set__(self, message: Any, value: Headers) -> None:
+        message.body.trailers = value
+
+
 class TunnelRefused(StackError):
     """A CONNECT or an Upgrade got an answer other than the tunnel (not 2xx to CONNECT, not 101 to
     an Upgrade). ``response`` is that answer (its body may explain why; close it when done)."""
