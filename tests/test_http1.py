@@ -18,6 +18,7 @@ import h11
 import pytest
 import trio
 import trio.testing
+from _garbage import collected_only
 
 from layers import http, http1
 from layers.http import Limits
@@ -1071,7 +1072,6 @@ async def test_response_heads_built_once_are_only_small_ones(nursery: trio.Nurse
 async def test_finished_requests_leave_no_cyclic_garbage(nursery: trio.Nursery) -> None:
     """A request, its body and its response stream are freed by reference counting once the
     cycle ends: garbage in a cycle would cost a collection every few hundred requests."""
-    import gc
 
     async def app(request: http.Request) -> None:
         await request.read()
@@ -1083,10 +1083,7 @@ async def test_finished_requests_leave_no_cyclic_garbage(nursery: trio.Nursery) 
             await request.respond(200, body=request.trailers.get("x-sum", "").encode())
 
     c = await serving(nursery, app)
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with collected_only() as garbage:
         for _ in range(3):
             await c.send(GET)
             assert (await read_response(c))[1] == b""
@@ -1094,19 +1091,13 @@ async def test_finished_requests_leave_no_cyclic_garbage(nursery: trio.Nursery) 
             assert (await read_response(c))[1] == b"42"
             await c.send(GET.replace(b"/", b"/streamed", 1))
             assert (await read_response(c))[1] == b"part"
-        gc.collect()
-        kinds = {type(o).__name__ for o in gc.garbage}
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+    kinds = {type(o).__name__ for o in garbage}
     assert not kinds & {"Request", "RequestBody", "ResponseStream", "ParsedHead"}, kinds
 
 
 async def test_client_responses_read_to_their_end_leave_no_cyclic_garbage(nursery: trio.Nursery) -> None:
     """A response and its body hold each other only until the body ends (the trailers go to the
     response then): a read response is freed by reference counting, like the server's requests."""
-    import gc
 
     async def app(request: http.Request) -> None:
         if request.target == "/streamed":
@@ -1117,21 +1108,13 @@ async def test_client_responses_read_to_their_end_leave_no_cyclic_garbage(nurser
             await request.respond(200, body=b"whole")
 
     conn = await client_server(nursery, app)
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with collected_only() as garbage:
         for _ in range(3):
             response = await conn.request("GET", "/")
             assert await response.read() == b"whole"
             response = await conn.request("GET", "/streamed")
             assert await response.read() == b"abc" and response.trailers.get("x-end") == "yes"
         del response
-        gc.collect()
-        kinds = {type(o).__name__ for o in gc.garbage}
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+    kinds = {type(o).__name__ for o in garbage}
     assert not kinds & {"Response", "_ResponseBody", "Request", "RequestBody", "ResponseStream"}, kinds
     await conn.aclose()

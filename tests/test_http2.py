@@ -17,6 +17,7 @@ import h2.settings
 import pytest
 import trio
 import trio.testing
+from _garbage import collected_only
 
 from layers import framing, http, http2, tcp
 from layers.http import Limits
@@ -1001,13 +1002,8 @@ async def test_finished_requests_leave_no_cyclic_garbage() -> None:
     """A request and its stream are freed by reference counting once the stream is done (the
     trailers are the stream's): garbage in a cycle would cost a collection every few hundred
     requests. (The client's response and its stream still hold each other.)"""
-    import gc
-
     async with h2_pair() as conn:
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
+        with collected_only() as garbage:
             for _ in range(3):
                 assert await (await conn.request("GET", "/")).read() == b"Hello, world!"
                 stream = await conn.start_request("POST", "/trailers")
@@ -1016,11 +1012,6 @@ async def test_finished_requests_leave_no_cyclic_garbage() -> None:
                 assert await (await stream.response()).read() == b"payload|42"
                 del stream
             await trio.testing.wait_all_tasks_blocked()
-            gc.collect()
-            server_side = [o for o in gc.garbage if type(o) is http2.H2Request]
-            server_side += [o for o in gc.garbage if type(o).__name__ == "H2Stream" and o._response is None]
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
+        server_side = [o for o in garbage if type(o) is http2.H2Request]
+        server_side += [o for o in garbage if type(o).__name__ == "H2Stream" and o._response is None]
         assert not server_side
