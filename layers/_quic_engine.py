@@ -80,6 +80,7 @@ from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
 from ._quic_bulk import bulk_ready, stream_payload, write_bulk
 from ._quic_copies import BULK, SendBuffer, lighten_header_protection, prime_heap
 from ._quic_pmtu import PEER_DEFAULT, Search
+from ._quic_recv import Fast, receive_short
 
 __all__ = ["Engine", "client_configuration", "server_configuration"]
 
@@ -241,6 +242,9 @@ class Engine(QuicConnection):
         self._bulk = False
         """A stream of this connection took a :class:`~layers._quic_copies.SendBuffer` (only then
         may ``_write_application`` find a bulk stream: :func:`~layers._quic_bulk.bulk_ready`)."""
+        self._fast: Fast | None = None
+        """A bulk receiver's 1-RTT datagrams go to :func:`~layers._quic_recv.receive_short` (set
+        with ``_payload_received_bulk``, once a datagram over :data:`_BIG_FRAMES` bytes came)."""
 
     # ---- path MTU discovery (layers._quic_pmtu) ----------------------------------------------
 
@@ -424,8 +428,10 @@ class Engine(QuicConnection):
         if space is not None and space.ack_at is None:
             self._unacked = 0
         largest = self._largest_datagram
+        fast = self._fast
         for data, address in datagrams:
-            self.receive_datagram(data, address, now=now)
+            if fast is None or not receive_short(self, fast, data, address, now):
+                self.receive_datagram(data, address, now=now)
             if len(data) > largest:
                 largest = len(data)
         if space is not None and space.ack_at is not None and space.ack_at > now:
@@ -440,6 +446,8 @@ class Engine(QuicConnection):
         if largest > self._largest_datagram:
             if largest > _BIG_FRAMES >= self._largest_datagram:
                 self._install("_payload_received", self._payload_received_bulk)
+                if aioquic_tls.Epoch.ONE_RTT in self._spaces:
+                    self._fast = Fast(self)
             self._largest_datagram = largest
 
     def lighten_crypto(self) -> None:
