@@ -80,7 +80,7 @@ from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
 from ._quic_bulk import bulk_ready, stream_payload, write_bulk
 from ._quic_copies import BULK, SendBuffer, lighten_header_protection, prime_heap
 from ._quic_pmtu import PEER_DEFAULT, Search
-from ._quic_recv import Fast, receive_short
+from ._quic_recv import Fast, receive_short, skip_padding
 
 __all__ = ["Engine", "client_configuration", "server_configuration"]
 
@@ -276,7 +276,9 @@ class Engine(QuicConnection):
     def _datagrams_to_send_probing(self, now: float) -> list[tuple[bytes, Any]]:
         """``datagrams_to_send`` while a path MTU search runs: a probe first when one is due."""
         pmtu = self.pmtu
-        if pmtu is not None and self._handshake_confirmed and not self._close_pending:
+        # (a server's HANDSHAKE_DONE first: a probe filling the window would hold it back a round trip)
+        confirmed = self._handshake_confirmed and not self._handshake_done_pending
+        if pmtu is not None and confirmed and not self._close_pending:
             size = pmtu.next_probe()
             loss = self._loss
             # within the congestion window, or alone in flight (an endpoint that mostly receives
@@ -361,6 +363,8 @@ class Engine(QuicConnection):
             cc.congestion_window = initial
         if loss._rtt_initialized:
             loss._pacer.update_rate(congestion_window=cc.congestion_window, smoothed_rtt=loss._rtt_smoothed)
+
+    _handle_padding_frame = skip_padding  # (layers._quic_recv: aioquic's loops in Python over each byte)
 
     def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
         super()._parse_transport_parameters(data, from_session_ticket)
