@@ -40,12 +40,13 @@ layer never touches aioquic's private state:
   builder's per-packet Python and copies), and a received 1-RTT payload of one STREAM frame goes
   to aioquic's ``_handle_stream_frame`` without ``_payload_received``'s frame loop and its copy
   (:func:`~layers._quic_bulk.stream_payload`); anything else stays aioquic's.
-* **ACKs in slow start**: for the first :data:`QUICK_ACKS` packets received, an ACK is due at
-  once after two packets (RFC 9000 13.2.2; Linux's quick ACKs) rather than after aioquic's ack
-  delay (1 ms, a millisecond or two on trio's clock, added to every round trip the window needs
-  to grow); then aioquic's delayed ACKs (fewer ACKs for the sender to process). A datagram
-  larger than any received before (the peer's path MTU probe, whose sender waits for its ACK to
-  send larger ones) is acknowledged at once too.
+* **ACKs in slow start**: for the first :data:`QUICK_ACKS` packets received (and the first
+  :data:`QUICK_ACK_BYTES` of stream data), an ACK is due at once after two packets (RFC 9000
+  13.2.2; Linux's quick ACKs) rather than after aioquic's ack delay (1 ms, a millisecond or two
+  on trio's clock, added to every round trip the window needs to grow); then aioquic's delayed
+  ACKs (fewer ACKs for the sender to process). A datagram larger than any received before (the
+  peer's path MTU probe, whose sender waits for its ACK to send larger ones) is acknowledged at
+  once too.
 * **Pacing** (:class:`Pacer`): bursts of two milliseconds of the pacing rate, as quinn does, so
   a sender woken by trio's millisecond clock can keep its own rate; the rate 1.25 times the
   window per round trip (RFC 9002 7.7), twice it in slow start (Linux TCP's ratios; aioquic: 1).
@@ -105,7 +106,12 @@ so pacing at 1.25 would hold the sender below the window it has."""
 
 QUICK_ACKS = 256
 """The first packets a connection receives are acknowledged every two (:meth:`Engine.receive_batch`):
-the slow start of 64 KiB datagrams (131 KB to 8 MB), or its first round trips at 1350 bytes."""
+the first round trips of slow start at 1350 bytes."""
+
+QUICK_ACK_BYTES = 1024 * 1024
+"""... as long as fewer stream bytes than this arrived: at 64 KiB datagrams 256 packets were 16 MiB,
+half of a 32 MiB transfer acknowledged every two datagrams (an ACK built by the receiver and
+processed by the sender each time, where the window had long outgrown the path's round trip)."""
 
 
 def initial_window(size: int) -> int:
@@ -443,7 +449,7 @@ class Engine(QuicConnection):
                 # larger than any before: the peer's path MTU probe (or its first datagram of a
                 # size it just learnt), whose ACK it waits for to send larger: acknowledged at once
                 space.ack_at = now
-            elif space.largest_received_packet < QUICK_ACKS:
+            elif space.largest_received_packet < QUICK_ACKS and self._local_max_data.used < QUICK_ACK_BYTES:
                 self._unacked += len(datagrams)
                 if self._unacked >= 2:
                     space.ack_at = now
