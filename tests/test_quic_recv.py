@@ -10,7 +10,8 @@ events they queue must be equal, and so must every attribute of the two connecti
 recursively (packet number spaces and their ACK ranges, the ACK timer, the idle timer, the spin
 bit, streams, flow control, loss recovery, network paths...). The transfers drop, reorder and
 duplicate datagrams, update keys from either side, and send pings and a second stream midway:
-what the fast path does not take, aioquic takes, and the fast path must have taken most.
+what the fast path does not take, aioquic takes, and the fast path must have taken most. Our
+PADDING handler leaves a frame buffer where aioquic's leaves it.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from typing import Any
 
 import pytest
 from aioquic import tls as aioquic_tls
+from aioquic._buffer import Buffer
 from aioquic.quic import events as qe
+from aioquic.quic.connection import QuicConnection as AioquicConnection
 
 from layers import _quic_copies
 from layers import _quic_engine as engine_module
 from layers._quic_engine import Engine
+from layers._quic_recv import skip_padding
 from layers.certs import CA, Leaf
 from tests.test_quic_bulk import ADDR_C, ONE_WAY, Pair
 
@@ -177,3 +181,18 @@ def test_key_updates_pings_and_a_second_stream(ca: CA, leaf: Leaf, counted: dict
     pair2 = TwinPair(ca, leaf)
     pair2.transfer({0: 2 * 1024 * 1024}, midway=server_update)
     assert pair2.server is not None and pair2.server._cryptos[ONE_RTT].recv.key_phase == 1
+
+
+def test_padding_is_skipped_as_aioquic_skips_it() -> None:
+    class Conn:
+        _quic_logger = None
+
+    cases = [b"", b"\x00" * 5, b"\x00" * 3 + b"\x01\x00", b"\x07", b"\x00" * 70000 + b"\x02" + b"\x00" * 9]
+    for data in cases:
+        for start in range(min(len(data), 3) + 1):
+            ours, theirs = Buffer(data=b"\x00" + data), Buffer(data=b"\x00" + data)
+            ours.seek(1 + start)
+            theirs.seek(1 + start)
+            skip_padding(Conn(), None, 0, ours)
+            AioquicConnection._handle_padding_frame(Conn(), None, 0, theirs)  # type: ignore[arg-type]
+            assert ours.tell() == theirs.tell()
