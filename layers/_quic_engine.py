@@ -460,9 +460,9 @@ class Engine(QuicConnection):
         if largest > self._largest_datagram:
             if largest > _BIG_FRAMES >= self._largest_datagram:
                 self._install("_payload_received", self._payload_received_bulk)
-                if aioquic_tls.Epoch.ONE_RTT in self._spaces:
-                    self._fast = Fast(self)
             self._largest_datagram = largest
+        if fast is None and largest > _BIG_FRAMES and self._handshake_complete:
+            self._fast = Fast(self)  # (the 1-RTT space and keys are final once the handshake completed)
 
     def lighten_crypto(self) -> None:
         """Our header protection on the 1-RTT keys, once the handshake completed

@@ -28,10 +28,12 @@ aioquic does), the path bookkeeping, and the packet recorded in its space (recei
 ACK ranges capped at ``MAX_ACK_RANGES``, the ACK timer).
 
 The 1-RTT keys and packet number space (and a server's 0-RTT keys) are looked up once, when the
-path is installed (:class:`Fast`): aioquic creates them at the handshake's start and never
-replaces them (a key update changes the keys inside the same ``CryptoPair``). Relies on aioquic
-1.x internals (``receive_datagram``'s body, ``_network_paths``, ``_host_cids``, ``_spaces``,
-``_cryptos``, ``_spin_*``, ``_close_at``, ``_idle_timeout``, ``QuicReceiveContext``);
+path is installed (:class:`Fast`, once the handshake completed): aioquic creates them when it
+initializes the connection (a server again for a new first Initial, before any handshake
+completed) and never replaces them after (a key update changes the keys inside the same
+``CryptoPair``). Relies on aioquic 1.x internals (``receive_datagram``'s body,
+``_network_paths``, ``_host_cids``, ``_spaces``, ``_cryptos``, ``_spin_*``, ``_close_at``,
+``_idle_timeout``, ``QuicReceiveContext``);
 ``tests/test_quic_recv.py`` runs every datagram of bulk transfers (lossy, reordered, with a key
 update, pings and a second stream) through this and through aioquic's ``receive_datagram`` on a
 copy of the connection, and compares the connections' state and events after each.
