@@ -244,16 +244,19 @@ class _Frame:
         return self._data
 
 
+_VARINT_MASKS = (0x3F, 0x3FFF, 0x3FFFFFFF, 0x3FFFFFFFFFFFFFFF)
+
+
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
     """The variable-length integer at ``pos`` and the position after it (IndexError: truncated)."""
     first = data[pos]
-    size = 1 << (first >> 6)
-    if pos + size > len(data):
+    kind = first >> 6
+    if not kind:
+        return first, pos + 1
+    end = pos + (1 << kind)
+    if end > len(data):
         raise IndexError
-    value = first & 0x3F
-    for i in range(pos + 1, pos + size):
-        value = (value << 8) | data[i]
-    return value, pos + size
+    return int.from_bytes(data[pos:end], "big") & _VARINT_MASKS[kind], end
 
 
 def stream_payload(conn: Any, context: Any, plain: bytes) -> bool:

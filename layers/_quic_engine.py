@@ -39,21 +39,26 @@ layer never touches aioquic's private state:
   (:func:`~layers._quic_bulk.write_bulk`: aioquic's packets byte for byte, without its packet
   builder's per-packet Python and copies), and a received 1-RTT payload of one STREAM frame goes
   to aioquic's ``_handle_stream_frame`` without ``_payload_received``'s frame loop and its copy
-  (:func:`~layers._quic_bulk.stream_payload`); anything else stays aioquic's.
-* **ACKs in slow start**: for the first :data:`QUICK_ACKS` packets received, an ACK is due at
-  once after two packets (RFC 9000 13.2.2; Linux's quick ACKs) rather than after aioquic's ack
-  delay (1 ms, a millisecond or two on trio's clock, added to every round trip the window needs
-  to grow); then aioquic's delayed ACKs (fewer ACKs for the sender to process). A datagram
-  larger than any received before (the peer's path MTU probe, whose sender waits for its ACK to
-  send larger ones) is acknowledged at once too.
+  (:func:`~layers._quic_bulk.stream_payload`), a large 1-RTT datagram of the active path
+  without aioquic's ``receive_datagram`` (:func:`~layers._quic_recv.receive_short`: aioquic's
+  state changes, statement for statement); anything else stays aioquic's. PADDING is skipped at
+  once (aioquic loops over it byte by byte: ~2 ms per 64 KiB path MTU probe).
+* **ACKs in slow start**: for the first :data:`QUICK_ACKS` packets received (and the first
+  :data:`QUICK_ACK_BYTES` of stream data), an ACK is due at once after two packets (RFC 9000
+  13.2.2; Linux's quick ACKs) rather than after aioquic's ack delay (1 ms, a millisecond or two
+  on trio's clock, added to every round trip the window needs to grow); then aioquic's delayed
+  ACKs (fewer ACKs for the sender to process). A datagram larger than any received before (the
+  peer's path MTU probe, whose sender waits for its ACK to send larger ones) is acknowledged at
+  once too.
 * **Pacing** (:class:`Pacer`): bursts of two milliseconds of the pacing rate, as quinn does, so
   a sender woken by trio's millisecond clock can keep its own rate; the rate 1.25 times the
   window per round trip (RFC 9002 7.7), twice it in slow start (Linux TCP's ratios; aioquic: 1).
 
 All of this reads attributes of aioquic 1.x (``_streams``, ``_local_max_streams_bidi``,
 ``_loss``, ``_max_datagram_size`` ...): the dependency is pinned to ``aioquic>=1.2,<2`` and
-``tests/test_quic.py``, ``tests/test_quic_pmtu.py`` and ``tests/test_quic_bulk.py`` (the bulk
-path against aioquic's own packet builder, byte for byte) exercise each of them.
+``tests/test_quic.py``, ``tests/test_quic_pmtu.py``, ``tests/test_quic_bulk.py`` (the bulk
+path against aioquic's own packet builder, byte for byte) and ``tests/test_quic_recv.py`` (the
+receive path against aioquic's ``receive_datagram`` on a twin connection) exercise each of them.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
 from ._quic_bulk import bulk_ready, stream_payload, write_bulk
 from ._quic_copies import BULK, SendBuffer, lighten_header_protection, prime_heap
 from ._quic_pmtu import PEER_DEFAULT, Search
+from ._quic_recv import Fast, receive_short, skip_padding
 
 __all__ = ["Engine", "client_configuration", "server_configuration"]
 
@@ -104,7 +110,12 @@ so pacing at 1.25 would hold the sender below the window it has."""
 
 QUICK_ACKS = 256
 """The first packets a connection receives are acknowledged every two (:meth:`Engine.receive_batch`):
-the slow start of 64 KiB datagrams (131 KB to 8 MB), or its first round trips at 1350 bytes."""
+the first round trips of slow start at 1350 bytes."""
+
+QUICK_ACK_BYTES = 1024 * 1024
+"""... as long as fewer stream bytes than this arrived: at 64 KiB datagrams 256 packets were 16 MiB,
+half of a 32 MiB transfer acknowledged every two datagrams (an ACK built by the receiver and
+processed by the sender each time, where the window had long outgrown the path's round trip)."""
 
 
 def initial_window(size: int) -> int:
@@ -241,6 +252,9 @@ class Engine(QuicConnection):
         self._bulk = False
         """A stream of this connection took a :class:`~layers._quic_copies.SendBuffer` (only then
         may ``_write_application`` find a bulk stream: :func:`~layers._quic_bulk.bulk_ready`)."""
+        self._fast: Fast | None = None
+        """A bulk receiver's 1-RTT datagrams go to :func:`~layers._quic_recv.receive_short` (set
+        with ``_payload_received_bulk``, once a datagram over :data:`_BIG_FRAMES` bytes came)."""
 
     # ---- path MTU discovery (layers._quic_pmtu) ----------------------------------------------
 
@@ -272,7 +286,9 @@ class Engine(QuicConnection):
     def _datagrams_to_send_probing(self, now: float) -> list[tuple[bytes, Any]]:
         """``datagrams_to_send`` while a path MTU search runs: a probe first when one is due."""
         pmtu = self.pmtu
-        if pmtu is not None and self._handshake_confirmed and not self._close_pending:
+        # (a server's HANDSHAKE_DONE first: a probe filling the window would hold it back a round trip)
+        confirmed = self._handshake_confirmed and not self._handshake_done_pending
+        if pmtu is not None and confirmed and not self._close_pending:
             size = pmtu.next_probe()
             loss = self._loss
             # within the congestion window, or alone in flight (an endpoint that mostly receives
@@ -358,6 +374,8 @@ class Engine(QuicConnection):
         if loss._rtt_initialized:
             loss._pacer.update_rate(congestion_window=cc.congestion_window, smoothed_rtt=loss._rtt_smoothed)
 
+    _handle_padding_frame = skip_padding  # (layers._quic_recv: aioquic's loops in Python over each byte)
+
     def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
         super()._parse_transport_parameters(data, from_session_ticket)
         size = pull_quic_transport_parameters(Buffer(data=data)).max_udp_payload_size
@@ -424,8 +442,10 @@ class Engine(QuicConnection):
         if space is not None and space.ack_at is None:
             self._unacked = 0
         largest = self._largest_datagram
+        fast = self._fast
         for data, address in datagrams:
-            self.receive_datagram(data, address, now=now)
+            if fast is None or not receive_short(self, fast, data, address, now):
+                self.receive_datagram(data, address, now=now)
             if len(data) > largest:
                 largest = len(data)
         if space is not None and space.ack_at is not None and space.ack_at > now:
@@ -433,7 +453,7 @@ class Engine(QuicConnection):
                 # larger than any before: the peer's path MTU probe (or its first datagram of a
                 # size it just learnt), whose ACK it waits for to send larger: acknowledged at once
                 space.ack_at = now
-            elif space.largest_received_packet < QUICK_ACKS:
+            elif space.largest_received_packet < QUICK_ACKS and self._local_max_data.used < QUICK_ACK_BYTES:
                 self._unacked += len(datagrams)
                 if self._unacked >= 2:
                     space.ack_at = now
@@ -441,6 +461,8 @@ class Engine(QuicConnection):
             if largest > _BIG_FRAMES >= self._largest_datagram:
                 self._install("_payload_received", self._payload_received_bulk)
             self._largest_datagram = largest
+        if fast is None and largest > _BIG_FRAMES and self._handshake_complete:
+            self._fast = Fast(self)  # (the 1-RTT space and keys are final once the handshake completed)
 
     def lighten_crypto(self) -> None:
         """Our header protection on the 1-RTT keys, once the handshake completed
