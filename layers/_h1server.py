@@ -339,20 +339,27 @@ class ServerConnection(ServerCycle, http.ServerConnection):
         without ending a streamed response has it ended for it. Returns when the connection ended;
         the connection is closed by then. Cancellation closes the connection.
         """
+        watch: trio.CancelScope | None = None
         if type(type(app).__call__) is FunctionType:  # an instance of a class with a Python __call__ (ASGIApp):
             app = MethodType(type(app).__call__, app)  # bound once, a request calls a method, not the instance
         try:
-            # The connection runs in one scope, which the run's watchdog cancels when a wait for a
-            # head passes its limit (no scope per wait). The usual wait for the next head is in this
-            # frame, not in a helper's: an idle connection holds one frame less. Every other wait
-            # (the first head, a head in pieces, bytes read ahead) is _next_request's.
+            # The first request needs no scope (with deferred accept its head is already here; if
+            # not, the wait gets one); a connection kept alive then runs in one scope, which the
+            # watchdog cancels when a wait for the next head passes its limit. The waits are in
+            # this frame, not in a helper's: an idle connection holds one frame less.
+            try:
+                request = await self._next_request(FOREVER, None)
+            except StackError as exc:
+                return self._ended_by(exc)
+            if request is None or not await self._dispatch(app, request):
+                return
+            del request  # an idle connection keeps nothing of the last request
             # No more locals than these: every slot of this frame is held by every idle connection.
             with trio.CancelScope() as watch:
                 while True:
-                    request = got = None
+                    got = None
                     if (  # _can_idle, inline (this is per request): the idle wait, in this frame
                         self._current is None
-                        and self._requests
                         and self._ended is None
                         and not self._inbuf
                         and not self.lower.buffered
@@ -374,29 +381,30 @@ class ServerConnection(ServerCycle, http.ServerConnection):
                                     request = self._start_request(self._engine.parse_head(got))
                                 except Refused as exc:
                                     return self._ended_by(await self._refused(exc))
-                                except StackError as exc:  # (as _next_request's, below)
+                                except StackError as exc:  # (as _next_request's caller below)
                                     return self._ended_by(exc)
+                                # _dispatch, inline (this is per request: no coroutine of its own)
+                                if request._head.upgrade and self.scheme == "http" and await self._h2c(app, request):
+                                    break
+                                try:
+                                    await app(request)
+                                except Exception as exc:
+                                    await self._app_failed(request, exc)
+                                else:
+                                    if not self._cycle_ended():
+                                        await self._finish_cycle(request)
+                                if self._ended is not None:
+                                    break
+                                del request
+                                continue
                             # else appended to the read-ahead: _next_request goes on from there
-                    if request is None:
-                        try:
-                            request = await self._next_request(FOREVER, watch, got)
-                        except StackError as exc:
-                            return self._ended_by(exc)
-                        if request is None:
-                            break
-                    # the request: the app runs (or the connection goes to HTTP/2), in this frame
-                    if request._head.upgrade and self.scheme == "http" and await self._h2c(app, request):
-                        break
                     try:
-                        await app(request)
-                    except Exception as exc:
-                        await self._app_failed(request, exc)
-                    else:
-                        if not self._cycle_ended():
-                            await self._finish_cycle(request)
-                    if self._ended is not None:
+                        request = await self._next_request(FOREVER, watch, got)
+                    except StackError as exc:
+                        return self._ended_by(exc)
+                    if request is None or not await self._dispatch(app, request):
                         break
-                    del request  # an idle connection keeps nothing of the last request
+                    del request
             if watch.cancel_called and self._ended is None:
                 await self._wait_timed_out()
         finally:
@@ -406,6 +414,20 @@ class ServerConnection(ServerCycle, http.ServerConnection):
 
     def _ended_by(self, exc: StackError) -> None:
         log.debug("connection from %s: %s", self.info.get("peer"), exc)
+
+    async def _dispatch(self, app: App, request: Request) -> bool:
+        """Run ``app`` on ``request`` (or hand the connection to HTTP/2 for an h2c upgrade); False
+        once the connection ended. (The serve loop's usual path has this inline.)"""
+        if request._head.upgrade and self.scheme == "http" and await self._h2c(app, request):
+            return False
+        try:
+            await app(request)
+        except Exception as exc:
+            await self._app_failed(request, exc)
+        else:
+            if not self._cycle_ended():
+                await self._finish_cycle(request)
+        return self._ended is None
 
     def _cycle_ended(self) -> bool:
         """After the app: end the cycle here, without a coroutine, in the usual case (the response
