@@ -32,6 +32,7 @@ from urllib.parse import unquote
 import trio
 
 from layers._asgi_scope import ClientDisconnected, ConnectionFacts
+from layers._http_model import remember
 from layers.http import Request
 from stack.errors import StackError
 from stack.streams import ByteStream
@@ -70,9 +71,7 @@ def split_target(target: str, root_path: str) -> tuple[str, bytes, bytes]:
     if split is None:
         split = _split_target(target, root_path)
         if len(target) <= _TARGET_KEPT_LEN:
-            if len(TARGETS) >= _TARGETS_MAX:
-                TARGETS.clear()
-            TARGETS[key] = split
+            remember(TARGETS, key, split, _TARGETS_MAX)
     return split
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from layers._http_model import remember
 from stack.errors import Broken
 
 __all__ = ["ASGI_VERSION", "ClientDisconnected", "ConnectionFacts", "facts_of", "tls_extension"]
@@ -116,7 +117,5 @@ def facts_of(table: dict[int, ConnectionFacts], info: Any, server_cert: str | No
     """The facts of ``info``'s connection, from ``table`` or computed and remembered there."""
     facts = table.get(id(info))
     if facts is None or facts.info is not info:
-        if len(table) >= _MAX_CONNECTIONS:
-            table.clear()
-        facts = table[id(info)] = ConnectionFacts(info, server_cert)
+        facts = remember(table, id(info), ConnectionFacts(info, server_cert), _MAX_CONNECTIONS)
     return facts

@@ -29,7 +29,7 @@ from layers._h1client_body import _BodySender, _ResponseBody
 from layers._h1client_engines import ClientEngine, ReferenceClientEngine, ResponseHead
 from layers._h1conn import H1Connection, _Tunnel
 from layers._h1core import BODYLESS_STATUS, DUPLEX_BUFFER, INLINE_SEND, RECV
-from layers._http_model import Body, HeaderInput, Headers, Limits, Response, TunnelRefused, small_fields
+from layers._http_model import Body, HeaderInput, Headers, Limits, Response, TunnelRefused, remember, small_fields
 from stack.deadlines import FOREVER
 from stack.errors import Broken, Busy, Closed, EndOfStream, ProtocolError, StackError, Timeout
 from stack.streams import ByteStream
@@ -266,9 +266,7 @@ class ClientConnection(H1Connection, http.ClientConnection):
             if result is None:
                 result = self._build_new(method, target, raw, body)
                 if small_fields(raw, len(target)):  # (a proxy's backend connection forwards what clients send)
-                    if len(built) >= _BUILT_KEPT:
-                        built.clear()
-                    built[key] = result
+                    remember(built, key, result, _BUILT_KEPT)
             return result
         return self._build_new(method, target, raw, body)
 

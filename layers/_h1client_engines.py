@@ -58,6 +58,7 @@ from layers._h1client_grammar import (
     _normalize,
     _split_lines,
 )
+from layers._http_model import remember
 from stack.errors import MessageTooLarge, ProtocolError, StackError
 
 __all__ = ["CLIENT_ENGINES", "ClientEngine", "FastClientEngine", "ReferenceClientEngine", "ResponseHead"]
@@ -352,11 +353,7 @@ class FastClientEngine:
             length = int(lengths[0]) if lengths else 0
         keep_alive = b"close" not in _comma_values(normal, b"connection")
         proposals = (1 if _comma_values(normal, b"upgrade") else 0) | (2 if m == b"CONNECT" else 0)
-        built = (b"".join(lines), m, length, keep_alive, proposals)
-        if len(cache) >= _CACHE_SIZE:
-            cache.clear()
-        cache[key] = built
-        return built
+        return remember(cache, key, (b"".join(lines), m, length, keep_alive, proposals), _CACHE_SIZE)
 
     def request_method(self, built: tuple[bytes, bytes, int, bool, int]) -> bytes:
         return built[1]
@@ -489,9 +486,7 @@ class FastClientEngine:
         head = ResponseHead(status, reason or b"", version, fields)
         facts = _head_facts(fields, version)
         if end <= _HEADS_BLOCK:
-            if len(_HEADS) >= _HEADS_SIZE:
-                _HEADS.clear()
-            _HEADS[block] = (status, head.reason, version, tuple(fields), facts)
+            remember(_HEADS, block, (status, head.reason, version, tuple(fields), facts), _HEADS_SIZE)
         self._take_head(status, facts)
         if end > self._limit:  # checked once the head counted, as the reference does
             raise _too_large(end, self._limit)

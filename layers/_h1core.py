@@ -42,7 +42,7 @@ from typing import Protocol
 
 import h11
 
-from layers._http_model import HeaderInput, Headers, date_header, small_fields
+from layers._http_model import HeaderInput, Headers, date_header, remember, small_fields
 from stack.errors import ProtocolError, StackError
 
 # --------------------------------------------------------------------------------------------------
@@ -719,9 +719,7 @@ class ResponseWriter:
         if framed is None:
             framed = _frame(status, Headers(fields).raw, whole, head_request, http11, close, unread, shutting_down)
             if small_fields(key[1]):  # (an app may echo what a client sent)
-                if len(_HEADS) >= _HEADS_MAX:
-                    _HEADS.clear()
-                _HEADS[key] = framed
+                remember(_HEADS, key, framed, _HEADS_MAX)
         before, after, dated, self._discard, self._left, self._chunked, why = framed
         out = self.outbuf
         out += before

@@ -56,7 +56,7 @@ from layers._h1core import (
     switch_head,
 )
 from layers._h1request import Request, RequestBody, ResponseStream
-from layers._http_model import HeaderInput, Headers, Limits
+from layers._http_model import HeaderInput, Headers, Limits, remember
 from stack.deadlines import FOREVER
 from stack.errors import Broken, Closed, EndOfStream, ProtocolError, StackError, Timeout
 from stack.streams import ByteStream
@@ -80,9 +80,7 @@ def _decoded(table: dict[bytes, str], raw: bytes, encoding: str) -> str:
     """``raw.decode(encoding)`` (raising as it does), remembered in ``table`` when short."""
     text = raw.decode(encoding)
     if len(raw) <= _DECODED_LEN:
-        if len(table) >= _DECODED_MAX:
-            table.clear()
-        table[raw] = text
+        remember(table, raw, text, _DECODED_MAX)
     return text
 
 

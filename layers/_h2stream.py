@@ -26,7 +26,17 @@ from stack.errors import Broken, Closed, StackError, Timeout
 from stack.streams import ByteStream, Info
 
 from ._h2core import H2Core
-from ._http_model import BodyTrailers, HeaderInput, Headers, Limits, Request, Response, date_header, small_fields
+from ._http_model import (
+    BodyTrailers,
+    HeaderInput,
+    Headers,
+    Limits,
+    Request,
+    Response,
+    date_header,
+    remember,
+    small_fields,
+)
 from ._muxed_stream import ResponseHead, StreamErrors
 
 __all__ = ["HIGH_WATER", "SEND_CHUNK", "H2Request", "H2Response", "H2Stream", "StreamOwner"]
@@ -483,9 +493,7 @@ def _checked_wire(headers: Headers) -> _Checked:
     if known is None:
         known = _checked(headers)
         if small_fields(key):
-            if len(_KNOWN_WIRE) >= _KNOWN_WIRE_MAX:
-                _KNOWN_WIRE.clear()
-            _KNOWN_WIRE[key] = known
+            remember(_KNOWN_WIRE, key, known, _KNOWN_WIRE_MAX)
     return known
 
 

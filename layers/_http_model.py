@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 from stack.deadlines import FOREVER
 from stack.errors import Closed, EndOfStream, MessageTooLarge, StackError
@@ -488,6 +488,20 @@ def small_fields(fields: Iterable[Sequence[str | bytes]], extra: int = 0) -> boo
     for name, value in fields:
         size += len(name) + len(value)
     return size <= REMEMBERED_FIELDS_MAX
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def remember(table: dict[_K, _V], key: _K, value: _V, limit: int) -> _V:
+    """Store ``value`` under ``key`` in a cache of at most ``limit`` entries, all forgotten at once
+    when it is full (a miss costs one ``clear`` in ``limit``, no eviction order is kept); returns
+    ``value``. The policy of every cache on our request paths; called on a miss only."""
+    if len(table) >= limit:
+        table.clear()
+    table[key] = value
+    return value
 
 
 _date_cache: tuple[int, bytes] = (0, b"")

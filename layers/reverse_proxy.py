@@ -83,7 +83,7 @@ from stack.deadlines import after
 from stack.errors import Broken, Closed, EndOfStream, StackError, Timeout
 from stack.watchdog import watchdog
 
-from ._http_model import small_fields
+from ._http_model import remember, small_fields
 from ._proxy_fields import HOP_BY_HOP, PSEUDONYM, field_value, forwarded_value, request_headers, response_headers
 from ._proxy_pool import BackendPool, Upstream, parse_listen
 
@@ -265,10 +265,8 @@ class ProxyApp:
         kept = self._forwarded_kept.get(id(info))
         if kept is not None and kept[0] is info and kept[1] == host:
             return kept[2]
-        if len(self._forwarded_kept) >= FORWARDED_KEPT:
-            self._forwarded_kept.clear()
         value = forwarded_value(info, host)
-        self._forwarded_kept[id(info)] = (info, host, value)
+        remember(self._forwarded_kept, id(info), (info, host, value), FORWARDED_KEPT)
         return value
 
     def _request_fields(self, request: http.Request) -> list[tuple[bytes, bytes]]:
@@ -282,9 +280,7 @@ class ProxyApp:
         if kept is None:
             kept = request_headers(request, forwarded)
             if small_fields(key[0]):  # (what clients send: up to 64 KiB a head)
-                if len(self._requests_kept) >= HEADS_KEPT:
-                    self._requests_kept.clear()
-                self._requests_kept[key] = kept
+                remember(self._requests_kept, key, kept, HEADS_KEPT)
         return kept
 
     def _response_fields(self, response: http.Response) -> _Kept:
@@ -298,9 +294,7 @@ class ProxyApp:
             fields, keep = response_headers(response)
             kept = (http.Headers._wire(fields), keep, _announced(response))
             if small_fields(key[0]):
-                if len(self._responses_kept) >= HEADS_KEPT:
-                    self._responses_kept.clear()
-                self._responses_kept[key] = kept
+                remember(self._responses_kept, key, kept, HEADS_KEPT)
         return kept
 
     def _stack(self, request: http.Request) -> Stack | None:
