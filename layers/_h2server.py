@@ -379,8 +379,8 @@ class H2ServerConnection(H2ConnectionBase, ServerConnection):
         """The request of a HEADERS block, or None (after RST_STREAM PROTOCOL_ERROR) if it is
         malformed (RFC 9113 8.1.1). A head already seen on this connection (a client repeats
         its requests' fields) is not checked and decoded again: its parts are remembered (at
-        most ``_HEAD_CACHE``, each of at most ``REMEMBERED_FIELDS_MAX`` bytes, never one with ``:protocol``, whose
-        check reads the settings)."""
+        most ``_HEAD_CACHE``, each of at most ``REMEMBERED_FIELDS_MAX`` bytes, never one with
+        ``:protocol``, whose check reads the settings)."""
         key = tuple(raw)
         head = self._heads.get(key)
         if head is None:
